@@ -1,0 +1,26 @@
+"""The style-transfer engine: pure torch, no Flask, Celery, SQL or environment."""
+
+from __future__ import annotations
+
+import torch
+
+from .backbone import ARCHITECTURES, CONVENTIONS, Backbone, InputConvention, get_convention, layer_index, layer_names
+from .params import DEFAULT_PRESET, PRESETS, RANGES, TransferParams, resolve_params
+from .transfer import Checkpoint, Control, TransferResult, TransferState, output_size, transfer
+
+
+def default_device() -> torch.device:
+    """Return CUDA when a GPU is visible, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_backbone(weights, params: TransferParams, device: torch.device | str = "cpu") -> Backbone:
+    """Build the frozen, truncated backbone that `params` needs from loaded weights, on `device`."""
+    return Backbone(weights.architecture, weights.state_dict, weights.convention, params.layers).to(device)
+
+
+__all__ = [
+    "ARCHITECTURES", "CONVENTIONS", "Backbone", "Checkpoint", "Control", "DEFAULT_PRESET", "InputConvention",
+    "PRESETS", "RANGES", "TransferParams", "TransferResult", "TransferState", "build_backbone", "default_device",
+    "get_convention", "layer_index", "layer_names", "output_size", "resolve_params", "transfer",
+]

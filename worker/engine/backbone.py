@@ -1,0 +1,128 @@
+"""VGG feature extractors with named layers, truncation and input conventions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision import models
+
+# Convolutions per block; the rest of each architecture's layer names follows from these.
+_BLOCK_DEPTHS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+ARCHITECTURES = tuple(_BLOCK_DEPTHS)
+
+
+def layer_names(architecture: str) -> list[str]:
+    """Return the names of `features` modules in index order (conv1_1, relu1_1, ..., pool5)."""
+    if architecture not in _BLOCK_DEPTHS:
+        raise ValueError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+    names = []
+    for block, depth in enumerate(_BLOCK_DEPTHS[architecture], start=1):
+        for conv in range(1, depth + 1):
+            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
+        names.append(f"pool{block}")
+    return names
+
+
+def layer_index(architecture: str) -> dict[str, int]:
+    """Map each layer name of `architecture` to its index in torchvision's `features`."""
+    return {name: index for index, name in enumerate(layer_names(architecture))}
+
+
+def architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Tell VGG16 from VGG19 by counting the convolution weights of a torchvision-layout state dict."""
+    convolutions = [key for key in state_dict if key.startswith("features.") and key.endswith(".weight")]
+    for architecture, depths in _BLOCK_DEPTHS.items():
+        if len(convolutions) == sum(depths):
+            return architecture
+    raise ValueError(
+        f"expected the convolution weights of a torchvision VGG16 (13) or VGG19 (16), found {len(convolutions)}"
+    )
+
+
+@dataclass(frozen=True)
+class InputConvention:
+    """How a network wants its input: channel order, scale and per-channel normalisation."""
+
+    name: str
+    bgr: bool
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Turn an RGB image in [0, 1] of shape (N, 3, H, W) into the network's input space."""
+        x = rgb.flip(1) if self.bgr else rgb
+        mean = x.new_tensor(self.mean).view(1, 3, 1, 1)
+        std = x.new_tensor(self.std).view(1, 3, 1, 1)
+        return (x * self.scale - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Turn the network's input space back into RGB in [0, 1] (not clamped)."""
+        mean = x.new_tensor(self.mean).view(1, 3, 1, 1)
+        std = x.new_tensor(self.std).view(1, 3, 1, 1)
+        rgb = (x * std + mean) / self.scale
+        return rgb.flip(1) if self.bgr else rgb
+
+
+CONVENTIONS = {
+    # torchvision's ImageNet models: RGB in [0, 1], normalised by the ImageNet mean and std.
+    "torchvision": InputConvention(
+        "torchvision", bgr=False, scale=1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    ),
+    # The original Caffe/Keras VGG release: BGR, 0-255, mean subtracted, no division.
+    "caffe": InputConvention("caffe", bgr=True, scale=255.0, mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0)),
+}
+
+
+def get_convention(name: str) -> InputConvention:
+    """Look up an input convention by name."""
+    try:
+        return CONVENTIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown input convention {name!r}; expected one of {', '.join(CONVENTIONS)}") from None
+
+
+class Backbone(nn.Module):
+    """A frozen VGG `features` stack cut after the deepest requested layer, returning named activations.
+
+    The ReLUs run out of place: torchvision's in-place ReLU would overwrite a stored conv output, which
+    is how the seed notebook ends up comparing post-ReLU activations at conv indices. Here a caller asks
+    for `relu4_4` or `conv4_4` by name and gets exactly that.
+    """
+
+    def __init__(
+        self, architecture: str, state_dict: Mapping[str, torch.Tensor], convention: InputConvention, layers: Sequence[str]
+    ) -> None:
+        super().__init__()
+        index = layer_index(architecture)
+        unknown = [name for name in layers if name not in index]
+        if unknown:
+            raise ValueError(f"unknown {architecture} layer(s) {', '.join(unknown)}; expected names like conv4_2 or relu3_1")
+        if not layers:
+            raise ValueError("at least one layer is needed")
+        network = getattr(models, architecture)(weights=None)
+        features_state = {key.removeprefix("features."): value for key, value in state_dict.items() if key.startswith("features.")}
+        network.features.load_state_dict(features_state)
+        deepest = max(index[name] for name in layers)
+        self.features = network.features[: deepest + 1]
+        for module in self.features:
+            if isinstance(module, nn.ReLU):
+                module.inplace = False
+        self.features.requires_grad_(False)
+        self.eval()
+        self.architecture = architecture
+        self.convention = convention
+        self.names = layer_names(architecture)[: deepest + 1]
+
+    def forward(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Run `x` (already in the network's input space) and return the activations named in `layers`."""
+        wanted = set(layers)
+        activations = {}
+        for name, module in zip(self.names, self.features):
+            x = module(x)
+            if name in wanted:
+                activations[name] = x
+        return activations

@@ -1,0 +1,176 @@
+"""Transfer parameters: presets, validated ranges, and conversion from plain JSON-like mappings."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Inclusive numeric ranges of every numeric parameter; the API and CLI validate against the same table.
+RANGES: dict[str, tuple[float, float]] = {
+    "size": (16, 4096),
+    "iterations": (1, 20000),
+    "learning_rate": (1e-6, 1e3),
+    "lr_decay_step": (1, 20000),
+    "lr_decay_gamma": (0.01, 1.0),
+    "content_weight": (0.0, 1e12),
+    "style_weight": (0.0, 1e12),
+    "tv_weight": (0.0, 1e12),
+    "style_repeats": (1, 100),
+    "seed": (0, 2**63 - 1),
+    "checkpoint_every": (1, 20000),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("adam", "lbfgs"),
+    "init": ("content", "style", "noise"),
+    "image_space": ("network", "pixels"),
+}
+_LAYER_NAME = re.compile(r"^(conv|relu)[1-5]_[1-4]$|^pool[1-5]$")
+
+
+@dataclass(frozen=True)
+class TransferParams:
+    """Everything that decides the picture a transfer makes, apart from the two input images and the weights."""
+
+    weights: str
+    # (height, width) exactly, like the seed's (300, 450), or an int: the long side, aspect kept.
+    size: tuple[int, int] | int
+    iterations: int
+    optimizer: str
+    learning_rate: float
+    lr_decay_step: int
+    lr_decay_gamma: float
+    content_layers: tuple[str, ...]
+    style_layers: tuple[str, ...]
+    content_weight: float
+    style_weight: float
+    tv_weight: float
+    # How many times the style term enters the total: the seed's `10 * styles_l` repeats a list.
+    style_repeats: int
+    init: str
+    seed: int
+    # "network": optimise the normalised network input, unclamped (the seed). "pixels": optimise RGB
+    # in [0, 1] and clamp after every step, so the picture never leaves the valid range.
+    image_space: str
+    # Divide each layer's loss by its target's mean square, so one set of weights suits every backbone
+    # (Caffe activations are ~250x torchvision's) and every layer counts alike.
+    normalize_losses: bool
+    # Resize the style image to the content's area keeping its own aspect ratio, instead of stretching
+    # it to the content's exact shape as the seed does.
+    keep_style_aspect: bool
+    checkpoint_every: int = 10
+    preset: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in RANGES.items():
+            values = self.size if name == "size" and isinstance(self.size, tuple) else (getattr(self, name),)
+            for value in values:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                    raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
+        for name in ("iterations", "lr_decay_step", "style_repeats", "seed", "checkpoint_every"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if isinstance(self.size, tuple) and (len(self.size) != 2 or not all(isinstance(v, int) for v in self.size)):
+            raise ValueError(f"size must be [height, width] in pixels or one integer (the long side), got {self.size!r}")
+        if not isinstance(self.size, (tuple, int)):
+            raise ValueError(f"size must be [height, width] in pixels or one integer (the long side), got {self.size!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("content_layers", "style_layers"):
+            layers = getattr(self, name)
+            if not layers or any(not isinstance(layer, str) or not _LAYER_NAME.match(layer) for layer in layers):
+                raise ValueError(f"{name} must be a non-empty list of layer names like relu4_2, got {list(layers)!r}")
+        for name in ("normalize_losses", "keep_style_aspect"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.weights, str) or not self.weights:
+            raise ValueError("weights must name registry weights or a weights file")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the parameters as a JSON-ready dict."""
+        values = dataclasses.asdict(self)
+        values["size"] = list(self.size) if isinstance(self.size, tuple) else self.size
+        values["content_layers"] = list(self.content_layers)
+        values["style_layers"] = list(self.style_layers)
+        return values
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Return every layer the losses read, content first, without repeats."""
+        return tuple(dict.fromkeys(self.content_layers + self.style_layers))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The notebook, number for number (see ../shared/seed/NOTES.md).
+    "seed": dict(
+        weights="vgg19",
+        size=(300, 450),
+        iterations=500,
+        optimizer="adam",
+        learning_rate=0.3,
+        lr_decay_step=50,
+        lr_decay_gamma=0.8,
+        content_layers=("relu4_4",),
+        style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "conv5_1"),
+        content_weight=1.0,
+        style_weight=1e3,
+        tv_weight=10.0,
+        style_repeats=10,
+        init="content",
+        seed=0,
+        image_space="network",
+        normalize_losses=False,
+        keep_style_aspect=False,
+    ),
+    # The service's default: good pictures on any backbone with no tuning.
+    "styleq": dict(
+        weights="vgg16-caffe",
+        size=(300, 450),
+        iterations=300,
+        optimizer="adam",
+        learning_rate=0.02,
+        lr_decay_step=100,
+        lr_decay_gamma=0.7,
+        content_layers=("relu4_2",),
+        style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+        content_weight=1.0,
+        style_weight=1e2,
+        tv_weight=1.0,
+        style_repeats=1,
+        init="content",
+        seed=0,
+        image_space="pixels",
+        normalize_losses=True,
+        keep_style_aspect=True,
+    ),
+}
+DEFAULT_PRESET = "styleq"
+
+
+def resolve_params(values: Mapping[str, Any] | None = None, **overrides: Any) -> TransferParams:
+    """Build parameters from a preset (`values["preset"]`, default "styleq") and explicit overrides.
+
+    Raises:
+        ValueError: an unknown preset or parameter, or a value out of its range.
+    """
+    merged = dict(values or {})
+    merged.update({key: value for key, value in overrides.items() if value is not None})
+    preset = merged.pop("preset", None) or DEFAULT_PRESET
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(TransferParams)} - {"preset"}
+    unknown = sorted(set(merged) - known)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+    resolved = {**PRESETS[preset], **merged}
+    size = resolved["size"]
+    if isinstance(size, list):
+        resolved["size"] = tuple(size)
+    for name in ("content_layers", "style_layers"):
+        if isinstance(resolved[name], (list, str)):
+            layers = resolved[name]
+            resolved[name] = tuple(layers.split(",") if isinstance(layers, str) else layers)
+    return TransferParams(**resolved, preset=preset)
