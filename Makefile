@@ -1,0 +1,31 @@
+# The two commands of the README: `make up` (set up everything, run the service) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install up demo test weights clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch==2.14.1 and torchvision==0.29.1 are pinned in pyproject.toml; pip takes them from the local disk here.
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+weights: install
+	$(BIN)/styleq weights pull vgg16-caffe
+
+up: weights
+	$(BIN)/styleq up --port $(or $(PORT),8000)
+
+demo: weights
+	$(BIN)/styleq transfer ../shared/images/rainier.jpg ../shared/images/autumn-oak.jpg -o out.png --plot out-losses.png
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

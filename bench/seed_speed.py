@@ -1,0 +1,214 @@
+"""Time the seed notebook's own loop against the engine's `seed` preset, in one process, on one random VGG19.
+
+    .venv/bin/python -m bench.seed_speed [--size 300x450] [--iterations 50] [--device auto|cpu|cuda]
+
+Random weights time the same as ImageNet ones (the arithmetic does not depend on the values), so nothing
+is downloaded. Both runs start from the same images and weights, so their final losses should agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torchvision import models
+
+from worker.engine import Backbone, get_convention, resolve_params, transfer
+
+IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
+WARMUP_ITERATIONS = 3
+Losses = tuple[float, float, float, float]  # content, style, tv, total
+
+
+def random_vgg19_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Return the `features.*` state of a torchvision VGG19 initialised from a fixed seed."""
+    torch.manual_seed(seed)
+    network = models.vgg19(weights=None)
+    return {key: value for key, value in network.state_dict().items() if key.startswith("features.")}
+
+
+def notebook_net(state_dict: dict[str, torch.Tensor], device: torch.device) -> nn.Sequential:
+    """Build the notebook's truncated VGG19 as it does: in-place ReLUs, parameters left trainable."""
+    pretrained_net = models.vgg19(weights=None)
+    pretrained_net.features.load_state_dict({key.removeprefix("features."): value for key, value in state_dict.items()})
+    return nn.Sequential(*[pretrained_net.features[i] for i in range(28 + 1)]).to(device)
+
+
+def run_notebook(net: nn.Sequential, content_img: Image.Image, style_img: Image.Image, image_shape, num_epochs: int, device) -> Losses:
+    """Run the seed notebook's code as written there and return the losses of its last iteration."""
+    rgb_mean = torch.tensor([0.485, 0.456, 0.406])
+    rgb_std = torch.tensor([0.229, 0.224, 0.225])
+
+    def preprocess(img, image_shape):
+        transforms = torchvision.transforms.Compose([
+            torchvision.transforms.Resize(image_shape),
+            torchvision.transforms.ToTensor(),
+            torchvision.transforms.Normalize(mean=rgb_mean, std=rgb_std)])
+        return transforms(img).unsqueeze(0)
+
+    style_layers, content_layers = [0, 5, 10, 19, 28], [25]
+
+    def extract_features(X, content_layers, style_layers):
+        contents, styles = [], []
+        for i in range(len(net)):
+            X = net[i](X)
+            if i in style_layers:
+                styles.append(X)
+            if i in content_layers:
+                contents.append(X)
+        return contents, styles
+
+    def content_loss(Y_hat, Y):
+        return torch.square(Y_hat - Y.detach()).mean()
+
+    def gram(X):
+        num_channels, n = X.shape[1], X.numel() // X.shape[1]
+        X = X.reshape((num_channels, n))
+        return torch.matmul(X, X.T) / (num_channels * n)
+
+    def style_loss(Y_hat, gram_Y):
+        return torch.square(gram(Y_hat) - gram_Y.detach()).mean()
+
+    def tv_loss(Y_hat):
+        return 0.5 * (torch.abs(Y_hat[:, :, 1:, :] - Y_hat[:, :, :-1, :]).mean() +
+                      torch.abs(Y_hat[:, :, :, 1:] - Y_hat[:, :, :, :-1]).mean())
+
+    class SynthesizedImage(nn.Module):
+        def __init__(self, img_shape):
+            super().__init__()
+            self.weight = nn.Parameter(torch.rand(*img_shape))
+
+        def forward(self):
+            return self.weight
+
+    content_weight, style_weight, tv_weight = 1, 1e3, 10
+
+    def compute_loss(X, contents_Y_hat, styles_Y_hat, contents_Y, styles_Y_gram):
+        contents_l = [content_loss(Y_hat, Y) * content_weight for Y_hat, Y in zip(contents_Y_hat, contents_Y)]
+        styles_l = [style_loss(Y_hat, Y) * style_weight for Y_hat, Y in zip(styles_Y_hat, styles_Y_gram)]
+        tv_l = tv_loss(X) * tv_weight
+        l = sum(10 * styles_l + contents_l + [tv_l])
+        return contents_l, styles_l, tv_l, l
+
+    # The notebook's `get_contents` and `get_styles`, which move the inputs to the device.
+    content_X = preprocess(content_img, image_shape).to(device)
+    contents_Y, _ = extract_features(content_X, content_layers, style_layers)
+    style_X = preprocess(style_img, image_shape).to(device)
+    _, styles_Y = extract_features(style_X, content_layers, style_layers)
+
+    gen_img = SynthesizedImage(content_X.shape).to(device)
+    gen_img.weight.data.copy_(content_X.data)
+    trainer = torch.optim.Adam(gen_img.parameters(), lr=0.3)
+    styles_Y_gram = [gram(Y) for Y in styles_Y]
+    X = gen_img()
+    scheduler = torch.optim.lr_scheduler.StepLR(trainer, 50, 0.8)
+    losses: Losses = (0.0, 0.0, 0.0, 0.0)
+    for epoch in range(num_epochs):
+        trainer.zero_grad()
+        contents_Y_hat, styles_Y_hat = extract_features(X, content_layers, style_layers)
+        contents_l, styles_l, tv_l, l = compute_loss(X, contents_Y_hat, styles_Y_hat, contents_Y, styles_Y_gram)
+        l.backward()
+        trainer.step()
+        scheduler.step()
+        # The notebook reads the losses every 10 epochs; the last epoch too here, so both runs end on a reading.
+        if (epoch + 1) % 10 == 0 or epoch + 1 == num_epochs:
+            losses = (float(sum(contents_l)), float(sum(styles_l)), float(tv_l), float(l))
+    return losses
+
+
+def run_engine(backbone: Backbone, content: Image.Image, style: Image.Image, size: tuple[int, int], iterations: int, device) -> Losses:
+    """Run the engine's `seed` preset, collecting checkpoints as the CLI does, and return the last losses."""
+    params = resolve_params({"preset": "seed", "size": list(size), "iterations": iterations})
+    checkpoints = []
+    transfer(content, style, params, backbone=backbone, device=device, on_checkpoint=checkpoints.append)
+    last = checkpoints[-1]
+    return last.content, last.style, last.tv, last.total
+
+
+def timed(run: Callable[[], Losses], device: torch.device) -> tuple[float, Losses]:
+    """Return the wall-clock seconds of `run()` (with CUDA work finished on both sides) and its result."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    result = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started, result
+
+
+def device_name(device: torch.device) -> str:
+    """Describe the device in words."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse HEIGHTxWIDTH, like the CLI's --size."""
+    if match := re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text):
+        return int(match[1]), int(match[2])
+    raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 300x450, got {text!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Time both loops and print seconds per iteration, their ratio and the final losses."""
+    parser = argparse.ArgumentParser(prog="python -m bench.seed_speed", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--size", type=parse_size, default=(300, 450), help="HEIGHTxWIDTH (default 300x450, the notebook's)")
+    parser.add_argument("--iterations", type=int, default=50, help="iterations timed for each loop (default 50)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--content", type=Path, default=IMAGES / "rainier.jpg")
+    parser.add_argument("--style", type=Path, default=IMAGES / "autumn-oak.jpg")
+    args = parser.parse_args(argv)
+    if args.iterations < 1:
+        parser.error("--iterations must be at least 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    images = []
+    for path in (args.content, args.style):
+        if not path.is_file():
+            parser.error(f"image {path} not found (pass --content/--style)")
+        images.append(Image.open(path).convert("RGB"))
+    content, style = images
+    # The notebook's own float(l) on a tensor that requires grad; a warning there says nothing about speed.
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
+
+    # Built once, untimed, as a long-lived worker would; the timed calls cover preprocessing, targets and the loop.
+    state_dict = random_vgg19_state()
+    net = notebook_net(state_dict, device)
+    params = resolve_params({"preset": "seed"})
+    backbone = Backbone("vgg19", state_dict, get_convention("torchvision"), params.layers).to(device)
+    runs = {
+        "notebook": lambda n: run_notebook(net, content, style, args.size, n, device),
+        "styleq": lambda n: run_engine(backbone, content, style, args.size, n, device),
+    }
+    for run in runs.values():
+        timed(lambda run=run: run(WARMUP_ITERATIONS), device)  # allocator, cuDNN/oneDNN kernel choice
+    results = {name: timed(lambda run=run: run(args.iterations), device) for name, run in runs.items()}
+
+    per_iteration = {name: seconds / args.iterations for name, (seconds, _) in results.items()}
+    height, width = args.size
+    print(f"device: {device_name(device)}")
+    print(f"size {height}x{width}, {args.iterations} iterations each, after a {WARMUP_ITERATIONS}-iteration warm-up")
+    for name, seconds in per_iteration.items():
+        print(f"{name:<9} {seconds:.4f} s/iteration")
+    print(f"ratio notebook/styleq: {per_iteration['notebook'] / per_iteration['styleq']:.2f}")
+    print(f"final losses {'content':>12} {'style':>12} {'tv':>12} {'total':>12}")
+    for name, (_, losses) in results.items():
+        print(f"{name:<12} " + " ".join(f"{value:>12.6g}" for value in losses))
+    (_, theirs), (_, ours) = results["notebook"], results["styleq"]
+    difference = max(abs(a - b) / max(abs(a), 1e-30) for a, b in zip(theirs, ours))
+    print(f"largest relative difference: {difference:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The one settings object, read from `STYLEQ_*` environment variables by entry points only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("styleq", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Configuration of every styleq process; each field is documented in the README's table."""
+
+    model_config = SettingsConfigDict(env_prefix="STYLEQ_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    # Unset means `<data_dir>/models`, `<data_dir>/storage`, SQLite and the SQLite broker in
+    # `<data_dir>`: one variable moves everything, and production sets the two URLs.
+    model_dir: Path | None = None
+    storage_dir: Path | None = None
+    database_url: str | None = None
+    broker_url: str | None = None
+    default_weights: str = "vgg16-caffe"
+
+    queue: str = "styleq.jobs"
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    # Jobs larger than this many output pixels or longer than this many iterations are refused.
+    max_pixels: int = Field(default=1024 * 1024, ge=256)
+    max_iterations: int = Field(default=5000, ge=1)
+    # A running job whose heartbeat is older than this belongs to a lost worker and is retried.
+    lease_seconds: float = Field(default=120.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    # A queued job not picked up for this long is sent to the broker again (its message may be lost).
+    requeue_after_seconds: float = Field(default=600.0, gt=0)
+    sweep_every_seconds: float = Field(default=15.0, gt=0)
+    # The worker saves a preview and its resumable state every this many checkpoints.
+    preview_every: int = Field(default=5, ge=1)
+
+    @property
+    def models_path(self) -> Path:
+        """Return the directory that holds downloaded and converted weights."""
+        return self.model_dir or self.data_dir / "models"
+
+    @property
+    def storage_path(self) -> Path:
+        """Return the directory under which every upload, result, preview and saved state lives."""
+        return self.storage_dir or self.data_dir / "storage"
+
+    @property
+    def database(self) -> str:
+        """Return the SQLAlchemy URL of the job database (SQLite in the data directory by default)."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'styleq.db'}"
+
+    @property
+    def broker(self) -> str:
+        """Return the Celery broker URL (a SQLite-backed kombu transport in the data directory by default)."""
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def embedded(self) -> bool:
+        """Tell whether this is the serverless default (SQLite database and broker)."""
+        return self.database.startswith("sqlite") and self.broker.startswith("sqla+sqlite")
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment."""
+    return Settings()

@@ -1,0 +1,201 @@
+"""`styleq transfer` and `styleq weights` through the real command group, on local random-weight files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from click.testing import CliRunner, Result
+from PIL import Image
+from torchvision import models
+
+from shared.cli import main
+
+HISTORY_HEADER = ["iteration", "elapsed_s", "content", "style", "tv", "total"]
+
+
+def write_random_vgg(architecture: str, path: Path, seed: int = 0) -> Path:
+    """Write the `features.*` state of a seeded, untrained torchvision VGG to a .safetensors file."""
+    torch.manual_seed(seed)
+    network = getattr(models, architecture)(weights=None)
+    features = {key: value.contiguous() for key, value in network.state_dict().items() if key.startswith("features.")}
+    safetensors.torch.save_file(features, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def vgg16_file(tmp_path_factory) -> Path:
+    return write_random_vgg("vgg16", tmp_path_factory.mktemp("weights") / "vgg16-random.safetensors")
+
+
+@pytest.fixture(scope="session")
+def vgg19_file(tmp_path_factory) -> Path:
+    return write_random_vgg("vgg19", tmp_path_factory.mktemp("weights") / "vgg19-random.safetensors")
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory, images_dir) -> tuple[Path, Path]:
+    """Small copies of the seed's content and style images, so each run decodes a few pixels, not a megapixel."""
+    folder = tmp_path_factory.mktemp("inputs")
+    paths = []
+    for name in ("rainier.jpg", "autumn-oak.jpg"):
+        with Image.open(images_dir / name) as image:
+            image.convert("RGB").resize((64, 48)).save(folder / name)
+        paths.append(folder / name)
+    return paths[0], paths[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Run torch on one thread: 24x32 pictures gain nothing from more, and on a busy machine threads fight."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch) -> Path:
+    """Point styleq's data (and so model) directory at a fresh folder, so no test reads or writes the user's."""
+    path = tmp_path / "data"
+    monkeypatch.setenv("STYLEQ_DATA_DIR", str(path))
+    monkeypatch.delenv("STYLEQ_MODEL_DIR", raising=False)
+    return path
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    """An empty folder for everything a command writes, so a test can tell that a failure wrote nothing."""
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
+
+
+def styleq(*args: str | Path) -> Result:
+    """Run `styleq ARGS` in-process and return click's result."""
+    return CliRunner().invoke(main, [str(arg) for arg in args])
+
+
+def small_transfer(inputs: tuple[Path, Path], weights: Path, output: Path, *extra: str | Path) -> Result:
+    """Run a tiny CPU transfer with the styleq preset on random Caffe-convention VGG16 weights."""
+    content, style = inputs
+    return styleq(
+        "transfer", content, style, "-o", output, "--weights", weights, "--convention", "caffe",
+        "--size", "24x32", "--device", "cpu", "-q", *extra,
+    )
+
+
+def assert_succeeded(result: Result) -> None:
+    """Fail with the command's output and exception unless it exited 0."""
+    assert result.exit_code == 0, (result.output, result.exception)
+
+
+def test_transfer_writes_a_png_of_the_requested_height_and_width(inputs, vgg16_file, out):
+    result = small_transfer(inputs, vgg16_file, out / "picture.png", "--iterations", "3")
+
+    assert_succeeded(result)
+    with Image.open(out / "picture.png") as picture:
+        # --size is HEIGHTxWIDTH, PIL's size is (width, height).
+        assert (picture.format, picture.size) == ("PNG", (32, 24))
+    assert "after 3 iterations" in result.output
+
+
+def test_history_csv_has_the_header_and_one_row_per_checkpoint(inputs, vgg16_file, out):
+    result = small_transfer(inputs, vgg16_file, out / "picture.png", "--iterations", "20", "--history", out / "history.csv")
+
+    assert_succeeded(result)
+    with (out / "history.csv").open(newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == HISTORY_HEADER
+    assert [int(row[0]) for row in rows[1:]] == [10, 20]
+    for row in rows[1:]:
+        elapsed, *losses = map(float, row[1:])
+        assert elapsed > 0 and all(math.isfinite(loss) and loss >= 0 for loss in losses)
+
+
+def test_history_json_is_a_list_of_one_object_per_checkpoint(inputs, vgg16_file, out):
+    result = small_transfer(inputs, vgg16_file, out / "picture.png", "--iterations", "20", "--history", out / "history.json")
+
+    assert_succeeded(result)
+    rows = json.loads((out / "history.json").read_text())
+    assert isinstance(rows, list)
+    assert [list(row) for row in rows] == [HISTORY_HEADER, HISTORY_HEADER]
+    assert [row["iteration"] for row in rows] == [10, 20]
+    assert all(isinstance(row[name], float) for row in rows for name in HISTORY_HEADER[1:])
+
+
+def test_plot_writes_a_png(inputs, vgg16_file, out):
+    result = small_transfer(inputs, vgg16_file, out / "picture.png", "--iterations", "20", "--plot", out / "losses.png")
+
+    assert_succeeded(result)
+    with Image.open(out / "losses.png") as plot:
+        assert plot.format == "PNG"
+
+
+def test_seed_preset_runs_on_a_vgg19_file(inputs, vgg19_file, out):
+    content, style = inputs
+    result = styleq(
+        "transfer", content, style, "-o", out / "seed.jpg", "--preset", "seed", "--weights", vgg19_file,
+        "--size", "24x32", "--iterations", "10", "--device", "cpu", "-q", "--history", out / "seed.csv",
+    )
+
+    assert_succeeded(result)
+    with Image.open(out / "seed.jpg") as picture:
+        assert (picture.format, picture.size) == ("JPEG", (32, 24))
+    with (out / "seed.csv").open(newline="") as file:
+        assert [row["iteration"] for row in csv.DictReader(file)] == ["10"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param({"CONTENT": "{tmp}/x.jpg"}, ["cannot read the content image", "x.jpg"], id="unreadable-content"),
+        pytest.param({"--size": "300by450"}, ["--size", "300by450"], id="bad-size"),
+        pytest.param({"--iterations": "0"}, ["iterations", "got 0"], id="zero-iterations"),
+        pytest.param({"--optimizer": "sgd"}, ["--optimizer", "sgd"], id="unknown-optimizer"),
+        pytest.param({"--weights": "{out}/missing.safetensors"}, ["missing.safetensors", "does not exist"], id="missing-weights-file"),
+        pytest.param({"-o": "{out}/picture.txt"}, ["--output", "picture.txt"], id="txt-output"),
+        pytest.param({"--weights": "nosuchname"}, ["unknown weights", "nosuchname"], id="unknown-weights-name"),
+    ],
+)
+def test_bad_input_is_reported_and_exits_non_zero_without_writing_anything(inputs, vgg16_file, tmp_path, out, overrides, expected):
+    (tmp_path / "x.jpg").write_text("not a picture\n")
+    options = {
+        "CONTENT": str(inputs[0]), "STYLE": str(inputs[1]), "-o": "{out}/picture.png", "--weights": str(vgg16_file),
+        "--convention": "caffe", "--size": "24x32", "--iterations": "2", "--device": "cpu",
+        "--history": "{out}/history.csv", "--plot": "{out}/losses.png",
+    }
+    options.update(overrides)
+    options = {key: value.format(tmp=tmp_path, out=out) for key, value in options.items()}
+    named = [part for key, value in options.items() if key.startswith("-") for part in (key, value)]
+
+    result = styleq("transfer", options["CONTENT"], options["STYLE"], *named, "-q")
+
+    # A clean error leaves through click's SystemExit; anything else is an unhandled exception.
+    assert isinstance(result.exception, SystemExit) and result.exit_code != 0, (result.output, result.exception)
+    for fragment in expected:
+        assert fragment in result.output
+    assert list(out.iterdir()) == []
+
+
+def test_weights_list_shows_every_registry_entry_not_pulled_in_an_empty_model_dir(data_dir):
+    result = styleq("weights", "list")
+
+    assert_succeeded(result)
+    assert str(data_dir / "models") in result.output
+    states = {line.split()[0]: line for line in result.output.splitlines()[1:] if line.strip()}
+    assert set(states) == {"vgg16-caffe", "vgg16", "vgg19"}
+    assert all("not pulled" in line for line in states.values())
+
+
+def test_weights_pull_of_an_unknown_name_fails(data_dir):
+    result = styleq("weights", "pull", "nosuch")
+
+    assert result.exit_code != 0
+    assert "nosuch" in result.output
+    assert not (data_dir / "models").exists()

@@ -1,0 +1,163 @@
+"""`styleq transfer` and `styleq weights`: the engine from the command line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from shared.settings import load_settings
+
+from . import report
+from .engine import CONVENTIONS, PRESETS, RANGES, Checkpoint, build_backbone, default_device, resolve_params, transfer
+from shared.params import CHOICES
+from .engine.weights import REGISTRY, WeightsError, is_pulled, load_weights, pull_weights
+
+_OUTPUT_FORMATS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def _range_help(name: str) -> str:
+    low, high = RANGES[name]
+    return f"{low:g} to {high:g}"
+
+
+def _parse_size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | int | None:
+    if value is None:
+        return None
+    if match := re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value):
+        return [int(match[1]), int(match[2])]
+    if value.strip().isdigit():
+        return int(value)
+    raise click.BadParameter(f"expected HEIGHTxWIDTH like 300x450, or one number for the long side; got {value!r}")
+
+
+def _parse_layers(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
+    return None if value is None else [layer.strip() for layer in value.split(",") if layer.strip()]
+
+
+def open_image(path: Path, role: str) -> Image.Image:
+    """Open an image file upright (EXIF orientation applied) in RGB, or fail with a message naming it."""
+    try:
+        with Image.open(path) as image:
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise click.ClickException(f"cannot read the {role} image {path}: {error}") from None
+
+
+def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
+    # Checked before the run starts: minutes of optimisation must not end in an unwritable file name.
+    if path.suffix.lower() not in suffixes:
+        raise click.BadParameter(f"{path} should end in one of {', '.join(sorted(suffixes))}", param_hint=option)
+    if not path.parent.resolve().is_dir():
+        raise click.BadParameter(f"the folder {path.parent} does not exist", param_hint=option)
+
+
+@click.command("transfer")
+@click.argument("content", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("style", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the picture (.png, .jpg, ...).")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="styleq", show_default=True, help="Starting values of every parameter: 'seed' is the notebook exactly.")
+@click.option("--weights", help="Registry weights (see `styleq weights list`) or a .pth/.safetensors file. Default: the preset's.")
+@click.option("--convention", type=click.Choice(sorted(CONVENTIONS)), help="Input convention of a weights file (default torchvision).")
+@click.option("--size", callback=_parse_size, help="HEIGHTxWIDTH like 300x450, or one number: the long side, aspect kept.")
+@click.option("--iterations", type=int, help=f"Optimisation steps ({_range_help('iterations')}).")
+@click.option("--lr", "learning_rate", type=float, help=f"Learning rate ({_range_help('learning_rate')}).")
+@click.option("--optimizer", type=click.Choice(CHOICES["optimizer"]))
+@click.option("--init", type=click.Choice(CHOICES["init"]), help="Start from the content image, the style image or noise.")
+@click.option("--seed", type=int, help="Random seed (noise init).")
+@click.option("--content-weight", type=float)
+@click.option("--style-weight", type=float)
+@click.option("--tv-weight", type=float, help="Total-variation (smoothness) weight.")
+@click.option("--content-layers", callback=_parse_layers, help="Comma-separated layer names, e.g. relu4_2.")
+@click.option("--style-layers", callback=_parse_layers, help="Comma-separated layer names, e.g. relu1_1,relu2_1.")
+@click.option("--checkpoint-every", type=int, help="Iterations between loss checkpoints (default 10).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--history", type=click.Path(dir_okay=False, path_type=Path), help="Write every checkpoint to FILE.csv or FILE.json.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Draw the losses (and the picture) to FILE.png.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def transfer_command(content: Path, style: Path, output: Path, convention: str | None, device: str, history: Path | None, plot: Path | None, quiet: bool, **options: Any) -> None:
+    """Paint CONTENT in the style of STYLE and write the picture to OUTPUT."""
+    try:
+        # Options left unset are None: the preset decides them.
+        params = resolve_params(**options)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    _check_output(output, "--output", _OUTPUT_FORMATS)
+    if history is not None:
+        _check_output(history, "--history", {".csv", ".json"})
+    if plot is not None:
+        _check_output(plot, "--plot", {".png"})
+    content_image, style_image = open_image(content, "content"), open_image(style, "style")
+
+    settings = load_settings()
+    if params.weights in REGISTRY and not is_pulled(params.weights, settings.models_path):
+        click.echo(f"Fetching weights {params.weights!r} into {settings.models_path} (once)...", err=True)
+    try:
+        weights = load_weights(params.weights, settings.models_path, convention=convention, pull=True)
+        torch_device = default_device() if device == "auto" else device
+        backbone = build_backbone(weights, params, torch_device)
+    except (WeightsError, ValueError, RuntimeError) as error:
+        raise click.ClickException(str(error)) from None
+
+    checkpoints: list[Checkpoint] = []
+    with report.progress_bar(params.iterations, disable=quiet) as bar:
+
+        def on_checkpoint(checkpoint: Checkpoint) -> None:
+            checkpoints.append(checkpoint)
+            bar.advance(checkpoint)
+
+        result = transfer(content_image, style_image, params, backbone=backbone, device=torch_device, on_checkpoint=on_checkpoint)
+    result.image.save(output)
+    if history is not None:
+        report.write_history(checkpoints, history)
+    if plot is not None:
+        report.plot_losses(checkpoints, result.image, plot)
+    click.echo(f"Wrote {output} ({result.image.width}x{result.image.height}) after {result.iteration} iterations.", err=quiet)
+
+
+
+@click.group()
+def weights() -> None:
+    """Fetch and list the VGG weights the engine runs on."""
+
+
+@weights.command("list")
+def list_weights() -> None:
+    """List the registry's weights and whether each is fetched."""
+    model_dir = load_settings().models_path
+    click.echo(f"Model directory: {model_dir}")
+    for name, spec in REGISTRY.items():
+        state = "pulled" if is_pulled(name, model_dir) else "not pulled"
+        click.echo(f"  {name:<12} {spec.architecture:<6} {spec.convention:<12} {state:<11} {spec.description}")
+
+
+@weights.command("pull")
+@click.argument("name", type=click.Choice(sorted(REGISTRY)))
+@click.option("--force", is_flag=True, help="Fetch again even if a valid file is there.")
+@click.option("--url", help="Download from this mirror instead (the pinned hash is still checked).")
+def pull(name: str, force: bool, url: str | None) -> None:
+    """Fetch registry weights NAME into the model directory and verify them."""
+    model_dir = load_settings().models_path
+    click.echo(f"Fetching {name} into {model_dir}...", err=True)
+    try:
+        path = pull_weights(name, model_dir, force=force, url=url)
+    except WeightsError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(str(path))
+
+
+@click.command("worker")
+@click.option("--gpus", default="all", show_default=True, help="all (one process per visible GPU), none (one CPU worker), or indices like 0,1.")
+@click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def worker_command(gpus: str, loglevel: str) -> None:
+    """Run job workers: one process per GPU, pinned with CUDA_VISIBLE_DEVICES, one job at a time each."""
+    from .launcher import launch, visible_gpus
+
+    try:
+        indices = visible_gpus(gpus)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--gpus") from None
+    raise SystemExit(launch(load_settings(), indices, loglevel))
