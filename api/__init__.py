@@ -1,0 +1,46 @@
+"""The HTTP API: an app factory over the service layer in `shared/` (no torch, no worker imports)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask
+
+from shared.db import make_engine, make_session_factory
+from shared.settings import Settings, load_settings
+from shared.storage import Storage
+
+from . import auth, errors, events, files, health, jobs, openapi
+from .queue import JobQueue
+from .services import EXTENSION, Services, close_session
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app for `settings` (read from STYLEQ_* variables when not given); nothing connects yet."""
+    settings = settings or load_settings()
+    app = Flask(__name__, static_folder=None)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config.update(
+        # Two images of at most max_upload_bytes each, plus the form fields and multipart framing.
+        MAX_CONTENT_LENGTH=2 * settings.max_upload_bytes + 1024 * 1024,
+        EVENTS_POLL_SECONDS=0.5,
+        EVENTS_KEEPALIVE_SECONDS=15.0,
+        EVENTS_MAX_SECONDS=300.0,
+    )
+    engine = make_engine(settings.database)
+    app.extensions[EXTENSION] = Services(
+        settings=settings,
+        engine=engine,
+        session_factory=make_session_factory(engine),
+        storage=Storage(settings.storage_path),
+        queue=JobQueue(settings),
+    )
+    app.teardown_appcontext(close_session)
+    errors.register_error_handlers(app)
+
+    v1 = Blueprint("v1", __name__, url_prefix="/v1")
+    v1.before_request(auth.require_api_key)
+    for blueprint in (jobs.bp, files.bp, events.bp):
+        v1.register_blueprint(blueprint)
+    app.register_blueprint(v1)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
+    return app

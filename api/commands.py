@@ -1,0 +1,145 @@
+"""`styleq up`, `styleq db upgrade` and `styleq keys create`: running the service on one machine."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import requests
+
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.keys import create_api_key
+from shared.migrate import upgrade_database
+from shared.settings import Settings, load_settings
+
+
+def local_key_file(settings: Settings) -> Path:
+    """Return where `styleq up` keeps the local admin key, so `styleq submit` works with no flags."""
+    return settings.data_dir / "local-api-key"
+
+
+def make_key(settings: Settings, name: str, *, admin: bool = False) -> str:
+    """Create an API key in the configured database and return its secret."""
+    engine = make_engine(settings.database)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            _, token = create_api_key(session, name, is_admin=admin)
+    finally:
+        engine.dispose()
+    return token
+
+
+@click.group("db")
+def db() -> None:
+    """Manage the job database."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration to the configured database."""
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.database)
+    click.echo("database is up to date", err=True)
+
+
+@click.group("keys")
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option("--admin", is_flag=True, help="The key sees every job and the operator view.")
+def keys_create(name: str, admin: bool) -> None:
+    """Make a new API key and print it as the last line (it is shown only this once)."""
+    try:
+        token = make_key(load_settings(), name, admin=admin)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(f"Created {'an admin' if admin else 'a'} key named {name!r}; it is shown only once:", err=True)
+    click.echo(token)
+
+
+def _wait_until_healthy(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(process.poll() is not None for process in processes):
+            raise click.ClickException("the API or the worker exited while starting; see the messages above")
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise click.ClickException(f"the API did not answer at {url} within {timeout:.0f} s")
+
+
+@click.command("up")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API listens on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--gpus", default="all", show_default=True, help="GPUs for the worker: all, none, or indices like 0,1.")
+@click.option("--api-workers", default=2, show_default=True, type=click.IntRange(1, 64), help="gunicorn processes.")
+def up(host: str, port: int, gpus: str, api_workers: int) -> None:
+    """Set up the data directory and database, then run the API and a worker until Ctrl-C."""
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.database)
+    key_file = local_key_file(settings)
+    if not key_file.is_file():
+        token = make_key(settings, "local", admin=True)
+        key_file.touch(mode=0o600)
+        key_file.write_text(token + "\n")
+        click.echo(f"Local admin API key (kept in {key_file}, shown only now):\n  {token}")
+    else:
+        click.echo(f"Local admin API key: in {key_file}")
+
+    url = f"http://{host}:{port}"
+    api = subprocess.Popen([
+        sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(api_workers),
+        # Threads, because every open event stream holds one for as long as the job runs.
+        "--worker-class", "gthread", "--threads", "16", "--timeout", "120", "--graceful-timeout", "5",
+        "--access-logfile", "-", "api:create_app()",
+    ])
+    worker = subprocess.Popen([sys.executable, "-m", "shared.cli", "worker", "--gpus", gpus])
+    processes = [api, worker]
+
+    def stop() -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+    # A SIGTERM (from a service manager) stops everything the way Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        _wait_until_healthy(url, processes)
+        click.echo(f"styleq is running at {url} (data in {settings.data_dir}); Ctrl-C stops it.")
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+        raise click.ClickException("the API or the worker stopped; see the messages above")
+    except KeyboardInterrupt:
+        click.echo("stopping...", err=True)
+    finally:
+        stop()
+        _wait_or_escalate(api, worker)
+
+
+def _wait_or_escalate(api: subprocess.Popen[bytes], worker: subprocess.Popen[bytes]) -> None:
+    """Give the API and the worker a few seconds to stop; a job still running is cut off and resumes next time."""
+    try:
+        api.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        api.kill()
+    try:
+        worker.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        # Celery's cold shutdown: the running job keeps its saved state and the sweeper resumes it later.
+        worker.send_signal(signal.SIGQUIT)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()

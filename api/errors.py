@@ -1,0 +1,84 @@
+"""The one place that turns every error into `{"error": {"code": ..., "message": ...}}` with its HTTP status."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import Conflict, InvalidInput, NotFound, StyleqError, Unauthorized
+
+log = logging.getLogger(__name__)
+
+
+class Unprocessable(InvalidInput):
+    """Well-formed input the service will not run (a parameter out of range, over a limit)."""
+
+    code = "invalid_params"
+
+
+class TooLarge(InvalidInput):
+    """An upload over the size limit."""
+
+    code = "too_large"
+
+
+# Most specific first: the first class the error is an instance of decides the status.
+STATUS: list[tuple[type[StyleqError], int]] = [
+    (Unprocessable, 422),
+    (TooLarge, 413),
+    (InvalidInput, 400),
+    (Unauthorized, 401),
+    (NotFound, 404),
+    (Conflict, 409),
+]
+# Werkzeug's own errors (unknown URL, wrong method, body too large...) get codes in the same style.
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    """Return the JSON error body with `status`."""
+    response = jsonify(error={"code": code, "message": message})
+    response.status_code = status
+    return response
+
+
+def handle_styleq_error(error: StyleqError) -> Response:
+    """Map a service error to its status."""
+    status = next((status for cls, status in STATUS if isinstance(error, cls)), 400)
+    response = error_response(status, error.code, error.message)
+    if isinstance(error, Unauthorized):
+        # RFC 6750: say which scheme, and flag a key that was given but is not valid.
+        challenge = 'Bearer realm="styleq"'
+        if error.code == "invalid_token":
+            challenge += ', error="invalid_token"'
+        response.headers["WWW-Authenticate"] = challenge
+    return response
+
+
+def handle_http_error(error: HTTPException) -> Response:
+    """Give Werkzeug's errors (404, 405, 413, ...) the JSON shape, keeping headers such as Allow."""
+    status = error.code or 500
+    code = HTTP_CODES.get(status) or re.sub(r"\W+", "_", (error.name or "error").lower()).strip("_")
+    response = error_response(status, code, error.description or error.name)
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def handle_unexpected(error: Exception) -> Response:
+    """Log an unexpected error with its traceback and answer 500 without details."""
+    if isinstance(error, HTTPException):
+        return handle_http_error(error)
+    log.exception("unhandled error", exc_info=error)
+    return error_response(500, "internal_error", "the server failed to handle this request; it has been logged")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install the handlers on `app`."""
+    app.register_error_handler(StyleqError, handle_styleq_error)
+    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(Exception, handle_unexpected)

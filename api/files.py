@@ -1,0 +1,91 @@
+"""A job's images: the result, the latest preview, and the two uploads it was made from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, Response, send_file
+from PIL import Image
+
+from shared import jobs
+from shared.errors import Conflict, NotFound
+from shared.models import Job, JobStatus
+
+from .auth import current_key
+from .services import db_session, services
+
+bp = Blueprint("files", __name__)
+IMMUTABLE = "private, max-age=86400, immutable"
+
+
+@bp.get("/jobs/<job_id>/result")
+def show_result(job_id: str) -> Response:
+    """Send the finished picture (PNG)."""
+    job = own_job(job_id)
+    path = services().storage.job_path(job.id, "result.png")
+    return send_job_file(path, "image/png", IMMUTABLE, not_ready(job, "result"))
+
+
+@bp.get("/jobs/<job_id>/preview")
+def show_preview(job_id: str) -> Response:
+    """Send the latest preview (JPEG), which the worker replaces as the job runs."""
+    job = own_job(job_id)
+    path = services().storage.job_path(job.id, "preview.jpg")
+    # no-cache with an ETag: the client revalidates every time and gets 304 until a new preview lands.
+    return send_job_file(path, "image/jpeg", "no-cache", not_ready(job, "preview"))
+
+
+@bp.get("/jobs/<job_id>/content")
+def show_content(job_id: str) -> Response:
+    """Send the uploaded content image."""
+    return send_upload(own_job(job_id).content_sha256)
+
+
+@bp.get("/jobs/<job_id>/style")
+def show_style(job_id: str) -> Response:
+    """Send the uploaded style image."""
+    return send_upload(own_job(job_id).style_sha256)
+
+
+def own_job(job_id: str) -> Job:
+    """Return the client's job, closing the request's session: serving a file needs no transaction."""
+    job = jobs.get_job(db_session(), current_key(), job_id)
+    db_session().rollback()
+    return job
+
+
+def not_ready(job: Job, name: str) -> str:
+    """Say why the job's `name` file is not there."""
+    if job.state in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return f"job {job.id} is {job.status} and has no {name} yet; follow its events and try again"
+    if job.state is JobStatus.SUCCEEDED:
+        return f"job {job.id} succeeded but its {name} is not in storage"
+    return f"job {job.id} ended {job.status} and has no {name}"
+
+
+def send_job_file(path: Path, mimetype: str, cache_control: str, missing: str) -> Response:
+    """Send one of a job's files with an ETag, or 409 not_ready while the worker has not written it."""
+    try:
+        response = send_file(path, mimetype=mimetype, conditional=True, etag=True)
+    except FileNotFoundError:
+        raise Conflict(missing, code="not_ready") from None
+    return with_cache_control(response, cache_control)
+
+
+def send_upload(sha256: str) -> Response:
+    """Send an upload; its hash is its ETag, since its bytes never change."""
+    path = services().storage.upload_path(sha256)
+    try:
+        with Image.open(path) as image:
+            mimetype = Image.MIME.get(image.format or "", "application/octet-stream")
+        response = send_file(path, mimetype=mimetype, conditional=True, etag=sha256)
+    except FileNotFoundError:
+        raise NotFound("the uploaded image of this job is missing from storage") from None
+    return with_cache_control(response, IMMUTABLE)
+
+
+def with_cache_control(response: Response, value: str) -> Response:
+    """Replace the response's caching headers with `value`."""
+    response.headers["Cache-Control"] = value
+    response.headers.pop("Expires", None)
+    return response

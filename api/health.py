@@ -1,0 +1,51 @@
+"""Liveness and readiness probes for load balancers and orchestrators (no API key needed)."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, jsonify
+from kombu import Connection
+from sqlalchemy import text
+
+from .services import services
+
+bp = Blueprint("health", __name__)
+log = logging.getLogger(__name__)
+BROKER_TIMEOUT_SECONDS = 2.0
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Answer that the process is up, touching nothing else."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Answer 200 when the database and the broker both answer, else 503 naming the one that failed."""
+    checks = {"database": check_database(), "broker": check_broker()}
+    ready = all(check["ok"] for check in checks.values())
+    return jsonify(status="ok" if ready else "unavailable", checks=checks), 200 if ready else 503
+
+
+def check_database() -> dict[str, object]:
+    """Run `SELECT 1` on a connection of its own."""
+    try:
+        with services().engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as error:
+        log.warning("readiness: database check failed", exc_info=True)
+        return {"ok": False, "error": type(error).__name__}
+    return {"ok": True}
+
+
+def check_broker() -> dict[str, object]:
+    """Open (and close) a connection to the broker, trying once."""
+    try:
+        with Connection(services().settings.broker, connect_timeout=BROKER_TIMEOUT_SECONDS) as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, interval_max=0.2, timeout=BROKER_TIMEOUT_SECONDS)
+    except Exception as error:
+        log.warning("readiness: broker check failed", exc_info=True)
+        return {"ok": False, "error": type(error).__name__}
+    return {"ok": True}

@@ -1,0 +1,250 @@
+"""The OpenAPI 3.1 description of the API, written by hand and checked against the routes by a test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from shared.models import JobStatus
+
+bp = Blueprint("openapi", __name__)
+
+JSON = "application/json"
+REF = "#/components/"
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": {"$ref": REF + "schemas/Error"}}}}
+
+
+def _json(description: str, schema: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {JSON: {"schema": {"$ref": REF + "schemas/" + schema}}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _image(description: str, mimetypes: list[str], cache: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"ETag": {"schema": {"type": "string"}}, "Cache-Control": {"schema": {"type": "string", "example": cache}}},
+        "content": {mimetype: {"schema": {"type": "string", "contentEncoding": "binary"}} for mimetype in mimetypes},
+    }
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "description": "The job's id.", "schema": {"type": "string"}}
+AUTH = {"401": {"$ref": REF + "responses/Unauthorized"}}
+UNKNOWN = {"404": _error("No job with this id belongs to the client.")}
+NOT_MODIFIED = {"304": {"description": "Not modified (If-None-Match matched the ETag)."}}
+
+
+def _job_operation(summary: str, responses: dict[str, Any], parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"summary": summary, "parameters": [JOB_ID, *(parameters or [])], "responses": {**responses, **AUTH, **UNKNOWN}}
+
+
+_LOSSES = {"content": {"type": "number"}, "style": {"type": "number"}, "tv": {"type": "number"}, "total": {"type": "number"}}
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "description": "Stable machine-readable code, e.g. invalid_params."},
+                    "message": {"type": "string", "description": "What went wrong, for a person."},
+                },
+            }
+        },
+    },
+    "Job": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"type": "string", "enum": [status.value for status in JobStatus]},
+            "params": {"type": "object", "description": "The resolved transfer parameters."},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "iteration": {"type": "integer"},
+            "iterations": {"type": "integer"},
+            "losses": {"oneOf": [{"type": "object", "properties": _LOSSES}, {"type": "null"}]},
+            "elapsed_s": {"type": ["number", "null"]},
+            "attempts": {"type": "integer"},
+            "worker": {"type": ["string", "null"]},
+            "gpu": {"type": ["string", "null"]},
+            "error": {"oneOf": [{"$ref": REF + "schemas/Error/properties/error"}, {"type": "null"}]},
+            "cancel_requested": {"type": "boolean"},
+            "queue_position": {"type": ["integer", "null"], "description": "1 for the next job to run; null unless queued."},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": _NULLABLE_TIME,
+            "finished_at": _NULLABLE_TIME,
+            "links": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
+    "JobPage": {
+        "type": "object",
+        "properties": {
+            "jobs": {"type": "array", "items": {"$ref": REF + "schemas/Job"}},
+            "next_cursor": {"type": ["string", "null"], "description": "Pass as ?cursor= for the next page."},
+        },
+    },
+    "Checkpoint": {
+        "type": "object",
+        "properties": {"iteration": {"type": "integer"}, "elapsed_s": {"type": "number"}, **_LOSSES},
+    },
+    "CheckpointList": {
+        "type": "object",
+        "properties": {"checkpoints": {"type": "array", "items": {"$ref": REF + "schemas/Checkpoint"}}},
+    },
+    "Health": {
+        "type": "object",
+        "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}, "checks": {"type": "object"}},
+    },
+}
+
+SUBMIT = {
+    "summary": "Submit a style-transfer job.",
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": "Repeating a key returns the job it first created (200) instead of a new one.",
+            "schema": {"type": "string", "maxLength": 200},
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["content", "style"],
+                    "properties": {
+                        "content": {"type": "string", "contentEncoding": "binary", "description": "The picture to repaint."},
+                        "style": {"type": "string", "contentEncoding": "binary", "description": "The picture whose style to take."},
+                        "params": {
+                            "type": "string",
+                            "contentMediaType": JSON,
+                            "description": 'A JSON object: a preset and overrides, e.g. {"preset": "seed", "size": [300, 450]}.',
+                        },
+                    },
+                }
+            }
+        },
+    },
+    "responses": {
+        "202": _json("Queued.", "Job", {"Location": {"schema": {"type": "string"}}}),
+        "200": _json("The job an earlier request with this Idempotency-Key created.", "Job"),
+        "400": _error("missing_file, invalid_image, invalid_params (not a JSON object) or invalid_idempotency_key."),
+        "413": _error("too_large: an upload over the size limit."),
+        "422": _error("invalid_params: a parameter is unknown, out of range or over the service's limits."),
+        **AUTH,
+    },
+}
+
+PATHS: dict[str, Any] = {
+    "/v1/jobs": {
+        "post": SUBMIT,
+        "get": {
+            "summary": "List the client's jobs (all jobs for an admin key), newest first.",
+            "parameters": [
+                _query("status", "Only jobs in this status.", {"type": "string", "enum": [status.value for status in JobStatus]}),
+                _query("cursor", "The next_cursor of the page before.", {"type": "string"}),
+                _query("limit", "Jobs per page.", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}),
+            ],
+            "responses": {"200": _json("A page of jobs.", "JobPage"), "400": _error("invalid_query."), **AUTH},
+        },
+    },
+    "/v1/jobs/{job_id}": {
+        "get": _job_operation("Show a job.", {"200": _json("The job.", "Job")}),
+        "delete": _job_operation(
+            "Delete a job, its checkpoints and files (a running job is canceled first).", {"204": {"description": "Deleted."}}
+        ),
+    },
+    "/v1/jobs/{job_id}/checkpoints": {
+        "get": _job_operation(
+            "List the job's loss checkpoints.",
+            {"200": _json("Checkpoints in iteration order.", "CheckpointList"), "400": _error("invalid_query.")},
+            [
+                _query("after", "Only checkpoints past this iteration.", {"type": "integer", "minimum": 0, "default": 0}),
+                _query("limit", "At most this many.", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}),
+            ],
+        )
+    },
+    "/v1/jobs/{job_id}/events": {
+        "get": _job_operation(
+            "Follow the job as Server-Sent Events: status, checkpoint (id = iteration), status changes, end.",
+            {
+                "200": {"description": "An event stream.", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "400": _error("invalid_query."),
+            },
+            [
+                {"name": "Last-Event-ID", "in": "header", "required": False, "description": "Resume after this iteration.", "schema": {"type": "integer"}},
+                _query("after", "Send checkpoints past this iteration.", {"type": "integer", "minimum": 0}),
+            ],
+        )
+    },
+    "/v1/jobs/{job_id}/result": {
+        "get": _job_operation(
+            "Download the finished picture.",
+            {"200": _image("The result.", ["image/png"], "private, max-age=86400, immutable"), **NOT_MODIFIED, "409": _error("not_ready.")},
+        )
+    },
+    "/v1/jobs/{job_id}/preview": {
+        "get": _job_operation(
+            "Download the latest preview of a running job.",
+            {"200": _image("The preview.", ["image/jpeg"], "no-cache"), **NOT_MODIFIED, "409": _error("not_ready.")},
+        )
+    },
+    "/v1/jobs/{job_id}/cancel": {
+        "post": _job_operation(
+            "Cancel a queued job now, or ask a running one to stop at its next checkpoint.",
+            {"202": _json("The job after the request.", "Job"), "409": _error("job_finished.")},
+        )
+    },
+    "/v1/jobs/{job_id}/content": {
+        "get": _job_operation("Download the uploaded content image.", {"200": _image("The upload.", ["image/jpeg", "image/png"], "private, max-age=86400, immutable"), **NOT_MODIFIED})
+    },
+    "/v1/jobs/{job_id}/style": {
+        "get": _job_operation("Download the uploaded style image.", {"200": _image("The upload.", ["image/jpeg", "image/png"], "private, max-age=86400, immutable"), **NOT_MODIFIED})
+    },
+    "/healthz": {"get": {"summary": "Liveness.", "security": [], "responses": {"200": _json("Up.", "Health")}}},
+    "/readyz": {
+        "get": {
+            "summary": "Readiness: the database and the broker answer.",
+            "security": [],
+            "responses": {"200": _json("Ready.", "Health"), "503": _json("Not ready; checks names the failing one.", "Health")},
+        }
+    },
+    "/openapi.json": {"get": {"summary": "This document.", "security": [], "responses": {"200": {"description": "OpenAPI 3.1."}}}},
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "styleq", "version": "1", "description": "Neural style transfer as asynchronous jobs."},
+    "security": [{"bearer": []}],
+    "paths": PATHS,
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "An API key: Authorization: Bearer sq_..."}},
+        "schemas": SCHEMAS,
+        "responses": {
+            "Unauthorized": {
+                **_error("The API key is missing or not valid."),
+                "headers": {"WWW-Authenticate": {"schema": {"type": "string", "example": 'Bearer realm="styleq"'}}},
+            }
+        },
+    },
+}
+
+
+@bp.get("/openapi.json")
+def show_document() -> Response:
+    """Send the OpenAPI document."""
+    return jsonify(DOCUMENT)

@@ -1,0 +1,73 @@
+"""The JSON shapes of jobs and checkpoints, as every endpoint and the event stream send them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from shared.jobs import queue_position
+from shared.models import Checkpoint, Job, JobStatus
+
+JOB_LINKS = ("checkpoints", "events", "result", "preview", "cancel", "content", "style")
+
+
+def timestamp(value: datetime | None) -> str | None:
+    """Return `value` as ISO 8601 in UTC with a `Z`, or None."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def job_location(job_id: str) -> str:
+    """Return the job's URL path."""
+    return f"/v1/jobs/{job_id}"
+
+
+def job_payload(session: Session, job: Job) -> dict[str, Any]:
+    """Return the job as the API shows it."""
+    losses = None
+    if job.total_loss is not None:
+        losses = {"content": job.content_loss, "style": job.style_loss, "tv": job.tv_loss, "total": job.total_loss}
+    error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
+    location = job_location(job.id)
+    return {
+        "id": job.id,
+        "status": job.status,
+        "params": job.params,
+        "progress": progress(job),
+        "iteration": job.iteration,
+        "iterations": job.iterations,
+        "losses": losses,
+        "elapsed_s": job.elapsed_s,
+        "attempts": job.attempts,
+        "worker": job.worker,
+        "gpu": job.gpu,
+        "error": error,
+        "cancel_requested": job.cancel_requested,
+        "queue_position": queue_position(session, job),
+        "created_at": timestamp(job.created_at),
+        "started_at": timestamp(job.started_at),
+        "finished_at": timestamp(job.finished_at),
+        "links": {"self": location, **{name: f"{location}/{name}" for name in JOB_LINKS}},
+    }
+
+
+def progress(job: Job) -> float:
+    """Return how far the job has got, from 0 to 1 (1 once it has succeeded)."""
+    if job.status == JobStatus.SUCCEEDED.value:
+        return 1.0
+    return min(1.0, job.iteration / job.iterations) if job.iterations else 0.0
+
+
+def checkpoint_payload(checkpoint: Checkpoint) -> dict[str, Any]:
+    """Return one checkpoint's losses."""
+    return {
+        "iteration": checkpoint.iteration,
+        "elapsed_s": checkpoint.elapsed_s,
+        "content": checkpoint.content,
+        "style": checkpoint.style,
+        "tv": checkpoint.tv,
+        "total": checkpoint.total,
+    }

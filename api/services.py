@@ -1,0 +1,51 @@
+"""What the app's views share: settings, the database, storage and the queue, and one session per request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app, g
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.settings import Settings
+from shared.storage import Storage
+
+from .queue import JobQueue
+
+EXTENSION = "styleq"
+
+
+@dataclass
+class Services:
+    """The long-lived objects of one app, built by the factory and kept on `app.extensions`."""
+
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    storage: Storage
+    queue: JobQueue
+
+    def close(self) -> None:
+        """Release the broker and database connections (for tests and shutdown)."""
+        self.queue.close()
+        self.engine.dispose()
+
+
+def services() -> Services:
+    """Return the current app's services."""
+    return current_app.extensions[EXTENSION]
+
+
+def db_session() -> Session:
+    """Return this request's session, opening it on first use."""
+    if "db_session" not in g:
+        g.db_session = services().session_factory()
+    return g.db_session
+
+
+def close_session(_error: BaseException | None = None) -> None:
+    """Close this request's session, if it opened one (uncommitted work is rolled back)."""
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()

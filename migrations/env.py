@@ -1,0 +1,34 @@
+"""Alembic environment: the database URL comes from the caller's config, else from STYLEQ_* settings."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from shared.db import make_engine
+from shared.models import Base
+from shared.settings import load_settings
+
+config = context.config
+url = config.get_main_option("sqlalchemy.url") or load_settings().database
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=url, target_metadata=Base.metadata, literal_binds=True, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        # Batch mode lets later migrations alter columns on SQLite, which has no ALTER COLUMN.
+        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

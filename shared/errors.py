@@ -1,0 +1,31 @@
+"""The few errors the service layer raises; the API maps each to one HTTP status."""
+
+from __future__ import annotations
+
+
+class StyleqError(Exception):
+    """Base of the service's errors: a stable machine-readable code and a message a person can act on."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidInput(StyleqError):
+    code = "invalid_input"
+
+
+class NotFound(StyleqError):
+    code = "not_found"
+
+
+class Conflict(StyleqError):
+    code = "conflict"
+
+
+class Unauthorized(StyleqError):
+    code = "unauthorized"

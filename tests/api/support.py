@@ -1,0 +1,149 @@
+"""Helpers for the API tests: images, submissions, and looking at the database, storage and broker directly."""
+
+from __future__ import annotations
+
+import io
+import queue
+import struct
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+from kombu import Connection
+from sqlalchemy import func, select, update
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import TestResponse, encode_multipart
+
+from shared.db import session_scope
+from shared.jobs import create_job
+from shared.models import ApiKey, Checkpoint, Job
+from shared.params import resolve_params
+from shared.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Keys:
+    alice: str
+    bob: str
+    admin: str
+    ids: dict[str, int]
+
+    def headers(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {getattr(self, name)}"}
+
+
+def image_bytes(color: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (48, 32), kind: str = "PNG") -> bytes:
+    """Return a small real image."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, kind)
+    return buffer.getvalue()
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """Return a valid 1-bit PNG of `width` x `height` pixels that weighs only kilobytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\0" * ((width + 7) // 8 + 1) * height, 9)
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def submit(
+    client: FlaskClient,
+    headers: dict[str, str],
+    *,
+    content: bytes | None = None,
+    style: bytes | None = None,
+    params: str | None = None,
+    omit: tuple[str, ...] = (),
+) -> TestResponse:
+    """POST a job as multipart/form-data (small distinct images unless given)."""
+    data: dict[str, Any] = {}
+    images = {"content": content or image_bytes((200, 40, 40)), "style": style or image_bytes((40, 40, 200))}
+    for name, value in images.items():
+        if name not in omit:
+            data[name] = FileStorage(io.BytesIO(value), filename=f"{name}.png", content_type="application/octet-stream")
+    if params is not None:
+        data["params"] = params
+    # Encoded here in memory: the test client would spool a large body to a file it never closes.
+    boundary, body = encode_multipart(data)
+    return client.post("/v1/jobs", data=body, headers=headers, content_type=f"multipart/form-data; boundary={boundary}")
+
+
+def assert_error(response: TestResponse, status: int, code: str) -> dict[str, Any]:
+    """Check the response is the JSON error shape with this status and code; return the error."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code and body["error"]["message"]
+    return body["error"]
+
+
+def count_jobs(app: Flask) -> int:
+    with session_scope(app.extensions["styleq"].session_factory) as session:
+        return session.scalar(select(func.count()).select_from(Job))
+
+
+def upload_files(settings: Settings) -> list[Path]:
+    return sorted(path for path in (settings.storage_path / "uploads").rglob("*") if path.is_file())
+
+
+def broker_messages(settings: Settings) -> list[tuple[str, list[Any]]]:
+    """Take every message off the job queue of the real broker; return (task name, args) of each."""
+    messages = []
+    with Connection(settings.broker) as connection:
+        job_queue = connection.SimpleQueue(settings.queue)
+        try:
+            while True:
+                message = job_queue.get_nowait()
+                messages.append((message.headers["task"], message.payload[0]))
+                message.ack()
+        except queue.Empty:
+            pass
+        finally:
+            job_queue.close()
+    return messages
+
+
+def add_job(app: Flask, owner_id: int, *, created_at: datetime | None = None, status: str = "queued", **values: Any) -> str:
+    """Insert a job directly, as if submitted at `created_at`; return its id."""
+    with session_scope(app.extensions["styleq"].session_factory) as session:
+        owner = session.get(ApiKey, owner_id)
+        job, _ = create_job(session, owner, resolve_params({"iterations": 100}), "a" * 64, "b" * 64)
+        job.created_at = created_at or datetime.now(UTC)
+        job.status = status
+        for name, value in values.items():
+            setattr(job, name, value)
+        return job.id
+
+
+def set_job(app: Flask, job_id: str, **values: Any) -> None:
+    """Change a job's row directly, as a worker would."""
+    with session_scope(app.extensions["styleq"].session_factory) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def add_checkpoints(app: Flask, job_id: str, iterations: list[int]) -> None:
+    """Insert loss checkpoints directly, as a worker would."""
+    with session_scope(app.extensions["styleq"].session_factory) as session:
+        for iteration in iterations:
+            session.add(
+                Checkpoint(
+                    job_id=job_id, iteration=iteration, elapsed_s=iteration / 10,
+                    content=1.0 / iteration, style=2.0 / iteration, tv=0.5, total=3.0 / iteration + 0.5,
+                )
+            )
+
+
+def minutes_ago(minutes: int) -> datetime:
+    return datetime.now(UTC) - timedelta(minutes=minutes)

@@ -1,0 +1,147 @@
+"""POST /v1/jobs: what a good submission leaves behind, and what a bad one must not."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from sqlalchemy import event
+
+from shared.jobs import RUN_JOB_TASK
+from tests.api.conftest import MAX_UPLOAD_BYTES
+from tests.api.support import assert_error, broker_messages, count_jobs, huge_png, image_bytes, submit, upload_files
+
+
+def test_submit_queues_job_and_sends_its_id_to_the_broker(app, client, keys, settings):
+    response = submit(client, keys.headers("alice"), params=json.dumps({"preset": "seed", "size": [30, 45], "iterations": 50}))
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    job = response.get_json()
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["queue_position"] == 1
+    assert job["params"]["preset"] == "seed" and job["params"]["size"] == [30, 45] and job["iterations"] == 50
+    assert job["progress"] == 0.0 and job["losses"] is None and job["error"] is None
+    assert job["created_at"].endswith("Z") and job["started_at"] is None
+    assert job["links"]["self"] == f"/v1/jobs/{job['id']}" and job["links"]["events"].endswith("/events")
+    assert len(upload_files(settings)) == 2
+    assert broker_messages(settings) == [(RUN_JOB_TASK, [job["id"]])]
+
+
+def test_submitted_job_shows_queued_with_its_queue_position(client, keys):
+    first = submit(client, keys.headers("alice")).get_json()
+    second = submit(client, keys.headers("bob"), content=image_bytes((1, 2, 3))).get_json()
+
+    shown = client.get(f"/v1/jobs/{second['id']}", headers=keys.headers("bob")).get_json()
+
+    assert shown["status"] == "queued" and shown["queue_position"] == 2
+    assert client.get(f"/v1/jobs/{first['id']}", headers=keys.headers("alice")).get_json()["queue_position"] == 1
+
+
+def test_repeated_idempotency_key_returns_the_same_job(app, client, keys, settings):
+    headers = {**keys.headers("alice"), "Idempotency-Key": "order-17"}
+    first = submit(client, headers)
+    again = submit(client, headers, content=image_bytes((9, 9, 9)))
+
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    assert count_jobs(app) == 1
+    assert len(upload_files(settings)) == 2  # the repeat's different content image was not kept
+    assert len(broker_messages(settings)) == 1
+    other = submit(client, {**keys.headers("bob"), "Idempotency-Key": "order-17"})
+    assert other.status_code == 202 and other.get_json()["id"] != first.get_json()["id"]
+
+
+def test_submit_succeeds_and_leaves_job_queued_when_broker_is_down(app, client, keys, settings, caplog):
+    settings.broker_url = "redis://127.0.0.1:1/0"
+
+    with caplog.at_level(logging.WARNING, logger="api.jobs"):
+        response = submit(client, keys.headers("alice"))
+
+    assert response.status_code == 202
+    assert response.get_json()["status"] == "queued"
+    assert "sweeper will send it later" in caplog.text
+    assert count_jobs(app) == 1
+
+
+NOT_AN_IMAGE = b"just some text, not a picture\n" * 10
+BAD_REQUESTS = {
+    "missing content file": ({"omit": ("content",)}, 400, "missing_file", "content"),
+    "missing style file": ({"omit": ("style",)}, 400, "missing_file", "style"),
+    "text file as content": ({"content": NOT_AN_IMAGE}, 400, "invalid_image", "content"),
+    "text file as style": ({"style": NOT_AN_IMAGE}, 400, "invalid_image", "style"),
+    "image over 40 megapixels": ({"style": huge_png(8000, 6000)}, 400, "invalid_image", "megapixels"),
+    "upload too large": ({"content": b"\x89PNG" + bytes(MAX_UPLOAD_BYTES)}, 413, "too_large", "content"),
+    "params not json": ({"params": "{preset: seed"}, 400, "invalid_params", "JSON"),
+    "params a json list": ({"params": "[1, 2]"}, 400, "invalid_params", "object"),
+    "params with NaN": ({"params": '{"learning_rate": NaN}'}, 400, "invalid_params", "NaN"),
+    "unknown param": ({"params": '{"colour": "blue"}'}, 422, "invalid_params", "colour"),
+    "unknown preset": ({"params": '{"preset": "picasso"}'}, 422, "invalid_params", "picasso"),
+    "iterations out of range": ({"params": '{"iterations": 0}'}, 422, "invalid_params", "iterations"),
+    "iterations over service limit": ({"params": '{"iterations": 1001}'}, 422, "invalid_params", "1000"),
+    "size over max pixels": ({"params": '{"size": [600, 600]}'}, 422, "invalid_params", "pixels"),
+    "long side over max pixels": ({"params": '{"size": 1000}'}, 422, "invalid_params", "pixels"),
+    "layers of the wrong type": ({"params": '{"style_layers": 5}'}, 422, "invalid_params", "style_layers"),
+    "weights as a path": ({"params": '{"weights": "/etc/passwd"}'}, 422, "invalid_params", "weights"),
+    "weights as a file name": ({"params": '{"weights": "vgg19.pth"}'}, 422, "invalid_params", "weights"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS), ids=list(BAD_REQUESTS))
+def test_bad_submission_is_refused_and_leaves_nothing_behind(app, client, keys, settings, case):
+    arguments, status, code, named = BAD_REQUESTS[case]
+    submit(client, keys.headers("alice"))  # one good job, so "nothing new" is not "nothing at all"
+    jobs_before, files_before = count_jobs(app), upload_files(settings)
+
+    response = submit(client, keys.headers("alice"), **{"content": image_bytes((5, 6, 7)), **arguments})
+
+    error = assert_error(response, status, code)
+    assert named in error["message"]
+    assert count_jobs(app) == jobs_before and upload_files(settings) == files_before
+
+
+@pytest.mark.parametrize(
+    "headers, code",
+    [({}, "unauthorized"), ({"Authorization": "Bearer sq_not-a-key"}, "invalid_token"), ({"Authorization": "Basic abc"}, "unauthorized")],
+    ids=["no key", "wrong key", "other scheme"],
+)
+def test_submission_without_valid_key_gets_401_and_leaves_nothing(app, client, keys, settings, headers, code):
+    response = submit(client, headers)
+
+    assert_error(response, 401, code)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert count_jobs(app) == 0 and upload_files(settings) == []
+
+
+def test_body_over_the_request_limit_gets_413_json(app, client, keys, settings):
+    oversized = bytes(app.config["MAX_CONTENT_LENGTH"] + 1)
+
+    response = submit(client, keys.headers("alice"), content=oversized)
+
+    assert_error(response, 413, "too_large")
+    assert count_jobs(app) == 0 and upload_files(settings) == []
+
+
+def test_overlong_idempotency_key_is_refused(app, client, keys, settings):
+    response = submit(client, {**keys.headers("alice"), "Idempotency-Key": "k" * 201})
+
+    assert_error(response, 400, "invalid_idempotency_key")
+    assert count_jobs(app) == 0 and upload_files(settings) == []
+
+
+def test_failed_insert_answers_500_json_and_removes_new_uploads(app, client, keys, settings):
+    engine = app.extensions["styleq"].engine
+
+    def refuse_jobs(connection, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO JOBS"):
+            raise RuntimeError("the database refused the job")
+
+    event.listen(engine, "before_cursor_execute", refuse_jobs)
+    try:
+        response = submit(client, keys.headers("alice"))
+    finally:
+        event.remove(engine, "before_cursor_execute", refuse_jobs)
+
+    assert_error(response, 500, "internal_error")
+    assert count_jobs(app) == 0 and upload_files(settings) == []

@@ -1,0 +1,88 @@
+"""A real API (gunicorn) and real Celery worker processes, on the embedded default and on Postgres + Redis."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.keys import create_api_key
+from shared.migrate import upgrade_database
+from tests.services import REDIS_URL, Client, Process, ensure_redis, fresh_postgres_database, start_api, start_worker
+
+@dataclass
+class Service:
+    """A running deployment: its settings environment, API URL, worker processes and two clients."""
+
+    backend: str
+    environment: dict[str, str]
+    database_url: str
+    url: str
+    api: Process
+    workers: list[Process]
+    log_dir: Path
+    alice: Client
+    bob: Client
+    admin: Client
+
+
+def _make_key(database_url: str, name: str, admin: bool = False) -> str:
+    engine = make_engine(database_url)
+    with session_scope(make_session_factory(engine)) as session:
+        _, token = create_api_key(session, name, is_admin=admin)
+    engine.dispose()
+    return token
+
+
+@pytest.fixture(scope="session", params=["embedded", "postgres+redis"])
+def service(request, tmp_path_factory, caffe_weights, models_dir) -> Iterator[Service]:
+    """Start the API and two workers on one backend; stop them after the session."""
+    root = tmp_path_factory.mktemp(request.param.replace("+", "-"))
+    environment = {
+        **os.environ,
+        "STYLEQ_DATA_DIR": str(root / "data"),
+        "STYLEQ_MODEL_DIR": str(models_dir),
+        "STYLEQ_QUEUE": f"styleq-test-{uuid.uuid4().hex[:8]}",
+        # Quick previews and a short sweep, so the tests see them within seconds.
+        "STYLEQ_PREVIEW_EVERY": "2",
+        "STYLEQ_SWEEP_EVERY_SECONDS": "1",
+        # A killed worker's job is taken over after 6 s of silence instead of two minutes.
+        "STYLEQ_LEASE_SECONDS": "6",
+        "OMP_NUM_THREADS": "1",
+    }
+    with _database(request.param) as database_url:
+        if database_url:
+            ensure_redis()
+            environment["STYLEQ_DATABASE_URL"] = database_url
+            environment["STYLEQ_BROKER_URL"] = f"{REDIS_URL}/7"
+        database = database_url or f"sqlite:///{root / 'data' / 'styleq.db'}"
+        (root / "data").mkdir()
+        upgrade_database(database)
+        logs = root / "logs"
+        logs.mkdir()
+        processes: list[Process] = []
+        workers: list[Process] = []
+        try:
+            api, url = start_api(environment, logs)
+            processes.append(api)
+            for index in (1, 2):
+                workers.append(start_worker(environment, logs, f"w{index}"))
+                processes.append(workers[-1])
+            yield Service(
+                request.param, environment, database, url, api, workers, logs,
+                Client(url, _make_key(database, "alice")), Client(url, _make_key(database, "bob")),
+                Client(url, _make_key(database, "ops", admin=True)),
+            )
+        finally:
+            for process in {*processes, *workers}:
+                process.stop()
+
+
+def _database(backend: str):
+    from contextlib import nullcontext
+
+    return fresh_postgres_database() if backend == "postgres+redis" else nullcontext(None)

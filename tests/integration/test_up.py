@@ -1,0 +1,65 @@
+"""`styleq up` takes an empty data directory to a running service that `styleq submit` completes a job on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.services import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+STYLEQ = [sys.executable, "-m", "shared.cli"]
+
+
+def test_up_then_submit_completes_the_seed_images_end_to_end(tmp_path, images_dir, models_dir, caffe_weights):
+    environment = {**os.environ, "STYLEQ_DATA_DIR": str(tmp_path / "data"), "STYLEQ_MODEL_DIR": str(models_dir), "OMP_NUM_THREADS": "1"}
+    for name in list(environment):
+        if name in ("STYLEQ_DATABASE_URL", "STYLEQ_BROKER_URL", "STYLEQ_API_KEY"):
+            del environment[name]
+    port = free_port()
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen([*STYLEQ, "up", "--port", str(port), "--gpus", "none", "--api-workers", "1"], env=environment, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "is running at" not in (tmp_path / "up.log").read_text():
+            assert up.poll() is None and time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            time.sleep(0.3)
+        printed = (tmp_path / "up.log").read_text()
+        key = (tmp_path / "data" / "local-api-key").read_text().strip()
+        assert key in printed, "the local key is shown once when it is made"
+
+        output = tmp_path / "styled.png"
+        submit = subprocess.run(
+            [*STYLEQ, "submit", str(images_dir / "rainier.jpg"), str(images_dir / "autumn-oak.jpg"), "--url", f"http://127.0.0.1:{port}",
+             "--size", "32x48", "--iterations", "30", "--wait", "-o", str(output)],
+            env=environment, capture_output=True, text=True, timeout=240,
+        )
+        assert submit.returncode == 0, submit.stderr
+        with Image.open(output) as picture:
+            assert picture.size == (48, 32)
+        assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
+    finally:
+        up.send_signal(signal.SIGINT)
+        code = up.wait(timeout=90)
+        log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_keys_create_prints_the_new_key_as_its_last_line(tmp_path):
+    environment = {**os.environ, "STYLEQ_DATA_DIR": str(tmp_path)}
+    environment.pop("STYLEQ_DATABASE_URL", None)
+    assert subprocess.run([*STYLEQ, "db", "upgrade"], env=environment, capture_output=True).returncode == 0
+
+    created = subprocess.run([*STYLEQ, "keys", "create", "--name", "ci"], env=environment, capture_output=True, text=True)
+
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().splitlines()[-1].startswith("sq_")

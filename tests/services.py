@@ -1,0 +1,184 @@
+"""Real Postgres, Redis and styleq processes for the tests: started when missing, torn down after."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not _port_open(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not come up on port {port}")
+        time.sleep(0.2)
+
+
+def ensure_postgres() -> None:
+    """Start the machine's PostgreSQL cluster if it is not answering."""
+    if not _port_open(5432):
+        version = sorted(os.listdir("/etc/postgresql"))[-1]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=True)
+        _wait_for_port(5432, "PostgreSQL")
+
+
+def ensure_redis() -> None:
+    """Start a Redis that keeps nothing on disk if none is answering."""
+    if not _port_open(6379):
+        subprocess.run(
+            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379", "--save", "", "--appendonly", "no"],
+            check=True,
+        )
+        _wait_for_port(6379, "Redis")
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """Create an empty database for one test session and drop it afterwards; yield its SQLAlchemy URL."""
+    import psycopg
+
+    ensure_postgres()
+    name = f"styleq_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    """Return a TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Process:
+    """A styleq process (API or worker) with its output in a log file, stopped with SIGTERM then SIGKILL."""
+
+    def __init__(self, name: str, command: list[str], environment: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(command, env=environment, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+    def kill(self) -> None:
+        """Kill the process and all it started, as a crash or an OOM killer would."""
+        try:
+            os.killpg(self.popen.pid, 9)
+        except ProcessLookupError:
+            pass
+        self.popen.wait(30)
+
+
+def start_api(environment: dict[str, str], log_dir: Path, name: str = "api") -> tuple[Process, str]:
+    """Start the API under gunicorn on a free port and wait until it answers; return it and its URL."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
+        "--threads", "16", "--graceful-timeout", "2", "api:create_app()",
+    ]
+    process = Process(name, command, environment, log_dir)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).ok:
+                return process, url
+        except requests.RequestException:
+            pass
+        if not process.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the API did not start:\n{process.output()}")
+        time.sleep(0.2)
+
+
+def start_worker(environment: dict[str, str], log_dir: Path, name: str) -> Process:
+    """Start one Celery worker process (as `styleq worker` does per GPU) and wait until it consumes."""
+    process = Process(name, [sys.executable, "-m", "worker", "--name", f"{name}@test"], environment, log_dir)
+    deadline = time.monotonic() + 120
+    while "ready." not in process.output():
+        if not process.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"worker {name} did not start:\n{process.output()}")
+        time.sleep(0.2)
+    return process
+
+
+@dataclass
+class Client:
+    """One API key's view of the service, in the words of the HTTP API."""
+
+    url: str
+    key: str
+    http: requests.Session = field(default_factory=requests.Session)
+
+    def __post_init__(self) -> None:
+        self.http.headers["Authorization"] = f"Bearer {self.key}"
+
+    def submit(self, content: Path, style: Path, params: dict[str, Any], **headers: str) -> requests.Response:
+        with content.open("rb") as c, style.open("rb") as s:
+            return self.http.post(f"{self.url}/v1/jobs", files={"content": c, "style": s}, data={"params": json.dumps(params)}, headers=headers, timeout=60)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.http.get(f"{self.url}{path}", timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    def post(self, path: str) -> requests.Response:
+        return self.http.post(f"{self.url}{path}", timeout=30)
+
+    def delete(self, path: str) -> requests.Response:
+        return self.http.delete(f"{self.url}{path}", timeout=30)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for(self, job_id: str, predicate, timeout: float = 120.0) -> dict[str, Any]:
+        """Poll the job until `predicate(job)` holds; fail with the job's state on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if predicate(job):
+                return job
+            if time.monotonic() > deadline:
+                pytest.fail(f"job {job_id} never reached the expected state: {job}")
+            time.sleep(0.1)

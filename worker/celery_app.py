@@ -1,0 +1,102 @@
+"""The Celery app of a styleq worker: late acks, one job at a time, and the sweeper that finds lost jobs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from celery import Celery, signals
+
+from shared import fleet, jobs
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def make_celery(settings: Settings) -> Celery:
+    """Build the worker's Celery app with the `styleq.run_job` task registered."""
+    app = Celery("styleq", broker=settings.broker, set_as_current=False)
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # A job's message is acknowledged only when the task ends, and handed back if the worker
+        # process dies; one message at a time, so a queued job never waits behind a busy worker.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    if settings.broker.startswith(("redis://", "rediss://")):
+        # Redis re-delivers an unacknowledged message after this long; the job's lease, not this,
+        # decides whether a second worker may run it, so a long job is never run twice. (kombu's
+        # SQLite transport hands every option to create_engine, so it gets none.)
+        app.conf.broker_transport_options = {"visibility_timeout": 6 * 3600}
+    app.conf.styleq_settings = settings
+
+    @app.task(name=jobs.RUN_JOB_TASK, bind=True)
+    def run_job(task: Any, job_id: str) -> str:
+        """Run one job by id (the message carries nothing else)."""
+        from .process import job_runner  # torch is imported in the pool process, not at app build time
+
+        return job_runner(task.app.conf.styleq_settings).run(job_id)
+
+    @signals.worker_ready.connect(weak=False)
+    def start_sweeper(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            Sweeper(app, settings).start()
+
+    return app
+
+
+class Sweeper(threading.Thread):
+    """Every few seconds, report this worker alive and send again the jobs of lost workers and lost messages."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        super().__init__(name="styleq-sweeper", daemon=True)
+        self.app = app
+        self.settings = settings
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        session_factory = make_session_factory(make_engine(self.settings.database))
+        name = os.environ.get("STYLEQ_WORKER_NAME") or socket.gethostname()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        # The parent never touches CUDA; the pool process reports the device's name at its first job.
+        gpu = f"GPU {visible}" if visible else "cpu"
+        starting = True
+        while True:
+            try:
+                with session_scope(session_factory) as session:
+                    fleet.report_worker(session, name, host=socket.gethostname(), gpu=gpu, pid=os.getpid(), starting=starting)
+                starting = False
+                sweep_once(self.app, self.settings, session_factory)
+            except Exception:  # the database or broker may be down for a while; try again next round
+                log.warning("sweep failed", exc_info=True)
+            if self.stopped.wait(self.settings.sweep_every_seconds):
+                return
+
+
+def sweep_once(app: Celery, settings: Settings, session_factory: Any) -> list[str]:
+    """Requeue lost jobs in the database, then send each to the broker; return their ids."""
+    with session_scope(session_factory) as session:
+        job_ids = jobs.sweep(
+            session, lease_seconds=settings.lease_seconds, requeue_after_seconds=settings.requeue_after_seconds,
+            max_attempts=settings.max_attempts,
+        )
+    for job_id in job_ids:
+        app.send_task(jobs.RUN_JOB_TASK, args=[job_id], queue=settings.queue)
+        with session_scope(session_factory) as session:
+            jobs.mark_enqueued(session, job_id)
+    if job_ids:
+        log.info("sent %d lost or waiting job(s) again: %s", len(job_ids), ", ".join(job_ids))
+    return job_ids
+
+

@@ -1,0 +1,37 @@
+"""What one worker process builds once, lazily, after fork: the database engine, storage and the models."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+
+from shared.db import make_engine, make_session_factory
+from shared.settings import Settings
+from shared.storage import Storage
+
+from .engine import default_device
+from .runner import JobRunner, ModelCache
+
+_runner: JobRunner | None = None
+
+
+def job_runner(settings: Settings) -> JobRunner:
+    """Return this process's runner, built on first use (never in the parent, so CUDA starts after fork)."""
+    global _runner
+    if _runner is None:
+        device = default_device()
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        node = os.environ.get("STYLEQ_WORKER_NAME") or socket.gethostname()
+        _runner = JobRunner(
+            settings,
+            make_session_factory(make_engine(settings.database)),
+            Storage(settings.storage_path),
+            # The pid makes the lease this process's own, even if a restarted worker reuses the name.
+            worker=f"{node}/{os.getpid()}",
+            gpu=gpu,
+            device=device,
+            models=ModelCache(settings.models_path, device),
+        )
+    return _runner
