@@ -9,13 +9,13 @@ import click
 # Subcommands live beside what they drive (the engine's in worker/); importing them lazily keeps
 # `styleq --help` fast and keeps this package free of torch.
 _SUBCOMMANDS = {
-    "transfer": "worker.cli:transfer_command",
-    "weights": "worker.cli:weights",
-    "worker": "worker.cli:worker_command",
-    "up": "api.commands:up",
-    "db": "api.commands:db",
-    "keys": "api.commands:keys",
-    "submit": "api.client:submit",
+    "transfer": ("worker.cli:transfer_command", "Paint CONTENT in the style of STYLE, here, with a progress bar."),
+    "weights": ("worker.cli:weights", "Fetch and list the VGG weights the engine runs on."),
+    "worker": ("worker.cli:worker_command", "Run job workers: one process per GPU."),
+    "up": ("api.commands:up", "Set everything up and run the API and a worker until Ctrl-C."),
+    "db": ("api.commands:db", "Manage the job database."),
+    "keys": ("api.commands:keys", "Manage API keys."),
+    "submit": ("api.client:submit", "Submit a job to a styleq API and follow it."),
 }
 
 
@@ -26,8 +26,13 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in _SUBCOMMANDS:
             return super().get_command(ctx, name)
-        module, attribute = _SUBCOMMANDS[name].split(":")
+        module, attribute = _SUBCOMMANDS[name][0].split(":")
         return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # From the table above, so that `styleq --help` does not import torch to print one line each.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, _SUBCOMMANDS[name][1]) for name in sorted(_SUBCOMMANDS)])
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
