@@ -182,3 +182,19 @@ class Client:
             if time.monotonic() > deadline:
                 pytest.fail(f"job {job_id} never reached the expected state: {job}")
             time.sleep(0.1)
+
+
+def stop_redis() -> None:
+    """Shut Redis down without saving, as a crash of a Redis that keeps nothing on disk would."""
+    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True)
+    deadline = time.monotonic() + 30
+    while _port_open(6379):
+        if time.monotonic() > deadline:
+            raise RuntimeError("Redis did not stop")
+        time.sleep(0.2)
+
+
+def stop_postgres() -> None:
+    """Stop the PostgreSQL cluster at once, cutting every connection."""
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop", "-m", "fast"], check=True)

@@ -52,6 +52,8 @@ def service(request, tmp_path_factory, caffe_weights, models_dir) -> Iterator[Se
         "STYLEQ_SWEEP_EVERY_SECONDS": "1",
         # A killed worker's job is taken over after 6 s of silence instead of two minutes.
         "STYLEQ_LEASE_SECONDS": "6",
+        # A queued job whose message a broker crash lost is sent again after 8 s instead of ten minutes.
+        "STYLEQ_REQUEUE_AFTER_SECONDS": "8",
         "OMP_NUM_THREADS": "1",
     }
     with _database(request.param) as database_url:

@@ -1,10 +1,12 @@
-"""No job is lost when a worker dies mid-run: another worker resumes it from its last saved state."""
+"""No job is lost when a worker, Redis or Postgres dies."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from tests.services import start_worker
+from tests.services import ensure_postgres, ensure_redis, start_worker, stop_postgres, stop_redis
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -29,3 +31,34 @@ def test_job_of_a_killed_worker_resumes_elsewhere_from_its_saved_state(service, 
     history = [c["iteration"] for c in service.alice.get(f"/v1/jobs/{job['id']}/checkpoints").json()["checkpoints"]]
     # Resumed, not restarted: the history is whole, once each, with no second start from iteration 10.
     assert history == list(range(10, 401, 10))
+
+
+def test_a_job_submitted_while_redis_is_down_runs_once_it_is_back(service, images_dir):
+    if service.backend != "postgres+redis":
+        pytest.skip("the embedded broker is a file, not a server that can die")
+    stop_redis()
+    try:
+        response = service.alice.submit(images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {"size": [32, 48], "iterations": 20})
+        assert response.status_code == 202, response.text
+    finally:
+        ensure_redis()
+
+    # The message never reached Redis; the database still has the job, and a worker's sweeper sends it.
+    done = service.alice.wait_for(response.json()["id"], lambda j: j["status"] == "succeeded", timeout=120)
+    assert done["attempts"] == 1
+
+
+def test_a_running_job_survives_a_postgres_restart(service, images_dir):
+    if service.backend != "postgres+redis":
+        pytest.skip("the embedded database is a file, not a server that can die")
+    job = service.alice.submit(images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {"size": [32, 48], "iterations": 600}).json()
+    service.alice.wait_for(job["id"], lambda j: j["status"] == "running" and j["iteration"] >= 20)
+
+    stop_postgres()
+    time.sleep(3)
+    ensure_postgres()
+
+    done = service.alice.wait_for(job["id"], lambda j: j["status"] in ("succeeded", "failed", "canceled"), timeout=180)
+    assert done["status"] == "succeeded" and done["attempts"] == 1
+    history = [c["iteration"] for c in service.alice.get(f"/v1/jobs/{job['id']}/checkpoints").json()["checkpoints"]]
+    assert history == list(range(10, 601, 10))
