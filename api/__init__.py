@@ -8,7 +8,7 @@ from shared.db import make_engine, make_session_factory
 from shared.settings import Settings, load_settings
 from shared.storage import Storage
 
-from . import auth, errors, events, files, health, jobs, openapi
+from . import auth, dashboard, errors, events, files, health, jobs, openapi
 from .queue import JobQueue
 from .services import EXTENSION, Services, close_session
 
@@ -43,4 +43,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(v1)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    # The browser dashboard at `/`, and the session secret its cookie (also accepted by /v1) is signed with.
+    dashboard.init_app(app, settings)
     return app

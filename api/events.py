@@ -99,6 +99,8 @@ class EventStream:
                 last = checkpoint["iteration"]
                 yield format_event("checkpoint", checkpoint, last)
                 sent = True
+            if job["status"] in jobs.FINISHED and len(checkpoints) == jobs.CHECKPOINT_PAGE:
+                continue  # a finished job's history may be longer than one read: send all of it first
             if job["status"] in jobs.FINISHED:
                 yield format_event("status", job, last)
                 yield format_event("end", {"status": job["status"]}, last)

@@ -23,6 +23,8 @@ from .params import TransferParams
 # The Celery task the API sends by name, so the API never imports the worker.
 RUN_JOB_TASK = "styleq.run_job"
 FINISHED = [status.value for status in JobStatus if status.finished]
+# The most checkpoints one read returns.
+CHECKPOINT_PAGE = 1000
 
 
 def new_job_id() -> str:
@@ -110,7 +112,7 @@ def queue_position(session: Session, job: Job) -> int | None:
     return int(ahead or 0) + 1
 
 
-def checkpoints_after(session: Session, job_id: str, after: int = 0, limit: int = 1000) -> Sequence[Checkpoint]:
+def checkpoints_after(session: Session, job_id: str, after: int = 0, limit: int = CHECKPOINT_PAGE) -> Sequence[Checkpoint]:
     """Return the job's checkpoints past iteration `after`, in order."""
     query = select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.iteration > after)
     return session.scalars(query.order_by(Checkpoint.iteration).limit(limit)).all()

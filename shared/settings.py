@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     sweep_every_seconds: float = Field(default=15.0, gt=0)
     # The worker saves a preview and its resumable state every this many checkpoints.
     preview_every: int = Field(default=5, ge=1)
+    # Signs the dashboard's session cookies. Unset means one generated once and kept in
+    # `<data_dir>/secret-key`; set it when the API processes do not share a data directory.
+    secret_key: str | None = None
 
     @property
     def models_path(self) -> Path:

@@ -73,6 +73,8 @@ def test_every_styleq_service_points_at_postgres_and_redis(services):
         settings = environment(services[name])
         assert settings["STYLEQ_DATABASE_URL"].startswith("postgresql+psycopg://"), name
         assert settings["STYLEQ_BROKER_URL"].startswith("redis://redis:"), name
+        # Every API container signs dashboard cookies with one secret, which compose refuses to start without.
+        assert settings["STYLEQ_SECRET_KEY"].startswith("${STYLEQ_SECRET_KEY:?"), name
 
 
 def test_flower_is_optional(services):

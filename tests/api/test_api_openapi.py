@@ -16,6 +16,8 @@ def document_operations(document):
 def route_operations(app):
     operations = set()
     for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith("dashboard."):
+            continue  # the dashboard's HTML pages are for browsers, not part of the JSON API
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             operations.add((path, method))

@@ -1,0 +1,111 @@
+"""The client's pages: the jobs list, one job, the new-job form, and running a job again."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Response, abort, flash, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from shared import jobs
+from shared.errors import InvalidInput, NotFound, StyleqError
+from shared.params import DEFAULT_PRESET, PRESETS, RANGES, resolve_params
+
+from ..auth import current_key
+from ..errors import STATUS
+from ..jobs import STATUSES, enqueue
+from ..payloads import job_payload
+from ..services import db_session, services
+from ..uploads import read_params
+from . import bp, formatting, thumbnails  # noqa: F401 (formatting and thumbnails register filters and a route on bp)
+from .queries import owner_names, status_counts
+
+PAGE_SIZE = 20
+
+
+@bp.get("/")
+def index() -> Response:
+    """Open the jobs list."""
+    return redirect(url_for("dashboard.list_jobs"))
+
+
+@bp.get("/jobs")
+def list_jobs() -> str:
+    """List the client's jobs (every job for an admin), newest first, optionally of one status."""
+    session, key = db_session(), current_key()
+    status = request.args.get("status") or None
+    if status is not None and status not in STATUSES:
+        abort(400, f"There is no status {status!r}; choose one of {', '.join(STATUSES)}.")
+    cursor = request.args.get("cursor") or None
+    if cursor is not None:
+        try:
+            jobs.get_job(session, key, cursor)
+        except NotFound:
+            abort(400, "That page of the list no longer exists; start again from the newest jobs.")
+    page = jobs.list_jobs(session, key, status=status, cursor=cursor, limit=PAGE_SIZE)
+    positions = {job.id: jobs.queue_position(session, job) for job in page.jobs}
+    names = owner_names(session, (job.owner_id for job in page.jobs)) if key.is_admin else {}
+    return render_template(
+        "jobs.html", page=page, status=status, cursor=cursor, statuses=STATUSES,
+        counts=status_counts(session, key), positions=positions, names=names,
+    )
+
+
+@bp.get("/jobs/<job_id>")
+def show_job(job_id: str) -> str:
+    """Show one job: its images, parameters, progress and loss history (the page's script follows it live)."""
+    session, key = db_session(), current_key()
+    job = jobs.get_job(session, key, job_id)
+    owner = owner_names(session, [job.owner_id]).get(job.owner_id, "") if key.is_admin else ""
+    return render_template("job.html", job=job, payload=job_payload(session, job), owner=owner)
+
+
+@bp.get("/jobs/new")
+def new_job() -> str:
+    """Show the form that submits a job (the page's script sends it to POST /v1/jobs)."""
+    settings = services().settings
+    presets = {name: resolve_params({"preset": name}).to_dict() for name in PRESETS}
+    limits = {
+        "max_pixels": settings.max_pixels,
+        "max_iterations": min(settings.max_iterations, int(RANGES["iterations"][1])),
+        "max_upload_bytes": settings.max_upload_bytes,
+        "ranges": RANGES,
+    }
+    return render_template("new_job.html", presets=presets, limits=limits, default_preset=DEFAULT_PRESET)
+
+
+@bp.post("/jobs/<job_id>/rerun")
+def rerun_job(job_id: str) -> Response:
+    """Queue a new job with the same two uploads and parameters as this one."""
+    session, key, storage = db_session(), current_key(), services().storage
+    original = jobs.get_job(session, key, job_id)
+    try:
+        uploads = [storage.upload_path(sha).read_bytes() for sha in (original.content_sha256, original.style_sha256)]
+        params = read_params({"params": json.dumps(original.params)}, {}, services().settings)
+    except FileNotFoundError:
+        flash("The images of this job are no longer stored, so it cannot run again; submit them anew.", "error")
+        return redirect(url_for("dashboard.show_job", job_id=original.id))
+    except InvalidInput as error:
+        flash(f"This job cannot run again on this service: {error.message}", "error")
+        return redirect(url_for("dashboard.show_job", job_id=original.id))
+    job, _ = jobs.create_job(session, key, params, original.content_sha256, original.style_sha256)
+    session.commit()
+    # A delete that saw these uploads unused just before our commit may have removed them since.
+    for data in uploads:
+        storage.save_upload(data)
+    enqueue(job.id)
+    flash(f"Queued a new run of job {original.id[:8]} with the same images and parameters.")
+    return redirect(url_for("dashboard.show_job", job_id=job.id))
+
+
+@bp.errorhandler(StyleqError)
+def show_service_error(error: StyleqError) -> tuple[str, int]:
+    """Show a service error (an unknown job, a bad request) as a page."""
+    status = next((status for cls, status in STATUS if isinstance(error, cls)), 400)
+    return render_template("error.html", status=status, message=error.message), status
+
+
+@bp.errorhandler(HTTPException)
+def show_http_error(error: HTTPException) -> tuple[str, int]:
+    """Show Werkzeug's errors (403, 404, 400 ...) as a page."""
+    return render_template("error.html", status=error.code or 500, message=error.description or error.name), error.code or 500

@@ -1,0 +1,71 @@
+"""Small JPEG copies of a job's images for the jobs list, so a page of jobs does not load every full-size upload."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from flask import Response, send_file
+from PIL import Image
+
+from shared import jobs
+from shared.errors import NotFound
+
+from ..auth import current_key
+from ..files import IMMUTABLE, with_cache_control
+from ..services import db_session, services
+from . import bp
+
+THUMBNAIL_PIXELS = 160  # the long side: sharp at 80 CSS pixels on a 2x screen
+CACHE_ENTRIES = 512
+_cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+@bp.get("/thumbnails/<job_id>/<name>.jpg")
+def show_thumbnail(job_id: str, name: str) -> Response:
+    """Send a thumbnail of the job's content, style, preview or result."""
+    job = jobs.get_job(db_session(), current_key(), job_id)
+    db_session().rollback()
+    storage = services().storage
+    sources = {
+        "content": storage.upload_path(job.content_sha256),
+        "style": storage.upload_path(job.style_sha256),
+        "preview": storage.job_path(job.id, "preview.jpg"),
+        "result": storage.job_path(job.id, "result.png"),
+    }
+    if name not in sources:
+        raise NotFound(f"no thumbnail {name!r}; expected one of {', '.join(sources)}")
+    try:
+        data, etag = thumbnail(sources[name])
+    except FileNotFoundError:
+        raise NotFound(f"job {job.id} has no {name} image (yet)") from None
+    response = send_file(io.BytesIO(data), mimetype="image/jpeg", etag=etag, conditional=True)
+    # A preview is replaced as the job runs; the other three never change once written.
+    return with_cache_control(response, "no-cache" if name == "preview" else IMMUTABLE)
+
+
+def thumbnail(path: Path) -> tuple[bytes, str]:
+    """Return a JPEG thumbnail of the image at `path` and its ETag, made once per version of the file."""
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    etag = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key], etag
+    with Image.open(path) as image:
+        image.draft("RGB", (THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))  # JPEG decodes at a fraction of its size
+        small = image.convert("RGB")
+        small.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=82)
+    data = buffer.getvalue()
+    with _cache_lock:
+        _cache[key] = data
+        while len(_cache) > CACHE_ENTRIES:
+            _cache.popitem(last=False)
+    return data, etag

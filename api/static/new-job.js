@@ -1,0 +1,145 @@
+// The new-job form: two images (dropped or picked, previewed before upload), a preset and its common
+// parameters within their valid ranges, sent to POST /v1/jobs; then on to the job's page.
+(function () {
+  "use strict";
+
+  const { api } = window.styleq;
+  const { presets, limits } = JSON.parse(document.getElementById("form-data").textContent);
+  const form = document.getElementById("new-job");
+  const fields = ["iterations", "style_weight", "content_weight", "tv_weight", "learning_rate", "init", "seed"];
+  const height = document.getElementById("height");
+  const width = document.getElementById("width");
+  const keepAspect = document.getElementById("keep-aspect");
+  const errorBox = document.getElementById("form-error");
+  const submitButton = document.getElementById("submit");
+  const status = document.getElementById("submit-status");
+  // Sent once per form: a double click, or a retry after a dropped answer, cannot make two jobs.
+  const newKey = () => (crypto.randomUUID && crypto.randomUUID()) || `${Date.now()}-${Math.random()}`;
+  let idempotencyKey = newKey();
+  let contentAspect = null; // width / height of the chosen content image
+
+  function megabytes(bytes) {
+    return `${(bytes / 1048576).toFixed(1)} MB`;
+  }
+
+  function showError(message) {
+    errorBox.textContent = message;
+    errorBox.hidden = !message;
+  }
+
+  // --- the two images -----------------------------------------------------------------------------
+
+  function choose(zone, file) {
+    const input = zone.querySelector("input[type=file]");
+    const preview = zone.querySelector("img.chosen");
+    const name = zone.querySelector(".file-name");
+    input.setCustomValidity("");
+    if (!file) {
+      zone.classList.remove("has-file");
+      preview.hidden = true;
+      name.textContent = "";
+      return;
+    }
+    if (!file.type.startsWith("image/")) input.setCustomValidity(`${file.name} is not an image.`);
+    else if (file.size > limits.max_upload_bytes) input.setCustomValidity(`${file.name} is ${megabytes(file.size)}, over the limit of ${megabytes(limits.max_upload_bytes)}.`);
+    if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
+    preview.src = URL.createObjectURL(file);
+    preview.alt = `Preview of the ${zone.getAttribute("data-dropzone")} image ${file.name}`;
+    preview.hidden = false;
+    preview.onload = () => {
+      if (zone.getAttribute("data-dropzone") === "content") {
+        contentAspect = preview.naturalWidth / preview.naturalHeight;
+        followAspect();
+      }
+    };
+    zone.classList.add("has-file");
+    name.textContent = `${file.name} · ${megabytes(file.size)}`;
+  }
+
+  for (const zone of document.querySelectorAll("[data-dropzone]")) {
+    const input = zone.querySelector("input[type=file]");
+    input.addEventListener("change", () => choose(zone, input.files[0]));
+    zone.addEventListener("dragenter", (event) => { event.preventDefault(); zone.classList.add("dragging"); });
+    zone.addEventListener("dragover", (event) => { event.preventDefault(); event.dataTransfer.dropEffect = "copy"; });
+    zone.addEventListener("dragleave", (event) => { if (!zone.contains(event.relatedTarget)) zone.classList.remove("dragging"); });
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      zone.classList.remove("dragging");
+      if (!event.dataTransfer.files.length) return;
+      const files = new DataTransfer();
+      files.items.add(event.dataTransfer.files[0]);
+      input.files = files.files;
+      choose(zone, input.files[0]);
+    });
+  }
+
+  // --- parameters ---------------------------------------------------------------------------------
+
+  function followAspect() {
+    if (!keepAspect.checked || !contentAspect || !height.value) return;
+    const [low, high] = limits.ranges.size;
+    width.value = String(Math.min(high, Math.max(low, Math.round(Number(height.value) * contentAspect))));
+    checkPixels();
+  }
+
+  function checkPixels() {
+    const pixels = Number(height.value) * Number(width.value);
+    width.setCustomValidity(pixels > limits.max_pixels
+      ? `${height.value} × ${width.value} is ${pixels.toLocaleString()} pixels, over this service's limit of ${limits.max_pixels.toLocaleString()}.`
+      : "");
+  }
+
+  function applyPreset(name) {
+    const preset = presets[name];
+    const size = Array.isArray(preset.size) ? preset.size : [preset.size, preset.size];
+    height.value = size[0];
+    width.value = size[1];
+    for (const field of fields) document.getElementById(field).value = preset[field];
+    const help = document.querySelector("[data-preset-help]");
+    help.textContent = help.getAttribute(`data-${name}`) || "";
+    followAspect();
+    checkPixels();
+  }
+
+  document.getElementById("preset").addEventListener("change", (event) => applyPreset(event.target.value));
+  height.addEventListener("input", () => { followAspect(); checkPixels(); });
+  width.addEventListener("input", () => { keepAspect.checked = false; checkPixels(); });
+  keepAspect.addEventListener("change", followAspect);
+
+  function params() {
+    const values = { preset: document.getElementById("preset").value, size: [Number(height.value), Number(width.value)] };
+    for (const field of fields) {
+      const element = document.getElementById(field);
+      values[field] = element.tagName === "SELECT" ? element.value : Number(element.value);
+    }
+    return values;
+  }
+
+  // --- sending ------------------------------------------------------------------------------------
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    showError("");
+    checkPixels();
+    if (!form.reportValidity()) return;
+    const body = new FormData();
+    body.append("content", document.getElementById("content-file").files[0]);
+    body.append("style", document.getElementById("style-file").files[0]);
+    body.append("params", JSON.stringify(params()));
+    submitButton.disabled = true;
+    submitButton.insertAdjacentHTML("afterbegin", '<span class="spinner" aria-hidden="true"></span>');
+    status.textContent = "Uploading the images…";
+    try {
+      const job = await api("/v1/jobs", { method: "POST", body, headers: { "Idempotency-Key": idempotencyKey } });
+      status.textContent = "Queued. Opening the job…";
+      window.location.assign(`/jobs/${job.id}`);
+    } catch (error) {
+      showError(`The job was not submitted: ${error.message}`);
+      if (error.status) idempotencyKey = newKey(); // refused, so nothing was made: the next try is a new request
+      status.textContent = "";
+      submitButton.disabled = false;
+      const spinner = submitButton.querySelector(".spinner");
+      if (spinner) spinner.remove();
+    }
+  });
+})();
