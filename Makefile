@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install up demo test weights clean
+.PHONY: install up demo test weights browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ up: weights
 demo: weights
 	$(BIN)/styleq transfer ../shared/images/rainier.jpg ../shared/images/autumn-oak.jpg -o out.png --plot out-losses.png
 
-test: install
+# The browser tests drive Debian's Chromium through Playwright (never `playwright install`, which downloads its own).
+browser:
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: install browser
 	$(BIN)/python -m pytest
 
 clean:
