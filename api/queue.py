@@ -41,12 +41,8 @@ class JobQueue:
 def make_producer(settings: Settings) -> Celery:
     """Build a Celery app that only publishes to `settings.broker`."""
     app = Celery("styleq-api", broker=settings.broker, set_as_current=False)
+    app.conf.update(settings.celery_config())
     app.conf.update(
-        task_default_queue=settings.queue,
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,
-        broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         # A request waits for the broker at most about a second: a job that could not be sent stays
         # queued in the database, and the workers' sweeper sends it later.

@@ -64,6 +64,16 @@ class Settings(BaseSettings):
         """Return the Celery broker URL (a SQLite-backed kombu transport in the data directory by default)."""
         return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
 
+    def celery_config(self) -> dict[str, object]:
+        """Return the Celery settings that the API's producer and the workers must agree on."""
+        return {
+            "task_default_queue": self.queue,
+            "task_serializer": "json",
+            "accept_content": ["json"],
+            "task_ignore_result": True,
+            "broker_connection_retry_on_startup": True,
+        }
+
     @property
     def embedded(self) -> bool:
         """Tell whether this is the serverless default (SQLite database and broker)."""

@@ -20,18 +20,14 @@ log = logging.getLogger(__name__)
 def make_celery(settings: Settings) -> Celery:
     """Build the worker's Celery app with the `styleq.run_job` task registered."""
     app = Celery("styleq", broker=settings.broker, set_as_current=False)
+    app.conf.update(settings.celery_config())
     app.conf.update(
-        task_default_queue=settings.queue,
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,
         # A job's message is acknowledged only when the task ends, and handed back if the worker
         # process dies; one message at a time, so a queued job never waits behind a busy worker.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
-        broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
     if settings.broker.startswith(("redis://", "rediss://")):
