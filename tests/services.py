@@ -70,6 +70,14 @@ def fresh_postgres_database() -> Iterator[str]:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def make_key(database_url: str, name: str, admin: bool = False) -> str:
+    """Create an API key in the database at `database_url`, as `styleq keys create` does; return its secret."""
+    from api.commands import make_key as create_key
+    from shared.settings import Settings
+
+    return create_key(Settings(database_url=database_url), name, admin=admin)
+
+
 def free_port() -> int:
     """Return a TCP port nobody listens on right now."""
     with socket.socket() as probe:

@@ -11,27 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.keys import create_api_key
 from shared.migrate import upgrade_database
-from tests.services import Client, Process, start_api, start_worker
+from tests.services import Client, Process, make_key, start_api, start_worker
 
 REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-gpu"]
 VIEWPORT = {"width": 1280, "height": 900}
-# kombu's SQLAlchemy transport (the embedded broker) declares a `noload` relationship, which SQLAlchemy 2.1
-# deprecates; it is kombu's to change. Only the in-process app tests here touch it.
-KOMBU_NOLOAD = "ignore:The ``noload`` loader strategy is deprecated:sqlalchemy.exc.SADeprecationWarning"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Let this folder's tests (only) use the embedded broker despite its deprecation warning."""
-    for item in items:
-        if HERE in Path(item.path).resolve().parents:
-            item.add_marker(pytest.mark.filterwarnings(KOMBU_NOLOAD))
 
 
 @dataclass
@@ -47,14 +34,6 @@ class Deployment:
 
     def client(self, name: str) -> Client:
         return Client(self.url, self.keys[name])
-
-
-def make_key(database_url: str, name: str, admin: bool = False) -> str:
-    engine = make_engine(database_url)
-    with session_scope(make_session_factory(engine)) as session:
-        _, token = create_api_key(session, name, is_admin=admin)
-    engine.dispose()
-    return token
 
 
 @pytest.fixture(scope="session")

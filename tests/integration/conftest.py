@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.keys import create_api_key
 from shared.migrate import upgrade_database
-from tests.services import REDIS_URL, Client, Process, ensure_redis, fresh_postgres_database, start_api, start_worker
+from tests.services import REDIS_URL, Client, Process, make_key, ensure_redis, fresh_postgres_database, start_api, start_worker
 
 @dataclass
 class Service:
@@ -28,14 +26,6 @@ class Service:
     alice: Client
     bob: Client
     admin: Client
-
-
-def _make_key(database_url: str, name: str, admin: bool = False) -> str:
-    engine = make_engine(database_url)
-    with session_scope(make_session_factory(engine)) as session:
-        _, token = create_api_key(session, name, is_admin=admin)
-    engine.dispose()
-    return token
 
 
 @pytest.fixture(scope="session", params=["embedded", "postgres+redis"])
@@ -76,8 +66,8 @@ def service(request, tmp_path_factory, caffe_weights, models_dir) -> Iterator[Se
                 processes.append(workers[-1])
             yield Service(
                 request.param, environment, database, url, api, workers, logs,
-                Client(url, _make_key(database, "alice")), Client(url, _make_key(database, "bob")),
-                Client(url, _make_key(database, "ops", admin=True)),
+                Client(url, make_key(database, "alice")), Client(url, make_key(database, "bob")),
+                Client(url, make_key(database, "ops", admin=True)),
             )
         finally:
             for process in {*processes, *workers}:
