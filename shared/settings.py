@@ -74,11 +74,6 @@ class Settings(BaseSettings):
             "broker_connection_retry_on_startup": True,
         }
 
-    @property
-    def embedded(self) -> bool:
-        """Tell whether this is the serverless default (SQLite database and broker)."""
-        return self.database.startswith("sqlite") and self.broker.startswith("sqla+sqlite")
-
 
 def load_settings() -> Settings:
     """Read the settings from the environment."""
