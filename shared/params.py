@@ -24,11 +24,14 @@ RANGES: dict[str, tuple[float, float]] = {
     "style_repeats": (1, 100),
     "seed": (0, 2**63 - 1),
     "checkpoint_every": (1, 20000),
+    "lbfgs_history": (1, 1000),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adam", "lbfgs"),
     "init": ("content", "style", "noise"),
     "image_space": ("network", "pixels"),
+    # "auto": bf16 where the device computes it natively (CUDA with bf16, CPUs with AMX or AVX-512 BF16), else fp32.
+    "precision": ("fp32", "bf16", "auto"),
 }
 # The weights registry's names (worker/engine/weights.py REGISTRY), so the API can refuse anything else
 # (a client must never name a file path) without importing the engine.
@@ -67,6 +70,10 @@ class TransferParams:
     # it to the content's exact shape as the seed does.
     keep_style_aspect: bool
     checkpoint_every: int = 10
+    # The arithmetic of the network: Gram matrices, losses, the picture and the optimiser stay fp32 in every case.
+    precision: str = "fp32"
+    # How many past steps L-BFGS keeps to shape its next one.
+    lbfgs_history: int = 100
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -75,7 +82,7 @@ class TransferParams:
             for value in values:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                     raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
-        for name in ("iterations", "lr_decay_step", "style_repeats", "seed", "checkpoint_every"):
+        for name in ("iterations", "lr_decay_step", "style_repeats", "seed", "checkpoint_every", "lbfgs_history"):
             if not isinstance(getattr(self, name), int):
                 raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
         if isinstance(self.size, tuple) and (len(self.size) != 2 or not all(isinstance(v, int) for v in self.size)):
@@ -130,6 +137,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         image_space="network",
         normalize_losses=False,
         keep_style_aspect=False,
+        precision="fp32",
     ),
     # The service's default: good pictures on any backbone with no tuning.
     "styleq": dict(
@@ -151,6 +159,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         image_space="pixels",
         normalize_losses=True,
         keep_style_aspect=True,
+        precision="auto",
     ),
 }
 DEFAULT_PRESET = "styleq"

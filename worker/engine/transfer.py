@@ -1,10 +1,10 @@
-"""The optimisation loop: one function that runs a transfer, reports checkpoints, and can stop and resume."""
+"""The optimisation loop: runs one transfer, or several jobs as one batch, reporting checkpoints, able to stop and resume."""
 
 from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,8 @@ import torchvision.transforms as T
 from PIL import Image
 
 from .backbone import Backbone
-from .losses import content_loss, gram, style_loss, tv_loss
+from .objective import Objective, TargetCache, image_digest
+from .precision import resolve_precision
 from shared.params import TransferParams
 
 
@@ -58,6 +59,7 @@ class Checkpoint:
 
 
 CheckpointCallback = Callable[[Checkpoint], "Control | None"]
+BatchCheckpointCallback = Callable[[int, Checkpoint], "Control | None"]
 
 
 @dataclass
@@ -84,13 +86,28 @@ class TransferState:
 
 @dataclass
 class TransferResult:
-    """The outcome of one call to `transfer`."""
+    """The outcome of one job's transfer."""
 
     image: Image.Image
     iteration: int
     canceled: bool
     state: TransferState
     tensor: torch.Tensor = field(repr=False)
+
+
+@dataclass
+class TransferJob:
+    """One job of a batch: its two pictures, its parameters and, when resuming, its saved state.
+
+    `style_key` names the style picture for the target cache (an upload's hash, say); without one the
+    pixels are hashed.
+    """
+
+    content: Image.Image
+    style: Image.Image
+    params: TransferParams
+    state: TransferState | None = None
+    style_key: Hashable | None = None
 
 
 def output_size(params: TransferParams, content: Image.Image) -> tuple[int, int]:
@@ -100,6 +117,13 @@ def output_size(params: TransferParams, content: Image.Image) -> tuple[int, int]
     width, height = content.size
     scale = params.size / max(width, height)
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def batch_key(params: TransferParams) -> dict[str, Any]:
+    """Return what jobs must share to run as one batch: every parameter but the random seed."""
+    values = params.to_dict()
+    values.pop("seed")
+    return values
 
 
 def image_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
@@ -133,41 +157,6 @@ def _style_size(params: TransferParams, style: Image.Image, content_size: tuple[
     return max(16, round(height * scale)), max(16, round(width * scale))
 
 
-class _Objective:
-    """The weighted loss of a candidate image against fixed content and style targets."""
-
-    def __init__(self, params: TransferParams, backbone: Backbone, content: torch.Tensor, style: torch.Tensor) -> None:
-        self.params = params
-        self.backbone = backbone
-        with torch.no_grad():
-            content_features = backbone(self.network_input(content, from_pixels=True), params.content_layers)
-            style_features = backbone(self.network_input(style, from_pixels=True), params.style_layers)
-        self.content_targets = [content_features[name] for name in params.content_layers]
-        self.style_targets = [gram(style_features[name]) for name in params.style_layers]
-        if params.normalize_losses:
-            self.content_scales = [1 / target.square().mean().clamp_min(1e-12) for target in self.content_targets]
-            self.style_scales = [1 / target.square().mean().clamp_min(1e-12) for target in self.style_targets]
-
-    def network_input(self, image: torch.Tensor, *, from_pixels: bool = False) -> torch.Tensor:
-        if from_pixels or self.params.image_space == "pixels":
-            return self.backbone.convention.normalize(image)
-        return image
-
-    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return (content, style, tv, total) for `image`, the optimised tensor."""
-        p = self.params
-        features = self.backbone(self.network_input(image), p.layers)
-        contents = [content_loss(features[n], t) for n, t in zip(p.content_layers, self.content_targets)]
-        styles = [style_loss(features[n], t) for n, t in zip(p.style_layers, self.style_targets)]
-        if p.normalize_losses:
-            contents = [loss * scale for loss, scale in zip(contents, self.content_scales)]
-            styles = [loss * scale for loss, scale in zip(styles, self.style_scales)]
-        content = sum(loss * p.content_weight for loss in contents)
-        style = sum(loss * p.style_weight for loss in styles)
-        tv = tv_loss(image) * p.tv_weight
-        return content, style, tv, p.style_repeats * style + content + tv
-
-
 def _initial_image(params: TransferParams, content: torch.Tensor, style: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     if params.init == "content":
         return content.clone()
@@ -178,9 +167,147 @@ def _initial_image(params: TransferParams, content: torch.Tensor, style: torch.T
 
 def _make_optimizer(params: TransferParams, image: torch.Tensor) -> torch.optim.Optimizer:
     if params.optimizer == "lbfgs":
-        # One function evaluation per iteration, so checkpoints and cancel stay on the same beat as Adam.
-        return torch.optim.LBFGS([image], lr=params.learning_rate, max_iter=1, history_size=50)
+        # One function evaluation per iteration, so checkpoints and cancel stay on the same beat as Adam,
+        # and jobs in a batch share every evaluation.
+        return torch.optim.LBFGS([image], lr=params.learning_rate, max_iter=1, history_size=params.lbfgs_history)
     return torch.optim.Adam([image], lr=params.learning_rate)
+
+
+class _Run:
+    """One job's side of the loop: its picture, optimiser, schedule, random state and progress."""
+
+    def __init__(self, job: TransferJob, backbone: Backbone, content: torch.Tensor, style: torch.Tensor, device: torch.device) -> None:
+        params = job.params
+        self.params = params
+        self.backbone = backbone
+        self.generator = torch.Generator().manual_seed(params.seed)
+        if job.state is not None:
+            if job.state.params != params.to_dict():
+                raise ValueError("the saved state belongs to a transfer with other parameters")
+            self.image = job.state.image.to(device).requires_grad_(True)
+            self.generator.set_state(job.state.rng)
+        else:
+            initial = _initial_image(params, content, style, self.generator)
+            self.image = (initial if params.image_space == "pixels" else backbone.convention.normalize(initial)).requires_grad_(True)
+        self.optimizer = _make_optimizer(params, self.image)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, params.lr_decay_step, params.lr_decay_gamma)
+        if job.state is not None:
+            self.optimizer.load_state_dict(job.state.optimizer)
+            self.scheduler.load_state_dict(job.state.scheduler)
+        self.iteration = job.state.iteration if job.state is not None else 0
+        self.elapsed_before = job.state.elapsed_s if job.state is not None else 0.0
+        self.started = time.perf_counter()
+        self.canceled = False
+
+    @property
+    def done(self) -> bool:
+        return self.canceled or self.iteration >= self.params.iterations
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def capture(self) -> TransferState:
+        return TransferState(
+            iteration=self.iteration,
+            elapsed_s=self.elapsed(),
+            image=self.image.detach().cpu().clone(),
+            optimizer=_to_cpu(self.optimizer.state_dict()),
+            scheduler=self.scheduler.state_dict(),
+            rng=self.generator.get_state(),
+            params=self.params.to_dict(),
+        )
+
+    def picture(self) -> torch.Tensor:
+        rgb = self.image if self.params.image_space == "pixels" else self.backbone.convention.denormalize(self.image)
+        return rgb.detach()
+
+    def step(self, total: torch.Tensor) -> None:
+        """Take one optimiser step; the gradient of this job's `total` is already in `image.grad`."""
+        # L-BFGS asks for a closure; the batch's evaluation already happened, so it returns that value.
+        self.optimizer.step(lambda: total)
+        self.scheduler.step()
+        if self.params.image_space == "pixels":
+            with torch.no_grad():
+                self.image.clamp_(0, 1)
+        self.iteration += 1
+
+    def at_checkpoint(self) -> bool:
+        return self.iteration % self.params.checkpoint_every == 0 or self.iteration == self.params.iterations
+
+    def checkpoint(self, terms: torch.Tensor) -> Checkpoint:
+        # One device-to-host copy for all four numbers.
+        content, style, tv, total = terms.tolist()
+        snapshot = self.picture().clone()
+        return Checkpoint(
+            iteration=self.iteration, elapsed_s=self.elapsed(), content=content, style=style, tv=tv, total=total,
+            render=lambda: tensor_to_image(snapshot), capture=self.capture,
+        )
+
+    def result(self) -> TransferResult:
+        rgb = self.picture()
+        return TransferResult(image=tensor_to_image(rgb), iteration=self.iteration, canceled=self.canceled, state=self.capture(), tensor=rgb.cpu())
+
+
+def transfer_batch(
+    jobs: Sequence[TransferJob],
+    *,
+    backbone: Backbone,
+    device: torch.device | str = "cpu",
+    on_checkpoint: BatchCheckpointCallback | None = None,
+    target_cache: TargetCache | None = None,
+) -> list[TransferResult]:
+    """Optimise several jobs' pictures as one batch; return each job's result, in order.
+
+    The jobs must share every parameter but the seed (`batch_key`) and their output size. Each has its
+    own losses, optimiser, schedule and random state, so its picture is the one it would get alone.
+    `on_checkpoint(index, checkpoint)` gets each job's checkpoints; returning `Control.STOP` takes
+    that job out of the batch (canceled) while the others go on.
+
+    Raises:
+        ValueError: jobs that cannot share a batch, or a saved state of other parameters.
+    """
+    if not jobs:
+        return []
+    device = torch.device(device)
+    params = jobs[0].params
+    for job in jobs[1:]:
+        if batch_key(job.params) != batch_key(params):
+            raise ValueError("jobs in one batch must share every parameter but the seed")
+    size = output_size(params, jobs[0].content)
+    if any(output_size(job.params, job.content) != size for job in jobs):
+        raise ValueError("jobs in one batch must have the same output size")
+
+    objective = Objective(params, backbone, resolve_precision(params.precision, device), device)
+    contents, styles, runs = [], [], []
+    for job in jobs:
+        content = image_to_tensor(job.content, size).to(device)
+        style = image_to_tensor(job.style, _style_size(params, job.style, size)).to(device)
+        key = job.style_key if job.style_key is not None else (image_digest(job.style) if target_cache is not None else None)
+        styles.append(objective.style_targets(style, cache=target_cache, key=key))
+        contents.append(content)
+        runs.append(_Run(job, backbone, content, style, device))
+    active = [index for index, run in enumerate(runs) if not run.done]
+    if active:
+        objective.set_targets([contents[i] for i in active], [styles[i] for i in active])
+
+    while active:
+        for index in active:
+            runs[index].optimizer.zero_grad()
+        with torch.enable_grad():
+            terms = objective(torch.cat([runs[index].image for index in active]))
+            terms[-1].sum().backward()
+        per_job = torch.stack(terms, dim=1).detach()  # (N, 4): content, style, tv, total
+        for position, index in enumerate(active):
+            run = runs[index]
+            run.step(terms[-1][position].detach())
+            if on_checkpoint is not None and run.at_checkpoint():
+                run.canceled = on_checkpoint(index, run.checkpoint(per_job[position])) is Control.STOP
+        still = [position for position, index in enumerate(active) if not runs[index].done]
+        if len(still) < len(active):
+            active = [active[position] for position in still]
+            if active:
+                objective.keep(still)
+    return [run.result() for run in runs]
 
 
 def transfer(
@@ -192,6 +319,7 @@ def transfer(
     device: torch.device | str = "cpu",
     on_checkpoint: CheckpointCallback | None = None,
     state: TransferState | None = None,
+    target_cache: TargetCache | None = None,
 ) -> TransferResult:
     """Optimise a picture with the content of `content` and the style of `style`.
 
@@ -199,78 +327,7 @@ def transfer(
     `params.checkpoint_every` iterations (and at the last) `on_checkpoint` gets the losses and may
     return `Control.STOP`; the result then carries a `state` from which a later call resumes exactly.
     """
-    device = torch.device(device)
-    size = output_size(params, content)
-    content_rgb = image_to_tensor(content, size).to(device)
-    style_rgb = image_to_tensor(style, _style_size(params, style, size)).to(device)
-    objective = _Objective(params, backbone, content_rgb, style_rgb)
-    generator = torch.Generator().manual_seed(params.seed)
+    callback = None if on_checkpoint is None else (lambda _index, checkpoint: on_checkpoint(checkpoint))
+    job = TransferJob(content, style, params, state)
+    return transfer_batch([job], backbone=backbone, device=device, on_checkpoint=callback, target_cache=target_cache)[0]
 
-    if state is not None:
-        if state.params != params.to_dict():
-            raise ValueError("the saved state belongs to a transfer with other parameters")
-        image = state.image.to(device).requires_grad_(True)
-        generator.set_state(state.rng)
-    else:
-        initial = _initial_image(params, content_rgb, style_rgb, generator)
-        image = (initial if params.image_space == "pixels" else backbone.convention.normalize(initial)).requires_grad_(True)
-    optimizer = _make_optimizer(params, image)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, params.lr_decay_step, params.lr_decay_gamma)
-    if state is not None:
-        optimizer.load_state_dict(state.optimizer)
-        scheduler.load_state_dict(state.scheduler)
-    iteration = state.iteration if state is not None else 0
-    elapsed_before = state.elapsed_s if state is not None else 0.0
-    started = time.perf_counter()
-
-    def capture_state() -> TransferState:
-        return TransferState(
-            iteration=iteration,
-            elapsed_s=elapsed_before + time.perf_counter() - started,
-            image=image.detach().cpu().clone(),
-            optimizer=_to_cpu(optimizer.state_dict()),
-            scheduler=scheduler.state_dict(),
-            rng=generator.get_state(),
-            params=params.to_dict(),
-        )
-
-    def picture() -> torch.Tensor:
-        rgb = image if params.image_space == "pixels" else backbone.convention.denormalize(image)
-        return rgb.detach()
-
-    canceled = False
-    while iteration < params.iterations and not canceled:
-        last: list[tuple[torch.Tensor, ...]] = []
-
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad()
-            terms = objective(image)
-            terms[-1].backward()
-            last.append(terms)
-            return terms[-1]
-
-        optimizer.step(closure)
-        scheduler.step()
-        if params.image_space == "pixels":
-            with torch.no_grad():
-                image.clamp_(0, 1)
-        iteration += 1
-        if on_checkpoint is not None and (iteration % params.checkpoint_every == 0 or iteration == params.iterations):
-            # One device-to-host copy for all four numbers.
-            content_value, style_value, tv_value, total_value = torch.stack(last[0]).detach().tolist()
-            snapshot = picture().clone()
-            checkpoint = Checkpoint(
-                iteration=iteration,
-                elapsed_s=elapsed_before + time.perf_counter() - started,
-                content=content_value,
-                style=style_value,
-                tv=tv_value,
-                total=total_value,
-                render=lambda snapshot=snapshot: tensor_to_image(snapshot),
-                capture=capture_state,
-            )
-            canceled = on_checkpoint(checkpoint) is Control.STOP
-
-    final_state = capture_state()
-    rgb = picture()
-    return TransferResult(image=tensor_to_image(rgb), iteration=iteration, canceled=canceled, state=final_state, tensor=rgb.cpu())
