@@ -1,0 +1,48 @@
+"""How much device memory a transfer needs, so a worker can size its batches and refuse what cannot fit.
+
+The model is linear in the output's pixels: VGG's activations (kept for the backward pass) grow with
+the picture, while the weights and the Gram matrices do not. Its coefficients are measured by
+`python -m bench.memory`, per precision, on the `styleq` preset's layers (VGG16 up to relu5_1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Peak bytes per output pixel of one job, and the fixed part (weights, workspace), per precision.
+# Measured by `python -m bench.memory` (see the README's memory table).
+BYTES_PER_PIXEL: dict[str, float] = {"fp32": 2900.0, "bf16": 1700.0}
+FIXED_BYTES: dict[str, float] = {"fp32": 120e6, "bf16": 120e6}
+
+
+def job_peak_bytes(height: int, width: int, precision: str, batch: int = 1) -> int:
+    """Return the estimated peak device memory of `batch` jobs of (height, width) in `precision` ("fp32" or "bf16")."""
+    if precision not in BYTES_PER_PIXEL:
+        raise ValueError(f"precision must be fp32 or bf16 here, got {precision!r}")
+    return int(FIXED_BYTES[precision] + batch * height * width * BYTES_PER_PIXEL[precision])
+
+
+def largest_side_that_fits(memory_bytes: int, precision: str, aspect: float = 1.0) -> int:
+    """Return the longest long side (pixels) of a picture of `aspect` (short/long side) that fits in `memory_bytes`."""
+    pixels = (memory_bytes - FIXED_BYTES[precision]) / BYTES_PER_PIXEL[precision]
+    return max(0, int((max(pixels, 0.0) / aspect) ** 0.5))
+
+
+def free_device_bytes(device: torch.device | str) -> int | None:
+    """Return the free memory of a CUDA device in bytes, or None for a CPU (bounded by the host, not known here)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def batch_capacity(height: int, width: int, precision: str, *, limit: int, free_bytes: int | None, headroom: float = 0.8) -> int:
+    """Return how many jobs of (height, width) to run as one batch: at most `limit`, and what fits in `headroom` of `free_bytes`.
+
+    With `free_bytes` unknown (a CPU), the setting's `limit` alone decides. Never less than one.
+    """
+    if free_bytes is None:
+        return max(1, limit)
+    fits = int((free_bytes * headroom - FIXED_BYTES[precision]) // (height * width * BYTES_PER_PIXEL[precision]))
+    return max(1, min(limit, fits))
