@@ -1,9 +1,18 @@
-"""Time the seed notebook's own loop against the engine's `seed` preset, in one process, on one random VGG19.
+"""Time the seed notebook's own loop against the engine, in one process, on random VGG weights.
 
-    .venv/bin/python -m bench.seed_speed [--size 300x450] [--iterations 50] [--device auto|cpu|cuda]
+    .venv/bin/python -m bench.seed_speed [--size 300x450] [--iterations 20] [--device auto|cpu|cuda] [--skip-quality]
+
+Two measures, each side by side with the notebook in the same run:
+- seconds per iteration: the notebook's loop as written, the `seed` preset in fp32 and in bf16, and the
+  `styleq` preset (VGG16, Caffe convention, its own precision), each after a warm-up;
+- time to quality: the notebook runs its 500 iterations; the engine then optimises the same seed
+  objective with the `styleq` preset's optimisation settings (`SPEED_FIELDS`: optimiser, schedule,
+  precision) until that objective, evaluated in fp32 on the picture at a checkpoint, is no higher than
+  the notebook's after its 500 iterations. The fp32 evaluations are not counted in its time.
 
 Random weights time the same as ImageNet ones (the arithmetic does not depend on the values), so nothing
-is downloaded. Both runs start from the same images and weights, so their final losses should agree.
+is downloaded. The notebook and the fp32 `seed` preset start from the same images and weights, so their
+final losses agree.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,18 +32,25 @@ from PIL import Image
 from torch import nn
 from torchvision import models
 
-from worker.engine import Backbone, get_convention, resolve_params, transfer
+from shared.params import PRESETS, SPEED_FIELDS, TransferParams
+from worker.engine import Backbone, Control, get_convention, resolve_params, resolve_precision, transfer
+from worker.engine.objective import Objective
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 WARMUP_ITERATIONS = 3
 Losses = tuple[float, float, float, float]  # content, style, tv, total
 
 
+def random_vgg_state(architecture: str = "vgg19", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Return the `features.*` state of a torchvision VGG initialised from a fixed seed."""
+    torch.manual_seed(seed)
+    network = getattr(models, architecture)(weights=None)
+    return {key: value for key, value in network.state_dict().items() if key.startswith("features.")}
+
+
 def random_vgg19_state(seed: int = 0) -> dict[str, torch.Tensor]:
     """Return the `features.*` state of a torchvision VGG19 initialised from a fixed seed."""
-    torch.manual_seed(seed)
-    network = models.vgg19(weights=None)
-    return {key: value for key, value in network.state_dict().items() if key.startswith("features.")}
+    return random_vgg_state("vgg19", seed)
 
 
 def notebook_net(state_dict: dict[str, torch.Tensor], device: torch.device) -> nn.Sequential:
@@ -43,8 +60,13 @@ def notebook_net(state_dict: dict[str, torch.Tensor], device: torch.device) -> n
     return nn.Sequential(*[pretrained_net.features[i] for i in range(28 + 1)]).to(device)
 
 
-def run_notebook(net: nn.Sequential, content_img: Image.Image, style_img: Image.Image, image_shape, num_epochs: int, device) -> Losses:
-    """Run the seed notebook's code as written there and return the losses of its last iteration."""
+def run_notebook(net: nn.Sequential, content_img: Image.Image, style_img: Image.Image, image_shape, num_epochs: int, device,
+                 readings: list[tuple[int, float, float]] | None = None) -> Losses:
+    """Run the seed notebook's code as written there and return the losses of its last iteration.
+
+    `readings`, when given, receives (iteration, total loss, seconds since the call) at every reading.
+    """
+    started = time.perf_counter()
     rgb_mean = torch.tensor([0.485, 0.456, 0.406])
     rgb_std = torch.tensor([0.229, 0.224, 0.225])
 
@@ -122,16 +144,58 @@ def run_notebook(net: nn.Sequential, content_img: Image.Image, style_img: Image.
         # The notebook reads the losses every 10 epochs; the last epoch too here, so both runs end on a reading.
         if (epoch + 1) % 10 == 0 or epoch + 1 == num_epochs:
             losses = (float(sum(contents_l)), float(sum(styles_l)), float(tv_l), float(l))
+            if readings is not None:
+                readings.append((epoch + 1, losses[-1], time.perf_counter() - started))
     return losses
 
 
-def run_engine(backbone: Backbone, content: Image.Image, style: Image.Image, size: tuple[int, int], iterations: int, device) -> Losses:
-    """Run the engine's `seed` preset, collecting checkpoints as the CLI does, and return the last losses."""
-    params = resolve_params({"preset": "seed", "size": list(size), "iterations": iterations})
+def run_engine(backbone: Backbone, content: Image.Image, style: Image.Image, params: TransferParams, device) -> Losses:
+    """Run the engine with `params`, collecting checkpoints as the CLI does, and return the last losses."""
     checkpoints = []
     transfer(content, style, params, backbone=backbone, device=device, on_checkpoint=checkpoints.append)
     last = checkpoints[-1]
     return last.content, last.style, last.tv, last.total
+
+
+def fast_seed_params(size: tuple[int, int], iterations: int) -> TransferParams:
+    """Return the seed objective (the `seed` preset) optimised the `styleq` preset's way."""
+    speed = {name: PRESETS["styleq"][name] for name in SPEED_FIELDS}
+    return resolve_params({"preset": "seed", "size": list(size), "iterations": iterations, **speed})
+
+
+def time_to_loss(
+    backbone: Backbone, content: Image.Image, style: Image.Image, params: TransferParams, target: float, device,
+) -> tuple[float | None, int, float]:
+    """Run `params` until the seed objective, in fp32, is at most `target` at a checkpoint.
+
+    Returns the seconds it took (None if never reached within `params.iterations`), the iteration it
+    stopped at, and the fp32 seed objective there. Time spent on the fp32 evaluations is not counted.
+    """
+    exact = Objective(resolve_params({"preset": "seed", "size": list(params.size)}), backbone, "fp32", device)
+    reached: list[tuple[float, int, float]] = []
+    excluded = 0.0
+    started = time.perf_counter()
+
+    def check(checkpoint) -> Control:
+        nonlocal excluded
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        with torch.no_grad():
+            if not exact.content_targets:
+                exact.set_targets([contents], [exact.style_targets(styles)])
+            total = float(exact(checkpoint.state().image.to(device))[-1][0])
+        reached.append((now - started - excluded, checkpoint.iteration, total))
+        excluded += time.perf_counter() - now
+        return Control.STOP if total <= target else Control.CONTINUE
+
+    from worker.engine.transfer import image_to_tensor
+
+    contents = image_to_tensor(content, params.size).to(device)
+    styles = image_to_tensor(style, params.size).to(device)
+    transfer(content, style, params, backbone=backbone, device=device, on_checkpoint=check)
+    seconds, iteration, total = reached[-1]
+    return (seconds if total <= target else None), iteration, total
 
 
 def timed(run: Callable[[], Losses], device: torch.device) -> tuple[float, Losses]:
@@ -160,16 +224,18 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Time both loops and print seconds per iteration, their ratio and the final losses."""
+    """Time the loops and print seconds per iteration, ratios, final losses and time to the notebook's loss."""
     parser = argparse.ArgumentParser(prog="python -m bench.seed_speed", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--size", type=parse_size, default=(300, 450), help="HEIGHTxWIDTH (default 300x450, the notebook's)")
-    parser.add_argument("--iterations", type=int, default=50, help="iterations timed for each loop (default 50)")
+    parser.add_argument("--iterations", type=int, default=20, help="iterations timed for each loop's speed (default 20)")
+    parser.add_argument("--quality-iterations", type=int, default=500, help="the notebook's iterations for the time to quality (default 500, its own)")
+    parser.add_argument("--skip-quality", action="store_true", help="time the iterations only")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--content", type=Path, default=IMAGES / "rainier.jpg")
     parser.add_argument("--style", type=Path, default=IMAGES / "autumn-oak.jpg")
     args = parser.parse_args(argv)
-    if args.iterations < 1:
-        parser.error("--iterations must be at least 1")
+    if args.iterations < 1 or args.quality_iterations < 10:
+        parser.error("--iterations must be at least 1 and --quality-iterations at least 10")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
@@ -183,13 +249,18 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
 
     # Built once, untimed, as a long-lived worker would; the timed calls cover preprocessing, targets and the loop.
-    state_dict = random_vgg19_state()
-    net = notebook_net(state_dict, device)
-    params = resolve_params({"preset": "seed"})
-    backbone = Backbone("vgg19", state_dict, get_convention("torchvision"), params.layers).to(device)
+    vgg19 = random_vgg_state("vgg19")
+    net = notebook_net(vgg19, device)
+    seed = resolve_params({"preset": "seed", "size": list(args.size)})
+    styleq = resolve_params({"preset": "styleq", "size": list(args.size)})
+    seed_backbone = Backbone("vgg19", vgg19, get_convention("torchvision"), seed.layers).to(device).use_channels_last()
+    styleq_backbone = Backbone("vgg16", random_vgg_state("vgg16"), get_convention("caffe"), styleq.layers).to(device).use_channels_last()
+    precision = resolve_precision(styleq.precision, device)
     runs = {
         "notebook": lambda n: run_notebook(net, content, style, args.size, n, device),
-        "styleq": lambda n: run_engine(backbone, content, style, args.size, n, device),
+        "seed fp32": lambda n: run_engine(seed_backbone, content, style, replace(seed, iterations=n), device),
+        "seed bf16": lambda n: run_engine(seed_backbone, content, style, replace(seed, iterations=n, precision="bf16"), device),
+        f"styleq ({precision})": lambda n: run_engine(styleq_backbone, content, style, replace(styleq, iterations=n), device),
     }
     for run in runs.values():
         timed(lambda run=run: run(WARMUP_ITERATIONS), device)  # allocator, cuDNN/oneDNN kernel choice
@@ -197,17 +268,31 @@ def main(argv: list[str] | None = None) -> None:
 
     per_iteration = {name: seconds / args.iterations for name, (seconds, _) in results.items()}
     height, width = args.size
-    print(f"device: {device_name(device)}")
+    print(f"device: {device_name(device)}; bf16 native here: {resolve_precision('auto', device) == 'bf16'}")
     print(f"size {height}x{width}, {args.iterations} iterations each, after a {WARMUP_ITERATIONS}-iteration warm-up")
-    for name, seconds in per_iteration.items():
-        print(f"{name:<9} {seconds:.4f} s/iteration")
-    print(f"ratio notebook/styleq: {per_iteration['notebook'] / per_iteration['styleq']:.2f}")
-    print(f"final losses {'content':>12} {'style':>12} {'tv':>12} {'total':>12}")
+    print(f"{'loop':<16} {'s/iteration':>12} {'notebook/this':>14} {'content':>12} {'style':>12} {'tv':>12} {'total':>12}")
     for name, (_, losses) in results.items():
-        print(f"{name:<12} " + " ".join(f"{value:>12.6g}" for value in losses))
-    (_, theirs), (_, ours) = results["notebook"], results["styleq"]
+        ratio = per_iteration["notebook"] / per_iteration[name]
+        print(f"{name:<16} {per_iteration[name]:>12.4f} {ratio:>13.2f}x " + " ".join(f"{value:>12.6g}" for value in losses))
+    theirs, ours = results["notebook"][1], results["seed fp32"][1]
     difference = max(abs(a - b) / max(abs(a), 1e-30) for a, b in zip(theirs, ours))
-    print(f"largest relative difference: {difference:.2e}")
+    print(f"largest relative difference, notebook vs seed fp32: {difference:.2e}")
+    if args.skip_quality:
+        return
+
+    readings: list[tuple[int, float, float]] = []
+    timed(lambda: run_notebook(net, content, style, args.size, args.quality_iterations, device, readings), device)
+    _, target, notebook_seconds = readings[-1]
+    fast = fast_seed_params(args.size, args.quality_iterations)
+    seconds, iteration, reached = time_to_loss(seed_backbone, content, style, fast, target, device)
+    speed = ", ".join(f"{name}={getattr(fast, name)}" for name in SPEED_FIELDS)
+    print(f"\ntime to the notebook's {args.quality_iterations}-iteration loss ({target:.6g}), seed objective:")
+    print(f"{'loop':<16} {'seconds':>10} {'iterations':>11} {'loss':>12} {'this/notebook':>14}")
+    print(f"{'notebook':<16} {notebook_seconds:>10.2f} {args.quality_iterations:>11} {target:>12.6g} {1:>13.3f}x")
+    shown = f"{seconds:>10.2f}" if seconds is not None else f"{'not reached':>10}"
+    ratio = f"{seconds / notebook_seconds:>13.3f}x" if seconds is not None else f"{'-':>14}"
+    print(f"{'styleq way':<16} {shown} {iteration:>11} {reached:>12.6g} {ratio}")
+    print(f"styleq way: {speed}")
 
 
 if __name__ == "__main__":

@@ -117,9 +117,10 @@ class Objective:
 
     def set_targets(self, contents: Sequence[torch.Tensor], styles: Sequence[StyleTargets]) -> None:
         """Fix the batch's targets: one (1, 3, H, W) content picture and one `StyleTargets` per job."""
+        # One picture at a time, as a run alone computes them: computed once per job, they cost little.
         with torch.inference_mode():
-            features = self._features(torch.cat(list(contents)), self.params.content_layers, from_pixels=True)
-            content_targets = [features[name].float() for name in self.params.content_layers]
+            each = [self._features(content, self.params.content_layers, from_pixels=True) for content in contents]
+            content_targets = [torch.cat([features[name].float() for features in each]) for name in self.params.content_layers]
         self.content_targets = [t.clone() for t in content_targets]
         self.content_scales = [
             torch.stack([_energy_scale(one) for one in layer]) for layer in self.content_targets
@@ -136,13 +137,25 @@ class Objective:
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return each picture's (content, style, tv, total), each of shape (N,), for the optimised batch `image`."""
+        # A GPU runs the whole batch through the network at once: that is where batching pays. A CPU's
+        # convolutions fill its cores with one picture already, and oneDNN picks kernels by batch size,
+        # so there each picture goes through alone and gets exactly the arithmetic of a run alone.
+        chunk = image.shape[0] if self.device.type == "cuda" else 1
+        parts = [self._losses(image[start:start + chunk], start) for start in range(0, image.shape[0], chunk)]
+        if len(parts) == 1:
+            return parts[0]
+        content, style, tv, total = (torch.cat(values) for values in zip(*parts))
+        return content, style, tv, total
+
+    def _losses(self, image: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         p = self.params
+        rows = slice(first, first + image.shape[0])
         features = self._features(image, p.layers)
-        contents = [content_losses(features[n], t) for n, t in zip(p.content_layers, self.content_targets)]
-        styles = [style_losses(features[n], t) for n, t in zip(p.style_layers, self.style_grams)]
+        contents = [content_losses(features[n], t[rows]) for n, t in zip(p.content_layers, self.content_targets)]
+        styles = [style_losses(features[n], t[rows]) for n, t in zip(p.style_layers, self.style_grams)]
         if p.normalize_losses:
-            contents = [loss * scale for loss, scale in zip(contents, self.content_scales)]
-            styles = [loss * scale for loss, scale in zip(styles, self.style_scales)]
+            contents = [loss * scale[rows] for loss, scale in zip(contents, self.content_scales)]
+            styles = [loss * scale[rows] for loss, scale in zip(styles, self.style_scales)]
         content = sum(loss * p.content_weight for loss in contents)
         style = sum(loss * p.style_weight for loss in styles)
         tv = tv_losses(image) * p.tv_weight
