@@ -91,6 +91,10 @@ class Job(Base):
     has_preview: Mapped[bool] = mapped_column(Boolean, default=False)
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # How many jobs the worker optimised together when it last started this one (1: alone), and the
+    # id that batch's jobs share (None when alone).
+    batch_size: Mapped[int | None] = mapped_column(Integer, default=None)
+    batch_id: Mapped[str | None] = mapped_column(String(32), default=None)
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
     gpu: Mapped[str | None] = mapped_column(String(200), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
