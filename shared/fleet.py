@@ -31,9 +31,9 @@ def worker_took_job(session: Session, name: str, job_id: str | None, *, gpu: str
     session.execute(update(Worker).where(Worker.name == name).values(**values))
 
 
-def worker_finished_job(session: Session, name: str) -> None:
-    """Count one more job done by the worker, which is idle again."""
-    session.execute(update(Worker).where(Worker.name == name).values(current_job_id=None, jobs_done=Worker.jobs_done + 1, heartbeat_at=utcnow()))
+def worker_finished_job(session: Session, name: str, count: int = 1) -> None:
+    """Count `count` more jobs done by the worker (a batch's), which is idle again."""
+    session.execute(update(Worker).where(Worker.name == name).values(current_job_id=None, jobs_done=Worker.jobs_done + count, heartbeat_at=utcnow()))
 
 
 def list_workers(session: Session, *, seen_within_seconds: float = 24 * 3600) -> Sequence[Worker]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,9 @@ RUN_JOB_TASK = "styleq.run_job"
 FINISHED = [status.value for status in JobStatus if status.finished]
 # The most checkpoints one read returns.
 CHECKPOINT_PAGE = 1000
+# The most queued jobs a worker looks through for batch-mates: the oldest, so batching never lets a
+# job jump far ahead of the queue.
+BATCH_CANDIDATES = 64
 
 
 def new_job_id() -> str:
@@ -159,18 +162,43 @@ def upload_in_use(session: Session, sha256: str) -> bool:
 
 def claim_job(session: Session, job_id: str, worker: str, gpu: str, lease_seconds: float) -> Job | None:
     """Take the job for `worker` if it is queued, or running on a lease gone stale; None if someone else has it."""
+    stale = utcnow() - timedelta(seconds=lease_seconds)
+    claimable = or_(Job.status == JobStatus.QUEUED.value, and_(Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < stale))
+    return _claim(session, job_id, worker, gpu, claimable)
+
+
+def batch_candidates(session: Session, limit: int = BATCH_CANDIDATES) -> Sequence[Job]:
+    """Return the oldest queued jobs not asked to cancel: those a worker may look through for batch-mates."""
+    query = select(Job).where(Job.status == JobStatus.QUEUED.value, Job.cancel_requested.is_(False))
+    return session.scalars(query.order_by(Job.created_at, Job.id).limit(limit)).all()
+
+
+def claim_batch_mates(session: Session, job_ids: Sequence[str], worker: str, gpu: str) -> list[Job]:
+    """Take for `worker` each of the jobs that is still queued; return those it got, in order.
+
+    Each is the same conditional UPDATE as `claim_job`, so a job another worker claimed first is
+    simply left out. Only queued jobs are taken: one on a stale lease is the sweeper's to requeue.
+    """
+    claimed = (_claim(session, job_id, worker, gpu, Job.status == JobStatus.QUEUED.value) for job_id in job_ids)
+    return [job for job in claimed if job is not None]
+
+
+def record_batch(session: Session, job_ids: Sequence[str], worker: str, batch_id: str | None) -> None:
+    """Record on each of the jobs `worker` holds that they run together, as batch `batch_id`."""
+    session.execute(
+        update(Job).where(Job.id.in_(list(job_ids)), Job.worker == worker, Job.status == JobStatus.RUNNING.value)
+        .values(batch_size=len(job_ids), batch_id=batch_id)
+    )
+
+
+def _claim(session: Session, job_id: str, worker: str, gpu: str, claimable: ColumnElement[bool]) -> Job | None:
     now = utcnow()
-    stale = now - timedelta(seconds=lease_seconds)
     claimed = session.execute(
         update(Job)
-        .where(
-            Job.id == job_id,
-            Job.cancel_requested.is_(False),
-            or_(Job.status == JobStatus.QUEUED.value, and_(Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < stale)),
-        )
+        .where(Job.id == job_id, Job.cancel_requested.is_(False), claimable)
         .values(
-            status=JobStatus.RUNNING.value, worker=worker, gpu=gpu, heartbeat_at=now,
-            attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now),
+            status=JobStatus.RUNNING.value, worker=worker, gpu=gpu, heartbeat_at=now, attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, now), batch_size=1, batch_id=None,
         )
     ).rowcount
     if not claimed:

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     sweep_every_seconds: float = Field(default=15.0, gt=0)
     # The worker saves a preview and its resumable state every this many checkpoints.
     preview_every: int = Field(default=5, ge=1)
+    # The most jobs one worker optimises at once (fewer when the device's free memory says so).
+    # Unset means per device: 8 on a GPU; 1 on a CPU, whose arithmetic grows with the batch, so
+    # batching there gains little and makes every job wait for its batch-mates.
+    batch_size: int | None = Field(default=None, ge=1)
+    # How long a worker holds its first job waiting for batch-mates to arrive; 0 takes only those already queued.
+    batch_wait_seconds: float = Field(default=0.0, ge=0)
     # Signs the dashboard's session cookies. Unset means one generated once and kept in
     # `<data_dir>/secret-key`; set it when the API processes do not share a data directory.
     secret_key: str | None = None
@@ -63,6 +69,12 @@ class Settings(BaseSettings):
     def broker(self) -> str:
         """Return the Celery broker URL (a SQLite-backed kombu transport in the data directory by default)."""
         return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+
+    def batch_limit(self, *, gpu: bool) -> int:
+        """Return the most jobs one worker optimises at once: the setting, else 8 on a GPU and 1 on a CPU."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 8 if gpu else 1
 
     def celery_config(self) -> dict[str, object]:
         """Return the Celery settings that the API's producer and the workers must agree on."""
