@@ -1,8 +1,14 @@
-"""The story of one job on one worker: claim, run the engine, checkpoint, and finish or fail.
+"""The story of a job on a worker: claim it (and batch-mates), run the engine, checkpoint, and finish or fail.
 
 Each step is its own short transaction; none spans GPU time. The lease (worker name + heartbeat)
 is renewed by every checkpoint and by a heartbeat thread, so a job whose worker dies is found by
 the sweeper and resumed from its last saved state by another worker.
+
+A worker allowed batches (`Settings.batch_limit`, then the device's free memory) also claims queued
+jobs whose parameters match its job's in all but the seed, and whose pictures come out the same
+size, and optimises them together; each keeps its own checkpoints, previews, saved state, cancel and
+record. The broker messages of jobs taken this way are skipped when they arrive, as the database says
+they are running.
 """
 
 from __future__ import annotations
@@ -29,11 +35,17 @@ from shared.params import TransferParams, resolve_params
 from shared.settings import Settings
 from shared.storage import Storage
 
-from .engine import Backbone, Checkpoint, Control, TransferState, build_backbone, transfer
+from .engine import (
+    Backbone, Checkpoint, Control, TargetCache, TransferJob, TransferResult, TransferState, batch_key, build_backbone,
+    output_size, resolve_precision, transfer_batch,
+)
+from .engine.memory import batch_capacity, free_device_bytes
 from .engine.weights import LoadedWeights, WeightsError, load_weights
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# How often a worker waiting for batch-mates (`batch_wait_seconds`) looks for them again.
+BATCH_POLL_SECONDS = 0.5
 
 
 class JobFailure(Exception):
@@ -53,6 +65,8 @@ class ModelCache:
     device: torch.device
     weights: dict[str, LoadedWeights] = field(default_factory=dict)
     backbones: dict[tuple[str, tuple[str, ...]], Backbone] = field(default_factory=dict)
+    # Style targets by upload hash: a service sees the same styles again and again.
+    targets: TargetCache = field(default_factory=TargetCache)
 
     def backbone(self, params: TransferParams) -> Backbone:
         """Return the backbone for `params`, loading (and on first use fetching) its weights."""
@@ -63,6 +77,49 @@ class ModelCache:
             # One backbone per layer set is enough: a service sees few distinct presets.
             self.backbones[key] = build_backbone(self.weights[params.weights], params, self.device)
         return self.backbones[key]
+
+
+@dataclass
+class _Member:
+    """One job of a run on this worker: its inputs, the state it resumes from, and what became of it."""
+
+    job_id: str
+    params: TransferParams
+    content: Image.Image
+    style: Image.Image
+    style_sha256: str
+    state: TransferState | None
+    checkpoints_seen: int = 0
+    outcome: str | None = None
+
+    def transfer_job(self) -> TransferJob:
+        """Return the job as the engine takes it."""
+        return TransferJob(self.content, self.style, self.params, self.state, style_key=self.style_sha256)
+
+
+class _Leases:
+    """The ids of the jobs a run holds and has not finished, shared with its heartbeat thread."""
+
+    def __init__(self, job_id: str) -> None:
+        self._ids = {job_id}
+        self._lock = threading.Lock()
+        self.taken = 1
+
+    def add(self, job_id: str) -> None:
+        """Count a job just claimed."""
+        with self._lock:
+            self._ids.add(job_id)
+            self.taken += 1
+
+    def drop(self, job_id: str) -> None:
+        """Forget a job just finished."""
+        with self._lock:
+            self._ids.discard(job_id)
+
+    def ids(self) -> list[str]:
+        """Return the held ids."""
+        with self._lock:
+            return sorted(self._ids)
 
 
 class JobRunner:
@@ -79,6 +136,8 @@ class JobRunner:
         self.gpu = gpu
         self.device = device
         self.models = models
+        # The batch sizes that ran out of memory here, by output size and precision: later batches stay below.
+        self.batch_ceilings: dict[tuple[tuple[int, int], str], int] = {}
 
     def _transaction(self, step: Callable[[Session], T], attempts: int = 8) -> T:
         """Run `step` in its own transaction, retrying while the database is briefly unreachable."""
@@ -94,15 +153,17 @@ class JobRunner:
         raise AssertionError("unreachable")
 
     def run(self, job_id: str) -> str:
-        """Claim and run the job; return what became of it ('succeeded', 'canceled', 'failed', 'skipped', 'lost')."""
+        """Claim and run the job, with any batch-mates; return what became of it ('succeeded', 'canceled', 'failed', 'skipped', 'lost')."""
         job = self._transaction(lambda s: self._claim(s, job_id))
         if job is None:
-            return "skipped"  # another worker has it, or it ended, was canceled or deleted
+            return "skipped"  # another worker has it, or it ended, was canceled, deleted or taken into a batch
         log.info("running job %s (attempt %d)", job_id, job.attempts)
+        held = _Leases(job_id)
         try:
-            with self._heartbeat(job_id):
-                outcome = self._run_claimed(job_id, job.params, job.content_sha256, job.style_sha256)
+            with self._heartbeat(held):
+                outcome = self._run_claimed(job, held)
         except JobFailure as failure:
+            # Only the job itself is held yet: its failures come before any batch-mate is claimed.
             self._finish(job_id, JobStatus.FAILED, failure.code, failure.message)
             outcome = "failed"
         except BaseException as error:
@@ -114,13 +175,14 @@ class JobRunner:
                 else f"the worker failed: {type(error).__name__}: {error}"
             )
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-            try:
-                self._finish(job_id, JobStatus.FAILED, code, message)
-            except OperationalError:
-                log.error("could not record the failure of job %s; the sweeper will retry it", job_id)
+            for held_id in held.ids():
+                try:
+                    self._finish(held_id, JobStatus.FAILED, code, message)
+                except OperationalError:
+                    log.error("could not record the failure of job %s; the sweeper will retry it", held_id)
             raise
         finally:
-            self._transaction(lambda s: fleet.worker_finished_job(s, self.node))
+            self._transaction(lambda s: fleet.worker_finished_job(s, self.node, count=held.taken))
         return outcome
 
     @property
@@ -134,42 +196,149 @@ class JobRunner:
             fleet.worker_took_job(session, self.node, job_id, gpu=self.gpu)
         return job
 
-    def _run_claimed(self, job_id: str, stored_params: dict[str, Any], content_sha256: str, style_sha256: str) -> str:
+    def _run_claimed(self, job: Job, held: _Leases) -> str:
+        leader = self._prepare(job)
         try:
-            params = resolve_params(stored_params)
-        except ValueError as error:
-            raise JobFailure("invalid_params", str(error)) from None
-        content, style = self._open(content_sha256, "content"), self._open(style_sha256, "style")
-        try:
-            backbone = self.models.backbone(params)
+            backbone = self.models.backbone(leader.params)
         except WeightsError as error:
             raise JobFailure("weights_unavailable", str(error)) from None
-        state = self._saved_state(job_id, params)
-        checkpoints_seen = 0
+        batch = [leader, *self._take_mates(leader, held)]
+        if len(batch) > 1:
+            self._record_batch(batch)
+        self._optimise(batch, backbone, held)
+        for mate in batch[1:]:
+            log.info("batch-mate %s of job %s %s", mate.job_id, leader.job_id, mate.outcome)
+        return leader.outcome or "lost"
 
-        def on_checkpoint(checkpoint: Checkpoint) -> Control:
-            nonlocal checkpoints_seen
-            checkpoints_seen += 1
-            # The first checkpoint shows a picture early; later ones every `preview_every`.
-            save_preview = checkpoints_seen == 1 or checkpoints_seen % self.settings.preview_every == 0
-            if save_preview:
-                self.storage.write_job_file(job_id, "preview.jpg", _jpeg(checkpoint.preview()))
-                self.storage.write_job_file(job_id, "state.pt", _state_bytes(checkpoint.state()))
-            values = checkpoint.losses()
-            go_on = self._transaction(lambda s: jobs.record_checkpoint(s, job_id, self.worker, values, has_preview=save_preview))
-            return Control.CONTINUE if go_on else Control.STOP
+    def _prepare(self, job: Job) -> _Member:
+        """Read a claimed job's parameters, pictures and saved state, or raise the JobFailure that ends it."""
+        try:
+            params = resolve_params(job.params)
+        except ValueError as error:
+            raise JobFailure("invalid_params", str(error)) from None
+        content, style = self._open(job.content_sha256, "content"), self._open(job.style_sha256, "style")
+        return _Member(job.id, params, content, style, job.style_sha256, self._saved_state(job.id, params))
 
-        result = transfer(content, style, params, backbone=backbone, device=self.device, on_checkpoint=on_checkpoint, state=state)
-        if result.canceled:
-            ended = self._finish(job_id, JobStatus.CANCELED)
-            return "canceled" if ended else "lost"
+    def _take_mates(self, leader: _Member, held: _Leases) -> list[_Member]:
+        """Claim queued jobs that can share the leader's batch, waiting up to `batch_wait_seconds` for more."""
+        size = output_size(leader.params, leader.content)
+        room = self._batch_capacity(leader.params, size) - 1
+        deadline = time.monotonic() + self.settings.batch_wait_seconds
+        mates: list[_Member] = []
+        while room > 0:
+            for job in self._claim_mates(leader.params, size, room):
+                held.add(job.id)
+                try:
+                    mates.append(self._prepare(job))
+                    room -= 1
+                except JobFailure as failure:
+                    # A batch-mate's own trouble ends it alone; the batch goes on without it.
+                    self._finish(job.id, JobStatus.FAILED, failure.code, failure.message)
+                    held.drop(job.id)
+            left = deadline - time.monotonic()
+            if room <= 0 or left <= 0:
+                break
+            time.sleep(min(BATCH_POLL_SECONDS, left))
+        return mates
+
+    def _batch_capacity(self, params: TransferParams, size: tuple[int, int]) -> int:
+        """Return how many jobs of `params` and output `size` to optimise at once here."""
+        limit = self.settings.batch_limit(gpu=self.device.type == "cuda")
+        if limit <= 1:
+            return 1
+        precision = resolve_precision(params.precision, self.device)
+        limit = min(limit, self.batch_ceilings.get((size, precision), limit))
+        if self.device.type == "cuda":
+            # Blocks the allocator keeps cached are free for a batch, but the driver counts them as used.
+            torch.cuda.empty_cache()
+        return batch_capacity(size[0], size[1], precision, limit=limit, free_bytes=free_device_bytes(self.device))
+
+    def _claim_mates(self, params: TransferParams, size: tuple[int, int], room: int) -> list[Job]:
+        candidates = self._transaction(lambda s: jobs.batch_candidates(s))
+        key = batch_key(params)
+        chosen = [job.id for job in candidates if self._fits(job, key, size)][:room]
+        if not chosen:
+            return []
+        return self._transaction(lambda s: jobs.claim_batch_mates(s, chosen, self.worker, self.gpu))
+
+    def _fits(self, job: Job, key: dict[str, Any], size: tuple[int, int]) -> bool:
+        """Tell whether a queued job can join a batch of parameters `key` and output `size`."""
+        try:
+            params = resolve_params(job.params)
+        except ValueError:
+            return False  # its own run records why
+        if batch_key(params) != key:
+            return False
+        if isinstance(params.size, tuple):
+            return params.size == size
+        # A long-side size gives each picture the shape of its content: read that from the upload's header.
+        try:
+            with Image.open(self.storage.upload_path(job.content_sha256)) as content:
+                return output_size(params, content) == size
+        except (UnidentifiedImageError, OSError):
+            return False  # its own run records why
+
+    def _record_batch(self, batch: list[_Member]) -> None:
+        ids = [member.job_id for member in batch]
+        self._transaction(lambda s: jobs.record_batch(s, ids, self.worker, jobs.new_job_id() if len(ids) > 1 else None))
+        if len(ids) > 1:
+            log.info("running %d jobs as one batch: %s", len(ids), ", ".join(ids))
+
+    def _optimise(self, batch: list[_Member], backbone: Backbone, held: _Leases) -> None:
+        """Run the batch's jobs to their end; a batch that runs out of memory goes on in halves, each from its saved state."""
+        try:
+            results = transfer_batch(
+                [member.transfer_job() for member in batch], backbone=backbone, device=self.device,
+                on_checkpoint=lambda index, checkpoint: self._checkpoint(batch[index], checkpoint, held),
+                target_cache=self.models.targets,
+            )
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            log.warning("a batch of %d jobs ran out of memory; going on in halves", len(batch), exc_info=True)
+        else:
+            for member, result in zip(batch, results):
+                if member.outcome is None:
+                    self._succeed(member, result, held)
+            return
+        # Here, past the handler, the failed attempt's tensors are free.
+        size = output_size(batch[0].params, batch[0].content)
+        self.batch_ceilings[(size, resolve_precision(batch[0].params.precision, self.device))] = max(1, len(batch) // 2)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        going = [member for member in batch if member.outcome is None]
+        half = (len(going) + 1) // 2
+        for part in (going[:half], going[half:]):
+            if part:
+                for member in part:
+                    member.state = self._saved_state(member.job_id, member.params)
+                self._record_batch(part)
+                self._optimise(part, backbone, held)
+
+    def _checkpoint(self, member: _Member, checkpoint: Checkpoint, held: _Leases) -> Control:
+        member.checkpoints_seen += 1
+        # The first checkpoint shows a picture early; later ones every `preview_every`.
+        save_preview = member.checkpoints_seen == 1 or member.checkpoints_seen % self.settings.preview_every == 0
+        if save_preview:
+            self.storage.write_job_file(member.job_id, "preview.jpg", _jpeg(checkpoint.preview()))
+            self.storage.write_job_file(member.job_id, "state.pt", _state_bytes(checkpoint.state()))
+        values = checkpoint.losses()
+        if self._transaction(lambda s: jobs.record_checkpoint(s, member.job_id, self.worker, values, has_preview=save_preview)):
+            return Control.CONTINUE
+        # Canceled, deleted or taken over: the job leaves the batch now, and its record says so at once.
+        member.outcome = "canceled" if self._finish(member.job_id, JobStatus.CANCELED) else "lost"
+        held.drop(member.job_id)
+        return Control.STOP
+
+    def _succeed(self, member: _Member, result: TransferResult, held: _Leases) -> None:
         buffer = io.BytesIO()
         result.image.save(buffer, format="PNG")
-        self.storage.write_job_file(job_id, "result.png", buffer.getvalue())
-        if not self._finish(job_id, JobStatus.SUCCEEDED):
-            return "lost"
-        self.storage.job_path(job_id, "state.pt").unlink(missing_ok=True)
-        return "succeeded"
+        self.storage.write_job_file(member.job_id, "result.png", buffer.getvalue())
+        ended = self._finish(member.job_id, JobStatus.SUCCEEDED)
+        held.drop(member.job_id)
+        if ended:
+            self.storage.job_path(member.job_id, "state.pt").unlink(missing_ok=True)
+        member.outcome = "succeeded" if ended else "lost"
 
     def _finish(self, job_id: str, status: JobStatus, code: str | None = None, message: str | None = None) -> bool:
         return self._transaction(lambda s: jobs.finish_job(s, job_id, self.worker, status, error_code=code, error_message=message))
@@ -199,8 +368,8 @@ class JobRunner:
         return state
 
     @contextmanager
-    def _heartbeat(self, job_id: str) -> Iterator[None]:
-        """Renew the lease from a thread while the block runs, so slow steps (a weights download) keep it."""
+    def _heartbeat(self, held: _Leases) -> Iterator[None]:
+        """Renew the leases from a thread while the block runs, so slow steps (a weights download) keep them."""
         stop = threading.Event()
         interval = self.settings.lease_seconds / 4
 
@@ -208,11 +377,12 @@ class JobRunner:
             while not stop.wait(interval):
                 try:
                     with session_scope(self.session_factory) as session:
-                        jobs.heartbeat(session, job_id, self.worker)
+                        for job_id in held.ids():
+                            jobs.heartbeat(session, job_id, self.worker)
                 except OperationalError:
-                    log.warning("heartbeat of job %s failed", job_id, exc_info=True)
+                    log.warning("heartbeat of jobs %s failed", ", ".join(held.ids()), exc_info=True)
 
-        thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+        thread = threading.Thread(target=beat, name=f"heartbeat-{held.ids()[0]}", daemon=True)
         thread.start()
         try:
             yield

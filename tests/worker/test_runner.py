@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -19,6 +24,7 @@ from shared.params import resolve_params
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.services import fresh_postgres_database
+from worker import runner as runner_module
 from worker.engine import Backbone, Control, get_convention, transfer
 from worker.runner import JobRunner, ModelCache
 
@@ -65,10 +71,10 @@ def settings(tmp_path) -> Settings:
     return Settings(data_dir=tmp_path, preview_every=2, lease_seconds=30)
 
 
-def submit(factory, storage: Storage, images_dir: Path, **overrides) -> str:
-    """Store the seed's pair of images and queue a job for them, as the API does; return its id."""
-    content = storage.save_upload((images_dir / "rainier.jpg").read_bytes())
-    style = storage.save_upload((images_dir / "autumn-oak.jpg").read_bytes())
+def submit(factory, storage: Storage, images_dir: Path, pictures=("rainier.jpg", "autumn-oak.jpg"), **overrides) -> str:
+    """Store a pair of images (the seed's by default) and queue a job for them, as the API does; return its id."""
+    content = storage.save_upload((images_dir / pictures[0]).read_bytes())
+    style = storage.save_upload((images_dir / pictures[1]).read_bytes())
     with session_scope(factory) as session:
         owner, _ = create_api_key(session, "alice")
         job, _ = jobs.create_job(session, owner, resolve_params({**PARAMS, **overrides}), content, style)
@@ -211,3 +217,178 @@ def test_sweep_requeues_lost_jobs_gives_up_after_max_attempts_and_resends_forgot
         "queued", "failed", "canceled", "queued", "queued",
     ]
     assert load(factory, exhausted).error_code == "worker_lost"
+
+
+# --- batches ---------------------------------------------------------------------------------------
+
+# Three pairs of pictures that all come out 24x32 under PARAMS.
+PAIRS = [("rainier.jpg", "autumn-oak.jpg"), ("tubingen.jpg", "starry_night.jpg"), ("shipwreck.jpg", "the_scream.jpg")]
+
+
+def batch_settings(tmp_path, **overrides) -> Settings:
+    return Settings(data_dir=tmp_path, preview_every=2, lease_seconds=30, batch_size=3, **overrides)
+
+
+def alone(images_dir, pictures, vgg16_random, **overrides):
+    """Return the picture and the loss history the engine makes for one job run by itself."""
+    params = resolve_params({**PARAMS, **overrides})
+    content, style = (Image.open(images_dir / name).convert("RGB") for name in pictures)
+    history = []
+    result = transfer(content, style, params, backbone=RandomModels(vgg16_random).backbone(params), on_checkpoint=lambda c: history.append(c.losses()))
+    return result.image, history
+
+
+def assert_same_run(factory, storage, job_id, expected_image, expected_history):
+    with session_scope(factory) as session:
+        history = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.iteration)).all()
+        assert [c.iteration for c in history] == [c["iteration"] for c in expected_history]
+        for got, want in zip(history, expected_history):
+            for name in ("content", "style", "tv", "total"):
+                assert getattr(got, name) == pytest.approx(want[name], rel=1e-5), (job_id, got.iteration, name)
+    got = np.asarray(picture(storage.job_path(job_id, "result.png")), dtype=np.int16)
+    assert np.abs(got - np.asarray(expected_image, dtype=np.int16)).max() <= 1
+
+
+def test_matching_queued_jobs_run_as_one_batch_each_with_its_own_history_and_the_picture_it_gets_alone(
+    tmp_path, factory, storage, images_dir, vgg16_random
+):
+    ids = [submit(factory, storage, images_dir, pictures, seed=index, iterations=30) for index, pictures in enumerate(PAIRS)]
+
+    outcome = make_runner(batch_settings(tmp_path), factory, storage, vgg16_random).run(ids[0])
+
+    assert outcome == "succeeded"
+    done = [load(factory, job_id) for job_id in ids]
+    assert [(job.status, job.batch_size, job.attempts, job.iteration) for job in done] == [("succeeded", 3, 1, 30)] * 3
+    assert done[0].batch_id and {job.batch_id for job in done} == {done[0].batch_id}
+    for job_id, pictures, index in zip(ids, PAIRS, range(3)):
+        assert_same_run(factory, storage, job_id, *alone(images_dir, pictures, vgg16_random, seed=index, iterations=30))
+        assert picture(storage.job_path(job_id, "preview.jpg")).format == "JPEG"
+        assert not storage.job_path(job_id, "state.pt").exists()
+
+
+def test_the_later_message_of_a_batch_mate_is_skipped(tmp_path, factory, storage, images_dir, vgg16_random):
+    first, mate = (submit(factory, storage, images_dir, pictures) for pictures in PAIRS[:2])
+    runner = make_runner(batch_settings(tmp_path), factory, storage, vgg16_random)
+    assert runner.run(first) == "succeeded"
+
+    assert runner.run(mate) == "skipped"
+    assert load(factory, mate).attempts == 1 and iterations(factory, mate) == [10, 20, 30, 40]
+
+
+def test_jobs_that_cannot_share_the_batch_stay_queued(tmp_path, factory, storage, images_dir, vgg16_random):
+    # A long side of 32 makes rainier 21x32 and tubingen 24x32: equal parameters, other sizes.
+    first = submit(factory, storage, images_dir, size=32)
+    mate = submit(factory, storage, images_dir, ("rainier.jpg", "starry_night.jpg"), size=32, seed=7)
+    other_parameters = submit(factory, storage, images_dir, size=32, style_weight=3.0)
+    other_size = submit(factory, storage, images_dir, ("tubingen.jpg", "autumn-oak.jpg"), size=32)
+    asked_to_cancel = submit(factory, storage, images_dir, size=32)
+    with session_scope(factory) as session:
+        session.get(Job, asked_to_cancel).cancel_requested = True
+
+    assert make_runner(batch_settings(tmp_path), factory, storage, vgg16_random).run(first) == "succeeded"
+
+    assert [load(factory, job_id).batch_size for job_id in (first, mate)] == [2, 2]
+    for job_id in (other_parameters, other_size, asked_to_cancel):
+        job = load(factory, job_id)
+        assert (job.status, job.attempts, job.batch_size) == ("queued", 0, None)
+
+
+def test_a_cpu_worker_runs_one_job_at_a_time_unless_told_otherwise(settings, factory, storage, images_dir, vgg16_random):
+    first, second = (submit(factory, storage, images_dir, pictures) for pictures in PAIRS[:2])
+    assert settings.batch_size is None and settings.batch_limit(gpu=False) == 1 and settings.batch_limit(gpu=True) == 8
+
+    assert make_runner(settings, factory, storage, vgg16_random).run(first) == "succeeded"
+
+    assert load(factory, first).batch_size == 1 and load(factory, first).batch_id is None
+    assert load(factory, second).status == "queued"
+
+
+class CancelOneOnItsFirstPreview(Storage):
+    """Storage that, when one given job's first preview lands, asks for that job's cancellation as a client would."""
+
+    factory = None
+    job_id = None
+
+    def write_job_file(self, job_id, name, data):
+        if name == "preview.jpg" and job_id == self.job_id:
+            with session_scope(self.factory) as session:
+                job = session.get(Job, job_id)
+                if job.status == "running":
+                    jobs.request_cancel(session, job)
+        return super().write_job_file(job_id, name, data)
+
+
+def test_a_canceled_job_leaves_the_batch_at_its_next_checkpoint_and_the_others_go_on(tmp_path, factory, storage, images_dir, vgg16_random):
+    canceling = CancelOneOnItsFirstPreview(storage.root)
+    canceling.factory = factory
+    first, canceled, last = (submit(factory, canceling, images_dir, pictures, iterations=60) for pictures in PAIRS)
+    canceling.job_id = canceled
+
+    assert make_runner(batch_settings(tmp_path), factory, canceling, vgg16_random).run(first) == "succeeded"
+
+    stopped = load(factory, canceled)
+    assert (stopped.status, stopped.iteration, stopped.batch_size) == ("canceled", 10, 3)
+    assert not canceling.job_path(canceled, "result.png").exists()
+    for job_id in (first, last):
+        assert load(factory, job_id).status == "succeeded" and iterations(factory, job_id) == [10, 20, 30, 40, 50, 60]
+    # It ended when it left, not when the batch did.
+    assert stopped.finished_at < load(factory, first).finished_at
+
+
+def test_a_batch_mate_whose_picture_is_gone_fails_alone_and_the_others_run(tmp_path, factory, storage, images_dir, vgg16_random):
+    first, missing, last = (submit(factory, storage, images_dir, pictures) for pictures in PAIRS)
+    storage.upload_path(load(factory, missing).style_sha256).unlink()
+
+    assert make_runner(batch_settings(tmp_path), factory, storage, vgg16_random).run(first) == "succeeded"
+
+    failed = load(factory, missing)
+    assert (failed.status, failed.error_code, failed.attempts) == ("failed", "input_missing", 1)
+    assert "style image" in failed.error_message
+    assert [(load(factory, job_id).status, load(factory, job_id).batch_size) for job_id in (first, last)] == [("succeeded", 2)] * 2
+
+
+def test_a_worker_waits_for_batch_mates_only_until_the_batch_is_full(tmp_path, factory, storage, images_dir, vgg16_random):
+    first = submit(factory, storage, images_dir, PAIRS[0])
+    late = threading.Timer(0.5, lambda: submit(factory, storage, images_dir, PAIRS[1]))
+    runner = make_runner(batch_settings(tmp_path, batch_wait_seconds=60), factory, storage, vgg16_random)
+    runner.settings.batch_size = 2
+    started = time.monotonic()
+    late.start()
+
+    assert runner.run(first) == "succeeded"
+
+    late.join()
+    assert time.monotonic() - started < 45
+    with session_scope(factory) as session:
+        assert sorted(job.batch_size for job in session.scalars(select(Job))) == [2, 2]
+
+
+def test_a_batch_out_of_memory_goes_on_in_halves_each_from_its_saved_state(
+    tmp_path, factory, storage, images_dir, vgg16_random, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, logger="worker.runner")
+    real_transfer_batch = runner_module.transfer_batch
+
+    def transfer_batch_that_runs_out_of_memory(jobs_, *, on_checkpoint, **options):
+        # More than one job at iteration 20 does not fit; one at a time does.
+        def checkpoint(index, c):
+            if len(jobs_) > 1 and c.iteration == 20:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return on_checkpoint(index, c)
+
+        return real_transfer_batch(jobs_, on_checkpoint=checkpoint, **options)
+
+    monkeypatch.setattr(runner_module, "transfer_batch", transfer_batch_that_runs_out_of_memory)
+    ids = [submit(factory, storage, images_dir, pictures, seed=index, iterations=30) for index, pictures in enumerate(PAIRS)]
+    runner = make_runner(batch_settings(tmp_path), factory, storage, vgg16_random)
+
+    assert runner.run(ids[0]) == "succeeded"
+
+    assert [(load(factory, job_id).status, load(factory, job_id).attempts) for job_id in ids] == [("succeeded", 1)] * 3
+    # Halves of two and one ran out of memory or ran alone; every job ended alone.
+    assert [load(factory, job_id).batch_size for job_id in ids] == [1, 1, 1]
+    assert runner.batch_ceilings == {((24, 32), "fp32"): 1}
+    for job_id, pictures, index in zip(ids, PAIRS, range(3)):
+        # Resumed from its state saved at iteration 10: the same history, once each, and the same picture as alone.
+        assert f"resuming job {job_id} at iteration 10" in caplog.messages
+        assert_same_run(factory, storage, job_id, *alone(images_dir, pictures, vgg16_random, seed=index, iterations=30))
