@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import torch
 
-# Peak bytes per output pixel of one job, and the fixed part (weights, workspace), per precision.
-# Measured by `python -m bench.memory` (see the README's memory table).
-BYTES_PER_PIXEL: dict[str, float] = {"fp32": 2900.0, "bf16": 1700.0}
-FIXED_BYTES: dict[str, float] = {"fp32": 120e6, "bf16": 120e6}
+# Peak bytes per output pixel of one job, and its fixed part (Gram matrices, workspace), per precision: what a job
+# adds to a worker whose backbone (38 MiB of weights) is already loaded. Least-squares fit of
+# `.venv/bin/python -m bench.memory --device cpu --sizes 128,256,384,512 --precisions fp32,bf16` on the 2-core
+# AMD EPYC CPU (AVX2, bf16 emulated under autocast, which keeps fp32 copies: hence hardly less than fp32), each
+# size in a fresh process, peak RSS minus RSS with the backbone built; within 2 % of the measurements at 384 and
+# 512 px, +13 % (fp32) and +30 % (bf16) at 128 px. Only CUDA workers size batches by memory (`batch_capacity`): these
+# CPU figures stand in for a GPU's until `bash bench/gpu.sh` (bench.memory --device cuda, max_memory_allocated)
+# measures them there; CUDA's bf16 should need well under fp32's bytes.
+BYTES_PER_PIXEL: dict[str, float] = {"fp32": 2679.0, "bf16": 2452.0}
+FIXED_BYTES: dict[str, float] = {"fp32": 86e6, "bf16": 108e6}
 
 
 def job_peak_bytes(height: int, width: int, precision: str, batch: int = 1) -> int:
