@@ -76,6 +76,11 @@ SCHEMAS: dict[str, Any] = {
             "losses": {"oneOf": [{"type": "object", "properties": _LOSSES}, {"type": "null"}]},
             "elapsed_s": {"type": ["number", "null"]},
             "attempts": {"type": "integer"},
+            "batch_size": {
+                "type": ["integer", "null"],
+                "description": "How many jobs the worker optimised together when it last started this one (1: alone); null until it starts.",
+            },
+            "batch_id": {"type": ["string", "null"], "description": "Shared by the jobs of that batch; null when it ran alone."},
             "worker": {"type": ["string", "null"]},
             "gpu": {"type": ["string", "null"]},
             "error": {"oneOf": [{"$ref": REF + "schemas/Error/properties/error"}, {"type": "null"}]},

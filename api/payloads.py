@@ -42,6 +42,8 @@ def job_payload(session: Session, job: Job) -> dict[str, Any]:
         "losses": losses,
         "elapsed_s": job.elapsed_s,
         "attempts": job.attempts,
+        "batch_size": job.batch_size,
+        "batch_id": job.batch_id,
         "worker": job.worker,
         "gpu": job.gpu,
         "error": error,
