@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
             base = rate
         ratio = f"{rate / base:.2f}" if base else "-"
         print(f"{batch:>5} {loop:>11.4f} {rate:>15.2f} {ratio:>12} {batch / whole:>27.2f}", flush=True)
+    if device.type == "cpu":
+        print("(on a CPU the engine sends each picture through the network alone, for a run alone's exact arithmetic: "
+              "batching saves only per-iteration overhead there; a GPU runs the batch at once)")
     if 1 not in args.sizes:
         print("(ratios need batch size 1 in --sizes)")
 
