@@ -32,7 +32,7 @@ from PIL import Image
 from torch import nn
 from torchvision import models
 
-from shared.params import PRESETS, SPEED_FIELDS, TransferParams
+from shared.params import SPEED_FIELDS, TransferParams
 from worker.engine import Backbone, Control, get_convention, resolve_params, resolve_precision, transfer
 from worker.engine.objective import Objective
 
@@ -159,7 +159,8 @@ def run_engine(backbone: Backbone, content: Image.Image, style: Image.Image, par
 
 def fast_seed_params(size: tuple[int, int], iterations: int) -> TransferParams:
     """Return the seed objective (the `seed` preset) optimised the `styleq` preset's way."""
-    speed = {name: PRESETS["styleq"][name] for name in SPEED_FIELDS}
+    styleq = resolve_params({"preset": "styleq"})
+    speed = {name: getattr(styleq, name) for name in SPEED_FIELDS}
     return resolve_params({"preset": "seed", "size": list(size), "iterations": iterations, **speed})
 
 

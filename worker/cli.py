@@ -66,6 +66,8 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
 @click.option("--iterations", type=int, help=f"Optimisation steps ({_range_help('iterations')}).")
 @click.option("--lr", "learning_rate", type=float, help=f"Learning rate ({_range_help('learning_rate')}).")
 @click.option("--optimizer", type=click.Choice(CHOICES["optimizer"]))
+@click.option("--lbfgs-history", type=int, help=f"Past steps L-BFGS keeps ({_range_help('lbfgs_history')}).")
+@click.option("--precision", type=click.Choice(CHOICES["precision"]), help="Network arithmetic: auto is bf16 where the device has it natively.")
 @click.option("--init", type=click.Choice(CHOICES["init"]), help="Start from the content image, the style image or noise.")
 @click.option("--seed", type=int, help="Random seed (noise init).")
 @click.option("--content-weight", type=float)

@@ -1,0 +1,101 @@
+"""bf16 runs the network, fp32 keeps the sums: the bf16 engine tracks the fp32 one and nothing overflows at any size."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from worker.engine import Backbone, build_backbone, native_bf16, resolve_params, resolve_precision, transfer
+from worker.engine.losses import gram_matrices, style_losses
+from worker.engine.objective import Objective
+
+
+def test_auto_is_bf16_exactly_where_the_device_computes_it_natively():
+    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16("cpu") else "fp32")
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, auto"):
+        resolve_precision("fp16", "cpu")
+
+
+def test_presets_keep_the_seed_exact_and_let_styleq_choose():
+    assert resolve_params({"preset": "seed"}).precision == "fp32"
+    assert resolve_params({}).precision == "auto"
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, auto"):
+        resolve_params({"precision": "fp16"})
+
+
+def test_gram_matrices_of_bf16_features_are_fp32_and_equal_the_fp32_gram_of_the_same_values():
+    features = torch.randn(2, 8, 16, 16).to(torch.bfloat16)
+
+    grams = gram_matrices(features)
+
+    assert grams.dtype == torch.float32 and grams.shape == (2, 8, 8)
+    torch.testing.assert_close(grams, gram_matrices(features.float()), rtol=1e-5, atol=1e-7)
+
+
+def test_style_loss_gradient_reaches_bf16_features_in_bf16():
+    features = torch.randn(1, 4, 8, 8).to(torch.bfloat16).requires_grad_(True)
+    target = gram_matrices(torch.randn(1, 4, 8, 8))
+
+    style_losses(features, target).sum().backward()
+
+    assert features.grad.dtype == torch.bfloat16 and torch.isfinite(features.grad.float()).all()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+@pytest.mark.slow
+def test_bf16_tracks_fp32_checkpoint_by_checkpoint_on_the_real_weights(caffe_weights, rainier, autumn_oak):
+    values = {"size": [64, 96], "iterations": 100}
+    backbone = build_backbone(caffe_weights, resolve_params(values))
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        checkpoints = []
+        result = transfer(rainier, autumn_oak, resolve_params({**values, "precision": precision}), backbone=backbone,
+                          on_checkpoint=checkpoints.append)
+        runs[precision] = result, checkpoints
+
+    (fp32, fp32_checkpoints), (bf16, bf16_checkpoints) = runs["fp32"], runs["bf16"]
+    assert len(fp32_checkpoints) == len(bf16_checkpoints) == 10
+    for exact, fast in zip(fp32_checkpoints, bf16_checkpoints):
+        assert math.isfinite(fast.total)
+        assert fast.total == pytest.approx(exact.total, rel=0.02), exact.iteration
+    # The optimisation is chaotic, so the two pictures part a little; they must still look alike.
+    assert psnr(bf16.tensor, fp32.tensor) >= 20
+    assert bf16_checkpoints[-1].style < 0.5 * bf16_checkpoints[0].style
+
+
+@pytest.mark.slow
+def test_nothing_overflows_in_bf16_at_2048_pixels(caffe_weights):
+    """A forward and backward pass and the Gram matrices of a 2048 x 2048 picture stay finite in bf16.
+
+    On a CPU without native bf16 (emulated there, many times slower) only the first layer runs: its
+    Gram sums run over the most pixels (4.2 million), the overflow risk this guards.
+    """
+    native = native_bf16("cpu")
+    style_layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1") if native else ("relu1_1",)
+    content_layers = ("relu4_2",) if native else ("relu1_1",)
+    params = resolve_params({"size": [2048, 2048], "precision": "bf16", "style_layers": list(style_layers), "content_layers": list(content_layers)})
+    backbone = Backbone("vgg16", caffe_weights.state_dict, caffe_weights.convention, params.layers).use_channels_last()
+    objective = Objective(params, backbone, "bf16", torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    # A bright, busy picture: large activations everywhere.
+    picture = torch.rand(1, 3, 2048, 2048, generator=generator)
+    objective.set_targets([picture], [objective.style_targets(picture.flip(-1))])
+    image = torch.rand(1, 3, 2048, 2048, generator=generator).requires_grad_(True)
+
+    content, style, tv, total = objective(image)
+    total.sum().backward()
+
+    for name, values in {"content": content, "style": style, "tv": tv, "total": total, "gradient": image.grad}.items():
+        assert torch.isfinite(values).all(), name
+    for grams in objective.style_grams:
+        assert torch.isfinite(grams).all() and grams.abs().max() > 0
+    assert np.isfinite(float(total.sum().detach()))
