@@ -32,6 +32,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "image_space": ("network", "pixels"),
     # "auto": bf16 where the device computes it natively (CUDA with bf16, CPUs with AMX or AVX-512 BF16), else fp32.
     "precision": ("fp32", "bf16", "auto"),
+    # L-BFGS only: "strong_wolfe" searches along each step for a sufficient decrease (a few evaluations per
+    # step, each job of a batch on its own); "none" takes the step as it comes (one evaluation, shared by a batch).
+    "line_search": ("none", "strong_wolfe"),
 }
 # The weights registry's names (worker/engine/weights.py REGISTRY), so the API can refuse anything else
 # (a client must never name a file path) without importing the engine.
@@ -74,6 +77,7 @@ class TransferParams:
     precision: str = "fp32"
     # How many past steps L-BFGS keeps to shape its next one.
     lbfgs_history: int = 100
+    line_search: str = "none"
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +103,8 @@ class TransferParams:
         for name in ("normalize_losses", "keep_style_aspect"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.line_search != "none" and self.optimizer != "lbfgs":
+            raise ValueError(f"line_search {self.line_search!r} needs optimizer lbfgs, got {self.optimizer!r}")
         if not isinstance(self.weights, str) or not self.weights:
             raise ValueError("weights must name registry weights or a weights file")
 
@@ -118,7 +124,7 @@ class TransferParams:
 
 # The parameters that decide how fast a run gets where it goes, not where: the `styleq` preset's values
 # of these are the engine's fastest way to a given objective (bench/seed_speed.py measures it on the seed's).
-SPEED_FIELDS: tuple[str, ...] = ("optimizer", "learning_rate", "lr_decay_step", "lr_decay_gamma", "lbfgs_history", "precision")
+SPEED_FIELDS: tuple[str, ...] = ("optimizer", "learning_rate", "lr_decay_step", "lr_decay_gamma", "lbfgs_history", "line_search", "precision")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The notebook, number for number (see ../shared/seed/NOTES.md).

@@ -198,3 +198,18 @@ def test_parameters_round_trip_through_json_form():
 
     assert params.style_layers == ("relu1_1", "relu2_1")
     assert resolve_params(params.to_dict()) == params
+
+
+def test_lbfgs_with_a_line_search_lowers_the_loss_and_resumes_exactly(rainier, autumn_oak, seed_backbone):
+    values = {"preset": "seed", **SMALL, "checkpoint_every": 5, "optimizer": "lbfgs", "learning_rate": 1.0, "line_search": "strong_wolfe"}
+    whole, whole_checkpoints = run(rainier, autumn_oak, seed_backbone, values)
+    resumed, resumed_checkpoints = resume_in_two_halves(rainier, autumn_oak, seed_backbone, values)
+
+    assert whole_checkpoints[-1].total < 0.5 * whole_checkpoints[0].total
+    assert [(c.iteration, c.total) for c in resumed_checkpoints] == [(c.iteration, c.total) for c in whole_checkpoints]
+    torch.testing.assert_close(resumed.state.image, whole.state.image, rtol=0, atol=0)
+
+
+def test_a_line_search_needs_lbfgs():
+    with pytest.raises(ValueError, match="line_search 'strong_wolfe' needs optimizer lbfgs"):
+        resolve_params({"optimizer": "adam", "line_search": "strong_wolfe"})

@@ -147,6 +147,10 @@ class Objective:
         content, style, tv, total = (torch.cat(values) for values in zip(*parts))
         return content, style, tv, total
 
+    def evaluate(self, image: torch.Tensor, row: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the losses, each of shape (1,), of one picture against the targets of the job at `row` of the batch."""
+        return self._losses(image, row)
+
     def _losses(self, image: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         p = self.params
         rows = slice(first, first + image.shape[0])

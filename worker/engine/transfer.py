@@ -167,9 +167,10 @@ def _initial_image(params: TransferParams, content: torch.Tensor, style: torch.T
 
 def _make_optimizer(params: TransferParams, image: torch.Tensor) -> torch.optim.Optimizer:
     if params.optimizer == "lbfgs":
-        # One function evaluation per iteration, so checkpoints and cancel stay on the same beat as Adam,
-        # and jobs in a batch share every evaluation.
-        return torch.optim.LBFGS([image], lr=params.learning_rate, max_iter=1, history_size=params.lbfgs_history)
+        # One step per iteration, so checkpoints and cancel stay on the same beat as Adam. Without a line
+        # search that is one evaluation, which jobs in a batch share; with one, a few, each job's own.
+        line_search = None if params.line_search == "none" else params.line_search
+        return torch.optim.LBFGS([image], lr=params.learning_rate, max_iter=1, history_size=params.lbfgs_history, line_search_fn=line_search)
     return torch.optim.Adam([image], lr=params.learning_rate)
 
 
@@ -225,6 +226,26 @@ class _Run:
         """Take one optimiser step; the gradient of this job's `total` is already in `image.grad`."""
         # L-BFGS asks for a closure; the batch's evaluation already happened, so it returns that value.
         self.optimizer.step(lambda: total)
+        self._after_step()
+
+    def search_step(self, objective: Objective, row: int) -> torch.Tensor:
+        """Take one L-BFGS step with a line search on this job alone; return its losses before the step, (4,)."""
+        first: list[torch.Tensor] = []
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad()
+            terms = objective.evaluate(self.image, row)
+            terms[-1].sum().backward()
+            if not first:
+                first.append(torch.stack(terms, dim=1).detach()[0])
+            return terms[-1][0]
+
+        with torch.enable_grad():
+            self.optimizer.step(closure)
+        self._after_step()
+        return first[0]
+
+    def _after_step(self) -> None:
         self.scheduler.step()
         if self.params.image_space == "pixels":
             with torch.no_grad():
@@ -291,15 +312,20 @@ def transfer_batch(
         objective.set_targets([contents[i] for i in active], [styles[i] for i in active])
 
     while active:
-        for index in active:
-            runs[index].optimizer.zero_grad()
-        with torch.enable_grad():
-            terms = objective(torch.cat([runs[index].image for index in active]))
-            terms[-1].sum().backward()
-        per_job = torch.stack(terms, dim=1).detach()  # (N, 4): content, style, tv, total
+        if params.line_search == "strong_wolfe":
+            # A line search evaluates each job at points of its own choosing, so each job steps alone.
+            per_job = torch.stack([runs[index].search_step(objective, position) for position, index in enumerate(active)])
+        else:
+            for index in active:
+                runs[index].optimizer.zero_grad()
+            with torch.enable_grad():
+                terms = objective(torch.cat([runs[index].image for index in active]))
+                terms[-1].sum().backward()
+            per_job = torch.stack(terms, dim=1).detach()  # (N, 4): content, style, tv, total
+            for position, index in enumerate(active):
+                runs[index].step(per_job[position, -1])
         for position, index in enumerate(active):
             run = runs[index]
-            run.step(terms[-1][position].detach())
             if on_checkpoint is not None and run.at_checkpoint():
                 run.canceled = on_checkpoint(index, run.checkpoint(per_job[position])) is Control.STOP
         still = [position for position, index in enumerate(active) if not runs[index].done]
