@@ -24,6 +24,7 @@ def test_job_of_a_killed_worker_resumes_elsewhere_from_its_saved_state(service, 
         resumed = service.alice.wait_for(job["id"], lambda j: j["attempts"] == 2 and j["status"] == "running", timeout=120)
         done = service.alice.wait_for(job["id"], lambda j: j["status"] in ("succeeded", "failed", "canceled"), timeout=180)
     finally:
+        victim.stop()  # closes its log: once replaced, nothing else holds it
         service.workers[service.workers.index(victim)] = start_worker(service.environment, service.log_dir, victim.name)
 
     assert resumed["worker"].split("/")[0] != node
