@@ -122,10 +122,6 @@ class TransferParams:
         return tuple(dict.fromkeys(self.content_layers + self.style_layers))
 
 
-# The parameters that decide how fast a run gets where it goes, not where: the `styleq` preset's values
-# of these are the engine's fastest way to a given objective (bench/seed_speed.py measures it on the seed's).
-SPEED_FIELDS: tuple[str, ...] = ("optimizer", "learning_rate", "lr_decay_step", "lr_decay_gamma", "lbfgs_history", "line_search", "precision")
-
 PRESETS: dict[str, dict[str, Any]] = {
     # The notebook, number for number (see ../shared/seed/NOTES.md).
     "seed": dict(
