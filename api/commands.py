@@ -113,8 +113,10 @@ def up(host: str, port: int, gpus: str, api_workers: int) -> None:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
 
-    # A SIGTERM (from a service manager) stops everything the way Ctrl-C does.
+    # A SIGTERM (from a service manager) stops everything the way Ctrl-C does; and Ctrl-C itself even
+    # when started in the background of a script, which leaves SIGINT ignored (Python then keeps it so).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _wait_until_healthy(url, processes)
         click.echo(f"styleq is running at {url} (data in {settings.data_dir}); Ctrl-C stops it.")
