@@ -22,7 +22,10 @@ SMOKE=${CPU_SMOKE:-0}
 BUDGET_S=${GPU_SH_BUDGET_S:-470}  # the whole script, steps' timeouts shrink to fit what is left
 export STYLEQ_MODEL_DIR=${STYLEQ_MODEL_DIR:-$PWD/.models}
 export PYTHONUNBUFFERED=1
-PY=.venv/bin/python
+# STYLEQ_PYTHON: an interpreter that already has torch and the project's needs (a lent GPU machine's own
+# python3 with wheels carried in, say), used with the checkout on PYTHONPATH instead of .venv.
+PY=${STYLEQ_PYTHON:-.venv/bin/python}
+[[ -n ${STYLEQ_PYTHON:-} ]] && export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 START=$(date +%s)
 SUMMARY=()
 
