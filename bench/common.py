@@ -82,21 +82,21 @@ def gib(value: float) -> str:
     return f"{value / 2**30:.2f} GiB"
 
 
-def random_vgg16_features(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Return a `features.*` state of a randomly initialised VGG16, without building its 120M-weight classifier.
+def random_vgg_features(architecture: str = "vgg16", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Return a `features.*` state of a randomly initialised VGG16 or VGG19, without building its 120M-weight classifier.
 
     The classifier would cost ~0.5 GB and seconds to initialise, and it would put a peak into a
     process's RSS before anything is measured. Values differ from torchvision's init; times and
     memory do not depend on them.
     """
     torch.manual_seed(seed)
-    features = vgg.make_layers(vgg.cfgs["D"])
+    features = vgg.make_layers(vgg.cfgs[{"vgg16": "D", "vgg19": "E"}[architecture]])
     return {f"features.{key}": value for key, value in features.state_dict().items()}
 
 
 def styleq_backbone(params: TransferParams, device: torch.device, state_dict: dict[str, torch.Tensor] | None = None) -> Backbone:
     """Build the backbone the worker builds for `params` (VGG16, Caffe convention, channels-last), random unless given weights."""
-    state = state_dict if state_dict is not None else random_vgg16_features()
+    state = state_dict if state_dict is not None else random_vgg_features("vgg16")
     return Backbone("vgg16", state, get_convention("caffe"), params.layers).to(device).use_channels_last()
 
 

@@ -18,8 +18,6 @@ final losses agree.
 from __future__ import annotations
 
 import argparse
-import platform
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -32,25 +30,15 @@ from PIL import Image
 from torch import nn
 from torchvision import models
 
+from bench.common import add_device_argument, device_name, parse_size, pick_device, random_vgg_features, styleq_backbone, synchronize
 from shared.params import TransferParams
 from worker.engine import Backbone, Control, get_convention, resolve_params, resolve_precision, transfer
 from worker.engine.objective import Objective
+from worker.engine.transfer import image_to_tensor
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 WARMUP_ITERATIONS = 3
 Losses = tuple[float, float, float, float]  # content, style, tv, total
-
-
-def random_vgg_state(architecture: str = "vgg19", seed: int = 0) -> dict[str, torch.Tensor]:
-    """Return the `features.*` state of a torchvision VGG initialised from a fixed seed."""
-    torch.manual_seed(seed)
-    network = getattr(models, architecture)(weights=None)
-    return {key: value for key, value in network.state_dict().items() if key.startswith("features.")}
-
-
-def random_vgg19_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Return the `features.*` state of a torchvision VGG19 initialised from a fixed seed."""
-    return random_vgg_state("vgg19", seed)
 
 
 def notebook_net(state_dict: dict[str, torch.Tensor], device: torch.device) -> nn.Sequential:
@@ -184,8 +172,7 @@ def time_to_loss(
 
     def check(checkpoint) -> Control:
         nonlocal excluded
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         now = time.perf_counter()
         with torch.no_grad():
             if not exact.content_targets:
@@ -194,8 +181,6 @@ def time_to_loss(
         reached.append((now - started - excluded, checkpoint.iteration, total))
         excluded += time.perf_counter() - now
         return Control.STOP if total <= target else Control.CONTINUE
-
-    from worker.engine.transfer import image_to_tensor
 
     contents = image_to_tensor(content, params.size).to(device)
     styles = image_to_tensor(style, params.size).to(device)
@@ -206,27 +191,11 @@ def time_to_loss(
 
 def timed(run: Callable[[], Losses], device: torch.device) -> tuple[float, Losses]:
     """Return the wall-clock seconds of `run()` (with CUDA work finished on both sides) and its result."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     started = time.perf_counter()
     result = run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - started, result
-
-
-def device_name(device: torch.device) -> str:
-    """Describe the device in words."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} ({device})"
-    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse HEIGHTxWIDTH, like the CLI's --size."""
-    if match := re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text):
-        return int(match[1]), int(match[2])
-    raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 300x450, got {text!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,15 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=20, help="iterations timed for each loop's speed (default 20)")
     parser.add_argument("--quality-iterations", type=int, default=500, help="the notebook's iterations for the time to quality (default 500, its own)")
     parser.add_argument("--skip-quality", action="store_true", help="time the iterations only")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_argument(parser)
     parser.add_argument("--content", type=Path, default=IMAGES / "rainier.jpg")
     parser.add_argument("--style", type=Path, default=IMAGES / "autumn-oak.jpg")
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.quality_iterations < 10:
         parser.error("--iterations must be at least 1 and --quality-iterations at least 10")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = pick_device(parser, args.device)
     images = []
     for path in (args.content, args.style):
         if not path.is_file():
@@ -255,18 +222,18 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
 
     # Built once, untimed, as a long-lived worker would; the timed calls cover preprocessing, targets and the loop.
-    vgg19 = random_vgg_state("vgg19")
+    vgg19 = random_vgg_features("vgg19")
     net = notebook_net(vgg19, device)
     seed = resolve_params({"preset": "seed", "size": list(args.size)})
     styleq = resolve_params({"preset": "styleq", "size": list(args.size)})
     seed_backbone = Backbone("vgg19", vgg19, get_convention("torchvision"), seed.layers).to(device).use_channels_last()
-    styleq_backbone = Backbone("vgg16", random_vgg_state("vgg16"), get_convention("caffe"), styleq.layers).to(device).use_channels_last()
+    styleq_network = styleq_backbone(styleq, device)
     precision = resolve_precision(styleq.precision, device)
     runs = {
         "notebook": lambda n: run_notebook(net, content, style, args.size, n, device),
         "seed fp32": lambda n: run_engine(seed_backbone, content, style, replace(seed, iterations=n), device),
         "seed bf16": lambda n: run_engine(seed_backbone, content, style, replace(seed, iterations=n, precision="bf16"), device),
-        f"styleq ({precision})": lambda n: run_engine(styleq_backbone, content, style, replace(styleq, iterations=n), device),
+        f"styleq ({precision})": lambda n: run_engine(styleq_network, content, style, replace(styleq, iterations=n), device),
     }
     for run in runs.values():
         timed(lambda run=run: run(WARMUP_ITERATIONS), device)  # allocator, cuDNN/oneDNN kernel choice
