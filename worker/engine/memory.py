@@ -1,4 +1,4 @@
-"""How much device memory a transfer needs, so a worker can size its batches and refuse what cannot fit.
+"""How much device memory a transfer needs, so a worker can size its batches to fit.
 
 The model is linear in the output's pixels: VGG's activations (kept for the backward pass) grow with
 the picture, while the weights and the Gram matrices do not. Its coefficients are measured by
@@ -19,19 +19,6 @@ import torch
 # measures them there; CUDA's bf16 should need well under fp32's bytes.
 BYTES_PER_PIXEL: dict[str, float] = {"fp32": 2679.0, "bf16": 2452.0}
 FIXED_BYTES: dict[str, float] = {"fp32": 86e6, "bf16": 108e6}
-
-
-def job_peak_bytes(height: int, width: int, precision: str, batch: int = 1) -> int:
-    """Return the estimated peak device memory of `batch` jobs of (height, width) in `precision` ("fp32" or "bf16")."""
-    if precision not in BYTES_PER_PIXEL:
-        raise ValueError(f"precision must be fp32 or bf16 here, got {precision!r}")
-    return int(FIXED_BYTES[precision] + batch * height * width * BYTES_PER_PIXEL[precision])
-
-
-def largest_side_that_fits(memory_bytes: int, precision: str, aspect: float = 1.0) -> int:
-    """Return the longest long side (pixels) of a picture of `aspect` (short/long side) that fits in `memory_bytes`."""
-    pixels = (memory_bytes - FIXED_BYTES[precision]) / BYTES_PER_PIXEL[precision]
-    return max(0, int((max(pixels, 0.0) / aspect) ** 0.5))
 
 
 def free_device_bytes(device: torch.device | str) -> int | None:
