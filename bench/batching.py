@@ -18,7 +18,8 @@ import time
 import torch
 
 from bench.common import add_device_argument, cycle_images, device_name, parse_ints, parse_size, pick_device, styleq_backbone, synchronize
-from worker.engine import TransferJob, resolve_params, resolve_precision, transfer_batch
+from shared.params import resolve_params
+from worker.engine import TransferJob, resolve_precision, transfer_batch
 
 WARMUP_ITERATIONS = 4
 

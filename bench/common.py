@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from torchvision.models import vgg
 
-from worker.engine import Backbone, TransferParams, get_convention
+from shared.params import TransferParams
+from worker.engine import Backbone, get_convention
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT.parent / "shared" / "images"

@@ -27,7 +27,8 @@ from PIL import Image
 
 from shared.settings import load_settings
 from worker import engine
-from worker.engine import Backbone, Checkpoint, TransferParams, build_backbone, resolve_params, transfer
+from shared.params import TransferParams, resolve_params
+from worker.engine import Backbone, Checkpoint, build_backbone, transfer
 from worker.engine.losses import content_loss, gram, style_loss
 from worker.engine.weights import LoadedWeights, load_weights
 

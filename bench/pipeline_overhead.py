@@ -32,8 +32,9 @@ from PIL import Image
 from bench.common import IMAGES, device_name, parse_size, synchronize
 from shared.migrate import upgrade_database
 from shared.settings import load_settings
-from worker.engine import build_backbone, default_device, resolve_params, transfer
-from worker.engine.weights import load_weights
+from shared.params import resolve_params
+from worker.downloads import load_or_pull
+from worker.engine import build_backbone, default_device, transfer
 
 WEIGHTS = "vgg16-caffe"
 CALIBRATION_ITERATIONS = 10
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     content, style = (Image.open(path).convert("RGB") for path in (args.content, args.style))
     device = default_device()
     models_dir = Path(os.environ.get("STYLEQ_MODEL_DIR") or load_settings().models_path)
-    weights = load_weights(WEIGHTS, models_dir, pull=True)
+    weights = load_or_pull(WEIGHTS, models_dir)
     base = {"preset": "styleq", "weights": WEIGHTS, "size": list(args.size)}
     backbone = build_backbone(weights, resolve_params(base), device)
 

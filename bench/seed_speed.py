@@ -31,8 +31,8 @@ from torch import nn
 from torchvision import models
 
 from bench.common import add_device_argument, device_name, parse_size, pick_device, random_vgg_features, styleq_backbone, synchronize
-from shared.params import TransferParams
-from worker.engine import Backbone, Control, get_convention, resolve_params, resolve_precision, transfer
+from shared.params import TransferParams, resolve_params
+from worker.engine import Backbone, Control, get_convention, resolve_precision, transfer
 from worker.engine.objective import Objective
 from worker.engine.transfer import image_to_tensor
 

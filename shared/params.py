@@ -171,6 +171,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = "styleq"
 
 
+def parse_size(text: str) -> tuple[int, int] | int:
+    """Parse a `--size`: HEIGHTxWIDTH like 300x450, or one number for the long side.
+
+    Raises:
+        ValueError: anything else (`300x` included).
+    """
+    if match := re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text):
+        return int(match[1]), int(match[2])
+    if text.strip().isdigit():
+        return int(text)
+    raise ValueError(f"expected HEIGHTxWIDTH like 300x450, or one number for the long side; got {text!r}")
+
+
 def resolve_params(values: Mapping[str, Any] | None = None, **overrides: Any) -> TransferParams:
     """Build parameters from a preset (`values["preset"]`, default "styleq") and explicit overrides.
 

@@ -60,16 +60,27 @@ class Storage:
         self.upload_path(sha256).unlink(missing_ok=True)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+def write_atomically(path: Path, data: bytes, *, replace: bool = True) -> bool:
+    """Write `data` to `path` through a private temporary file in the same folder; return whether it was written.
+
+    The file appears whole or not at all. With `replace=False` an existing file is kept: of several
+    processes racing to make it, the first wins and the others leave it be.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")  # mode 0600
     try:
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
+        if replace:
+            os.replace(temporary, path)
+            return True
+        try:
+            # A hard link, unlike a rename, fails when the name exists.
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
         Path(temporary).unlink(missing_ok=True)
-        raise

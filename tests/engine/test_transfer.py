@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.engine import Backbone, Control, TransferState, get_convention, resolve_params, transfer
+from shared.params import resolve_params
+from worker.engine import Backbone, Control, TransferState, get_convention, transfer
 
 SMALL = {"size": [24, 32], "iterations": 30}
 

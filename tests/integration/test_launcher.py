@@ -36,7 +36,7 @@ def test_one_worker_process_per_gpu_each_pinned_to_its_own(tmp_path):
     database = f"sqlite:///{tmp_path / 'styleq.db'}"
     upgrade_database(database)
     log = (tmp_path / "worker.log").open("wb")
-    launcher = subprocess.Popen([sys.executable, "-m", "shared.cli", "worker", "--gpus", "0,1"], env=environment, stdout=log, stderr=subprocess.STDOUT)
+    launcher = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--gpus", "0,1"], env=environment, stdout=log, stderr=subprocess.STDOUT)
     engine = make_engine(database)
     try:
         deadline = time.monotonic() + 120

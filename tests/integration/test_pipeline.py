@@ -11,7 +11,7 @@ import requests
 from celery import Celery
 from PIL import Image
 
-from api.client import read_events
+from cli.client import read_events
 from shared.settings import Settings
 from tests.services import Client
 

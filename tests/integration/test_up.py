@@ -15,7 +15,7 @@ from PIL import Image
 from tests.services import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-STYLEQ = [sys.executable, "-m", "shared.cli"]
+STYLEQ = [sys.executable, "-m", "cli"]
 
 
 def test_up_then_submit_completes_the_seed_images_end_to_end(tmp_path, images_dir, models_dir, caffe_weights):

@@ -1,17 +1,24 @@
-"""The style-transfer engine: pure torch, no Flask, Celery, SQL or environment.
+"""The style-transfer engine: pure torch, no Flask, Celery, SQL, files or environment.
 
-Its parameters (`shared.params`, standard library only) are shared with the API so both validate alike.
+Its one import from the project is `shared.params` (standard library only), which the API shares so
+both validate alike; take `TransferParams` and `resolve_params` from there, not from here.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
+from shared.params import TransferParams
+
 from .backbone import ARCHITECTURES, CONVENTIONS, Backbone, InputConvention, get_convention, layer_index, layer_names
-from shared.params import DEFAULT_PRESET, PRESETS, RANGES, TransferParams, resolve_params
 from .objective import TargetCache
 from .precision import native_bf16, resolve_precision
 from .transfer import Checkpoint, Control, TransferJob, TransferResult, TransferState, batch_key, output_size, transfer, transfer_batch
+
+if TYPE_CHECKING:
+    from .weights import LoadedWeights
 
 
 def default_device() -> torch.device:
@@ -19,14 +26,13 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_backbone(weights, params: TransferParams, device: torch.device | str = "cpu") -> Backbone:
+def build_backbone(weights: LoadedWeights, params: TransferParams, device: torch.device | str = "cpu") -> Backbone:
     """Build the frozen, truncated backbone that `params` needs from loaded weights, on `device`, channels-last."""
     return Backbone(weights.architecture, weights.state_dict, weights.convention, params.layers).to(device).use_channels_last()
 
 
 __all__ = [
-    "ARCHITECTURES", "CONVENTIONS", "Backbone", "Checkpoint", "Control", "DEFAULT_PRESET", "InputConvention",
-    "PRESETS", "RANGES", "TargetCache", "TransferJob", "TransferParams", "TransferResult", "TransferState", "batch_key",
-    "build_backbone", "default_device", "get_convention", "layer_index", "layer_names", "native_bf16", "output_size",
-    "resolve_params", "resolve_precision", "transfer", "transfer_batch",
+    "ARCHITECTURES", "CONVENTIONS", "Backbone", "Checkpoint", "Control", "InputConvention", "TargetCache", "TransferJob",
+    "TransferResult", "TransferState", "batch_key", "build_backbone", "default_device", "get_convention", "layer_index",
+    "layer_names", "native_bf16", "output_size", "resolve_precision", "transfer", "transfer_batch",
 ]

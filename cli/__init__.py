@@ -1,4 +1,10 @@
-"""The `styleq` command: one group whose subcommands are imported only when they run."""
+"""The `styleq` command: one group whose subcommands are imported only when they run.
+
+One module per audience: `service` runs the job service on this machine (`up`, `db`, `keys`,
+`worker`), `engine` runs the engine here (`transfer`, `weights`), and `client` talks to a running API
+(`submit`, and `StyleqClient` for Python). This package may import `api`, `worker` and `shared`;
+nothing imports it.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,15 @@ import importlib
 
 import click
 
-# Subcommands live beside what they drive (the engine's in worker/); importing them lazily keeps
-# `styleq --help` fast and keeps this package free of torch.
+# Importing subcommands lazily keeps `styleq --help` fast and free of torch.
 _SUBCOMMANDS = {
-    "transfer": ("worker.cli:transfer_command", "Paint CONTENT in the style of STYLE, here, with a progress bar."),
-    "weights": ("worker.cli:weights", "Fetch and list the VGG weights the engine runs on."),
-    "worker": ("worker.cli:worker_command", "Run job workers: one process per GPU."),
-    "up": ("api.commands:up", "Set everything up and run the API and a worker until Ctrl-C."),
-    "db": ("api.commands:db", "Manage the job database."),
-    "keys": ("api.commands:keys", "Manage API keys."),
-    "submit": ("api.client:submit", "Submit a job to a styleq API and follow it."),
+    "transfer": ("cli.engine:transfer_command", "Paint CONTENT in the style of STYLE, here, with a progress bar."),
+    "weights": ("cli.engine:weights", "Fetch and list the VGG weights the engine runs on."),
+    "worker": ("cli.service:worker_command", "Run job workers: one process per GPU."),
+    "up": ("cli.service:up", "Set everything up and run the API and a worker until Ctrl-C."),
+    "db": ("cli.service:db", "Manage the job database."),
+    "keys": ("cli.service:keys", "Manage API keys."),
+    "submit": ("cli.client:submit", "Submit a job to a styleq API and follow it."),
 }
 
 
@@ -39,7 +44,3 @@ class _LazyGroup(click.Group):
 @click.version_option(package_name="styleq")
 def main() -> None:
     """Neural style transfer: run it here, or as a job service."""
-
-
-if __name__ == "__main__":
-    main()
