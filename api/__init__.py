@@ -9,8 +9,8 @@ from shared.settings import Settings, load_settings
 from shared.storage import Storage
 
 from . import auth, dashboard, errors, events, files, health, jobs, openapi
+from .backends import EXTENSION, Backends, close_session
 from .queue import JobQueue
-from .services import EXTENSION, Services, close_session
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         EVENTS_MAX_SECONDS=300.0,
     )
     engine = make_engine(settings.database)
-    app.extensions[EXTENSION] = Services(
+    app.extensions[EXTENSION] = Backends(
         settings=settings,
         engine=engine,
         session_factory=make_session_factory(engine),

@@ -11,7 +11,7 @@ from shared.errors import Unauthorized
 from shared.keys import authenticate
 from shared.models import ApiKey
 
-from .services import db_session
+from .backends import db_session
 
 # What the dashboard's signed session cookie holds: the key's id and the start of its stored hash
 # (never the key itself), so a revoked key signs the browser out at its next request.

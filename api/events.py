@@ -16,8 +16,8 @@ from shared.errors import InvalidInput
 from shared.models import Job
 
 from .auth import current_key
+from .backends import backends, close_session, db_session
 from .payloads import checkpoint_payload, job_payload
-from .services import close_session, db_session, services
 
 bp = Blueprint("events", __name__)
 # How long a browser's EventSource waits before reconnecting (with Last-Event-ID) after a drop.
@@ -31,7 +31,7 @@ def stream_events(job_id: str) -> Response:
     after = resume_point()
     config = current_app.config
     stream = EventStream(
-        services().session_factory,
+        backends().session_factory,
         job.id,
         after,
         poll_seconds=config["EVENTS_POLL_SECONDS"],

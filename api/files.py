@@ -12,7 +12,7 @@ from shared.errors import Conflict, NotFound
 from shared.models import Job, JobStatus
 
 from .auth import current_key
-from .services import db_session, services
+from .backends import backends, db_session
 
 bp = Blueprint("files", __name__)
 IMMUTABLE = "private, max-age=86400, immutable"
@@ -22,7 +22,7 @@ IMMUTABLE = "private, max-age=86400, immutable"
 def show_result(job_id: str) -> Response:
     """Send the finished picture (PNG)."""
     job = own_job(job_id)
-    path = services().storage.job_path(job.id, "result.png")
+    path = backends().storage.job_path(job.id, "result.png")
     return send_job_file(path, "image/png", IMMUTABLE, not_ready(job, "result"))
 
 
@@ -30,7 +30,7 @@ def show_result(job_id: str) -> Response:
 def show_preview(job_id: str) -> Response:
     """Send the latest preview (JPEG), which the worker replaces as the job runs."""
     job = own_job(job_id)
-    path = services().storage.job_path(job.id, "preview.jpg")
+    path = backends().storage.job_path(job.id, "preview.jpg")
     # no-cache with an ETag: the client revalidates every time and gets 304 until a new preview lands.
     return send_job_file(path, "image/jpeg", "no-cache", not_ready(job, "preview"))
 
@@ -56,9 +56,9 @@ def own_job(job_id: str) -> Job:
 
 def not_ready(job: Job, name: str) -> str:
     """Say why the job's `name` file is not there."""
-    if job.state in (JobStatus.QUEUED, JobStatus.RUNNING):
+    if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
         return f"job {job.id} is {job.status} and has no {name} yet; follow its events and try again"
-    if job.state is JobStatus.SUCCEEDED:
+    if job.status is JobStatus.SUCCEEDED:
         return f"job {job.id} succeeded but its {name} is not in storage"
     return f"job {job.id} ended {job.status} and has no {name}"
 
@@ -74,7 +74,7 @@ def send_job_file(path: Path, mimetype: str, cache_control: str, missing: str) -
 
 def send_upload(sha256: str) -> Response:
     """Send an upload; its hash is its ETag, since its bytes never change."""
-    path = services().storage.upload_path(sha256)
+    path = backends().storage.upload_path(sha256)
     try:
         with Image.open(path) as image:
             mimetype = Image.MIME.get(image.format or "", "application/octet-stream")

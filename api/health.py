@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify
 from kombu import Connection
 from sqlalchemy import text
 
-from .services import services
+from .backends import backends
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def readyz() -> tuple[Response, int]:
 def check_database() -> dict[str, object]:
     """Run `SELECT 1` on a connection of its own."""
     try:
-        with services().engine.connect() as connection:
+        with backends().engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception as error:
         log.warning("readiness: database check failed", exc_info=True)
@@ -43,7 +43,7 @@ def check_database() -> dict[str, object]:
 def check_broker() -> dict[str, object]:
     """Open (and close) a connection to the broker, trying once."""
     try:
-        with Connection(services().settings.broker, connect_timeout=BROKER_TIMEOUT_SECONDS) as connection:
+        with Connection(backends().settings.broker, connect_timeout=BROKER_TIMEOUT_SECONDS) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, interval_max=0.2, timeout=BROKER_TIMEOUT_SECONDS)
     except Exception as error:
         log.warning("readiness: broker check failed", exc_info=True)

@@ -44,7 +44,7 @@ def job_payload(session: Session, job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "batch_size": job.batch_size,
         "batch_id": job.batch_id,
-        "worker": job.worker,
+        "worker": job.lease_owner,
         "gpu": job.gpu,
         "error": error,
         "cancel_requested": job.cancel_requested,
@@ -58,7 +58,7 @@ def job_payload(session: Session, job: Job) -> dict[str, Any]:
 
 def progress(job: Job) -> float:
     """Return how far the job has got, from 0 to 1 (1 once it has succeeded)."""
-    if job.status == JobStatus.SUCCEEDED.value:
+    if job.status is JobStatus.SUCCEEDED:
         return 1.0
     return min(1.0, job.iteration / job.iterations) if job.iterations else 0.0
 

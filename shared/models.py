@@ -6,9 +6,9 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 
 def utcnow() -> datetime:
@@ -37,7 +37,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     """Where a job stands: queued → running → succeeded | failed | canceled (running → queued on retry)."""
 
     QUEUED = "queued"
@@ -75,7 +75,11 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
-    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    # Stored as its value in a VARCHAR(16), no database enum type: a new status needs no type migration.
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, native_enum=False, length=16, values_callable=lambda statuses: [status.value for status in statuses]),
+        default=JobStatus.QUEUED,
+    )
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     content_sha256: Mapped[str] = mapped_column(String(64))
     style_sha256: Mapped[str] = mapped_column(String(64))
@@ -95,7 +99,9 @@ class Job(Base):
     # id that batch's jobs share (None when alone).
     batch_size: Mapped[int | None] = mapped_column(Integer, default=None)
     batch_id: Mapped[str | None] = mapped_column(String(32), default=None)
-    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    # The lease of a running job: the worker process holding it (`node/pid`, its own even when a
+    # restarted worker reuses the node's name), the device it runs on, and when it last showed life.
+    lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     gpu: Mapped[str | None] = mapped_column(String(200), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -113,10 +119,10 @@ class Job(Base):
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="Checkpoint.iteration"
     )
 
-    @property
-    def state(self) -> JobStatus:
-        """Return the status as the enum."""
-        return JobStatus(self.status)
+    @validates("status")
+    def _status_as_enum(self, _key: str, value: str) -> JobStatus:
+        # A status given as its plain value ("queued") is still the enum on the object.
+        return JobStatus(value)
 
 
 class Checkpoint(Base):

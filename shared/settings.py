@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import platformdirs
@@ -25,7 +26,9 @@ class Settings(BaseSettings):
     storage_dir: Path | None = None
     database_url: str | None = None
     broker_url: str | None = None
-    default_weights: str = "vgg16-caffe"
+    # The name a worker process reports in the fleet and leases its jobs under (with its pid); unset
+    # means the host's name. `styleq worker` sets it per GPU, e.g. `gpu0@host`.
+    worker_name: str | None = None
 
     queue: str = "styleq.jobs"
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
@@ -69,6 +72,11 @@ class Settings(BaseSettings):
     def broker(self) -> str:
         """Return the Celery broker URL (a SQLite-backed kombu transport in the data directory by default)."""
         return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def worker_node(self) -> str:
+        """Return this worker's name in the fleet: `worker_name`, else the host's name."""
+        return self.worker_name or socket.gethostname()
 
     def batch_limit(self, *, gpu: bool) -> int:
         """Return the most jobs one worker optimises at once: the setting, else 8 on a GPU and 1 on a CPU."""

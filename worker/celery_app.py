@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from shared import fleet, jobs
+from shared import fleet, jobs, leases
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.settings import Settings
 
@@ -63,7 +63,7 @@ class Sweeper(threading.Thread):
 
     def run(self) -> None:
         session_factory = make_session_factory(make_engine(self.settings.database))
-        name = os.environ.get("STYLEQ_WORKER_NAME") or socket.gethostname()
+        name = self.settings.worker_node
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         # The parent never touches CUDA; the pool process reports the device's name at its first job.
         gpu = f"GPU {visible}" if visible else "cpu"
@@ -81,18 +81,22 @@ class Sweeper(threading.Thread):
 
 
 def sweep_once(app: Celery, settings: Settings, session_factory: Any) -> list[str]:
-    """Requeue lost jobs in the database, then send each to the broker; return their ids."""
+    """Requeue lost jobs in the database, then send each to the broker (until it refuses one); return their ids."""
     with session_scope(session_factory) as session:
-        job_ids = jobs.sweep(
+        job_ids = leases.sweep(
             session, lease_seconds=settings.lease_seconds, requeue_after_seconds=settings.requeue_after_seconds,
             max_attempts=settings.max_attempts,
         )
-    for job_id in job_ids:
+
+    def send(job_id: str) -> None:
         app.send_task(jobs.RUN_JOB_TASK, args=[job_id], queue=settings.queue)
+
+    sent = []
+    for job_id in job_ids:
         with session_scope(session_factory) as session:
-            jobs.mark_enqueued(session, job_id)
-    if job_ids:
-        log.info("sent %d lost or waiting job(s) again: %s", len(job_ids), ", ".join(job_ids))
+            if not jobs.enqueue_job(session, send, job_id):
+                break  # the broker is down: the next round tries again
+        sent.append(job_id)
+    if sent:
+        log.info("sent %d lost or waiting job(s) again: %s", len(sent), ", ".join(sent))
     return job_ids
-
-

@@ -36,8 +36,7 @@ def node_name(gpu: str | None) -> str:
 
 def run_worker(settings: Settings, name: str, loglevel: str = "INFO") -> None:
     """Run one Celery worker in this process until it is told to stop."""
-    os.environ["STYLEQ_WORKER_NAME"] = name
-    app = make_celery(settings)
+    app = make_celery(settings.model_copy(update={"worker_name": name}))
     # Gossip, mingle and events broadcast to every worker; the database already coordinates them,
     # and the serverless broker does not fan out across processes.
     app.worker_main([

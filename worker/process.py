@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 
@@ -23,13 +22,13 @@ def job_runner(settings: Settings) -> JobRunner:
     if _runner is None:
         device = default_device()
         gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        node = os.environ.get("STYLEQ_WORKER_NAME") or socket.gethostname()
         _runner = JobRunner(
             settings,
             make_session_factory(make_engine(settings.database)),
             Storage(settings.storage_path),
+            name=settings.worker_node,
             # The pid makes the lease this process's own, even if a restarted worker reuses the name.
-            worker=f"{node}/{os.getpid()}",
+            lease_owner=f"{settings.worker_node}/{os.getpid()}",
             gpu=gpu,
             device=device,
             models=ModelCache(settings.models_path, device),

@@ -1,8 +1,8 @@
 """The story of a job on a worker: claim it (and batch-mates), run the engine, checkpoint, and finish or fail.
 
-Each step is its own short transaction; none spans GPU time. The lease (worker name + heartbeat)
-is renewed by every checkpoint and by a heartbeat thread, so a job whose worker dies is found by
-the sweeper and resumed from its last saved state by another worker.
+Each step is its own short transaction; none spans GPU time. The lease (`Job.lease_owner`, this
+process's id, and the heartbeat) is renewed by every checkpoint and by a heartbeat thread, so a job
+whose worker dies is found by the sweeper and resumed from its last saved state by another worker.
 
 A worker allowed batches (`Settings.batch_limit`, then the device's free memory) also claims queued
 jobs whose parameters match its job's in all but the seed, and whose pictures come out the same
@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import fleet, jobs
+from shared import fleet, jobs, leases
 from shared.db import session_scope
 from shared.models import Job, JobStatus
 from shared.params import TransferParams, resolve_params
@@ -127,13 +127,15 @@ class JobRunner:
     """Runs jobs for one worker process; `run` is what the Celery task calls."""
 
     def __init__(
-        self, settings: Settings, session_factory: sessionmaker[Session], storage: Storage, *, worker: str, gpu: str,
-        device: torch.device, models: ModelCache,
+        self, settings: Settings, session_factory: sessionmaker[Session], storage: Storage, *, name: str, lease_owner: str,
+        gpu: str, device: torch.device, models: ModelCache,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
         self.storage = storage
-        self.worker = worker
+        # The worker's name in the fleet, and the id its leases on jobs carry (the name and this process's pid).
+        self.name = name
+        self.lease_owner = lease_owner
         self.gpu = gpu
         self.device = device
         self.models = models
@@ -183,18 +185,13 @@ class JobRunner:
                     log.error("could not record the failure of job %s; the sweeper will retry it", held_id)
             raise
         finally:
-            self._transaction(lambda s: fleet.worker_finished_job(s, self.node, count=held.taken))
+            self._transaction(lambda s: fleet.worker_finished_job(s, self.name, count=held.taken))
         return outcome
 
-    @property
-    def node(self) -> str:
-        """Return the worker's name in the fleet (its lease id without the pid)."""
-        return self.worker.split("/")[0]
-
     def _claim(self, session: Session, job_id: str) -> Job | None:
-        job = jobs.claim_job(session, job_id, self.worker, self.gpu, self.settings.lease_seconds)
+        job = leases.claim_job(session, job_id, self.lease_owner, self.gpu, self.settings.lease_seconds)
         if job is not None:
-            fleet.worker_took_job(session, self.node, job_id, gpu=self.gpu)
+            fleet.worker_took_job(session, self.name, job_id, gpu=self.gpu)
         return job
 
     def _run_claimed(self, job: Job, held: _Leases) -> str:
@@ -255,12 +252,12 @@ class JobRunner:
         return batch_capacity(size[0], size[1], precision, limit=limit, free_bytes=free_device_bytes(self.device))
 
     def _claim_mates(self, params: TransferParams, size: tuple[int, int], room: int) -> list[Job]:
-        candidates = self._transaction(lambda s: jobs.batch_candidates(s))
+        candidates = self._transaction(lambda s: leases.batch_candidates(s))
         key = batch_key(params)
         chosen = [job.id for job in candidates if self._fits(job, key, size)][:room]
         if not chosen:
             return []
-        return self._transaction(lambda s: jobs.claim_batch_mates(s, chosen, self.worker, self.gpu))
+        return self._transaction(lambda s: leases.claim_batch_mates(s, chosen, self.lease_owner, self.gpu))
 
     def _fits(self, job: Job, key: dict[str, Any], size: tuple[int, int]) -> bool:
         """Tell whether a queued job can join a batch of parameters `key` and output `size`."""
@@ -281,7 +278,7 @@ class JobRunner:
 
     def _record_batch(self, batch: list[_Member]) -> None:
         ids = [member.job_id for member in batch]
-        self._transaction(lambda s: jobs.record_batch(s, ids, self.worker, jobs.new_job_id() if len(ids) > 1 else None))
+        self._transaction(lambda s: leases.record_batch(s, ids, self.lease_owner, jobs.new_job_id() if len(ids) > 1 else None))
         if len(ids) > 1:
             log.info("running %d jobs as one batch: %s", len(ids), ", ".join(ids))
 
@@ -324,7 +321,7 @@ class JobRunner:
             self.storage.write_job_file(member.job_id, "preview.jpg", _jpeg(checkpoint.preview()))
             self.storage.write_job_file(member.job_id, "state.pt", _state_bytes(checkpoint.state()))
         values = checkpoint.losses()
-        if self._transaction(lambda s: jobs.record_checkpoint(s, member.job_id, self.worker, values, has_preview=save_preview)):
+        if self._transaction(lambda s: leases.record_checkpoint(s, member.job_id, self.lease_owner, values, has_preview=save_preview)):
             return Control.CONTINUE
         # Canceled, deleted or taken over: the job leaves the batch now, and its record says so at once.
         member.outcome = "canceled" if self._finish(member.job_id, JobStatus.CANCELED) else "lost"
@@ -342,7 +339,7 @@ class JobRunner:
         member.outcome = "succeeded" if ended else "lost"
 
     def _finish(self, job_id: str, status: JobStatus, code: str | None = None, message: str | None = None) -> bool:
-        return self._transaction(lambda s: jobs.finish_job(s, job_id, self.worker, status, error_code=code, error_message=message))
+        return self._transaction(lambda s: leases.finish_job(s, job_id, self.lease_owner, status, error_code=code, error_message=message))
 
     def _open(self, sha256: str, role: str) -> Image.Image:
         path = self.storage.upload_path(sha256)
@@ -379,7 +376,7 @@ class JobRunner:
                 try:
                     with session_scope(self.session_factory) as session:
                         for job_id in held.ids():
-                            jobs.heartbeat(session, job_id, self.worker)
+                            leases.heartbeat(session, job_id, self.lease_owner)
                 except OperationalError:
                     log.warning("heartbeat of jobs %s failed", ", ".join(held.ids()), exc_info=True)
 

@@ -11,11 +11,11 @@ from ..payloads import timestamp
 from . import bp
 
 STATUS_LABELS = {
-    JobStatus.QUEUED.value: "Queued",
-    JobStatus.RUNNING.value: "Running",
-    JobStatus.SUCCEEDED.value: "Succeeded",
-    JobStatus.FAILED.value: "Failed",
-    JobStatus.CANCELED.value: "Canceled",
+    JobStatus.QUEUED: "Queued",
+    JobStatus.RUNNING: "Running",
+    JobStatus.SUCCEEDED: "Succeeded",
+    JobStatus.FAILED: "Failed",
+    JobStatus.CANCELED: "Canceled",
 }
 # The parameters as the job page lists them, in this order, with a person's words for each.
 PARAM_LABELS = {

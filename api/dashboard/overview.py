@@ -10,7 +10,7 @@ from shared import fleet
 from shared.models import utcnow
 
 from ..auth import current_key
-from ..services import db_session, services
+from ..backends import backends, db_session
 from . import bp
 from .queries import jobs_by_id, oldest_queued, owner_names, recent_failures, status_counts
 
@@ -21,7 +21,7 @@ def show_operator() -> str:
     key = current_key()
     if not key.is_admin:
         abort(403, "The operator view is for admin keys. Sign in with one to see the workers and the queue.")
-    session, settings = db_session(), services().settings
+    session, settings = db_session(), backends().settings
     workers = fleet.list_workers(session)
     # A worker reports itself every sweep; one silent for longer than a job's lease counts as lost.
     silent_since = utcnow() - timedelta(seconds=settings.lease_seconds)

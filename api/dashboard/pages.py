@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 
-from flask import Response, abort, flash, redirect, render_template, request, url_for
+from flask import Response, flash, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from shared import jobs
-from shared.errors import InvalidInput, NotFound, StyleqError
+from shared.errors import InvalidInput, StyleqError
 from shared.params import DEFAULT_PRESET, PRESETS, RANGES, resolve_params
 
 from ..auth import current_key
+from ..backends import backends, db_session
 from ..errors import STATUS
-from ..jobs import STATUSES, enqueue
 from ..payloads import job_payload
-from ..services import db_session, services
 from ..uploads import read_params
 from . import bp, formatting, thumbnails  # noqa: F401 (formatting and thumbnails register filters and a route on bp)
 from .queries import owner_names, status_counts
@@ -33,20 +32,12 @@ def index() -> Response:
 def list_jobs() -> str:
     """List the client's jobs (every job for an admin), newest first, optionally of one status."""
     session, key = db_session(), current_key()
-    status = request.args.get("status") or None
-    if status is not None and status not in STATUSES:
-        abort(400, f"There is no status {status!r}; choose one of {', '.join(STATUSES)}.")
-    cursor = request.args.get("cursor") or None
-    if cursor is not None:
-        try:
-            jobs.get_job(session, key, cursor)
-        except NotFound:
-            abort(400, "That page of the list no longer exists; start again from the newest jobs.")
+    status, cursor = request.args.get("status") or None, request.args.get("cursor") or None
     page = jobs.list_jobs(session, key, status=status, cursor=cursor, limit=PAGE_SIZE)
     positions = {job.id: jobs.queue_position(session, job) for job in page.jobs}
     names = owner_names(session, (job.owner_id for job in page.jobs)) if key.is_admin else {}
     return render_template(
-        "jobs.html", page=page, status=status, cursor=cursor, statuses=STATUSES,
+        "jobs.html", page=page, status=status, cursor=cursor, statuses=jobs.STATUSES,
         counts=status_counts(session, key), positions=positions, names=names,
     )
 
@@ -63,7 +54,7 @@ def show_job(job_id: str) -> str:
 @bp.get("/jobs/new")
 def new_job() -> str:
     """Show the form that submits a job (the page's script sends it to POST /v1/jobs)."""
-    settings = services().settings
+    settings = backends().settings
     presets = {name: resolve_params({"preset": name}).to_dict() for name in PRESETS}
     limits = {
         "max_pixels": settings.max_pixels,
@@ -77,23 +68,19 @@ def new_job() -> str:
 @bp.post("/jobs/<job_id>/rerun")
 def rerun_job(job_id: str) -> Response:
     """Queue a new job with the same two uploads and parameters as this one."""
-    session, key, storage = db_session(), current_key(), services().storage
+    session, key, resources = db_session(), current_key(), backends()
     original = jobs.get_job(session, key, job_id)
     try:
-        uploads = [storage.upload_path(sha).read_bytes() for sha in (original.content_sha256, original.style_sha256)]
-        params = read_params({"params": json.dumps(original.params)}, {}, services().settings)
+        content, style = (resources.storage.upload_path(sha).read_bytes() for sha in (original.content_sha256, original.style_sha256))
+        params = read_params({"params": json.dumps(original.params)}, {}, resources.settings)
     except FileNotFoundError:
         flash("The images of this job are no longer stored, so it cannot run again; submit them anew.", "error")
         return redirect(url_for("dashboard.show_job", job_id=original.id))
     except InvalidInput as error:
         flash(f"This job cannot run again on this service: {error.message}", "error")
         return redirect(url_for("dashboard.show_job", job_id=original.id))
-    job, _ = jobs.create_job(session, key, params, original.content_sha256, original.style_sha256)
-    session.commit()
-    # A delete that saw these uploads unused just before our commit may have removed them since.
-    for data in uploads:
-        storage.save_upload(data)
-    enqueue(job.id)
+    job, _ = jobs.submit_job(session, resources.storage, key, content, style, params)
+    jobs.enqueue_job(session, resources.queue.send, job.id)
     flash(f"Queued a new run of job {original.id[:8]} with the same images and parameters.")
     return redirect(url_for("dashboard.show_job", job_id=job.id))
 

@@ -32,13 +32,13 @@ def owner_names(session: Session, owner_ids: Iterable[int]) -> dict[int, str]:
 
 def oldest_queued(session: Session) -> Job | None:
     """Return the job that has waited longest in the queue, or None when the queue is empty."""
-    query = select(Job).where(Job.status == JobStatus.QUEUED.value).order_by(Job.created_at, Job.id).limit(1)
+    query = select(Job).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at, Job.id).limit(1)
     return session.scalar(query)
 
 
 def recent_failures(session: Session, limit: int = 10) -> Sequence[Job]:
     """Return the jobs that failed most recently."""
-    query = select(Job).where(Job.status == JobStatus.FAILED.value)
+    query = select(Job).where(Job.status == JobStatus.FAILED)
     return session.scalars(query.order_by(Job.finished_at.desc(), Job.id.desc()).limit(limit)).all()
 
 

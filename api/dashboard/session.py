@@ -11,7 +11,7 @@ from flask import Response, abort, flash, g, redirect, render_template, request,
 from shared.keys import authenticate
 
 from ..auth import session_key, sign_in
-from ..services import db_session
+from ..backends import db_session
 from . import bp
 
 CSRF_FIELD = "csrf_token"

@@ -15,8 +15,8 @@ from shared import jobs
 from shared.errors import NotFound
 
 from ..auth import current_key
+from ..backends import backends, db_session
 from ..files import IMMUTABLE, with_cache_control
-from ..services import db_session, services
 from . import bp
 
 THUMBNAIL_PIXELS = 160  # the long side: sharp at 80 CSS pixels on a 2x screen
@@ -30,7 +30,7 @@ def show_thumbnail(job_id: str, name: str) -> Response:
     """Send a thumbnail of the job's content, style, preview or result."""
     job = jobs.get_job(db_session(), current_key(), job_id)
     db_session().rollback()
-    storage = services().storage
+    storage = backends().storage
     sources = {
         "content": storage.upload_path(job.content_sha256),
         "style": storage.upload_path(job.style_sha256),

@@ -94,7 +94,7 @@ def test_checkpoints_after_an_iteration(app, client, keys):
 
 def test_running_job_shows_progress_and_losses(app, client, keys):
     job_id = add_job(app, keys.ids["alice"], status="running", iteration=25, content_loss=1.0, style_loss=2.0,
-                     tv_loss=0.5, total_loss=3.5, elapsed_s=4.0, attempts=1, worker="w1@host", gpu="cuda:0", started_at=minutes_ago(1))
+                     tv_loss=0.5, total_loss=3.5, elapsed_s=4.0, attempts=1, lease_owner="w1@host", gpu="cuda:0", started_at=minutes_ago(1))
 
     job = client.get(f"/v1/jobs/{job_id}", headers=keys.headers("alice")).get_json()
 

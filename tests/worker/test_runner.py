@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from sqlalchemy import select
 
-from shared import jobs
+from shared import jobs, leases
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.keys import create_api_key
 from shared.migrate import upgrade_database
@@ -81,8 +81,9 @@ def submit(factory, storage: Storage, images_dir: Path, pictures=("rainier.jpg",
         return job.id
 
 
-def make_runner(settings, factory, storage, vgg16_random, worker="gpu0@host/1") -> JobRunner:
-    return JobRunner(settings, factory, storage, worker=worker, gpu="cpu", device=torch.device("cpu"), models=RandomModels(vgg16_random))
+def make_runner(settings, factory, storage, vgg16_random, lease_owner="gpu0@host/1") -> JobRunner:
+    name = lease_owner.split("/")[0]
+    return JobRunner(settings, factory, storage, name=name, lease_owner=lease_owner, gpu="cpu", device=torch.device("cpu"), models=RandomModels(vgg16_random))
 
 
 def picture(path: Path) -> Image.Image:
@@ -109,7 +110,7 @@ def test_a_queued_job_runs_to_success_with_checkpoints_preview_and_result(settin
     job = load(factory, job_id)
     assert outcome == "succeeded" and job.status == "succeeded"
     assert iterations(factory, job_id) == [10, 20, 30, 40]
-    assert (job.iteration, job.attempts, job.worker, job.gpu) == (40, 1, "gpu0@host/1", "cpu")
+    assert (job.iteration, job.attempts, job.lease_owner, job.gpu) == (40, 1, "gpu0@host/1", "cpu")
     assert job.started_at <= job.finished_at and job.total_loss > 0 and job.has_preview
     assert picture(storage.job_path(job_id, "result.png")).size == (32, 24)
     assert picture(storage.job_path(job_id, "preview.jpg")).format == "JPEG"
@@ -119,10 +120,10 @@ def test_a_queued_job_runs_to_success_with_checkpoints_preview_and_result(settin
 def test_a_job_another_worker_holds_is_skipped(settings, factory, storage, images_dir, vgg16_random):
     job_id = submit(factory, storage, images_dir)
     with session_scope(factory) as session:
-        assert jobs.claim_job(session, job_id, "gpu1@other/9", "cpu", lease_seconds=30) is not None
+        assert leases.claim_job(session, job_id, "gpu1@other/9", "cpu", lease_seconds=30) is not None
 
     assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "skipped"
-    assert load(factory, job_id).worker == "gpu1@other/9"
+    assert load(factory, job_id).lease_owner == "gpu1@other/9"
 
 
 class CancelOnFirstPreview(Storage):
@@ -159,13 +160,13 @@ def test_a_job_of_a_lost_worker_resumes_from_its_saved_state(settings, factory, 
     state_path.parent.mkdir(parents=True)
     torch.save(first_half.state.to_dict(), state_path)
     with session_scope(factory) as session:
-        jobs.claim_job(session, job_id, "gpu0@lost/1", "cpu", lease_seconds=30)
+        leases.claim_job(session, job_id, "gpu0@lost/1", "cpu", lease_seconds=30)
         session.get(Job, job_id).heartbeat_at = utcnow() - timedelta(seconds=31)
 
-    outcome = make_runner(settings, factory, storage, vgg16_random, worker="gpu1@host/2").run(job_id)
+    outcome = make_runner(settings, factory, storage, vgg16_random, lease_owner="gpu1@host/2").run(job_id)
 
     job = load(factory, job_id)
-    assert outcome == "succeeded" and job.attempts == 2 and job.worker == "gpu1@host/2"
+    assert outcome == "succeeded" and job.attempts == 2 and job.lease_owner == "gpu1@host/2"
     assert iterations(factory, job_id) == [30, 40]
     whole = transfer(rainier, autumn_oak, params, backbone=backbone)
     assert picture(storage.job_path(job_id, "result.png")).tobytes() == whole.image.tobytes()
@@ -188,7 +189,7 @@ class BrokenModels(RandomModels):
 
 def test_an_unexpected_crash_is_recorded_then_raised(settings, factory, storage, images_dir, vgg16_random):
     job_id = submit(factory, storage, images_dir)
-    runner = JobRunner(settings, factory, storage, worker="w/1", gpu="cpu", device=torch.device("cpu"), models=BrokenModels(vgg16_random))
+    runner = JobRunner(settings, factory, storage, name="w", lease_owner="w/1", gpu="cpu", device=torch.device("cpu"), models=BrokenModels(vgg16_random))
 
     with pytest.raises(RuntimeError, match="device-side assert"):
         runner.run(job_id)
@@ -202,7 +203,7 @@ def test_sweep_requeues_lost_jobs_gives_up_after_max_attempts_and_resends_forgot
     long_ago = utcnow() - timedelta(hours=1)
     with session_scope(factory) as session:
         for job_id in (lost, exhausted, canceled):
-            jobs.claim_job(session, job_id, "gpu0@dead/1", "cpu", lease_seconds=30)
+            leases.claim_job(session, job_id, "gpu0@dead/1", "cpu", lease_seconds=30)
             session.get(Job, job_id).heartbeat_at = long_ago
         session.get(Job, exhausted).attempts = 3
         session.get(Job, canceled).cancel_requested = True
@@ -210,7 +211,7 @@ def test_sweep_requeues_lost_jobs_gives_up_after_max_attempts_and_resends_forgot
         jobs.mark_enqueued(session, fresh)
 
     with session_scope(factory) as session:
-        resend = jobs.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3)
+        resend = leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3)
 
     assert resend == sorted([lost, forgotten])
     assert [load(factory, job_id).status for job_id in (lost, exhausted, canceled, forgotten, fresh)] == [

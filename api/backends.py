@@ -1,4 +1,4 @@
-"""What the app's views share: settings, the database, storage and the queue, and one session per request."""
+"""The app-wide objects every view reaches: settings, the database, storage and the job queue; and one session per request."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ EXTENSION = "styleq"
 
 
 @dataclass
-class Services:
-    """The long-lived objects of one app, built by the factory and kept on `app.extensions`."""
+class Backends:
+    """The settings of one app and the back ends it talks to, built by the factory and kept on `app.extensions`."""
 
     settings: Settings
     engine: Engine
@@ -32,15 +32,15 @@ class Services:
         self.engine.dispose()
 
 
-def services() -> Services:
-    """Return the current app's services."""
+def backends() -> Backends:
+    """Return the current app's settings and back ends."""
     return current_app.extensions[EXTENSION]
 
 
 def db_session() -> Session:
     """Return this request's session, opening it on first use."""
     if "db_session" not in g:
-        g.db_session = services().session_factory()
+        g.db_session = backends().session_factory()
     return g.db_session
 
 

@@ -1,0 +1,137 @@
+"""The job service, worker side: claims, batches, checkpoints, leases and the sweep, each in the caller's transaction.
+
+A running job is leased to one worker process: `Job.lease_owner` names it (`node/pid`) and
+`Job.heartbeat_at` says when it last showed life. Every state change is a conditional UPDATE, so two
+workers (or a worker and the sweeper) racing on one job cannot both win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from .models import Checkpoint, Job, JobStatus, utcnow
+
+# The most queued jobs a worker looks through for batch-mates: the oldest, so batching never lets a
+# job jump far ahead of the queue.
+BATCH_CANDIDATES = 64
+
+
+def claim_job(session: Session, job_id: str, lease_owner: str, gpu: str, lease_seconds: float) -> Job | None:
+    """Lease the job to `lease_owner` if it is queued, or running on a lease gone stale; None if someone else has it."""
+    stale = utcnow() - timedelta(seconds=lease_seconds)
+    claimable = or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale))
+    return _claim(session, job_id, lease_owner, gpu, claimable)
+
+
+def batch_candidates(session: Session, limit: int = BATCH_CANDIDATES) -> Sequence[Job]:
+    """Return the oldest queued jobs not asked to cancel: those a worker may look through for batch-mates."""
+    query = select(Job).where(Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
+    return session.scalars(query.order_by(Job.created_at, Job.id).limit(limit)).all()
+
+
+def claim_batch_mates(session: Session, job_ids: Sequence[str], lease_owner: str, gpu: str) -> list[Job]:
+    """Lease to `lease_owner` each of the jobs that is still queued; return those it got, in order.
+
+    Each is the same conditional UPDATE as `claim_job`, so a job another worker claimed first is
+    simply left out. Only queued jobs are taken: one on a stale lease is the sweeper's to requeue.
+    """
+    claimed = (_claim(session, job_id, lease_owner, gpu, Job.status == JobStatus.QUEUED) for job_id in job_ids)
+    return [job for job in claimed if job is not None]
+
+
+def record_batch(session: Session, job_ids: Sequence[str], lease_owner: str, batch_id: str | None) -> None:
+    """Record on each of the jobs `lease_owner` holds that they run together, as batch `batch_id`."""
+    session.execute(
+        update(Job).where(Job.id.in_(list(job_ids)), Job.lease_owner == lease_owner, Job.status == JobStatus.RUNNING)
+        .values(batch_size=len(job_ids), batch_id=batch_id)
+    )
+
+
+def _claim(session: Session, job_id: str, lease_owner: str, gpu: str, claimable: ColumnElement[bool]) -> Job | None:
+    now = utcnow()
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.cancel_requested.is_(False), claimable)
+        .values(
+            status=JobStatus.RUNNING, lease_owner=lease_owner, gpu=gpu, heartbeat_at=now, attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, now), batch_size=1, batch_id=None,
+        )
+    ).rowcount
+    if not claimed:
+        return None
+    job = session.get(Job, job_id)
+    session.refresh(job)
+    return job
+
+
+def _held(job_id: str, lease_owner: str) -> tuple[ColumnElement[bool], ...]:
+    """Return the conditions under which `lease_owner` still holds the job."""
+    return Job.id == job_id, Job.lease_owner == lease_owner, Job.status == JobStatus.RUNNING
+
+
+def record_checkpoint(session: Session, job_id: str, lease_owner: str, values: dict[str, Any], *, has_preview: bool = False) -> bool:
+    """Store one checkpoint and the job's progress, renewing the lease; return True while the worker should go on.
+
+    False means stop: the job was canceled or deleted, or another worker took it over.
+    """
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.lease_owner != lease_owner or job.status is not JobStatus.RUNNING:
+        return False
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.iteration >= values["iteration"]))
+    session.add(Checkpoint(job_id=job_id, **values))
+    job.iteration = values["iteration"]
+    job.content_loss, job.style_loss = values["content"], values["style"]
+    job.tv_loss, job.total_loss, job.elapsed_s = values["tv"], values["total"], values["elapsed_s"]
+    job.heartbeat_at = utcnow()
+    job.has_preview = job.has_preview or has_preview
+    return not job.cancel_requested
+
+
+def heartbeat(session: Session, job_id: str, lease_owner: str) -> bool:
+    """Renew the lease on the job; return False when it is no longer `lease_owner`'s."""
+    return bool(session.execute(update(Job).where(*_held(job_id, lease_owner)).values(heartbeat_at=utcnow())).rowcount)
+
+
+def finish_job(session: Session, job_id: str, lease_owner: str, status: JobStatus, *, error_code: str | None = None, error_message: str | None = None) -> bool:
+    """Record the end of a run that `lease_owner` still holds; return False when it no longer held it."""
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "heartbeat_at": utcnow()}
+    if error_code is not None:
+        values.update(error_code=error_code, error_message=error_message)
+    return bool(session.execute(update(Job).where(*_held(job_id, lease_owner)).values(**values)).rowcount)
+
+
+def sweep(session: Session, *, lease_seconds: float, requeue_after_seconds: float, max_attempts: int, now: datetime | None = None) -> list[str]:
+    """Recover jobs from lost workers and lost messages; return the ids to send to the broker again.
+
+    A running job whose heartbeat is stale goes back to the queue (or fails after `max_attempts`);
+    a canceled-while-running one ends as canceled. A queued job not picked up within
+    `requeue_after_seconds` of being sent is sent again: a duplicate message is harmless, since only
+    one claim can succeed.
+    """
+    now = now or utcnow()
+    stale = now - timedelta(seconds=lease_seconds)
+    lost = Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale
+    session.execute(update(Job).where(*lost, Job.cancel_requested.is_(True)).values(status=JobStatus.CANCELED, finished_at=now))
+    session.execute(
+        update(Job).where(*lost, Job.attempts >= max_attempts).values(
+            status=JobStatus.FAILED, finished_at=now, error_code="worker_lost",
+            error_message=f"the worker running this job stopped answering {max_attempts} times; the job was given up",
+        )
+    )
+    retried = session.scalars(select(Job.id).where(*lost)).all()
+    if retried:
+        session.execute(update(Job).where(Job.id.in_(retried), *lost).values(status=JobStatus.QUEUED, lease_owner=None, gpu=None))
+    waiting = now - timedelta(seconds=requeue_after_seconds)
+    forgotten = session.scalars(
+        select(Job.id).where(
+            Job.status == JobStatus.QUEUED,
+            # A job never sent (the API died between commit and send) counts from its creation.
+            or_(Job.enqueued_at < waiting, and_(Job.enqueued_at.is_(None), Job.created_at < waiting)),
+        )
+    ).all()
+    return sorted(set(retried) | set(forgotten))
