@@ -19,7 +19,7 @@ from PIL import Image
 from shared.migrate import upgrade_database
 from shared.settings import load_settings
 from shared.params import resolve_params
-from worker.engine import Backbone, TransferJob, get_convention, resolve_precision, transfer, transfer_batch
+from worker.engine import Backbone, Control, TransferJob, get_convention, resolve_precision, transfer, transfer_batch
 from worker.engine.losses import gram_matrices
 from worker.downloads import load_or_pull
 from worker.engine.weights import is_pulled
@@ -127,6 +127,61 @@ def test_a_batch_of_three_equals_three_separate_runs(backbone, images_dir):
         # each pixel by the sign of its gradient, so a pixel whose gradient is ~0 may step the other way. The
         # pictures agree on average, not bit for bit.
         assert (results[index].tensor - single.tensor).abs().mean() < 1e-4, index
+
+
+def _losses(checkpoints: list) -> list[float]:
+    return [c.total for c in checkpoints]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_replays_give_the_losses_of_eager_iterations(backbone, rainier, autumn_oak, precision):
+    params = resolve_params({**SMALL, "precision": precision})
+    found = {}
+    for graphs in (False, True):
+        checkpoints: list = []
+        transfer_batch([TransferJob(rainier, autumn_oak, params)], backbone=backbone, device=DEVICE, cuda_graphs=graphs,
+                       on_checkpoint=lambda _index, checkpoint: checkpoints.append(checkpoint))
+        found[graphs] = checkpoints
+    assert [c.iteration for c in found[True]] == [c.iteration for c in found[False]] == list(range(5, 41, 5))
+    # The same kernels in the same order; cuDNN's algorithm choice may differ between the two, nothing else.
+    assert _losses(found[True]) == pytest.approx(_losses(found[False]), rel=1e-2)
+
+
+def test_a_graphed_run_stopped_midway_resumes_on_the_gpu_and_its_state_loads_on_the_cpu(backbone, vgg16_random, rainier, autumn_oak):
+    params = resolve_params({**SMALL, "precision": "fp32"})
+    whole: list = []
+    transfer(rainier, autumn_oak, params, backbone=backbone, device=DEVICE, on_checkpoint=whole.append)
+    first: list = []
+    stopped = transfer(rainier, autumn_oak, params, backbone=backbone, device=DEVICE,
+                       on_checkpoint=lambda c: (first.append(c), Control.STOP if c.iteration == 20 else Control.CONTINUE)[1])
+    assert stopped.canceled and stopped.state.iteration == 20
+    assert all(not isinstance(group["lr"], torch.Tensor) and not group.get("capturable") for group in stopped.state.optimizer["param_groups"])
+    rest: list = []
+    transfer(rainier, autumn_oak, params, backbone=backbone, device=DEVICE, state=stopped.state, on_checkpoint=rest.append)
+    assert [c.iteration for c in first + rest] == list(range(5, 41, 5))
+    assert _losses(first + rest) == pytest.approx(_losses(whole), rel=1e-2)
+    # The saved state is plain: a CPU run picks it up and finishes the job.
+    cpu_backbone = Backbone("vgg16", vgg16_random, get_convention("caffe"), params.layers).use_channels_last()
+    on_cpu = transfer(rainier, autumn_oak, params, backbone=cpu_backbone, device="cpu", state=stopped.state)
+    assert on_cpu.iteration == 40 and torch.isfinite(on_cpu.tensor).all()
+
+
+def test_a_job_canceled_in_a_graphed_batch_leaves_the_others_as_they_run_alone(backbone, rainier, autumn_oak, images_dir):
+    contents = [rainier, Image.open(images_dir / "tubingen.jpg").convert("RGB"), Image.open(images_dir / "shipwreck.jpg").convert("RGB")]
+    params = [resolve_params({**SMALL, "precision": "fp32", "seed": seed}) for seed in range(3)]
+    batched: dict[int, list] = {index: [] for index in range(3)}
+
+    def cancel_the_middle_job_at_ten(index: int, checkpoint) -> Control:
+        batched[index].append(checkpoint)
+        return Control.STOP if index == 1 and checkpoint.iteration == 10 else Control.CONTINUE
+
+    results = transfer_batch([TransferJob(c, autumn_oak, p) for c, p in zip(contents, params)], backbone=backbone, device=DEVICE,
+                             on_checkpoint=cancel_the_middle_job_at_ten)
+    assert results[1].canceled and results[1].iteration == 10
+    for index in (0, 2):
+        alone: list = []
+        transfer(contents[index], autumn_oak, params[index], backbone=backbone, device=DEVICE, on_checkpoint=alone.append)
+        assert _losses(batched[index]) == pytest.approx(_losses(alone), rel=1e-2), index
 
 
 @pytest.fixture(scope="module")

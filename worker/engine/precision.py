@@ -39,7 +39,9 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
 def network_precision(precision: str, device: torch.device) -> Iterator[None]:
     """Run the block's convolutions in `precision` ("fp32" or "bf16"); losses stay fp32 (the callers cast)."""
     if precision == "bf16":
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        # No cache of casts: a CUDA graph capture must not keep tensors cast outside it, and the weights,
+        # which need no gradient, are never cached anyway.
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False):
             yield
     else:
         yield

@@ -12,6 +12,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+from . import graphs
 from .backbone import Backbone
 from .objective import Objective, TargetCache, image_digest
 from .precision import resolve_precision
@@ -165,7 +166,9 @@ def _initial_image(params: TransferParams, content: torch.Tensor, style: torch.T
     return torch.rand(content.shape, generator=generator).to(content.device)
 
 
-def _make_optimizer(params: TransferParams, image: torch.Tensor) -> torch.optim.Optimizer:
+def _make_optimizer(params: TransferParams, image: torch.Tensor, lr: torch.Tensor | None) -> torch.optim.Optimizer:
+    if lr is not None:
+        return graphs.capturable_adam(image, lr)
     if params.optimizer == "lbfgs":
         # One step per iteration, so checkpoints and cancel stay on the same beat as Adam. Without a line
         # search that is one evaluation, which jobs in a batch share; with one, a few, each job's own.
@@ -177,7 +180,9 @@ def _make_optimizer(params: TransferParams, image: torch.Tensor) -> torch.optim.
 class _Run:
     """One job's side of the loop: its picture, optimiser, schedule, random state and progress."""
 
-    def __init__(self, job: TransferJob, backbone: Backbone, content: torch.Tensor, style: torch.Tensor, device: torch.device) -> None:
+    def __init__(
+        self, job: TransferJob, backbone: Backbone, content: torch.Tensor, style: torch.Tensor, device: torch.device, *, graphed: bool = False,
+    ) -> None:
         params = job.params
         self.params = params
         self.backbone = backbone
@@ -190,11 +195,15 @@ class _Run:
         else:
             initial = _initial_image(params, content, style, self.generator)
             self.image = (initial if params.image_space == "pixels" else backbone.convention.normalize(initial)).requires_grad_(True)
-        self.optimizer = _make_optimizer(params, self.image)
+        # A run whose iterations may be replayed from a CUDA graph reads its learning rate from this device tensor.
+        self.lr = torch.tensor(params.learning_rate, device=device) if graphed else None
+        self.optimizer = _make_optimizer(params, self.image, self.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, params.lr_decay_step, params.lr_decay_gamma)
         if job.state is not None:
             self.optimizer.load_state_dict(job.state.optimizer)
             self.scheduler.load_state_dict(job.state.scheduler)
+            if self.lr is not None:
+                graphs.make_capturable(self.optimizer, self.lr)
         self.iteration = job.state.iteration if job.state is not None else 0
         self.elapsed_before = job.state.elapsed_s if job.state is not None else 0.0
         self.started = time.perf_counter()
@@ -212,8 +221,8 @@ class _Run:
             iteration=self.iteration,
             elapsed_s=self.elapsed(),
             image=self.image.detach().cpu().clone(),
-            optimizer=_to_cpu(self.optimizer.state_dict()),
-            scheduler=self.scheduler.state_dict(),
+            optimizer=graphs.portable_optimizer_state(_to_cpu(self.optimizer.state_dict())),
+            scheduler=graphs.portable_scheduler_state(self.scheduler.state_dict()),
             rng=self.generator.get_state(),
             params=self.params.to_dict(),
         )
@@ -223,10 +232,10 @@ class _Run:
         return rgb.detach()
 
     def step(self, total: torch.Tensor) -> None:
-        """Take one optimiser step; the gradient of this job's `total` is already in `image.grad`."""
+        """Take one optimiser step and clamp; the gradient of this job's `total` is already in `image.grad`."""
         # L-BFGS asks for a closure; the batch's evaluation already happened, so it returns that value.
         self.optimizer.step(lambda: total)
-        self._after_step()
+        self._clamp()
 
     def search_step(self, objective: Objective, row: int) -> torch.Tensor:
         """Take one L-BFGS step with a line search on this job alone; return its losses before the step, (4,)."""
@@ -242,14 +251,20 @@ class _Run:
 
         with torch.enable_grad():
             self.optimizer.step(closure)
-        self._after_step()
+        self._clamp()
+        self.advance()
         return first[0]
 
-    def _after_step(self) -> None:
-        self.scheduler.step()
+    def _clamp(self) -> None:
         if self.params.image_space == "pixels":
             with torch.no_grad():
                 self.image.clamp_(0, 1)
+
+    def advance(self) -> None:
+        """Close an iteration whose step is taken: the schedule moves on and the count goes up."""
+        self.scheduler.step()
+        if self.lr is not None:
+            graphs.follow_learning_rate(self.optimizer, self.lr)
         self.iteration += 1
 
     def at_checkpoint(self) -> bool:
@@ -269,6 +284,51 @@ class _Run:
         return TransferResult(image=tensor_to_image(rgb), iteration=self.iteration, canceled=self.canceled, state=self.capture(), tensor=rgb.cpu())
 
 
+def _optimise(runs: list[_Run], active: list[int], objective: Objective, on_checkpoint: BatchCheckpointCallback | None, *, graphed: bool) -> None:
+    """Iterate the `active` runs until each is done or canceled, calling back at their checkpoints."""
+    search = runs[0].params.line_search == "strong_wolfe"
+    captured: graphs.CapturedIteration | None = None
+    eager_since_change = 0
+
+    def iterate() -> torch.Tensor:
+        for index in active:
+            runs[index].optimizer.zero_grad()
+        with torch.enable_grad():
+            terms = objective(torch.cat([runs[index].image for index in active]))
+            terms[-1].sum().backward()
+        per_job = torch.stack(terms, dim=1).detach()  # (N, 4): content, style, tv, total
+        for position, index in enumerate(active):
+            runs[index].step(per_job[position, -1])
+        return per_job
+
+    while active:
+        if search:
+            # A line search evaluates each job at points of its own choosing, so each job steps alone.
+            per_job = torch.stack([runs[index].search_step(objective, position) for position, index in enumerate(active)])
+        else:
+            left = min(runs[index].params.iterations - runs[index].iteration for index in active)
+            if graphed and captured is None and eager_since_change >= graphs.WARMUP_ITERATIONS and left >= graphs.MIN_REPLAYS:
+                captured = graphs.CapturedIteration(iterate, [runs[index].optimizer for index in active])
+            if captured is not None:
+                per_job = captured.replay()
+            else:
+                per_job = iterate()
+                eager_since_change += 1
+            for index in active:
+                runs[index].advance()
+        for position, index in enumerate(active):
+            run = runs[index]
+            if on_checkpoint is not None and run.at_checkpoint():
+                run.canceled = on_checkpoint(index, run.checkpoint(per_job[position])) is Control.STOP
+        still = [position for position, index in enumerate(active) if not runs[index].done]
+        if len(still) < len(active):
+            active[:] = [active[position] for position in still]
+            if active:
+                objective.keep(still)
+            # The graph holds the old batch's tensors: warm up and capture again for the new one.
+            captured, eager_since_change = None, 0
+
+
 def transfer_batch(
     jobs: Sequence[TransferJob],
     *,
@@ -276,13 +336,15 @@ def transfer_batch(
     device: torch.device | str = "cpu",
     on_checkpoint: BatchCheckpointCallback | None = None,
     target_cache: TargetCache | None = None,
+    cuda_graphs: bool = True,
 ) -> list[TransferResult]:
     """Optimise several jobs' pictures as one batch; return each job's result, in order.
 
     The jobs must share every parameter but the seed (`batch_key`) and their output size. Each has its
     own losses, optimiser, schedule and random state, so its picture is the one it would get alone.
     `on_checkpoint(index, checkpoint)` gets each job's checkpoints; returning `Control.STOP` takes
-    that job out of the batch (canceled) while the others go on.
+    that job out of the batch (canceled) while the others go on. On a CUDA device Adam's iterations
+    are replayed from a captured CUDA graph unless `cuda_graphs` is false (the arithmetic is the same).
 
     Raises:
         ValueError: jobs that cannot share a batch, or a saved state of other parameters.
@@ -299,6 +361,7 @@ def transfer_batch(
         raise ValueError("jobs in one batch must have the same output size")
 
     objective = Objective(params, backbone, resolve_precision(params.precision, device), device)
+    graphed = cuda_graphs and graphs.graphs_apply(device, params.optimizer, params.line_search)
     contents, styles, runs = [], [], []
     for job in jobs:
         content = image_to_tensor(job.content, size).to(device)
@@ -306,33 +369,20 @@ def transfer_batch(
         key = job.style_key if job.style_key is not None else (image_digest(job.style) if target_cache is not None else None)
         styles.append(objective.style_targets(style, cache=target_cache, key=key))
         contents.append(content)
-        runs.append(_Run(job, backbone, content, style, device))
+        runs.append(_Run(job, backbone, content, style, device, graphed=graphed))
     active = [index for index, run in enumerate(runs) if not run.done]
     if active:
         objective.set_targets([contents[i] for i in active], [styles[i] for i in active])
-
-    while active:
-        if params.line_search == "strong_wolfe":
-            # A line search evaluates each job at points of its own choosing, so each job steps alone.
-            per_job = torch.stack([runs[index].search_step(objective, position) for position, index in enumerate(active)])
-        else:
-            for index in active:
-                runs[index].optimizer.zero_grad()
-            with torch.enable_grad():
-                terms = objective(torch.cat([runs[index].image for index in active]))
-                terms[-1].sum().backward()
-            per_job = torch.stack(terms, dim=1).detach()  # (N, 4): content, style, tv, total
-            for position, index in enumerate(active):
-                runs[index].step(per_job[position, -1])
-        for position, index in enumerate(active):
-            run = runs[index]
-            if on_checkpoint is not None and run.at_checkpoint():
-                run.canceled = on_checkpoint(index, run.checkpoint(per_job[position])) is Control.STOP
-        still = [position for position, index in enumerate(active) if not runs[index].done]
-        if len(still) < len(active):
-            active = [active[position] for position in still]
-            if active:
-                objective.keep(still)
+    if not graphed:
+        _optimise(runs, active, objective, on_checkpoint, graphed=False)
+    else:
+        # Cuda graphs are captured and replayed on a stream of their own, never the default one.
+        torch.backends.cudnn.benchmark = True
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            _optimise(runs, active, objective, on_checkpoint, graphed=True)
+        torch.cuda.current_stream(device).wait_stream(stream)
     return [run.result() for run in runs]
 
 
@@ -346,6 +396,7 @@ def transfer(
     on_checkpoint: CheckpointCallback | None = None,
     state: TransferState | None = None,
     target_cache: TargetCache | None = None,
+    cuda_graphs: bool = True,
 ) -> TransferResult:
     """Optimise a picture with the content of `content` and the style of `style`.
 
@@ -355,5 +406,5 @@ def transfer(
     """
     callback = None if on_checkpoint is None else (lambda _index, checkpoint: on_checkpoint(checkpoint))
     job = TransferJob(content, style, params, state)
-    return transfer_batch([job], backbone=backbone, device=device, on_checkpoint=callback, target_cache=target_cache)[0]
+    return transfer_batch([job], backbone=backbone, device=device, on_checkpoint=callback, target_cache=target_cache, cuda_graphs=cuda_graphs)[0]
 
