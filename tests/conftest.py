@@ -1,13 +1,19 @@
-"""Fixtures shared by every test: the handed-out images, random-weight VGGs and the real ImageNet VGG16."""
+"""Fixtures shared by every test: databases, the handed-out images, random-weight VGGs and the real ImageNet VGG16."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from sqlalchemy import text
 from torchvision import models
+
+from shared.db import make_engine
+from shared.migrate import upgrade_database
+from tests.services import fresh_postgres_database
 
 REPO = Path(__file__).resolve().parents[1]
 # The test tensors are tiny: one thread beats two that contend with each other and with the worker
@@ -64,3 +70,26 @@ def rainier(images_dir) -> Image.Image:
 @pytest.fixture(scope="session")
 def autumn_oak(images_dir) -> Image.Image:
     return Image.open(images_dir / "autumn-oak.jpg").convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A migrated Postgres database made for this test session and dropped after it."""
+    with fresh_postgres_database() as url:
+        upgrade_database(url)
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty, migrated database: a new SQLite file, or the session's Postgres database emptied."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'styleq.db'}"
+        upgrade_database(url)
+        return url
+    url = request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE checkpoints, jobs, api_keys, workers RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return url

@@ -1,28 +1,103 @@
-"""The layers import only what they may: shared knows no web, queue or torch; the engine knows no web, queue or SQL."""
+"""The layering, stated and checked: each room imports only the rooms below it.
+
+    cli ──> api ──> shared        (the command line drives everything; nothing imports cli)
+     │               ^   ^
+     └──> worker ────┘   │        (api never imports worker: jobs go to it by task name)
+            └─> worker.engine ──> shared.params only (pure torch otherwise)
+
+`shared` knows no web, queue, command line or torch; the engine's loading path fetches nothing.
+"""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
+PROJECT = {"api", "cli", "shared", "worker"}
 
-def modules_after_import(statement: str) -> set[str]:
-    """Return the top-level modules loaded by `statement` in a fresh interpreter."""
-    code = f"{statement}\nimport sys\nprint(' '.join(sorted({{name.split('.')[0] for name in sys.modules}})))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+def modules_after(statement: str) -> set[str]:
+    """Return every module loaded by `statement` in a fresh interpreter."""
+    code = f"{statement}\nimport sys\nprint(' '.join(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return set(result.stdout.split())
 
 
-@pytest.mark.parametrize("module", ["settings", "db", "models", "jobs", "keys", "fleet", "storage", "params", "migrate", "errors"])
-def test_shared_loads_neither_flask_celery_nor_torch(module):
-    loaded = modules_after_import(f"import shared.{module}")
-
-    assert not loaded & {"flask", "celery", "torch", "api", "worker"}
+def top_level(modules: set[str]) -> set[str]:
+    return {name.split(".")[0] for name in modules}
 
 
-def test_engine_loads_neither_flask_celery_nor_sqlalchemy():
-    loaded = modules_after_import("import worker.engine, worker.engine.weights")
+def imported_modules(path: Path) -> set[str]:
+    """Return the absolute module names `path` imports anywhere in its body (lazy imports too)."""
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            names.add(base)
+    return names
 
-    assert not loaded & {"flask", "celery", "sqlalchemy", "api"}
+
+@pytest.mark.parametrize("module", ["settings", "db", "models", "jobs", "leases", "keys", "fleet", "storage", "params", "migrate", "errors"])
+def test_shared_loads_neither_flask_celery_click_nor_torch(module):
+    loaded = top_level(modules_after(f"import shared.{module}"))
+
+    assert not loaded & {"flask", "celery", "click", "torch", "api", "worker", "cli"}
+
+
+def test_the_api_loads_neither_torch_nor_the_worker_nor_the_cli():
+    loaded = top_level(modules_after("import api; api.create_app"))
+
+    assert not loaded & {"torch", "worker", "cli"}
+
+
+def test_the_worker_loads_neither_flask_nor_the_api_nor_the_cli():
+    loaded = top_level(modules_after("import worker.celery_app, worker.launcher, worker.process, worker.runner, worker.downloads"))
+
+    assert not loaded & {"flask", "api", "cli"}
+
+
+def test_the_engine_imports_from_the_project_only_shared_params():
+    loaded = modules_after("import worker.engine, worker.engine.weights")
+    written = set().union(*(imported_modules(path) for path in (REPO / "worker" / "engine").glob("*.py")))
+
+    def outside_the_engine(names: set[str]) -> set[str]:
+        return {name for name in names if name.split(".")[0] in PROJECT and not name.startswith("worker.engine")} - {"worker", "shared"}
+
+    assert outside_the_engine(loaded) == outside_the_engine(written) == {"shared.params"}
+    assert not top_level(loaded) & {"flask", "celery", "sqlalchemy", "click", "api", "cli"}
+
+
+def test_loading_weights_fetches_nothing():
+    written = imported_modules(REPO / "worker" / "engine" / "weights.py")
+
+    assert not written & {"onnx", "subprocess", "urllib.request", "http.client", "shared.storage"}
+    assert "onnx" not in top_level(modules_after("import worker.engine.weights"))
+
+
+def test_nothing_imports_the_cli():
+    importers = [
+        path.relative_to(REPO)
+        for package in PROJECT - {"cli"}
+        for path in (REPO / package).rglob("*.py")
+        if any(name.split(".")[0] == "cli" for name in imported_modules(path))
+    ]
+
+    assert importers == []
+
+
+def test_styleq_help_loads_no_torch():
+    shown = "import contextlib, io\nfrom cli import main\nwith contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n    main(['--help'])"
+    loaded = top_level(modules_after(shown))
+
+    assert not loaded & {"torch", "flask", "celery", "sqlalchemy", "api", "worker"}

@@ -6,7 +6,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from shared.db import make_engine
 from shared.migrate import alembic_config, upgrade_database
@@ -53,3 +53,28 @@ def test_the_batch_columns_come_and_go_with_their_migration(database):
 
     upgrade_database(database)
     assert {"batch_size", "batch_id"} <= job_columns(database) and differences(database) == []
+
+
+def test_the_lease_owner_column_is_the_old_worker_column_renamed_with_its_values(database):
+    upgrade_database(database)
+    command.downgrade(alembic_config(database), "0003")
+    engine = make_engine(database)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at) VALUES (1, 'a', 'h', 'p', false, CURRENT_TIMESTAMP)"))
+        connection.execute(text(
+            "INSERT INTO jobs (id, owner_id, status, params, content_sha256, style_sha256, iterations, iteration, has_preview, attempts, "
+            "cancel_requested, created_at, updated_at, worker) VALUES ('j', 1, 'running', '{}', 'a', 'b', 1, 0, false, 1, false, "
+            "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'gpu0@host/7')"
+        ))
+    engine.dispose()
+
+    upgrade_database(database)
+
+    assert "lease_owner" in job_columns(database) and "worker" not in job_columns(database)
+    engine = make_engine(database)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT lease_owner FROM jobs WHERE id = 'j'")).scalar_one() == "gpu0@host/7"
+    finally:
+        engine.dispose()
+    assert differences(database) == []

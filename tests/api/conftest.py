@@ -1,4 +1,4 @@
-"""An app on a real database (SQLite and Postgres, each test on an empty one) and a real SQLite broker."""
+"""An app on a real database (`database_url`: SQLite and Postgres, each test on an empty one) and a real SQLite broker."""
 
 from __future__ import annotations
 
@@ -8,38 +8,14 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import text
 
 from api import create_app
-from shared.db import make_engine, session_scope
+from shared.db import session_scope
 from shared.keys import create_api_key
-from shared.migrate import upgrade_database
 from shared.settings import Settings
 from tests.api.support import Keys
-from tests.services import fresh_postgres_database
 
 MAX_UPLOAD_BYTES = 64 * 1024
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A migrated Postgres database made for this test session and dropped after it."""
-    with fresh_postgres_database() as url:
-        upgrade_database(url)
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty, migrated database: a new SQLite file, or the session's Postgres database emptied."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'styleq.db'}"
-        upgrade_database(url)
-        return url
-    url = request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("TRUNCATE checkpoints, jobs, api_keys, workers RESTART IDENTITY CASCADE"))
-    engine.dispose()
-    return url
 
 
 @pytest.fixture

@@ -1,15 +1,12 @@
-"""The dashboard's server side through Flask's test client: sessions, CSRF, the pages and what they show."""
+"""The dashboard's server side through Flask's test client, on the API tests' app: sessions, CSRF, the pages and what they show."""
 
 from __future__ import annotations
 
 import io
 import re
 import stat
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
@@ -17,37 +14,9 @@ from sqlalchemy import update
 
 from api import create_app
 from shared.db import session_scope
-from shared.keys import create_api_key
-from shared.migrate import upgrade_database
 from shared.models import ApiKey
 from shared.settings import Settings
-from tests.api.support import add_job, broker_messages, image_bytes, set_job, submit
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    url = f"sqlite:///{tmp_path / 'styleq.db'}"
-    upgrade_database(url)
-    return Settings(
-        data_dir=tmp_path / "data", database_url=url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
-        storage_dir=tmp_path / "storage", queue="styleq.test", max_upload_bytes=64 * 1024, max_iterations=1000,
-    )
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[Flask]:
-    app = create_app(settings)
-    app.config.update(TESTING=True)
-    yield app
-    app.extensions["styleq"].close()
-
-
-@pytest.fixture
-def keys(app: Flask) -> dict[str, tuple[int, str]]:
-    """Key ids and secrets of two clients and an admin."""
-    with session_scope(app.extensions["styleq"].session_factory) as session:
-        made = {name: create_api_key(session, name, is_admin=name == "admin") for name in ("alice", "bob", "admin")}
-        return {name: (key.id, token) for name, (key, token) in made.items()}
+from tests.api.support import Keys, add_job, broker_messages, image_bytes, set_job, submit
 
 
 def csrf_of(html: str) -> str:
@@ -66,9 +35,9 @@ def read(client: FlaskClient, path: str) -> bytes:
         return response.data
 
 
-def signed_in(app: Flask, keys, name: str) -> FlaskClient:
+def signed_in(app: Flask, keys: Keys, name: str) -> FlaskClient:
     client = app.test_client()
-    assert sign_in(client, keys[name][1]).status_code == 302
+    assert sign_in(client, getattr(keys, name)).status_code == 302
     return client
 
 
@@ -86,12 +55,12 @@ def test_the_session_secret_is_made_once_private_and_shared(settings: Settings):
 
 def test_signing_in_sets_an_httponly_lax_cookie_without_the_key(app: Flask, keys):
     client = app.test_client()
-    response = sign_in(client, keys["alice"][1], "/jobs?status=running")
+    response = sign_in(client, keys.alice, "/jobs?status=running")
     assert response.status_code == 302 and response.headers["Location"] == "/jobs?status=running"
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
-    assert keys["alice"][1] not in cookie
-    behind_https = sign_in(app.test_client(), keys["alice"][1], **{"X-Forwarded-Proto": "https"})
+    assert keys.alice not in cookie
+    behind_https = sign_in(app.test_client(), keys.alice, **{"X-Forwarded-Proto": "https"})
     assert "Secure" in behind_https.headers["Set-Cookie"]
 
 
@@ -101,11 +70,11 @@ def test_a_wrong_key_or_a_foreign_next_page_goes_nowhere(app: Flask, keys):
     refused = sign_in(client, "sq_wrong")
     assert refused.status_code == 401 and "not valid" in refused.get_data(as_text=True)
     for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
-        assert sign_in(app.test_client(), keys["alice"][1], target).headers["Location"] == "/jobs"
+        assert sign_in(app.test_client(), keys.alice, target).headers["Location"] == "/jobs"
 
 
 def test_a_cookie_request_that_changes_something_needs_the_dashboard_header(app: Flask, keys):
-    job_id = add_job(app, keys["alice"][0])
+    job_id = add_job(app, keys.ids["alice"])
     client = signed_in(app, keys, "alice")
     assert client.get("/v1/jobs").status_code == 200
     refused = client.post(f"/v1/jobs/{job_id}/cancel")
@@ -113,12 +82,12 @@ def test_a_cookie_request_that_changes_something_needs_the_dashboard_header(app:
     assert client.delete(f"/v1/jobs/{job_id}").status_code == 403
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers={"X-Requested-With": "styleq-dashboard"}).status_code == 202
     # A Bearer key needs no such header, and no cookie.
-    bearer = app.test_client().post(f"/v1/jobs/{add_job(app, keys['alice'][0])}/cancel", headers={"Authorization": f"Bearer {keys['alice'][1]}"})
+    bearer = app.test_client().post(f"/v1/jobs/{add_job(app, keys.ids['alice'])}/cancel", headers={"Authorization": f"Bearer {keys.alice}"})
     assert bearer.status_code == 202
 
 
 def test_forms_without_the_session_token_are_refused(app: Flask, keys):
-    job_id = add_job(app, keys["alice"][0])
+    job_id = add_job(app, keys.ids["alice"])
     client = signed_in(app, keys, "alice")
     assert client.post(f"/jobs/{job_id}/rerun").status_code == 400
     assert client.post("/signout", data={"csrf_token": "forged"}).status_code == 400
@@ -133,16 +102,16 @@ def test_signing_out_or_revoking_the_key_ends_the_session(app: Flask, keys):
 
     client = signed_in(app, keys, "bob")
     with session_scope(app.extensions["styleq"].session_factory) as session:
-        session.execute(update(ApiKey).where(ApiKey.id == keys["bob"][0]).values(revoked_at=datetime.now(UTC)))
+        session.execute(update(ApiKey).where(ApiKey.id == keys.ids["bob"]).values(revoked_at=datetime.now(UTC)))
     assert client.get("/jobs").headers["Location"].startswith("/signin")
     assert client.get("/v1/jobs").status_code == 401
 
 
 def test_the_jobs_list_filters_by_status_and_pages(app: Flask, keys):
     start = datetime.now(UTC) - timedelta(hours=1)
-    ids = [add_job(app, keys["alice"][0], created_at=start + timedelta(minutes=i)) for i in range(23)]
+    ids = [add_job(app, keys.ids["alice"], created_at=start + timedelta(minutes=i)) for i in range(23)]
     set_job(app, ids[0], status="failed", error_code="internal_error", error_message="boom")
-    add_job(app, keys["bob"][0])
+    add_job(app, keys.ids["bob"])
     client = signed_in(app, keys, "alice")
 
     first = client.get("/jobs").get_data(as_text=True)
@@ -162,7 +131,7 @@ def test_the_jobs_list_filters_by_status_and_pages(app: Flask, keys):
 
 
 def test_run_again_queues_a_new_job_with_the_same_uploads_and_parameters(app: Flask, keys, settings: Settings):
-    response = submit(app.test_client(), {"Authorization": f"Bearer {keys['alice'][1]}"}, params='{"iterations": 40, "style_weight": 5}')
+    response = submit(app.test_client(), {"Authorization": f"Bearer {keys.alice}"}, params='{"iterations": 40, "style_weight": 5}')
     original = response.get_json()
     broker_messages(settings)
     client = signed_in(app, keys, "alice")
@@ -179,7 +148,7 @@ def test_run_again_queues_a_new_job_with_the_same_uploads_and_parameters(app: Fl
 
 
 def test_the_job_page_shows_inputs_parameters_and_failure(app: Flask, keys):
-    job_id = add_job(app, keys["alice"][0], status="failed", error_code="out_of_memory", error_message="did not fit")
+    job_id = add_job(app, keys.ids["alice"], status="failed", error_code="out_of_memory", error_message="did not fit")
     page = signed_in(app, keys, "alice").get(f"/jobs/{job_id}").get_data(as_text=True)
     assert "did not fit" in page and "out_of_memory" in page
     assert f'src="/v1/jobs/{job_id}/content"' in page and f'src="/v1/jobs/{job_id}/style"' in page
@@ -188,8 +157,8 @@ def test_the_job_page_shows_inputs_parameters_and_failure(app: Flask, keys):
 
 
 def test_the_operator_view_is_for_admin_keys(app: Flask, keys):
-    add_job(app, keys["alice"][0], status="failed", error_code="worker_lost", error_message="the worker stopped answering")
-    add_job(app, keys["bob"][0])
+    add_job(app, keys.ids["alice"], status="failed", error_code="worker_lost", error_message="the worker stopped answering")
+    add_job(app, keys.ids["bob"])
     assert signed_in(app, keys, "alice").get("/operator").status_code == 403
     page = signed_in(app, keys, "admin").get("/operator").get_data(as_text=True)
     assert "the worker stopped answering" in page and "Queue depth" in page
@@ -197,7 +166,7 @@ def test_the_operator_view_is_for_admin_keys(app: Flask, keys):
 
 
 def test_thumbnails_are_small_jpegs_of_the_clients_own_jobs(app: Flask, keys):
-    response = submit(app.test_client(), {"Authorization": f"Bearer {keys['alice'][1]}"}, content=image_bytes(size=(400, 300)))
+    response = submit(app.test_client(), {"Authorization": f"Bearer {keys.alice}"}, content=image_bytes(size=(400, 300)))
     job_id = response.get_json()["id"]
     client = signed_in(app, keys, "alice")
     thumbnail = client.get(f"/thumbnails/{job_id}/content.jpg")

@@ -198,28 +198,6 @@ def test_an_unexpected_crash_is_recorded_then_raised(settings, factory, storage,
     assert job.status == "failed" and job.error_code == "internal_error" and "device-side assert" in job.error_message
 
 
-def test_sweep_requeues_lost_jobs_gives_up_after_max_attempts_and_resends_forgotten_ones(factory, storage, images_dir):
-    lost, exhausted, canceled, forgotten, fresh = (submit(factory, storage, images_dir) for _ in range(5))
-    long_ago = utcnow() - timedelta(hours=1)
-    with session_scope(factory) as session:
-        for job_id in (lost, exhausted, canceled):
-            leases.claim_job(session, job_id, "gpu0@dead/1", "cpu", lease_seconds=30)
-            session.get(Job, job_id).heartbeat_at = long_ago
-        session.get(Job, exhausted).attempts = 3
-        session.get(Job, canceled).cancel_requested = True
-        session.get(Job, forgotten).created_at = long_ago
-        jobs.mark_enqueued(session, fresh)
-
-    with session_scope(factory) as session:
-        resend = leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3)
-
-    assert resend == sorted([lost, forgotten])
-    assert [load(factory, job_id).status for job_id in (lost, exhausted, canceled, forgotten, fresh)] == [
-        "queued", "failed", "canceled", "queued", "queued",
-    ]
-    assert load(factory, exhausted).error_code == "worker_lost"
-
-
 # --- batches ---------------------------------------------------------------------------------------
 
 # Three pairs of pictures that all come out 24x32 under PARAMS.

@@ -1,0 +1,49 @@
+"""The service layer on a real database (`database_url`: SQLite and Postgres) and a storage folder, with no app or worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.jobs import create_job
+from shared.keys import create_api_key
+from shared.models import ApiKey, Job
+from shared.params import resolve_params
+from shared.storage import Storage
+
+
+@pytest.fixture
+def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Storage:
+    return Storage(tmp_path / "storage")
+
+
+@pytest.fixture
+def owners(factory) -> dict[str, ApiKey]:
+    """Two clients and an admin."""
+    with session_scope(factory) as session:
+        return {name: create_api_key(session, name, is_admin=name == "admin")[0] for name in ("alice", "bob", "admin")}
+
+
+def add_job(factory, owner: ApiKey, **values) -> str:
+    """Queue a job for `owner` on two made-up upload hashes, with any column set to `values`; return its id."""
+    with session_scope(factory) as session:
+        job, _ = create_job(session, owner, resolve_params({"iterations": 100}), "a" * 64, "b" * 64)
+        for name, value in values.items():
+            setattr(job, name, value)
+        return job.id
+
+
+def load(factory, job_id: str) -> Job | None:
+    with session_scope(factory) as session:
+        return session.get(Job, job_id)

@@ -1,0 +1,102 @@
+"""The clients' side of the service, as the API, the dashboard and the sweeper call it: submit, enqueue, list, delete."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from shared import jobs
+from shared.db import session_scope
+from shared.errors import InvalidInput
+from shared.models import Job, JobStatus
+from shared.params import resolve_params
+from tests.shared.conftest import add_job, load
+
+PARAMS = resolve_params({"iterations": 50})
+CONTENT, STYLE = b"content image bytes", b"style image bytes"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_submit_job_stores_both_uploads_and_a_queued_job(factory, storage, owners):
+    with factory() as session:
+        job, created = jobs.submit_job(session, storage, owners["alice"], CONTENT, STYLE, PARAMS)
+
+    assert created
+    stored = load(factory, job.id)
+    assert (stored.status, stored.content_sha256, stored.style_sha256, stored.iterations) == (JobStatus.QUEUED, sha(CONTENT), sha(STYLE), 50)
+    assert storage.upload_path(sha(CONTENT)).read_bytes() == CONTENT and storage.upload_path(sha(STYLE)).read_bytes() == STYLE
+
+
+def test_a_repeated_idempotency_key_returns_the_first_job_and_keeps_none_of_its_files(factory, storage, owners):
+    with factory() as session:
+        first, _ = jobs.submit_job(session, storage, owners["alice"], CONTENT, STYLE, PARAMS, "key-1")
+    with factory() as session:
+        again, created = jobs.submit_job(session, storage, owners["alice"], b"other content", STYLE, PARAMS, "key-1")
+        again_id = again.id
+
+    assert not created and again_id == first.id
+    assert not storage.upload_path(sha(b"other content")).exists()
+    assert storage.upload_path(sha(CONTENT)).exists()
+
+
+def test_a_submission_that_fails_leaves_no_new_file(factory, storage, owners, monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(jobs, "create_job", refuse)
+    with factory() as session, pytest.raises(RuntimeError):
+        jobs.submit_job(session, storage, owners["alice"], CONTENT, STYLE, PARAMS)
+
+    assert not storage.upload_path(sha(CONTENT)).exists() and not storage.upload_path(sha(STYLE)).exists()
+
+
+def test_enqueue_job_sends_the_id_then_records_when(factory, owners):
+    job_id = add_job(factory, owners["alice"])
+    sent = []
+
+    with factory() as session:
+        assert jobs.enqueue_job(session, sent.append, job_id)
+
+    assert sent == [job_id] and load(factory, job_id).enqueued_at is not None
+
+
+def test_a_job_the_broker_refuses_stays_queued_and_unmarked_for_the_sweeper(factory, owners, caplog):
+    job_id = add_job(factory, owners["alice"])
+
+    def broker_down(_job_id: str) -> None:
+        raise ConnectionError("broker down")
+
+    with factory() as session:
+        assert not jobs.enqueue_job(session, broker_down, job_id)
+
+    job = load(factory, job_id)
+    assert job.status is JobStatus.QUEUED and job.enqueued_at is None
+    assert "the sweeper will send it later" in caplog.text
+
+
+def test_list_jobs_refuses_an_unknown_status_and_another_clients_cursor(factory, owners):
+    alices = add_job(factory, owners["alice"])
+    with session_scope(factory) as session:
+        with pytest.raises(InvalidInput, match="status must be one of"):
+            jobs.list_jobs(session, owners["alice"], status="lost")
+        with pytest.raises(InvalidInput, match="is not a job of this client"):
+            jobs.list_jobs(session, owners["bob"], cursor=alices)
+        assert [job.id for job in jobs.list_jobs(session, owners["admin"]).jobs] == [alices]
+
+
+def test_delete_job_removes_its_row_files_and_the_uploads_no_other_job_uses(factory, storage, owners):
+    with factory() as session:
+        shared_style, _ = jobs.submit_job(session, storage, owners["alice"], CONTENT, STYLE, PARAMS)
+        doomed, _ = jobs.submit_job(session, storage, owners["alice"], b"another content", STYLE, PARAMS)
+    storage.write_job_file(doomed.id, "result.png", b"png")
+
+    with factory() as session:
+        jobs.delete_job(session, storage, session.get(Job, doomed.id))
+
+    assert load(factory, doomed.id) is None and not storage.job_path(doomed.id, "result.png").exists()
+    assert not storage.upload_path(sha(b"another content")).exists()
+    assert storage.upload_path(sha(STYLE)).exists() and load(factory, shared_style.id) is not None

@@ -1,0 +1,15 @@
+"""The settings object is the one reader of STYLEQ_* variables, the worker's name included."""
+
+from __future__ import annotations
+
+import socket
+
+from shared.settings import load_settings
+
+
+def test_the_worker_name_comes_from_styleq_worker_name_else_the_host(monkeypatch):
+    monkeypatch.delenv("STYLEQ_WORKER_NAME", raising=False)
+    assert load_settings().worker_node == socket.gethostname()
+
+    monkeypatch.setenv("STYLEQ_WORKER_NAME", "gpu3@rack7")
+    assert load_settings().worker_name == load_settings().worker_node == "gpu3@rack7"
