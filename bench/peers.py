@@ -28,7 +28,7 @@ from PIL import Image
 from shared.settings import load_settings
 from worker import engine
 from shared.params import TransferParams, resolve_params
-from worker.engine import Backbone, Checkpoint, build_backbone, transfer
+from worker.engine import Backbone, Progress, build_backbone, transfer
 from worker.engine.losses import content_loss, gram, style_loss
 from worker.engine.weights import LoadedWeights, load_weights
 
@@ -132,7 +132,7 @@ def run_styleq(weights: LoadedWeights, params: TransferParams, content: Image.Im
     run = Run("styleq")
     backbone = build_backbone(weights, params, "cpu")
 
-    def keep(checkpoint: Checkpoint) -> None:
+    def keep(checkpoint: Progress) -> None:
         run.times[checkpoint.iteration] = checkpoint.elapsed_s
         run.cpu[checkpoint.iteration] = time.process_time()
         run.images[checkpoint.iteration] = checkpoint.preview()

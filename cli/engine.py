@@ -12,7 +12,7 @@ from shared.params import CHOICES, PRESETS, RANGES, parse_size, resolve_params
 from shared.settings import load_settings
 from worker import report
 from worker.downloads import load_or_pull, pull_weights
-from worker.engine import CONVENTIONS, Checkpoint, build_backbone, default_device, transfer
+from worker.engine import CONVENTIONS, Progress, build_backbone, default_device, transfer
 from worker.engine.weights import REGISTRY, WeightsError, is_pulled
 
 _OUTPUT_FORMATS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -102,10 +102,10 @@ def transfer_command(content: Path, style: Path, output: Path, convention: str |
     except (WeightsError, ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from None
 
-    checkpoints: list[Checkpoint] = []
+    checkpoints: list[Progress] = []
     with report.progress_bar(params.iterations, disable=quiet) as bar:
 
-        def on_checkpoint(checkpoint: Checkpoint) -> None:
+        def on_checkpoint(checkpoint: Progress) -> None:
             checkpoints.append(checkpoint)
             bar.advance(checkpoint)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from .engine import Checkpoint
+from .engine import Progress
 
 HISTORY_FIELDS = ("iteration", "elapsed_s", "content", "style", "tv", "total")
 
@@ -22,7 +22,7 @@ class ProgressBar:
     def __init__(self, bar: tqdm) -> None:
         self.bar = bar
 
-    def advance(self, checkpoint: Checkpoint) -> None:
+    def advance(self, checkpoint: Progress) -> None:
         """Move the bar to the checkpoint's iteration and show its losses."""
         self.bar.set_postfix(
             content=f"{checkpoint.content:.3g}", style=f"{checkpoint.style:.3g}", tv=f"{checkpoint.tv:.3g}",
@@ -38,7 +38,7 @@ def progress_bar(iterations: int, *, disable: bool = False) -> Iterator[Progress
         yield ProgressBar(bar)
 
 
-def write_history(checkpoints: Sequence[Checkpoint], path: Path) -> None:
+def write_history(checkpoints: Sequence[Progress], path: Path) -> None:
     """Write every checkpoint's losses to a .csv or .json file."""
     rows = [checkpoint.losses() for checkpoint in checkpoints]
     if path.suffix.lower() == ".json":
@@ -50,7 +50,7 @@ def write_history(checkpoints: Sequence[Checkpoint], path: Path) -> None:
         writer.writerows(rows)
 
 
-def plot_losses(checkpoints: Sequence[Checkpoint], picture: Image.Image, path: Path) -> None:
+def plot_losses(checkpoints: Sequence[Progress], picture: Image.Image, path: Path) -> None:
     """Draw content, style and TV loss against iteration on a log scale beside the picture, like the notebook."""
     import matplotlib
 

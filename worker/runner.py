@@ -36,7 +36,7 @@ from shared.settings import Settings
 from shared.storage import Storage
 
 from .engine import (
-    Backbone, Checkpoint, Control, TargetCache, TransferJob, TransferResult, TransferState, batch_key, build_backbone,
+    Backbone, Control, Progress, TargetCache, TransferJob, TransferResult, TransferState, batch_key, build_backbone,
     output_size, resolve_precision, transfer_batch,
 )
 from .engine.memory import batch_capacity, free_device_bytes
@@ -313,7 +313,7 @@ class JobRunner:
                 self._record_batch(part)
                 self._optimise(part, backbone, held)
 
-    def _checkpoint(self, member: _Member, checkpoint: Checkpoint, held: _Leases) -> Control:
+    def _checkpoint(self, member: _Member, checkpoint: Progress, held: _Leases) -> Control:
         member.checkpoints_seen += 1
         # The first checkpoint shows a picture early; later ones every `preview_every`.
         save_preview = member.checkpoints_seen == 1 or member.checkpoints_seen % self.settings.preview_every == 0

@@ -15,7 +15,7 @@ from shared.params import TransferParams
 from .backbone import ARCHITECTURES, CONVENTIONS, Backbone, InputConvention, get_convention, layer_index, layer_names
 from .objective import TargetCache
 from .precision import native_bf16, resolve_precision
-from .transfer import Checkpoint, Control, TransferJob, TransferResult, TransferState, batch_key, output_size, transfer, transfer_batch
+from .transfer import Control, Progress, TransferJob, TransferResult, TransferState, batch_key, output_size, transfer, transfer_batch
 
 if TYPE_CHECKING:
     from .weights import LoadedWeights
@@ -32,7 +32,7 @@ def build_backbone(weights: LoadedWeights, params: TransferParams, device: torch
 
 
 __all__ = [
-    "ARCHITECTURES", "CONVENTIONS", "Backbone", "Checkpoint", "Control", "InputConvention", "TargetCache", "TransferJob",
+    "ARCHITECTURES", "CONVENTIONS", "Backbone", "Control", "InputConvention", "Progress", "TargetCache", "TransferJob",
     "TransferResult", "TransferState", "batch_key", "build_backbone", "default_device", "get_convention", "layer_index",
     "layer_names", "native_bf16", "output_size", "resolve_precision", "transfer", "transfer_batch",
 ]

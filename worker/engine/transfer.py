@@ -27,7 +27,7 @@ class Control(enum.Enum):
 
 
 @dataclass
-class Checkpoint:
+class Progress:
     """The losses at one reporting iteration; `preview()` renders the current picture on demand."""
 
     iteration: int
@@ -59,8 +59,8 @@ class Checkpoint:
         }
 
 
-CheckpointCallback = Callable[[Checkpoint], "Control | None"]
-BatchCheckpointCallback = Callable[[int, Checkpoint], "Control | None"]
+CheckpointCallback = Callable[[Progress], "Control | None"]
+BatchCheckpointCallback = Callable[[int, Progress], "Control | None"]
 
 
 @dataclass
@@ -270,11 +270,11 @@ class _Run:
     def at_checkpoint(self) -> bool:
         return self.iteration % self.params.checkpoint_every == 0 or self.iteration == self.params.iterations
 
-    def checkpoint(self, terms: torch.Tensor) -> Checkpoint:
+    def checkpoint(self, terms: torch.Tensor) -> Progress:
         # One device-to-host copy for all four numbers.
         content, style, tv, total = terms.tolist()
         snapshot = self.picture().clone()
-        return Checkpoint(
+        return Progress(
             iteration=self.iteration, elapsed_s=self.elapsed(), content=content, style=style, tv=tv, total=total,
             render=lambda: tensor_to_image(snapshot), capture=self.capture,
         )
