@@ -75,6 +75,11 @@ def test_the_engine_imports_from_the_project_only_shared_params():
         return {name for name in names if name.split(".")[0] in PROJECT and not name.startswith("worker.engine")} - {"worker", "shared"}
 
     assert outside_the_engine(loaded) == outside_the_engine(written) == {"shared.params"}
+    # ... and hands none of it on: callers take parameters from shared.params, by one path.
+    import shared.params
+    import worker.engine
+
+    assert not {name for name in vars(shared.params) if not name.startswith("_")} & set(vars(worker.engine)) - {"annotations", "torch"}
     assert not top_level(loaded) & {"flask", "celery", "sqlalchemy", "click", "api", "cli"}
 
 

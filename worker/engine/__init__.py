@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from shared.params import TransferParams
-
 from .backbone import ARCHITECTURES, CONVENTIONS, Backbone, InputConvention, get_convention, layer_index, layer_names
 from .objective import TargetCache
 from .precision import native_bf16, resolve_precision
 from .transfer import Control, Progress, TransferJob, TransferResult, TransferState, batch_key, output_size, transfer, transfer_batch
 
 if TYPE_CHECKING:
+    from shared.params import TransferParams
+
     from .weights import LoadedWeights
 
 
