@@ -39,6 +39,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # The weights registry's names (worker/engine/weights.py REGISTRY), so the API can refuse anything else
 # (a client must never name a file path) without importing the engine.
 WEIGHTS_NAMES: tuple[str, ...] = ("vgg16-caffe", "vgg16", "vgg19")
+MAX_SCALES = 8
+# Below about a tenth of a normal output the network sees too few pixels for its deepest layers.
+MIN_SCALE = 0.05
+# The share of a coarse-to-fine job's iterations spent below full size (split evenly between the coarse
+# scales): iterations there cost a fraction of a full-size one, and most of the picture settles there.
+COARSE_SHARE = 0.6
 _LAYER_NAME = re.compile(r"^(conv|relu)[1-5]_[1-4]$|^pool[1-5]$")
 
 
@@ -78,6 +84,11 @@ class TransferParams:
     # How many past steps L-BFGS keeps to shape its next one.
     lbfgs_history: int = 100
     line_search: str = "none"
+    # Coarse-to-fine: the picture is optimised at each of these fractions of the output size in turn (ascending,
+    # the last 1), each scale starting from the previous one's result enlarged. (1.0,) is one pass at full size.
+    scales: tuple[float, ...] = (1.0,)
+    # Iterations at each scale, adding up to `iterations`; None splits them by `split_iterations`.
+    scale_iterations: tuple[int, ...] | None = None
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -103,10 +114,31 @@ class TransferParams:
         for name in ("normalize_losses", "keep_style_aspect"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        self._check_scales()
         if self.line_search != "none" and self.optimizer != "lbfgs":
             raise ValueError(f"line_search {self.line_search!r} needs optimizer lbfgs, got {self.optimizer!r}")
         if not isinstance(self.weights, str) or not self.weights:
             raise ValueError("weights must name registry weights or a weights file")
+
+    def _check_scales(self) -> None:
+        scales, counts = self.scales, self.scale_iterations
+        if (not isinstance(scales, tuple) or not 1 <= len(scales) <= MAX_SCALES
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in scales)):
+            raise ValueError(f"scales must be a list of 1 to {MAX_SCALES} fractions of the output size, got {scales!r}")
+        if scales[-1] != 1 or any(not MIN_SCALE <= v <= 1 for v in scales) or any(a >= b for a, b in zip(scales, scales[1:])):
+            raise ValueError(f"scales must rise strictly from at least {MIN_SCALE:g} and end at 1, got {list(scales)!r}")
+        if counts is None:
+            if self.iterations < len(scales):
+                raise ValueError(f"iterations ({self.iterations}) must be at least the number of scales ({len(scales)})")
+            return
+        if not isinstance(counts, tuple) or len(counts) != len(scales) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in counts):
+            raise ValueError(f"scale_iterations must be a list of {len(scales)} positive integers, one per scale, got {counts!r}")
+        if sum(counts) != self.iterations:
+            raise ValueError(f"scale_iterations must add up to iterations ({self.iterations}), got {list(counts)!r} (sum {sum(counts)})")
+
+    def iterations_per_scale(self) -> tuple[int, ...]:
+        """Return how many iterations each scale gets: `scale_iterations`, or `iterations` split by `split_iterations`."""
+        return self.scale_iterations if self.scale_iterations is not None else split_iterations(self.iterations, self.scales)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the parameters as a JSON-ready dict."""
@@ -114,6 +146,8 @@ class TransferParams:
         values["size"] = list(self.size) if isinstance(self.size, tuple) else self.size
         values["content_layers"] = list(self.content_layers)
         values["style_layers"] = list(self.style_layers)
+        values["scales"] = list(self.scales)
+        values["scale_iterations"] = None if self.scale_iterations is None else list(self.scale_iterations)
         return values
 
     @property
@@ -184,6 +218,18 @@ def parse_size(text: str) -> tuple[int, int] | int:
     raise ValueError(f"expected HEIGHTxWIDTH like 300x450, or one number for the long side; got {text!r}")
 
 
+def split_iterations(iterations: int, scales: tuple[float, ...]) -> tuple[int, ...]:
+    """Split `iterations` between `scales`: `COARSE_SHARE` of them evenly between the coarse scales, the rest at full size."""
+    if len(scales) == 1:
+        return (iterations,)
+    coarse = round(iterations * COARSE_SHARE)
+    each = [coarse // (len(scales) - 1)] * (len(scales) - 1)
+    counts = [max(1, n) for n in each] + [0]
+    counts[-1] = max(1, iterations - sum(counts))
+    counts[0] = iterations - sum(counts[1:])
+    return tuple(counts)
+
+
 def resolve_params(values: Mapping[str, Any] | None = None, **overrides: Any) -> TransferParams:
     """Build parameters from a preset (`values["preset"]`, default "styleq") and explicit overrides.
 
@@ -203,6 +249,9 @@ def resolve_params(values: Mapping[str, Any] | None = None, **overrides: Any) ->
     size = resolved["size"]
     if isinstance(size, list):
         resolved["size"] = tuple(size)
+    for name in ("scales", "scale_iterations"):
+        if isinstance(resolved.get(name), list):
+            resolved[name] = tuple(resolved[name])
     for name in ("content_layers", "style_layers"):
         if isinstance(resolved[name], (list, str)):
             layers = resolved[name]

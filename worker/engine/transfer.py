@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,10 @@ from .backbone import Backbone
 from .objective import Objective, TargetCache, image_digest
 from .precision import resolve_precision
 from shared.params import TransferParams
+
+
+# The smallest side a coarse scale is given: VGG's fifth block still sees a few pixels there.
+MIN_SIDE = 32
 
 
 class Control(enum.Enum):
@@ -38,6 +43,8 @@ class Progress:
     total: float
     render: Callable[[], Image.Image] = field(repr=False, compare=False)
     capture: Callable[[], TransferState] = field(repr=False, compare=False)
+    # The fraction of the output size the picture had at this checkpoint (coarse-to-fine; 1 otherwise).
+    scale: float = 1.0
 
     def preview(self) -> Image.Image:
         """Return the picture as it stands at this checkpoint."""
@@ -158,6 +165,16 @@ def _style_size(params: TransferParams, style: Image.Image, content_size: tuple[
     return max(16, round(height * scale)), max(16, round(width * scale))
 
 
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return torch.nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=False)
+
+
+def scale_sizes(params: TransferParams, size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Return the (height, width) of each of `params.scales` for an output of `size`."""
+    height, width = size
+    return [(min(height, max(MIN_SIDE, round(height * scale))), min(width, max(MIN_SIDE, round(width * scale)))) for scale in params.scales]
+
+
 def _initial_image(params: TransferParams, content: torch.Tensor, style: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     if params.init == "content":
         return content.clone()
@@ -188,7 +205,9 @@ class _Run:
         self.backbone = backbone
         self.generator = torch.Generator().manual_seed(params.seed)
         if job.state is not None:
-            if job.state.params != params.to_dict():
+            # States saved before coarse-to-fine existed name no scales: they ran in one pass.
+            saved = {"scales": [1.0], "scale_iterations": None, **job.state.params}
+            if saved != params.to_dict():
                 raise ValueError("the saved state belongs to a transfer with other parameters")
             self.image = job.state.image.to(device).requires_grad_(True)
             self.generator.set_state(job.state.rng)
@@ -208,10 +227,47 @@ class _Run:
         self.elapsed_before = job.state.elapsed_s if job.state is not None else 0.0
         self.started = time.perf_counter()
         self.canceled = False
+        self.scale = 1.0
+        self.scale_end = params.iterations  # the iteration at which the current scale ends
 
     @property
     def done(self) -> bool:
         return self.canceled or self.iteration >= self.params.iterations
+
+    @property
+    def scale_done(self) -> bool:
+        return self.canceled or self.iteration >= self.scale_end
+
+    def enter_scale(self, scale: float, size: tuple[int, int], end: int) -> None:
+        """Go on at `scale` (`size` pixels) until iteration `end`, enlarging the picture if it is smaller.
+
+        Adam's running moments are enlarged with it, so its steps go on at the size they had; L-BFGS's
+        history belongs to the old size and starts again. The schedule and step count go on.
+        """
+        self.scale, self.scale_end = scale, end
+        if tuple(self.image.shape[-2:]) == tuple(size):
+            return
+        image = _resize(self.image.detach(), size)
+        if self.params.image_space == "pixels":
+            image = image.clamp(0, 1)
+        self.image = image.requires_grad_(True)
+        state = self.optimizer.state_dict()
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.params.optimizer == "adam":
+            state["state"] = {key: {name: _resize(value, size) if name.startswith("exp_avg") else value for name, value in moments.items()}
+                              for key, moments in state["state"].items()}
+        else:
+            state["state"] = {}
+        self.optimizer = _make_optimizer(self.params, self.image, self.lr)
+        self.optimizer.load_state_dict(state)
+        # load_state_dict takes the saved groups; a graphed run's learning rate must stay its device tensor.
+        if self.lr is not None:
+            graphs.make_capturable(self.optimizer, self.lr)
+        else:
+            self.optimizer.param_groups[0]["lr"] = lr
+        scheduler_state = self.scheduler.state_dict()
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, self.params.lr_decay_step, self.params.lr_decay_gamma)
+        self.scheduler.load_state_dict(scheduler_state)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -276,7 +332,7 @@ class _Run:
         snapshot = self.picture().clone()
         return Progress(
             iteration=self.iteration, elapsed_s=self.elapsed(), content=content, style=style, tv=tv, total=total,
-            render=lambda: tensor_to_image(snapshot), capture=self.capture,
+            render=lambda: tensor_to_image(snapshot), capture=self.capture, scale=self.scale,
         )
 
     def result(self) -> TransferResult:
@@ -306,7 +362,7 @@ def _optimise(runs: list[_Run], active: list[int], objective: Objective, on_chec
             # A line search evaluates each job at points of its own choosing, so each job steps alone.
             per_job = torch.stack([runs[index].search_step(objective, position) for position, index in enumerate(active)])
         else:
-            left = min(runs[index].params.iterations - runs[index].iteration for index in active)
+            left = min(runs[index].scale_end - runs[index].iteration for index in active)
             if graphed and captured is None and eager_since_change >= graphs.WARMUP_ITERATIONS and left >= graphs.MIN_REPLAYS:
                 captured = graphs.CapturedIteration(iterate, [runs[index].optimizer for index in active])
             if captured is not None:
@@ -320,7 +376,7 @@ def _optimise(runs: list[_Run], active: list[int], objective: Objective, on_chec
             run = runs[index]
             if on_checkpoint is not None and run.at_checkpoint():
                 run.canceled = on_checkpoint(index, run.checkpoint(per_job[position])) is Control.STOP
-        still = [position for position, index in enumerate(active) if not runs[index].done]
+        still = [position for position, index in enumerate(active) if not runs[index].scale_done]
         if len(still) < len(active):
             active[:] = [active[position] for position in still]
             if active:
@@ -360,24 +416,38 @@ def transfer_batch(
     if any(output_size(job.params, job.content) != size for job in jobs):
         raise ValueError("jobs in one batch must have the same output size")
 
-    objective = Objective(params, backbone, resolve_precision(params.precision, device), device)
+    precision = resolve_precision(params.precision, device)
     graphed = cuda_graphs and graphs.graphs_apply(device, params.optimizer, params.line_search)
-    contents, styles, runs = [], [], []
+    sizes = scale_sizes(params, size)
+    ends = list(itertools.accumulate(params.iterations_per_scale()))
+    runs = []
     for job in jobs:
-        content = image_to_tensor(job.content, size).to(device)
-        style = image_to_tensor(job.style, _style_size(params, job.style, size)).to(device)
-        key = job.style_key if job.style_key is not None else (image_digest(job.style) if target_cache is not None else None)
-        styles.append(objective.style_targets(style, cache=target_cache, key=key))
-        contents.append(content)
+        # A fresh run starts at the first scale; a resumed one's picture already has its scale's size.
+        first = sizes[0] if job.state is None else tuple(job.state.image.shape[-2:])
+        content = image_to_tensor(job.content, first).to(device)
+        style = image_to_tensor(job.style, _style_size(params, job.style, first)).to(device) if params.init == "style" else None
         runs.append(_Run(job, backbone, content, style, device, graphed=graphed))
-    active = [index for index, run in enumerate(runs) if not run.done]
-    if active:
-        objective.set_targets([contents[i] for i in active], [styles[i] for i in active])
-    if not graphed:
-        _optimise(runs, active, objective, on_checkpoint, graphed=False)
-    else:
-        # Cuda graphs are captured and replayed on a stream of their own, never the default one.
+    if graphed:
         torch.backends.cudnn.benchmark = True
+    for scale, scale_size, end in zip(params.scales, sizes, ends):
+        # Runs resumed at different iterations may be at different scales: each scale takes those still in it.
+        active = [index for index, run in enumerate(runs) if not run.done and run.iteration < end]
+        if not active:
+            continue
+        objective = Objective(params, backbone, precision, device)
+        contents, styles = [], []
+        for index in active:
+            job = jobs[index]
+            runs[index].enter_scale(scale, scale_size, end)
+            contents.append(image_to_tensor(job.content, scale_size).to(device))
+            style = image_to_tensor(job.style, _style_size(params, job.style, scale_size)).to(device)
+            key = job.style_key if job.style_key is not None else (image_digest(job.style) if target_cache is not None else None)
+            styles.append(objective.style_targets(style, cache=target_cache, key=key))
+        objective.set_targets(contents, styles)
+        if not graphed:
+            _optimise(runs, active, objective, on_checkpoint, graphed=False)
+            continue
+        # Cuda graphs are captured and replayed on a stream of their own, never the default one.
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):

@@ -1,0 +1,108 @@
+"""Coarse-to-fine: a job optimised at growing scales, each starting from the last one's picture enlarged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.functional import to_tensor
+
+from shared.params import resolve_params
+from worker.engine import Backbone, Control, TransferJob, get_convention, transfer, transfer_batch
+
+C2F = {"preset": "seed", "size": [64, 96], "iterations": 30, "checkpoint_every": 5, "scales": [0.5, 1], "scale_iterations": [20, 10]}
+
+
+@pytest.fixture(scope="module")
+def seed_backbone(vgg19_random) -> Backbone:
+    return Backbone("vgg19", vgg19_random, get_convention("torchvision"), resolve_params({"preset": "seed"}).layers)
+
+
+def run(content, style, backbone, values, **kwargs):
+    checkpoints = []
+    result = transfer(content, style, resolve_params(values), backbone=backbone, on_checkpoint=checkpoints.append, **kwargs)
+    return result, checkpoints
+
+
+def test_each_checkpoint_records_its_scale_and_its_preview_has_that_scale_size(rainier, autumn_oak, seed_backbone):
+    result, checkpoints = run(rainier, autumn_oak, seed_backbone, C2F)
+
+    assert [(c.iteration, c.scale) for c in checkpoints] == [(5, 0.5), (10, 0.5), (15, 0.5), (20, 0.5), (25, 1), (30, 1)]
+    assert checkpoints[0].preview().size == (48, 32)
+    assert checkpoints[-1].preview().size == (96, 64)
+    assert result.image.size == (96, 64)
+
+
+def test_the_fine_scale_starts_from_the_coarse_result_and_lowers_the_loss(rainier, autumn_oak, seed_backbone):
+    _, checkpoints = run(rainier, autumn_oak, seed_backbone, C2F)
+    coarse_end, fine = checkpoints[3], checkpoints[4:]
+
+    enlarged = torch.nn.functional.interpolate(to_tensor(coarse_end.preview())[None], size=(64, 96), mode="bilinear")
+    first_fine = to_tensor(fine[0].preview())[None]
+    # Five Adam steps of lr 0.3 in the network's units move pixels a little: the fine scale began from the coarse picture.
+    assert (enlarged - first_fine).abs().mean() < 0.1
+    assert fine[-1].total < fine[0].total
+
+
+def test_one_scale_is_the_run_it_always_was(rainier, autumn_oak, seed_backbone):
+    plain, plain_checkpoints = run(rainier, autumn_oak, seed_backbone, {**C2F, "scales": [1], "scale_iterations": None})
+    old, old_checkpoints = run(rainier, autumn_oak, seed_backbone, {key: value for key, value in C2F.items() if not key.startswith("scale")})
+
+    assert [c.total for c in plain_checkpoints] == [c.total for c in old_checkpoints]
+    assert all(c.scale == 1 for c in plain_checkpoints)
+    torch.testing.assert_close(plain.tensor, old.tensor, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stop_at", [10, 20, 25], ids=["inside-the-coarse-scale", "at-the-scale-change", "inside-the-fine-scale"])
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_a_run_stopped_anywhere_resumes_exactly_across_scales(rainier, autumn_oak, seed_backbone, stop_at, optimizer):
+    values = {**C2F, "optimizer": optimizer, "learning_rate": 0.3 if optimizer == "adam" else 0.5}
+    whole, whole_checkpoints = run(rainier, autumn_oak, seed_backbone, values)
+    params = resolve_params(values)
+    first: list = []
+    stopped = transfer(rainier, autumn_oak, params, backbone=seed_backbone,
+                       on_checkpoint=lambda c: (first.append(c), Control.STOP if c.iteration == stop_at else None)[1])
+    rest: list = []
+    resumed = transfer(rainier, autumn_oak, params, backbone=seed_backbone, state=stopped.state, on_checkpoint=rest.append)
+
+    assert [c.iteration for c in first + rest] == [c.iteration for c in whole_checkpoints]
+    assert [c.total for c in first + rest] == [c.total for c in whole_checkpoints]
+    torch.testing.assert_close(resumed.tensor, whole.tensor, rtol=0, atol=0)
+
+
+def test_a_coarse_to_fine_batch_equals_its_runs_alone(rainier, autumn_oak, images_dir, seed_backbone):
+    tubingen = Image.open(images_dir / "tubingen.jpg").convert("RGB")
+    params = [resolve_params({**C2F, "seed": seed}) for seed in range(2)]
+    batched: dict[int, list] = {0: [], 1: []}
+    results = transfer_batch([TransferJob(rainier, autumn_oak, params[0]), TransferJob(tubingen, autumn_oak, params[1])],
+                             backbone=seed_backbone, on_checkpoint=lambda index, c: batched[index].append(c))
+    for index, content in enumerate((rainier, tubingen)):
+        alone, checkpoints = run(content, autumn_oak, seed_backbone, params[index].to_dict())
+        assert [c.total for c in batched[index]] == [c.total for c in checkpoints]
+        torch.testing.assert_close(results[index].tensor, alone.tensor, rtol=0, atol=0)
+
+
+def test_without_scale_iterations_the_coarse_scales_get_most_of_them():
+    params = resolve_params({"scales": [0.25, 0.5, 1], "iterations": 500})
+
+    assert params.iterations_per_scale() == (150, 150, 200)
+    assert sum(resolve_params({"scales": [0.5, 1], "iterations": 7}).iterations_per_scale()) == 7
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"scales": [1, 0.5]}, "scales must rise strictly"),
+        ({"scales": [0.5]}, "end at 1"),
+        ({"scales": [0.01, 1]}, "at least 0.05"),
+        ({"scales": []}, "scales must be a list of 1 to 8"),
+        ({"scales": ["half", 1]}, "scales must be a list"),
+        ({"scales": [0.5, 1], "scale_iterations": [10]}, "scale_iterations must be a list of 2"),
+        ({"scales": [0.5, 1], "iterations": 30, "scale_iterations": [10, 10]}, "must add up to iterations"),
+        ({"scales": [0.5, 1], "iterations": 30, "scale_iterations": [30, 0]}, "positive integers"),
+        ({"scales": [0.25, 0.5, 1], "iterations": 2}, "at least the number of scales"),
+    ],
+)
+def test_bad_scales_are_refused_with_a_message_naming_them(values, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_params(values)
