@@ -15,6 +15,7 @@ from PIL import Image
 from torchvision.models import vgg
 
 from shared.params import TransferParams
+from shared.params import parse_size as shared_parse_size
 from worker.engine import Backbone, get_convention
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,10 +54,14 @@ def synchronize(device: torch.device) -> None:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """Parse HEIGHTxWIDTH, like the CLI's --size."""
-    if match := re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text):
-        return int(match[1]), int(match[2])
-    raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 300x450, got {text!r}")
+    """Parse HEIGHTxWIDTH with the CLI's parser; the benches need both sides, so one number is refused."""
+    try:
+        size = shared_parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if isinstance(size, int):
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 300x450 (both sides), got {text!r}")
+    return size
 
 
 def parse_ints(text: str) -> list[int]:
