@@ -36,6 +36,17 @@ def _parse_layers(_ctx: click.Context, _param: click.Parameter, value: str | Non
     return None if value is None else [layer.strip() for layer in value.split(",") if layer.strip()]
 
 
+def _parse_numbers(kind: type) -> Any:
+    def parse(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list | None:
+        if value is None:
+            return None
+        try:
+            return [kind(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated {'numbers' if kind is float else 'whole numbers'}, got {value!r}") from None
+    return parse
+
+
 def open_image(path: Path, role: str) -> Image.Image:
     """Open an image file upright (EXIF orientation applied) in RGB, or fail with a message naming it."""
     try:
@@ -73,6 +84,8 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
 @click.option("--tv-weight", type=float, help="Total-variation (smoothness) weight.")
 @click.option("--content-layers", callback=_parse_layers, help="Comma-separated layer names, e.g. relu4_2.")
 @click.option("--style-layers", callback=_parse_layers, help="Comma-separated layer names, e.g. relu1_1,relu2_1.")
+@click.option("--scales", callback=_parse_numbers(float), help="Coarse-to-fine: fractions of the output size, rising to 1, e.g. 0.5,1.")
+@click.option("--scale-iterations", callback=_parse_numbers(int), help="Iterations at each scale, adding up to --iterations (default: 60% at the coarse ones).")
 @click.option("--checkpoint-every", type=int, help="Iterations between loss checkpoints (default 10).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--history", type=click.Path(dir_okay=False, path_type=Path), help="Write every checkpoint to FILE.csv or FILE.json.")

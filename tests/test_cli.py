@@ -105,6 +105,14 @@ def test_transfer_writes_a_png_of_the_requested_height_and_width(inputs, vgg16_f
     assert "after 3 iterations" in result.output
 
 
+def test_coarse_to_fine_from_the_command_line_ends_at_the_requested_size(inputs, vgg16_file, out):
+    result = small_transfer(inputs, vgg16_file, out / "picture.png", "--size", "48x64", "--iterations", "6", "--scales", "0.5,1", "--scale-iterations", "4,2")
+
+    assert_succeeded(result)
+    with Image.open(out / "picture.png") as picture:
+        assert picture.size == (64, 48)
+
+
 def test_history_csv_has_the_header_and_one_row_per_checkpoint(inputs, vgg16_file, out):
     result = small_transfer(inputs, vgg16_file, out / "picture.png", "--iterations", "20", "--history", out / "history.csv")
 
@@ -161,6 +169,9 @@ def test_seed_preset_runs_on_a_vgg19_file(inputs, vgg19_file, out):
         pytest.param({"--weights": "{out}/missing.safetensors"}, ["missing.safetensors", "does not exist"], id="missing-weights-file"),
         pytest.param({"-o": "{out}/picture.txt"}, ["--output", "picture.txt"], id="txt-output"),
         pytest.param({"--weights": "nosuchname"}, ["unknown weights", "nosuchname"], id="unknown-weights-name"),
+        pytest.param({"--scales": "0.5,half"}, ["--scales", "0.5,half"], id="scales-not-numbers"),
+        pytest.param({"--scales": "1,0.5"}, ["scales must rise strictly"], id="falling-scales"),
+        pytest.param({"--scales": "0.5,1", "--scale-iterations": "1,5"}, ["scale_iterations must add up to iterations (2)"], id="scale-iterations-off"),
     ],
 )
 def test_bad_input_is_reported_and_exits_non_zero_without_writing_anything(inputs, vgg16_file, tmp_path, out, overrides, expected):
