@@ -94,6 +94,12 @@ def time_to_loss(
     return (seconds if total <= target else None), iteration, total
 
 
+def as_written(run: Callable[[], Losses]) -> Losses:
+    """Run the notebook with torch's default cuDNN settings (TF32 convolutions, no autotuning), which the engine changes."""
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = False, True
+    return run()
+
+
 def timed(run: Callable[[], Losses], device: torch.device) -> tuple[float, Losses]:
     """Return the wall-clock seconds of `run()` (with CUDA work finished on both sides) and its result."""
     synchronize(device)
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     styleq_network = styleq_backbone(styleq, device)
     precision = resolve_precision(styleq.precision, device)
     runs = {
-        "notebook": lambda n: run_notebook(net, content, style, args.size, n, device),
+        "notebook": lambda n: as_written(lambda: run_notebook(net, content, style, args.size, n, device)),
         "seed fp32": lambda n: run_engine(seed_backbone, content, style, replace(seed, iterations=n), device),
         "seed bf16": lambda n: run_engine(seed_backbone, content, style, replace(seed, iterations=n, precision="bf16"), device),
         f"styleq ({precision})": lambda n: run_engine(styleq_network, content, style, replace(styleq, iterations=n), device),
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     readings: list[tuple[int, float, float]] = []
-    timed(lambda: run_notebook(net, content, style, args.size, args.quality_iterations, device, readings), device)
+    timed(lambda: as_written(lambda: run_notebook(net, content, style, args.size, args.quality_iterations, device, readings)), device)
     _, target, notebook_seconds = readings[-1]
     fast = fast_seed_params(args.size, args.quality_iterations)
     seconds, iteration, reached = time_to_loss(seed_backbone, content, style, fast, target, device)

@@ -42,6 +42,9 @@ def architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
     )
 
 
+_CONSTANTS: dict[tuple[str, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 @dataclass(frozen=True)
 class InputConvention:
     """How a network wants its input: channel order, scale and per-channel normalisation."""
@@ -52,17 +55,23 @@ class InputConvention:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+    def _constants(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Made once per device and dtype: a copy from the host on every call would stall a GPU's queue, and
+        # inside a CUDA graph capture it is not allowed at all.
+        key = (self.name, like.device, like.dtype)
+        if (found := _CONSTANTS.get(key)) is None:
+            found = _CONSTANTS[key] = (like.new_tensor(self.mean).view(1, 3, 1, 1), like.new_tensor(self.std).view(1, 3, 1, 1))
+        return found
+
     def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
         """Turn an RGB image in [0, 1] of shape (N, 3, H, W) into the network's input space."""
         x = rgb.flip(1) if self.bgr else rgb
-        mean = x.new_tensor(self.mean).view(1, 3, 1, 1)
-        std = x.new_tensor(self.std).view(1, 3, 1, 1)
+        mean, std = self._constants(x)
         return (x * self.scale - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Turn the network's input space back into RGB in [0, 1] (not clamped)."""
-        mean = x.new_tensor(self.mean).view(1, 3, 1, 1)
-        std = x.new_tensor(self.std).view(1, 3, 1, 1)
+        mean, std = self._constants(x)
         rgb = (x * std + mean) / self.scale
         return rgb.flip(1) if self.bgr else rgb
 

@@ -427,7 +427,9 @@ def transfer_batch(
         content = image_to_tensor(job.content, first).to(device)
         style = image_to_tensor(job.style, _style_size(params, job.style, first)).to(device) if params.init == "style" else None
         runs.append(_Run(job, backbone, content, style, device, graphed=graphed))
-    if graphed:
+    if device.type == "cuda":
+        # fp32 means fp32: cuDNN would otherwise round convolutions to TF32 (10-bit mantissas) on Ampere and later.
+        torch.backends.cudnn.allow_tf32 = precision != "fp32"
         torch.backends.cudnn.benchmark = True
     for scale, scale_size, end in zip(params.scales, sizes, ends):
         # Runs resumed at different iterations may be at different scales: each scale takes those still in it.
