@@ -60,7 +60,9 @@ class InputConvention:
         # inside a CUDA graph capture it is not allowed at all.
         key = (self.name, like.device, like.dtype)
         if (found := _CONSTANTS.get(key)) is None:
-            found = _CONSTANTS[key] = (like.new_tensor(self.mean).view(1, 3, 1, 1), like.new_tensor(self.std).view(1, 3, 1, 1))
+            # Never inference tensors, even when first made under inference_mode: autograd saves them later.
+            with torch.inference_mode(False):
+                found = _CONSTANTS[key] = (like.new_tensor(self.mean).view(1, 3, 1, 1), like.new_tensor(self.std).view(1, 3, 1, 1))
         return found
 
     def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
