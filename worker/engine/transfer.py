@@ -429,8 +429,9 @@ def transfer_batch(
         runs.append(_Run(job, backbone, content, style, device, graphed=graphed))
     if device.type == "cuda":
         # fp32 means fp32: cuDNN would otherwise round convolutions to TF32 (10-bit mantissas) on Ampere and later.
+        # No cuDNN autotuning: on an H100 it tried fp32 algorithms whose workspaces peaked at 8 GiB for a 256x256
+        # job, which would upset the batch sizes the worker derives from measured memory per pixel.
         torch.backends.cudnn.allow_tf32 = precision != "fp32"
-        torch.backends.cudnn.benchmark = True
     for scale, scale_size, end in zip(params.scales, sizes, ends):
         # Runs resumed at different iterations may be at different scales: each scale takes those still in it.
         active = [index for index, run in enumerate(runs) if not run.done and run.iteration < end]
