@@ -79,11 +79,24 @@ def record_checkpoint(session: Session, job_id: str, lease_owner: str, values: d
 
     False means stop: the job was canceled or deleted, or another worker took it over.
     """
+    return record_checkpoints(session, job_id, lease_owner, [values], has_preview=has_preview)
+
+
+def record_checkpoints(session: Session, job_id: str, lease_owner: str, checkpoints: Sequence[dict[str, Any]], *, has_preview: bool = False) -> bool:
+    """Store consecutive checkpoints (oldest first) in one transaction; the job's progress is the last one's.
+
+    Returns what `record_checkpoint` does. A worker on a fast GPU reaches a checkpoint every few
+    milliseconds; one commit for a second's worth of them keeps the database out of its loop.
+    """
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.lease_owner != lease_owner or job.status is not JobStatus.RUNNING:
         return False
-    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.iteration >= values["iteration"]))
-    session.add(Checkpoint(job_id=job_id, **values))
+    if not checkpoints:
+        return not job.cancel_requested
+    # A run resumed from a saved state records again the iterations after it: they replace the old rows.
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.iteration >= checkpoints[0]["iteration"]))
+    session.add_all(Checkpoint(job_id=job_id, **values) for values in checkpoints)
+    values = checkpoints[-1]
     job.iteration = values["iteration"]
     job.content_loss, job.style_loss = values["content"], values["style"]
     job.tv_loss, job.total_loss, job.elapsed_s = values["tv"], values["total"], values["elapsed_s"]

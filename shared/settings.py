@@ -41,8 +41,13 @@ class Settings(BaseSettings):
     # A queued job not picked up for this long is sent to the broker again (its message may be lost).
     requeue_after_seconds: float = Field(default=600.0, gt=0)
     sweep_every_seconds: float = Field(default=15.0, gt=0)
-    # The worker saves a preview and its resumable state every this many checkpoints.
+    # The worker saves a preview and its resumable state every this many checkpoints, and no more often
+    # than every `preview_min_seconds` (on a GPU a checkpoint can come every few milliseconds).
     preview_every: int = Field(default=5, ge=1)
+    preview_min_seconds: float = Field(default=2.0, ge=0)
+    # Checkpoints reach the database together, at most this long after they happen (always with a
+    # saved state and at a job's end); 0 writes each one as it comes.
+    checkpoint_flush_seconds: float = Field(default=1.0, ge=0)
     # The most jobs one worker optimises at once (fewer when the device's free memory says so).
     # Unset means per device: 8 on a GPU; 1 on a CPU, whose arithmetic grows with the batch, so
     # batching there gains little and makes every job wait for its batch-mates.

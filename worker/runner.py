@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import math
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -92,6 +93,10 @@ class _Member:
     state: TransferState | None
     checkpoints_seen: int = 0
     outcome: str | None = None
+    # Checkpoints not yet in the database, and when it and the saved state were last written (monotonic seconds).
+    unwritten: list[dict[str, Any]] = field(default_factory=list)
+    written_at: float = field(default_factory=time.monotonic)
+    saved_at: float = -math.inf
 
     def transfer_job(self) -> TransferJob:
         """Return the job as the engine takes it."""
@@ -315,13 +320,22 @@ class JobRunner:
 
     def _checkpoint(self, member: _Member, checkpoint: Progress, held: _Leases) -> Control:
         member.checkpoints_seen += 1
-        # The first checkpoint shows a picture early; later ones every `preview_every`.
-        save_preview = member.checkpoints_seen == 1 or member.checkpoints_seen % self.settings.preview_every == 0
+        now = time.monotonic()
+        # The first checkpoint shows a picture early; later ones every `preview_every`, time allowing.
+        save_preview = member.checkpoints_seen == 1 or (
+            member.checkpoints_seen % self.settings.preview_every == 0 and now - member.saved_at >= self.settings.preview_min_seconds
+        )
         if save_preview:
             self.storage.write_job_file(member.job_id, "preview.jpg", _jpeg(checkpoint.preview()))
             self.storage.write_job_file(member.job_id, "state.pt", _state_bytes(checkpoint.state()))
-        values = checkpoint.losses()
-        if self._transaction(lambda s: leases.record_checkpoint(s, member.job_id, self.lease_owner, values, has_preview=save_preview)):
+            member.saved_at = now
+        member.unwritten.append(checkpoint.losses())
+        # Rows never lag a saved state (a resumed run starts from its iteration) nor the job's end.
+        last = checkpoint.iteration >= member.params.iterations
+        if not (save_preview or last or now - member.written_at >= self.settings.checkpoint_flush_seconds):
+            return Control.CONTINUE
+        unwritten, member.unwritten, member.written_at = member.unwritten, [], now
+        if self._transaction(lambda s: leases.record_checkpoints(s, member.job_id, self.lease_owner, unwritten, has_preview=save_preview)):
             return Control.CONTINUE
         # Canceled, deleted or taken over: the job leaves the batch now, and its record says so at once.
         member.outcome = "canceled" if self._finish(member.job_id, JobStatus.CANCELED) else "lost"

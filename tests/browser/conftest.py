@@ -49,6 +49,7 @@ def deployment(tmp_path_factory, caffe_weights, models_dir) -> Iterator[Deployme
         "STYLEQ_QUEUE": f"styleq-browser-{uuid.uuid4().hex[:8]}",
         # A new preview at every checkpoint (every ten iterations), as the notebook shows it.
         "STYLEQ_PREVIEW_EVERY": "1",
+        "STYLEQ_PREVIEW_MIN_SECONDS": "0",
         "STYLEQ_SWEEP_EVERY_SECONDS": "1",
         "OMP_NUM_THREADS": "1",
     }

@@ -39,6 +39,8 @@ def service(request, tmp_path_factory, caffe_weights, models_dir) -> Iterator[Se
         "STYLEQ_QUEUE": f"styleq-test-{uuid.uuid4().hex[:8]}",
         # Quick previews and a short sweep, so the tests see them within seconds.
         "STYLEQ_PREVIEW_EVERY": "2",
+        # Every second checkpoint saves a state, however fast the checkpoints come (the fault tests count on it).
+        "STYLEQ_PREVIEW_MIN_SECONDS": "0",
         "STYLEQ_SWEEP_EVERY_SECONDS": "1",
         # A killed worker's job is taken over after 6 s of silence instead of two minutes.
         "STYLEQ_LEASE_SECONDS": "6",

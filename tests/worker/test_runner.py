@@ -68,7 +68,7 @@ def storage(tmp_path) -> Storage:
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path, preview_every=2, lease_seconds=30)
+    return Settings(data_dir=tmp_path, preview_every=2, preview_min_seconds=0, lease_seconds=30)
 
 
 def submit(factory, storage: Storage, images_dir: Path, pictures=("rainier.jpg", "autumn-oak.jpg"), **overrides) -> str:
@@ -115,6 +115,41 @@ def test_a_queued_job_runs_to_success_with_checkpoints_preview_and_result(settin
     assert picture(storage.job_path(job_id, "result.png")).size == (32, 24)
     assert picture(storage.job_path(job_id, "preview.jpg")).format == "JPEG"
     assert not storage.job_path(job_id, "state.pt").exists()
+
+
+class CountingStorage(Storage):
+    """Storage that counts the files the worker writes, by name."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.writes: dict[str, int] = {}
+
+    def write_job_file(self, job_id, name, data):
+        self.writes[name] = self.writes.get(name, 0) + 1
+        return super().write_job_file(job_id, name, data)
+
+
+def test_checkpoints_that_come_fast_reach_the_database_together_and_save_states_sparingly(tmp_path, factory, images_dir, vgg16_random, monkeypatch):
+    storage = CountingStorage(tmp_path / "storage")
+    job_id = submit(factory, storage, images_dir, iterations=60)
+    writes: list[list[int]] = []
+    real = leases.record_checkpoints
+
+    def recording(session, job_id_, lease_owner, checkpoints, **options):
+        writes.append([values["iteration"] for values in checkpoints])
+        return real(session, job_id_, lease_owner, checkpoints, **options)
+
+    monkeypatch.setattr(leases, "record_checkpoints", recording)
+    # As on a GPU: checkpoints every few milliseconds against an hour's flush and preview intervals.
+    settings = Settings(data_dir=tmp_path, preview_every=2, preview_min_seconds=3600, checkpoint_flush_seconds=3600, lease_seconds=30)
+
+    assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "succeeded"
+
+    # The first checkpoint is written at once with the first preview; the rest together at the end, none lost.
+    assert writes == [[10], [20, 30, 40, 50, 60]]
+    assert iterations(factory, job_id) == [10, 20, 30, 40, 50, 60]
+    assert load(factory, job_id).iteration == 60
+    assert storage.writes["preview.jpg"] == storage.writes["state.pt"] == 1
 
 
 def test_a_job_another_worker_holds_is_skipped(settings, factory, storage, images_dir, vgg16_random):
@@ -205,7 +240,7 @@ PAIRS = [("rainier.jpg", "autumn-oak.jpg"), ("tubingen.jpg", "starry_night.jpg")
 
 
 def batch_settings(tmp_path, **overrides) -> Settings:
-    return Settings(data_dir=tmp_path, preview_every=2, lease_seconds=30, batch_size=3, **overrides)
+    return Settings(data_dir=tmp_path, preview_every=2, preview_min_seconds=0, lease_seconds=30, batch_size=3, **overrides)
 
 
 def alone(images_dir, pictures, vgg16_random, **overrides):
