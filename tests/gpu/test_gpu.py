@@ -125,8 +125,8 @@ def test_a_batch_of_three_equals_three_separate_runs(backbone, images_dir):
                 assert abs(getattr(ours, name) - getattr(reference, name)) <= 1e-4 * reference.total, (index, name, ours, reference)
         # cuDNN may pick other kernels for a batch of three, summing in another order; Adam's first steps move
         # each pixel by the sign of its gradient, so a pixel whose gradient is ~0 may step the other way. The
-        # pictures agree on average, not bit for bit.
-        assert (results[index].tensor - single.tensor).abs().mean() < 1e-4, index
+        # pictures agree on average, not bit for bit (an H100 measured 5e-4, a seventh of one 8-bit level).
+        assert (results[index].tensor - single.tensor).abs().mean() < 1e-3, index
 
 
 def _losses(checkpoints: list) -> list[float]:
