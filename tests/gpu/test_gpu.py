@@ -118,11 +118,13 @@ def test_a_batch_of_three_equals_three_separate_runs(backbone, images_dir):
         single = transfer(contents[index], styles[index], params[index], backbone=backbone, device=DEVICE, on_checkpoint=alone.append)
         assert len(alone) == len(batched[index]) == 4
         for ours, reference in zip(batched[index], alone):
-            assert ours.total == pytest.approx(reference.total, rel=1e-4), (index, ours, reference)
-            # Each term to within 1e-4 of the total it is part of: the content term starts at zero (init=content), so
+            # cuDNN runs a batch of three with other kernels than one picture, summing in another order: on an
+            # H100 the totals parted by up to 7e-4 (on a CPU, where each picture goes through alone, they are equal).
+            assert ours.total == pytest.approx(reference.total, rel=1e-3), (index, ours, reference)
+            # Each term to within 1e-3 of the total it is part of: the content term starts at zero (init=content), so
             # its own relative error is that of a difference of two nearly equal numbers.
             for name in ("content", "style", "tv"):
-                assert abs(getattr(ours, name) - getattr(reference, name)) <= 1e-4 * reference.total, (index, name, ours, reference)
+                assert abs(getattr(ours, name) - getattr(reference, name)) <= 1e-3 * reference.total, (index, name, ours, reference)
         # cuDNN may pick other kernels for a batch of three, summing in another order; Adam's first steps move
         # each pixel by the sign of its gradient, so a pixel whose gradient is ~0 may step the other way. The
         # pictures agree on average, not bit for bit (an H100 measured 5e-4, a seventh of one 8-bit level).
