@@ -21,11 +21,23 @@ from .models import Checkpoint, Job, JobStatus, utcnow
 BATCH_CANDIDATES = 64
 
 
-def claim_job(session: Session, job_id: str, lease_owner: str, gpu: str, lease_seconds: float) -> Job | None:
-    """Lease the job to `lease_owner` if it is queued, or running on a lease gone stale; None if someone else has it."""
+# How long after its creation a job the API never marked as sent is sent by the sweeper instead.
+NEVER_SENT_GRACE_SECONDS = 5.0
+
+
+def claim_job(session: Session, job_id: str, lease_owner: str, gpu: str, lease_seconds: float, *, dead_owners: Sequence[str] = ()) -> Job | None:
+    """Lease the job to `lease_owner` if it is queued, or running on a lease gone stale or held by one of
+    `dead_owners` (processes known to have died); None if someone else has it."""
     stale = utcnow() - timedelta(seconds=lease_seconds)
-    claimable = or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale))
+    taken_over = or_(Job.heartbeat_at < stale, Job.lease_owner.in_(list(dead_owners))) if dead_owners else Job.heartbeat_at < stale
+    claimable = or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, taken_over))
     return _claim(session, job_id, lease_owner, gpu, claimable)
+
+
+def local_lease_owners(session: Session, host: str) -> list[str]:
+    """Return the lease owners of running jobs whose process runs on `host` (`name@host/pid`, or `host/pid` unnamed)."""
+    owners = session.scalars(select(Job.lease_owner).where(Job.status == JobStatus.RUNNING, Job.lease_owner.like(f"%{host}/%")))
+    return sorted({owner for owner in owners if owner is not None and owner.rsplit("/", 1)[0].split("@", 1)[-1] == host})
 
 
 def batch_candidates(session: Session, limit: int = BATCH_CANDIDATES) -> Sequence[Job]:
@@ -140,11 +152,13 @@ def sweep(session: Session, *, lease_seconds: float, requeue_after_seconds: floa
     if retried:
         session.execute(update(Job).where(Job.id.in_(retried), *lost).values(status=JobStatus.QUEUED, lease_owner=None, gpu=None))
     waiting = now - timedelta(seconds=requeue_after_seconds)
+    # A job never sent (the broker was down, or the API died between commit and send) goes at the next
+    # sweep, once the API has had time to send it itself.
+    unsent = now - timedelta(seconds=min(requeue_after_seconds, NEVER_SENT_GRACE_SECONDS))
     forgotten = session.scalars(
         select(Job.id).where(
             Job.status == JobStatus.QUEUED,
-            # A job never sent (the API died between commit and send) counts from its creation.
-            or_(Job.enqueued_at < waiting, and_(Job.enqueued_at.is_(None), Job.created_at < waiting)),
+            or_(Job.enqueued_at < waiting, and_(Job.enqueued_at.is_(None), Job.created_at < unsent)),
         )
     ).all()
     return sorted(set(retried) | set(forgotten))

@@ -35,11 +35,12 @@ class Settings(BaseSettings):
     # Jobs larger than this many output pixels or longer than this many iterations are refused.
     max_pixels: int = Field(default=1024 * 1024, ge=256)
     max_iterations: int = Field(default=5000, ge=1)
-    # A running job whose heartbeat is older than this belongs to a lost worker and is retried.
-    lease_seconds: float = Field(default=120.0, gt=0)
+    # A running job whose heartbeat is older than this belongs to a lost worker and is retried (the
+    # heartbeat renews it every quarter of it, so a killed worker's job runs again within about 30 s + a sweep).
+    lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     # A queued job not picked up for this long is sent to the broker again (its message may be lost).
-    requeue_after_seconds: float = Field(default=600.0, gt=0)
+    requeue_after_seconds: float = Field(default=60.0, gt=0)
     sweep_every_seconds: float = Field(default=15.0, gt=0)
     # The worker saves a preview and its resumable state every this many checkpoints, and no more often
     # than every `preview_min_seconds` (on a GPU a checkpoint can come every few milliseconds).

@@ -17,9 +17,11 @@ import io
 import logging
 import threading
 import math
+import os
+import socket
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -141,6 +143,9 @@ class JobRunner:
         # The worker's name in the fleet, and the id its leases on jobs carry (the name and this process's pid).
         self.name = name
         self.lease_owner = lease_owner
+        # This machine, as the launcher's worker names carry it (`gpu0@host`): a lease of a dead process named
+        # for this host is released at once. Workers named otherwise wait out the lease.
+        self.host = socket.gethostname()
         self.gpu = gpu
         self.device = device
         self.models = models
@@ -194,7 +199,10 @@ class JobRunner:
         return outcome
 
     def _claim(self, session: Session, job_id: str) -> Job | None:
-        job = leases.claim_job(session, job_id, self.lease_owner, self.gpu, self.settings.lease_seconds)
+        # A pool process killed on this machine leaves its lease fresh for up to `lease_seconds`; its parent
+        # sends the job again at once, and this process can see that the holder is gone.
+        dead = dead_local_owners(leases.local_lease_owners(session, self.host), self.host)
+        job = leases.claim_job(session, job_id, self.lease_owner, self.gpu, self.settings.lease_seconds, dead_owners=dead)
         if job is not None:
             fleet.worker_took_job(session, self.name, job_id, gpu=self.gpu)
         return job
@@ -401,6 +409,27 @@ class JobRunner:
         finally:
             stop.set()
             thread.join()
+
+
+def process_alive(pid: int) -> bool:
+    """Tell whether a process with this id runs on this machine (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def dead_local_owners(owners: Sequence[str], host: str) -> list[str]:
+    """Return those of `owners` (`name@host/pid`) that name this `host` and a process that no longer runs."""
+    dead = []
+    for owner in owners:
+        node, _, pid = owner.rpartition("/")
+        if node.split("@", 1)[-1] == host and pid.isdigit() and not process_alive(int(pid)):
+            dead.append(owner)
+    return dead
 
 
 def _jpeg(image: Image.Image) -> bytes:

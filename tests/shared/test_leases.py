@@ -91,3 +91,41 @@ def test_sweep_requeues_lost_jobs_gives_up_after_max_attempts_and_resends_forgot
         "queued", "failed", "canceled", "queued", "queued",
     ]
     assert load(factory, exhausted).error_code == "worker_lost"
+
+
+def test_a_lease_held_by_a_dead_process_is_taken_over_at_once(factory, owners):
+    job_id = add_job(factory, owners["alice"])
+    with session_scope(factory) as session:
+        leases.claim_job(session, job_id, "gpu0@a/1", "cpu", lease_seconds=30)
+
+    with session_scope(factory) as session:
+        # The heartbeat is fresh: only a holder known to be dead gives the job up.
+        assert leases.claim_job(session, job_id, "gpu0@a/2", "cpu", lease_seconds=30, dead_owners=["gpu1@a/7"]) is None
+        assert leases.claim_job(session, job_id, "gpu0@a/2", "cpu", lease_seconds=30, dead_owners=["gpu0@a/1"]) is not None
+    job = load(factory, job_id)
+    assert (job.status, job.lease_owner, job.attempts) == (JobStatus.RUNNING, "gpu0@a/2", 2)
+
+
+def test_the_lease_owners_on_one_host_are_those_of_running_jobs_named_for_it(factory, owners):
+    mine, unnamed, other_host, similar_host = (add_job(factory, owners["alice"]) for _ in range(4))
+    with session_scope(factory) as session:
+        leases.claim_job(session, mine, "gpu0@box/11", "cpu", lease_seconds=30)
+        leases.claim_job(session, unnamed, "box/14", "cpu", lease_seconds=30)
+        leases.claim_job(session, other_host, "gpu0@other/12", "cpu", lease_seconds=30)
+        leases.claim_job(session, similar_host, "gpu0@box2/13", "cpu", lease_seconds=30)
+
+    with session_scope(factory) as session:
+        assert leases.local_lease_owners(session, "box") == ["box/14", "gpu0@box/11"]
+
+
+def test_a_job_never_sent_is_sent_at_the_next_sweep_after_a_short_grace(factory, owners):
+    job_id = add_job(factory, owners["alice"])
+    with session_scope(factory) as session:
+        job = session.get(Job, job_id)
+        job.enqueued_at = None
+        created = job.created_at
+
+    with session_scope(factory) as session:
+        assert leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3, now=created + timedelta(seconds=1)) == []
+        assert leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3,
+                            now=created + timedelta(seconds=leases.NEVER_SENT_GRACE_SECONDS + 1)) == [job_id]

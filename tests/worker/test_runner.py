@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from datetime import timedelta
@@ -407,3 +408,36 @@ def test_a_batch_out_of_memory_goes_on_in_halves_each_from_its_saved_state(
         # Resumed from its state saved at iteration 10: the same history, once each, and the same picture as alone.
         assert f"resuming job {job_id} at iteration 10" in caplog.messages
         assert_same_run(factory, storage, job_id, *alone(images_dir, pictures, vgg16_random, seed=index, iterations=30))
+
+
+def test_only_leases_of_dead_processes_on_this_host_count_as_dead():
+    import socket
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    gone = int(finished.stdout)
+    host = socket.gethostname()
+    owners = [f"gpu0@{host}/{gone}", f"gpu1@{host}/{os.getpid()}", f"gpu0@elsewhere/{gone}", f"{host}/{gone}", f"alpha/{gone}"]
+
+    # A process that ended is dead; this one is alive; another machine's pids mean nothing here, nor does a
+    # worker name that does not say which machine it is on (an unnamed worker is named for its host).
+    assert runner_module.dead_local_owners(owners, host) == [f"gpu0@{host}/{gone}", f"{host}/{gone}"]
+
+
+def test_a_job_whose_holder_died_on_this_host_is_claimed_at_once(settings, factory, storage, images_dir, vgg16_random):
+    import socket
+    import subprocess
+    import sys
+
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout)
+    job_id = submit(factory, storage, images_dir)
+    host = socket.gethostname()
+    with session_scope(factory) as session:
+        assert leases.claim_job(session, job_id, f"gpu0@{host}/{gone}", "cpu", lease_seconds=30) is not None
+
+    # The lease is fresh, but its process is gone: a worker on the same host takes the job over now.
+    outcome = make_runner(settings, factory, storage, vgg16_random, lease_owner=f"gpu0@{host}/{os.getpid()}").run(job_id)
+
+    assert outcome == "succeeded"
+    assert load(factory, job_id).attempts == 2
