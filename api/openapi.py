@@ -101,7 +101,10 @@ SCHEMAS: dict[str, Any] = {
     },
     "Checkpoint": {
         "type": "object",
-        "properties": {"iteration": {"type": "integer"}, "elapsed_s": {"type": "number"}, **_LOSSES},
+        "properties": {
+            "iteration": {"type": "integer"}, "elapsed_s": {"type": "number"}, **_LOSSES,
+            "scale": {"type": "number", "description": "The fraction of the output size the picture had (coarse-to-fine); 1 in one pass."},
+        },
     },
     "CheckpointList": {
         "type": "object",

@@ -72,4 +72,5 @@ def checkpoint_payload(checkpoint: Checkpoint) -> dict[str, Any]:
         "style": checkpoint.style,
         "tv": checkpoint.tv,
         "total": checkpoint.total,
+        "scale": checkpoint.scale,
     }

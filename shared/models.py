@@ -137,6 +137,8 @@ class Checkpoint(Base):
     style: Mapped[float] = mapped_column(Float)
     tv: Mapped[float] = mapped_column(Float)
     total: Mapped[float] = mapped_column(Float)
+    # The fraction of the output size the picture had (coarse-to-fine); 1 for a job in one pass.
+    scale: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="checkpoints")

@@ -16,7 +16,7 @@ from torchvision import models
 
 from cli import main
 
-HISTORY_HEADER = ["iteration", "elapsed_s", "content", "style", "tv", "total"]
+HISTORY_HEADER = ["iteration", "elapsed_s", "content", "style", "tv", "total", "scale"]
 
 
 def write_random_vgg(architecture: str, path: Path, seed: int = 0) -> Path:
@@ -122,8 +122,8 @@ def test_history_csv_has_the_header_and_one_row_per_checkpoint(inputs, vgg16_fil
     assert rows[0] == HISTORY_HEADER
     assert [int(row[0]) for row in rows[1:]] == [10, 20]
     for row in rows[1:]:
-        elapsed, *losses = map(float, row[1:])
-        assert elapsed > 0 and all(math.isfinite(loss) and loss >= 0 for loss in losses)
+        elapsed, *losses, scale = map(float, row[1:])
+        assert elapsed > 0 and all(math.isfinite(loss) and loss >= 0 for loss in losses) and scale == 1
 
 
 def test_history_json_is_a_list_of_one_object_per_checkpoint(inputs, vgg16_file, out):

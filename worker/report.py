@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .engine import Progress
 
-HISTORY_FIELDS = ("iteration", "elapsed_s", "content", "style", "tv", "total")
+HISTORY_FIELDS = ("iteration", "elapsed_s", "content", "style", "tv", "total", "scale")
 
 
 class ProgressBar:

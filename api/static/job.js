@@ -10,7 +10,7 @@
 
   let job = JSON.parse(document.getElementById("job-data").textContent);
   const links = job.links;
-  const history = { iteration: [], elapsed: [], content: [], style: [], tv: [], total: [] };
+  const history = { iteration: [], elapsed: [], content: [], style: [], tv: [], total: [], scale: [] };
   const chartElement = document.getElementById("chart");
   const picture = document.getElementById("picture");
   let plot = null;
@@ -38,7 +38,39 @@
       history.style.push(positive(point.style));
       history.tv.push(positive(point.tv));
       history.total.push(positive(point.total));
+      history.scale.push(point.scale ?? 1);
     }
+  }
+
+  // Coarse-to-fine: the iterations at which a new scale begins, each with its scale, for the chart's marks.
+  function scaleStarts() {
+    const starts = [];
+    for (let index = 1; index < history.scale.length; index++) {
+      if (history.scale[index] !== history.scale[index - 1]) starts.push([history.iteration[index - 1], history.scale[index]]);
+    }
+    if (history.scale.length && history.scale[0] < 1) starts.unshift([0, history.scale[0]]);
+    return starts;
+  }
+
+  // A dashed line where each scale begins, labelled with the scale ("50% size").
+  function drawScaleMarks(u) {
+    const context = u.ctx;
+    context.save();
+    context.strokeStyle = "#98a2b3";
+    context.fillStyle = "#475467";
+    context.setLineDash([3, 3]);
+    context.lineWidth = 1;
+    context.font = `${Math.round(11 * devicePixelRatio)}px system-ui, sans-serif`;
+    for (const [iteration, scale] of scaleStarts()) {
+      const x = Math.round(u.valToPos(iteration, "x", true));
+      if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) continue;
+      context.beginPath();
+      context.moveTo(x, u.bbox.top);
+      context.lineTo(x, u.bbox.top + u.bbox.height);
+      context.stroke();
+      context.fillText(`${Math.round(scale * 100)}% size`, x + 4 * devicePixelRatio, u.bbox.top + 12 * devicePixelRatio);
+    }
+    context.restore();
   }
 
   function chartSize() {
@@ -77,6 +109,7 @@
   function drawChart() {
     const data = [history.iteration, history.content, history.style, history.tv, history.total];
     chartElement.setAttribute("data-points", String(history.iteration.length));
+    chartElement.setAttribute("data-scale-starts", scaleStarts().map(([iteration, scale]) => `${iteration}:${scale}`).join(" "));
     if (!history.iteration.length) return;
     if (plot) {
       plot.setData(data);
@@ -103,6 +136,7 @@
       ],
       cursor: { points: { size: 7 } },
       legend: { live: true },
+      hooks: { draw: [drawScaleMarks] },
     }, data, chartElement);
     new ResizeObserver(() => plot.setSize(chartSize())).observe(chartElement);
   }

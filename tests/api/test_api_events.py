@@ -41,7 +41,7 @@ def test_stream_of_a_finished_job_sends_status_checkpoints_final_status_and_end(
         ("status", 0), ("checkpoint", 10), ("checkpoint", 20), ("checkpoint", 30), ("status", 30), ("end", 30),
     ]
     assert events[0][2]["id"] == job_id
-    assert events[1][2] == {"iteration": 10, "elapsed_s": 1.0, "content": 0.1, "style": 0.2, "tv": 0.5, "total": 0.8}
+    assert events[1][2] == {"iteration": 10, "elapsed_s": 1.0, "content": 0.1, "style": 0.2, "tv": 0.5, "total": 0.8, "scale": 1.0}
     assert events[-2][2]["status"] == "succeeded" and events[-1][2] == {"status": "succeeded"}
 
 

@@ -88,7 +88,7 @@ def test_checkpoints_after_an_iteration(app, client, keys):
     later = client.get(f"/v1/jobs/{job_id}/checkpoints?after=20&limit=1", headers=keys.headers("alice")).get_json()
 
     assert [point["iteration"] for point in everything["checkpoints"]] == [10, 20, 30, 40]
-    assert later["checkpoints"] == [{"iteration": 30, "elapsed_s": 3.0, "content": 1 / 30, "style": 2 / 30, "tv": 0.5, "total": 0.6}]
+    assert later["checkpoints"] == [{"iteration": 30, "elapsed_s": 3.0, "content": 1 / 30, "style": 2 / 30, "tv": 0.5, "total": 0.6, "scale": 1.0}]
     assert_error(client.get(f"/v1/jobs/{job_id}/checkpoints?after=-1", headers=keys.headers("alice")), 400, "invalid_query")
 
 

@@ -271,3 +271,18 @@ def test_pages_are_labelled_and_fit_a_phone_screen(open_session, deployment, ima
     screenshot(page, "new-job-phone")
     page.goto(f"{deployment.url}/jobs")
     screenshot(page, "jobs-phone")
+
+
+def test_the_chart_of_a_coarse_to_fine_job_marks_where_each_scale_begins(open_session, deployment, images_dir):
+    params = {"size": [64, 96], "iterations": 60, "scales": [0.5, 1], "scale_iterations": [30, 30]}
+    response = deployment.client("alice").submit(images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", params)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    deployment.client("alice").wait_for(job_id, lambda job: job["status"] in FINISHED, timeout=180)
+
+    page = open_session("alice")
+    page.goto(f"{deployment.url}/jobs/{job_id}")
+    wait_until(lambda: chart_points(page) == 6, 30, "the whole history on the chart")
+    # Half size from the start, full size from iteration 30 on: the chart draws a labelled line at each.
+    expect(page.locator("#chart")).to_have_attribute("data-scale-starts", "0:0.5 30:1")
+    screenshot(page, "job-coarse-to-fine")

@@ -441,3 +441,14 @@ def test_a_job_whose_holder_died_on_this_host_is_claimed_at_once(settings, facto
 
     assert outcome == "succeeded"
     assert load(factory, job_id).attempts == 2
+
+
+def test_a_coarse_to_fine_job_records_the_scale_of_each_checkpoint(settings, factory, storage, images_dir, vgg16_random):
+    job_id = submit(factory, storage, images_dir, size=[64, 96], iterations=40, scales=[0.5, 1], scale_iterations=[20, 20])
+
+    assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "succeeded"
+
+    with session_scope(factory) as session:
+        rows = session.execute(select(Checkpoint.iteration, Checkpoint.scale).where(Checkpoint.job_id == job_id).order_by(Checkpoint.iteration)).all()
+    assert [tuple(row) for row in rows] == [(10, 0.5), (20, 0.5), (30, 1.0), (40, 1.0)]
+    assert picture(storage.job_path(job_id, "result.png")).size == (96, 64)

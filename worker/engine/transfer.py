@@ -63,6 +63,7 @@ class Progress:
             "style": self.style,
             "tv": self.tv,
             "total": self.total,
+            "scale": self.scale,
         }
 
 
