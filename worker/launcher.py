@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 
+from kombu import Queue
+
 from shared.settings import Settings
 
 from .celery_app import make_celery
+
+log = logging.getLogger(__name__)
 
 
 def visible_gpus(spec: str) -> list[str]:
@@ -45,6 +50,21 @@ def run_worker(settings: Settings, name: str, loglevel: str = "INFO") -> None:
     ])
 
 
+def declare_queue(settings: Settings) -> None:
+    """Create the job queue once, before the workers start.
+
+    Workers started together would each create it, and in the embedded (SQLite) broker the second
+    insert of the same queue fails and takes its worker down.
+    """
+    app = make_celery(settings)
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=3)
+            Queue(settings.queue).bind(connection.default_channel).declare()
+    except Exception:  # the workers retry on their own; this only spares them a race
+        log.warning("could not declare the queue %s before starting the workers", settings.queue, exc_info=True)
+
+
 def launch(settings: Settings, gpus: list[str], loglevel: str = "INFO") -> int:
     """Start a worker per GPU (or one CPU worker) and wait; Ctrl-C or SIGTERM stops them all."""
     if len(gpus) <= 1:
@@ -52,6 +72,7 @@ def launch(settings: Settings, gpus: list[str], loglevel: str = "INFO") -> int:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
         run_worker(settings, node_name(gpus[0] if gpus else None), loglevel)
         return 0
+    declare_queue(settings)
     children = []
     for gpu in gpus:
         environment = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
