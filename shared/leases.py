@@ -34,10 +34,15 @@ def claim_job(session: Session, job_id: str, lease_owner: str, gpu: str, lease_s
     return _claim(session, job_id, lease_owner, gpu, claimable)
 
 
+def lease_owner_host(lease_owner: str) -> str:
+    """Return the machine a lease owner names: `host` of `name@host/pid`, or of `host/pid` for an unnamed worker."""
+    return lease_owner.rpartition("/")[0].split("@", 1)[-1]
+
+
 def local_lease_owners(session: Session, host: str) -> list[str]:
-    """Return the lease owners of running jobs whose process runs on `host` (`name@host/pid`, or `host/pid` unnamed)."""
+    """Return the lease owners of running jobs whose process runs on `host`."""
     owners = session.scalars(select(Job.lease_owner).where(Job.status == JobStatus.RUNNING, Job.lease_owner.like(f"%{host}/%")))
-    return sorted({owner for owner in owners if owner is not None and owner.rsplit("/", 1)[0].split("@", 1)[-1] == host})
+    return sorted({owner for owner in owners if owner is not None and lease_owner_host(owner) == host})
 
 
 def batch_candidates(session: Session, limit: int = BATCH_CANDIDATES) -> Sequence[Job]:

@@ -418,7 +418,7 @@ def process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # it runs, as another user
     return True
 
 
@@ -426,8 +426,8 @@ def dead_local_owners(owners: Sequence[str], host: str) -> list[str]:
     """Return those of `owners` (`name@host/pid`) that name this `host` and a process that no longer runs."""
     dead = []
     for owner in owners:
-        node, _, pid = owner.rpartition("/")
-        if node.split("@", 1)[-1] == host and pid.isdigit() and not process_alive(int(pid)):
+        pid = owner.rpartition("/")[2]
+        if leases.lease_owner_host(owner) == host and pid.isdigit() and not process_alive(int(pid)):
             dead.append(owner)
     return dead
 

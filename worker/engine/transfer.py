@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import time
@@ -253,19 +254,16 @@ class _Run:
             image = image.clamp(0, 1)
         self.image = image.requires_grad_(True)
         state = self.optimizer.state_dict()
-        lr = self.optimizer.param_groups[0]["lr"]
         if self.params.optimizer == "adam":
             state["state"] = {key: {name: _resize(value, size) if name.startswith("exp_avg") else value for name, value in moments.items()}
                               for key, moments in state["state"].items()}
         else:
             state["state"] = {}
         self.optimizer = _make_optimizer(self.params, self.image, self.lr)
+        # The saved groups bring the current learning rate; a graphed run's must stay its own device tensor.
         self.optimizer.load_state_dict(state)
-        # load_state_dict takes the saved groups; a graphed run's learning rate must stay its device tensor.
         if self.lr is not None:
             graphs.make_capturable(self.optimizer, self.lr)
-        else:
-            self.optimizer.param_groups[0]["lr"] = lr
         scheduler_state = self.scheduler.state_dict()
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, self.params.lr_decay_step, self.params.lr_decay_gamma)
         self.scheduler.load_state_dict(scheduler_state)
@@ -448,15 +446,14 @@ def transfer_batch(
             key = job.style_key if job.style_key is not None else (image_digest(job.style) if target_cache is not None else None)
             styles.append(objective.style_targets(style, cache=target_cache, key=key))
         objective.set_targets(contents, styles)
-        if not graphed:
-            _optimise(runs, active, objective, on_checkpoint, graphed=False)
-            continue
-        # Cuda graphs are captured and replayed on a stream of their own, never the default one.
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            _optimise(runs, active, objective, on_checkpoint, graphed=True)
-        torch.cuda.current_stream(device).wait_stream(stream)
+        # CUDA graphs are captured and replayed on a stream of their own, never the default one.
+        stream = torch.cuda.Stream(device) if graphed else None
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            _optimise(runs, active, objective, on_checkpoint, graphed=graphed)
+        if stream is not None:
+            torch.cuda.current_stream(device).wait_stream(stream)
     return [run.result() for run in runs]
 
 
