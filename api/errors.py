@@ -6,6 +6,7 @@ import logging
 import re
 
 from flask import Flask, Response, jsonify
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import Conflict, InvalidInput, NotFound, StyleqError, Unauthorized
@@ -69,6 +70,18 @@ def handle_http_error(error: HTTPException) -> Response:
     return response
 
 
+# How long a client is told to wait before trying again while the database is unreachable.
+DATABASE_RETRY_AFTER_SECONDS = 10
+
+
+def handle_database_unavailable(error: OperationalError) -> Response:
+    """Answer 503 with Retry-After while the database is unreachable: nothing stored is lost, the client tries again."""
+    log.error("database unreachable: %s", error.orig if error.orig is not None else error)
+    response = error_response(503, "database_unavailable", "the service's database is unreachable for a moment; try again shortly")
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response
+
+
 def handle_unexpected(error: Exception) -> Response:
     """Log an unexpected error with its traceback and answer 500 without details."""
     if isinstance(error, HTTPException):
@@ -81,4 +94,5 @@ def register_error_handlers(app: Flask) -> None:
     """Install the handlers on `app`."""
     app.register_error_handler(StyleqError, handle_styleq_error)
     app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(OperationalError, handle_database_unavailable)
     app.register_error_handler(Exception, handle_unexpected)

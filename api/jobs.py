@@ -62,6 +62,9 @@ def cancel_job(job_id: str) -> tuple[Response, int]:
     session = db_session()
     job = jobs.request_cancel(session, jobs.get_job(session, current_key(), job_id))
     session.commit()
+    if job.status.finished:
+        # A queued job that ran before (handed back, or its worker lost) has a saved state it will never resume from.
+        backends().storage.delete_states(job.id)
     return jsonify(job_payload(session, job)), 202
 
 

@@ -8,10 +8,11 @@ workers (or a worker and the sweeper) racing on one job cannot both win.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .models import Checkpoint, Job, JobStatus, utcnow
@@ -28,10 +29,38 @@ NEVER_SENT_GRACE_SECONDS = 5.0
 def claim_job(session: Session, job_id: str, lease_owner: str, gpu: str, lease_seconds: float, *, dead_owners: Sequence[str] = ()) -> Job | None:
     """Lease the job to `lease_owner` if it is queued, or running on a lease gone stale or held by one of
     `dead_owners` (processes known to have died); None if someone else has it."""
-    stale = utcnow() - timedelta(seconds=lease_seconds)
-    taken_over = or_(Job.heartbeat_at < stale, Job.lease_owner.in_(list(dead_owners))) if dead_owners else Job.heartbeat_at < stale
-    claimable = or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, taken_over))
+    claimable = or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, _lost(lease_seconds, dead_owners)))
     return _claim(session, job_id, lease_owner, gpu, claimable)
+
+
+def give_up_stalled(session: Session, job_id: str, lease_seconds: float, max_attempts: int, *, dead_owners: Sequence[str] = ()) -> bool:
+    """Fail the job as `worker_lost` if its lease is lost and this was its `max_attempts`-th attempt in a
+    row to end without saving anything new; return whether it did. Call before `claim_job`."""
+    lost = Job.id == job_id, Job.status == JobStatus.RUNNING, _lost(lease_seconds, dead_owners)
+    return bool(session.execute(update(Job).where(*lost, _stalled(max_attempts)).values(**_gave_up(max_attempts, utcnow()))).rowcount)
+
+
+def _lost(lease_seconds: float, dead_owners: Sequence[str], now: datetime | None = None) -> ColumnElement[bool]:
+    """Return the condition that a running job's lease is lost: stale, or held by a process known to be dead."""
+    stale = Job.heartbeat_at < (now or utcnow()) - timedelta(seconds=lease_seconds)
+    return or_(stale, Job.lease_owner.in_(list(dead_owners))) if dead_owners else stale
+
+
+def _stalled(max_attempts: int) -> ColumnElement[bool]:
+    """Return the condition that the ending attempt saved nothing newer and was the last one allowed."""
+    return and_(Job.saved_iteration <= Job.resumed_iteration, Job.stalled_attempts + 1 >= max_attempts)
+
+
+def _gave_up(max_attempts: int, now: datetime) -> dict[str, Any]:
+    return {
+        "status": JobStatus.FAILED, "finished_at": now, "stalled_attempts": Job.stalled_attempts + 1, "error_code": "worker_lost",
+        "error_message": f"the workers running this job stopped {max_attempts} times in a row without getting further; the job was given up",
+    }
+
+
+def _stall_count() -> ColumnElement[int]:
+    """Return the attempts-without-progress count after an attempt that ended abnormally."""
+    return case((Job.saved_iteration <= Job.resumed_iteration, Job.stalled_attempts + 1), else_=0)
 
 
 def lease_owner_host(lease_owner: str) -> str:
@@ -77,6 +106,9 @@ def _claim(session: Session, job_id: str, lease_owner: str, gpu: str, claimable:
         .values(
             status=JobStatus.RUNNING, lease_owner=lease_owner, gpu=gpu, heartbeat_at=now, attempts=Job.attempts + 1,
             started_at=func.coalesce(Job.started_at, now), batch_size=1, batch_id=None,
+            # Taking over a lost lease ends the attempt that held it: it counts as stalled if it saved nothing.
+            stalled_attempts=case((Job.status == JobStatus.RUNNING, _stall_count()), else_=Job.stalled_attempts),
+            resumed_iteration=Job.saved_iteration,
         )
     ).rowcount
     if not claimed:
@@ -99,11 +131,16 @@ def record_checkpoint(session: Session, job_id: str, lease_owner: str, values: d
     return record_checkpoints(session, job_id, lease_owner, [values], has_preview=has_preview)
 
 
-def record_checkpoints(session: Session, job_id: str, lease_owner: str, checkpoints: Sequence[dict[str, Any]], *, has_preview: bool = False) -> bool:
+def record_checkpoints(
+    session: Session, job_id: str, lease_owner: str, checkpoints: Sequence[dict[str, Any]], *, has_preview: bool = False,
+    saved_iteration: int | None = None,
+) -> bool:
     """Store consecutive checkpoints (oldest first) in one transaction; the job's progress is the last one's.
 
     Returns what `record_checkpoint` does. A worker on a fast GPU reaches a checkpoint every few
     milliseconds; one commit for a second's worth of them keeps the database out of its loop.
+    `saved_iteration` is the iteration of a state the worker saves once this returns True: the worker
+    writes its files only after the database confirms that it still holds the job.
     """
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.lease_owner != lease_owner or job.status is not JobStatus.RUNNING:
@@ -119,12 +156,43 @@ def record_checkpoints(session: Session, job_id: str, lease_owner: str, checkpoi
     job.tv_loss, job.total_loss, job.elapsed_s = values["tv"], values["total"], values["elapsed_s"]
     job.heartbeat_at = utcnow()
     job.has_preview = job.has_preview or has_preview
+    if saved_iteration is not None:
+        job.saved_iteration = max(job.saved_iteration, saved_iteration)
     return not job.cancel_requested
 
 
 def heartbeat(session: Session, job_id: str, lease_owner: str) -> bool:
     """Renew the lease on the job; return False when it is no longer `lease_owner`'s."""
     return bool(session.execute(update(Job).where(*_held(job_id, lease_owner)).values(heartbeat_at=utcnow())).rowcount)
+
+
+def release_job(session: Session, job_id: str, lease_owner: str, *, failed: bool = False, max_attempts: int | None = None,
+                error_code: str | None = None, error_message: str | None = None) -> JobStatus | None:
+    """Hand a job `lease_owner` holds back to the queue (a worker shutting down, storage failing); return its new status.
+
+    The job is marked unsent, so the sweeper sends it if the caller cannot. With `failed`, the attempt
+    counts against `max_attempts` whatever progress it made (the same failure would come again at the
+    end), and the job at its last attempt fails with `error_code` instead. None means the lease was no
+    longer held.
+    """
+    held = _held(job_id, lease_owner)
+    now = utcnow()
+    if failed and max_attempts is not None:
+        gave_up = session.execute(
+            update(Job).where(*held, Job.stalled_attempts + 1 >= max_attempts).values(
+                status=JobStatus.FAILED, finished_at=now, stalled_attempts=Job.stalled_attempts + 1, error_code=error_code,
+                error_message=error_message,
+            )
+        ).rowcount
+        if gave_up:
+            return JobStatus.FAILED
+    released = session.execute(
+        update(Job).where(*held).values(
+            status=JobStatus.QUEUED, lease_owner=None, gpu=None, enqueued_at=None, heartbeat_at=now,
+            stalled_attempts=Job.stalled_attempts + 1 if failed else Job.stalled_attempts,
+        )
+    ).rowcount
+    return JobStatus.QUEUED if released else None
 
 
 def finish_job(session: Session, job_id: str, lease_owner: str, status: JobStatus, *, error_code: str | None = None, error_message: str | None = None) -> bool:
@@ -135,27 +203,38 @@ def finish_job(session: Session, job_id: str, lease_owner: str, status: JobStatu
     return bool(session.execute(update(Job).where(*_held(job_id, lease_owner)).values(**values)).rowcount)
 
 
-def sweep(session: Session, *, lease_seconds: float, requeue_after_seconds: float, max_attempts: int, now: datetime | None = None) -> list[str]:
-    """Recover jobs from lost workers and lost messages; return the ids to send to the broker again.
+@dataclass
+class SweepResult:
+    """What a sweep did: the jobs to send to the broker again, and those it ended (their saved states can go)."""
 
-    A running job whose heartbeat is stale goes back to the queue (or fails after `max_attempts`);
-    a canceled-while-running one ends as canceled. A queued job not picked up within
+    to_send: list[str] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
+
+
+def sweep(
+    session: Session, *, lease_seconds: float, requeue_after_seconds: float, max_attempts: int, dead_owners: Sequence[str] = (),
+    now: datetime | None = None,
+) -> SweepResult:
+    """Recover jobs from lost workers and lost messages.
+
+    A running job whose lease is lost (its heartbeat stale, or its process among `dead_owners`) goes
+    back to the queue, or fails after `max_attempts` attempts in a row that saved nothing new; a
+    canceled-while-running one ends as canceled. A queued job not picked up within
     `requeue_after_seconds` of being sent is sent again: a duplicate message is harmless, since only
     one claim can succeed.
     """
     now = now or utcnow()
-    stale = now - timedelta(seconds=lease_seconds)
-    lost = Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale
-    session.execute(update(Job).where(*lost, Job.cancel_requested.is_(True)).values(status=JobStatus.CANCELED, finished_at=now))
-    session.execute(
-        update(Job).where(*lost, Job.attempts >= max_attempts).values(
-            status=JobStatus.FAILED, finished_at=now, error_code="worker_lost",
-            error_message=f"the worker running this job stopped answering {max_attempts} times; the job was given up",
-        )
-    )
+    lost = Job.status == JobStatus.RUNNING, _lost(lease_seconds, dead_owners, now)
+    canceled = session.scalars(select(Job.id).where(*lost, Job.cancel_requested.is_(True))).all()
+    session.execute(update(Job).where(Job.id.in_(canceled), *lost).values(status=JobStatus.CANCELED, finished_at=now))
+    failed = session.scalars(select(Job.id).where(*lost, _stalled(max_attempts))).all()
+    session.execute(update(Job).where(Job.id.in_(failed), *lost).values(**_gave_up(max_attempts, now)))
     retried = session.scalars(select(Job.id).where(*lost)).all()
     if retried:
-        session.execute(update(Job).where(Job.id.in_(retried), *lost).values(status=JobStatus.QUEUED, lease_owner=None, gpu=None))
+        session.execute(
+            update(Job).where(Job.id.in_(retried), *lost)
+            .values(status=JobStatus.QUEUED, lease_owner=None, gpu=None, stalled_attempts=_stall_count())
+        )
     waiting = now - timedelta(seconds=requeue_after_seconds)
     # A job never sent (the broker was down, or the API died between commit and send) goes at the next
     # sweep, once the API has had time to send it itself.
@@ -166,4 +245,4 @@ def sweep(session: Session, *, lease_seconds: float, requeue_after_seconds: floa
             or_(Job.enqueued_at < waiting, and_(Job.enqueued_at.is_(None), Job.created_at < unsent)),
         )
     ).all()
-    return sorted(set(retried) | set(forgotten))
+    return SweepResult(to_send=sorted(set(retried) | set(forgotten)), ended=sorted({*canceled, *failed}))

@@ -95,6 +95,12 @@ class Job(Base):
     has_preview: Mapped[bool] = mapped_column(Boolean, default=False)
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The iteration of the job's last saved state, the one its current attempt resumed from, and how
+    # many attempts in a row ended (a lost worker) without saving a newer state: only those use up
+    # `max_attempts`, so a job whose workers die for other reasons is never given up for it.
+    saved_iteration: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    resumed_iteration: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    stalled_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # How many jobs the worker optimised together when it last started this one (1: alone), and the
     # id that batch's jobs share (None when alone).
     batch_size: Mapped[int | None] = mapped_column(Integer, default=None)

@@ -3,10 +3,15 @@
 Every path is built here from a hash or a job id that this module checks, so nothing a request says
 can point outside the storage directory. Every write goes to a temporary file that is renamed into
 place, so a reader never sees half a file and a crash never leaves one.
+
+A job's folder is made when a worker claims it, and a worker's later writes never make it again: a
+job deleted meanwhile leaves no files behind. Saved states carry their iteration in their name, and
+a state older than one already there is never written, however late its writer wakes up.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -16,6 +21,8 @@ from pathlib import Path
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_STATE = re.compile(r"^state-([0-9]{9})\.pt$")
+# `state.pt` is the one unnumbered state that versions before numbered states wrote.
 JOB_FILES = ("result.png", "preview.jpg", "state.pt")
 
 
@@ -32,10 +39,63 @@ class Storage:
         return self.root / "uploads" / sha256[:2] / sha256
 
     def job_path(self, job_id: str, name: str) -> Path:
-        """Return where the job's file `name` (one of JOB_FILES) lives."""
-        if not _JOB_ID.match(job_id) or name not in JOB_FILES:
+        """Return where the job's file `name` (one of JOB_FILES, or a numbered state) lives."""
+        if not _JOB_ID.match(job_id) or not (name in JOB_FILES or _STATE.match(name)):
             raise ValueError(f"no such job file: {job_id!r}/{name!r}")
         return self.root / "jobs" / job_id[:2] / job_id / name
+
+    def job_dir(self, job_id: str) -> Path:
+        """Return the folder of the job's files."""
+        return self.job_path(job_id, JOB_FILES[0]).parent
+
+    def make_job_dir(self, job_id: str) -> None:
+        """Make the job's folder (a worker does, once its claim on the job is committed)."""
+        self.job_dir(job_id).mkdir(parents=True, exist_ok=True)
+
+    def save_state(self, job_id: str, iteration: int, data: bytes) -> bool:
+        """Keep `data` as the job's saved state at `iteration`, unless a state as new is already there; return whether it was kept.
+
+        Raises FileNotFoundError when the job's folder is gone (the job was deleted).
+        """
+        folder = self.job_dir(job_id)
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            # One writer at a time per job decides what is newest, across processes on this host (and NFS).
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            existing = self._states(folder)
+            if existing and existing[-1][0] >= iteration:
+                return False
+            write_atomically(folder / f"state-{iteration:09d}.pt", data, create_parents=False)
+            for _, older in existing:
+                older.unlink(missing_ok=True)
+            (folder / JOB_FILES[2]).unlink(missing_ok=True)
+            return True
+        finally:
+            os.close(descriptor)  # releases the lock
+
+    def state_path(self, job_id: str) -> Path | None:
+        """Return the job's newest saved state, or None."""
+        folder = self.job_dir(job_id)
+        states = self._states(folder)
+        if states:
+            return states[-1][1]
+        legacy = folder / JOB_FILES[2]
+        return legacy if legacy.is_file() else None
+
+    def delete_states(self, job_id: str) -> None:
+        """Remove the job's saved states: a job that has ended will not resume."""
+        folder = self.job_dir(job_id)
+        for _, path in self._states(folder):
+            path.unlink(missing_ok=True)
+        (folder / JOB_FILES[2]).unlink(missing_ok=True)
+
+    @staticmethod
+    def _states(folder: Path) -> list[tuple[int, Path]]:
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        return sorted((int(match.group(1)), folder / name) for name in names if (match := _STATE.match(name)))
 
     def save_upload(self, data: bytes) -> str:
         """Store `data` once under its sha256 and return the hash."""
@@ -45,10 +105,13 @@ class Storage:
             write_atomically(path, data)
         return sha256
 
-    def write_job_file(self, job_id: str, name: str, data: bytes) -> Path:
-        """Write one of the job's files atomically and return its path."""
+    def write_job_file(self, job_id: str, name: str, data: bytes, *, create: bool = True) -> Path:
+        """Write one of the job's files atomically and return its path.
+
+        With `create=False` the job's folder must exist (FileNotFoundError if the job was deleted).
+        """
         path = self.job_path(job_id, name)
-        write_atomically(path, data)
+        write_atomically(path, data, create_parents=create)
         return path
 
     def delete_job_files(self, job_id: str) -> None:
@@ -60,13 +123,15 @@ class Storage:
         self.upload_path(sha256).unlink(missing_ok=True)
 
 
-def write_atomically(path: Path, data: bytes, *, replace: bool = True) -> bool:
+def write_atomically(path: Path, data: bytes, *, replace: bool = True, create_parents: bool = True) -> bool:
     """Write `data` to `path` through a private temporary file in the same folder; return whether it was written.
 
     The file appears whole or not at all. With `replace=False` an existing file is kept: of several
-    processes racing to make it, the first wins and the others leave it be.
+    processes racing to make it, the first wins and the others leave it be. With
+    `create_parents=False` a missing folder is an error (FileNotFoundError), not made again.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")  # mode 0600
     try:
         with os.fdopen(descriptor, "wb") as file:

@@ -1,9 +1,18 @@
-"""The Celery app of a styleq worker: late acks, one job at a time, and the sweeper that finds lost jobs."""
+"""The Celery app of a styleq worker: late acks, one job at a time, the sweeper that finds lost jobs,
+and a shutdown that hands running jobs back.
+
+Celery's warm shutdown (SIGTERM) waits for the running task to end, and a job runs for minutes. So
+when it starts, the worker's main process passes SIGTERM on to its pool process, whose handler tells
+the runner to stop: each job saves its state at its next checkpoint, goes back to the queue and is
+sent again, and the task returns, so the worker exits within a checkpoint's time and another worker
+resumes the job at once.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 from typing import Any
@@ -13,6 +22,9 @@ from celery import Celery, signals
 from shared import fleet, jobs, leases
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.settings import Settings
+from shared.storage import Storage
+
+from .liveness import dead_local_owners
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +54,44 @@ def make_celery(settings: Settings) -> Celery:
         """Run one job by id (the message carries nothing else)."""
         from .process import job_runner  # torch is imported in the pool process, not at app build time
 
-        return job_runner(task.app.conf.styleq_settings).run(job_id)
+        def resend(handed_back: str) -> None:
+            task.app.send_task(jobs.RUN_JOB_TASK, args=[handed_back], queue=settings.queue)
+
+        return job_runner(task.app.conf.styleq_settings).run(job_id, resend=resend)
+
+    pool_owner: dict[str, Any] = {}
 
     @signals.worker_ready.connect(weak=False)
     def start_sweeper(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
+            pool_owner["consumer"] = sender
             Sweeper(app, settings).start()
 
+    @signals.worker_process_init.connect(weak=False)
+    def stop_on_sigterm(**_: Any) -> None:
+        from .process import STOPPING
+
+        # Celery resets SIGTERM to its default (die) in pool processes; here it asks the running jobs to hand back.
+        signal.signal(signal.SIGTERM, lambda *_: STOPPING.set())
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def hand_back_running_jobs(**_: Any) -> None:
+        consumer = pool_owner.get("consumer")
+        for pid in _pool_pids(consumer):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     return app
+
+
+def _pool_pids(consumer: Any) -> list[int]:
+    """Return the pids of the worker's pool processes (none before the worker is ready)."""
+    try:
+        return [process.pid for process in consumer.pool._pool._pool]
+    except AttributeError:
+        return []
 
 
 class Sweeper(threading.Thread):
@@ -81,12 +123,20 @@ class Sweeper(threading.Thread):
 
 
 def sweep_once(app: Celery, settings: Settings, session_factory: Any) -> list[str]:
-    """Requeue lost jobs in the database, then send each to the broker (until it refuses one); return their ids."""
+    """Requeue lost jobs in the database, then send each to the broker (until it refuses one); return their ids.
+
+    A job held by a dead process on this host (a worker killed whole) is lost at once, not only when its lease goes stale.
+    """
+    host = socket.gethostname()
     with session_scope(session_factory) as session:
-        job_ids = leases.sweep(
+        result = leases.sweep(
             session, lease_seconds=settings.lease_seconds, requeue_after_seconds=settings.requeue_after_seconds,
-            max_attempts=settings.max_attempts,
+            max_attempts=settings.max_attempts, dead_owners=dead_local_owners(leases.local_lease_owners(session, host), host),
         )
+    storage = Storage(settings.storage_path)
+    for job_id in result.ended:
+        storage.delete_states(job_id)  # ended for good: they will not resume
+    job_ids = result.to_send
 
     def send(job_id: str) -> None:
         app.send_task(jobs.RUN_JOB_TASK, args=[job_id], queue=settings.queue)

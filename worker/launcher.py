@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from kombu import Queue
 
@@ -16,6 +19,8 @@ from shared.settings import Settings
 from .celery_app import make_celery
 
 log = logging.getLogger(__name__)
+# The lock files that keep this process's worker name its own on this host, held open for its life.
+_held_names: list[int] = []
 
 
 def visible_gpus(spec: str) -> list[str]:
@@ -39,8 +44,35 @@ def node_name(gpu: str | None) -> str:
     return f"{'cpu' if gpu is None else 'gpu' + gpu}@{socket.gethostname()}"
 
 
+def reserve_name(name: str, lock_dir: Path | None = None) -> str:
+    """Take `name` for this process, or `name` with `-2`, `-3`... before its `@host` when another live process on this host has it.
+
+    Two workers on one host with one name would be one row in the fleet view, and each would
+    overwrite the other's report. A lock file per name, held while the process lives, decides;
+    the kernel releases it however the process ends.
+    """
+    base, at, host = name.partition("@")
+    folder = lock_dir or Path(tempfile.gettempdir()) / "styleq-worker-names"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(1, 1000):
+        candidate = f"{base if index == 1 else f'{base}-{index}'}{at}{host}"
+        descriptor = os.open(folder / f"{candidate.replace('/', '_')}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            continue
+        _held_names.append(descriptor)
+        return candidate
+    raise RuntimeError(f"a thousand workers named {name} run on this host already")
+
+
 def run_worker(settings: Settings, name: str, loglevel: str = "INFO") -> None:
-    """Run one Celery worker in this process until it is told to stop."""
+    """Run one Celery worker in this process, under a name no other worker on this host has, until it is told to stop."""
+    reserved = reserve_name(name)
+    if reserved != name:
+        log.warning("another worker on this host is named %s; this one is %s", name, reserved)
+    name = reserved
     app = make_celery(settings.model_copy(update={"worker_name": name}))
     # Gossip, mingle and events broadcast to every worker; the database already coordinates them,
     # and the serverless broker does not fan out across processes.

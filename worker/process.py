@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 
@@ -14,6 +15,8 @@ from .engine import default_device
 from .runner import JobRunner, ModelCache
 
 _runner: JobRunner | None = None
+# Set by SIGTERM in the pool process (see celery_app): the running jobs go back to the queue at their next checkpoint.
+STOPPING = threading.Event()
 
 
 def job_runner(settings: Settings) -> JobRunner:
@@ -32,5 +35,6 @@ def job_runner(settings: Settings) -> JobRunner:
             gpu=gpu,
             device=device,
             models=ModelCache(settings.models_path, device),
+            stopping=STOPPING,
         )
     return _runner

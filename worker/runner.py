@@ -9,6 +9,16 @@ jobs whose parameters match its job's in all but the seed, and whose pictures co
 size, and optimises them together; each keeps its own checkpoints, previews, saved state, cancel and
 record. The broker messages of jobs taken this way are skipped when they arrive, as the database says
 they are running.
+
+Faults, and what a run does about them:
+- the worker is told to stop (`stopping`, set on SIGTERM): each job saves its state at its next
+  checkpoint, goes back to the queue and is sent again, so another worker resumes it at once;
+- the database is unreachable for longer than `DATABASE_RETRY_SECONDS`: the run stops without
+  recording anything; the job keeps its lease until the sweeper finds it stale and resumes it;
+- a preview or a state cannot be written: logged, and the run goes on; a result cannot be written:
+  retried, then the job goes back to the queue (and fails after `max_attempts` such tries);
+- files are written only after the checkpoint's database write confirms the lease, so a canceled,
+  deleted or taken-over job gets no late files.
 """
 
 from __future__ import annotations
@@ -17,7 +27,6 @@ import io
 import logging
 import threading
 import math
-import os
 import socket
 import time
 import traceback
@@ -44,12 +53,22 @@ from .engine import (
 )
 from .engine.memory import batch_capacity, free_device_bytes
 from .downloads import load_or_pull
+from .liveness import dead_local_owners
 from .engine.weights import LoadedWeights, WeightsError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # How often a worker waiting for batch-mates (`batch_wait_seconds`) looks for them again.
 BATCH_POLL_SECONDS = 0.5
+# The waits between tries of a database step; past them the database counts as down (about a minute).
+DATABASE_RETRY_DELAYS = (1, 2, 4, 8, 15, 30)
+# The waits between tries of writing a result before the job goes back to the queue.
+RESULT_WRITE_DELAYS = (1, 2, 4, 8)
+STORAGE_FAILURE_MESSAGE = "the service could not store this job's files; it was tried again and then given up"
+
+
+class DatabaseDown(Exception):
+    """The database stayed unreachable through every retry: the run stops and leaves the job to the sweeper."""
 
 
 class JobFailure(Exception):
@@ -95,6 +114,8 @@ class _Member:
     state: TransferState | None
     checkpoints_seen: int = 0
     outcome: str | None = None
+    # The iteration of the last state written to storage: the database learns it at the next write.
+    saved_iteration: int | None = None
     # Checkpoints not yet in the database, and when it and the saved state were last written (monotonic seconds).
     unwritten: list[dict[str, Any]] = field(default_factory=list)
     written_at: float = field(default_factory=time.monotonic)
@@ -135,7 +156,7 @@ class JobRunner:
 
     def __init__(
         self, settings: Settings, session_factory: sessionmaker[Session], storage: Storage, *, name: str, lease_owner: str,
-        gpu: str, device: torch.device, models: ModelCache,
+        gpu: str, device: torch.device, models: ModelCache, stopping: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
@@ -151,22 +172,38 @@ class JobRunner:
         self.models = models
         # The batch sizes that ran out of memory here, by output size and precision: later batches stay below.
         self.batch_ceilings: dict[tuple[tuple[int, int], str], int] = {}
+        # Set when the worker is told to stop: running jobs go back to the queue at their next checkpoint.
+        self.stopping = stopping or threading.Event()
+        self._resend: Callable[[str], None] | None = None
 
-    def _transaction(self, step: Callable[[Session], T], attempts: int = 8) -> T:
-        """Run `step` in its own transaction, retrying while the database is briefly unreachable."""
-        for attempt in range(attempts):
+    def _transaction(self, step: Callable[[Session], T], delays: Sequence[float] | None = None) -> T:
+        """Run `step` in its own transaction, retrying while the database is briefly unreachable; DatabaseDown after."""
+        for delay in (*(DATABASE_RETRY_DELAYS if delays is None else delays), None):
             try:
                 with session_scope(self.session_factory) as session:
                     return step(session)
-            except OperationalError:
-                if attempt == attempts - 1:
-                    raise
-                log.warning("database unreachable, retrying in %s s", 2**attempt, exc_info=True)
-                time.sleep(min(2**attempt, 30))
+            except OperationalError as error:
+                if delay is None:
+                    raise DatabaseDown(str(error)) from error
+                log.warning("database unreachable, retrying in %s s", delay, exc_info=True)
+                time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def run(self, job_id: str) -> str:
-        """Claim and run the job, with any batch-mates; return what became of it ('succeeded', 'canceled', 'failed', 'skipped', 'lost')."""
+    def run(self, job_id: str, resend: Callable[[str], None] | None = None) -> str:
+        """Claim and run the job, with any batch-mates; return what became of it.
+
+        One of 'succeeded', 'canceled', 'failed', 'skipped' (another worker has it, or it ended),
+        'lost' (taken over meanwhile), 'handed_back' (back in the queue: the worker is stopping, or
+        storage failed) or 'interrupted' (the database went away; the sweeper resumes it). `resend`
+        sends a job's message to the broker again, for jobs handed back.
+        """
+        self._resend = resend
+        if self.stopping.is_set():
+            self._send_again(job_id)  # this message arrived as the worker stops: another worker takes it
+            return "handed_back"
+        if self._transaction(lambda s: self._give_up_stalled(s, job_id)):
+            self._remove_states(job_id)
+            return "failed"
         job = self._transaction(lambda s: self._claim(s, job_id))
         if job is None:
             return "skipped"  # another worker has it, or it ended, was canceled, deleted or taken into a batch
@@ -179,33 +216,59 @@ class JobRunner:
             # Only the job itself is held yet: its failures come before any batch-mate is claimed.
             self._finish(job_id, JobStatus.FAILED, failure.code, failure.message)
             outcome = "failed"
+        except DatabaseDown:
+            # Nothing can be recorded now; the leases go stale and the sweeper resumes the jobs from their saved states.
+            log.error("the database is unreachable; leaving jobs %s to be resumed when it is back", ", ".join(held.ids()), exc_info=True)
+            return "interrupted"
         except BaseException as error:
-            # The one catch-all: record what happened for the user, then let Celery see the crash.
+            # The one catch-all: record a plain account for the user, the detail for the operator, then let Celery see the crash.
             code = "out_of_memory" if isinstance(error, torch.OutOfMemoryError) else "internal_error"
             message = (
                 "the picture did not fit in the GPU's memory; submit it again with a smaller size"
                 if code == "out_of_memory"
-                else f"the worker failed: {type(error).__name__}: {error}"
+                else f"the worker failed unexpectedly ({type(error).__name__}); the operators have the details in the worker's log"
             )
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
             for held_id in held.ids():
                 try:
                     self._finish(held_id, JobStatus.FAILED, code, message)
-                except OperationalError:
+                except DatabaseDown:
                     log.error("could not record the failure of job %s; the sweeper will retry it", held_id)
             raise
         finally:
-            self._transaction(lambda s: fleet.worker_finished_job(s, self.name, count=held.taken))
+            try:
+                self._transaction(lambda s: fleet.worker_finished_job(s, self.name, count=held.taken), delays=())
+            except DatabaseDown:
+                log.warning("could not record in the fleet that job %s ended", job_id)
         return outcome
 
-    def _claim(self, session: Session, job_id: str) -> Job | None:
+    def _dead_local_owners(self, session: Session) -> list[str]:
         # A pool process killed on this machine leaves its lease fresh for up to `lease_seconds`; its parent
         # sends the job again at once, and this process can see that the holder is gone.
-        dead = dead_local_owners(leases.local_lease_owners(session, self.host), self.host)
+        return dead_local_owners(leases.local_lease_owners(session, self.host), self.host)
+
+    def _give_up_stalled(self, session: Session, job_id: str) -> bool:
+        return leases.give_up_stalled(
+            session, job_id, self.settings.lease_seconds, self.settings.max_attempts, dead_owners=self._dead_local_owners(session),
+        )
+
+    def _claim(self, session: Session, job_id: str) -> Job | None:
+        dead = self._dead_local_owners(session)
         job = leases.claim_job(session, job_id, self.lease_owner, self.gpu, self.settings.lease_seconds, dead_owners=dead)
         if job is not None:
             fleet.worker_took_job(session, self.name, job_id, gpu=self.gpu)
+            # The folder is made once the claim holds; later writes never make it again, so a deleted job stays gone.
+            self.storage.make_job_dir(job_id)
         return job
+
+    def _send_again(self, job_id: str) -> None:
+        """Send a job handed back to the broker (when this worker cannot, the sweeper sends it, as it is marked unsent)."""
+        if self._resend is not None:
+            resend = self._resend
+            try:
+                self._transaction(lambda s: jobs.enqueue_job(s, resend, job_id), delays=())
+            except DatabaseDown:
+                log.warning("job %s is back in the queue; the sweeper will send it", job_id)
 
     def _run_claimed(self, job: Job, held: _Leases) -> str:
         leader = self._prepare(job)
@@ -270,7 +333,10 @@ class JobRunner:
         chosen = [job.id for job in candidates if self._fits(job, key, size)][:room]
         if not chosen:
             return []
-        return self._transaction(lambda s: leases.claim_batch_mates(s, chosen, self.lease_owner, self.gpu))
+        mates = self._transaction(lambda s: leases.claim_batch_mates(s, chosen, self.lease_owner, self.gpu))
+        for mate in mates:
+            self.storage.make_job_dir(mate.id)
+        return mates
 
     def _fits(self, job: Job, key: dict[str, Any], size: tuple[int, int]) -> bool:
         """Tell whether a queued job can join a batch of parameters `key` and output `size`."""
@@ -329,39 +395,95 @@ class JobRunner:
     def _checkpoint(self, member: _Member, checkpoint: Progress, held: _Leases) -> Control:
         member.checkpoints_seen += 1
         now = time.monotonic()
-        # The first checkpoint shows a picture early; later ones every `preview_every`, time allowing.
-        save_preview = member.checkpoints_seen == 1 or (
+        stopping = self.stopping.is_set()
+        last = checkpoint.iteration >= member.params.iterations
+        # The first checkpoint shows a picture early; later ones every `preview_every`, time allowing; and a
+        # worker told to stop saves where it is, so the job resumes there elsewhere.
+        save = (stopping and not last) or member.checkpoints_seen == 1 or (
             member.checkpoints_seen % self.settings.preview_every == 0 and now - member.saved_at >= self.settings.preview_min_seconds
         )
-        if save_preview:
-            self.storage.write_job_file(member.job_id, "preview.jpg", _jpeg(checkpoint.preview()))
-            self.storage.write_job_file(member.job_id, "state.pt", _state_bytes(checkpoint.state()))
-            member.saved_at = now
         member.unwritten.append(checkpoint.losses())
         # Rows never lag a saved state (a resumed run starts from its iteration) nor the job's end.
-        last = checkpoint.iteration >= member.params.iterations
-        if not (save_preview or last or now - member.written_at >= self.settings.checkpoint_flush_seconds):
+        if not (save or last or now - member.written_at >= self.settings.checkpoint_flush_seconds):
             return Control.CONTINUE
+        files = (_jpeg(checkpoint.preview()), _state_bytes(checkpoint.state())) if save else None
         unwritten, member.unwritten, member.written_at = member.unwritten, [], now
-        if self._transaction(lambda s: leases.record_checkpoints(s, member.job_id, self.lease_owner, unwritten, has_preview=save_preview)):
-            return Control.CONTINUE
-        # Canceled, deleted or taken over: the job leaves the batch now, and its record says so at once.
-        member.outcome = "canceled" if self._finish(member.job_id, JobStatus.CANCELED) else "lost"
+        held_still = self._transaction(lambda s: leases.record_checkpoints(
+            s, member.job_id, self.lease_owner, unwritten, has_preview=save, saved_iteration=member.saved_iteration,
+        ))
+        if not held_still:
+            # Canceled, deleted or taken over: the job leaves the batch now, and its record says so at once.
+            member.outcome = "canceled" if self._finish(member.job_id, JobStatus.CANCELED) else "lost"
+            held.drop(member.job_id)
+            return Control.STOP
+        if files is not None:
+            # Only now, with the lease confirmed, do the files change.
+            self._write_checkpoint_files(member, checkpoint.iteration, *files)
+            member.saved_at = now
+        if stopping and not last:
+            self._hand_back(member, held)
+            return Control.STOP
+        return Control.CONTINUE
+
+    def _write_checkpoint_files(self, member: _Member, iteration: int, preview: bytes, state: bytes) -> None:
+        """Write a preview and a saved state; failing to is logged, and the job goes on (it only costs progress on a crash)."""
+        try:
+            self.storage.write_job_file(member.job_id, "preview.jpg", preview, create=False)
+            if self.storage.save_state(member.job_id, iteration, state):
+                member.saved_iteration = iteration
+        except FileNotFoundError:
+            log.info("job %s was deleted; its files are not written", member.job_id)
+        except OSError:
+            log.warning("could not write the preview or state of job %s at iteration %d; going on", member.job_id, iteration, exc_info=True)
+
+    def _hand_back(self, member: _Member, held: _Leases, *, failed_write: bool = False) -> None:
+        """Put a held job back in the queue and send it again; after a failed result write this counts as an attempt."""
+        status = self._transaction(lambda s: leases.release_job(
+            s, member.job_id, self.lease_owner, failed=failed_write, max_attempts=self.settings.max_attempts,
+            error_code="storage_error", error_message=STORAGE_FAILURE_MESSAGE,
+        ))
         held.drop(member.job_id)
-        return Control.STOP
+        if status is JobStatus.QUEUED:
+            log.info("job %s handed back to the queue at iteration %s", member.job_id, member.saved_iteration)
+            member.outcome = "handed_back"
+            self._send_again(member.job_id)
+        elif status is JobStatus.FAILED:
+            self._remove_states(member.job_id)
+            member.outcome = "failed"
+        else:
+            member.outcome = "lost"
 
     def _succeed(self, member: _Member, result: TransferResult, held: _Leases) -> None:
         buffer = io.BytesIO()
         result.image.save(buffer, format="PNG")
-        self.storage.write_job_file(member.job_id, "result.png", buffer.getvalue())
+        for delay in (*RESULT_WRITE_DELAYS, None):
+            try:
+                self.storage.write_job_file(member.job_id, "result.png", buffer.getvalue(), create=False)
+                break
+            except FileNotFoundError:
+                break  # deleted meanwhile: the record below says so
+            except OSError:
+                log.warning("could not write the result of job %s%s", member.job_id, "" if delay is None else f"; retrying in {delay} s", exc_info=True)
+                if delay is None:
+                    self._hand_back(member, held, failed_write=True)
+                    return
+                time.sleep(delay)
         ended = self._finish(member.job_id, JobStatus.SUCCEEDED)
         held.drop(member.job_id)
-        if ended:
-            self.storage.job_path(member.job_id, "state.pt").unlink(missing_ok=True)
         member.outcome = "succeeded" if ended else "lost"
 
     def _finish(self, job_id: str, status: JobStatus, code: str | None = None, message: str | None = None) -> bool:
-        return self._transaction(lambda s: leases.finish_job(s, job_id, self.lease_owner, status, error_code=code, error_message=message))
+        """Record the job's end if this worker still holds it; a job that has ended will not resume, so its saved states go."""
+        ended = self._transaction(lambda s: leases.finish_job(s, job_id, self.lease_owner, status, error_code=code, error_message=message))
+        if ended:
+            self._remove_states(job_id)
+        return ended
+
+    def _remove_states(self, job_id: str) -> None:
+        try:
+            self.storage.delete_states(job_id)
+        except OSError:
+            log.warning("could not remove the saved states of job %s", job_id, exc_info=True)
 
     def _open(self, sha256: str, role: str) -> Image.Image:
         path = self.storage.upload_path(sha256)
@@ -374,8 +496,8 @@ class JobRunner:
             raise JobFailure("invalid_image", f"the {role} image cannot be read: {error}") from None
 
     def _saved_state(self, job_id: str, params: TransferParams) -> TransferState | None:
-        path = self.storage.job_path(job_id, "state.pt")
-        if not path.is_file():
+        path = self.storage.state_path(job_id)
+        if path is None:
             return None
         try:
             state = TransferState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -409,27 +531,6 @@ class JobRunner:
         finally:
             stop.set()
             thread.join()
-
-
-def process_alive(pid: int) -> bool:
-    """Tell whether a process with this id runs on this machine (one of another user counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it runs, as another user
-    return True
-
-
-def dead_local_owners(owners: Sequence[str], host: str) -> list[str]:
-    """Return those of `owners` (`name@host/pid`) that name this `host` and a process that no longer runs."""
-    dead = []
-    for owner in owners:
-        pid = owner.rpartition("/")[2]
-        if leases.lease_owner_host(owner) == host and pid.isdigit() and not process_alive(int(pid)):
-            dead.append(owner)
-    return dead
 
 
 def _jpeg(image: Image.Image) -> bytes:

@@ -49,3 +49,26 @@ def test_readyz_is_503_naming_the_database_when_it_is_down(tmp_path):
     assert response.status_code == 503
     checks = response.get_json()["checks"]
     assert checks["database"]["ok"] is False and checks["broker"] == {"ok": True}
+
+
+def test_every_request_that_needs_the_database_is_503_with_retry_after_while_it_is_down(tmp_path):
+    from shared.settings import Settings
+
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url="postgresql+psycopg://postgres@127.0.0.1:1/nothing",
+        broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+    )
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        headers = {"Authorization": "Bearer sq_anything"}
+        answers = [client.get("/v1/jobs", headers=headers), client.post("/v1/jobs", headers=headers, data={"params": "{}"})]
+    finally:
+        app.extensions["styleq"].close()
+
+    for response in answers:
+        assert response.status_code == 503
+        assert int(response.headers["Retry-After"]) > 0
+        assert response.get_json()["error"]["code"] == "database_unavailable"
+        assert "127.0.0.1" not in response.get_data(as_text=True)

@@ -55,3 +55,49 @@ def test_one_worker_process_per_gpu_each_pinned_to_its_own(tmp_path):
     host = socket.gethostname()
     assert workers == {f"gpu0@{host}": "GPU 0", f"gpu1@{host}": "GPU 1"}, (tmp_path / "worker.log").read_text()[-3000:]
     assert code == 0
+
+
+def test_a_name_another_live_process_on_this_host_holds_gets_a_suffix(tmp_path):
+    from worker.launcher import reserve_name
+
+    holding = f"import sys, pathlib; from worker.launcher import reserve_name; print(reserve_name('cpu@box', pathlib.Path({str(tmp_path)!r})), flush=True); sys.stdin.read()"
+    with subprocess.Popen([sys.executable, "-c", holding], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout.readline().strip() == "cpu@box"
+        assert reserve_name("cpu@box", tmp_path) == "cpu-2@box"
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    # Once its holder has ended, the name is free again.
+    assert reserve_name("cpu@box", tmp_path) == "cpu@box"
+
+
+def test_two_cpu_workers_on_one_host_are_two_workers_in_the_fleet(tmp_path):
+    environment = {**os.environ, "STYLEQ_DATA_DIR": str(tmp_path), "STYLEQ_SWEEP_EVERY_SECONDS": "1"}
+    for name in ("STYLEQ_DATABASE_URL", "STYLEQ_BROKER_URL"):
+        environment.pop(name, None)
+    database = f"sqlite:///{tmp_path / 'styleq.db'}"
+    upgrade_database(database)
+    logs = [(tmp_path / f"worker{index}.log").open("wb") for index in (1, 2)]
+    launchers = [
+        subprocess.Popen([sys.executable, "-m", "cli", "worker", "--gpus", "none"], env=environment, stdout=log, stderr=subprocess.STDOUT)
+        for log in logs
+    ]
+    engine = make_engine(database)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with session_scope(make_session_factory(engine)) as session:
+                workers = {worker.name: worker.pid for worker in list_workers(session)}
+            if len(workers) == 2 or time.monotonic() > deadline or any(launcher.poll() is not None for launcher in launchers):
+                break
+            time.sleep(0.5)
+    finally:
+        for launcher in launchers:
+            launcher.send_signal(signal.SIGTERM)
+        codes = [launcher.wait(timeout=60) for launcher in launchers]
+        for log in logs:
+            log.close()
+        engine.dispose()
+
+    host = socket.gethostname()
+    assert set(workers) == {f"cpu@{host}", f"cpu-2@{host}"}, (tmp_path / "worker2.log").read_text()[-3000:]
+    assert codes == [0, 0]

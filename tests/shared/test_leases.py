@@ -71,26 +71,96 @@ def test_batch_mates_are_taken_only_while_queued_and_not_asked_to_cancel(factory
     assert load(factory, running).lease_owner == "gpu1@b/2"
 
 
-def test_sweep_requeues_lost_jobs_gives_up_after_max_attempts_and_resends_forgotten_ones(factory, owners):
-    lost, exhausted, canceled, forgotten, fresh = (add_job(factory, owners["alice"]) for _ in range(5))
+def test_sweep_requeues_lost_jobs_gives_up_stalled_ones_and_resends_forgotten_ones(factory, owners):
+    lost, exhausted, progressing, canceled, forgotten, fresh = (add_job(factory, owners["alice"]) for _ in range(6))
     long_ago = utcnow() - timedelta(hours=1)
     with session_scope(factory) as session:
-        for job_id in (lost, exhausted, canceled):
+        for job_id in (lost, exhausted, progressing, canceled):
             leases.claim_job(session, job_id, "gpu0@dead/1", "cpu", lease_seconds=30)
             session.get(Job, job_id).heartbeat_at = long_ago
-        session.get(Job, exhausted).attempts = 3
+        # Two attempts in a row already ended without saving anything new: this one is the third.
+        session.get(Job, exhausted).stalled_attempts = 2
+        # As many attempts before, but this one saved a state past where it resumed.
+        session.get(Job, progressing).stalled_attempts = 2
+        session.get(Job, progressing).saved_iteration = 50
         session.get(Job, canceled).cancel_requested = True
         session.get(Job, forgotten).created_at = long_ago
         jobs.mark_enqueued(session, fresh)
 
     with session_scope(factory) as session:
-        resend = leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3)
+        result = leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3)
 
-    assert resend == sorted([lost, forgotten])
-    assert [load(factory, job_id).status for job_id in (lost, exhausted, canceled, forgotten, fresh)] == [
-        "queued", "failed", "canceled", "queued", "queued",
+    assert result.to_send == sorted([lost, progressing, forgotten])
+    assert result.ended == sorted([exhausted, canceled])
+    assert [load(factory, job_id).status for job_id in (lost, exhausted, progressing, canceled, forgotten, fresh)] == [
+        "queued", "failed", "queued", "canceled", "queued", "queued",
     ]
     assert load(factory, exhausted).error_code == "worker_lost"
+    assert (load(factory, lost).stalled_attempts, load(factory, progressing).stalled_attempts) == (1, 0)
+
+
+def test_only_attempts_that_save_nothing_new_use_up_the_attempts(factory, owners):
+    job_id = add_job(factory, owners["alice"])
+    saved = 0
+    # Seven workers die in turn, each after saving a newer state: the job is never given up.
+    for attempt in range(1, 8):
+        with session_scope(factory) as session:
+            assert not leases.give_up_stalled(session, job_id, 30, 3, dead_owners=[f"w@a/{attempt - 1}"])
+            assert leases.claim_job(session, job_id, f"w@a/{attempt}", "cpu", 30, dead_owners=[f"w@a/{attempt - 1}"]) is not None
+        saved += 100
+        with session_scope(factory) as session:
+            checkpoint = {**CHECKPOINT, "iteration": saved}
+            assert leases.record_checkpoints(session, job_id, f"w@a/{attempt}", [checkpoint], has_preview=True, saved_iteration=saved)
+    assert (load(factory, job_id).attempts, load(factory, job_id).stalled_attempts) == (7, 0)
+
+    # Then each dies before saving anything: the third such attempt in a row is the last.
+    for attempt in range(8, 11):
+        with session_scope(factory) as session:
+            assert not leases.give_up_stalled(session, job_id, 30, 3, dead_owners=[f"w@a/{attempt - 1}"])
+            assert leases.claim_job(session, job_id, f"w@a/{attempt}", "cpu", 30, dead_owners=[f"w@a/{attempt - 1}"]) is not None
+    assert load(factory, job_id).stalled_attempts == 2
+    with session_scope(factory) as session:
+        assert leases.give_up_stalled(session, job_id, 30, 3, dead_owners=["w@a/10"])
+    job = load(factory, job_id)
+    assert (job.status, job.error_code, job.attempts, job.stalled_attempts) == (JobStatus.FAILED, "worker_lost", 10, 3)
+
+
+def test_a_released_job_is_queued_unsent_and_unleased(factory, owners):
+    job_id = add_job(factory, owners["alice"])
+    with session_scope(factory) as session:
+        leases.claim_job(session, job_id, "gpu0@a/1", "cpu", lease_seconds=30)
+        jobs.mark_enqueued(session, job_id)
+
+    with session_scope(factory) as session:
+        assert leases.release_job(session, job_id, "gpu0@b/2") is None  # not the holder
+        assert leases.release_job(session, job_id, "gpu0@a/1") is JobStatus.QUEUED
+    job = load(factory, job_id)
+    assert (job.status, job.lease_owner, job.enqueued_at, job.stalled_attempts) == (JobStatus.QUEUED, None, None, 0)
+    with session_scope(factory) as session:
+        assert not leases.heartbeat(session, job_id, "gpu0@a/1")
+
+
+def test_a_release_for_a_failing_store_counts_and_ends_the_job_at_the_last_attempt(factory, owners):
+    job_id = add_job(factory, owners["alice"])
+    for attempt in range(1, 4):
+        with session_scope(factory) as session:
+            leases.claim_job(session, job_id, f"w@a/{attempt}", "cpu", lease_seconds=30)
+            status = leases.release_job(session, job_id, f"w@a/{attempt}", failed=True, max_attempts=3,
+                                        error_code="storage_error", error_message="the result could not be stored")
+        assert status is (JobStatus.FAILED if attempt == 3 else JobStatus.QUEUED)
+    job = load(factory, job_id)
+    assert (job.error_code, job.error_message) == ("storage_error", "the result could not be stored")
+
+
+def test_the_sweep_releases_at_once_a_lease_held_by_a_dead_process(factory, owners):
+    job_id = add_job(factory, owners["alice"])
+    with session_scope(factory) as session:
+        leases.claim_job(session, job_id, "gpu0@a/1", "cpu", lease_seconds=30)
+
+    with session_scope(factory) as session:
+        assert leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3).to_send == []
+        assert leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3, dead_owners=["gpu0@a/1"]).to_send == [job_id]
+    assert load(factory, job_id).status is JobStatus.QUEUED
 
 
 def test_a_lease_held_by_a_dead_process_is_taken_over_at_once(factory, owners):
@@ -126,6 +196,6 @@ def test_a_job_never_sent_is_sent_at_the_next_sweep_after_a_short_grace(factory,
         created = job.created_at
 
     with session_scope(factory) as session:
-        assert leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3, now=created + timedelta(seconds=1)) == []
+        assert leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3, now=created + timedelta(seconds=1)).to_send == []
         assert leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3,
-                            now=created + timedelta(seconds=leases.NEVER_SENT_GRACE_SECONDS + 1)) == [job_id]
+                            now=created + timedelta(seconds=leases.NEVER_SENT_GRACE_SECONDS + 1)).to_send == [job_id]

@@ -25,6 +25,7 @@ from shared.params import resolve_params
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.services import fresh_postgres_database
+from worker import liveness
 from worker import runner as runner_module
 from worker.engine import Backbone, Control, get_convention, resolve_precision, transfer
 from worker.runner import JobRunner, ModelCache
@@ -115,7 +116,7 @@ def test_a_queued_job_runs_to_success_with_checkpoints_preview_and_result(settin
     assert job.started_at <= job.finished_at and job.total_loss > 0 and job.has_preview
     assert picture(storage.job_path(job_id, "result.png")).size == (32, 24)
     assert picture(storage.job_path(job_id, "preview.jpg")).format == "JPEG"
-    assert not storage.job_path(job_id, "state.pt").exists()
+    assert storage.state_path(job_id) is None
 
 
 class CountingStorage(Storage):
@@ -125,9 +126,13 @@ class CountingStorage(Storage):
         super().__init__(root)
         self.writes: dict[str, int] = {}
 
-    def write_job_file(self, job_id, name, data):
+    def write_job_file(self, job_id, name, data, **options):
         self.writes[name] = self.writes.get(name, 0) + 1
-        return super().write_job_file(job_id, name, data)
+        return super().write_job_file(job_id, name, data, **options)
+
+    def save_state(self, job_id, iteration, data):
+        self.writes["state"] = self.writes.get("state", 0) + 1
+        return super().save_state(job_id, iteration, data)
 
 
 def test_checkpoints_that_come_fast_reach_the_database_together_and_save_states_sparingly(tmp_path, factory, images_dir, vgg16_random, monkeypatch):
@@ -150,7 +155,7 @@ def test_checkpoints_that_come_fast_reach_the_database_together_and_save_states_
     assert writes == [[10], [20, 30, 40, 50, 60]]
     assert iterations(factory, job_id) == [10, 20, 30, 40, 50, 60]
     assert load(factory, job_id).iteration == 60
-    assert storage.writes["preview.jpg"] == storage.writes["state.pt"] == 1
+    assert storage.writes["preview.jpg"] == storage.writes["state"] == 1
 
 
 def test_a_job_another_worker_holds_is_skipped(settings, factory, storage, images_dir, vgg16_random):
@@ -167,11 +172,11 @@ class CancelOnFirstPreview(Storage):
 
     factory = None
 
-    def write_job_file(self, job_id, name, data):
+    def write_job_file(self, job_id, name, data, **options):
         if name == "preview.jpg":
             with session_scope(self.factory) as session:
                 jobs.request_cancel(session, session.get(Job, job_id))
-        return super().write_job_file(job_id, name, data)
+        return super().write_job_file(job_id, name, data, **options)
 
 
 def test_cancel_requested_while_running_stops_at_the_next_checkpoint(settings, factory, storage, images_dir, vgg16_random):
@@ -182,7 +187,8 @@ def test_cancel_requested_while_running_stops_at_the_next_checkpoint(settings, f
     outcome = make_runner(settings, factory, canceling, vgg16_random).run(job_id)
 
     job = load(factory, job_id)
-    assert outcome == "canceled" and job.status == "canceled" and job.iteration == 10
+    # The preview lands once iteration 10 is recorded; the cancel is seen at the next write, iteration 20's.
+    assert outcome == "canceled" and job.status == "canceled" and job.iteration == 20
     assert not canceling.job_path(job_id, "result.png").exists()
 
 
@@ -223,7 +229,7 @@ class BrokenModels(RandomModels):
         raise RuntimeError("CUDA error: device-side assert triggered")
 
 
-def test_an_unexpected_crash_is_recorded_then_raised(settings, factory, storage, images_dir, vgg16_random):
+def test_an_unexpected_crash_is_recorded_plainly_logged_in_detail_then_raised(settings, factory, storage, images_dir, vgg16_random, caplog):
     job_id = submit(factory, storage, images_dir)
     runner = JobRunner(settings, factory, storage, name="w", lease_owner="w/1", gpu="cpu", device=torch.device("cpu"), models=BrokenModels(vgg16_random))
 
@@ -231,7 +237,10 @@ def test_an_unexpected_crash_is_recorded_then_raised(settings, factory, storage,
         runner.run(job_id)
 
     job = load(factory, job_id)
-    assert job.status == "failed" and job.error_code == "internal_error" and "device-side assert" in job.error_message
+    # The user reads a plain account; the operator finds the detail in the log.
+    assert (job.status, job.error_code) == ("failed", "internal_error") and "device-side assert" not in job.error_message
+    assert "RuntimeError" in job.error_message and "log" in job.error_message
+    assert "device-side assert" in caplog.text
 
 
 # --- batches ---------------------------------------------------------------------------------------
@@ -278,7 +287,7 @@ def test_matching_queued_jobs_run_as_one_batch_each_with_its_own_history_and_the
     for job_id, pictures, index in zip(ids, PAIRS, range(3)):
         assert_same_run(factory, storage, job_id, *alone(images_dir, pictures, vgg16_random, seed=index, iterations=30))
         assert picture(storage.job_path(job_id, "preview.jpg")).format == "JPEG"
-        assert not storage.job_path(job_id, "state.pt").exists()
+        assert storage.state_path(job_id) is None
 
 
 def test_the_later_message_of_a_batch_mate_is_skipped(tmp_path, factory, storage, images_dir, vgg16_random):
@@ -324,13 +333,13 @@ class CancelOneOnItsFirstPreview(Storage):
     factory = None
     job_id = None
 
-    def write_job_file(self, job_id, name, data):
+    def write_job_file(self, job_id, name, data, **options):
         if name == "preview.jpg" and job_id == self.job_id:
             with session_scope(self.factory) as session:
                 job = session.get(Job, job_id)
                 if job.status == "running":
                     jobs.request_cancel(session, job)
-        return super().write_job_file(job_id, name, data)
+        return super().write_job_file(job_id, name, data, **options)
 
 
 def test_a_canceled_job_leaves_the_batch_at_its_next_checkpoint_and_the_others_go_on(tmp_path, factory, storage, images_dir, vgg16_random):
@@ -342,7 +351,7 @@ def test_a_canceled_job_leaves_the_batch_at_its_next_checkpoint_and_the_others_g
     assert make_runner(batch_settings(tmp_path), factory, canceling, vgg16_random).run(first) == "succeeded"
 
     stopped = load(factory, canceled)
-    assert (stopped.status, stopped.iteration, stopped.batch_size) == ("canceled", 10, 3)
+    assert (stopped.status, stopped.iteration, stopped.batch_size) == ("canceled", 20, 3)
     assert not canceling.job_path(canceled, "result.png").exists()
     for job_id in (first, last):
         assert load(factory, job_id).status == "succeeded" and iterations(factory, job_id) == [10, 20, 30, 40, 50, 60]
@@ -422,7 +431,7 @@ def test_only_leases_of_dead_processes_on_this_host_count_as_dead():
 
     # A process that ended is dead; this one is alive; another machine's pids mean nothing here, nor does a
     # worker name that does not say which machine it is on (an unnamed worker is named for its host).
-    assert runner_module.dead_local_owners(owners, host) == [f"gpu0@{host}/{gone}", f"{host}/{gone}"]
+    assert liveness.dead_local_owners(owners, host) == [f"gpu0@{host}/{gone}", f"{host}/{gone}"]
 
 
 def test_a_job_whose_holder_died_on_this_host_is_claimed_at_once(settings, factory, storage, images_dir, vgg16_random):
@@ -452,3 +461,142 @@ def test_a_coarse_to_fine_job_records_the_scale_of_each_checkpoint(settings, fac
         rows = session.execute(select(Checkpoint.iteration, Checkpoint.scale).where(Checkpoint.job_id == job_id).order_by(Checkpoint.iteration)).all()
     assert [tuple(row) for row in rows] == [(10, 0.5), (20, 0.5), (30, 1.0), (40, 1.0)]
     assert picture(storage.job_path(job_id, "result.png")).size == (96, 64)
+
+
+# --- faults ----------------------------------------------------------------------------------------
+
+
+class StopAtIteration(Storage):
+    """Storage that sets the runner's stop event (as SIGTERM does) when a given iteration's state is saved."""
+
+    stopping: threading.Event | None = None
+    at = 10
+
+    def save_state(self, job_id, iteration, data):
+        if iteration == self.at:
+            self.stopping.set()
+        return super().save_state(job_id, iteration, data)
+
+
+def test_a_worker_told_to_stop_saves_hands_the_job_back_and_another_resumes_it_exactly(
+    settings, factory, storage, images_dir, vgg16_random, rainier, autumn_oak
+):
+    stopping = threading.Event()
+    stopper = StopAtIteration(storage.root)
+    stopper.stopping = stopping
+    job_id = submit(factory, storage, images_dir)
+    sent: list[str] = []
+    first = JobRunner(settings, factory, stopper, name="w1", lease_owner="w1@host/1", gpu="cpu", device=torch.device("cpu"),
+                      models=RandomModels(vgg16_random), stopping=stopping)
+
+    assert first.run(job_id, resend=sent.append) == "handed_back"
+
+    job = load(factory, job_id)
+    # Back in the queue, sent again, unleased, with its state saved where it stopped; not an attempt used up.
+    assert (job.status, job.lease_owner, job.iteration, job.stalled_attempts) == ("queued", None, 20, 0)
+    assert sent == [job_id] and job.enqueued_at is not None
+    assert storage.state_path(job_id).name == "state-000000020.pt"
+
+    assert make_runner(settings, factory, storage, vgg16_random, lease_owner="w2@host/2").run(job_id) == "succeeded"
+    assert iterations(factory, job_id) == [10, 20, 30, 40]
+    whole = transfer(rainier, autumn_oak, resolve_params(PARAMS), backbone=RandomModels(vgg16_random).backbone(resolve_params(PARAMS)))
+    assert picture(storage.job_path(job_id, "result.png")).tobytes() == whole.image.tobytes()
+
+
+def test_a_message_that_arrives_as_the_worker_stops_is_sent_on_untouched(settings, factory, storage, images_dir, vgg16_random):
+    job_id = submit(factory, storage, images_dir)
+    stopping = threading.Event()
+    stopping.set()
+    sent: list[str] = []
+    runner = JobRunner(settings, factory, storage, name="w1", lease_owner="w1@host/1", gpu="cpu", device=torch.device("cpu"),
+                       models=RandomModels(vgg16_random), stopping=stopping)
+
+    assert runner.run(job_id, resend=sent.append) == "handed_back"
+    assert sent == [job_id] and (load(factory, job_id).status, load(factory, job_id).attempts) == ("queued", 0)
+
+
+class FullStorage(Storage):
+    """Storage whose disk is full for the given kinds of file."""
+
+    full = ("state", "preview.jpg")
+
+    def write_job_file(self, job_id, name, data, **options):
+        if name in self.full:
+            raise OSError(28, "No space left on device", str(self.job_path(job_id, name)))
+        return super().write_job_file(job_id, name, data, **options)
+
+    def save_state(self, job_id, iteration, data):
+        if "state" in self.full:
+            raise OSError(28, "No space left on device", str(self.job_dir(job_id)))
+        return super().save_state(job_id, iteration, data)
+
+
+def test_previews_and_states_that_cannot_be_written_do_not_stop_the_job(settings, factory, tmp_path, images_dir, vgg16_random, caplog):
+    storage = FullStorage(tmp_path / "storage")
+    job_id = submit(factory, storage, images_dir)
+
+    assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "succeeded"
+
+    assert load(factory, job_id).status == "succeeded" and iterations(factory, job_id) == [10, 20, 30, 40]
+    assert "No space left on device" in caplog.text
+
+
+def test_a_result_that_cannot_be_written_is_retried_then_requeued_and_the_job_fails_plainly_after_max_attempts(
+    settings, factory, tmp_path, images_dir, vgg16_random, monkeypatch
+):
+    monkeypatch.setattr(runner_module, "RESULT_WRITE_DELAYS", (0, 0))
+    storage = FullStorage(tmp_path / "storage")
+    storage.full = ("result.png",)
+    job_id = submit(factory, storage, images_dir)
+    sent: list[str] = []
+    runner = make_runner(settings, factory, storage, vgg16_random)
+
+    outcomes = [runner.run(job_id, resend=sent.append) for _ in range(settings.max_attempts)]
+
+    assert outcomes == ["handed_back"] * (settings.max_attempts - 1) + ["failed"]
+    assert sent == [job_id] * (settings.max_attempts - 1)
+    job = load(factory, job_id)
+    assert (job.status, job.error_code, job.attempts) == ("failed", "storage_error", settings.max_attempts)
+    # A plain message: no server path, no errno.
+    assert str(storage.root) not in job.error_message and "space" not in job.error_message
+    assert storage.state_path(job_id) is None
+
+
+def test_a_database_gone_for_good_interrupts_the_run_without_failing_the_job(settings, factory, storage, images_dir, vgg16_random, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    monkeypatch.setattr(runner_module, "DATABASE_RETRY_DELAYS", (0, 0))
+    job_id = submit(factory, storage, images_dir)
+    real = leases.record_checkpoints
+
+    def database_goes_away(session, job_id_, lease_owner, checkpoints, **options):
+        if checkpoints[-1]["iteration"] >= 20:
+            raise OperationalError("UPDATE jobs", {}, Exception("connection refused"))
+        return real(session, job_id_, lease_owner, checkpoints, **options)
+
+    monkeypatch.setattr(leases, "record_checkpoints", database_goes_away)
+
+    assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "interrupted"
+
+    # The job keeps its lease (the sweeper resumes it once its heartbeat is stale) and its saved state.
+    job = load(factory, job_id)
+    assert (job.status, job.error_code, job.iteration) == ("running", None, 10)
+    assert storage.state_path(job_id).name == "state-000000010.pt"
+
+
+def test_a_deleted_job_gets_no_late_files(settings, factory, storage, images_dir, vgg16_random, monkeypatch):
+    job_id = submit(factory, storage, images_dir)
+    real = leases.record_checkpoints
+
+    def deleted_meanwhile(session, job_id_, lease_owner, checkpoints, **options):
+        held = real(session, job_id_, lease_owner, checkpoints, **options)
+        if checkpoints[-1]["iteration"] == 20:
+            # The client's DELETE lands between the checkpoint's write and its files.
+            storage.delete_job_files(job_id_)
+        return held
+
+    monkeypatch.setattr(leases, "record_checkpoints", deleted_meanwhile)
+
+    make_runner(settings, factory, storage, vgg16_random).run(job_id)
+
+    assert not storage.job_dir(job_id).exists()
