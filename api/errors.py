@@ -9,7 +9,7 @@ from flask import Flask, Response, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import Conflict, InvalidInput, NotFound, StyleqError, Unauthorized
+from shared.errors import Conflict, InvalidInput, NotFound, StorageUnavailable, StyleqError, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,10 @@ STATUS: list[tuple[type[StyleqError], int]] = [
     (Unauthorized, 401),
     (NotFound, 404),
     (Conflict, 409),
+    (StorageUnavailable, 503),
 ]
+# How long a client is told to wait before trying again while the database or storage is unavailable.
+DATABASE_RETRY_AFTER_SECONDS = 10
 # Werkzeug's own errors (unknown URL, wrong method, body too large...) get codes in the same style.
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
 
@@ -56,6 +59,8 @@ def handle_styleq_error(error: StyleqError) -> Response:
         if error.code == "invalid_token":
             challenge += ', error="invalid_token"'
         response.headers["WWW-Authenticate"] = challenge
+    if isinstance(error, StorageUnavailable):
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
     return response
 
 
@@ -69,9 +74,6 @@ def handle_http_error(error: HTTPException) -> Response:
             response.headers[name] = value
     return response
 
-
-# How long a client is told to wait before trying again while the database is unreachable.
-DATABASE_RETRY_AFTER_SECONDS = 10
 
 
 def handle_database_unavailable(error: OperationalError) -> Response:

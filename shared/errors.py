@@ -29,3 +29,9 @@ class Conflict(StyleqError):
 
 class Unauthorized(StyleqError):
     code = "unauthorized"
+
+
+class StorageUnavailable(StyleqError):
+    """The storage directory refused a write (full, read-only): nothing was stored, the client may try again later."""
+
+    code = "storage_unavailable"

@@ -17,7 +17,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .errors import Conflict, InvalidInput, NotFound
+from .errors import Conflict, InvalidInput, NotFound, StorageUnavailable
 from .models import ApiKey, Checkpoint, Job, JobStatus, utcnow
 from .params import TransferParams
 from .storage import Storage
@@ -48,8 +48,12 @@ def submit_job(
     hashes = [hashlib.sha256(data).hexdigest() for data in (content, style)]
     written = {sha for sha in hashes if not storage.upload_path(sha).is_file()}
     try:
-        storage.save_upload(content)
-        storage.save_upload(style)
+        try:
+            storage.save_upload(content)
+            storage.save_upload(style)
+        except OSError as error:
+            log.error("could not store an upload: %s", error)
+            raise StorageUnavailable("the service could not store the pictures just now; try again later") from None
         job, created = create_job(session, owner, params, hashes[0], hashes[1], idempotency_key)
         session.commit()
     except BaseException:

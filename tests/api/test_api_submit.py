@@ -145,3 +145,22 @@ def test_failed_insert_answers_500_json_and_removes_new_uploads(app, client, key
 
     assert_error(response, 500, "internal_error")
     assert count_jobs(app) == 0 and upload_files(settings) == []
+
+
+def test_storage_that_refuses_an_upload_answers_503_without_paths_and_stores_nothing(app, client, keys, settings, monkeypatch):
+    storage = app.extensions["styleq"].storage
+    real = storage.save_upload
+    calls = []
+
+    def full_after_the_first(data):
+        calls.append(data)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device", str(storage.root / "uploads"))
+        return real(data)
+
+    monkeypatch.setattr(storage, "save_upload", full_after_the_first)
+    response = submit(client, keys.headers("alice"))
+
+    assert_error(response, 503, "storage_unavailable")
+    assert int(response.headers["Retry-After"]) > 0 and str(storage.root) not in response.get_data(as_text=True)
+    assert count_jobs(app) == 0 and upload_files(settings) == []
