@@ -93,3 +93,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         connection.execute(text("TRUNCATE checkpoints, jobs, api_keys, workers RESTART IDENTITY CASCADE"))
     engine.dispose()
     return url
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the recovery times the fault drills measured (tests/integration/test_fault_drills.py)."""
+    import sys
+
+    # Imported under a name that depends on pytest's import mode.
+    times = next((module.DRILL_TIMES for name, module in list(sys.modules.items()) if name.endswith("test_fault_drills")), [])
+    if times:
+        terminalreporter.section("fault drills: measured recovery (default settings)")
+        for fault, seconds, promise in times:
+            terminalreporter.write_line(f"{fault:<70} {seconds:6.1f} s   (promised <= {promise:.0f} s)")

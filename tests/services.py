@@ -140,9 +140,12 @@ def start_api(environment: dict[str, str], log_dir: Path, name: str = "api") -> 
         time.sleep(0.2)
 
 
-def start_worker(environment: dict[str, str], log_dir: Path, name: str) -> Process:
-    """Start one Celery worker process (as `styleq worker` does per GPU) and wait until it consumes."""
-    process = Process(name, [sys.executable, "-m", "worker", "--name", f"{name}@test"], environment, log_dir)
+def start_worker(environment: dict[str, str], log_dir: Path, name: str, host: str = "test") -> Process:
+    """Start one Celery worker process (as `styleq worker` does per GPU) named `name@host`, and wait until it consumes.
+
+    Named for this machine's real host name, a worker sees when another one's process on it has died.
+    """
+    process = Process(name, [sys.executable, "-m", "worker", "--name", f"{name}@{host}"], environment, log_dir)
     deadline = time.monotonic() + 120
     while "ready." not in process.output():
         if not process.alive() or time.monotonic() > deadline:

@@ -2,8 +2,8 @@
 and a shutdown that hands running jobs back.
 
 Celery's warm shutdown (SIGTERM) waits for the running task to end, and a job runs for minutes. So
-when it starts, the worker's main process passes SIGTERM on to its pool process, whose handler tells
-the runner to stop: each job saves its state at its next checkpoint, goes back to the queue and is
+when it starts, the worker's main process passes SIGTERM on to its pool process, where, while a job
+runs, it tells the runner to stop (`process.stop_on_sigterm`): each job saves its state at its next checkpoint, goes back to the queue and is
 sent again, and the task returns, so the worker exits within a checkpoint's time and another worker
 resumes the job at once.
 """
@@ -52,12 +52,13 @@ def make_celery(settings: Settings) -> Celery:
     @app.task(name=jobs.RUN_JOB_TASK, bind=True)
     def run_job(task: Any, job_id: str) -> str:
         """Run one job by id (the message carries nothing else)."""
-        from .process import job_runner  # torch is imported in the pool process, not at app build time
+        from .process import job_runner, stop_on_sigterm  # torch is imported in the pool process, not at app build time
 
         def resend(handed_back: str) -> None:
             task.app.send_task(jobs.RUN_JOB_TASK, args=[handed_back], queue=settings.queue)
 
-        return job_runner(task.app.conf.styleq_settings).run(job_id, resend=resend)
+        with stop_on_sigterm():
+            return job_runner(task.app.conf.styleq_settings).run(job_id, resend=resend)
 
     pool_owner: dict[str, Any] = {}
 
@@ -66,13 +67,6 @@ def make_celery(settings: Settings) -> Celery:
         if getattr(sender, "app", None) is app:
             pool_owner["consumer"] = sender
             Sweeper(app, settings).start()
-
-    @signals.worker_process_init.connect(weak=False)
-    def stop_on_sigterm(**_: Any) -> None:
-        from .process import STOPPING
-
-        # Celery resets SIGTERM to its default (die) in pool processes; here it asks the running jobs to hand back.
-        signal.signal(signal.SIGTERM, lambda *_: STOPPING.set())
 
     @signals.worker_shutting_down.connect(weak=False)
     def hand_back_running_jobs(**_: Any) -> None:

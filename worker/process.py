@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -15,8 +18,24 @@ from .engine import default_device
 from .runner import JobRunner, ModelCache
 
 _runner: JobRunner | None = None
-# Set by SIGTERM in the pool process (see celery_app): the running jobs go back to the queue at their next checkpoint.
+# Set by SIGTERM in the pool process while a job runs (see celery_app): its jobs go back to the queue at their next checkpoint.
 STOPPING = threading.Event()
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """While the block runs a job, SIGTERM asks it to hand back instead of killing the process.
+
+    Between jobs the pool's own handler stays, so an idle pool process still exits at once. A job
+    starts only while the worker is not shutting down (it stops taking messages first), so each
+    starts with the flag clear.
+    """
+    STOPPING.clear()
+    previous = signal.signal(signal.SIGTERM, lambda *_: STOPPING.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def job_runner(settings: Settings) -> JobRunner:
