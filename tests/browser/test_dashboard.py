@@ -210,7 +210,7 @@ def test_the_operator_view_shows_workers_queue_and_failures(open_session, deploy
     page = open_session("ops")
     page.get_by_role("link", name="Operator").click()
     page.wait_for_url("**/operator")
-    worker_row = page.locator("table.workers tbody tr").filter(has_text="w1@test")
+    worker_row = page.locator("table.workers tbody tr").filter(has_text="bw1@test")
     expect(worker_row).to_contain_text(running[:8])
     expect(worker_row).to_contain_text("cpu")
     expect(page.locator(".metric").filter(has_text="Queue depth").locator(".value")).to_have_text("2")

@@ -64,7 +64,8 @@ def service(request, tmp_path_factory, caffe_weights, models_dir) -> Iterator[Se
             api, url = start_api(environment, logs)
             processes.append(api)
             for index in (1, 2):
-                workers.append(start_worker(environment, logs, f"w{index}"))
+                # Names of their own (a worker on this host named like a live one would get a suffix).
+                workers.append(start_worker(environment, logs, f"{request.param[0]}w{index}"))
                 processes.append(workers[-1])
             yield Service(
                 request.param, environment, database, url, api, workers, logs,
