@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
+from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
 from werkzeug.datastructures import FileStorage
 
 from shared.errors import InvalidInput
+from shared.images import decode_image
 from shared.params import WEIGHTS_NAMES, TransferParams, resolve_params
 from shared.settings import Settings
 
 from .errors import TooLarge, Unprocessable
 
 IMAGE_FIELDS = ("content", "style")
-# Formats a browser or camera produces; anything else (EPS, PSD, ...) is refused before a worker decodes it.
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
-MAX_IMAGE_PIXELS = 40_000_000
 MAX_IDEMPOTENCY_KEY = 200
+# How deep `params` may nest: an object of lists ({"size": [300, 450]}) is 2. Deeper JSON is refused before
+# anything walks it, since a value nested a few hundred deep still parses but breaks Python's repr in a message.
+MAX_PARAMS_DEPTH = 4
 
 
-def read_images(files: Any, max_bytes: int) -> dict[str, bytes]:
-    """Return the bytes of the `content` and `style` file fields, each checked to be a real image."""
+@dataclass(frozen=True)
+class UploadedImage:
+    """One uploaded picture: its bytes as sent, and its upright size as the worker will decode it."""
+
+    data: bytes
+    width: int
+    height: int
+
+
+def read_images(files: Any, max_bytes: int) -> dict[str, UploadedImage]:
+    """Return the `content` and `style` file fields, each decoded whole once to prove a worker can decode it."""
     missing = [name for name in IMAGE_FIELDS if not isinstance(files.get(name), FileStorage)]
     if missing:
         raise InvalidInput(
@@ -36,40 +44,24 @@ def read_images(files: Any, max_bytes: int) -> dict[str, bytes]:
         data = files[name].stream.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise TooLarge(f"the {name} image is larger than the limit of {max_bytes} bytes")
-        check_image(name, data)
-        images[name] = data
+        images[name] = check_image(name, data)
     return images
 
 
-def check_image(name: str, data: bytes) -> None:
-    """Refuse `data` unless Pillow can open and verify it as an image of at most MAX_IMAGE_PIXELS."""
+def check_image(name: str, data: bytes) -> UploadedImage:
+    """Decode `data` as the worker will (shared.images.decode_image), refusing what it cannot decode.
+
+    Raises:
+        InvalidImage: an empty file, a foreign format, a damaged or truncated picture, too many pixels.
+    """
     if not data:
         raise InvalidInput(f"the {name} file is empty", code="invalid_image")
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns below twice its own limit; an oversized image is the client's error.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-                width, height = image.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise InvalidInput(
-                        f"the {name} image is {width}x{height}, over the limit of {MAX_IMAGE_PIXELS // 1_000_000} megapixels",
-                        code="invalid_image",
-                    )
-                image.verify()
-    except InvalidInput:
-        raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise InvalidInput(f"the {name} image has too many pixels", code="invalid_image") from None
-    except Exception as error:  # noqa: BLE001 (Pillow raises many types for damaged or foreign files)
-        raise InvalidInput(
-            f"the {name} file is not an image Pillow can read ({', '.join(IMAGE_FORMATS)}): {error}",
-            code="invalid_image",
-        ) from None
+    width, height = decode_image(data, role=name).size
+    return UploadedImage(data, width, height)
 
 
-def read_params(form: Any, files: Any, settings: Settings) -> TransferParams:
-    """Parse the `params` form field (a JSON object) and check it against the service's limits."""
+def read_params(form: Any, files: Any, settings: Settings, content: UploadedImage) -> TransferParams:
+    """Parse the `params` form field (a JSON object) and check it against the network and the service's limits for `content`."""
     if "params" in files and "params" not in form:
         raise InvalidInput("params must be a plain form field holding a JSON object, not a file", code="invalid_params")
     values = parse_params(form.get("params"))
@@ -86,11 +78,16 @@ def read_params(form: Any, files: Any, settings: Settings) -> TransferParams:
         raise Unprocessable(f"weights must be one of {', '.join(WEIGHTS_NAMES)}, got {params.weights!r}")
     if params.iterations > settings.max_iterations:
         raise Unprocessable(f"iterations must be at most {settings.max_iterations} on this service, got {params.iterations}")
-    height, width = params.size if isinstance(params.size, tuple) else (params.size, params.size)
+    try:
+        # A size the network cannot take is known now: refused here, it cannot fail a worker later.
+        params.check_output_size(content.width, content.height)
+    except ValueError as error:
+        raise Unprocessable(str(error)) from None
+    height, width = params.output_size(content.width, content.height)
     if height * width > settings.max_pixels:
         raise Unprocessable(
-            f"size {list(params.size) if isinstance(params.size, tuple) else params.size} makes {height * width} pixels, "
-            f"over this service's limit of {settings.max_pixels}"
+            f"size {list(params.size) if isinstance(params.size, tuple) else params.size} makes an output {width} wide and "
+            f"{height} high, {height * width} pixels, over this service's limit of {settings.max_pixels}"
         )
     return params
 
@@ -99,13 +96,33 @@ def parse_params(text: str | None) -> dict[str, Any]:
     """Return the JSON object in `text` ({} when absent)."""
     if text is None or not text.strip():
         return {}
+    too_deep = InvalidInput(f"params nests deeper than {MAX_PARAMS_DEPTH} levels; no parameter needs more than 2", code="invalid_params")
     try:
         values = json.loads(text, parse_constant=_refuse_constant)
     except ValueError as error:
         raise InvalidInput(f"params is not valid JSON: {error}", code="invalid_params") from None
+    except RecursionError:  # thousands of nested brackets exhaust the parser's stack
+        raise too_deep from None
     if not isinstance(values, dict):
         raise InvalidInput(f"params must be a JSON object, got {type(values).__name__}", code="invalid_params")
+    if _nesting_depth(values) > MAX_PARAMS_DEPTH:
+        raise too_deep
     return values
+
+
+def _nesting_depth(value: Any) -> int:
+    """Return how deep JSON `value` nests (a scalar 0, {"a": 1} 1), walking it without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_PARAMS_DEPTH:
+            break  # deep enough to refuse: no need to walk the rest
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _refuse_constant(name: str) -> Any:

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from shared.errors import InvalidImage
+from shared.images import decode_image
 from shared.params import CHOICES, PRESETS, RANGES, parse_size, resolve_params
 from shared.settings import load_settings
 from worker import report
@@ -48,11 +50,11 @@ def _parse_numbers(kind: type) -> Any:
 
 
 def open_image(path: Path, role: str) -> Image.Image:
-    """Open an image file upright (EXIF orientation applied) in RGB, or fail with a message naming it."""
+    """Decode an image file as the service does (upright, 8-bit RGB), or fail with a message naming it."""
     try:
-        with Image.open(path) as image:
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
+        # No pixel limit of the service's own here: a local file harms no one else; Pillow's bomb guard stays.
+        return decode_image(path, max_pixels=None)
+    except (InvalidImage, OSError) as error:
         raise click.ClickException(f"cannot read the {role} image {path}: {error}") from None
 
 
@@ -104,6 +106,10 @@ def transfer_command(content: Path, style: Path, output: Path, convention: str |
     if plot is not None:
         _check_output(plot, "--plot", {".png"})
     content_image, style_image = open_image(content, "content"), open_image(style, "style")
+    try:
+        params.check_output_size(*content_image.size)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--size") from None
 
     settings = load_settings()
     if params.weights in REGISTRY and not is_pulled(params.weights, settings.models_path):

@@ -19,6 +19,12 @@ class InvalidInput(StyleqError):
     code = "invalid_input"
 
 
+class InvalidImage(InvalidInput):
+    """A file that is not a whole picture in a format the service reads, or one over the pixel limit."""
+
+    code = "invalid_image"
+
+
 class NotFound(StyleqError):
     code = "not_found"
 

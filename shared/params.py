@@ -155,6 +155,51 @@ class TransferParams:
         """Return every layer the losses read, content first, without repeats."""
         return tuple(dict.fromkeys(self.content_layers + self.style_layers))
 
+    @property
+    def deepest_layer(self) -> str:
+        """Return the layer behind the most pooling steps: the one that needs the largest picture."""
+        return max(self.layers, key=_poolings_before)
+
+    @property
+    def minimum_side(self) -> int:
+        """Return the fewest pixels the output may have on either side.
+
+        VGG halves the picture at every pool (2x2, stride 2, rounding down), so a layer behind n of them
+        needs 2**n pixels a side to see one (relu5_1: 16, pool5: 32); below that the network fails. And no
+        side may be under what an explicit [height, width] allows (RANGES["size"]): a 1-pixel side would
+        leave total variation nothing to measure.
+        """
+        return max(int(RANGES["size"][0]), 2 ** _poolings_before(self.deepest_layer))
+
+    def output_size(self, content_width: int, content_height: int) -> tuple[int, int]:
+        """Return the (height, width) of the picture a transfer of a content picture this size makes."""
+        if isinstance(self.size, tuple):
+            return self.size
+        return long_side_output(self.size, content_width, content_height)
+
+    def check_output_size(self, content_width: int, content_height: int) -> None:
+        """Refuse an output the network cannot take for a content picture this size, naming the smallest size that works.
+
+        Raises:
+            ValueError: a side of the output under `minimum_side`.
+        """
+        height, width = self.output_size(content_width, content_height)
+        minimum = self.minimum_side
+        if min(height, width) >= minimum:
+            return
+        needs = f"the network needs at least {minimum} pixels on each side (for layer {self.deepest_layer})"
+        if isinstance(self.size, tuple):
+            raise ValueError(f"size [{height}, {width}] is too small: {needs}")
+        made = f"size {self.size} turns the {content_width}x{content_height} (width x height) content into {width}x{height}"
+        smallest = smallest_long_side(minimum, content_width, content_height)
+        largest = int(RANGES["size"][1])
+        if smallest > largest:
+            raise ValueError(
+                f"{made}, but {needs}; no long side up to {largest} gives that for a content this narrow: "
+                f"give size as [height, width] instead, e.g. [{max(minimum, height)}, {max(minimum, width)}]"
+            )
+        raise ValueError(f"{made}, but {needs}: the smallest size that works for this content is {smallest}")
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The notebook, number for number (see ../shared/seed/NOTES.md).
@@ -216,6 +261,29 @@ def parse_size(text: str) -> tuple[int, int] | int:
     if text.strip().isdigit():
         return int(text)
     raise ValueError(f"expected HEIGHTxWIDTH like 300x450, or one number for the long side; got {text!r}")
+
+
+def long_side_output(long_side: int, content_width: int, content_height: int) -> tuple[int, int]:
+    """Return the (height, width) of an output `long_side` pixels on its long side, with the content's aspect."""
+    scale = long_side / max(content_width, content_height)
+    return max(1, round(content_height * scale)), max(1, round(content_width * scale))
+
+
+def smallest_long_side(minimum_side: int, content_width: int, content_height: int) -> int:
+    """Return the smallest long side whose output keeps at least `minimum_side` pixels on the content's short side."""
+    long, short = max(content_width, content_height), min(content_width, content_height)
+    # The short side is round(long_side * short / long): start just below where that reaches the minimum
+    # and step up, so the answer is the one `long_side_output` (with its rounding) agrees with.
+    long_side = max(minimum_side, int((minimum_side - 0.5) * long / short) - 1)
+    while min(long_side_output(long_side, content_width, content_height)) < minimum_side:
+        long_side += 1
+    return long_side
+
+
+def _poolings_before(layer: str) -> int:
+    """Return how many pooling steps lie between the input and `layer` (relu4_2: 3, pool4: 4)."""
+    block = int(layer[4])  # conv4_2, relu4_2 and pool4 are all in block 4
+    return block if layer.startswith("pool") else block - 1
 
 
 def split_iterations(iterations: int, scales: tuple[float, ...]) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 from click.testing import CliRunner, Result
-from PIL import Image
+from PIL import ExifTags, Image
 from torchvision import models
 
 from cli import main
@@ -159,10 +159,25 @@ def test_seed_preset_runs_on_a_vgg19_file(inputs, vgg19_file, out):
         assert [row["iteration"] for row in csv.DictReader(file)] == ["10"]
 
 
+def test_a_photo_stored_sideways_is_painted_upright_as_the_service_paints_it(inputs, vgg16_file, tmp_path, out):
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # turn a quarter clockwise to view
+    with Image.open(inputs[0]) as upright:
+        upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", exif=exif.tobytes())
+
+    result = small_transfer((tmp_path / "sideways.jpg", inputs[1]), vgg16_file, out / "picture.png", "--size", "32", "--iterations", "1")
+
+    assert_succeeded(result)
+    with Image.open(out / "picture.png") as picture:
+        assert picture.size == (32, 24)
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
         pytest.param({"CONTENT": "{tmp}/x.jpg"}, ["cannot read the content image", "x.jpg"], id="unreadable-content"),
+        pytest.param({"STYLE": "{tmp}/cut.jpg"}, ["cannot read the style image", "cut.jpg", "damaged or incomplete"], id="style-cut-short"),
+        pytest.param({"--size": "16"}, ["--size", "64x48", "the smallest size that works for this content is 21"], id="long-side-too-small"),
         pytest.param({"--size": "300by450"}, ["--size", "300by450"], id="bad-size"),
         pytest.param({"--iterations": "0"}, ["iterations", "got 0"], id="zero-iterations"),
         pytest.param({"--optimizer": "sgd"}, ["--optimizer", "sgd"], id="unknown-optimizer"),
@@ -176,6 +191,7 @@ def test_seed_preset_runs_on_a_vgg19_file(inputs, vgg19_file, out):
 )
 def test_bad_input_is_reported_and_exits_non_zero_without_writing_anything(inputs, vgg16_file, tmp_path, out, overrides, expected):
     (tmp_path / "x.jpg").write_text("not a picture\n")
+    (tmp_path / "cut.jpg").write_bytes(inputs[1].read_bytes()[:-400])
     options = {
         "CONTENT": str(inputs[0]), "STYLE": str(inputs[1]), "-o": "{out}/picture.png", "--weights": str(vgg16_file),
         "--convention": "caffe", "--size": "24x32", "--iterations": "2", "--device": "cpu",

@@ -36,12 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import fleet, jobs, leases
 from shared.db import session_scope
+from shared.errors import InvalidImage
+from shared.images import decode_image, image_size
 from shared.models import Job, JobStatus
 from shared.params import TransferParams, resolve_params
 from shared.settings import Settings
@@ -291,6 +293,11 @@ class JobRunner:
         except ValueError as error:
             raise JobFailure("invalid_params", str(error)) from None
         content, style = self._open(job.content_sha256, "content"), self._open(job.style_sha256, "style")
+        try:
+            # The API refuses such a size at submit; a job queued before it did is told why, not given torch's words.
+            params.check_output_size(*content.size)
+        except ValueError as error:
+            raise JobFailure("invalid_params", str(error)) from None
         return _Member(job.id, params, content, style, job.style_sha256, self._saved_state(job.id, params))
 
     def _take_mates(self, leader: _Member, held: _Leases) -> list[_Member]:
@@ -348,11 +355,10 @@ class JobRunner:
             return False
         if isinstance(params.size, tuple):
             return params.size == size
-        # A long-side size gives each picture the shape of its content: read that from the upload's header.
+        # A long-side size gives each picture the shape of its upright content: read that from the upload's header.
         try:
-            with Image.open(self.storage.upload_path(job.content_sha256)) as content:
-                return output_size(params, content) == size
-        except (UnidentifiedImageError, OSError):
+            return params.output_size(*image_size(self.storage.upload_path(job.content_sha256))) == size
+        except OSError:
             return False  # its own run records why
 
     def _record_batch(self, batch: list[_Member]) -> None:
@@ -488,12 +494,12 @@ class JobRunner:
     def _open(self, sha256: str, role: str) -> Image.Image:
         path = self.storage.upload_path(sha256)
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
+            # Decoded as the API decoded it at submit, so a picture it accepted decodes here the same way.
+            return decode_image(path, role=role)
         except FileNotFoundError:
             raise JobFailure("input_missing", f"the {role} image is no longer in storage; submit the job again") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise JobFailure("invalid_image", f"the {role} image cannot be read: {error}") from None
+        except InvalidImage as error:
+            raise JobFailure("invalid_image", error.message) from None
 
     def _saved_state(self, job_id: str, params: TransferParams) -> TransferState | None:
         path = self.storage.state_path(job_id)

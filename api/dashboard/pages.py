@@ -15,7 +15,7 @@ from ..auth import current_key
 from ..backends import backends, db_session
 from ..errors import STATUS
 from ..payloads import job_payload
-from ..uploads import read_params
+from ..uploads import check_image, read_params
 from . import bp, formatting, thumbnails  # noqa: F401 (formatting and thumbnails register filters and a route on bp)
 from .queries import owner_names, status_counts
 
@@ -72,7 +72,7 @@ def rerun_job(job_id: str) -> Response:
     original = jobs.get_job(session, key, job_id)
     try:
         content, style = (resources.storage.upload_path(sha).read_bytes() for sha in (original.content_sha256, original.style_sha256))
-        params = read_params({"params": json.dumps(original.params)}, {}, resources.settings)
+        params = read_params({"params": json.dumps(original.params)}, {}, resources.settings, check_image("content", content))
     except FileNotFoundError:
         flash("The images of this job are no longer stored, so it cannot run again; submit them anew.", "error")
         return redirect(url_for("dashboard.show_job", job_id=original.id))

@@ -9,10 +9,10 @@ from collections import OrderedDict
 from pathlib import Path
 
 from flask import Response, send_file
-from PIL import Image
 
 from shared import jobs
 from shared.errors import NotFound
+from shared.images import decode_image
 
 from ..auth import current_key
 from ..backends import backends, db_session
@@ -57,10 +57,10 @@ def thumbnail(path: Path) -> tuple[bytes, str]:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key], etag
-    with Image.open(path) as image:
-        image.draft("RGB", (THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))  # JPEG decodes at a fraction of its size
-        small = image.convert("RGB")
-        small.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+    # Decoded as the worker decodes it (upright, 16-bit scaled, alpha on white), so the thumbnail shows what runs;
+    # a JPEG decodes at a fraction of its size. The upload was checked against the pixel limit when it came in.
+    small = decode_image(path, max_pixels=None, reduce_to=THUMBNAIL_PIXELS)
+    small.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=82)
     data = buffer.getvalue()

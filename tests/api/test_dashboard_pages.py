@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from flask import Flask
 from flask.testing import FlaskClient
-from PIL import Image
+from PIL import ExifTags, Image
 from sqlalchemy import update
 
 from api import create_app
@@ -176,3 +176,16 @@ def test_thumbnails_are_small_jpegs_of_the_clients_own_jobs(app: Flask, keys):
     assert client.get(f"/thumbnails/{job_id}/content.jpg", headers={"If-None-Match": thumbnail.headers["ETag"]}).status_code == 304
     assert client.get(f"/thumbnails/{job_id}/result.jpg").status_code == 404
     assert signed_in(app, keys, "bob").get(f"/thumbnails/{job_id}/content.jpg").status_code == 404
+
+
+def test_a_thumbnail_shows_the_picture_upright_as_the_worker_decodes_it(app: Flask, keys):
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # stored 400 wide and 300 high, upright 300 wide and 400 high
+    buffer = io.BytesIO()
+    Image.new("RGB", (400, 300), (30, 90, 160)).save(buffer, "JPEG", exif=exif.tobytes())
+    job_id = submit(app.test_client(), {"Authorization": f"Bearer {keys.alice}"}, content=buffer.getvalue()).get_json()["id"]
+
+    thumbnail = signed_in(app, keys, "alice").get(f"/thumbnails/{job_id}/content.jpg")
+
+    with Image.open(io.BytesIO(thumbnail.data)) as image:
+        assert image.size == (120, 160)

@@ -1,10 +1,10 @@
-"""Parameters the API checks without the engine agree with the engine: weight names, sizes."""
+"""Parameters the API checks without the engine agree with the engine: weight names, sizes, the smallest output."""
 
 from __future__ import annotations
 
 import pytest
 
-from shared.params import DEFAULT_PRESET, PRESETS, WEIGHTS_NAMES, parse_size
+from shared.params import DEFAULT_PRESET, PRESETS, WEIGHTS_NAMES, long_side_output, parse_size, resolve_params, smallest_long_side
 from worker.engine.weights import DEFAULT_WEIGHTS, REGISTRY
 
 
@@ -22,3 +22,46 @@ def test_a_size_is_height_by_width_or_the_long_side(text, size):
 def test_anything_else_is_refused_naming_what_is_expected(text):
     with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
         parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("layers", "side"),
+    [(["relu1_1"], 16), (["relu4_2"], 16), (["relu5_1"], 16), (["pool4"], 16), (["conv5_3"], 16), (["relu1_1", "pool5"], 32)],
+)
+def test_the_smallest_side_is_what_the_deepest_layer_needs_and_never_under_an_explicit_sizes_floor(layers, side):
+    params = resolve_params({"style_layers": layers, "content_layers": ["relu1_1"]})
+
+    assert params.minimum_side == side  # tests/engine/test_sizes.py runs the network at and below it
+
+
+@pytest.mark.parametrize("content", [(48, 32), (32, 48), (450, 300), (1000, 37), (37, 1000), (4000, 3000), (640, 480), (33, 32)])
+def test_the_smallest_long_side_is_the_first_that_keeps_the_short_side_at_the_minimum(content):
+    minimum = resolve_params({}).minimum_side
+
+    smallest = smallest_long_side(minimum, *content)
+
+    assert min(long_side_output(smallest, *content)) >= minimum
+    assert smallest == minimum or min(long_side_output(smallest - 1, *content)) < minimum
+
+
+def test_a_long_side_too_small_for_the_content_is_refused_with_the_smallest_that_works():
+    with pytest.raises(ValueError, match=r"size 16 turns the 48x32 \(width x height\) content into 16x11.*at least 16 pixels on each side \(for layer relu5_1\).*smallest size that works for this content is 24"):
+        resolve_params({"size": 16}).check_output_size(48, 32)
+    resolve_params({"size": 24}).check_output_size(48, 32)
+    resolve_params({"size": 16}).check_output_size(32, 32)
+
+
+def test_a_content_too_narrow_for_any_long_side_is_told_to_give_height_and_width():
+    params = resolve_params({"size": 64})
+
+    with pytest.raises(ValueError, match=r"no long side up to 4096.*\[height, width\] instead, e.g. \[16, 64\]"):
+        params.check_output_size(10000, 10)
+    assert params.output_size(10000, 10) == (1, 64)
+    resolve_params({"size": [16, 64]}).check_output_size(10000, 10)
+
+
+def test_an_explicit_size_under_what_pool5_needs_is_refused_whatever_the_content():
+    params = resolve_params({"size": [16, 40], "style_layers": ["relu1_1", "pool5"]})
+
+    with pytest.raises(ValueError, match=r"size \[16, 40\] is too small: .*at least 32 pixels on each side \(for layer pool5\)"):
+        params.check_output_size(400, 300)

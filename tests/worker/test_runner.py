@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -13,7 +14,7 @@ import numpy as np
 
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 from sqlalchemy import select
 
 from shared import jobs, leases
@@ -600,3 +601,65 @@ def test_a_deleted_job_gets_no_late_files(settings, factory, storage, images_dir
     make_runner(settings, factory, storage, vgg16_random).run(job_id)
 
     assert not storage.job_dir(job_id).exists()
+
+
+def stored_sideways(images_dir: Path, name: str, orientation: int, turn: Image.Transpose) -> bytes:
+    """The picture `name` as a camera stores a photo: its pixels turned by `turn`, an EXIF note saying how to turn them back."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    buffer = io.BytesIO()
+    with Image.open(images_dir / name) as image:
+        image.convert("RGB").resize((96, 64)).transpose(turn).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def submit_bytes(factory, storage: Storage, content: bytes, style: bytes, **overrides) -> str:
+    """Store a pair of uploads as given and queue a job for them; return its id."""
+    with session_scope(factory) as session:
+        owner, _ = create_api_key(session, "alice")
+        job, _ = jobs.create_job(session, owner, resolve_params({**PARAMS, **overrides}), storage.save_upload(content), storage.save_upload(style))
+        return job.id
+
+
+def test_a_photo_stored_sideways_runs_upright(settings, factory, storage, images_dir, vgg16_random):
+    # Stored portrait, turned a quarter clockwise by its EXIF orientation 6: upright, a landscape 96x64.
+    content = stored_sideways(images_dir, "rainier.jpg", 6, Image.Transpose.ROTATE_90)
+    job_id = submit_bytes(factory, storage, content, (images_dir / "autumn-oak.jpg").read_bytes(), size=48, iterations=2)
+
+    assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "succeeded"
+    assert picture(storage.job_path(job_id, "result.png")).size == (48, 32)
+
+
+def test_a_batch_mate_stored_sideways_joins_by_its_upright_size(tmp_path, factory, storage, images_dir, vgg16_random):
+    style = (images_dir / "autumn-oak.jpg").read_bytes()
+    upright = io.BytesIO()
+    Image.open(images_dir / "tubingen.jpg").convert("RGB").resize((96, 64)).save(upright, "JPEG")
+    first = submit_bytes(factory, storage, upright.getvalue(), style, size=48, iterations=2)
+    sideways = submit_bytes(factory, storage, stored_sideways(images_dir, "rainier.jpg", 8, Image.Transpose.ROTATE_270), style, size=48, iterations=2, seed=3)
+    # Stored landscape, but its EXIF note turns it portrait: 32x48 upright, not the batch's 48x32.
+    turned_away = submit_bytes(factory, storage, stored_sideways(images_dir, "rainier.jpg", 6, Image.Transpose.FLIP_LEFT_RIGHT), style, size=48, iterations=2, seed=4)
+
+    assert make_runner(batch_settings(tmp_path), factory, storage, vgg16_random).run(first) == "succeeded"
+
+    assert [load(factory, job_id).batch_size for job_id in (first, sideways)] == [2, 2]
+    assert load(factory, turned_away).status == "queued"
+
+
+def test_a_long_side_the_network_cannot_take_fails_plainly_naming_the_smallest_that_works(settings, factory, storage, images_dir, vgg16_random):
+    # Queued before the API refused such sizes: 16 on rainier's long side leaves its short side 11 pixels.
+    job_id = submit(factory, storage, images_dir, size=16)
+
+    assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "failed"
+
+    job = load(factory, job_id)
+    assert job.error_code == "invalid_params" and "the smallest size that works for this content is" in job.error_message
+
+
+def test_an_upload_cut_short_fails_as_invalid_image_naming_its_role(settings, factory, storage, images_dir, vgg16_random):
+    whole = (images_dir / "autumn-oak.jpg").read_bytes()
+    job_id = submit_bytes(factory, storage, (images_dir / "rainier.jpg").read_bytes(), whole[: len(whole) // 2])
+
+    assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "failed"
+
+    job = load(factory, job_id)
+    assert job.error_code == "invalid_image" and job.error_message.startswith("the style image is damaged or incomplete")

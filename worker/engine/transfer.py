@@ -122,11 +122,8 @@ class TransferJob:
 
 def output_size(params: TransferParams, content: Image.Image) -> tuple[int, int]:
     """Return the (height, width) a transfer of `content` produces under `params`."""
-    if isinstance(params.size, tuple):
-        return params.size
-    width, height = content.size
-    scale = params.size / max(width, height)
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    # The arithmetic lives with the parameters, so the API refuses a size the network cannot take without torch.
+    return params.output_size(*content.size)
 
 
 def batch_key(params: TransferParams) -> dict[str, Any]:
@@ -164,7 +161,9 @@ def _style_size(params: TransferParams, style: Image.Image, content_size: tuple[
         return content_size
     width, height = style.size
     scale = (content_size[0] * content_size[1] / (width * height)) ** 0.5
-    return max(16, round(height * scale)), max(16, round(width * scale))
+    # A style much narrower than the content would otherwise lose its short side below what the network takes.
+    smallest = params.minimum_side
+    return max(smallest, round(height * scale)), max(smallest, round(width * scale))
 
 
 def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
