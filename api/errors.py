@@ -9,15 +9,9 @@ from flask import Flask, Response, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import Conflict, InvalidInput, NotFound, StorageUnavailable, StyleqError, Unauthorized
+from shared.errors import Conflict, InvalidInput, NotFound, StorageUnavailable, StyleqError, Unauthorized, Unprocessable
 
 log = logging.getLogger(__name__)
-
-
-class Unprocessable(InvalidInput):
-    """Well-formed input the service will not run (a parameter out of range, over a limit)."""
-
-    code = "invalid_params"
 
 
 class TooLarge(InvalidInput):

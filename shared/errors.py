@@ -19,6 +19,12 @@ class InvalidInput(StyleqError):
     code = "invalid_input"
 
 
+class Unprocessable(InvalidInput):
+    """Well-formed input the service will not run (a parameter out of range, over a limit, an idempotency key reused)."""
+
+    code = "invalid_params"
+
+
 class NotFound(StyleqError):
     code = "not_found"
 

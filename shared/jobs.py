@@ -8,6 +8,7 @@ source of truth: a broker message carries only a job id. The workers' side is `s
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .errors import Conflict, InvalidInput, NotFound, StorageUnavailable
+from .errors import Conflict, InvalidInput, NotFound, StorageUnavailable, Unprocessable
 from .models import ApiKey, Checkpoint, Job, JobStatus, utcnow
 from .params import TransferParams
 from .storage import Storage
@@ -42,8 +43,8 @@ def submit_job(
 ) -> tuple[Job, bool]:
     """Save the two uploads and add the job in one committed transaction; return it and whether it is new.
 
-    A failure leaves no new file behind. A request repeating an idempotency key gets the first job
-    back, and keeps none of its own files.
+    A failure (a reused idempotency key, say) leaves no new file behind. A request repeating an
+    idempotency key with the same pictures and parameters gets the first job back, and keeps none of its own files.
     """
     hashes = [hashlib.sha256(data).hexdigest() for data in (content, style)]
     written = {sha for sha in hashes if not storage.upload_path(sha).is_file()}
@@ -112,14 +113,17 @@ def create_job(
     style_sha256: str,
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
-    """Add a queued job; with an idempotency key already used by `owner`, return that job instead.
+    """Add a queued job; with an idempotency key already used by `owner` for the same request, return that job instead.
 
     Returns the job and whether it is new.
+
+    Raises:
+        Unprocessable: the idempotency key was used by `owner` for other pictures or parameters.
     """
     if idempotency_key is not None:
         existing = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
         if existing is not None:
-            return existing, False
+            return _same_request(existing, params, content_sha256, style_sha256), False
     job = Job(
         id=new_job_id(),
         owner_id=owner.id,
@@ -139,8 +143,33 @@ def create_job(
         existing = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
         if existing is None:
             raise
-        return existing, False
+        return _same_request(existing, params, content_sha256, style_sha256), False
     return job, True
+
+
+def _same_request(job: Job, params: TransferParams, content_sha256: str, style_sha256: str) -> Job:
+    """Return `job`, made by an earlier request with the same idempotency key, if this request asks for the same job.
+
+    Raises:
+        Unprocessable: other pictures or parameters under the same key (as Stripe and the IETF's
+            Idempotency-Key draft answer), so a client's mistake is not hidden behind the first job.
+    """
+    # Compared as stored, after a JSON round trip: a tuple is saved as a list.
+    same_params = json.loads(json.dumps(params.to_dict())) == job.params
+    differences = [
+        name for name, same in (
+            ("content image", job.content_sha256 == content_sha256),
+            ("style image", job.style_sha256 == style_sha256),
+            ("params", same_params),
+        ) if not same
+    ]
+    if differences:
+        raise Unprocessable(
+            f"this Idempotency-Key was already used for job {job.id} with a different {' and '.join(differences)}; "
+            "send a new key for a new request",
+            code="idempotency_key_reused",
+        )
+    return job
 
 
 def get_job(session: Session, owner: ApiKey, job_id: str) -> Job:
