@@ -41,3 +41,13 @@ class StorageUnavailable(StyleqError):
     """The storage directory refused a write (full, read-only): nothing was stored, the client may try again later."""
 
     code = "storage_unavailable"
+
+
+class LimitExceeded(StyleqError):
+    """A client over one of its fair-use limits: nothing was done, and it may try again after `retry_after_seconds`."""
+
+    code = "limit_exceeded"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_seconds: int) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_seconds = retry_after_seconds

@@ -18,6 +18,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import limits
 from .errors import Conflict, InvalidInput, NotFound, StorageUnavailable, Unprocessable
 from .models import ApiKey, Checkpoint, Job, JobStatus, utcnow
 from .params import TransferParams
@@ -39,11 +40,11 @@ def new_job_id() -> str:
 
 def submit_job(
     session: Session, storage: Storage, owner: ApiKey, content: bytes, style: bytes, params: TransferParams,
-    idempotency_key: str | None = None,
+    idempotency_key: str | None = None, *, max_active_jobs: int = 0,
 ) -> tuple[Job, bool]:
     """Save the two uploads and add the job in one committed transaction; return it and whether it is new.
 
-    A failure (a reused idempotency key, say) leaves no new file behind. A request repeating an
+    A failure (a limit, a reused idempotency key) leaves no new file behind. A request repeating an
     idempotency key with the same pictures and parameters gets the first job back, and keeps none of its own files.
     """
     hashes = [hashlib.sha256(data).hexdigest() for data in (content, style)]
@@ -55,7 +56,7 @@ def submit_job(
         except OSError as error:
             log.error("could not store an upload: %s", error)
             raise StorageUnavailable("the service could not store the pictures just now; try again later") from None
-        job, created = create_job(session, owner, params, hashes[0], hashes[1], idempotency_key)
+        job, created = create_job(session, owner, params, hashes[0], hashes[1], idempotency_key, max_active_jobs=max_active_jobs)
         session.commit()
     except BaseException:
         session.rollback()
@@ -112,6 +113,8 @@ def create_job(
     content_sha256: str,
     style_sha256: str,
     idempotency_key: str | None = None,
+    *,
+    max_active_jobs: int = 0,
 ) -> tuple[Job, bool]:
     """Add a queued job; with an idempotency key already used by `owner` for the same request, return that job instead.
 
@@ -119,6 +122,7 @@ def create_job(
 
     Raises:
         Unprocessable: the idempotency key was used by `owner` for other pictures or parameters.
+        LimitExceeded: the new job would make more than `max_active_jobs` of `owner`'s jobs queued or running (0: no limit).
     """
     if idempotency_key is not None:
         existing = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
@@ -138,6 +142,8 @@ def create_job(
     try:
         with session.begin_nested():
             session.flush()
+            # Counted with the new job in place, so that concurrent submissions are counted one after the other.
+            limits.check_active_jobs(session, owner, limit=max_active_jobs)
     except IntegrityError:
         # Two requests with the same key at once: the other one's job is the answer.
         existing = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
