@@ -8,7 +8,7 @@ from shared.db import make_engine, make_session_factory
 from shared.settings import Settings, load_settings
 from shared.storage import Storage
 
-from . import auth, dashboard, errors, events, files, health, jobs, openapi
+from . import auth, dashboard, errors, events, files, health, jobs, limits, openapi
 from .backends import EXTENSION, Backends, close_session
 from .queue import JobQueue
 
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     v1 = Blueprint("v1", __name__, url_prefix="/v1")
     v1.before_request(auth.require_api_key)
+    v1.before_request(limits.count_request)
     for blueprint in (jobs.bp, files.bp, events.bp):
         v1.register_blueprint(blueprint)
     app.register_blueprint(v1)

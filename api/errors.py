@@ -9,15 +9,9 @@ from flask import Flask, Response, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import Conflict, InvalidInput, NotFound, StorageUnavailable, StyleqError, Unauthorized
+from shared.errors import Conflict, InvalidInput, LimitExceeded, NotFound, StorageUnavailable, StyleqError, Unauthorized, Unprocessable
 
 log = logging.getLogger(__name__)
-
-
-class Unprocessable(InvalidInput):
-    """Well-formed input the service will not run (a parameter out of range, over a limit)."""
-
-    code = "invalid_params"
 
 
 class TooLarge(InvalidInput):
@@ -35,6 +29,7 @@ STATUS: list[tuple[type[StyleqError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
     (StorageUnavailable, 503),
+    (LimitExceeded, 429),
 ]
 # How long a client is told to wait before trying again while the database or storage is unavailable.
 DATABASE_RETRY_AFTER_SECONDS = 10
@@ -61,6 +56,8 @@ def handle_styleq_error(error: StyleqError) -> Response:
         response.headers["WWW-Authenticate"] = challenge
     if isinstance(error, StorageUnavailable):
         response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    if isinstance(error, LimitExceeded):
+        response.headers["Retry-After"] = str(error.retry_after_seconds)
     return response
 
 

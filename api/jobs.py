@@ -22,7 +22,10 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     idempotency_key = read_idempotency_key(request.headers.get("Idempotency-Key"))
     images = read_images(request.files, resources.settings.max_upload_bytes)
     params = read_params(request.form, request.files, resources.settings, images["content"])
-    job, created = jobs.submit_job(session, resources.storage, current_key(), images["content"].data, images["style"].data, params, idempotency_key)
+    job, created = jobs.submit_job(
+        session, resources.storage, current_key(), images["content"].data, images["style"].data, params, idempotency_key,
+        max_active_jobs=resources.settings.max_active_jobs,
+    )
     if created:
         jobs.enqueue_job(session, resources.queue.send, job.id)
     return jsonify(job_payload(session, job)), 202 if created else 200, {"Location": job_location(job.id)}

@@ -38,9 +38,11 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "description": "The job's id.", "schema": {"type": "string"}}
-AUTH = {"401": {"$ref": REF + "responses/Unauthorized"}}
+# Every /v1 operation needs a key, and counts against the key's requests per minute.
+AUTH = {"401": {"$ref": REF + "responses/Unauthorized"}, "429": {"$ref": REF + "responses/TooManyRequests"}}
 UNKNOWN = {"404": _error("No job with this id belongs to the client.")}
 NOT_MODIFIED = {"304": {"description": "Not modified (If-None-Match matched the ETag)."}}
+RETRY_AFTER = {"description": "Seconds to wait before trying again.", "schema": {"type": "integer", "minimum": 1}}
 
 
 def _job_operation(summary: str, responses: dict[str, Any], parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -123,7 +125,10 @@ SUBMIT = {
             "name": "Idempotency-Key",
             "in": "header",
             "required": False,
-            "description": "Repeating a key returns the job it first created (200) instead of a new one.",
+            "description": (
+                "Repeating a key with the same pictures and params returns the job it first created (200) instead of a "
+                "new one; with others it is refused (422 idempotency_key_reused)."
+            ),
             "schema": {"type": "string", "maxLength": 200},
         }
     ],
@@ -152,8 +157,18 @@ SUBMIT = {
         "200": _json("The job an earlier request with this Idempotency-Key created.", "Job"),
         "400": _error("missing_file, invalid_image, invalid_params (not a JSON object) or invalid_idempotency_key."),
         "413": _error("too_large: an upload over the size limit."),
-        "422": _error("invalid_params: a parameter is unknown, out of range or over the service's limits."),
+        "422": _error(
+            "invalid_params: a parameter is unknown, out of range or over the service's limits; or idempotency_key_reused: "
+            "the Idempotency-Key was used before for other pictures or params."
+        ),
         **AUTH,
+        "429": {
+            **_error(
+                "too_many_requests: over the key's requests per minute; or too_many_active_jobs: the key already has "
+                "as many jobs queued or running as it may. Nothing was stored."
+            ),
+            "headers": {"Retry-After": RETRY_AFTER},
+        },
     },
 }
 
@@ -246,7 +261,11 @@ DOCUMENT: dict[str, Any] = {
             "Unauthorized": {
                 **_error("The API key is missing or not valid."),
                 "headers": {"WWW-Authenticate": {"schema": {"type": "string", "example": 'Bearer realm="styleq"'}}},
-            }
+            },
+            "TooManyRequests": {
+                **_error("too_many_requests: the API key is over its requests per minute (admin keys are exempt); nothing was done."),
+                "headers": {"Retry-After": RETRY_AFTER},
+            },
         },
     },
 }

@@ -25,6 +25,12 @@ class InvalidImage(InvalidInput):
     code = "invalid_image"
 
 
+class Unprocessable(InvalidInput):
+    """Well-formed input the service will not run (a parameter out of range, over a limit, an idempotency key reused)."""
+
+    code = "invalid_params"
+
+
 class NotFound(StyleqError):
     code = "not_found"
 
@@ -41,3 +47,13 @@ class StorageUnavailable(StyleqError):
     """The storage directory refused a write (full, read-only): nothing was stored, the client may try again later."""
 
     code = "storage_unavailable"
+
+
+class LimitExceeded(StyleqError):
+    """A client over one of its fair-use limits: nothing was done, and it may try again after `retry_after_seconds`."""
+
+    code = "limit_exceeded"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_seconds: int) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_seconds = retry_after_seconds

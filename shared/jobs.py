@@ -8,6 +8,7 @@ source of truth: a broker message carries only a job id. The workers' side is `s
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,7 +18,8 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .errors import Conflict, InvalidInput, NotFound, StorageUnavailable
+from . import limits
+from .errors import Conflict, InvalidInput, NotFound, StorageUnavailable, Unprocessable
 from .models import ApiKey, Checkpoint, Job, JobStatus, utcnow
 from .params import TransferParams
 from .storage import Storage
@@ -38,12 +40,12 @@ def new_job_id() -> str:
 
 def submit_job(
     session: Session, storage: Storage, owner: ApiKey, content: bytes, style: bytes, params: TransferParams,
-    idempotency_key: str | None = None,
+    idempotency_key: str | None = None, *, max_active_jobs: int = 0,
 ) -> tuple[Job, bool]:
     """Save the two uploads and add the job in one committed transaction; return it and whether it is new.
 
-    A failure leaves no new file behind. A request repeating an idempotency key gets the first job
-    back, and keeps none of its own files.
+    A failure (a limit, a reused idempotency key) leaves no new file behind. A request repeating an
+    idempotency key with the same pictures and parameters gets the first job back, and keeps none of its own files.
     """
     hashes = [hashlib.sha256(data).hexdigest() for data in (content, style)]
     written = {sha for sha in hashes if not storage.upload_path(sha).is_file()}
@@ -54,7 +56,7 @@ def submit_job(
         except OSError as error:
             log.error("could not store an upload: %s", error)
             raise StorageUnavailable("the service could not store the pictures just now; try again later") from None
-        job, created = create_job(session, owner, params, hashes[0], hashes[1], idempotency_key)
+        job, created = create_job(session, owner, params, hashes[0], hashes[1], idempotency_key, max_active_jobs=max_active_jobs)
         session.commit()
     except BaseException:
         session.rollback()
@@ -111,15 +113,21 @@ def create_job(
     content_sha256: str,
     style_sha256: str,
     idempotency_key: str | None = None,
+    *,
+    max_active_jobs: int = 0,
 ) -> tuple[Job, bool]:
-    """Add a queued job; with an idempotency key already used by `owner`, return that job instead.
+    """Add a queued job; with an idempotency key already used by `owner` for the same request, return that job instead.
 
     Returns the job and whether it is new.
+
+    Raises:
+        Unprocessable: the idempotency key was used by `owner` for other pictures or parameters.
+        LimitExceeded: the new job would make more than `max_active_jobs` of `owner`'s jobs queued or running (0: no limit).
     """
     if idempotency_key is not None:
         existing = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
         if existing is not None:
-            return existing, False
+            return _same_request(existing, params, content_sha256, style_sha256), False
     job = Job(
         id=new_job_id(),
         owner_id=owner.id,
@@ -134,13 +142,40 @@ def create_job(
     try:
         with session.begin_nested():
             session.flush()
+            # Counted with the new job in place, so that concurrent submissions are counted one after the other.
+            limits.check_active_jobs(session, owner, limit=max_active_jobs)
     except IntegrityError:
         # Two requests with the same key at once: the other one's job is the answer.
         existing = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
         if existing is None:
             raise
-        return existing, False
+        return _same_request(existing, params, content_sha256, style_sha256), False
     return job, True
+
+
+def _same_request(job: Job, params: TransferParams, content_sha256: str, style_sha256: str) -> Job:
+    """Return `job`, made by an earlier request with the same idempotency key, if this request asks for the same job.
+
+    Raises:
+        Unprocessable: other pictures or parameters under the same key (as Stripe and the IETF's
+            Idempotency-Key draft answer), so a client's mistake is not hidden behind the first job.
+    """
+    # Compared as stored, after a JSON round trip: a tuple is saved as a list.
+    same_params = json.loads(json.dumps(params.to_dict())) == job.params
+    differences = [
+        name for name, same in (
+            ("content image", job.content_sha256 == content_sha256),
+            ("style image", job.style_sha256 == style_sha256),
+            ("params", same_params),
+        ) if not same
+    ]
+    if differences:
+        raise Unprocessable(
+            f"this Idempotency-Key was already used for job {job.id} with a different {' and '.join(differences)}; "
+            "send a new key for a new request",
+            code="idempotency_key_reused",
+        )
+    return job
 
 
 def get_job(session: Session, owner: ApiKey, job_id: str) -> Job:

@@ -1,4 +1,4 @@
-"""The database schema: jobs, their loss checkpoints, and API keys (changed only through migrations/)."""
+"""The database schema: jobs, their loss checkpoints, API keys and their request counts (changed only through migrations/)."""
 
 from __future__ import annotations
 
@@ -163,3 +163,13 @@ class Worker(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
     current_job_id: Mapped[str | None] = mapped_column(String(32), default=None)
     jobs_done: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RequestWindow(Base):
+    """How many /v1 requests one API key made in one fixed window of time (the per-minute limit's counter)."""
+
+    __tablename__ = "request_windows"
+
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     # Jobs larger than this many output pixels or longer than this many iterations are refused.
     max_pixels: int = Field(default=1024 * 1024, ge=256)
     max_iterations: int = Field(default=5000, ge=1)
+    # Fair use, per API key and across every API process on the database (admin keys are exempt; 0
+    # switches a limit off): /v1 requests in a one-minute window, and jobs queued or running at once.
+    # 300 a minute leaves room for a dashboard tab following a running job (it fetches the preview up to
+    # about twice a second) beside a script that polls; 10 jobs fill a GPU worker's batch with room left.
+    max_requests_per_minute: int = Field(default=300, ge=0)
+    max_active_jobs: int = Field(default=10, ge=0)
     # A running job whose heartbeat is older than this belongs to a lost worker and is retried (the
     # heartbeat renews it every quarter of it, so a killed worker's job runs again within about 30 s + a sweep).
     lease_seconds: float = Field(default=30.0, gt=0)

@@ -78,3 +78,16 @@ def test_the_lease_owner_column_is_the_old_worker_column_renamed_with_its_values
     finally:
         engine.dispose()
     assert differences(database) == []
+
+
+def test_the_request_counts_table_comes_and_goes_with_its_migration(database):
+    upgrade_database(database)
+    command.downgrade(alembic_config(database), "0006")
+    engine = make_engine(database)
+    try:
+        assert "request_windows" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+    upgrade_database(database)
+    assert differences(database) == []

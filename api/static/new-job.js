@@ -16,6 +16,8 @@
   // Sent once per form: a double click, or a retry after a dropped answer, cannot make two jobs.
   const newKey = () => (crypto.randomUUID && crypto.randomUUID()) || `${Date.now()}-${Math.random()}`;
   let idempotencyKey = newKey();
+  // A changed form is another request: the key its last try sent would be refused for it (422).
+  const renewKey = () => { idempotencyKey = newKey(); };
   let contentAspect = null; // width / height of the chosen content image
 
   function megabytes(bytes) {
@@ -70,6 +72,7 @@
       files.items.add(event.dataTransfer.files[0]);
       input.files = files.files;
       choose(zone, input.files[0]);
+      renewKey();
     });
   }
 
@@ -105,6 +108,8 @@
   height.addEventListener("input", () => { followAspect(); checkPixels(); });
   width.addEventListener("input", () => { keepAspect.checked = false; checkPixels(); });
   keepAspect.addEventListener("change", followAspect);
+  form.addEventListener("input", renewKey);
+  form.addEventListener("change", renewKey);
 
   function params() {
     const values = { preset: document.getElementById("preset").value, size: [Number(height.value), Number(width.value)] };

@@ -20,7 +20,11 @@ MAX_UPLOAD_BYTES = 64 * 1024
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    """Settings for one test: its own storage directory and SQLite-backed broker."""
+    """Settings for one test: its own storage directory and SQLite-backed broker.
+
+    Fair use stays at its defaults (per key: 300 requests a minute, 10 jobs queued or running), which
+    no test here comes near; tests/api/test_api_limits.py sets small limits of its own.
+    """
     return Settings(
         data_dir=tmp_path,
         database_url=database_url,

@@ -43,8 +43,12 @@ def test_openapi_document_gives_every_operation_responses_and_path_parameters(cl
             named = {parameter["name"] for parameter in operation.get("parameters", []) if parameter["in"] == "path"}
             assert named == set(re.findall(r"{(\w+)}", path)), (path, method)
             if path.startswith("/v1/"):
-                assert "401" in operation["responses"], (path, method)
+                assert {"401", "429"} <= set(operation["responses"]), (path, method)
     assert document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == ["content", "style"]
+    submit = document["paths"]["/v1/jobs"]["post"]["responses"]
+    assert "idempotency_key_reused" in submit["422"]["description"]
+    assert "too_many_active_jobs" in submit["429"]["description"] and "Retry-After" in submit["429"]["headers"]
+    assert "Retry-After" in document["components"]["responses"]["TooManyRequests"]["headers"]
 
 
 def test_importing_api_leaves_out_torch_and_the_worker():

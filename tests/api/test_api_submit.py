@@ -40,17 +40,46 @@ def test_submitted_job_shows_queued_with_its_queue_position(client, keys):
 
 def test_repeated_idempotency_key_returns_the_same_job(app, client, keys, settings):
     headers = {**keys.headers("alice"), "Idempotency-Key": "order-17"}
-    first = submit(client, headers)
-    again = submit(client, headers, content=image_bytes((9, 9, 9)))
+    first = submit(client, headers, params='{"iterations": 50}')
+    again = submit(client, headers, params='{"iterations": 50}')
 
     assert first.status_code == 202 and again.status_code == 200
     assert again.get_json()["id"] == first.get_json()["id"]
     assert again.headers["Location"] == first.headers["Location"]
     assert count_jobs(app) == 1
-    assert len(upload_files(settings)) == 2  # the repeat's different content image was not kept
+    assert len(upload_files(settings)) == 2
     assert len(broker_messages(settings)) == 1
     other = submit(client, {**keys.headers("bob"), "Idempotency-Key": "order-17"})
     assert other.status_code == 202 and other.get_json()["id"] != first.get_json()["id"]
+
+
+def test_a_retry_naming_the_same_parameters_differently_is_the_same_request(app, client, keys):
+    headers = {**keys.headers("alice"), "Idempotency-Key": "order-18"}
+    first = submit(client, headers, params='{"preset": "seed", "size": [30, 45]}')
+    again = submit(client, headers, params='{"size": [30, 45], "preset": "seed"}')
+
+    assert again.status_code == 200 and again.get_json()["id"] == first.get_json()["id"]
+
+
+IDEMPOTENCY_MISMATCHES = {
+    "other content image": ({"content": image_bytes((9, 9, 9))}, "content image"),
+    "other style image": ({"style": image_bytes((9, 9, 9))}, "style image"),
+    "other params": ({"params": '{"iterations": 60}'}, "params"),
+}
+
+
+@pytest.mark.parametrize("change", IDEMPOTENCY_MISMATCHES.values(), ids=IDEMPOTENCY_MISMATCHES.keys())
+def test_an_idempotency_key_reused_for_another_request_is_refused_and_stores_nothing(app, client, keys, settings, change):
+    overrides, named = change
+    headers = {**keys.headers("alice"), "Idempotency-Key": "order-19"}
+    first = submit(client, headers, params='{"iterations": 50}')
+
+    reused = submit(client, headers, **{"params": '{"iterations": 50}', **overrides})
+
+    error = assert_error(reused, 422, "idempotency_key_reused")
+    assert named in error["message"] and first.get_json()["id"] in error["message"]
+    assert count_jobs(app) == 1 and len(upload_files(settings)) == 2 and len(broker_messages(settings)) == 1
+    assert submit(client, headers, params='{"iterations": 50}').get_json()["id"] == first.get_json()["id"]
 
 
 def test_submit_succeeds_and_leaves_job_queued_when_broker_is_down(app, client, keys, settings, caplog):

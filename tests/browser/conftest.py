@@ -51,6 +51,10 @@ def deployment(tmp_path_factory, caffe_weights, models_dir) -> Iterator[Deployme
         "STYLEQ_PREVIEW_EVERY": "1",
         "STYLEQ_PREVIEW_MIN_SECONDS": "0",
         "STYLEQ_SWEEP_EVERY_SECONDS": "1",
+        # Fair use off: a job page fetches the preview at every checkpoint here, and the tests share two
+        # non-admin keys for the whole session (tests/api/test_api_limits.py covers the limits).
+        "STYLEQ_MAX_REQUESTS_PER_MINUTE": "0",
+        "STYLEQ_MAX_ACTIVE_JOBS": "0",
         "OMP_NUM_THREADS": "1",
     }
     database_url = f"sqlite:///{data_dir / 'styleq.db'}"

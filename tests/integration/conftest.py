@@ -46,6 +46,10 @@ def service(request, tmp_path_factory, caffe_weights, models_dir) -> Iterator[Se
         "STYLEQ_LEASE_SECONDS": "6",
         # A queued job whose message a broker crash lost is sent again after 8 s instead of ten minutes.
         "STYLEQ_REQUEUE_AFTER_SECONDS": "8",
+        # Fair use off: wait_for polls ten times a second with one non-admin key for the whole session
+        # (tests/api/test_api_limits.py covers the limits).
+        "STYLEQ_MAX_REQUESTS_PER_MINUTE": "0",
+        "STYLEQ_MAX_ACTIVE_JOBS": "0",
         "OMP_NUM_THREADS": "1",
     }
     with _database(request.param) as database_url:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from sqlalchemy import func, select
 
 from shared import jobs
 from shared.db import session_scope
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, Unprocessable
 from shared.models import Job, JobStatus
 from shared.params import resolve_params
 from tests.shared.conftest import add_job, load
@@ -31,16 +32,34 @@ def test_submit_job_stores_both_uploads_and_a_queued_job(factory, storage, owner
     assert storage.upload_path(sha(CONTENT)).read_bytes() == CONTENT and storage.upload_path(sha(STYLE)).read_bytes() == STYLE
 
 
-def test_a_repeated_idempotency_key_returns_the_first_job_and_keeps_none_of_its_files(factory, storage, owners):
+def test_a_repeated_idempotency_key_returns_the_first_job(factory, storage, owners):
     with factory() as session:
         first, _ = jobs.submit_job(session, storage, owners["alice"], CONTENT, STYLE, PARAMS, "key-1")
     with factory() as session:
-        again, created = jobs.submit_job(session, storage, owners["alice"], b"other content", STYLE, PARAMS, "key-1")
+        again, created = jobs.submit_job(session, storage, owners["alice"], CONTENT, STYLE, resolve_params({"iterations": 50}), "key-1")
         again_id = again.id
 
     assert not created and again_id == first.id
-    assert not storage.upload_path(sha(b"other content")).exists()
+    assert storage.upload_path(sha(CONTENT)).exists() and storage.upload_path(sha(STYLE)).exists()
+
+
+@pytest.mark.parametrize(
+    "content, style, params",
+    [(b"other content", STYLE, PARAMS), (CONTENT, b"other style", PARAMS), (CONTENT, STYLE, resolve_params({"iterations": 60}))],
+    ids=["content", "style", "params"],
+)
+def test_an_idempotency_key_reused_for_another_request_is_refused_and_keeps_none_of_its_files(factory, storage, owners, content, style, params):
+    with factory() as session:
+        first, _ = jobs.submit_job(session, storage, owners["alice"], CONTENT, STYLE, PARAMS, "key-1")
+
+    with factory() as session, pytest.raises(Unprocessable) as refused:
+        jobs.submit_job(session, storage, owners["alice"], content, style, params, "key-1")
+
+    assert refused.value.code == "idempotency_key_reused" and first.id in refused.value.message
+    assert not storage.upload_path(sha(b"other content")).exists() and not storage.upload_path(sha(b"other style")).exists()
     assert storage.upload_path(sha(CONTENT)).exists()
+    with factory() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
 
 
 def test_a_submission_that_fails_leaves_no_new_file(factory, storage, owners, monkeypatch):

@@ -13,3 +13,13 @@ def test_the_worker_name_comes_from_styleq_worker_name_else_the_host(monkeypatch
 
     monkeypatch.setenv("STYLEQ_WORKER_NAME", "gpu3@rack7")
     assert load_settings().worker_name == load_settings().worker_node == "gpu3@rack7"
+
+
+def test_fair_use_limits_are_on_by_default_and_zero_switches_them_off(monkeypatch):
+    monkeypatch.delenv("STYLEQ_MAX_REQUESTS_PER_MINUTE", raising=False)
+    monkeypatch.delenv("STYLEQ_MAX_ACTIVE_JOBS", raising=False)
+    assert (load_settings().max_requests_per_minute, load_settings().max_active_jobs) == (300, 10)
+
+    monkeypatch.setenv("STYLEQ_MAX_REQUESTS_PER_MINUTE", "0")
+    monkeypatch.setenv("STYLEQ_MAX_ACTIVE_JOBS", "0")
+    assert (load_settings().max_requests_per_minute, load_settings().max_active_jobs) == (0, 0)
