@@ -17,6 +17,7 @@ from shared.models import Job
 
 from .auth import current_key
 from .backends import backends, close_session, db_session
+from .jobs import query_argument
 from .payloads import checkpoint_payload, job_payload
 
 bp = Blueprint("events", __name__)
@@ -46,7 +47,7 @@ def stream_events(job_id: str) -> Response:
 
 def resume_point() -> int:
     """Return the iteration after which to send checkpoints: Last-Event-ID on a reconnect, else ?after=."""
-    for source, text in (("Last-Event-ID", request.headers.get("Last-Event-ID")), ("after", request.args.get("after"))):
+    for source, text in (("Last-Event-ID", request.headers.get("Last-Event-ID")), ("after", query_argument("after"))):
         if text is None or not text.strip():
             continue
         try:

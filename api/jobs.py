@@ -36,7 +36,7 @@ def list_jobs() -> Response:
     """List the client's jobs (every job for an admin), newest first."""
     session = db_session()
     limit = int_argument("limit", 20, 1, 100)
-    status, cursor = request.args.get("status") or None, request.args.get("cursor") or None
+    status, cursor = query_argument("status"), query_argument("cursor")
     page = jobs.list_jobs(session, current_key(), status=status, cursor=cursor, limit=limit)
     return jsonify(jobs=[job_payload(session, job) for job in page.jobs], next_cursor=page.next_cursor)
 
@@ -79,10 +79,20 @@ def delete_job(job_id: str) -> tuple[str, int]:
     return "", 204
 
 
+def query_argument(name: str) -> str | None:
+    """Return the query argument `name`, None when absent; given empty or more than once, it is a 400."""
+    values = request.args.getlist(name)
+    if not values:
+        return None
+    if len(values) > 1 or not values[0].strip():
+        raise InvalidInput(f"{name} must be given once, with a value; got {values!r}", code="invalid_query")
+    return values[0]
+
+
 def int_argument(name: str, default: int, low: int, high: int) -> int:
     """Return the query argument `name` as an integer from `low` to `high`."""
-    text = request.args.get(name)
-    if text is None or text == "":
+    text = query_argument(name)
+    if text is None:
         return default
     try:
         value = int(text)

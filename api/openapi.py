@@ -38,6 +38,8 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "description": "The job's id.", "schema": {"type": "string"}}
+# The types an upload may have, served back as they came.
+UPLOAD_MIMETYPES = ["image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff"]
 # Every /v1 operation needs a key, and counts against the key's requests per minute.
 AUTH = {"401": {"$ref": REF + "responses/Unauthorized"}, "429": {"$ref": REF + "responses/TooManyRequests"}}
 UNKNOWN = {"404": _error("No job with this id belongs to the client.")}
@@ -116,6 +118,18 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}, "checks": {"type": "object"}},
     },
+    # The data of each Server-Sent Event of /v1/jobs/{job_id}/events (a JSON object on its `data:` line).
+    "StatusEvent": {"$ref": REF + "schemas/Job", "description": "event: status (id: the last checkpoint's iteration). The job, first and at each change."},
+    "CheckpointEvent": {"$ref": REF + "schemas/Checkpoint", "description": "event: checkpoint (id: its iteration). One per checkpoint, in order."},
+    "EndEvent": {
+        "type": "object",
+        "description": "event: end. The last event: the job finished, or was deleted (status null).",
+        "required": ["status"],
+        "properties": {
+            "status": {"type": ["string", "null"], "enum": [*(status.value for status in JobStatus), None]},
+            "reason": {"type": "string"},
+        },
+    },
 }
 
 SUBMIT = {
@@ -179,7 +193,7 @@ PATHS: dict[str, Any] = {
             "summary": "List the client's jobs (all jobs for an admin key), newest first.",
             "parameters": [
                 _query("status", "Only jobs in this status.", {"type": "string", "enum": [status.value for status in JobStatus]}),
-                _query("cursor", "The next_cursor of the page before.", {"type": "string"}),
+                _query("cursor", "The next_cursor of the page before.", {"type": "string", "minLength": 1}),
                 _query("limit", "Jobs per page.", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}),
             ],
             "responses": {"200": _json("A page of jobs.", "JobPage"), "400": _error("invalid_query."), **AUTH},
@@ -205,7 +219,23 @@ PATHS: dict[str, Any] = {
         "get": _job_operation(
             "Follow the job as Server-Sent Events: status, checkpoint (id = iteration), status changes, end.",
             {
-                "200": {"description": "An event stream.", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "200": {
+                    "description": (
+                        "An event stream. Each event is `event: status|checkpoint|end`, `id: <iteration>` and a `data:` line holding "
+                        "a JSON object: StatusEvent, CheckpointEvent or EndEvent. The first status event carries `retry:`; "
+                        "lines starting with `:` are keep-alives. The server closes the stream after a while; reconnect with Last-Event-ID."
+                    ),
+                    "content": {
+                        "text/event-stream": {
+                            "schema": {"type": "string", "description": "text/event-stream framing; see the event schemas."},
+                            "x-event-schemas": {
+                                "status": {"$ref": REF + "schemas/StatusEvent"},
+                                "checkpoint": {"$ref": REF + "schemas/CheckpointEvent"},
+                                "end": {"$ref": REF + "schemas/EndEvent"},
+                            },
+                        }
+                    },
+                },
                 "400": _error("invalid_query."),
             },
             [
@@ -233,10 +263,10 @@ PATHS: dict[str, Any] = {
         )
     },
     "/v1/jobs/{job_id}/content": {
-        "get": _job_operation("Download the uploaded content image.", {"200": _image("The upload.", ["image/jpeg", "image/png"], "private, max-age=86400, immutable"), **NOT_MODIFIED})
+        "get": _job_operation("Download the uploaded content image.", {"200": _image("The upload, in its own format.", UPLOAD_MIMETYPES, "private, max-age=86400, immutable"), **NOT_MODIFIED})
     },
     "/v1/jobs/{job_id}/style": {
-        "get": _job_operation("Download the uploaded style image.", {"200": _image("The upload.", ["image/jpeg", "image/png"], "private, max-age=86400, immutable"), **NOT_MODIFIED})
+        "get": _job_operation("Download the uploaded style image.", {"200": _image("The upload, in its own format.", UPLOAD_MIMETYPES, "private, max-age=86400, immutable"), **NOT_MODIFIED})
     },
     "/healthz": {"get": {"summary": "Liveness.", "security": [], "responses": {"200": _json("Up.", "Health")}}},
     "/readyz": {
@@ -249,9 +279,38 @@ PATHS: dict[str, Any] = {
     "/openapi.json": {"get": {"summary": "This document.", "security": [], "responses": {"200": {"description": "OpenAPI 3.1."}}}},
 }
 
+# Answers any operation may give: from gunicorn before the app (414, 431, as JSON too), and while the database is down.
+COMMON_RESPONSES: dict[str, Any] = {
+    "414": {"$ref": REF + "responses/UriTooLong"},
+    "431": {"$ref": REF + "responses/HeadersTooLarge"},
+    "503": {"$ref": REF + "responses/Unavailable"},
+}
+# Requests that change something, signed in by the dashboard's cookie, must carry the CSRF header.
+CHANGING_RESPONSES: dict[str, Any] = {"403": _error("forbidden: a cookie-authenticated request without the X-Styleq-CSRF header.")}
+
+
+def _complete(paths: dict[str, Any]) -> dict[str, Any]:
+    """Add the answers every operation may give to each one's own."""
+    for operations in paths.values():
+        for method, operation in operations.items():
+            extra = {**COMMON_RESPONSES, **(CHANGING_RESPONSES if method in ("post", "delete") and operation.get("security") != [] else {})}
+            operation["responses"] = {**operation["responses"], **{code: answer for code, answer in extra.items() if code not in operation["responses"]}}
+    return paths
+
+
+_complete(PATHS)
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "styleq", "version": "1", "description": "Neural style transfer as asynchronous jobs."},
+    "info": {
+        "title": "styleq",
+        "version": "1",
+        "description": (
+            "Neural style transfer as asynchronous jobs. Every response, errors included, is JSON (images and the event "
+            'stream aside); errors are {"error": {"code", "message"}}. A method a path does not offer is answered '
+            "405 method_not_allowed with an Allow header; an unknown path 404 not_found."
+        ),
+    },
     "security": [{"bearer": []}],
     "paths": PATHS,
     "components": {
@@ -266,6 +325,10 @@ DOCUMENT: dict[str, Any] = {
                 **_error("too_many_requests: the API key is over its requests per minute (admin keys are exempt); nothing was done."),
                 "headers": {"Retry-After": RETRY_AFTER},
             },
+            "UriTooLong": _error("uri_too_long: the request line is over 4094 bytes."),
+            "HeadersTooLarge": _error("headers_too_large: a header is over 8190 bytes, or there are over 100."),
+            "Unavailable": {**_error("database_unavailable (or storage_unavailable on submit): try again after Retry-After seconds."), "headers": {"Retry-After": RETRY_AFTER}},
+            "MethodNotAllowed": {**_error("method_not_allowed: the path does not offer this method."), "headers": {"Allow": {"schema": {"type": "string"}}}},
         },
     },
 }

@@ -10,7 +10,7 @@ from werkzeug.datastructures import FileStorage
 
 from shared.errors import InvalidInput
 from shared.images import decode_image
-from shared.params import WEIGHTS_NAMES, TransferParams, resolve_params
+from shared.params import WEIGHTS_NAMES, TransferParams, installed_weights, resolve_params
 from shared.settings import Settings
 
 from .errors import TooLarge, Unprocessable
@@ -76,6 +76,13 @@ def read_params(form: Any, files: Any, settings: Settings, content: UploadedImag
         raise Unprocessable(f"a parameter has a value of the wrong type: {error}") from None
     if params.weights not in WEIGHTS_NAMES:
         raise Unprocessable(f"weights must be one of {', '.join(WEIGHTS_NAMES)}, got {params.weights!r}")
+    installed = installed_weights(settings.models_path)
+    if params.weights not in installed:
+        # Workers run only weights an operator has pulled; they never download at a client's request.
+        raise Unprocessable(
+            f"weights {params.weights!r} are not installed on this service; installed: {', '.join(installed) or 'none'}",
+            code="weights_unavailable",
+        )
     if params.iterations > settings.max_iterations:
         raise Unprocessable(f"iterations must be at most {settings.max_iterations} on this service, got {params.iterations}")
     try:

@@ -100,7 +100,7 @@ def up(host: str, port: int, gpus: str, api_workers: int) -> None:
 
     url = f"http://{host}:{port}"
     api = subprocess.Popen([
-        sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(api_workers),
+        sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_config", "--bind", f"{host}:{port}", "--workers", str(api_workers),
         # Threads, because every open event stream holds one for as long as the job runs.
         "--worker-class", "gthread", "--threads", "16", "--timeout", "120", "--graceful-timeout", "5",
         "--access-logfile", "-", "api:create_app()",

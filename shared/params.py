@@ -9,6 +9,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Inclusive numeric ranges of every numeric parameter; the API and CLI validate against the same table.
@@ -36,9 +37,19 @@ CHOICES: dict[str, tuple[str, ...]] = {
     # step, each job of a batch on its own); "none" takes the step as it comes (one evaluation, shared by a batch).
     "line_search": ("none", "strong_wolfe"),
 }
-# The weights registry's names (worker/engine/weights.py REGISTRY), so the API can refuse anything else
-# (a client must never name a file path) without importing the engine.
-WEIGHTS_NAMES: tuple[str, ...] = ("vgg16-caffe", "vgg16", "vgg19")
+# The weights registry's names and files (worker/engine/weights.py REGISTRY), so the API can refuse anything
+# else (a client must never name a file path), and weights an operator has not pulled, without importing the engine.
+WEIGHTS_FILES: dict[str, str] = {
+    "vgg16-caffe": "vgg16-caffe-5486cb09.safetensors",
+    "vgg16": "vgg16-397923af.pth",
+    "vgg19": "vgg19-dcbb9e9d.pth",
+}
+WEIGHTS_NAMES: tuple[str, ...] = tuple(WEIGHTS_FILES)
+
+
+def installed_weights(model_dir: Path) -> tuple[str, ...]:
+    """Return the registry weights whose file is in `model_dir`: the only ones a worker runs (it never downloads)."""
+    return tuple(name for name, filename in WEIGHTS_FILES.items() if (Path(model_dir) / filename).is_file())
 MAX_SCALES = 8
 # Below about a tenth of a normal output the network sees too few pixels for its deepest layers.
 MIN_SCALE = 0.05

@@ -123,7 +123,7 @@ def start_api(environment: dict[str, str], log_dir: Path, name: str = "api") -> 
     """Start the API under gunicorn on a free port and wait until it answers; return it and its URL."""
     port = free_port()
     command = [
-        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
+        sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_config", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
         "--threads", "16", "--graceful-timeout", "2", "api:create_app()",
     ]
     process = Process(name, command, environment, log_dir)

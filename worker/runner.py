@@ -54,9 +54,8 @@ from .engine import (
     output_size, resolve_precision, transfer_batch,
 )
 from .engine.memory import batch_capacity, free_device_bytes
-from .downloads import load_or_pull
 from .liveness import dead_local_owners
-from .engine.weights import LoadedWeights, WeightsError
+from .engine.weights import LoadedWeights, WeightsError, load_weights
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,11 +93,12 @@ class ModelCache:
     targets: TargetCache = field(default_factory=TargetCache)
 
     def backbone(self, params: TransferParams) -> Backbone:
-        """Return the backbone for `params`, loading (and on first use fetching) its weights."""
+        """Return the backbone for `params`, loading its weights from the model directory (never fetching them)."""
         key = (params.weights, params.layers)
         if key not in self.backbones:
             if params.weights not in self.weights:
-                self.weights[params.weights] = load_or_pull(params.weights, self.model_dir)
+                # Only weights an operator pulled (`styleq weights pull`): a job never makes a worker download.
+                self.weights[params.weights] = load_weights(params.weights, self.model_dir)
             # One backbone per layer set is enough: a service sees few distinct presets.
             self.backbones[key] = build_backbone(self.weights[params.weights], params, self.device)
         return self.backbones[key]
@@ -277,7 +277,12 @@ class JobRunner:
         try:
             backbone = self.models.backbone(leader.params)
         except WeightsError as error:
-            raise JobFailure("weights_unavailable", str(error)) from None
+            log.error("job %s: weights %s cannot be loaded: %s", job.id, leader.params.weights, error)
+            raise JobFailure(
+                "weights_unavailable",
+                f"the weights {leader.params.weights!r} are missing or damaged on the worker that took this job; an operator "
+                f"installs them with `styleq weights pull {leader.params.weights}`",
+            ) from None
         batch = [leader, *self._take_mates(leader, held)]
         if len(batch) > 1:
             self._record_batch(batch)

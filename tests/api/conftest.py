@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 from api import create_app
 from shared.db import session_scope
 from shared.keys import create_api_key
+from shared.params import WEIGHTS_FILES
 from shared.settings import Settings
 from tests.api.support import Keys
 
@@ -34,7 +35,16 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         max_upload_bytes=MAX_UPLOAD_BYTES,
         max_pixels=512 * 512,
         max_iterations=1000,
+        model_dir=installed_models(tmp_path / "models"),
     )
+
+
+def installed_models(model_dir: Path) -> Path:
+    """A model directory where an operator has pulled the presets' weights (the API only looks for the files)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("vgg16-caffe", "vgg19"):
+        (model_dir / WEIGHTS_FILES[name]).write_bytes(b"")
+    return model_dir
 
 
 @pytest.fixture

@@ -39,7 +39,12 @@ def test_list_filters_by_status(app, client, keys):
     assert [job["id"] for job in body["jobs"]] == [done]
 
 
-@pytest.mark.parametrize("query", ["status=done", "limit=0", "limit=101", "limit=ten", "cursor=0123456789abcdef0123456789abcdef"])
+@pytest.mark.parametrize(
+    "query",
+    ["status=done", "limit=0", "limit=101", "limit=ten", "cursor=0123456789abcdef0123456789abcdef",
+     # Given empty, or more than once, an argument says nothing clear: refused rather than guessed.
+     "status=", "cursor=", "limit=", "limit=5&limit=6", "status=queued&status=running"],
+)
 def test_list_refuses_bad_query(client, keys, query):
     assert_error(client.get(f"/v1/jobs?{query}", headers=keys.headers("alice")), 400, "invalid_query")
 
@@ -90,6 +95,8 @@ def test_checkpoints_after_an_iteration(app, client, keys):
     assert [point["iteration"] for point in everything["checkpoints"]] == [10, 20, 30, 40]
     assert later["checkpoints"] == [{"iteration": 30, "elapsed_s": 3.0, "content": 1 / 30, "style": 2 / 30, "tv": 0.5, "total": 0.6, "scale": 1.0}]
     assert_error(client.get(f"/v1/jobs/{job_id}/checkpoints?after=-1", headers=keys.headers("alice")), 400, "invalid_query")
+    assert_error(client.get(f"/v1/jobs/{job_id}/checkpoints?after=", headers=keys.headers("alice")), 400, "invalid_query")
+    assert_error(client.get(f"/v1/jobs/{job_id}/events?after=", headers=keys.headers("alice")), 400, "invalid_query")
 
 
 def test_running_job_shows_progress_and_losses(app, client, keys):

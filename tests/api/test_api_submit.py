@@ -193,3 +193,18 @@ def test_storage_that_refuses_an_upload_answers_503_without_paths_and_stores_not
     assert_error(response, 503, "storage_unavailable")
     assert int(response.headers["Retry-After"]) > 0 and str(storage.root) not in response.get_data(as_text=True)
     assert count_jobs(app) == 0 and upload_files(settings) == []
+
+
+def test_weights_the_operator_has_not_pulled_are_refused_at_submit(app, client, keys, settings):
+    response = submit(client, keys.headers("alice"), params=json.dumps({"weights": "vgg16"}))
+
+    assert_error(response, 422, "weights_unavailable")
+    assert "vgg16-caffe" in response.get_json()["error"]["message"]  # what is installed
+    assert str(settings.models_path) not in response.get_data(as_text=True)
+    assert count_jobs(app) == 0 and upload_files(settings) == [] and broker_messages(settings) == []
+
+    # Once pulled, the same job is accepted.
+    from shared.params import WEIGHTS_FILES
+
+    (settings.models_path / WEIGHTS_FILES["vgg16"]).write_bytes(b"")
+    assert submit(client, keys.headers("alice"), params=json.dumps({"weights": "vgg16"})).status_code == 202

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from shared.params import DEFAULT_PRESET, PRESETS, WEIGHTS_NAMES, long_side_output, parse_size, resolve_params, smallest_long_side
+from shared.params import (
+    DEFAULT_PRESET, PRESETS, WEIGHTS_FILES, WEIGHTS_NAMES, installed_weights, long_side_output, parse_size, resolve_params, smallest_long_side,
+)
 from worker.engine.weights import DEFAULT_WEIGHTS, REGISTRY
 
 
 def test_the_weight_names_the_api_accepts_are_the_registrys():
     assert WEIGHTS_NAMES == tuple(REGISTRY)
     assert DEFAULT_WEIGHTS == PRESETS[DEFAULT_PRESET]["weights"] and all(preset["weights"] in REGISTRY for preset in PRESETS.values())
+
+
+def test_the_api_knows_the_registrys_files_so_it_sees_which_weights_are_pulled(tmp_path):
+    assert WEIGHTS_FILES == {name: spec.filename for name, spec in REGISTRY.items()}
+    assert installed_weights(tmp_path) == ()
+    (tmp_path / REGISTRY["vgg19"].filename).write_bytes(b"")
+    assert installed_weights(tmp_path) == ("vgg19",)
 
 
 @pytest.mark.parametrize(("text", "size"), [("300x450", (300, 450)), (" 300 X 450 ", (300, 450)), ("512", 512)])

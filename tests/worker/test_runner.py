@@ -663,3 +663,22 @@ def test_an_upload_cut_short_fails_as_invalid_image_naming_its_role(settings, fa
 
     job = load(factory, job_id)
     assert job.error_code == "invalid_image" and job.error_message.startswith("the style image is damaged or incomplete")
+
+
+def test_a_job_naming_weights_the_worker_does_not_hold_fails_without_a_download(settings, factory, storage, images_dir, tmp_path, monkeypatch):
+    from worker import downloads
+
+    def no_download(*_args, **_kwargs):
+        raise AssertionError("a worker must never download weights for a job")
+
+    monkeypatch.setattr(downloads, "pull_weights", no_download)
+    monkeypatch.setattr(downloads, "pull_spec", no_download)
+    job_id = submit(factory, storage, images_dir, weights="vgg19")
+    runner = JobRunner(settings, factory, storage, name="w", lease_owner="w/1", gpu="cpu", device=torch.device("cpu"),
+                       models=ModelCache(tmp_path / "empty-models", torch.device("cpu")))
+
+    assert runner.run(job_id) == "failed"
+
+    job = load(factory, job_id)
+    assert (job.status, job.error_code) == ("failed", "weights_unavailable")
+    assert "styleq weights pull vgg19" in job.error_message and str(tmp_path) not in job.error_message
