@@ -29,7 +29,11 @@ def live(tmp_path_factory) -> Iterator[tuple[str, str]]:
     root = tmp_path_factory.mktemp("contract")
     (root / "models").mkdir()
     (root / "models" / WEIGHTS_FILES["vgg16-caffe"]).write_bytes(b"")  # the API only looks for the file
-    environment = {**os.environ, "STYLEQ_DATA_DIR": str(root), "STYLEQ_MODEL_DIR": str(root / "models")}
+    environment = {
+        **os.environ, "STYLEQ_DATA_DIR": str(root), "STYLEQ_MODEL_DIR": str(root / "models"),
+        # The fuzzer sends thousands of requests a minute with one key: fair use off, or most answers would be 429.
+        "STYLEQ_MAX_REQUESTS_PER_MINUTE": "0", "STYLEQ_MAX_ACTIVE_JOBS": "0",
+    }
     for name in ("STYLEQ_DATABASE_URL", "STYLEQ_BROKER_URL"):
         environment.pop(name, None)
     database = f"sqlite:///{root / 'styleq.db'}"
