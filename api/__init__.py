@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask
 
 from shared.db import make_engine, make_session_factory
+from shared.secret_key import load_secret_key
 from shared.settings import Settings, load_settings
 from shared.storage import Storage
 
@@ -26,8 +27,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         EVENTS_MAX_SECONDS=300.0,
     )
     engine = make_engine(settings.database)
+    secret_key = load_secret_key(settings)
     app.extensions[EXTENSION] = Backends(
         settings=settings,
+        secret_key=secret_key,
         engine=engine,
         session_factory=make_session_factory(engine),
         storage=Storage(settings.storage_path),
@@ -43,6 +46,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(v1)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
-    # The browser dashboard at `/`, and the session secret its cookie (also accepted by /v1) is signed with.
-    dashboard.init_app(app, settings)
+    # The browser dashboard at `/`, and the secret its session cookie (also accepted by /v1) is signed with.
+    dashboard.init_app(app, secret_key)
     return app
