@@ -9,7 +9,7 @@ from shared.secret_key import load_secret_key
 from shared.settings import Settings, load_settings
 from shared.storage import Storage
 
-from . import auth, dashboard, errors, events, files, health, jobs, openapi
+from . import auth, dashboard, errors, events, files, health, jobs, openapi, security
 from .backends import EXTENSION, Backends, close_session
 from .queue import JobQueue
 
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.teardown_appcontext(close_session)
     errors.register_error_handlers(app)
+    security.init_app(app, settings)
 
     v1 = Blueprint("v1", __name__, url_prefix="/v1")
     v1.before_request(auth.require_api_key)

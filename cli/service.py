@@ -155,7 +155,10 @@ def up(host: str, port: int, gpus: str, api_workers: int) -> None:
         sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(api_workers),
         # Threads, because every open event stream holds one for as long as the job runs.
         "--worker-class", "gthread", "--threads", "16", "--timeout", "120", "--graceful-timeout", "5",
-        "--access-logfile", "-", "api:create_app()",
+        "--access-logfile", "-",
+        # gunicorn itself believes X-Forwarded-Proto from 127.0.0.1; only the app decides that, from
+        # STYLEQ_TRUSTED_PROXIES, so a local client cannot pass for HTTPS.
+        "--forwarded-allow-ips", "", "api:create_app()",
     ])
     worker = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--gpus", gpus])
     processes = [api, worker]

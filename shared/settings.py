@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # `styleq keys create` must share it; changing it invalidates every key. Unset means one generated
     # once and kept in `<data_dir>/secret-key`; set it when those processes do not share a data directory.
     secret_key: str | None = None
+    # How many reverse proxies stand in front of the API, each appending to X-Forwarded-For/Proto/Host.
+    # 0 believes none of those headers: any client could send them.
+    trusted_proxies: int = Field(default=0, ge=0)
 
     @property
     def models_path(self) -> Path:

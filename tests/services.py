@@ -130,7 +130,7 @@ def start_api(environment: dict[str, str], log_dir: Path, name: str = "api") -> 
     environment = {**environment, "STYLEQ_SECRET_KEY": SECRET_KEY}
     command = [
         sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
-        "--threads", "16", "--graceful-timeout", "2", "api:create_app()",
+        "--threads", "16", "--graceful-timeout", "2", "--forwarded-allow-ips", "", "api:create_app()",
     ]
     process = Process(name, command, environment, log_dir)
     url = f"http://127.0.0.1:{port}"

@@ -11,11 +11,14 @@ bp = Blueprint("dashboard", __name__, static_folder="../static", static_url_path
 
 
 class DashboardSessions(SecureCookieSessionInterface):
-    """Flask's signed cookie, marked Secure whenever the browser reached us over HTTPS (directly or through a proxy)."""
+    """Flask's signed cookie, marked Secure whenever the browser reached us over HTTPS.
+
+    Behind a proxy, `request.is_secure` reflects X-Forwarded-Proto only when STYLEQ_TRUSTED_PROXIES
+    says a proxy is there (see api.security); a client's own header is never believed.
+    """
 
     def get_cookie_secure(self, app: Flask) -> bool:
-        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure or forwarded == "https"
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
 
 
 def init_app(app: Flask, secret_key: str) -> None:
