@@ -5,10 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, Flask
 
 from shared.db import make_engine, make_session_factory
+from shared.secret_key import load_secret_key
 from shared.settings import Settings, load_settings
 from shared.storage import Storage
 
-from . import auth, dashboard, errors, events, files, health, jobs, limits, openapi
+from . import auth, dashboard, errors, events, files, health, jobs, limits, openapi, security
 from .backends import EXTENSION, Backends, close_session
 from .queue import JobQueue
 
@@ -26,8 +27,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         EVENTS_MAX_SECONDS=300.0,
     )
     engine = make_engine(settings.database)
+    secret_key = load_secret_key(settings)
     app.extensions[EXTENSION] = Backends(
         settings=settings,
+        secret_key=secret_key,
         engine=engine,
         session_factory=make_session_factory(engine),
         storage=Storage(settings.storage_path),
@@ -35,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.teardown_appcontext(close_session)
     errors.register_error_handlers(app)
+    security.init_app(app, settings)
 
     v1 = Blueprint("v1", __name__, url_prefix="/v1")
     v1.before_request(auth.require_api_key)
@@ -44,6 +48,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(v1)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
-    # The browser dashboard at `/`, and the session secret its cookie (also accepted by /v1) is signed with.
-    dashboard.init_app(app, settings)
+    # The browser dashboard at `/`, and the secret its session cookie (also accepted by /v1) is signed with.
+    dashboard.init_app(app, secret_key)
     return app

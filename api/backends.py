@@ -21,6 +21,8 @@ class Backends:
     """The settings of one app and the back ends it talks to, built by the factory and kept on `app.extensions`."""
 
     settings: Settings
+    # Signs the session cookies and keys the stored hashes of API keys (see shared.secret_key).
+    secret_key: str
     engine: Engine
     session_factory: sessionmaker[Session]
     storage: Storage

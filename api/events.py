@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
@@ -15,7 +15,7 @@ from shared.db import session_scope
 from shared.errors import InvalidInput
 from shared.models import Job
 
-from .auth import current_key
+from .auth import credentials_check, current_key
 from .backends import backends, close_session, db_session
 from .jobs import query_argument
 from .payloads import checkpoint_payload, job_payload
@@ -35,6 +35,7 @@ def stream_events(job_id: str) -> Response:
         backends().session_factory,
         job.id,
         after,
+        credentials_check(),
         poll_seconds=config["EVENTS_POLL_SECONDS"],
         keepalive_seconds=config["EVENTS_KEEPALIVE_SECONDS"],
         max_seconds=config["EVENTS_MAX_SECONDS"],
@@ -68,6 +69,7 @@ class EventStream:
         session_factory: sessionmaker[Session],
         job_id: str,
         after: int,
+        still_authorised: Callable[[Session], bool],
         *,
         poll_seconds: float,
         keepalive_seconds: float,
@@ -76,6 +78,7 @@ class EventStream:
         self.session_factory = session_factory
         self.job_id = job_id
         self.after = after
+        self.still_authorised = still_authorised
         self.poll_seconds = poll_seconds
         self.keepalive_seconds = keepalive_seconds
         self.max_seconds = max_seconds
@@ -86,7 +89,11 @@ class EventStream:
         sent_state: tuple[str, bool] | None = None
         started = quiet_since = time.monotonic()
         while True:
-            snapshot = self.read(last)
+            with session_scope(self.session_factory) as session:
+                if not self.still_authorised(session):
+                    # The key was revoked or the dashboard session ended: stop now; the client's reconnect gets 401.
+                    return
+                snapshot = self.read(session, last)
             if snapshot is None:
                 yield format_event("end", {"status": None, "reason": "the job was deleted"}, last)
                 return
@@ -121,15 +128,14 @@ class EventStream:
                 return
             time.sleep(self.poll_seconds)
 
-    def read(self, after: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    def read(self, session: Session, after: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """Return the job and its checkpoints past `after`, or None once it is deleted."""
-        with session_scope(self.session_factory) as session:
-            # The job first: if it is finished, every checkpoint it wrote is committed and read below.
-            job = session.get(Job, self.job_id)
-            if job is None:
-                return None
-            payload = job_payload(session, job)
-            checkpoints = [checkpoint_payload(c) for c in jobs.checkpoints_after(session, self.job_id, after)]
+        # The job first: if it is finished, every checkpoint it wrote is committed and read below.
+        job = session.get(Job, self.job_id)
+        if job is None:
+            return None
+        payload = job_payload(session, job)
+        checkpoints = [checkpoint_payload(c) for c in jobs.checkpoints_after(session, self.job_id, after)]
         return payload, checkpoints
 
 

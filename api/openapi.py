@@ -217,7 +217,8 @@ PATHS: dict[str, Any] = {
     },
     "/v1/jobs/{job_id}/events": {
         "get": _job_operation(
-            "Follow the job as Server-Sent Events: status, checkpoint (id = iteration), status changes, end.",
+            "Follow the job as Server-Sent Events: status, checkpoint (id = iteration), status changes, end. A stream whose key is "
+            "revoked (or whose dashboard session ends) stops at once without `end`; reconnecting then gets 401.",
             {
                 "200": {
                     "description": (

@@ -1,4 +1,4 @@
-"""`styleq up`, `db upgrade`, `keys create` and `worker`: running the job service on this machine."""
+"""`styleq up`, `db upgrade`, `keys create|list|revoke` and `worker`: running the job service on this machine."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 import requests
 
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.keys import create_api_key
+from shared.errors import Conflict, NotFound
+from shared.keys import create_api_key, find_api_key, list_api_keys, revoke_api_key
 from shared.migrate import upgrade_database
+from shared.models import ApiKey
+from shared.secret_key import load_secret_key
 from shared.settings import Settings, load_settings
 
 
@@ -24,10 +28,12 @@ def local_key_file(settings: Settings) -> Path:
 
 def make_key(settings: Settings, name: str, *, admin: bool = False) -> str:
     """Create an API key in the configured database and return its secret."""
+    # Hashed under the same server secret the API loads, so the API recognises it.
+    secret = load_secret_key(settings)
     engine = make_engine(settings.database)
     try:
         with session_scope(make_session_factory(engine)) as session:
-            _, token = create_api_key(session, name, is_admin=admin)
+            _, token = create_api_key(session, name, secret=secret, is_admin=admin)
     finally:
         engine.dispose()
     return token
@@ -63,6 +69,52 @@ def keys_create(name: str, admin: bool) -> None:
         raise click.UsageError(str(error)) from None
     click.echo(f"Created {'an admin' if admin else 'a'} key named {name!r}; it is shown only once:", err=True)
     click.echo(token)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Show every key: id, name, prefix, admin, created, revoked (never the key itself, which is not stored)."""
+    engine = make_engine(load_settings().database)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            rows = [key_row(key) for key in list_api_keys(session)]
+    finally:
+        engine.dispose()
+    if not rows:
+        click.echo("no API keys yet; `styleq keys create --name NAME` makes one", err=True)
+        return
+    header = ("ID", "NAME", "PREFIX", "ADMIN", "CREATED", "REVOKED")
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
+    for row in (header, *rows):
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def key_row(key: ApiKey) -> tuple[str, str, str, str, str, str]:
+    """Return how `styleq keys list` shows `key`."""
+    def moment(value: datetime | None) -> str:
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+    return (str(key.id), key.name, key.prefix, "yes" if key.is_admin else "no", moment(key.created_at), moment(key.revoked_at))
+
+
+@keys.command("revoke")
+@click.argument("id_or_prefix")
+def keys_revoke(id_or_prefix: str) -> None:
+    """Revoke the key with this id or prefix (see `styleq keys list`): the API and the dashboard refuse it at once."""
+    engine = make_engine(load_settings().database)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            key = find_api_key(session, id_or_prefix)
+            revoked = revoke_api_key(session, key)
+            description = f"key {key.id} ({key.name!r}, {key.prefix})"
+    except (NotFound, Conflict) as error:
+        raise click.ClickException(f"{error.message}; `styleq keys list` shows every key") from None
+    finally:
+        engine.dispose()
+    if revoked:
+        click.echo(f"Revoked {description}; requests and dashboard sessions using it are refused from now on.", err=True)
+    else:
+        click.echo(f"{description.capitalize()} was already revoked; nothing changed.", err=True)
 
 
 def _wait_until_healthy(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 120.0) -> None:
@@ -103,7 +155,10 @@ def up(host: str, port: int, gpus: str, api_workers: int) -> None:
         sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_config", "--bind", f"{host}:{port}", "--workers", str(api_workers),
         # Threads, because every open event stream holds one for as long as the job runs.
         "--worker-class", "gthread", "--threads", "16", "--timeout", "120", "--graceful-timeout", "5",
-        "--access-logfile", "-", "api:create_app()",
+        "--access-logfile", "-",
+        # gunicorn itself believes X-Forwarded-Proto from 127.0.0.1; only the app decides that, from
+        # STYLEQ_TRUSTED_PROXIES, so a local client cannot pass for HTTPS.
+        "--forwarded-allow-ips", "", "api:create_app()",
     ])
     worker = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--gpus", gpus])
     processes = [api, worker]

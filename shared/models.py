@@ -1,4 +1,4 @@
-"""The database schema: jobs, their loss checkpoints, API keys and their request counts (changed only through migrations/)."""
+"""The database schema: jobs, their loss checkpoints, API keys, their request counts and dashboard sessions (changed only through migrations/)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,15 @@ class JobStatus(enum.StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
 
 
+class KeyHashScheme(enum.StrEnum):
+    """How an API key's stored hash was made."""
+
+    # HMAC-SHA256 keyed by the server secret: a leaked database alone cannot even confirm a guessed key.
+    HMAC_SHA256 = "hmac-sha256"
+    # Plain SHA-256, as keys made before migration 0007 were stored; rewritten as HMAC at their next use.
+    SHA256 = "sha256"
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
 
@@ -59,10 +68,31 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(100))
     # Only a hash is kept: a leaked database does not leak usable keys.
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # A row that does not say (one from before 0007) holds the legacy plain hash.
+    hash_scheme: Mapped[KeyHashScheme] = mapped_column(
+        Enum(KeyHashScheme, native_enum=False, length=16, values_callable=lambda schemes: [scheme.value for scheme in schemes]),
+        default=KeyHashScheme.HMAC_SHA256,
+        server_default=KeyHashScheme.SHA256.value,
+    )
     prefix: Mapped[str] = mapped_column(String(16))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DashboardSession(Base):
+    """One browser signed in to the dashboard: its signed cookie names the row, which must still be open."""
+
+    __tablename__ = "dashboard_sessions"
+
+    # Random and unguessable; the cookie that carries it is signed too.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set by signing out or revoking the key: a copy of the cookie is worthless from then on.
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    key: Mapped[ApiKey] = relationship()
 
 
 class Job(Base):

@@ -61,9 +61,13 @@ class Settings(BaseSettings):
     batch_size: int | None = Field(default=None, ge=1)
     # How long a worker holds its first job waiting for batch-mates to arrive; 0 takes only those already queued.
     batch_wait_seconds: float = Field(default=0.0, ge=0)
-    # Signs the dashboard's session cookies. Unset means one generated once and kept in
-    # `<data_dir>/secret-key`; set it when the API processes do not share a data directory.
+    # Signs the dashboard's session cookies and keys the stored hashes of API keys, so the API and
+    # `styleq keys create` must share it; changing it invalidates every key. Unset means one generated
+    # once and kept in `<data_dir>/secret-key`; set it when those processes do not share a data directory.
     secret_key: str | None = None
+    # How many reverse proxies stand in front of the API, each appending to X-Forwarded-For/Proto/Host.
+    # 0 believes none of those headers: any client could send them.
+    trusted_proxies: int = Field(default=0, ge=0)
 
     @property
     def models_path(self) -> Path:

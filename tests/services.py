@@ -20,6 +20,8 @@ import requests
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379"
+# The server secret of every API the tests start, and so of the keys `make_key` hashes for them.
+SECRET_KEY = "styleq-tests-server-secret"
 
 
 def _port_open(port: int) -> bool:
@@ -71,11 +73,14 @@ def fresh_postgres_database() -> Iterator[str]:
 
 
 def make_key(database_url: str, name: str, admin: bool = False) -> str:
-    """Create an API key in the database at `database_url`, as `styleq keys create` does; return its secret."""
+    """Create an API key in the database at `database_url`, as `styleq keys create` does; return its secret.
+
+    It is hashed under SECRET_KEY, the server secret every API that `start_api` starts is given.
+    """
     from cli.service import make_key as create_key
     from shared.settings import Settings
 
-    return create_key(Settings(database_url=database_url), name, admin=admin)
+    return create_key(Settings(database_url=database_url, secret_key=SECRET_KEY), name, admin=admin)
 
 
 def free_port() -> int:
@@ -120,11 +125,12 @@ class Process:
 
 
 def start_api(environment: dict[str, str], log_dir: Path, name: str = "api") -> tuple[Process, str]:
-    """Start the API under gunicorn on a free port and wait until it answers; return it and its URL."""
+    """Start the API under gunicorn on a free port (with SECRET_KEY) and wait until it answers; return it and its URL."""
     port = free_port()
+    environment = {**environment, "STYLEQ_SECRET_KEY": SECRET_KEY}
     command = [
-        sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_config", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
-        "--threads", "16", "--graceful-timeout", "2", "api:create_app()",
+        sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_config", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+        "--worker-class", "gthread", "--threads", "16", "--graceful-timeout", "2", "--forwarded-allow-ips", "", "api:create_app()",
     ]
     process = Process(name, command, environment, log_dir)
     url = f"http://127.0.0.1:{port}"

@@ -15,6 +15,10 @@ from PIL import ExifTags, Image
 from torchvision import models
 
 from cli import main
+from shared.db import make_engine, make_session_factory
+from shared.keys import authenticate
+from shared.secret_key import load_secret_key
+from shared.settings import Settings
 
 HISTORY_HEADER = ["iteration", "elapsed_s", "content", "style", "tv", "total", "scale"]
 
@@ -226,3 +230,78 @@ def test_weights_pull_of_an_unknown_name_fails(data_dir):
     assert result.exit_code != 0
     assert "nosuch" in result.output
     assert not (data_dir / "models").exists()
+
+
+@pytest.fixture
+def service_database(database_url, monkeypatch) -> str:
+    """Point `styleq keys` at a migrated database (SQLite and Postgres), with the server secret kept in the data directory."""
+    monkeypatch.setenv("STYLEQ_DATABASE_URL", database_url)
+    monkeypatch.delenv("STYLEQ_SECRET_KEY", raising=False)
+    return database_url
+
+
+def key_rows(result: Result) -> dict[str, dict[str, str]]:
+    """Parse `styleq keys list` into {name: {column: value}} (names and times hold no double spaces)."""
+    assert_succeeded(result)
+    header, *lines = result.stdout.splitlines()
+    columns = header.split()
+    rows = [dict(zip(columns, [cell.strip() for cell in line.split("  ") if cell.strip()])) for line in lines]
+    return {row["NAME"]: row for row in rows}
+
+
+def test_keys_list_shows_each_key_without_its_secret(service_database, data_dir):
+    alice = styleq("keys", "create", "--name", "alice")
+    ops = styleq("keys", "create", "--name", "ops", "--admin")
+    tokens = [result.stdout.strip() for result in (alice, ops)]
+
+    listing = styleq("keys", "list")
+
+    rows = key_rows(listing)
+    assert set(rows) == {"alice", "ops"}
+    assert [rows[name]["ID"] for name in ("alice", "ops")] == ["1", "2"]
+    assert rows["alice"]["ADMIN"] == "no" and rows["ops"]["ADMIN"] == "yes"
+    assert all(rows[name]["REVOKED"] == "-" and rows[name]["CREATED"].endswith("Z") for name in rows)
+    for token, name in zip(tokens, ("alice", "ops")):
+        assert token.startswith(rows[name]["PREFIX"]) and len(rows[name]["PREFIX"]) == 10
+        assert token not in listing.output
+    assert (data_dir / "secret-key").is_file()
+
+
+def test_keys_revoke_by_prefix_or_id_stops_the_key_from_authenticating(service_database, data_dir):
+    tokens = {name: styleq("keys", "create", "--name", name).stdout.strip() for name in ("alice", "bob")}
+    prefix = tokens["alice"][:10]
+
+    by_prefix, by_id = styleq("keys", "revoke", prefix), styleq("keys", "revoke", "2")
+    again = styleq("keys", "revoke", prefix)
+
+    for result in (by_prefix, by_id, again):
+        assert_succeeded(result)
+    assert f"Revoked key 1 ('alice', {prefix})" in by_prefix.output and "Revoked key 2 ('bob'" in by_id.output
+    assert "already revoked" in again.output
+    rows = key_rows(styleq("keys", "list"))
+    assert rows["alice"]["REVOKED"].endswith("Z") and rows["bob"]["REVOKED"].endswith("Z")
+    settings = Settings(data_dir=data_dir, database_url=service_database)
+    engine = make_engine(service_database)
+    try:
+        with make_session_factory(engine)() as session:
+            assert all(authenticate(session, token, secret=load_secret_key(settings)) is None for token in tokens.values())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("unknown", ["sq_nothing", "42", "alice"])
+def test_keys_revoke_of_an_unknown_key_fails_and_changes_nothing(service_database, unknown):
+    assert_succeeded(styleq("keys", "create", "--name", "alice"))
+
+    result = styleq("keys", "revoke", unknown)
+
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "Error: no API key has the id" in result.output and unknown in result.output and "styleq keys list" in result.output
+    assert key_rows(styleq("keys", "list"))["alice"]["REVOKED"] == "-"
+
+
+def test_keys_list_of_an_empty_database_says_how_to_make_one(service_database):
+    result = styleq("keys", "list")
+
+    assert_succeeded(result)
+    assert result.stdout == "" and "styleq keys create" in result.stderr

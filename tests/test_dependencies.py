@@ -48,7 +48,10 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("module", ["settings", "db", "models", "jobs", "leases", "keys", "fleet", "storage", "params", "migrate", "errors", "images"])
+@pytest.mark.parametrize(
+    "module",
+    ["settings", "db", "models", "jobs", "leases", "keys", "dashboard_sessions", "secret_key", "fleet", "storage", "params", "migrate", "errors", "images"],
+)
 def test_shared_loads_neither_flask_celery_click_nor_torch(module):
     loaded = top_level(modules_after(f"import shared.{module}"))
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from shared.db import make_engine
+from shared.db import make_engine, make_session_factory
+from shared.keys import authenticate, hash_key
 from shared.migrate import alembic_config, upgrade_database
-from shared.models import Base
+from shared.models import Base, KeyHashScheme
 from tests.services import fresh_postgres_database
 
 
@@ -82,10 +85,51 @@ def test_the_lease_owner_column_is_the_old_worker_column_renamed_with_its_values
 
 def test_the_request_counts_table_comes_and_goes_with_its_migration(database):
     upgrade_database(database)
-    command.downgrade(alembic_config(database), "0006")
+    command.downgrade(alembic_config(database), "0007")
     engine = make_engine(database)
     try:
         assert "request_windows" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+    upgrade_database(database)
+    assert differences(database) == []
+
+
+def test_keys_from_before_0007_are_marked_plain_sha256_and_still_authenticate(database):
+    token = "sq_" + "a-key-made-before-0007".ljust(43, "x")
+    upgrade_database(database)
+    command.downgrade(alembic_config(database), "0006")
+    engine = make_engine(database)
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at) VALUES (1, 'old', :hash, :prefix, false, CURRENT_TIMESTAMP)"),
+            {"hash": hashlib.sha256(token.encode()).hexdigest(), "prefix": token[:10]},
+        )
+    engine.dispose()
+
+    upgrade_database(database)
+
+    engine = make_engine(database)
+    try:
+        with make_session_factory(engine)() as session:
+            key = authenticate(session, token, secret="server secret")
+            assert key is not None and key.id == 1
+            assert key.hash_scheme == KeyHashScheme.HMAC_SHA256 and key.key_hash == hash_key(token, "server secret")
+            session.commit()
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT hash_scheme FROM api_keys")).scalar_one() == "hmac-sha256"
+    finally:
+        engine.dispose()
+
+
+def test_the_dashboard_sessions_and_hash_scheme_come_and_go_with_0007(database):
+    upgrade_database(database)
+    command.downgrade(alembic_config(database), "0006")
+    engine = make_engine(database)
+    try:
+        assert "dashboard_sessions" not in inspect(engine).get_table_names()
+        assert "hash_scheme" not in {column["name"] for column in inspect(engine).get_columns("api_keys")}
     finally:
         engine.dispose()
 

@@ -8,10 +8,10 @@ from urllib.parse import urlsplit
 
 from flask import Response, abort, flash, g, redirect, render_template, request, session, url_for
 
-from shared.keys import authenticate
+from shared.errors import Unauthorized
 
-from ..auth import session_key, sign_in
-from ..backends import db_session
+from .. import auth
+from ..auth import authenticate_token, session_key, sign_in
 from . import bp
 
 CSRF_FIELD = "csrf_token"
@@ -74,8 +74,9 @@ def sign_in_submit() -> tuple[str, int] | Response:
     next_page = request.form.get("next", "")
     if not csrf_ok():
         return render_template("signin.html", next=next_page, error="The form had expired. Please sign in again."), 400
-    key = authenticate(db_session(), request.form.get("key", "").strip())
-    if key is None:
+    try:
+        key = authenticate_token(request.form.get("key", "").strip())
+    except Unauthorized:
         return render_template("signin.html", next=next_page, error="That API key is not valid: it is unknown or was revoked."), 401
     sign_in(key)
     csrf_token()
@@ -84,7 +85,7 @@ def sign_in_submit() -> tuple[str, int] | Response:
 
 @bp.post("/signout")
 def sign_out() -> Response:
-    """Forget the session's key."""
-    session.clear()
+    """End the session on the server (a copy of the cookie no longer works) and forget it in the browser."""
+    auth.sign_out()
     flash("You are signed out.")
     return redirect(url_for("dashboard.sign_in_form"))

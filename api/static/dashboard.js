@@ -20,6 +20,15 @@
     }
   }
 
+  // The Content-Security-Policy refuses style attributes in the markup, so a bar's width comes as
+  // `data-fill` (a percentage) and is set here, through the DOM, which the policy allows.
+  function applyFills(root) {
+    for (const element of root.querySelectorAll("[data-fill]")) {
+      const width = `${element.getAttribute("data-fill")}%`;
+      if (element.style.width !== width) element.style.width = width;
+    }
+  }
+
   function keyOf(node) {
     return node.nodeType === Node.ELEMENT_NODE ? node.getAttribute("data-key") : null;
   }
@@ -36,7 +45,8 @@
     }
     if (current.isEqualNode(fresh)) return;
     for (const attribute of Array.from(current.attributes)) {
-      if (!fresh.hasAttribute(attribute.name)) current.removeAttribute(attribute.name);
+      // `style` is set by scripts (applyFills), never sent by the server: keep it, or a bar would jump.
+      if (attribute.name !== "style" && !fresh.hasAttribute(attribute.name)) current.removeAttribute(attribute.name);
     }
     for (const attribute of Array.from(fresh.attributes)) {
       if (current.getAttribute(attribute.name) !== attribute.value) current.setAttribute(attribute.name, attribute.value);
@@ -99,6 +109,7 @@
           const fresh = page.querySelector(`[data-live="${element.getAttribute("data-live")}"]`);
           if (fresh) morph(element, fresh);
         }
+        applyFills(document);
         document.dispatchEvent(new CustomEvent("styleq:refreshed"));
       } catch (error) {
         // The server restarted or the network dropped: the next round tries again.
@@ -176,6 +187,7 @@
   window.styleq = { api, refreshLive, toast, localizeTimes, formatNumber, formatDuration, CSRF_HEADER };
 
   localizeTimes(document);
+  applyFills(document);
   const every = Number(document.body.getAttribute("data-poll"));
   if (every > 0) poll(every);
 })();

@@ -169,6 +169,7 @@
     const bar = document.querySelector("[data-live='progress'] .progress");
     if (bar) {
       bar.setAttribute("aria-valuenow", String(Math.round(fraction * 100)));
+      bar.firstElementChild.setAttribute("data-fill", (fraction * 100).toFixed(1));
       bar.firstElementChild.style.width = `${(fraction * 100).toFixed(1)}%`;
     }
     showRuntime();

@@ -1,7 +1,7 @@
 """rate limits: each API key's /v1 requests counted per one-minute window
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-11-28 00:00:00.000000
 """
 
@@ -12,8 +12,7 @@ from alembic import op
 
 
 revision = '0008'
-# 0007 is being written beside this one; the merge chains this onto it.
-down_revision = '0006'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 

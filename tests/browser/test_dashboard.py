@@ -286,3 +286,27 @@ def test_the_chart_of_a_coarse_to_fine_job_marks_where_each_scale_begins(open_se
     # Half size from the start, full size from iteration 30 on: the chart draws a labelled line at each.
     expect(page.locator("#chart")).to_have_attribute("data-scale-starts", "0:0.5 30:1")
     screenshot(page, "job-coarse-to-fine")
+
+
+def test_no_page_breaks_the_content_security_policy(open_session, deployment, images_dir):
+    ops = deployment.client("ops")
+    job_id = ops.submit(images_dir / "shipwreck.jpg", images_dir / "the_scream.jpg", {"size": [16, 24], "iterations": 10}).json()["id"]
+    ops.wait_for(job_id, lambda job: job["status"] in FINISHED)
+    page = open_session("ops")
+    # Chromium reports each thing the policy blocks (an inline script, style or handler) on the console.
+    refused = []
+    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None)
+
+    for path in ("/jobs", "/jobs/new", f"/jobs/{job_id}", "/operator"):
+        response = page.goto(f"{deployment.url}{path}")
+        assert "script-src 'self'" in response.headers["content-security-policy"], path
+        page.wait_for_timeout(500)
+    page.goto(f"{deployment.url}/jobs")
+
+    assert refused == []
+    # The progress bars take their widths from data-fill, through the script, not from a style attribute.
+    filled = f"""() => {{
+        const bar = document.querySelector('tr[data-key="{job_id}"] .progress');
+        return bar.firstElementChild.getBoundingClientRect().width / bar.getBoundingClientRect().width;
+    }}"""
+    wait_until(lambda: page.evaluate(filled) > 0.99, 5, "the finished job's progress bar to fill")

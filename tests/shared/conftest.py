@@ -15,6 +15,9 @@ from shared.models import ApiKey, Job
 from shared.params import resolve_params
 from shared.storage import Storage
 
+# The server secret the service-layer tests hash keys under.
+SECRET_KEY = "service-layer-tests"
+
 
 @pytest.fixture
 def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
@@ -32,7 +35,7 @@ def storage(tmp_path: Path) -> Storage:
 def owners(factory) -> dict[str, ApiKey]:
     """Two clients and an admin."""
     with session_scope(factory) as session:
-        return {name: create_api_key(session, name, is_admin=name == "admin")[0] for name in ("alice", "bob", "admin")}
+        return {name: create_api_key(session, name, secret=SECRET_KEY, is_admin=name == "admin")[0] for name in ("alice", "bob", "admin")}
 
 
 def add_job(factory, owner: ApiKey, **values) -> str:

@@ -79,7 +79,7 @@ def submit(factory, storage: Storage, images_dir: Path, pictures=("rainier.jpg",
     content = storage.save_upload((images_dir / pictures[0]).read_bytes())
     style = storage.save_upload((images_dir / pictures[1]).read_bytes())
     with session_scope(factory) as session:
-        owner, _ = create_api_key(session, "alice")
+        owner, _ = create_api_key(session, "alice", secret="worker-tests")
         job, _ = jobs.create_job(session, owner, resolve_params({**PARAMS, **overrides}), content, style)
         return job.id
 
