@@ -616,7 +616,7 @@ def stored_sideways(images_dir: Path, name: str, orientation: int, turn: Image.T
 def submit_bytes(factory, storage: Storage, content: bytes, style: bytes, **overrides) -> str:
     """Store a pair of uploads as given and queue a job for them; return its id."""
     with session_scope(factory) as session:
-        owner, _ = create_api_key(session, "alice")
+        owner, _ = create_api_key(session, "alice", secret="worker-tests")
         job, _ = jobs.create_job(session, owner, resolve_params({**PARAMS, **overrides}), storage.save_upload(content), storage.save_upload(style))
         return job.id
 
