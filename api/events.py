@@ -47,18 +47,26 @@ def stream_events(job_id: str) -> Response:
 
 
 def resume_point() -> int:
-    """Return the iteration after which to send checkpoints: Last-Event-ID on a reconnect, else ?after=."""
-    for source, text in (("Last-Event-ID", request.headers.get("Last-Event-ID")), ("after", query_argument("after"))):
-        if text is None or not text.strip():
-            continue
-        try:
-            value = int(text)
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise InvalidInput(f"{source} must be a checkpoint iteration (an integer >= 0), got {text!r}", code="invalid_query")
-        return value
-    return 0
+    """Return the iteration after which to send checkpoints: Last-Event-ID on a reconnect, else ?after=.
+
+    Both are checked whenever given, so a bad `after` is refused even beside a good Last-Event-ID.
+    """
+    given = [
+        (source, _iteration(source, text))
+        for source, text in (("Last-Event-ID", request.headers.get("Last-Event-ID")), ("after", query_argument("after")))
+        if text is not None and text.strip()
+    ]
+    return given[0][1] if given else 0
+
+
+def _iteration(source: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidInput(f"{source} must be a checkpoint iteration (an integer >= 0), got {text!r}", code="invalid_query")
+    return value
 
 
 class EventStream:

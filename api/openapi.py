@@ -70,6 +70,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "Job": {
         "type": "object",
+        "required": ["id", "status", "params", "progress", "iteration", "iterations", "attempts", "created_at", "links"],
         "properties": {
             "id": {"type": "string"},
             "status": {"type": "string", "enum": [status.value for status in JobStatus]},
@@ -105,6 +106,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "Checkpoint": {
         "type": "object",
+        "required": ["iteration", "elapsed_s", "content", "style", "tv", "total", "scale"],
         "properties": {
             "iteration": {"type": "integer"}, "elapsed_s": {"type": "number"}, **_LOSSES,
             "scale": {"type": "number", "description": "The fraction of the output size the picture had (coarse-to-fine); 1 in one pass."},
@@ -228,7 +230,26 @@ PATHS: dict[str, Any] = {
                     ),
                     "content": {
                         "text/event-stream": {
-                            "schema": {"type": "string", "description": "text/event-stream framing; see the event schemas."},
+                            # One event of the stream, as its fields: `data` holds the JSON object x-event-schemas describes.
+                            "schema": {
+                                "type": "object",
+                                "required": ["event", "data"],
+                                "properties": {
+                                    "event": {"type": "string", "enum": ["status", "checkpoint", "end"]},
+                                    "id": {"type": "string", "pattern": "^[0-9]+$"},
+                                    "retry": {"type": "integer", "minimum": 0},
+                                    "data": {
+                                        "type": "string",
+                                        "contentMediaType": JSON,
+                                        "contentSchema": {
+                                            "anyOf": [
+                                                {"$ref": REF + "schemas/StatusEvent"}, {"$ref": REF + "schemas/CheckpointEvent"},
+                                                {"$ref": REF + "schemas/EndEvent"},
+                                            ]
+                                        },
+                                    },
+                                },
+                            },
                             "x-event-schemas": {
                                 "status": {"$ref": REF + "schemas/StatusEvent"},
                                 "checkpoint": {"$ref": REF + "schemas/CheckpointEvent"},

@@ -58,6 +58,8 @@ def test_stream_resumes_after_last_event_id_or_after_query(app, client, keys):
     assert resumed[-2][2]["error"] == {"code": "engine_error", "message": "out of memory"}
     assert [event_id for event, event_id, _ in after if event == "checkpoint"] == [20, 30]
     assert_error(client.get(f"/v1/jobs/{job_id}/events?after=soon", headers=alice), 400, "invalid_query")
+    # A bad `after` is refused even beside a good Last-Event-ID (found by schemathesis).
+    assert_error(client.get(f"/v1/jobs/{job_id}/events?after=-1", headers={**alice, "Last-Event-ID": "0"}), 400, "invalid_query")
 
 
 def test_stream_follows_a_running_job_as_checkpoints_land(app, client, keys):
