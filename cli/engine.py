@@ -81,6 +81,7 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
 @click.option("--precision", type=click.Choice(CHOICES["precision"]), help="Network arithmetic: auto is bf16 where the device has it natively.")
 @click.option("--init", type=click.Choice(CHOICES["init"]), help="Start from the content image, the style image or noise.")
 @click.option("--seed", type=int, help="Random seed (noise init).")
+@click.option("--colors", type=click.Choice(CHOICES["colors"]), help="style: the style's colours (default); content: keep the content's; histogram: the style recoloured to the content's palette first.")
 @click.option("--content-weight", type=float)
 @click.option("--style-weight", type=float)
 @click.option("--tv-weight", type=float, help="Total-variation (smoothness) weight.")

@@ -36,6 +36,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     # L-BFGS only: "strong_wolfe" searches along each step for a sufficient decrease (a few evaluations per
     # step, each job of a batch on its own); "none" takes the step as it comes (one evaluation, shared by a batch).
     "line_search": ("none", "strong_wolfe"),
+    # "style": the result takes the style's colours (the seed). "content": the result keeps the content's colours
+    # (its luminance recombined with the content's chroma). "histogram": the style picture is given the content's
+    # colour statistics before its targets are computed, so its textures arrive in the content's palette.
+    "colors": ("style", "content", "histogram"),
 }
 # The weights registry's names and files (worker/engine/weights.py REGISTRY), so the API can refuse anything
 # else (a client must never name a file path), and weights an operator has not pulled, without importing the engine.
@@ -100,6 +104,7 @@ class TransferParams:
     scales: tuple[float, ...] = (1.0,)
     # Iterations at each scale, adding up to `iterations`; None splits them by `split_iterations`.
     scale_iterations: tuple[int, ...] | None = None
+    colors: str = "style"
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:

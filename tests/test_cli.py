@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -15,6 +16,7 @@ from PIL import ExifTags, Image
 from torchvision import models
 
 from cli import main
+from cli.client import _job_params
 from shared.db import make_engine, make_session_factory
 from shared.keys import authenticate
 from shared.secret_key import load_secret_key
@@ -115,6 +117,29 @@ def test_coarse_to_fine_from_the_command_line_ends_at_the_requested_size(inputs,
     assert_succeeded(result)
     with Image.open(out / "picture.png") as picture:
         assert picture.size == (64, 48)
+
+
+def test_colors_content_keeps_the_content_pictures_colours(inputs, vgg16_file, out):
+    styled = small_transfer(inputs, vgg16_file, out / "styled.png", "--iterations", "10", "--lr", "0.1")
+    kept = small_transfer(inputs, vgg16_file, out / "kept.png", "--iterations", "10", "--lr", "0.1", "--colors", "content")
+
+    assert_succeeded(styled)
+    assert_succeeded(kept)
+    with Image.open(inputs[0]) as content, Image.open(out / "styled.png") as styled_picture, Image.open(out / "kept.png") as kept_picture:
+        # Cb and Cr, the colour without the light (0-255, as Pillow stores them).
+        chroma = [np.asarray(picture.convert("YCbCr"), dtype=np.float64)[..., 1:] for picture in (content.resize((32, 24)), styled_picture, kept_picture)]
+    assert np.abs(chroma[2] - chroma[0]).mean() < 1 < np.abs(chroma[1] - chroma[0]).mean()
+
+
+def test_an_unknown_colors_value_is_refused_naming_the_choices(inputs, vgg16_file, out):
+    result = small_transfer(inputs, vgg16_file, out / "picture.png", "--colors", "original")
+
+    assert result.exit_code != 0 and "'style', 'content', 'histogram'" in result.output
+    assert list(out.iterdir()) == []
+
+
+def test_submit_passes_colors_with_the_other_parameter_flags():
+    assert _job_params('{"iterations": 5}', None, "300x450", None, "histogram") == {"iterations": 5, "size": (300, 450), "colors": "histogram"}
 
 
 def test_history_csv_has_the_header_and_one_row_per_checkpoint(inputs, vgg16_file, out):

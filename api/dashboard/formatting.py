@@ -31,6 +31,7 @@ PARAM_LABELS = {
     "style_weight": "Style weight",
     "tv_weight": "TV weight",
     "style_repeats": "Style repeats",
+    "colors": "Colours from",
     "content_layers": "Content layers",
     "style_layers": "Style layers",
     "init": "Start from",

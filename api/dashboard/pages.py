@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from shared import jobs
 from shared.errors import InvalidInput, StyleqError
-from shared.params import DEFAULT_PRESET, PRESETS, RANGES, resolve_params
+from shared.params import CHOICES, DEFAULT_PRESET, PRESETS, RANGES, resolve_params
 
 from ..auth import current_key
 from ..backends import backends, db_session
@@ -20,6 +20,12 @@ from . import bp, formatting, thumbnails  # noqa: F401 (formatting and thumbnail
 from .queries import owner_names, status_counts
 
 PAGE_SIZE = 20
+# The form's words for each of CHOICES["colors"], in its order.
+COLOR_CHOICES = tuple(zip(CHOICES["colors"], (
+    "The style image's colours",
+    "The content image's colours",
+    "The style, recoloured to the content's palette",
+), strict=True))
 
 
 @bp.get("/")
@@ -62,7 +68,7 @@ def new_job() -> str:
         "max_upload_bytes": settings.max_upload_bytes,
         "ranges": RANGES,
     }
-    return render_template("new_job.html", presets=presets, limits=limits, default_preset=DEFAULT_PRESET)
+    return render_template("new_job.html", presets=presets, limits=limits, default_preset=DEFAULT_PRESET, color_choices=COLOR_CHOICES)
 
 
 @bp.post("/jobs/<job_id>/rerun")

@@ -15,6 +15,7 @@ from sqlalchemy import update
 from api import create_app
 from shared.db import session_scope
 from shared.models import ApiKey
+from shared.params import resolve_params
 from shared.settings import Settings
 from tests.api.support import Keys, add_job, broker_messages, image_bytes, set_job, submit
 
@@ -190,3 +191,15 @@ def test_a_thumbnail_shows_the_picture_upright_as_the_worker_decodes_it(app: Fla
 
     with Image.open(io.BytesIO(thumbnail.data)) as image:
         assert image.size == (120, 160)
+
+
+def test_the_new_job_form_offers_every_colour_choice_and_the_job_page_shows_the_chosen_one(app: Flask, keys):
+    client = signed_in(app, keys, "alice")
+    form = client.get("/jobs/new").get_data(as_text=True)
+    select = re.search(r'<select id="colors" name="colors"[^>]*>(.*?)</select>', form, re.S).group(1)
+    assert re.findall(r'<option value="(\w+)"', select) == ["style", "content", "histogram"]
+    assert '<option value="style" selected>' in select
+
+    job_id = add_job(app, keys.ids["alice"], params=resolve_params({"colors": "content"}).to_dict())
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert "<tr><td>Colours from</td><td>content</td></tr>" in page

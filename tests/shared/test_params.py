@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from shared.params import (
-    DEFAULT_PRESET, PRESETS, WEIGHTS_FILES, WEIGHTS_NAMES, installed_weights, long_side_output, parse_size, resolve_params, smallest_long_side,
+    CHOICES, DEFAULT_PRESET, PRESETS, WEIGHTS_FILES, WEIGHTS_NAMES, installed_weights, long_side_output, parse_size, resolve_params, smallest_long_side,
 )
+from worker.engine import batch_key
 from worker.engine.weights import DEFAULT_WEIGHTS, REGISTRY
 
 
@@ -74,3 +75,19 @@ def test_an_explicit_size_under_what_pool5_needs_is_refused_whatever_the_content
 
     with pytest.raises(ValueError, match=r"size \[16, 40\] is too small: .*at least 32 pixels on each side \(for layer pool5\)"):
         params.check_output_size(400, 300)
+
+
+def test_colours_are_the_styles_by_default_in_every_preset_and_named_in_the_choices_table():
+    assert CHOICES["colors"] == ("style", "content", "histogram")
+    assert all(resolve_params({"preset": name}).colors == "style" for name in PRESETS)
+    assert resolve_params({"colors": "content"}).to_dict()["colors"] == "content"
+
+
+@pytest.mark.parametrize("colors", ["original", "Content", "", 1])
+def test_any_other_colours_are_refused_naming_the_allowed_ones(colors):
+    with pytest.raises(ValueError, match=r"colors must be one of style, content, histogram, got"):
+        resolve_params({"colors": colors})
+
+
+def test_jobs_with_other_colours_never_share_a_batch():
+    assert batch_key(resolve_params({"colors": "content"})) != batch_key(resolve_params({}))

@@ -16,6 +16,7 @@ from PIL import Image
 
 from . import graphs
 from .backbone import Backbone
+from .colors import color_statistics, keep_content_colors, match_color_statistics
 from .objective import Objective, TargetCache, image_digest
 from .precision import resolve_precision
 from shared.params import TransferParams
@@ -170,6 +171,19 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=False)
 
 
+def _style_picture(job: TransferJob, size: tuple[int, int], content: torch.Tensor) -> tuple[torch.Tensor, Hashable]:
+    """Return the job's style picture at `size` as its targets see it, and what its colours were made from.
+
+    With `colors="histogram"` the style takes the colour statistics of `content` (the content at the same scale),
+    so its targets depend on the content too: the second value says so, for the target cache's key.
+    """
+    style = image_to_tensor(job.style, size).to(content.device)
+    if job.params.colors != "histogram":
+        return style, "own colors"
+    statistics = color_statistics(content)
+    return match_color_statistics(style, statistics), ("histogram", statistics.key())
+
+
 def scale_sizes(params: TransferParams, size: tuple[int, int]) -> list[tuple[int, int]]:
     """Return the (height, width) of each of `params.scales` for an output of `size`."""
     height, width = size
@@ -204,10 +218,12 @@ class _Run:
         params = job.params
         self.params = params
         self.backbone = backbone
+        self.content = job.content
         self.generator = torch.Generator().manual_seed(params.seed)
         if job.state is not None:
             # States saved before coarse-to-fine existed name no scales: they ran in one pass.
-            saved = {"scales": [1.0], "scale_iterations": None, **job.state.params}
+            # Nor colours: they took the style's.
+            saved = {"scales": [1.0], "scale_iterations": None, "colors": "style", **job.state.params}
             if saved != params.to_dict():
                 raise ValueError("the saved state belongs to a transfer with other parameters")
             self.image = job.state.image.to(device).requires_grad_(True)
@@ -285,6 +301,13 @@ class _Run:
         rgb = self.image if self.params.image_space == "pixels" else self.backbone.convention.denormalize(self.image)
         return rgb.detach()
 
+    def shown(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Return the picture as the user gets it: with `colors="content"`, the content's colours under its luminance."""
+        # Applied to what is shown, never to what is optimised: the losses and the saved state are those of `colors="style"`.
+        if self.params.colors != "content":
+            return rgb
+        return keep_content_colors(rgb, image_to_tensor(self.content, tuple(rgb.shape[-2:])).to(rgb.device))
+
     def step(self, total: torch.Tensor) -> None:
         """Take one optimiser step and clamp; the gradient of this job's `total` is already in `image.grad`."""
         # L-BFGS asks for a closure; the batch's evaluation already happened, so it returns that value.
@@ -330,11 +353,11 @@ class _Run:
         snapshot = self.picture().clone()
         return Progress(
             iteration=self.iteration, elapsed_s=self.elapsed(), content=content, style=style, tv=tv, total=total,
-            render=lambda: tensor_to_image(snapshot), capture=self.capture, scale=self.scale,
+            render=lambda: tensor_to_image(self.shown(snapshot)), capture=self.capture, scale=self.scale,
         )
 
     def result(self) -> TransferResult:
-        rgb = self.picture()
+        rgb = self.shown(self.picture())
         return TransferResult(image=tensor_to_image(rgb), iteration=self.iteration, canceled=self.canceled, state=self.capture(), tensor=rgb.cpu())
 
 
@@ -423,7 +446,7 @@ def transfer_batch(
         # A fresh run starts at the first scale; a resumed one's picture already has its scale's size.
         first = sizes[0] if job.state is None else tuple(job.state.image.shape[-2:])
         content = image_to_tensor(job.content, first).to(device)
-        style = image_to_tensor(job.style, _style_size(params, job.style, first)).to(device) if params.init == "style" else None
+        style = _style_picture(job, _style_size(params, job.style, first), content)[0] if params.init == "style" else None
         runs.append(_Run(job, backbone, content, style, device, graphed=graphed))
     if device.type == "cuda":
         # fp32 means fp32: cuDNN would otherwise round convolutions to TF32 (10-bit mantissas) on Ampere and later.
@@ -440,10 +463,11 @@ def transfer_batch(
         for index in active:
             job = jobs[index]
             runs[index].enter_scale(scale, scale_size, end)
-            contents.append(image_to_tensor(job.content, scale_size).to(device))
-            style = image_to_tensor(job.style, _style_size(params, job.style, scale_size)).to(device)
+            content = image_to_tensor(job.content, scale_size).to(device)
+            contents.append(content)
+            style, colors = _style_picture(job, _style_size(params, job.style, scale_size), content)
             key = job.style_key if job.style_key is not None else (image_digest(job.style) if target_cache is not None else None)
-            styles.append(objective.style_targets(style, cache=target_cache, key=key))
+            styles.append(objective.style_targets(style, cache=target_cache, key=None if key is None else (key, colors)))
         objective.set_targets(contents, styles)
         # CUDA graphs are captured and replayed on a stream of their own, never the default one.
         stream = torch.cuda.Stream(device) if graphed else None
