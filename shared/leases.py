@@ -179,10 +179,8 @@ def release_job(session: Session, job_id: str, lease_owner: str, *, failed: bool
     now = utcnow()
     if failed and max_attempts is not None:
         gave_up = session.execute(
-            update(Job).where(*held, Job.stalled_attempts + 1 >= max_attempts).values(
-                status=JobStatus.FAILED, finished_at=now, stalled_attempts=Job.stalled_attempts + 1, error_code=error_code,
-                error_message=error_message,
-            )
+            update(Job).where(*held, Job.stalled_attempts + 1 >= max_attempts)
+            .values(**{**_gave_up(max_attempts, now), "error_code": error_code, "error_message": error_message})
         ).rowcount
         if gave_up:
             return JobStatus.FAILED

@@ -13,7 +13,7 @@ they are running.
 Faults, and what a run does about them:
 - the worker is told to stop (`stopping`, set on SIGTERM): each job saves its state at its next
   checkpoint, goes back to the queue and is sent again, so another worker resumes it at once;
-- the database is unreachable for longer than `DATABASE_RETRY_SECONDS`: the run stops without
+- the database is unreachable through `DATABASE_RETRY_DELAYS` (about a minute): the run stops without
   recording anything; the job keeps its lease until the sweeper finds it stale and resumes it;
 - a preview or a state cannot be written: logged, and the run goes on; a result cannot be written:
   retried, then the job goes back to the queue (and fails after `max_attempts` such tries);
@@ -203,10 +203,10 @@ class JobRunner:
         if self.stopping.is_set():
             self._send_again(job_id)  # this message arrived as the worker stops: another worker takes it
             return "handed_back"
-        if self._transaction(lambda s: self._give_up_stalled(s, job_id)):
+        job, gave_up = self._transaction(lambda s: self._claim(s, job_id))
+        if gave_up:
             self._remove_states(job_id)
             return "failed"
-        job = self._transaction(lambda s: self._claim(s, job_id))
         if job is None:
             return "skipped"  # another worker has it, or it ended, was canceled, deleted or taken into a batch
         log.info("running job %s (attempt %d)", job_id, job.attempts)
@@ -244,24 +244,23 @@ class JobRunner:
                 log.warning("could not record in the fleet that job %s ended", job_id)
         return outcome
 
-    def _dead_local_owners(self, session: Session) -> list[str]:
+    def _claim(self, session: Session, job_id: str) -> tuple[Job | None, bool]:
+        """Lease the job if it is free; return it (None if someone else has it) and whether it was given up instead.
+
+        A lost lease whose attempt was the last allowed to end without progress fails the job rather than run it again.
+        """
         # A pool process killed on this machine leaves its lease fresh for up to `lease_seconds`; its parent
         # sends the job again at once, and this process can see that the holder is gone.
-        return dead_local_owners(leases.local_lease_owners(session, self.host), self.host)
-
-    def _give_up_stalled(self, session: Session, job_id: str) -> bool:
-        return leases.give_up_stalled(
-            session, job_id, self.settings.lease_seconds, self.settings.max_attempts, dead_owners=self._dead_local_owners(session),
-        )
-
-    def _claim(self, session: Session, job_id: str) -> Job | None:
-        dead = self._dead_local_owners(session)
-        job = leases.claim_job(session, job_id, self.lease_owner, self.gpu, self.settings.lease_seconds, dead_owners=dead)
+        dead = dead_local_owners(leases.local_lease_owners(session, self.host), self.host)
+        settings = self.settings
+        if leases.give_up_stalled(session, job_id, settings.lease_seconds, settings.max_attempts, dead_owners=dead):
+            return None, True
+        job = leases.claim_job(session, job_id, self.lease_owner, self.gpu, settings.lease_seconds, dead_owners=dead)
         if job is not None:
             fleet.worker_took_job(session, self.name, job_id, gpu=self.gpu)
             # The folder is made once the claim holds; later writes never make it again, so a deleted job stays gone.
             self.storage.make_job_dir(job_id)
-        return job
+        return job, False
 
     def _send_again(self, job_id: str) -> None:
         """Send a job handed back to the broker (when this worker cannot, the sweeper sends it, as it is marked unsent)."""
