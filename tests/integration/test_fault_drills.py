@@ -86,7 +86,7 @@ def whole(iterations: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def drill(tmp_path_factory, models_dir) -> Iterator[Drill]:
+def drill(tmp_path_factory, caffe_weights, models_dir) -> Iterator[Drill]:
     root = tmp_path_factory.mktemp("drills")
     storage = root / "storage"
     storage.mkdir()
