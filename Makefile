@@ -29,7 +29,8 @@ browser:
 	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 test: install browser
-	$(BIN)/python -m pytest
+	# Two test processes: the fault drills mostly wait out real timeouts, on servers of their own, beside the rest.
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -95,13 +95,26 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    """Print the recovery times the fault drills measured (tests/integration/test_fault_drills.py)."""
-    import sys
+# The recovery times the fault drills measured (tests/integration/test_fault_drills.py), from their test reports.
+_DRILL_TIMES: list[tuple[str, float, float]] = []
 
-    # Imported under a name that depends on pytest's import mode.
-    times = next((module.DRILL_TIMES for name, module in list(sys.modules.items()) if name.endswith("test_fault_drills")), [])
-    if times:
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the tests of one deployment on one xdist worker (`make test` runs two), so each starts its processes once."""
+    for item in items:
+        group = "drills" if "drill" in item.fixturenames else "service" if "service" in item.fixturenames else "browser" if "browser" in str(item.path) else None
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _DRILL_TIMES.extend(tuple(value) for name, value in report.user_properties if name == "drill_time")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the recovery times the fault drills measured."""
+    if _DRILL_TIMES:
         terminalreporter.section("fault drills: measured recovery (default settings)")
-        for fault, seconds, promise in times:
+        for fault, seconds, promise in _DRILL_TIMES:
             terminalreporter.write_line(f"{fault:<70} {seconds:6.1f} s   (promised <= {promise:.0f} s)")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -57,19 +59,115 @@ def ensure_redis() -> None:
 
 
 @contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """Create an empty database for one test session and drop it afterwards; yield its SQLAlchemy URL."""
+def fresh_postgres_database(admin_url: str = POSTGRES_ADMIN_URL) -> Iterator[str]:
+    """Create an empty database for one test session and drop it afterwards; yield its SQLAlchemy URL.
+
+    `admin_url` names the server: the machine's by default, or a `PrivatePostgres`'s.
+    """
     import psycopg
 
-    ensure_postgres()
+    private = _PRIVATE_POSTGRES.get(admin_url)
+    if private is None:
+        ensure_postgres()
     name = f"styleq_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
+    with psycopg.connect(admin_url, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        yield admin_url.replace("postgresql://", "postgresql+psycopg://").rsplit("/", 1)[0] + f"/{name}"
     finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
+        # A drill may end (or fail) with its server down: bring it back to drop the database.
+        private.start() if private is not None else ensure_postgres()
+        with psycopg.connect(admin_url, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of a test's own, in a temporary folder on a free port, that it may stop and start at will.
+
+    Tests that kill the database (the fault drills) use one, so the tests running beside them on the
+    machine's server are never cut off.
+    """
+
+    def __init__(self) -> None:
+        version = sorted(os.listdir("/usr/lib/postgresql"))[-1]
+        self.bin = Path("/usr/lib/postgresql") / version / "bin"
+        # The server runs as the postgres user (it refuses root), which must own its folder.
+        self.root = Path(tempfile.mkdtemp(prefix="styleq-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        shutil.chown(self.root, "postgres", "postgres")
+        self._as_postgres([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        _PRIVATE_POSTGRES[self.admin_url] = self
+        self.start()
+
+    def _as_postgres(self, command: list[str]) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True)
+
+    def start(self) -> None:
+        """Start the server if it is down and wait until it takes connections."""
+        if _port_open(self.port):
+            return
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off -c max_connections=200"
+        self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w", "start"])
+        _wait_for_port(self.port, "the private PostgreSQL")
+
+    def stop(self) -> None:
+        """Stop the server at once, cutting every connection, as a crash of the database host would."""
+        self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def remove(self) -> None:
+        """Stop the server if it runs and delete its folder."""
+        if _port_open(self.port):
+            self.stop()
+        _PRIVATE_POSTGRES.pop(self.admin_url, None)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# The private servers of this test process, by admin URL.
+_PRIVATE_POSTGRES: dict[str, PrivatePostgres] = {}
+
+
+class PrivateRedis:
+    """A Redis of a test's own on a free port, keeping nothing on disk, that it may stop and start at will."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
+        """Start the server if it is down and wait until it answers."""
+        if _port_open(self.port):
+            return
+        subprocess.run(
+            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            check=True, capture_output=True,
+        )
+        _wait_for_port(self.port, "the private Redis")
+
+    def stop(self) -> None:
+        """Shut the server down without saving, as a crash of a Redis that keeps nothing on disk would."""
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True)
+        deadline = time.monotonic() + 30
+        while _port_open(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("Redis did not stop")
+            time.sleep(0.2)
+
+
+@contextmanager
+def private_servers() -> Iterator[tuple[PrivatePostgres, PrivateRedis]]:
+    """Start a private PostgreSQL and Redis for tests that kill their servers; remove both afterwards."""
+    postgres = PrivatePostgres()
+    try:
+        redis = PrivateRedis()
+        try:
+            yield postgres, redis
+        finally:
+            redis.stop()
+    finally:
+        postgres.remove()
 
 
 def make_key(database_url: str, name: str, admin: bool = False) -> str:
@@ -199,19 +297,3 @@ class Client:
             if time.monotonic() > deadline:
                 pytest.fail(f"job {job_id} never reached the expected state: {job}")
             time.sleep(0.1)
-
-
-def stop_redis() -> None:
-    """Shut Redis down without saving, as a crash of a Redis that keeps nothing on disk would."""
-    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True)
-    deadline = time.monotonic() + 30
-    while _port_open(6379):
-        if time.monotonic() > deadline:
-            raise RuntimeError("Redis did not stop")
-        time.sleep(0.2)
-
-
-def stop_postgres() -> None:
-    """Stop the PostgreSQL cluster at once, cutting every connection."""
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop", "-m", "fast"], check=True)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import nullcontext
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from shared.migrate import upgrade_database
-from tests.services import REDIS_URL, Client, Process, make_key, ensure_redis, fresh_postgres_database, start_api, start_worker
+from tests.services import Client, PrivatePostgres, PrivateRedis, Process, fresh_postgres_database, make_key, private_servers, start_api, start_worker
 
 @dataclass
 class Service:
@@ -26,6 +27,9 @@ class Service:
     alice: Client
     bob: Client
     admin: Client
+    # The deployment's own servers (postgres+redis only), which the fault tests stop and start.
+    postgres: PrivatePostgres | None = None
+    redis: PrivateRedis | None = None
 
 
 @pytest.fixture(scope="session", params=["embedded", "postgres+redis"])
@@ -52,11 +56,10 @@ def service(request, tmp_path_factory, caffe_weights, models_dir) -> Iterator[Se
         "STYLEQ_MAX_ACTIVE_JOBS": "0",
         "OMP_NUM_THREADS": "1",
     }
-    with _database(request.param) as database_url:
+    with _servers(request.param) as servers, _database(servers) as database_url:
         if database_url:
-            ensure_redis()
             environment["STYLEQ_DATABASE_URL"] = database_url
-            environment["STYLEQ_BROKER_URL"] = f"{REDIS_URL}/7"
+            environment["STYLEQ_BROKER_URL"] = servers[1].url
         database = database_url or f"sqlite:///{root / 'data' / 'styleq.db'}"
         (root / "data").mkdir()
         upgrade_database(database)
@@ -74,14 +77,17 @@ def service(request, tmp_path_factory, caffe_weights, models_dir) -> Iterator[Se
             yield Service(
                 request.param, environment, database, url, api, workers, logs,
                 Client(url, make_key(database, "alice")), Client(url, make_key(database, "bob")),
-                Client(url, make_key(database, "ops", admin=True)),
+                Client(url, make_key(database, "ops", admin=True)), *(servers or (None, None)),
             )
         finally:
             for process in {*processes, *workers}:
                 process.stop()
 
 
-def _database(backend: str):
-    from contextlib import nullcontext
+def _servers(backend: str):
+    # Servers of the deployment's own: its fault tests stop them, which must not cut off the tests beside them.
+    return private_servers() if backend == "postgres+redis" else nullcontext(None)
 
-    return fresh_postgres_database() if backend == "postgres+redis" else nullcontext(None)
+
+def _database(servers):
+    return fresh_postgres_database(servers[0].admin_url) if servers else nullcontext(None)

@@ -23,15 +23,13 @@ import redis as redis_client
 
 from shared.migrate import upgrade_database
 from tests.services import (
-    REDIS_URL, Client, Process, ensure_postgres, ensure_redis, fresh_postgres_database, make_key, start_api, start_worker, stop_postgres,
-    stop_redis,
+    Client, PrivatePostgres, PrivateRedis, Process, fresh_postgres_database, make_key, private_servers, start_api, start_worker,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-# Measured recovery times, printed by tests/integration/conftest.py at the end of the session.
+# Measured recovery times, handed to the session's report (tests/conftest.py prints them at its end).
 DRILL_TIMES: list[tuple[str, float, float]] = []
-REDIS_DB = 8
 PICTURES = ("rainier.jpg", "autumn-oak.jpg")
 SMALL = [32, 48]
 # A size whose first ten iterations take seconds here: a worker can be killed before it saves anything.
@@ -50,6 +48,9 @@ class Drill:
     workers: list[Process]
     client: Client
     mounted: bool
+    # Servers of the drills' own, so stopping them cuts off no test running beside them.
+    postgres: PrivatePostgres
+    redis: PrivateRedis
 
     def submit(self, images_dir: Path, params: dict[str, Any]) -> str:
         response = self.client.submit(images_dir / PICTURES[0], images_dir / PICTURES[1], params)
@@ -74,6 +75,14 @@ class Drill:
 
     def wait_final(self, job_id: str, timeout: float = 240) -> dict[str, Any]:
         return self.client.wait_for(job_id, lambda j: j["status"] in FINAL, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def report_drill_times(request) -> Iterator[None]:
+    """Attach the times a drill measured to its test report, which reaches the session's end from any xdist worker."""
+    before = len(DRILL_TIMES)
+    yield
+    request.node.user_properties.extend(("drill_time", entry) for entry in DRILL_TIMES[before:])
 
 
 def record(fault: str, seconds: float, promise: float) -> None:
@@ -106,26 +115,24 @@ def drill(tmp_path_factory, caffe_weights, models_dir) -> Iterator[Drill]:
             del environment[name]
     # Fair use off, not a timing: the drills poll ten times a second with one non-admin key.
     environment.update(STYLEQ_MAX_REQUESTS_PER_MINUTE="0", STYLEQ_MAX_ACTIVE_JOBS="0")
-    ensure_redis()
-    redis_client.Redis.from_url(f"{REDIS_URL}/{REDIS_DB}").flushdb()
     (root / "data").mkdir()
     logs = root / "logs"
     logs.mkdir()
     processes: list[Process] = []
-    with fresh_postgres_database() as database_url:
+    with private_servers() as (postgres, redis), fresh_postgres_database(postgres.admin_url) as database_url:
         environment["STYLEQ_DATABASE_URL"] = database_url
-        environment["STYLEQ_BROKER_URL"] = f"{REDIS_URL}/{REDIS_DB}"
+        environment["STYLEQ_BROKER_URL"] = redis.url
         upgrade_database(database_url)
         drill = None
         try:
             api, url = start_api(environment, logs)
             processes.append(api)
             workers = [start_worker(environment, logs, name, HOST) for name in ("d1", "d2")]
-            drill = Drill(environment, storage, logs, api, workers, Client(url, make_key(database_url, "alice")), mounted)
+            drill = Drill(environment, storage, logs, api, workers, Client(url, make_key(database_url, "alice")), mounted, postgres, redis)
             yield drill
         finally:
-            ensure_postgres()
-            ensure_redis()
+            postgres.start()
+            redis.start()
             for process in {*processes, *(drill.workers if drill else [])}:
                 process.stop()
             if mounted:
@@ -223,7 +230,7 @@ def test_jobs_whose_messages_the_broker_lost_run_within_about_a_minute(drill, im
     waiting = drill.submit(images_dir, {"size": SMALL, "iterations": 20})
 
     # Redis loses everything (a restart of a Redis that keeps nothing on disk), the waiting job's message included.
-    redis_client.Redis.from_url(f"{REDIS_URL}/{REDIS_DB}").flushdb()
+    redis_client.Redis.from_url(drill.redis.url).flushdb()
     wiped = time.monotonic()
     for job_id in busy:
         assert drill.wait_final(job_id)["status"] == "succeeded"
@@ -235,11 +242,11 @@ def test_jobs_whose_messages_the_broker_lost_run_within_about_a_minute(drill, im
 
 
 def test_a_job_accepted_while_redis_is_down_runs_soon_after_it_is_back(drill, images_dir):
-    stop_redis()
+    drill.redis.stop()
     try:
         job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 20})
     finally:
-        ensure_redis()
+        drill.redis.start()
     back = time.monotonic()
     done = drill.client.wait_for(job_id, lambda j: j["status"] in FINAL, timeout=120)
     record("Redis down at submit: job runs after Redis is back", time.monotonic() - back, 45)
@@ -250,7 +257,7 @@ def test_a_long_database_outage_keeps_the_job_and_the_api_answers_503(drill, ima
     job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 1500})
     drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 100)
 
-    stop_postgres()
+    drill.postgres.stop()
     try:
         outage = time.monotonic()
         answers = []
@@ -258,7 +265,7 @@ def test_a_long_database_outage_keeps_the_job_and_the_api_answers_503(drill, ima
             answers.append(drill.client.get(f"/v1/jobs/{job_id}"))
             time.sleep(10)
     finally:
-        ensure_postgres()
+        drill.postgres.start()
     back = time.monotonic()
 
     assert {response.status_code for response in answers} == {503}

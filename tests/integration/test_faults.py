@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.services import ensure_postgres, ensure_redis, start_worker, stop_postgres, stop_redis
+from tests.services import start_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -37,12 +37,12 @@ def test_job_of_a_killed_worker_resumes_elsewhere_from_its_saved_state(service, 
 def test_a_job_submitted_while_redis_is_down_runs_once_it_is_back(service, images_dir):
     if service.backend != "postgres+redis":
         pytest.skip("the embedded broker is a file, not a server that can die")
-    stop_redis()
+    service.redis.stop()
     try:
         response = service.alice.submit(images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {"size": [32, 48], "iterations": 20})
         assert response.status_code == 202, response.text
     finally:
-        ensure_redis()
+        service.redis.start()
 
     # The message never reached Redis; the database still has the job, and a worker's sweeper sends it.
     done = service.alice.wait_for(response.json()["id"], lambda j: j["status"] == "succeeded", timeout=120)
@@ -55,9 +55,9 @@ def test_a_running_job_survives_a_postgres_restart(service, images_dir):
     job = service.alice.submit(images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {"size": [32, 48], "iterations": 600}).json()
     service.alice.wait_for(job["id"], lambda j: j["status"] == "running" and j["iteration"] >= 20)
 
-    stop_postgres()
+    service.postgres.stop()
     time.sleep(3)
-    ensure_postgres()
+    service.postgres.start()
 
     done = service.alice.wait_for(job["id"], lambda j: j["status"] in ("succeeded", "failed", "canceled"), timeout=180)
     assert done["status"] == "succeeded" and done["attempts"] == 1
