@@ -82,8 +82,8 @@ def run_worker(settings: Settings, name: str, loglevel: str | None = None) -> No
     # Gossip, mingle and events broadcast to every worker; the database already coordinates them,
     # and the serverless broker does not fan out across processes. Celery's banner is text: not among JSON lines.
     app.worker_main([
-        "worker", "--hostname", reserved, "--queues", settings.queue, "--concurrency", "1", "--pool", "prefork",
-        "--loglevel", settings.log_level, "--without-gossip", "--without-mingle", *(["--quiet"] if uses_json(settings) else []),
+        *(["--quiet"] if uses_json(settings) else []), "worker", "--hostname", reserved, "--queues", settings.queue,
+        "--concurrency", "1", "--pool", "prefork", "--loglevel", settings.log_level, "--without-gossip", "--without-mingle",
     ])
 
 
