@@ -193,17 +193,21 @@ class RetentionSweeper(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        session_factory = make_session_factory(make_engine(self.settings.database))
+        engine = make_engine(self.settings.database)
+        session_factory = make_session_factory(engine)
         storage = Storage(self.settings.storage_path)
         policy = RetentionPolicy.from_settings(self.settings)
         # The first pass waits a sweep's time, so that a worker starts taking jobs first.
         wait = self.settings.sweep_every_seconds
-        while not self.stopped.wait(wait):
-            wait = self.settings.retention_every_seconds
-            try:
-                removed = sweep_retention(session_factory, storage, policy)
-            except Exception:  # the database or storage may be unavailable for a while; try again next round
-                log.warning("retention sweep failed", exc_info=True)
-                continue
-            if removed:
-                log.info("retention sweep removed %d files, %d bytes", len(removed), sum(removal.size for removal in removed))
+        try:
+            while not self.stopped.wait(wait):
+                wait = self.settings.retention_every_seconds
+                try:
+                    removed = sweep_retention(session_factory, storage, policy)
+                except Exception:  # the database or storage may be unavailable for a while; try again next round
+                    log.warning("retention sweep failed", exc_info=True)
+                    continue
+                if removed:
+                    log.info("retention sweep removed %d files, %d bytes", len(removed), sum(removal.size for removal in removed))
+        finally:
+            engine.dispose()
