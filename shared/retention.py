@@ -191,6 +191,9 @@ def remove_expired(
                 os.unlink(removal.path)
             except FileNotFoundError:
                 removal = replace(removal, size=0)  # gone already (another worker's sweep)
+            except OSError:  # storage refusing one file must not stop the others; the next sweep tries again
+                log.warning("could not remove %s", removal.path, exc_info=True)
+                continue
         removed.append(removal)
         log.info("removed %s %s (%d bytes) past its retention", removal.kind, removal.path, removal.size, extra=_owner_field(removal))
     with session_scope(session_factory) as session:
@@ -217,6 +220,9 @@ def _remove_upload(session_factory: sessionmaker[Session], storage: Storage, rem
         os.rename(path, aside)
     except FileNotFoundError:
         return False  # removed meanwhile (by another sweep, or a job's delete)
+    except OSError:
+        log.warning("could not remove %s", path, exc_info=True)
+        return False
     keep = policy.uploads
     try:
         with session_scope(session_factory) as session:
