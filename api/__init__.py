@@ -5,11 +5,12 @@ from __future__ import annotations
 from flask import Blueprint, Flask
 
 from shared.db import make_engine, make_session_factory
+from shared.retention import StorageUsage
 from shared.secret_key import load_secret_key
 from shared.settings import Settings, load_settings
 from shared.storage import Storage
 
-from . import auth, dashboard, errors, events, files, health, jobs, limits, openapi, security
+from . import auth, dashboard, errors, events, files, health, jobs, limits, openapi, request_context, security
 from .backends import EXTENSION, Backends, close_session
 from .queue import JobQueue
 
@@ -28,16 +29,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     engine = make_engine(settings.database)
     secret_key = load_secret_key(settings)
+    storage = Storage(settings.storage_path)
     app.extensions[EXTENSION] = Backends(
         settings=settings,
         secret_key=secret_key,
         engine=engine,
         session_factory=make_session_factory(engine),
-        storage=Storage(settings.storage_path),
+        storage=storage,
         queue=JobQueue(settings),
+        storage_usage=StorageUsage(storage),
     )
     app.teardown_appcontext(close_session)
     errors.register_error_handlers(app)
+    request_context.init_app(app)
     security.init_app(app, settings)
 
     v1 = Blueprint("v1", __name__, url_prefix="/v1")

@@ -8,6 +8,7 @@ from flask import current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.retention import StorageUsage
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -27,6 +28,8 @@ class Backends:
     session_factory: sessionmaker[Session]
     storage: Storage
     queue: JobQueue
+    # The bytes each kind of file takes in storage (the operator view; /metrics), counted at most once a minute.
+    storage_usage: StorageUsage
 
     def close(self) -> None:
         """Release the broker and database connections (for tests and shutdown)."""

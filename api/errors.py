@@ -9,7 +9,7 @@ from flask import Flask, Response, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import Conflict, InvalidInput, LimitExceeded, NotFound, StorageUnavailable, StyleqError, Unauthorized, Unprocessable
+from shared.errors import Conflict, Gone, InvalidInput, LimitExceeded, NotFound, StorageUnavailable, StyleqError, Unauthorized, Unprocessable
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ STATUS: list[tuple[type[StyleqError], int]] = [
     (Unauthorized, 401),
     (NotFound, 404),
     (Conflict, 409),
+    (Gone, 410),
     (StorageUnavailable, 503),
     (LimitExceeded, 429),
 ]

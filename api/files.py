@@ -8,7 +8,7 @@ from flask import Blueprint, Response, send_file
 from PIL import Image
 
 from shared import jobs
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, Gone, NotFound
 from shared.models import Job, JobStatus
 
 from .auth import current_key
@@ -20,8 +20,14 @@ IMMUTABLE = "private, max-age=86400, immutable"
 
 @bp.get("/jobs/<job_id>/result")
 def show_result(job_id: str) -> Response:
-    """Send the finished picture (PNG)."""
+    """Send the finished picture (PNG); 410 once the retention sweep has removed it."""
     job = own_job(job_id)
+    if job.result_expired_at is not None:
+        raise Gone(
+            f"the result of job {job.id} was removed on {job.result_expired_at:%Y-%m-%d}, as this service keeps results only "
+            "for a while after their job ends; submit the job again to make it anew",
+            code="result_expired",
+        )
     path = backends().storage.job_path(job.id, "result.png")
     return send_job_file(path, "image/png", IMMUTABLE, not_ready(job, "result"))
 

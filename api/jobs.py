@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response, jsonify, request
 
 from shared import jobs
@@ -10,9 +12,11 @@ from shared.errors import InvalidInput
 from .auth import current_key
 from .backends import backends, db_session
 from .payloads import checkpoint_payload, job_location, job_payload
+from .request_context import concerns_job
 from .uploads import read_idempotency_key, read_images, read_params
 
 bp = Blueprint("jobs", __name__)
+log = logging.getLogger(__name__)
 
 
 @bp.post("/jobs")
@@ -26,7 +30,9 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         session, resources.storage, current_key(), images["content"].data, images["style"].data, params, idempotency_key,
         max_active_jobs=resources.settings.max_active_jobs,
     )
+    concerns_job(job.id)
     if created:
+        log.info("job %s queued for key %r", job.id, current_key().name)
         jobs.enqueue_job(session, resources.queue.send, job.id)
     return jsonify(job_payload(session, job)), 202 if created else 200, {"Location": job_location(job.id)}
 
@@ -65,6 +71,7 @@ def cancel_job(job_id: str) -> tuple[Response, int]:
     session = db_session()
     job = jobs.request_cancel(session, jobs.get_job(session, current_key(), job_id))
     session.commit()
+    log.info("job %s %s", job.id, "canceled" if job.status.finished else "asked to stop at its next checkpoint")
     if job.status.finished:
         # A queued job that ran before (handed back, or its worker lost) has a saved state it will never resume from.
         backends().storage.delete_states(job.id)
@@ -76,6 +83,7 @@ def delete_job(job_id: str) -> tuple[str, int]:
     """Delete the job, its checkpoints and files, and the uploads no other job uses."""
     session = db_session()
     jobs.delete_job(session, backends().storage, jobs.get_job(session, current_key(), job_id))
+    log.info("job %s deleted with its files", job_id)
     return "", 204
 
 

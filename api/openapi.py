@@ -94,6 +94,10 @@ SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "string", "format": "date-time"},
             "started_at": _NULLABLE_TIME,
             "finished_at": _NULLABLE_TIME,
+            "result_expired_at": {
+                **_NULLABLE_TIME,
+                "description": "When the result was removed, its retention over (STYLEQ_KEEP_RESULTS_DAYS); the result then answers 410.",
+            },
             "links": {"type": "object", "additionalProperties": {"type": "string"}},
         },
     },
@@ -269,7 +273,10 @@ PATHS: dict[str, Any] = {
     "/v1/jobs/{job_id}/result": {
         "get": _job_operation(
             "Download the finished picture.",
-            {"200": _image("The result.", ["image/png"], "private, max-age=86400, immutable"), **NOT_MODIFIED, "409": _error("not_ready.")},
+            {
+                "200": _image("The result.", ["image/png"], "private, max-age=86400, immutable"), **NOT_MODIFIED, "409": _error("not_ready."),
+                "410": _error("result_expired: the result was removed when its retention ended; the job's record stays."),
+            },
         )
     },
     "/v1/jobs/{job_id}/preview": {

@@ -52,6 +52,7 @@ def job_payload(session: Session, job: Job) -> dict[str, Any]:
         "created_at": timestamp(job.created_at),
         "started_at": timestamp(job.started_at),
         "finished_at": timestamp(job.finished_at),
+        "result_expired_at": timestamp(job.result_expired_at),
         "links": {"self": location, **{name: f"{location}/{name}" for name in JOB_LINKS}},
     }
 

@@ -21,6 +21,7 @@ _SUBCOMMANDS = {
     "db": ("cli.service:db", "Manage the job database."),
     "keys": ("cli.service:keys", "Manage API keys."),
     "submit": ("cli.client:submit", "Submit a job to a styleq API and follow it."),
+    "gc": ("cli.service:gc", "Remove results, previews, states and uploads past their retention."),
 }
 
 
@@ -44,3 +45,14 @@ class _LazyGroup(click.Group):
 @click.version_option(package_name="styleq")
 def main() -> None:
     """Neural style transfer: run it here, or as a job service."""
+    from pydantic import ValidationError
+
+    from shared.logs import configure_logging
+    from shared.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except ValidationError as error:
+        raise click.ClickException(f"a STYLEQ_* environment variable is invalid: {error}") from None
+    # Log lines (JSON unless standard error is a terminal; STYLEQ_LOG_FORMAT, STYLEQ_LOG_LEVEL) as the service writes them.
+    configure_logging(settings)

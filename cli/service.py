@@ -1,12 +1,13 @@
-"""`styleq up`, `db upgrade`, `keys create|list|revoke` and `worker`: running the job service on this machine."""
+"""`styleq up`, `db upgrade`, `keys create|list|revoke`, `worker` and `gc`: running the job service on this machine."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import click
@@ -17,6 +18,8 @@ from shared.errors import Conflict, NotFound
 from shared.keys import create_api_key, find_api_key, list_api_keys, revoke_api_key
 from shared.migrate import upgrade_database
 from shared.models import ApiKey
+from shared.retention import RetentionPolicy, find_expired, remove_expired
+from shared.storage import Storage
 from shared.secret_key import load_secret_key
 from shared.settings import Settings, load_settings
 
@@ -204,8 +207,8 @@ def _wait_or_escalate(api: subprocess.Popen[bytes], worker: subprocess.Popen[byt
 
 @click.command("worker")
 @click.option("--gpus", default="all", show_default=True, help="all (one process per visible GPU), none (one CPU worker), or indices like 0,1.")
-@click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def worker_command(gpus: str, loglevel: str) -> None:
+@click.option("--loglevel", default=None, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), help="Overrides STYLEQ_LOG_LEVEL (INFO).")
+def worker_command(gpus: str, loglevel: str | None) -> None:
     """Run job workers: one process per GPU, pinned with CUDA_VISIBLE_DEVICES, one job at a time each."""
     from worker.launcher import launch, visible_gpus
 
@@ -214,3 +217,53 @@ def worker_command(gpus: str, loglevel: str) -> None:
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--gpus") from None
     raise SystemExit(launch(load_settings(), indices, loglevel))
+
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*$")
+_AGE_UNITS = {"d": "days", "": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+class Age(click.ParamType):
+    """A duration such as `30d`, `12h`, `90m` or `45s` (a bare number is days)."""
+
+    name = "age"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        match = _AGE.match(str(value))
+        if not match or float(match.group(1)) <= 0:
+            self.fail(f"{value!r} is not a positive age such as 30d, 12h, 90m or 45s", param, ctx)
+        return timedelta(**{_AGE_UNITS[match.group(2)]: float(match.group(1))})
+
+
+@click.command("gc")
+@click.option("--older-than", type=Age(), default=None, help="Remove every kind of file this long after its job ended (e.g. 30d), "
+              "instead of each kind's STYLEQ_KEEP_*_DAYS.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed, and remove nothing.")
+def gc(older_than: timedelta | None, dry_run: bool) -> None:
+    """Remove results, previews, saved states and uploads past their retention, one line each, then the total in bytes.
+
+    Each line is KIND, OWNER (job id or upload hash), BYTES and PATH, separated by tabs. Nothing a
+    queued or running job needs is removed; a removed result's job stays, marked expired (410 Gone).
+    """
+    settings = load_settings()
+    policy = RetentionPolicy.uniform(older_than) if older_than is not None else RetentionPolicy.from_settings(settings)
+    if not policy.removes_anything:
+        click.echo("every STYLEQ_KEEP_*_DAYS is 0 (keep for ever): nothing to remove; --older-than 30d sets an age", err=True)
+        return
+    storage = Storage(settings.storage_path)
+    engine = make_engine(settings.database)
+    try:
+        session_factory = make_session_factory(engine)
+        now = datetime.now(timezone.utc)
+        with session_scope(session_factory) as session:
+            removals = find_expired(session, storage, policy, now=now)
+        if not dry_run:
+            removals = remove_expired(session_factory, storage, removals, policy, now=now)
+    finally:
+        engine.dispose()
+    for removal in removals:
+        click.echo(f"{removal.kind}\t{removal.owner}\t{removal.size}\t{removal.path}")
+    total = sum(removal.size for removal in removals)
+    click.echo(f"total\t{len(removals)} files\t{total}\t{'would be freed (dry run: nothing removed)' if dry_run else 'freed'}")

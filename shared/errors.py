@@ -39,6 +39,12 @@ class Conflict(StyleqError):
     code = "conflict"
 
 
+class Gone(StyleqError):
+    """Something that existed and was removed for good (a result past its retention)."""
+
+    code = "gone"
+
+
 class Unauthorized(StyleqError):
     code = "unauthorized"
 

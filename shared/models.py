@@ -150,6 +150,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # When the retention sweep removed the result (`STYLEQ_KEEP_RESULTS_DAYS` after the job ended): the
+    # row and its losses stay, and the API answers 410 Gone for the result.
+    result_expired_at: Mapped[datetime | None] = mapped_column(default=None)
 
     checkpoints: Mapped[list[Checkpoint]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="Checkpoint.iteration"

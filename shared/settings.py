@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -68,6 +69,30 @@ class Settings(BaseSettings):
     # How many reverse proxies stand in front of the API, each appending to X-Forwarded-For/Proto/Host.
     # 0 believes none of those headers: any client could send them.
     trusted_proxies: int = Field(default=0, ge=0)
+    # Log lines as JSON (one object a line, for a log collector) or as text; `auto` is JSON unless
+    # standard error is a terminal. Lines about a job carry its `job_id` (and on a worker `worker`, `attempt`).
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # How many days files are kept, counted from the job's end (0 keeps them for ever); the workers'
+    # retention sweep and `styleq gc` remove older ones. A result is what a client came for: a month
+    # to fetch it. A preview only stands in for a result (the last picture of a failed or canceled
+    # job): a week. A saved state is useless once its job ended (they are removed at the end; these
+    # are leftovers of crashes) and the largest file of a job: 2 days. An upload goes when no job
+    # newer than this uses it, so a job can run again for as long as its result is kept.
+    keep_results_days: float = Field(default=30.0, ge=0)
+    keep_previews_days: float = Field(default=7.0, ge=0)
+    keep_states_days: float = Field(default=2.0, ge=0)
+    keep_uploads_days: float = Field(default=30.0, ge=0)
+    # How often each worker runs the retention sweep (it walks the storage directory, so not every sweep).
+    retention_every_seconds: float = Field(default=3600.0, gt=0)
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object, info: Any) -> object:
+        # `STYLEQ_LOG_LEVEL=info` means INFO, as in Celery's and gunicorn's own flags.
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
 
     @property
     def models_path(self) -> Path:

@@ -17,6 +17,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -24,6 +26,17 @@ _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _STATE = re.compile(r"^state-([0-9]{9})\.pt$")
 # `state.pt` is the one unnumbered state that versions before numbered states wrote.
 JOB_FILES = ("result.png", "preview.jpg", "state.pt")
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One file found in storage: what it is, whose (a job id or an upload's hash), where, its size and age."""
+
+    kind: str  # "result", "preview", "state", "upload", or "other" (a temporary file, something unknown)
+    owner: str  # the job id, or the upload's sha256; "" for other files
+    path: Path
+    size: int
+    modified: float  # seconds since the epoch
 
 
 class Storage:
@@ -121,6 +134,43 @@ class Storage:
     def delete_upload(self, sha256: str) -> None:
         """Remove an upload that no job refers to any more."""
         self.upload_path(sha256).unlink(missing_ok=True)
+
+    def walk(self) -> Iterator[StoredFile]:
+        """Yield every file in storage, uploads then jobs' files; a file that vanishes meanwhile is left out."""
+        for fan_out in _entries(self.root / "uploads"):
+            for entry in _entries(Path(fan_out.path)):
+                yield from _stored(entry, "upload" if _SHA256.match(entry.name) else "other", entry.name)
+        for fan_out in _entries(self.root / "jobs"):
+            for folder in _entries(Path(fan_out.path)):
+                if not (_JOB_ID.match(folder.name) and folder.is_dir(follow_symlinks=False)):
+                    yield from _stored(folder, "other", "")
+                    continue
+                for entry in _entries(Path(folder.path)):
+                    yield from _stored(entry, _job_file_kind(entry.name), folder.name)
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _job_file_kind(name: str) -> str:
+    if name == JOB_FILES[0]:
+        return "result"
+    if name == JOB_FILES[1]:
+        return "preview"
+    return "state" if name == JOB_FILES[2] or _STATE.match(name) else "other"
+
+
+def _stored(entry: os.DirEntry[str], kind: str, owner: str) -> Iterator[StoredFile]:
+    try:
+        stat = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    yield StoredFile(kind, owner if kind != "other" else "", Path(entry.path), stat.st_size, stat.st_mtime)
 
 
 def write_atomically(path: Path, data: bytes, *, replace: bool = True, create_parents: bool = True) -> bool:

@@ -10,6 +10,6 @@ from .launcher import run_worker
 
 parser = argparse.ArgumentParser(prog="python -m worker")
 parser.add_argument("--name", required=True)
-parser.add_argument("--loglevel", default="INFO")
+parser.add_argument("--loglevel", default=None, help="overrides STYLEQ_LOG_LEVEL")
 arguments = parser.parse_args()
 run_worker(load_settings(), arguments.name, arguments.loglevel)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -21,12 +22,50 @@ from celery import Celery, signals
 
 from shared import fleet, jobs, leases
 from shared.db import make_engine, make_session_factory, session_scope
+from shared.logs import configure_logging
+from shared.retention import RetentionPolicy, sweep_retention
 from shared.settings import Settings
 from shared.storage import Storage
 
 from .liveness import dead_local_owners
 
 log = logging.getLogger(__name__)
+# The job id in the arguments of a `styleq.run_job` message, as Celery's own log lines show them.
+_JOB_ID_ARGUMENT = re.compile(r"\b[0-9a-f]{32}\b")
+# Celery's loggers of the lines about one task: received (in the worker), succeeded or failed (in the pool process).
+_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+def use_styleq_logging(settings: Settings) -> None:
+    """Log through `shared.logs` in this worker process and its pool processes, every line naming the worker.
+
+    A receiver of Celery's `setup_logging` signal makes Celery leave logging alone: it neither adds
+    handlers of its own nor redirects standard output (see Celery's "Logging" guide).
+    """
+    def configure(**_: Any) -> None:
+        configure_logging(settings, {"worker": settings.worker_node})
+        for name in _TASK_LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(existing, TaskLineJobIds) for existing in logger.filters):
+                logger.addFilter(TaskLineJobIds())
+
+    signals.setup_logging.connect(configure, weak=False)
+    configure()
+
+
+class TaskLineJobIds(logging.Filter):
+    """Give Celery's own lines about a job's task (received, succeeded, failed) the job's id, its one argument.
+
+    They are written outside the runner's `log_context`: before the task starts, and after it returns.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        if isinstance(data, dict) and data.get("name") == jobs.RUN_JOB_TASK and not hasattr(record, "job_id"):
+            match = _JOB_ID_ARGUMENT.search(str(data.get("args", "")))
+            if match:
+                record.job_id = match.group(0)
+        return True
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -67,6 +106,8 @@ def make_celery(settings: Settings) -> Celery:
         if getattr(sender, "app", None) is app:
             pool_owner["consumer"] = sender
             Sweeper(app, settings).start()
+            if RetentionPolicy.from_settings(settings).removes_anything:
+                RetentionSweeper(settings).start()
 
     @signals.worker_shutting_down.connect(weak=False)
     def hand_back_running_jobs(**_: Any) -> None:
@@ -135,12 +176,38 @@ def sweep_once(app: Celery, settings: Settings, session_factory: Any) -> list[st
     def send(job_id: str) -> None:
         app.send_task(jobs.RUN_JOB_TASK, args=[job_id], queue=settings.queue)
 
-    sent = []
     for job_id in job_ids:
         with session_scope(session_factory) as session:
             if not jobs.enqueue_job(session, send, job_id):
                 break  # the broker is down: the next round tries again
-        sent.append(job_id)
-    if sent:
-        log.info("sent %d lost or waiting job(s) again: %s", len(sent), ", ".join(sent))
+        log.info("sent job %s to the broker again (its worker or its message was lost)", job_id, extra={"job_id": job_id})
     return job_ids
+
+
+class RetentionSweeper(threading.Thread):
+    """Every `retention_every_seconds`, remove the results, previews, states and uploads past their retention."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="styleq-retention", daemon=True)
+        self.settings = settings
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        engine = make_engine(self.settings.database)
+        session_factory = make_session_factory(engine)
+        storage = Storage(self.settings.storage_path)
+        policy = RetentionPolicy.from_settings(self.settings)
+        # The first pass waits a sweep's time, so that a worker starts taking jobs first.
+        wait = self.settings.sweep_every_seconds
+        try:
+            while not self.stopped.wait(wait):
+                wait = self.settings.retention_every_seconds
+                try:
+                    removed = sweep_retention(session_factory, storage, policy)
+                except Exception:  # the database or storage may be unavailable for a while; try again next round
+                    log.warning("retention sweep failed", exc_info=True)
+                    continue
+                if removed:
+                    log.info("retention sweep removed %d files, %d bytes", len(removed), sum(removal.size for removal in removed))
+        finally:
+            engine.dispose()

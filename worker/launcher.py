@@ -14,9 +14,10 @@ from pathlib import Path
 
 from kombu import Queue
 
+from shared.logs import uses_json
 from shared.settings import Settings
 
-from .celery_app import make_celery
+from .celery_app import make_celery, use_styleq_logging
 
 log = logging.getLogger(__name__)
 # The lock files that keep this process's worker name its own on this host, held open for its life.
@@ -67,18 +68,22 @@ def reserve_name(name: str, lock_dir: Path | None = None) -> str:
     raise RuntimeError(f"a thousand workers named {name} run on this host already")
 
 
-def run_worker(settings: Settings, name: str, loglevel: str = "INFO") -> None:
-    """Run one Celery worker in this process, under a name no other worker on this host has, until it is told to stop."""
+def run_worker(settings: Settings, name: str, loglevel: str | None = None) -> None:
+    """Run one Celery worker in this process, under a name no other worker on this host has, until it is told to stop.
+
+    `loglevel` overrides `settings.log_level`.
+    """
     reserved = reserve_name(name)
+    settings = settings.model_copy(update={"worker_name": reserved, **({"log_level": loglevel.upper()} if loglevel else {})})
+    use_styleq_logging(settings)
     if reserved != name:
         log.warning("another worker on this host is named %s; this one is %s", name, reserved)
-    name = reserved
-    app = make_celery(settings.model_copy(update={"worker_name": name}))
+    app = make_celery(settings)
     # Gossip, mingle and events broadcast to every worker; the database already coordinates them,
-    # and the serverless broker does not fan out across processes.
+    # and the serverless broker does not fan out across processes. Celery's banner is text: not among JSON lines.
     app.worker_main([
-        "worker", "--hostname", name, "--queues", settings.queue, "--concurrency", "1", "--pool", "prefork",
-        "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+        *(["--quiet"] if uses_json(settings) else []), "worker", "--hostname", reserved, "--queues", settings.queue,
+        "--concurrency", "1", "--pool", "prefork", "--loglevel", settings.log_level, "--without-gossip", "--without-mingle",
     ])
 
 
@@ -97,7 +102,7 @@ def declare_queue(settings: Settings) -> None:
         log.warning("could not declare the queue %s before starting the workers", settings.queue, exc_info=True)
 
 
-def launch(settings: Settings, gpus: list[str], loglevel: str = "INFO") -> int:
+def launch(settings: Settings, gpus: list[str], loglevel: str | None = None) -> int:
     """Start a worker per GPU (or one CPU worker) and wait; Ctrl-C or SIGTERM stops them all."""
     if len(gpus) <= 1:
         if gpus:
@@ -108,7 +113,7 @@ def launch(settings: Settings, gpus: list[str], loglevel: str = "INFO") -> int:
     children = []
     for gpu in gpus:
         environment = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
-        command = [sys.executable, "-m", "worker", "--name", node_name(gpu), "--loglevel", loglevel]
+        command = [sys.executable, "-m", "worker", "--name", node_name(gpu), *(["--loglevel", loglevel] if loglevel else [])]
         children.append(subprocess.Popen(command, env=environment))
 
     def forward(signum: int, _frame: object) -> None:

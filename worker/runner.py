@@ -31,7 +31,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -40,7 +40,7 @@ from PIL import Image
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import fleet, jobs, leases
+from shared import fleet, jobs, leases, logs
 from shared.db import session_scope
 from shared.errors import InvalidImage
 from shared.images import decode_image, image_size
@@ -114,6 +114,7 @@ class _Member:
     style: Image.Image
     style_sha256: str
     state: TransferState | None
+    attempt: int
     checkpoints_seen: int = 0
     outcome: str | None = None
     # The iteration of the last state written to storage: the database learns it at the next write.
@@ -126,6 +127,10 @@ class _Member:
     def transfer_job(self) -> TransferJob:
         """Return the job as the engine takes it."""
         return TransferJob(self.content, self.style, self.params, self.state, style_key=self.style_sha256)
+
+    def log_context(self) -> AbstractContextManager[None]:
+        """Return a context in which log lines name this job and its attempt (a batch-mate's, not the leader's)."""
+        return logs.log_context(job_id=self.job_id, attempt=self.attempt)
 
 
 class _Leases:
@@ -197,8 +202,13 @@ class JobRunner:
         One of 'succeeded', 'canceled', 'failed', 'skipped' (another worker has it, or it ended),
         'lost' (taken over meanwhile), 'handed_back' (back in the queue: the worker is stopping, or
         storage failed) or 'interrupted' (the database went away; the sweeper resumes it). `resend`
-        sends a job's message to the broker again, for jobs handed back.
+        sends a job's message to the broker again, for jobs handed back. Every line logged meanwhile
+        carries the job's id and this worker's name, and once it is claimed, the attempt.
         """
+        with logs.log_context(job_id=job_id, worker=self.name):
+            return self._run(job_id, resend)
+
+    def _run(self, job_id: str, resend: Callable[[str], None] | None) -> str:
         self._resend = resend
         if self.stopping.is_set():
             self._send_again(job_id)  # this message arrived as the worker stops: another worker takes it
@@ -209,6 +219,12 @@ class JobRunner:
             return "failed"
         if job is None:
             return "skipped"  # another worker has it, or it ended, was canceled, deleted or taken into a batch
+        with logs.log_context(attempt=job.attempts):
+            return self._run_and_record(job)
+
+    def _run_and_record(self, job: Job) -> str:
+        """Run a claimed job and record its end, however it ends."""
+        job_id = job.id
         log.info("running job %s (attempt %d)", job_id, job.attempts)
         held = _Leases(job_id)
         try:
@@ -302,7 +318,7 @@ class JobRunner:
             params.check_output_size(*content.size)
         except ValueError as error:
             raise JobFailure("invalid_params", str(error)) from None
-        return _Member(job.id, params, content, style, job.style_sha256, self._saved_state(job.id, params))
+        return _Member(job.id, params, content, style, job.style_sha256, self._saved_state(job.id, params), job.attempts)
 
     def _take_mates(self, leader: _Member, held: _Leases) -> list[_Member]:
         """Claim queued jobs that can share the leader's batch, waiting up to `batch_wait_seconds` for more."""
@@ -313,13 +329,14 @@ class JobRunner:
         while room > 0:
             for job in self._claim_mates(leader.params, size, room):
                 held.add(job.id)
-                try:
-                    mates.append(self._prepare(job))
-                    room -= 1
-                except JobFailure as failure:
-                    # A batch-mate's own trouble ends it alone; the batch goes on without it.
-                    self._finish(job.id, JobStatus.FAILED, failure.code, failure.message)
-                    held.drop(job.id)
+                with logs.log_context(job_id=job.id, attempt=job.attempts):
+                    try:
+                        mates.append(self._prepare(job))
+                        room -= 1
+                    except JobFailure as failure:
+                        # A batch-mate's own trouble ends it alone; the batch goes on without it.
+                        self._finish(job.id, JobStatus.FAILED, failure.code, failure.message)
+                        held.drop(job.id)
             left = deadline - time.monotonic()
             if room <= 0 or left <= 0:
                 break
@@ -386,7 +403,8 @@ class JobRunner:
         else:
             for member, result in zip(batch, results):
                 if member.outcome is None:
-                    self._succeed(member, result, held)
+                    with member.log_context():
+                        self._succeed(member, result, held)
             return
         # Here, past the handler, the failed attempt's tensors are free.
         size = output_size(batch[0].params, batch[0].content)
@@ -398,11 +416,16 @@ class JobRunner:
         for part in (going[:half], going[half:]):
             if part:
                 for member in part:
-                    member.state = self._saved_state(member.job_id, member.params)
+                    with member.log_context():
+                        member.state = self._saved_state(member.job_id, member.params)
                 self._record_batch(part)
                 self._optimise(part, backbone, held)
 
     def _checkpoint(self, member: _Member, checkpoint: Progress, held: _Leases) -> Control:
+        with member.log_context():
+            return self._record_checkpoint(member, checkpoint, held)
+
+    def _record_checkpoint(self, member: _Member, checkpoint: Progress, held: _Leases) -> Control:
         member.checkpoints_seen += 1
         now = time.monotonic()
         stopping = self.stopping.is_set()
@@ -534,7 +557,7 @@ class JobRunner:
                 except OperationalError:
                     log.warning("heartbeat of jobs %s failed", ", ".join(held.ids()), exc_info=True)
 
-        thread = threading.Thread(target=beat, name=f"heartbeat-{held.ids()[0]}", daemon=True)
+        thread = threading.Thread(target=logs.in_this_context(beat), name=f"heartbeat-{held.ids()[0]}", daemon=True)
         thread.start()
         try:
             yield

@@ -58,6 +58,18 @@ def duration(seconds: float | None) -> str:
     return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
+@bp.app_template_filter("size")
+def size(count: int) -> str:
+    """Write a number of bytes the way a person would: '812 B', '4.2 MB', '1.07 GB' (powers of 1000, as disks are sold)."""
+    if count < 1000:
+        return f"{count} B"
+    for unit in ("kB", "MB", "GB", "TB"):
+        count /= 1000
+        if count < 1000 or unit == "TB":
+            return f"{count:.3g} {unit}"
+    raise AssertionError("unreachable")
+
+
 @bp.app_template_filter("loss")
 def loss(value: float | None) -> str:
     """Write a loss with four significant digits."""

@@ -1,4 +1,4 @@
-"""The operator view (admin keys only): the workers, the queue, jobs per status and recent failures."""
+"""The operator view (admin keys only): the workers, the queue, jobs per status, recent failures and storage in use."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def show_operator() -> str:
     if not key.is_admin:
         abort(403, "The operator view is for admin keys. Sign in with one to see the workers and the queue.")
     session, settings = db_session(), backends().settings
+    usage = backends().storage_usage.get()
     workers = fleet.list_workers(session)
     # A worker reports itself every sweep; one silent for longer than a job's lease counts as lost.
     silent_since = utcnow() - timedelta(seconds=settings.lease_seconds)
@@ -40,4 +41,7 @@ def show_operator() -> str:
         failures=failures,
         names=owner_names(session, owners),
         now=utcnow(),
+        usage=usage,
+        storage_total=sum(usage.values()),
+        keep_days={kind: getattr(settings, f"keep_{kind}_days") for kind in ("results", "previews", "states", "uploads")},
     )

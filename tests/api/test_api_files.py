@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
+from shared.retention import RetentionPolicy, sweep_retention
 from tests.api.support import assert_error, image_bytes, set_job, submit
 
 
@@ -49,3 +52,19 @@ def test_uploads_are_served_with_their_sniffed_type(client, keys):
         etag = response.headers["ETag"]
     with client.get(f"/v1/jobs/{job_id}/style", headers={**alice, "If-None-Match": etag}) as response:
         assert response.status_code == 304
+
+
+def test_a_result_removed_by_retention_is_410_gone_and_the_job_stays(app, client, keys):
+    alice = keys.headers("alice")
+    job_id = submit(client, alice).get_json()["id"]
+    app.extensions["styleq"].storage.write_job_file(job_id, "result.png", image_bytes(kind="PNG"))
+    set_job(app, job_id, status="succeeded", finished_at=datetime.now(UTC) - timedelta(days=31))
+
+    resources = app.extensions["styleq"]
+    removed = sweep_retention(resources.session_factory, resources.storage, RetentionPolicy.from_settings(resources.settings))
+
+    assert [(removal.kind, removal.owner) for removal in removed if removal.kind == "result"] == [("result", job_id)]
+    error = assert_error(client.get(f"/v1/jobs/{job_id}/result", headers=alice), 410, "result_expired")
+    assert job_id in error["message"] and "submit the job again" in error["message"]
+    job = client.get(f"/v1/jobs/{job_id}", headers=alice).get_json()
+    assert job["status"] == "succeeded" and job["result_expired_at"] is not None

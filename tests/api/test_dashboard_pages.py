@@ -203,3 +203,15 @@ def test_the_new_job_form_offers_every_colour_choice_and_the_job_page_shows_the_
     job_id = add_job(app, keys.ids["alice"], params=resolve_params({"colors": "content"}).to_dict())
     page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert "<tr><td>Colours from</td><td>content</td></tr>" in page
+
+
+def test_the_operator_view_shows_the_storage_each_kind_of_file_takes(app: Flask, keys):
+    storage = app.extensions["styleq"].storage
+    storage.write_job_file("e" * 32, "result.png", b"r" * 2500)
+    storage.save_upload(b"u" * 1200)
+
+    page = signed_in(app, keys, "admin").get("/operator").get_data(as_text=True)
+
+    assert "Storage in use" in page and "3.7 kB in all" in page
+    assert 'data-storage="results" data-bytes="2500">2.5 kB<' in page and 'data-storage="uploads" data-bytes="1200">1.2 kB<' in page
+    assert "kept 30 days" in page
