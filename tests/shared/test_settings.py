@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 
-from shared.settings import load_settings
+import pytest
+
+from shared.settings import Settings, load_settings
 
 
 def test_the_worker_name_comes_from_styleq_worker_name_else_the_host(monkeypatch):
@@ -23,3 +25,15 @@ def test_fair_use_limits_are_on_by_default_and_zero_switches_them_off(monkeypatc
     monkeypatch.setenv("STYLEQ_MAX_REQUESTS_PER_MINUTE", "0")
     monkeypatch.setenv("STYLEQ_MAX_ACTIVE_JOBS", "0")
     assert (load_settings().max_requests_per_minute, load_settings().max_active_jobs) == (0, 0)
+
+
+@pytest.mark.parametrize("broker_url", [None, "sqla+sqlite:////tmp/broker.db", "redis://127.0.0.1:6379/0", "rediss://cache:6380/1", "amqp://guest@rabbit//"])
+def test_task_events_for_flower_go_only_through_brokers_that_fan_out(broker_url, tmp_path):
+    from kombu import Connection
+
+    settings = Settings(data_dir=tmp_path, broker_url=broker_url)
+    fans_out = "fanout" in Connection(settings.broker).transport.implements.exchange_type
+
+    config = settings.celery_config()
+    assert settings.broker_sends_events is fans_out
+    assert config["worker_send_task_events"] is config["task_send_sent_event"] is fans_out
