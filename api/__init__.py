@@ -9,7 +9,7 @@ from shared.secret_key import load_secret_key
 from shared.settings import Settings, load_settings
 from shared.storage import Storage
 
-from . import auth, dashboard, errors, events, files, health, jobs, limits, openapi, security
+from . import auth, dashboard, errors, events, files, health, jobs, limits, metrics, openapi, security
 from .backends import EXTENSION, Backends, close_session
 from .queue import JobQueue
 
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     engine = make_engine(settings.database)
     secret_key = load_secret_key(settings)
-    app.extensions[EXTENSION] = Backends(
+    resources = app.extensions[EXTENSION] = Backends(
         settings=settings,
         secret_key=secret_key,
         engine=engine,
@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(v1)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    # `/metrics` for Prometheus, and the request counts it reports.
+    metrics.init_app(app, resources.session_factory, resources.storage)
     # The browser dashboard at `/`, and the secret its session cookie (also accepted by /v1) is signed with.
     dashboard.init_app(app, secret_key)
     return app

@@ -122,6 +122,20 @@ class Storage:
         """Remove an upload that no job refers to any more."""
         self.upload_path(sha256).unlink(missing_ok=True)
 
+    def bytes_in_use(self) -> dict[str, int]:
+        """Return the bytes of the files under `uploads` and under `jobs` (results, previews, states), walking both."""
+        usage = {}
+        for area in ("uploads", "jobs"):
+            total = 0
+            for folder, _, names in os.walk(self.root / area):
+                for name in names:
+                    try:
+                        total += os.lstat(os.path.join(folder, name)).st_size
+                    except FileNotFoundError:
+                        pass  # removed while we walked
+            usage[area] = total
+        return usage
+
 
 def write_atomically(path: Path, data: bytes, *, replace: bool = True, create_parents: bool = True) -> bool:
     """Write `data` to `path` through a private temporary file in the same folder; return whether it was written.
