@@ -50,7 +50,7 @@ def imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize(
     "module",
-    ["settings", "db", "models", "jobs", "leases", "keys", "dashboard_sessions", "secret_key", "fleet", "storage", "params", "migrate", "errors", "images"],
+    ["settings", "db", "models", "jobs", "leases", "keys", "dashboard_sessions", "secret_key", "fleet", "storage", "params", "migrate", "errors", "images", "stats"],
 )
 def test_shared_loads_neither_flask_celery_click_nor_torch(module):
     loaded = top_level(modules_after(f"import shared.{module}"))
@@ -68,6 +68,14 @@ def test_the_worker_loads_neither_flask_nor_the_api_nor_the_cli():
     loaded = top_level(modules_after("import worker.celery_app, worker.launcher, worker.process, worker.runner, worker.downloads"))
 
     assert not loaded & {"flask", "api", "cli"}
+
+
+def test_the_worker_s_main_process_leaves_prometheus_client_for_after_its_metrics_folder_is_set():
+    # prometheus_client chooses at import between in-memory and multiprocess storage; the pool process
+    # inherits the choice, so nothing may import it before `serve_metrics` has set the folder.
+    loaded = top_level(modules_after("import worker.launcher, worker.celery_app, worker.metrics"))
+
+    assert not loaded & {"prometheus_client", "torch"}
 
 
 def test_the_engine_imports_from_the_project_only_shared_params():

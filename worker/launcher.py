@@ -17,6 +17,7 @@ from kombu import Queue
 from shared.settings import Settings
 
 from .celery_app import make_celery
+from .metrics import remove_metrics_folder, serve_metrics
 
 log = logging.getLogger(__name__)
 # The lock files that keep this process's worker name its own on this host, held open for its life.
@@ -73,13 +74,19 @@ def run_worker(settings: Settings, name: str, loglevel: str = "INFO") -> None:
     if reserved != name:
         log.warning("another worker on this host is named %s; this one is %s", name, reserved)
     name = reserved
+    # Before the app is built and the pool forks: the pool process records into the folder this makes.
+    metrics_folder = serve_metrics(settings.metrics_port) if settings.metrics_port is not None else None
     app = make_celery(settings.model_copy(update={"worker_name": name}))
-    # Gossip, mingle and events broadcast to every worker; the database already coordinates them,
-    # and the serverless broker does not fan out across processes.
-    app.worker_main([
-        "worker", "--hostname", name, "--queues", settings.queue, "--concurrency", "1", "--pool", "prefork",
-        "--loglevel", loglevel, "--without-gossip", "--without-mingle",
-    ])
+    # Gossip and mingle broadcast to every worker; the database already coordinates them, and the
+    # serverless broker does not fan out across processes. (Task events for Flower: see celery_config.)
+    try:
+        app.worker_main([
+            "worker", "--hostname", name, "--queues", settings.queue, "--concurrency", "1", "--pool", "prefork",
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+        ])
+    finally:
+        if metrics_folder is not None:
+            remove_metrics_folder(metrics_folder)
 
 
 def declare_queue(settings: Settings) -> None:
@@ -106,8 +113,10 @@ def launch(settings: Settings, gpus: list[str], loglevel: str = "INFO") -> int:
         return 0
     declare_queue(settings)
     children = []
-    for gpu in gpus:
+    for index, gpu in enumerate(gpus):
         environment = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+        if settings.metrics_port is not None:
+            environment["STYLEQ_METRICS_PORT"] = str(settings.metrics_port + index)  # a port each, on one host
         command = [sys.executable, "-m", "worker", "--name", node_name(gpu), "--loglevel", loglevel]
         children.append(subprocess.Popen(command, env=environment))
 
