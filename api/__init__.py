@@ -9,7 +9,7 @@ from shared.secret_key import load_secret_key
 from shared.settings import Settings, load_settings
 from shared.storage import Storage
 
-from . import auth, dashboard, errors, events, files, health, jobs, limits, metrics, openapi, security
+from . import auth, dashboard, errors, events, files, health, jobs, limits, openapi, security
 from .backends import EXTENSION, Backends, close_session
 from .queue import JobQueue
 
@@ -48,7 +48,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(v1)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
-    # `/metrics` for Prometheus, and the request counts it reports.
+    # `/metrics` for Prometheus, and the request counts it reports. Imported here, in the serving process:
+    # gunicorn's master imports this package with its config, before the config sets the folder that
+    # prometheus_client, once imported, would never look for again (see api.gunicorn_config).
+    from . import metrics
+
     metrics.init_app(app, resources.session_factory, resources.storage)
     # The browser dashboard at `/`, and the secret its session cookie (also accepted by /v1) is signed with.
     dashboard.init_app(app, secret_key)

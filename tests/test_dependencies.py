@@ -64,6 +64,14 @@ def test_the_api_loads_neither_torch_nor_the_worker_nor_the_cli():
     assert not loaded & {"torch", "worker", "cli"}
 
 
+def test_gunicorn_s_config_leaves_prometheus_client_for_the_processes_it_forks():
+    # gunicorn's master imports the `api` package with `api.gunicorn_config`; prometheus_client chooses its
+    # storage at import, and a choice made there, before the config sets the folder, would hold in every process.
+    loaded = top_level(modules_after("import api.gunicorn_config"))
+
+    assert "prometheus_client" not in loaded
+
+
 def test_the_worker_loads_neither_flask_nor_the_api_nor_the_cli():
     loaded = top_level(modules_after("import worker.celery_app, worker.launcher, worker.process, worker.runner, worker.downloads"))
 

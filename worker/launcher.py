@@ -17,7 +17,7 @@ from kombu import Queue
 from shared.settings import Settings
 
 from .celery_app import make_celery
-from .metrics import remove_metrics_folder, serve_metrics
+from .metrics import METRICS_FOLDER, remove_metrics_folder, serve_metrics
 
 log = logging.getLogger(__name__)
 # The lock files that keep this process's worker name its own on this host, held open for its life.
@@ -76,6 +76,8 @@ def run_worker(settings: Settings, name: str, loglevel: str = "INFO") -> None:
     name = reserved
     # Before the app is built and the pool forks: the pool process records into the folder this makes.
     metrics_folder = serve_metrics(settings.metrics_port) if settings.metrics_port is not None else None
+    if metrics_folder is None:
+        os.environ.pop(METRICS_FOLDER, None)  # a folder named for the API is not this worker's: count in memory, unread
     app = make_celery(settings.model_copy(update={"worker_name": name}))
     # Gossip and mingle broadcast to every worker; the database already coordinates them, and the
     # serverless broker does not fan out across processes. (Task events for Flower: see celery_config.)

@@ -12,11 +12,9 @@ from api import create_app
 from shared.db import make_engine
 from tests.api.support import add_job, assert_error
 
-NOW = datetime.now(UTC)
-
 
 def ago(seconds: float) -> datetime:
-    return NOW - timedelta(seconds=seconds)
+    return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
 def scrape(client, **headers) -> dict[tuple[str, frozenset], float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ class Deployment:
     url: str
     client: Client
     database_url: str
-    metrics_folder: Path
+    api_pid: int
     worker_ports: dict[str, int]
     flower_url: str
     job_ids: list[str]
@@ -44,7 +45,6 @@ class Deployment:
 def deployment(tmp_path_factory, caffe_weights, models_dir, images_dir) -> Iterator[Deployment]:
     """Start Flower, the API and two workers (each serving its metrics), and run four jobs to their end plus one canceled."""
     root = tmp_path_factory.mktemp("monitoring")
-    metrics_folder = root / "api-metrics"
     environment = {
         **os.environ,
         "STYLEQ_DATA_DIR": str(root / "data"),
@@ -54,10 +54,9 @@ def deployment(tmp_path_factory, caffe_weights, models_dir, images_dir) -> Itera
         "STYLEQ_SWEEP_EVERY_SECONDS": "1",
         "STYLEQ_MAX_REQUESTS_PER_MINUTE": "0",
         "STYLEQ_MAX_ACTIVE_JOBS": "0",
-        # Named, so the test can see which API processes wrote counts (gunicorn_config empties it at start).
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_folder),
         "OMP_NUM_THREADS": "1",
     }
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn_config makes the API's folder, as in production
     ensure_redis()
     logs = root / "logs"
     logs.mkdir()
@@ -93,7 +92,7 @@ def deployment(tmp_path_factory, caffe_weights, models_dir, images_dir) -> Itera
             assert client.post(f"/v1/jobs/{long_job}/cancel").status_code == 202
             for job_id in [*job_ids, long_job]:
                 client.wait_for(job_id, lambda job: job["status"] in ("succeeded", "failed", "canceled"))
-            yield Deployment(url, client, database_url, metrics_folder, worker_ports, flower_url, [*job_ids, long_job])
+            yield Deployment(url, client, database_url, api.popen.pid, worker_ports, flower_url, [*job_ids, long_job])
         finally:
             for process in processes:  # all told at once: each takes a few seconds to stop
                 if process.alive():
@@ -167,8 +166,17 @@ def test_every_api_process_s_requests_are_counted_whichever_answers(deployment):
     counts = {healthz_count() for _ in range(6)}  # answered by whichever processes accept
 
     assert counts == {before + 30}
-    writers = {path.name.rpartition("_")[2] for path in deployment.metrics_folder.glob("counter_*.db")}
-    assert len(writers) >= 2, f"only {writers} counted requests: the test did not reach several processes"
+    # gunicorn_config made the folder (PROMETHEUS_MULTIPROC_DIR is not set here); its files are named by process.
+    writers = {int(path.stem.rpartition("_")[2]) for path in Path(tempfile.gettempdir()).glob("styleq-api-metrics-*/counter_*.db")}
+    ours = {pid for pid in writers if parent_of(pid) == deployment.api_pid}
+    assert len(ours) >= 2, f"only {ours} of gunicorn's processes counted requests: the test did not reach several"
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def test_each_worker_serves_its_iterations_memory_and_checkpoint_writes(deployment):
