@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     engine = make_engine(settings.database)
     secret_key = load_secret_key(settings)
     storage = Storage(settings.storage_path)
-    app.extensions[EXTENSION] = Backends(
+    resources = app.extensions[EXTENSION] = Backends(
         settings=settings,
         secret_key=secret_key,
         engine=engine,
@@ -52,6 +52,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(v1)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    # `/metrics` for Prometheus, and the request counts it reports. Imported here, in the serving process:
+    # gunicorn's master imports this package with its config, before the config sets the folder that
+    # prometheus_client, once imported, would never look for again (see api.gunicorn_config).
+    from . import metrics
+
+    metrics.init_app(app, resources.session_factory, resources.storage_usage)
     # The browser dashboard at `/`, and the secret its session cookie (also accepted by /v1) is signed with.
     dashboard.init_app(app, secret_key)
     return app

@@ -10,16 +10,24 @@ gunicorn answers requests it cannot parse (a request line over 4094 bytes: 414, 
 is JSON with the error shape of `api.errors`, so those pages are written as that JSON instead.
 gunicorn offers no setting for it: its workers call `gunicorn.util.write_error`, which this module
 replaces when gunicorn loads it (in the master, before the workers fork).
+
+Its hooks also give the worker processes one folder for prometheus_client's multiprocess mode, so
+`/metrics` adds up every process's request counts: `PROMETHEUS_MULTIPROC_DIR` when the environment
+sets it (emptied at start, as the library asks), else a fresh temporary folder removed at exit. It must
+be set before any process imports prometheus_client, which the app does: so not with `--preload`.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import socket
-
 import datetime
+import json
 import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import gunicorn.glogging
@@ -72,3 +80,31 @@ class AccessLogger(gunicorn.glogging.Logger):
 logger_class = "api.gunicorn_config.AccessLogger"
 # gunicorn applies this in the master and the workers it forks; it also turns the access log on.
 logconfig_dict = dict_config(load_settings())
+_METRICS_FOLDER = "PROMETHEUS_MULTIPROC_DIR"
+_made_metrics_folder: list[str] = []
+
+
+def on_starting(server: Any) -> None:
+    """Give the API processes an empty metrics folder before the first one forks."""
+    given = os.environ.get(_METRICS_FOLDER)
+    if given is None:
+        folder = tempfile.mkdtemp(prefix="styleq-api-metrics-")
+        _made_metrics_folder.append(folder)
+        os.environ[_METRICS_FOLDER] = folder
+        return
+    Path(given).mkdir(parents=True, exist_ok=True)
+    for stale in Path(given).glob("*.db"):  # a previous run's counts would be added to this one's
+        stale.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop an exited process's live gauges from the metrics folder (its counters stay in the totals)."""
+    from prometheus_client import multiprocess  # imported only once the folder is set, as the library reads it at import
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics folder this module made."""
+    for folder in _made_metrics_folder:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -306,6 +306,17 @@ PATHS: dict[str, Any] = {
         }
     },
     "/openapi.json": {"get": {"summary": "This document.", "security": [], "responses": {"200": {"description": "OpenAPI 3.1."}}}},
+    "/metrics": {
+        "get": {
+            "summary": "Figures for Prometheus: jobs by status, the queue, wait and run times, storage, requests.",
+            "description": "No API key; when STYLEQ_METRICS_TOKEN is set, `Authorization: Bearer <that token>` instead.",
+            "security": [],
+            "responses": {
+                "200": {"description": "The Prometheus text format, version 0.0.4.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "401": _error("invalid_token: STYLEQ_METRICS_TOKEN is set and the request did not send it."),
+            },
+        }
+    },
 }
 
 # Answers any operation may give: from gunicorn before the app (414, 431, as JSON too), and while the database is down.

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         return value.upper() if info.field_name == "log_level" else value.lower()
+    # When set, `GET /metrics` asks for `Authorization: Bearer <this>`; unset, it answers anyone who can
+    # reach the API (it shows counts, worker and device names: no job, key or picture).
+    metrics_token: str | None = None
+    # The port on which each worker process serves its own metrics (iterations, device memory,
+    # checkpoint writes); unset, workers serve none. `styleq worker` gives its N-th GPU this port + N.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     @property
     def models_path(self) -> Path:
@@ -119,6 +125,15 @@ class Settings(BaseSettings):
         """Return this worker's name in the fleet: `worker_name`, else the host's name."""
         return self.worker_name or socket.gethostname()
 
+    @property
+    def broker_sends_events(self) -> bool:
+        """Tell whether Celery's monitoring events (Flower's view of tasks) can travel through the broker.
+
+        kombu's SQLAlchemy transport (the embedded default) keeps exchange bindings in each process's
+        memory and has no fanout: an event a worker publishes reaches no other process, so it is not sent.
+        """
+        return not self.broker.startswith(("sqla+", "sqlalchemy+"))
+
     def batch_limit(self, *, gpu: bool) -> int:
         """Return the most jobs one worker optimises at once: the setting, else 8 on a GPU and 1 on a CPU."""
         if self.batch_size is not None:
@@ -133,6 +148,9 @@ class Settings(BaseSettings):
             "accept_content": ["json"],
             "task_ignore_result": True,
             "broker_connection_retry_on_startup": True,
+            # Task events, so Flower shows every run_job task and its state (`task-sent` from the API too).
+            "worker_send_task_events": self.broker_sends_events,
+            "task_send_sent_event": self.broker_sends_events,
         }
 
 

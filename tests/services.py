@@ -222,12 +222,12 @@ class Process:
         self.popen.wait(30)
 
 
-def start_api(environment: dict[str, str], log_dir: Path, name: str = "api") -> tuple[Process, str]:
-    """Start the API under gunicorn on a free port (with SECRET_KEY) and wait until it answers; return it and its URL."""
+def start_api(environment: dict[str, str], log_dir: Path, name: str = "api", processes: int = 1) -> tuple[Process, str]:
+    """Start the API under gunicorn, `processes` worker processes, on a free port (with SECRET_KEY) and wait until it answers; return it and its URL."""
     port = free_port()
     environment = {**environment, "STYLEQ_SECRET_KEY": SECRET_KEY}
     command = [
-        sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_config", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+        sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_config", "--bind", f"127.0.0.1:{port}", "--workers", str(processes),
         "--worker-class", "gthread", "--threads", "16", "--graceful-timeout", "2", "--forwarded-allow-ips", "", "api:create_app()",
     ]
     process = Process(name, command, environment, log_dir)

@@ -80,3 +80,22 @@ def test_every_styleq_service_points_at_postgres_and_redis(services):
 def test_flower_is_optional(services):
     assert services["flower"]["profiles"] == ["monitoring"]
     assert "flower" in services["flower"]["command"]
+
+
+def test_prometheus_scrapes_the_api_and_every_worker_on_its_metrics_port(services):
+    prometheus = services["prometheus"]
+    scrape = yaml.safe_load((REPO / "prometheus.yml").read_text())["scrape_configs"]
+    targets = {job["job_name"]: [target for group in job["static_configs"] for target in group["targets"]] for job in scrape}
+
+    assert prometheus["profiles"] == ["monitoring"]
+    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    api_port = next(argument for argument in services["api"]["command"] if argument.startswith("--bind=")).rpartition(":")[2]
+    assert targets["styleq-api"] == [f"api:{api_port}"]
+    workers = {name: service for name, service in services.items() if name.startswith("worker")}
+    assert sorted(targets["styleq-workers"]) == sorted(f"{name}:{environment(worker)['STYLEQ_METRICS_PORT']}" for name, worker in workers.items())
+
+
+def test_flower_listens_on_the_workers_broker(services):
+    command = services["flower"]["command"]
+
+    assert command[command.index("--broker") + 1] == environment(services["worker-gpu0"])["STYLEQ_BROKER_URL"]

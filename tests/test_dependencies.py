@@ -50,7 +50,7 @@ def imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize(
     "module",
-    ["settings", "db", "models", "jobs", "leases", "keys", "dashboard_sessions", "secret_key", "fleet", "storage", "params", "migrate", "errors", "images", "logs", "retention"],
+    ["settings", "db", "models", "jobs", "leases", "keys", "dashboard_sessions", "secret_key", "fleet", "storage", "params", "migrate", "errors", "images", "logs", "retention", "stats"],
 )
 def test_shared_loads_neither_flask_celery_click_nor_torch(module):
     loaded = top_level(modules_after(f"import shared.{module}"))
@@ -64,10 +64,26 @@ def test_the_api_loads_neither_torch_nor_the_worker_nor_the_cli():
     assert not loaded & {"torch", "worker", "cli"}
 
 
+def test_gunicorn_s_config_leaves_prometheus_client_for_the_processes_it_forks():
+    # gunicorn's master imports the `api` package with `api.gunicorn_config`; prometheus_client chooses its
+    # storage at import, and a choice made there, before the config sets the folder, would hold in every process.
+    loaded = top_level(modules_after("import api.gunicorn_config"))
+
+    assert "prometheus_client" not in loaded
+
+
 def test_the_worker_loads_neither_flask_nor_the_api_nor_the_cli():
     loaded = top_level(modules_after("import worker.celery_app, worker.launcher, worker.process, worker.runner, worker.downloads"))
 
     assert not loaded & {"flask", "api", "cli"}
+
+
+def test_the_worker_s_main_process_leaves_prometheus_client_for_after_its_metrics_folder_is_set():
+    # prometheus_client chooses at import between in-memory and multiprocess storage; the pool process
+    # inherits the choice, so nothing may import it before `serve_metrics` has set the folder.
+    loaded = top_level(modules_after("import worker.launcher, worker.celery_app, worker.metrics"))
+
+    assert not loaded & {"prometheus_client", "torch"}
 
 
 def test_the_engine_imports_from_the_project_only_shared_params():

@@ -18,6 +18,7 @@ from shared.logs import uses_json
 from shared.settings import Settings
 
 from .celery_app import make_celery, use_styleq_logging
+from .metrics import METRICS_FOLDER, remove_metrics_folder, serve_metrics
 
 log = logging.getLogger(__name__)
 # The lock files that keep this process's worker name its own on this host, held open for its life.
@@ -78,13 +79,22 @@ def run_worker(settings: Settings, name: str, loglevel: str | None = None) -> No
     use_styleq_logging(settings)
     if reserved != name:
         log.warning("another worker on this host is named %s; this one is %s", name, reserved)
+    # Before the app is built and the pool forks: the pool process records into the folder this makes.
+    metrics_folder = serve_metrics(settings.metrics_port) if settings.metrics_port is not None else None
+    if metrics_folder is None:
+        os.environ.pop(METRICS_FOLDER, None)  # a folder named for the API is not this worker's: count in memory, unread
     app = make_celery(settings)
-    # Gossip, mingle and events broadcast to every worker; the database already coordinates them,
-    # and the serverless broker does not fan out across processes. Celery's banner is text: not among JSON lines.
-    app.worker_main([
-        *(["--quiet"] if uses_json(settings) else []), "worker", "--hostname", reserved, "--queues", settings.queue,
-        "--concurrency", "1", "--pool", "prefork", "--loglevel", settings.log_level, "--without-gossip", "--without-mingle",
-    ])
+    # Gossip and mingle broadcast to every worker; the database already coordinates them, and the
+    # serverless broker does not fan out across processes. (Task events for Flower: see celery_config.)
+    # Celery's banner is text: not among JSON lines.
+    try:
+        app.worker_main([
+            *(["--quiet"] if uses_json(settings) else []), "worker", "--hostname", reserved, "--queues", settings.queue,
+            "--concurrency", "1", "--pool", "prefork", "--loglevel", settings.log_level, "--without-gossip", "--without-mingle",
+        ])
+    finally:
+        if metrics_folder is not None:
+            remove_metrics_folder(metrics_folder)
 
 
 def declare_queue(settings: Settings) -> None:
@@ -111,8 +121,10 @@ def launch(settings: Settings, gpus: list[str], loglevel: str | None = None) -> 
         return 0
     declare_queue(settings)
     children = []
-    for gpu in gpus:
+    for index, gpu in enumerate(gpus):
         environment = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+        if settings.metrics_port is not None:
+            environment["STYLEQ_METRICS_PORT"] = str(settings.metrics_port + index)  # a port each, on one host
         command = [sys.executable, "-m", "worker", "--name", node_name(gpu), *(["--loglevel", loglevel] if loglevel else [])]
         children.append(subprocess.Popen(command, env=environment))
 

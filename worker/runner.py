@@ -55,6 +55,7 @@ from .engine import (
 )
 from .engine.memory import batch_capacity, free_device_bytes
 from .liveness import dead_local_owners
+from .metrics import WorkerMetrics
 from .engine.weights import LoadedWeights, WeightsError, load_weights
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ class _Member:
     unwritten: list[dict[str, Any]] = field(default_factory=list)
     written_at: float = field(default_factory=time.monotonic)
     saved_at: float = -math.inf
+    # The iteration up to which this run's work is counted in the worker's metrics (a resumed run starts at its state's).
+    counted_iteration: int = 0
 
     def transfer_job(self) -> TransferJob:
         """Return the job as the engine takes it."""
@@ -164,6 +167,7 @@ class JobRunner:
     def __init__(
         self, settings: Settings, session_factory: sessionmaker[Session], storage: Storage, *, name: str, lease_owner: str,
         gpu: str, device: torch.device, models: ModelCache, stopping: threading.Event | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
@@ -181,6 +185,7 @@ class JobRunner:
         self.batch_ceilings: dict[tuple[tuple[int, int], str], int] = {}
         # Set when the worker is told to stop: running jobs go back to the queue at their next checkpoint.
         self.stopping = stopping or threading.Event()
+        self.metrics = metrics or WorkerMetrics(name, gpu)
         self._resend: Callable[[str], None] | None = None
 
     def _transaction(self, step: Callable[[Session], T], delays: Sequence[float] | None = None) -> T:
@@ -318,7 +323,8 @@ class JobRunner:
             params.check_output_size(*content.size)
         except ValueError as error:
             raise JobFailure("invalid_params", str(error)) from None
-        return _Member(job.id, params, content, style, job.style_sha256, self._saved_state(job.id, params), job.attempts)
+        state = self._saved_state(job.id, params)
+        return _Member(job.id, params, content, style, job.style_sha256, state, job.attempts, counted_iteration=state.iteration if state else 0)
 
     def _take_mates(self, leader: _Member, held: _Leases) -> list[_Member]:
         """Claim queued jobs that can share the leader's batch, waiting up to `batch_wait_seconds` for more."""
@@ -427,6 +433,8 @@ class JobRunner:
 
     def _record_checkpoint(self, member: _Member, checkpoint: Progress, held: _Leases) -> Control:
         member.checkpoints_seen += 1
+        self.metrics.count_iterations(checkpoint.iteration - member.counted_iteration)
+        member.counted_iteration = checkpoint.iteration
         now = time.monotonic()
         stopping = self.stopping.is_set()
         last = checkpoint.iteration >= member.params.iterations
@@ -453,6 +461,7 @@ class JobRunner:
             # Only now, with the lease confirmed, do the files change.
             self._write_checkpoint_files(member, checkpoint.iteration, *files)
             member.saved_at = now
+        self.metrics.record_checkpoint_write(time.monotonic() - now, with_state=files is not None, device=self.device)
         if stopping and not last:
             self._hand_back(member, held)
             return Control.STOP

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from shared.settings import Settings, load_settings
 
 
@@ -26,22 +28,13 @@ def test_fair_use_limits_are_on_by_default_and_zero_switches_them_off(monkeypatc
     assert (load_settings().max_requests_per_minute, load_settings().max_active_jobs) == (0, 0)
 
 
-def test_every_setting_is_in_the_operations_guide_with_its_default():
-    """docs/OPERATIONS.md's table names each field of Settings as its variable, with the default the code has."""
-    rows = {}
-    for line in (Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md").read_text().splitlines():
-        if line.startswith("| `STYLEQ_"):
-            variable, default, _meaning = (cell.strip() for cell in line.strip("|").split("|", 2))
-            rows[variable.strip("`")] = default
+@pytest.mark.parametrize("broker_url", [None, "sqla+sqlite:////tmp/broker.db", "redis://127.0.0.1:6379/0", "rediss://cache:6380/1", "amqp://guest@rabbit//"])
+def test_task_events_for_flower_go_only_through_brokers_that_fan_out(broker_url, tmp_path):
+    from kombu import Connection
 
-    for name, field in Settings.model_fields.items():
-        variable = f"STYLEQ_{name.upper()}"
-        assert variable in rows, f"{variable} is missing from docs/OPERATIONS.md's table of settings"
-        if field.default_factory is not None:
-            continue  # computed (the per-user data folder): described in words
-        if field.default is None:
-            assert rows[variable].startswith("unset"), (variable, rows[variable])
-        else:
-            shown = f"{field.default:g}" if isinstance(field.default, float) else str(field.default)
-            assert rows[variable].startswith(f"`{shown}`"), (variable, rows[variable], shown)
-    assert set(rows) == {f"STYLEQ_{name.upper()}" for name in Settings.model_fields}, "a row names no setting"
+    settings = Settings(data_dir=tmp_path, broker_url=broker_url)
+    fans_out = "fanout" in Connection(settings.broker).transport.implements.exchange_type
+
+    config = settings.celery_config()
+    assert settings.broker_sends_events is fans_out
+    assert config["worker_send_task_events"] is config["task_send_sent_event"] is fans_out

@@ -682,3 +682,23 @@ def test_a_job_naming_weights_the_worker_does_not_hold_fails_without_a_download(
     job = load(factory, job_id)
     assert (job.status, job.error_code) == ("failed", "weights_unavailable")
     assert "styleq weights pull vgg19" in job.error_message and str(tmp_path) not in job.error_message
+
+
+def test_the_runner_counts_iterations_checkpoint_writes_and_memory_for_its_metrics(settings, factory, storage, images_dir, vgg16_random):
+    from prometheus_client import CollectorRegistry
+
+    job_id = submit(factory, storage, images_dir)
+    runner = make_runner(settings, factory, storage, vgg16_random)
+    registry = CollectorRegistry()
+    for collector in runner.metrics.collectors:
+        registry.register(collector)
+
+    assert runner.run(job_id) == "succeeded"
+
+    assert registry.get_sample_value("styleq_worker_iterations_total", {"worker": "gpu0@host", "device": "cpu"}) == 40
+    with_state = registry.get_sample_value("styleq_checkpoint_write_seconds_count", {"worker": "gpu0@host", "with_state": "true"})
+    without = registry.get_sample_value("styleq_checkpoint_write_seconds_count", {"worker": "gpu0@host", "with_state": "false"}) or 0
+    # The first checkpoint saves a state (preview_every=2, no minimum time), and the last one is always written.
+    assert with_state >= 1 and with_state + without >= 2
+    assert registry.get_sample_value("styleq_checkpoint_write_seconds_sum", {"worker": "gpu0@host", "with_state": "true"}) > 0
+    assert registry.get_sample_value("styleq_worker_device_memory_bytes", {"worker": "gpu0@host", "device": "cpu", "kind": "rss"}) > 10_000_000
