@@ -120,7 +120,7 @@ def create_job(
     max_active_jobs: int = 0,
     webhook: Subscription | None = None,
 ) -> tuple[Job, bool]:
-    """Add a queued job, with `webhook` if given; with an idempotency key already used by `owner` for the same request, return that job instead.
+    """Add a queued job (with its `webhook`); with an idempotency key already used by `owner` for the same request, return that job instead.
 
     Returns the job and whether it is new.
 
@@ -160,10 +160,10 @@ def create_job(
 
 
 def _same_request(job: Job, params: TransferParams, content_sha256: str, style_sha256: str, webhook: Subscription | None) -> Job:
-    """Return `job`, made by an earlier request with the same idempotency key, if this request asks for the same job (webhook included).
+    """Return `job`, made by an earlier request with the same idempotency key, if this request asks for the same job.
 
     Raises:
-        Unprocessable: other pictures or parameters under the same key (as Stripe and the IETF's
+        Unprocessable: other pictures, parameters or webhook under the same key (as Stripe and the IETF's
             Idempotency-Key draft answer), so a client's mistake is not hidden behind the first job.
     """
     # Compared as stored, after a JSON round trip: a tuple is saved as a list.

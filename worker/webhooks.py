@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # Threads per worker process: one receiver that is slow or down delays the others' deliveries only so much.
 DELIVERY_THREADS = 4
 # How often an idle deliverer looks for due deliveries (a read; it writes only when one is due).
-POLL_SECONDS = 0.5
+POLL_SECONDS = 1.0
 # A claim outlasts the attempt's timeout by this much before another deliverer may take the delivery again.
 CLAIM_MARGIN_SECONDS = 30.0
 USER_AGENT = "styleq-webhooks/1"
