@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 DELIVERY_THREADS = 4
 # How often an idle deliverer looks for due deliveries (a read; it writes only when one is due).
 POLL_SECONDS = 1.0
+# How long a deliverer rests after a round failed (the database unreachable) before it tries again.
+ERROR_PAUSE_SECONDS = 10.0
 # A claim outlasts the attempt's timeout by this much before another deliverer may take the delivery again.
 CLAIM_MARGIN_SECONDS = 30.0
 USER_AGENT = "styleq-webhooks/1"
@@ -136,9 +139,15 @@ class Deliverer(threading.Thread):
         while not self.stopped.is_set():
             try:
                 busy = deliver_one(self.session_factory, http, self.settings, self.server_secret)
-            except Exception:  # the database may be down for a while: the deliveries wait in it
-                log.warning("webhook delivery round failed", exc_info=True)
-                busy = False
+            except OperationalError as error:
+                # The database is down for a while: the deliveries wait in it, and a line now and then says so.
+                log.warning("webhook deliveries paused for %g s: the database is unreachable (%s)", ERROR_PAUSE_SECONDS, error.orig)
+                self.stopped.wait(ERROR_PAUSE_SECONDS)
+                continue
+            except Exception:
+                log.exception("a webhook delivery round failed; trying again in %g s", ERROR_PAUSE_SECONDS)
+                self.stopped.wait(ERROR_PAUSE_SECONDS)
+                continue
             if not busy:
                 self.stopped.wait(POLL_SECONDS)
 
