@@ -1,4 +1,4 @@
-"""A delivery attempt on its own: signed, sent only to an address checked as the connection is made, never following a redirect."""
+"""A delivery attempt: signed, sent only to an address checked as the connection is made, never following a redirect, and recorded."""
 
 from __future__ import annotations
 
@@ -8,11 +8,16 @@ from ipaddress import ip_network
 
 import pytest
 
-from shared.deliveries import ClaimedDelivery
-from shared.models import ApiKey, utcnow
-from shared.webhooks import AddressPolicy, webhook_secret
+from shared import jobs
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.deliveries import ClaimedDelivery, deliveries_of
+from shared.keys import create_api_key
+from shared.models import ApiKey, DeliveryStatus, Job, utcnow
+from shared.params import resolve_params
+from shared.settings import Settings
+from shared.webhooks import AddressPolicy, Subscription, webhook_secret
 from tests.receivers import Receiver, verify
-from worker.webhooks import guarded_session, send
+from worker.webhooks import deliver_one, guarded_session, send
 
 LOOPBACK = AddressPolicy(allowed_networks=(ip_network("127.0.0.1/32"),))
 SECRET = webhook_secret("server secret", 1, 1)
@@ -94,3 +99,29 @@ def test_a_receiver_that_is_not_listening_is_a_failed_attempt_with_the_reason(re
     attempt = send(guarded_session(LOOPBACK), delivery(receiver.url), [SECRET], timeout=10)
 
     assert attempt.status_code is None and "ConnectionError" in attempt.error
+
+
+def test_one_round_claims_the_due_delivery_sends_it_signed_with_the_owner_s_secret_and_records_it(database_url, receiver):
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    settings = Settings(database_url=database_url, webhook_allowed_networks="127.0.0.1/32")
+    with session_scope(factory) as session:
+        owner, _ = create_api_key(session, "alice", secret="server secret")
+        job, _ = jobs.create_job(session, owner, resolve_params({"iterations": 10}), "a" * 64, "b" * 64, webhook=Subscription(receiver.url))
+        jobs.request_cancel(session, job)
+        job_id, secret = job.id, webhook_secret("server secret", owner.id, 1)
+    http = guarded_session(AddressPolicy.from_settings(settings))
+
+    try:
+        assert deliver_one(factory, http, settings, "server secret") is True
+        assert deliver_one(factory, http, settings, "server secret") is False  # nothing else is due
+        with session_scope(factory) as session:
+            [delivery] = deliveries_of(session, job_id)
+            assert session.get(Job, job_id).status == "canceled"
+    finally:
+        engine.dispose()
+
+    [request] = receiver.requests
+    assert verify(secret, request)["type"] == "job.canceled"
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == (DeliveryStatus.DELIVERED, 1, 204)
+    assert delivery.message_id == request.headers["webhook-id"]
