@@ -13,7 +13,7 @@ from .auth import current_key
 from .backends import backends, db_session
 from .payloads import checkpoint_payload, job_location, job_payload
 from .request_context import concerns_job
-from .uploads import read_idempotency_key, read_images, read_params
+from .uploads import read_idempotency_key, read_images, read_params, read_webhook
 
 bp = Blueprint("jobs", __name__)
 log = logging.getLogger(__name__)
@@ -26,9 +26,10 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     idempotency_key = read_idempotency_key(request.headers.get("Idempotency-Key"))
     images = read_images(request.files, resources.settings.max_upload_bytes)
     params = read_params(request.form, request.files, resources.settings, images["content"])
+    webhook = read_webhook(request.form, resources.settings)
     job, created = jobs.submit_job(
         session, resources.storage, current_key(), images["content"].data, images["style"].data, params, idempotency_key,
-        max_active_jobs=resources.settings.max_active_jobs,
+        max_active_jobs=resources.settings.max_active_jobs, webhook=webhook,
     )
     concerns_job(job.id)
     if created:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import stats
 from shared.db import session_scope
+from shared.deliveries import delivery_counts
 from shared.errors import Unauthorized
 from shared.models import JobStatus
 from shared.retention import StorageUsage
@@ -69,7 +70,7 @@ class ServiceCollector(Collector):
             oldest_age = stats.queue_age_seconds(session)
             waits = stats.queue_wait_histogram(session)
             runs = stats.run_time_histograms(session)
-            webhooks = stats.webhook_deliveries_by_outcome(session)
+            webhooks = delivery_counts(session)
         jobs = GaugeMetricFamily("styleq_jobs", "Jobs in the database, by status.", labels=["status"])
         for status, count in by_status.items():
             jobs.add_metric([status.value], count)
@@ -83,11 +84,10 @@ class ServiceCollector(Collector):
         for status, histogram in runs.items():
             run.add_metric([status.value], _buckets(histogram), histogram.total_seconds)
         yield run
-        if webhooks is not None:
-            deliveries = GaugeMetricFamily("styleq_webhook_deliveries", "Webhook deliveries recorded, by outcome.", labels=["outcome"])
-            for outcome, count in sorted(webhooks.items()):
-                deliveries.add_metric([outcome], count)
-            yield deliveries
+        deliveries = GaugeMetricFamily("styleq_webhook_deliveries", "Webhook deliveries recorded, by outcome (pending, delivered, failed).", labels=["outcome"])
+        for outcome, count in sorted(webhooks.items()):
+            deliveries.add_metric([outcome], count)
+        yield deliveries
 
     def _storage_family(self) -> Metric:
         family = GaugeMetricFamily(

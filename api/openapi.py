@@ -6,7 +6,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from shared.models import JobStatus
+from shared.models import DeliveryStatus, JobStatus
+from shared.webhooks import DEFAULT_EVENTS, EVENTS, MAX_URL_LENGTH
 
 bp = Blueprint("openapi", __name__)
 
@@ -98,7 +99,48 @@ SCHEMAS: dict[str, Any] = {
                 **_NULLABLE_TIME,
                 "description": "When the result was removed, its retention over (STYLEQ_KEEP_RESULTS_DAYS); the result then answers 410.",
             },
+            "webhook": {"oneOf": [{"$ref": REF + "schemas/Webhook"}, {"type": "null"}]},
             "links": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
+    "Webhook": {
+        "type": "object",
+        "description": "Where the job's events are POSTed, which, and the latest 20 deliveries, newest first.",
+        "required": ["url", "events", "deliveries"],
+        "properties": {
+            "url": {"type": "string"},
+            "events": {"type": "array", "items": {"type": "string", "enum": list(EVENTS)}},
+            "deliveries": {"type": "array", "items": {"$ref": REF + "schemas/WebhookDelivery"}},
+        },
+    },
+    "WebhookDelivery": {
+        "type": "object",
+        "required": ["id", "event", "status", "attempts", "created_at"],
+        "properties": {
+            "id": {"type": "string", "description": "The webhook-id header: the same on every attempt."},
+            "event": {"type": "string", "enum": list(EVENTS)},
+            "status": {"type": "string", "enum": [status.value for status in DeliveryStatus]},
+            "attempts": {"type": "integer", "minimum": 0},
+            "last_status_code": {"type": ["integer", "null"], "description": "The receiver's HTTP status at the last attempt."},
+            "last_error": {"type": ["string", "null"]},
+            "next_attempt_at": {**_NULLABLE_TIME, "description": "When it is tried next, while pending."},
+            "created_at": {"type": "string", "format": "date-time"},
+            "last_attempt_at": _NULLABLE_TIME,
+            "finished_at": {**_NULLABLE_TIME, "description": "When it was delivered or given up."},
+        },
+    },
+    # The body of each webhook delivery (see `webhooks` below).
+    "WebhookEvent": {
+        "type": "object",
+        "required": ["type", "timestamp", "data"],
+        "properties": {
+            "type": {"type": "string", "enum": [f"job.{event}" for event in EVENTS]},
+            "timestamp": {"type": "string", "format": "date-time", "description": "When the event happened (webhook-timestamp says when it was sent)."},
+            "data": {
+                "type": "object",
+                "description": "The job as it was then: id, status, progress, iteration, iterations, losses, elapsed_s, attempts, error, "
+                "created_at, started_at, finished_at, and links (self, result).",
+            },
         },
     },
     "JobPage": {
@@ -167,6 +209,16 @@ SUBMIT = {
                             "contentMediaType": JSON,
                             "description": 'A JSON object: a preset and overrides, e.g. {"preset": "seed", "size": [300, 450]}.',
                         },
+                        "webhook_url": {
+                            "type": "string",
+                            "maxLength": MAX_URL_LENGTH,
+                            "description": "An http(s) URL to POST the job's events to (Standard Webhooks, signed with the key's webhook secret). "
+                            "Its host must resolve only to public addresses (unless the service allows others).",
+                        },
+                        "webhook_events": {
+                            "type": "string",
+                            "description": f"Which events, comma-separated, of {', '.join(EVENTS)}; default {','.join(DEFAULT_EVENTS)}.",
+                        },
                     },
                 }
             }
@@ -178,8 +230,10 @@ SUBMIT = {
         "400": _error("missing_file, invalid_image, invalid_params (not a JSON object) or invalid_idempotency_key."),
         "413": _error("too_large: an upload over the size limit."),
         "422": _error(
-            "invalid_params: a parameter is unknown, out of range or over the service's limits; or idempotency_key_reused: "
-            "the Idempotency-Key was used before for other pictures or params."
+            "invalid_params: a parameter is unknown, out of range or over the service's limits; idempotency_key_reused: "
+            "the Idempotency-Key was used before for other pictures, params or webhook; invalid_webhook_url: not http(s), with "
+            "credentials, unresolvable, or resolving to a loopback, private, link-local, multicast, reserved or unspecified address; "
+            "or invalid_webhook_events."
         ),
         **AUTH,
         "429": {
@@ -353,6 +407,30 @@ DOCUMENT: dict[str, Any] = {
     },
     "security": [{"bearer": []}],
     "paths": PATHS,
+    "webhooks": {
+        "jobEvent": {
+            "post": {
+                "summary": "A job's event, POSTed to its webhook_url as the job names events.",
+                "description": (
+                    "Standard Webhooks: the signature is HMAC-SHA256, under the base64-decoded key webhook secret (whsec_...), of "
+                    "`{webhook-id}.{webhook-timestamp}.{body}`. Check it and that the timestamp is recent; drop a webhook-id seen before. "
+                    "Any 2xx answer is a delivery; anything else (a redirect too) is tried again with exponential backoff for a while; "
+                    "410 Gone stops the tries. Events of one job may arrive out of order: order them by timestamp."
+                ),
+                "security": [],
+                "parameters": [
+                    {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"}, "description": "The same on every attempt."},
+                    {"name": "webhook-timestamp", "in": "header", "required": True, "schema": {"type": "string"}, "description": "Unix seconds of the attempt."},
+                    {
+                        "name": "webhook-signature", "in": "header", "required": True, "schema": {"type": "string"},
+                        "description": "v1,<base64>; for a day after the key's secret is rotated, a second one by the old secret, space-separated.",
+                    },
+                ],
+                "requestBody": {"required": True, "content": {JSON: {"schema": {"$ref": REF + "schemas/WebhookEvent"}}}},
+                "responses": {"2XX": {"description": "Delivered."}},
+            }
+        }
+    },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "An API key: Authorization: Bearer sq_..."}},
         "schemas": SCHEMAS,

@@ -1,23 +1,17 @@
-"""The JSON shapes of jobs and checkpoints, as every endpoint and the event stream send them."""
+"""The JSON shapes of jobs, their checkpoints and webhook deliveries, as every endpoint and the event stream send them."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from shared.deliveries import deliveries_of, job_summary
 from shared.jobs import queue_position
-from shared.models import Checkpoint, Job, JobStatus
+from shared.models import Checkpoint, DeliveryStatus, Job, WebhookDelivery
+from shared.models import iso_timestamp as timestamp
 
 JOB_LINKS = ("checkpoints", "events", "result", "preview", "cancel", "content", "style")
-
-
-def timestamp(value: datetime | None) -> str | None:
-    """Return `value` as ISO 8601 in UTC with a `Z`, or None."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def job_location(job_id: str) -> str:
@@ -27,41 +21,47 @@ def job_location(job_id: str) -> str:
 
 def job_payload(session: Session, job: Job) -> dict[str, Any]:
     """Return the job as the API shows it."""
-    losses = None
-    if job.total_loss is not None:
-        losses = {"content": job.content_loss, "style": job.style_loss, "tv": job.tv_loss, "total": job.total_loss}
-    error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
     location = job_location(job.id)
     return {
-        "id": job.id,
-        "status": job.status,
+        **job_summary(job),
         "params": job.params,
-        "progress": progress(job),
-        "iteration": job.iteration,
-        "iterations": job.iterations,
-        "losses": losses,
-        "elapsed_s": job.elapsed_s,
-        "attempts": job.attempts,
         "batch_size": job.batch_size,
         "batch_id": job.batch_id,
         "worker": job.lease_owner,
         "gpu": job.gpu,
-        "error": error,
         "cancel_requested": job.cancel_requested,
         "queue_position": queue_position(session, job),
-        "created_at": timestamp(job.created_at),
-        "started_at": timestamp(job.started_at),
-        "finished_at": timestamp(job.finished_at),
         "result_expired_at": timestamp(job.result_expired_at),
+        "webhook": webhook_payload(session, job),
         "links": {"self": location, **{name: f"{location}/{name}" for name in JOB_LINKS}},
     }
 
 
-def progress(job: Job) -> float:
-    """Return how far the job has got, from 0 to 1 (1 once it has succeeded)."""
-    if job.status is JobStatus.SUCCEEDED:
-        return 1.0
-    return min(1.0, job.iteration / job.iterations) if job.iterations else 0.0
+def webhook_payload(session: Session, job: Job) -> dict[str, Any] | None:
+    """Return the job's webhook and its latest deliveries, or None when it has none."""
+    if job.webhook_url is None:
+        return None
+    return {
+        "url": job.webhook_url,
+        "events": job.webhook_events,
+        "deliveries": [delivery_payload(delivery) for delivery in deliveries_of(session, job.id)],
+    }
+
+
+def delivery_payload(delivery: WebhookDelivery) -> dict[str, Any]:
+    """Return one delivery's record."""
+    return {
+        "id": delivery.message_id,
+        "event": delivery.event.value,
+        "status": delivery.status.value,
+        "attempts": delivery.attempts,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "next_attempt_at": timestamp(delivery.next_attempt_at) if delivery.status is DeliveryStatus.PENDING else None,
+        "created_at": timestamp(delivery.created_at),
+        "last_attempt_at": timestamp(delivery.last_attempt_at),
+        "finished_at": timestamp(delivery.finished_at),
+    }
 
 
 def checkpoint_payload(checkpoint: Checkpoint) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from shared.errors import InvalidInput
 from shared.images import decode_image
 from shared.params import WEIGHTS_NAMES, TransferParams, installed_weights, resolve_params
 from shared.settings import Settings
+from shared.webhooks import AddressPolicy, Subscription, check_url, parse_events
 
 from .errors import TooLarge, Unprocessable
 
@@ -97,6 +98,17 @@ def read_params(form: Any, files: Any, settings: Settings, content: UploadedImag
             f"{height} high, {height * width} pixels, over this service's limit of {settings.max_pixels}"
         )
     return params
+
+
+def read_webhook(form: Any, settings: Settings) -> Subscription | None:
+    """Return the webhook the `webhook_url` and `webhook_events` form fields ask for (None without a URL), its URL checked."""
+    url, events = form.get("webhook_url"), form.get("webhook_events")
+    if url is None or not url.strip():
+        if events is not None and events.strip():
+            raise Unprocessable("webhook_events was given without a webhook_url to send them to", code="invalid_webhook_events")
+        return None
+    chosen = tuple(parse_events(events))  # checked before the URL, whose check resolves its host
+    return Subscription(check_url(url, AddressPolicy.from_settings(settings)), chosen)
 
 
 def parse_params(text: str | None) -> dict[str, Any]:

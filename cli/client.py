@@ -68,12 +68,19 @@ class StyleqClient:
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {key}"
 
-    def submit(self, content: Path, style: Path, params: dict[str, Any]) -> dict[str, Any]:
-        """Upload the two images with `params` and return the new job."""
+    def submit(
+        self, content: Path, style: Path, params: dict[str, Any], *, webhook_url: str | None = None, webhook_events: str | None = None,
+    ) -> dict[str, Any]:
+        """Upload the two images with `params` (and a webhook, its events comma-separated) and return the new job."""
+        fields = {"params": json.dumps(params)}
+        if webhook_url:
+            fields["webhook_url"] = webhook_url
+        if webhook_events:
+            fields["webhook_events"] = webhook_events
         with content.open("rb") as content_file, style.open("rb") as style_file:
             files = {"content": (content.name, content_file), "style": (style.name, style_file)}
             try:
-                response = self.http.post(f"{self.url}/v1/jobs", files=files, data={"params": json.dumps(params)}, timeout=120)
+                response = self.http.post(f"{self.url}/v1/jobs", files=files, data=fields, timeout=120)
             except requests.ConnectionError:
                 raise ApiError(f"cannot reach the styleq API at {self.url}; is `styleq up` running?") from None
         return _body(response)
@@ -173,17 +180,24 @@ def _follow_with_bar(client: StyleqClient, job: dict[str, Any], quiet: bool) -> 
 @click.option("--size", help="HEIGHTxWIDTH like 300x450, or the long side.")
 @click.option("--iterations", type=int)
 @click.option("--colors", type=click.Choice(CHOICES["colors"]), help="style (default), content (keep the content's colours) or histogram.")
+@click.option("--webhook-url", help="POST the job's events here, signed (Standard Webhooks) with the key's webhook secret.")
+@click.option("--webhook-events", help="Which, comma-separated: running, checkpoint, succeeded, failed, canceled (default: all but checkpoint).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --wait: where to save the result.")
 @click.option("-q", "--quiet", is_flag=True)
-def submit(content: Path, style: Path, url: str, key: str | None, params_json: str | None, preset: str | None, size: str | None, iterations: int | None, colors: str | None, wait: bool, output: Path | None, quiet: bool) -> None:
+def submit(
+    content: Path, style: Path, url: str, key: str | None, params_json: str | None, preset: str | None, size: str | None, iterations: int | None,
+    colors: str | None, webhook_url: str | None, webhook_events: str | None, wait: bool, output: Path | None, quiet: bool,
+) -> None:
     """Submit a style-transfer job; print its id (and with --wait, follow it and save the result)."""
     params = _job_params(params_json, preset, size, iterations, colors)
     if output is not None and not wait:
         raise click.UsageError("--output needs --wait")
+    if webhook_events and not webhook_url:
+        raise click.UsageError("--webhook-events needs --webhook-url")
     client = StyleqClient(url, _api_key(key))
     try:
-        job = client.submit(content, style, params)
+        job = client.submit(content, style, params, webhook_url=webhook_url, webhook_events=webhook_events)
         click.echo(job["id"])
         if not wait:
             return

@@ -1,4 +1,4 @@
-"""`styleq up`, `db upgrade`, `keys create|list|revoke`, `worker` and `gc`: running the job service on this machine."""
+"""`styleq up`, `db upgrade`, `keys create|list|revoke|rotate-webhook-secret`, `worker` and `gc`: running the job service on this machine."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ import requests
 
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.errors import Conflict, NotFound
-from shared.keys import create_api_key, find_api_key, list_api_keys, revoke_api_key
+from shared.keys import PREFIX_LENGTH, create_api_key, find_api_key, list_api_keys, revoke_api_key, rotate_webhook_secret
 from shared.migrate import upgrade_database
 from shared.models import ApiKey
 from shared.retention import RetentionPolicy, find_expired, remove_expired
 from shared.storage import Storage
 from shared.secret_key import load_secret_key
 from shared.settings import Settings, load_settings
+from shared.webhooks import ROTATION_GRACE, webhook_secret
 
 
 def local_key_file(settings: Settings) -> Path:
@@ -31,15 +32,22 @@ def local_key_file(settings: Settings) -> Path:
 
 def make_key(settings: Settings, name: str, *, admin: bool = False) -> str:
     """Create an API key in the configured database and return its secret."""
-    # Hashed under the same server secret the API loads, so the API recognises it.
+    return make_key_with_webhook_secret(settings, name, admin=admin)[0]
+
+
+def make_key_with_webhook_secret(settings: Settings, name: str, *, admin: bool = False) -> tuple[str, str]:
+    """Create an API key in the configured database; return its secret and the secret that signs its jobs' webhooks."""
+    # Hashed under the same server secret the API loads, so the API recognises it; the workers derive
+    # the same webhook secret from it.
     secret = load_secret_key(settings)
     engine = make_engine(settings.database)
     try:
         with session_scope(make_session_factory(engine)) as session:
-            _, token = create_api_key(session, name, secret=secret, is_admin=admin)
+            key, token = create_api_key(session, name, secret=secret, is_admin=admin)
+            signing = webhook_secret(secret, key.id, key.webhook_secret_version)
     finally:
         engine.dispose()
-    return token
+    return token, signing
 
 
 @click.group("db")
@@ -65,11 +73,13 @@ def keys() -> None:
 @click.option("--name", required=True, help="Who or what the key is for.")
 @click.option("--admin", is_flag=True, help="The key sees every job and the operator view.")
 def keys_create(name: str, admin: bool) -> None:
-    """Make a new API key and print it as the last line (it is shown only this once)."""
+    """Make a new API key and print it as the last line (it is shown only this once), its webhook signing secret before it."""
     try:
-        token = make_key(load_settings(), name, admin=admin)
+        token, signing = make_key_with_webhook_secret(load_settings(), name, admin=admin)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+    # The webhook secret goes to stderr, so that the key stays the only thing a script reads from stdout.
+    click.echo(f"Its jobs' webhook deliveries are signed with this secret (shown only now): {signing}", err=True)
     click.echo(f"Created {'an admin' if admin else 'a'} key named {name!r}; it is shown only once:", err=True)
     click.echo(token)
 
@@ -120,6 +130,30 @@ def keys_revoke(id_or_prefix: str) -> None:
         click.echo(f"{description.capitalize()} was already revoked; nothing changed.", err=True)
 
 
+@keys.command("rotate-webhook-secret")
+@click.argument("id_or_prefix")
+def keys_rotate_webhook_secret(id_or_prefix: str) -> None:
+    """Give the key with this id or prefix a new webhook signing secret and print it (shown only now)."""
+    settings = load_settings()
+    secret = load_secret_key(settings)
+    engine = make_engine(settings.database)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            key = find_api_key(session, id_or_prefix)
+            rotate_webhook_secret(session, key)
+            signing = webhook_secret(secret, key.id, key.webhook_secret_version)
+            description = f"key {key.id} ({key.name!r}, {key.prefix})"
+    except (NotFound, Conflict) as error:
+        raise click.ClickException(f"{error.message}; `styleq keys list` shows every key") from None
+    finally:
+        engine.dispose()
+    click.echo(
+        f"New webhook signing secret of {description}; for {ROTATION_GRACE.total_seconds() / 3600:g} hours deliveries carry a "
+        "signature by the old secret too, so receivers can switch without refusing any:", err=True,
+    )
+    click.echo(signing)
+
+
 def _wait_until_healthy(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -146,10 +180,11 @@ def up(host: str, port: int, gpus: str, api_workers: int) -> None:
     upgrade_database(settings.database)
     key_file = local_key_file(settings)
     if not key_file.is_file():
-        token = make_key(settings, "local", admin=True)
+        token, signing = make_key_with_webhook_secret(settings, "local", admin=True)
         key_file.touch(mode=0o600)
         key_file.write_text(token + "\n")
         click.echo(f"Local admin API key (kept in {key_file}, shown only now):\n  {token}")
+        click.echo(f"Its webhook signing secret (shown only now; `styleq keys rotate-webhook-secret {token[:PREFIX_LENGTH]}` makes another):\n  {signing}")
     else:
         click.echo(f"Local admin API key: in {key_file}")
 

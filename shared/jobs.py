@@ -18,11 +18,12 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import limits
+from . import deliveries, limits
 from .errors import Conflict, InvalidInput, NotFound, StorageUnavailable, Unprocessable
-from .models import ApiKey, Checkpoint, Job, JobStatus, utcnow
+from .models import ApiKey, Checkpoint, Job, JobStatus, WebhookEvent, utcnow
 from .params import TransferParams
 from .storage import Storage
+from .webhooks import Subscription
 
 log = logging.getLogger(__name__)
 # The Celery task the API sends by name, so the API never imports the worker.
@@ -40,7 +41,7 @@ def new_job_id() -> str:
 
 def submit_job(
     session: Session, storage: Storage, owner: ApiKey, content: bytes, style: bytes, params: TransferParams,
-    idempotency_key: str | None = None, *, max_active_jobs: int = 0,
+    idempotency_key: str | None = None, *, max_active_jobs: int = 0, webhook: Subscription | None = None,
 ) -> tuple[Job, bool]:
     """Save the two uploads and add the job in one committed transaction; return it and whether it is new.
 
@@ -56,7 +57,9 @@ def submit_job(
         except OSError as error:
             log.error("could not store an upload: %s", error)
             raise StorageUnavailable("the service could not store the pictures just now; try again later") from None
-        job, created = create_job(session, owner, params, hashes[0], hashes[1], idempotency_key, max_active_jobs=max_active_jobs)
+        job, created = create_job(
+            session, owner, params, hashes[0], hashes[1], idempotency_key, max_active_jobs=max_active_jobs, webhook=webhook
+        )
         session.commit()
     except BaseException:
         session.rollback()
@@ -115,19 +118,20 @@ def create_job(
     idempotency_key: str | None = None,
     *,
     max_active_jobs: int = 0,
+    webhook: Subscription | None = None,
 ) -> tuple[Job, bool]:
-    """Add a queued job; with an idempotency key already used by `owner` for the same request, return that job instead.
+    """Add a queued job (with its `webhook`); with an idempotency key already used by `owner` for the same request, return that job instead.
 
     Returns the job and whether it is new.
 
     Raises:
-        Unprocessable: the idempotency key was used by `owner` for other pictures or parameters.
+        Unprocessable: the idempotency key was used by `owner` for other pictures, parameters or webhook.
         LimitExceeded: the new job would make more than `max_active_jobs` of `owner`'s jobs queued or running (0: no limit).
     """
     if idempotency_key is not None:
         existing = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
         if existing is not None:
-            return _same_request(existing, params, content_sha256, style_sha256), False
+            return _same_request(existing, params, content_sha256, style_sha256, webhook), False
     job = Job(
         id=new_job_id(),
         owner_id=owner.id,
@@ -137,6 +141,8 @@ def create_job(
         style_sha256=style_sha256,
         idempotency_key=idempotency_key,
         iterations=params.iterations,
+        webhook_url=webhook.url if webhook else None,
+        webhook_events=list(webhook.events) if webhook else None,
     )
     session.add(job)
     try:
@@ -149,24 +155,26 @@ def create_job(
         existing = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
         if existing is None:
             raise
-        return _same_request(existing, params, content_sha256, style_sha256), False
+        return _same_request(existing, params, content_sha256, style_sha256, webhook), False
     return job, True
 
 
-def _same_request(job: Job, params: TransferParams, content_sha256: str, style_sha256: str) -> Job:
+def _same_request(job: Job, params: TransferParams, content_sha256: str, style_sha256: str, webhook: Subscription | None) -> Job:
     """Return `job`, made by an earlier request with the same idempotency key, if this request asks for the same job.
 
     Raises:
-        Unprocessable: other pictures or parameters under the same key (as Stripe and the IETF's
+        Unprocessable: other pictures, parameters or webhook under the same key (as Stripe and the IETF's
             Idempotency-Key draft answer), so a client's mistake is not hidden behind the first job.
     """
     # Compared as stored, after a JSON round trip: a tuple is saved as a list.
     same_params = json.loads(json.dumps(params.to_dict())) == job.params
+    same_webhook = (job.webhook_url, job.webhook_events) == ((webhook.url, list(webhook.events)) if webhook else (None, None))
     differences = [
         name for name, same in (
             ("content image", job.content_sha256 == content_sha256),
             ("style image", job.style_sha256 == style_sha256),
             ("params", same_params),
+            ("webhook", same_webhook),
         ) if not same
     ]
     if differences:
@@ -243,7 +251,9 @@ def request_cancel(session: Session, job: Job) -> Job:
         update(Job).where(Job.id == job.id, Job.status == JobStatus.QUEUED)
         .values(status=JobStatus.CANCELED, cancel_requested=True, finished_at=now)
     ).rowcount
-    if not ended:
+    if ended:
+        deliveries.record_events(session, [job.id], WebhookEvent.CANCELED)
+    else:
         session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING).values(cancel_requested=True))
     session.refresh(job)
     return job

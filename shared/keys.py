@@ -1,4 +1,5 @@
-"""API keys: made once, shown once, stored only as a hash keyed by the server secret; listed and revoked by operators."""
+"""API keys: made once, shown once, stored only as a hash keyed by the server secret; listed and revoked by operators,
+who also rotate each key's webhook signing secret."""
 
 from __future__ import annotations
 
@@ -105,6 +106,13 @@ def revoke_api_key(session: Session, key: ApiKey) -> bool:
         dashboard_session.ended_at = now
     session.flush()
     return True
+
+
+def rotate_webhook_secret(session: Session, key: ApiKey) -> None:
+    """Give the key a new webhook signing secret (shared.webhooks.webhook_secret of its next version); the old one signs too for a while."""
+    key.webhook_secret_version += 1
+    key.webhook_secret_rotated_at = utcnow()
+    session.flush()
 
 
 def key_is_live(session: Session, key_id: int) -> bool:

@@ -2,7 +2,8 @@
 
 A running job is leased to one worker process: `Job.lease_owner` names it (`node/pid`) and
 `Job.heartbeat_at` says when it last showed life. Every state change is a conditional UPDATE, so two
-workers (or a worker and the sweeper) racing on one job cannot both win.
+workers (or a worker and the sweeper) racing on one job cannot both win. Each change a job's
+webhook reports adds its delivery in the same transaction (`shared.deliveries`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from .models import Checkpoint, Job, JobStatus, utcnow
+from . import deliveries
+from .models import Checkpoint, Job, JobStatus, WebhookEvent, utcnow
 
 # The most queued jobs a worker looks through for batch-mates: the oldest, so batching never lets a
 # job jump far ahead of the queue.
@@ -37,7 +39,10 @@ def give_up_stalled(session: Session, job_id: str, lease_seconds: float, max_att
     """Fail the job as `worker_lost` if its lease is lost and this was its `max_attempts`-th attempt in a
     row to end without saving anything new; return whether it did. Call before `claim_job`."""
     lost = Job.id == job_id, Job.status == JobStatus.RUNNING, _lost(lease_seconds, dead_owners)
-    return bool(session.execute(update(Job).where(*lost, _stalled(max_attempts)).values(**_gave_up(max_attempts, utcnow()))).rowcount)
+    gave_up = bool(session.execute(update(Job).where(*lost, _stalled(max_attempts)).values(**_gave_up(max_attempts, utcnow()))).rowcount)
+    if gave_up:
+        deliveries.record_events(session, [job_id], WebhookEvent.FAILED)
+    return gave_up
 
 
 def _lost(lease_seconds: float, dead_owners: Sequence[str], now: datetime | None = None) -> ColumnElement[bool]:
@@ -115,6 +120,7 @@ def _claim(session: Session, job_id: str, lease_owner: str, gpu: str, claimable:
         return None
     job = session.get(Job, job_id)
     session.refresh(job)
+    deliveries.record_event(session, job, WebhookEvent.RUNNING)
     return job
 
 
@@ -133,14 +139,15 @@ def record_checkpoint(session: Session, job_id: str, lease_owner: str, values: d
 
 def record_checkpoints(
     session: Session, job_id: str, lease_owner: str, checkpoints: Sequence[dict[str, Any]], *, has_preview: bool = False,
-    saved_iteration: int | None = None,
+    saved_iteration: int | None = None, checkpoint_event_seconds: float = 0.0,
 ) -> bool:
     """Store consecutive checkpoints (oldest first) in one transaction; the job's progress is the last one's.
 
     Returns what `record_checkpoint` does. A worker on a fast GPU reaches a checkpoint every few
     milliseconds; one commit for a second's worth of them keeps the database out of its loop.
     `saved_iteration` is the iteration of a state the worker saves once this returns True: the worker
-    writes its files only after the database confirms that it still holds the job.
+    writes its files only after the database confirms that it still holds the job. A webhook that
+    wants checkpoints hears of the latest at most every `checkpoint_event_seconds`.
     """
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.lease_owner != lease_owner or job.status is not JobStatus.RUNNING:
@@ -158,6 +165,7 @@ def record_checkpoints(
     job.has_preview = job.has_preview or has_preview
     if saved_iteration is not None:
         job.saved_iteration = max(job.saved_iteration, saved_iteration)
+    deliveries.record_checkpoint(session, job, every_seconds=checkpoint_event_seconds)
     return not job.cancel_requested
 
 
@@ -183,6 +191,7 @@ def release_job(session: Session, job_id: str, lease_owner: str, *, failed: bool
             .values(**{**_gave_up(max_attempts, now), "error_code": error_code, "error_message": error_message})
         ).rowcount
         if gave_up:
+            deliveries.record_events(session, [job_id], WebhookEvent.FAILED)
             return JobStatus.FAILED
     released = session.execute(
         update(Job).where(*held).values(
@@ -198,7 +207,10 @@ def finish_job(session: Session, job_id: str, lease_owner: str, status: JobStatu
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "heartbeat_at": utcnow()}
     if error_code is not None:
         values.update(error_code=error_code, error_message=error_message)
-    return bool(session.execute(update(Job).where(*_held(job_id, lease_owner)).values(**values)).rowcount)
+    finished = bool(session.execute(update(Job).where(*_held(job_id, lease_owner)).values(**values)).rowcount)
+    if finished:
+        deliveries.record_events(session, [job_id], WebhookEvent(status.value))
+    return finished
 
 
 @dataclass
@@ -227,6 +239,8 @@ def sweep(
     session.execute(update(Job).where(Job.id.in_(canceled), *lost).values(status=JobStatus.CANCELED, finished_at=now))
     failed = session.scalars(select(Job.id).where(*lost, _stalled(max_attempts))).all()
     session.execute(update(Job).where(Job.id.in_(failed), *lost).values(**_gave_up(max_attempts, now)))
+    deliveries.record_events(session, canceled, WebhookEvent.CANCELED)
+    deliveries.record_events(session, failed, WebhookEvent.FAILED)
     retried = session.scalars(select(Job.id).where(*lost)).all()
     if retried:
         session.execute(

@@ -1,4 +1,4 @@
-"""The database schema: jobs, their loss checkpoints, API keys, their request counts and dashboard sessions (changed only through migrations/)."""
+"""The database schema: jobs, their loss checkpoints and webhook deliveries, API keys, their request counts and dashboard sessions (changed only through migrations/)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 def utcnow() -> datetime:
     """Return the current time, timezone-aware in UTC."""
     return datetime.now(timezone.utc)
+
+
+def iso_timestamp(value: datetime | None) -> str | None:
+    """Return `value` as ISO 8601 in UTC with a `Z`, or None."""
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -78,6 +85,10 @@ class ApiKey(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The key's webhook signing secret is derived from the server secret and these (shared.webhooks):
+    # rotating it counts the version up, and the previous one still signs for a while after.
+    webhook_secret_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    webhook_secret_rotated_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class DashboardSession(Base):
@@ -143,6 +154,9 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    # Where to POST the job's events, and which (WebhookEvent values); None: no webhook.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON, default=None)
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When the job was last handed to the broker: a queued job left waiting long after it is sent again.
@@ -162,6 +176,13 @@ class Job(Base):
     def _status_as_enum(self, _key: str, value: str) -> JobStatus:
         # A status given as its plain value ("queued") is still the enum on the object.
         return JobStatus(value)
+
+    @property
+    def progress(self) -> float:
+        """Return how far the job has got, from 0 to 1 (1 once it has succeeded)."""
+        if self.status is JobStatus.SUCCEEDED:
+            return 1.0
+        return min(1.0, self.iteration / self.iterations) if self.iterations else 0.0
 
 
 class Checkpoint(Base):
@@ -206,3 +227,53 @@ class RequestWindow(Base):
     api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(primary_key=True)
     requests: Mapped[int] = mapped_column(Integer)
+
+
+class WebhookEvent(enum.StrEnum):
+    """What a job's webhook can be told: it started running (each attempt), reached a checkpoint, or ended."""
+
+    RUNNING = "running"
+    CHECKPOINT = "checkpoint"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class DeliveryStatus(enum.StrEnum):
+    """Where one webhook delivery stands: pending (due, or waiting to be tried again), delivered or failed for good."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookDelivery(Base):
+    """One event of a job on its way to the job's webhook (the outbox: written with the change it reports)."""
+
+    __tablename__ = "webhook_deliveries"
+    # The deliverers' question: what is pending and due, oldest first.
+    __table_args__ = (Index("ix_webhook_deliveries_status_next_attempt", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    event: Mapped[WebhookEvent] = mapped_column(
+        Enum(WebhookEvent, native_enum=False, length=16, values_callable=lambda events: [event.value for event in events])
+    )
+    # The `webhook-id` header: the same on every attempt, so a receiver can drop repeats.
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)
+    # The JSON body exactly as signed and sent; a checkpoint delivery not yet sent is replaced by a later checkpoint's.
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[DeliveryStatus] = mapped_column(
+        Enum(DeliveryStatus, native_enum=False, length=16, values_callable=lambda statuses: [status.value for status in statuses]),
+        default=DeliveryStatus.PENDING,
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set while a deliverer sends it (until the attempt's timeout and a margin): no other takes it meanwhile,
+    # and one that died mid-send leaves it to be taken again after that.
+    claimed_until: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import socket
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated, Any
+
+import platformdirs
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
@@ -99,6 +105,28 @@ class Settings(BaseSettings):
     # The port on which each worker process serves its own metrics (iterations, device memory,
     # checkpoint writes); unset, workers serve none. `styleq worker` gives its N-th GPU this port + N.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Webhooks: each delivery attempt may take this long (the spec recommends 15 to 30 s); failed ones
+    # are tried again after `webhook_backoff_seconds`, doubling each time (at most an hour apart), until
+    # `webhook_retry_for_seconds` after the event; then the delivery is recorded as failed.
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0)
+    webhook_retry_for_seconds: float = Field(default=86400.0, ge=0)
+    webhook_backoff_seconds: float = Field(default=5.0, gt=0)
+    # A job's checkpoint events go out at most this often (each carries the latest checkpoint; those
+    # between are folded into it), so a GPU's many checkpoints a second do not become as many requests.
+    webhook_checkpoint_seconds: float = Field(default=10.0, ge=0)
+    # Webhook URLs must resolve to public addresses (no loopback, private, link-local, multicast,
+    # reserved or unspecified one), or else to one of these networks (comma-separated, e.g.
+    # `10.1.2.0/24,127.0.0.1/32`); `webhook_allow_private` lifts the rule for every address.
+    webhook_allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    webhook_allow_private: bool = False
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        # One comma-separated variable rather than a JSON list: what an operator would write.
+        if isinstance(value, str):
+            return tuple(ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip())
+        return value
 
     @property
     def models_path(self) -> Path:

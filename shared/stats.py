@@ -1,6 +1,6 @@
 """The numbers `/metrics` reports about jobs, read from the database at the moment it is asked.
 
-Every figure is an aggregate over the `jobs` table (and `webhook_deliveries` where it exists), so what
+Every figure is an aggregate over the `jobs` table (webhook deliveries: `shared.deliveries.delivery_counts`), so what
 Prometheus sees is exactly what the database holds, whichever worker or API process made the rows.
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Column, ColumnElement, MetaData, Table, case, func, inspect, select
+from sqlalchemy import Column, ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
 from .models import Job, JobStatus, utcnow
@@ -18,9 +18,6 @@ from .models import Job, JobStatus, utcnow
 # Seconds: a job waits from well under a second (an idle fleet) to hours (a long queue), and runs
 # from seconds (a small picture on a GPU) to an hour or more (a large one on a CPU).
 DURATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 10800.0)
-# The table a webhook delivery is recorded in, and the column saying how it went (the first of these it has).
-WEBHOOK_DELIVERIES_TABLE = "webhook_deliveries"
-WEBHOOK_OUTCOME_COLUMNS = ("outcome", "status")
 
 
 @dataclass(frozen=True)
@@ -68,18 +65,6 @@ def run_time_histograms(session: Session, buckets: Sequence[float] = DURATION_BU
     found = {row[0]: _histogram(row[1:], buckets) for row in rows}
     empty = DurationHistogram(tuple((bound, 0) for bound in buckets), 0, 0.0)
     return {status: found.get(status, empty) for status in finished}
-
-
-def webhook_deliveries_by_outcome(session: Session) -> dict[str, int] | None:
-    """Count the recorded webhook deliveries by outcome; None where the deployment has no such table yet."""
-    connection = session.connection()
-    if not inspect(connection).has_table(WEBHOOK_DELIVERIES_TABLE):
-        return None
-    table = Table(WEBHOOK_DELIVERIES_TABLE, MetaData(), autoload_with=connection)
-    column = next((table.c[name] for name in WEBHOOK_OUTCOME_COLUMNS if name in table.c), None)
-    if column is None:
-        return None
-    return {str(outcome): count for outcome, count in session.execute(select(column, func.count()).group_by(column))}
 
 
 def _seconds_between(session: Session, start: Column[datetime] | ColumnElement[datetime], end: Column[datetime] | ColumnElement[datetime]) -> ColumnElement[float]:

@@ -247,8 +247,10 @@ def start_api(environment: dict[str, str], log_dir: Path, name: str = "api", pro
 def start_worker(environment: dict[str, str], log_dir: Path, name: str, host: str = "test") -> Process:
     """Start one Celery worker process (as `styleq worker` does per GPU) named `name@host`, and wait until it consumes.
 
-    Named for this machine's real host name, a worker sees when another one's process on it has died.
+    Named for this machine's real host name, a worker sees when another one's process on it has died. It
+    has the API's server secret (SECRET_KEY), from which it derives the keys' webhook signing secrets.
     """
+    environment = {**environment, "STYLEQ_SECRET_KEY": SECRET_KEY}
     process = Process(name, [sys.executable, "-m", "worker", "--name", f"{name}@{host}"], environment, log_dir)
     deadline = time.monotonic() + 120
     while "ready." not in process.output():
@@ -269,9 +271,11 @@ class Client:
     def __post_init__(self) -> None:
         self.http.headers["Authorization"] = f"Bearer {self.key}"
 
-    def submit(self, content: Path, style: Path, params: dict[str, Any], **headers: str) -> requests.Response:
+    def submit(self, content: Path, style: Path, params: dict[str, Any], fields: dict[str, str] | None = None, **headers: str) -> requests.Response:
+        """POST a job with `params` and any other form `fields` (a webhook's)."""
         with content.open("rb") as c, style.open("rb") as s:
-            return self.http.post(f"{self.url}/v1/jobs", files={"content": c, "style": s}, data={"params": json.dumps(params)}, headers=headers, timeout=60)
+            data = {"params": json.dumps(params), **(fields or {})}
+            return self.http.post(f"{self.url}/v1/jobs", files={"content": c, "style": s}, data=data, headers=headers, timeout=60)
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return self.http.get(f"{self.url}{path}", timeout=kwargs.pop("timeout", 30), **kwargs)

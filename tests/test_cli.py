@@ -330,3 +330,43 @@ def test_keys_list_of_an_empty_database_says_how_to_make_one(service_database):
 
     assert_succeeded(result)
     assert result.stdout == "" and "styleq keys create" in result.stderr
+
+
+def test_keys_create_shows_the_key_s_webhook_secret_once_beside_the_key(service_database, data_dir):
+    from shared.webhooks import webhook_secret
+
+    result = styleq("keys", "create", "--name", "hooks")
+
+    assert_succeeded(result)
+    assert result.stdout.strip().startswith("sq_") and "whsec_" not in result.stdout
+    signing = result.stderr.split("(shown only now): ")[1].split()[0]
+    assert signing == webhook_secret(load_secret_key(Settings(data_dir=data_dir)), 1, 1)
+
+
+def test_rotating_a_key_s_webhook_secret_prints_the_new_one_and_the_old_one_signs_for_a_day(service_database, data_dir):
+    from shared.keys import find_api_key
+    from shared.models import utcnow
+    from shared.webhooks import signing_secrets, webhook_secret
+
+    token = styleq("keys", "create", "--name", "hooks").stdout.strip()
+
+    rotated = styleq("keys", "rotate-webhook-secret", token[:10])
+    unknown = styleq("keys", "rotate-webhook-secret", "sq_nothing")
+
+    assert_succeeded(rotated)
+    server_secret = load_secret_key(Settings(data_dir=data_dir))
+    assert rotated.stdout.strip() == webhook_secret(server_secret, 1, 2) and "24 hours" in rotated.stderr
+    assert unknown.exit_code == 1 and "no API key has the id or prefix" in unknown.output
+    engine = make_engine(service_database)
+    try:
+        with make_session_factory(engine)() as session:
+            key = find_api_key(session, "1")
+            assert signing_secrets(server_secret, key, utcnow()) == [webhook_secret(server_secret, 1, 2), webhook_secret(server_secret, 1, 1)]
+    finally:
+        engine.dispose()
+
+
+def test_submit_needs_a_webhook_url_for_webhook_events(inputs):
+    result = styleq("submit", *inputs, "--key", "sq_x", "--webhook-events", "succeeded")
+
+    assert result.exit_code == 2 and "--webhook-events needs --webhook-url" in result.output

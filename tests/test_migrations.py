@@ -135,3 +135,27 @@ def test_the_dashboard_sessions_and_hash_scheme_come_and_go_with_0007(database):
 
     upgrade_database(database)
     assert differences(database) == []
+
+
+def test_the_webhook_columns_and_deliveries_come_and_go_with_0009(database):
+    upgrade_database(database)
+    command.downgrade(alembic_config(database), "0008")
+    engine = make_engine(database)
+    try:
+        assert "webhook_deliveries" not in inspect(engine).get_table_names()
+        assert {"webhook_url", "webhook_events"}.isdisjoint(job_columns(database))
+        assert "webhook_secret_version" not in {column["name"] for column in inspect(engine).get_columns("api_keys")}
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at) VALUES (1, 'a', 'h', 'p', false, CURRENT_TIMESTAMP)"))
+    finally:
+        engine.dispose()
+
+    upgrade_database(database)
+
+    engine = make_engine(database)
+    try:
+        with engine.connect() as connection:  # a key from before signs with version 1 of its derived secret
+            assert connection.execute(text("SELECT webhook_secret_version FROM api_keys")).scalar_one() == 1
+    finally:
+        engine.dispose()
+    assert differences(database) == []

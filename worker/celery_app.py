@@ -1,5 +1,5 @@
 """The Celery app of a styleq worker: late acks, one job at a time, the sweeper that finds lost jobs,
-and a shutdown that hands running jobs back.
+the threads that deliver webhooks, and a shutdown that hands running jobs back.
 
 Celery's warm shutdown (SIGTERM) waits for the running task to end, and a job runs for minutes. So
 when it starts, the worker's main process passes SIGTERM on to its pool process, where, while a job
@@ -24,10 +24,12 @@ from shared import fleet, jobs, leases
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.logs import configure_logging
 from shared.retention import RetentionPolicy, sweep_retention
+from shared.secret_key import load_secret_key
 from shared.settings import Settings
 from shared.storage import Storage
 
 from .liveness import dead_local_owners
+from .webhooks import start_deliverers
 
 log = logging.getLogger(__name__)
 # The job id in the arguments of a `styleq.run_job` message, as Celery's own log lines show them.
@@ -108,6 +110,9 @@ def make_celery(settings: Settings) -> Celery:
             Sweeper(app, settings).start()
             if RetentionPolicy.from_settings(settings).removes_anything:
                 RetentionSweeper(settings).start()
+            # In this main process, not the pool's: a slow receiver never holds up a job. They sign with
+            # each key's secret, derived from the server secret, which the API and `styleq keys` share.
+            start_deliverers(settings, load_secret_key(settings))
 
     @signals.worker_shutting_down.connect(weak=False)
     def hand_back_running_jobs(**_: Any) -> None:

@@ -451,6 +451,7 @@ class JobRunner:
         unwritten, member.unwritten, member.written_at = member.unwritten, [], now
         held_still = self._transaction(lambda s: leases.record_checkpoints(
             s, member.job_id, self.lease_owner, unwritten, has_preview=save, saved_iteration=member.saved_iteration,
+            checkpoint_event_seconds=self.settings.webhook_checkpoint_seconds,
         ))
         if not held_still:
             # Canceled, deleted or taken over: the job leaves the batch now, and its record says so at once.

@@ -8,8 +8,10 @@ from flask import Response, flash, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from shared import jobs
+from shared.deliveries import deliveries_of
 from shared.errors import InvalidInput, StyleqError
 from shared.params import CHOICES, DEFAULT_PRESET, PRESETS, RANGES, resolve_params
+from shared.webhooks import DEFAULT_EVENTS, AddressPolicy, Subscription, check_url
 
 from ..auth import current_key
 from ..backends import backends, db_session
@@ -50,11 +52,12 @@ def list_jobs() -> str:
 
 @bp.get("/jobs/<job_id>")
 def show_job(job_id: str) -> str:
-    """Show one job: its images, parameters, progress and loss history (the page's script follows it live)."""
+    """Show one job: its images, parameters, progress, loss history and webhook deliveries (the page's script follows it live)."""
     session, key = db_session(), current_key()
     job = jobs.get_job(session, key, job_id)
     owner = owner_names(session, [job.owner_id]).get(job.owner_id, "") if key.is_admin else ""
-    return render_template("job.html", job=job, payload=job_payload(session, job), owner=owner)
+    deliveries = deliveries_of(session, job.id) if job.webhook_url else []
+    return render_template("job.html", job=job, payload=job_payload(session, job), owner=owner, deliveries=deliveries)
 
 
 @bp.get("/jobs/new")
@@ -73,19 +76,24 @@ def new_job() -> str:
 
 @bp.post("/jobs/<job_id>/rerun")
 def rerun_job(job_id: str) -> Response:
-    """Queue a new job with the same two uploads and parameters as this one."""
+    """Queue a new job with the same two uploads, parameters and webhook as this one."""
     session, key, resources = db_session(), current_key(), backends()
     original = jobs.get_job(session, key, job_id)
     try:
         content, style = (resources.storage.upload_path(sha).read_bytes() for sha in (original.content_sha256, original.style_sha256))
         params = read_params({"params": json.dumps(original.params)}, {}, resources.settings, check_image("content", content))
+        webhook = None
+        if original.webhook_url is not None:
+            # Checked again: the address its name resolves to, or the service's rule, may have changed since.
+            url = check_url(original.webhook_url, AddressPolicy.from_settings(resources.settings))
+            webhook = Subscription(url, tuple(original.webhook_events or DEFAULT_EVENTS))
     except FileNotFoundError:
         flash("The images of this job are no longer stored, so it cannot run again; submit them anew.", "error")
         return redirect(url_for("dashboard.show_job", job_id=original.id))
     except InvalidInput as error:
         flash(f"This job cannot run again on this service: {error.message}", "error")
         return redirect(url_for("dashboard.show_job", job_id=original.id))
-    job, _ = jobs.submit_job(session, resources.storage, key, content, style, params)
+    job, _ = jobs.submit_job(session, resources.storage, key, content, style, params, webhook=webhook)
     jobs.enqueue_job(session, resources.queue.send, job.id)
     flash(f"Queued a new run of job {original.id[:8]} with the same images and parameters.")
     return redirect(url_for("dashboard.show_job", job_id=job.id))

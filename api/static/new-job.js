@@ -1,5 +1,5 @@
 // The new-job form: two images (dropped or picked, previewed before upload), a preset and its common
-// parameters within their valid ranges, sent to POST /v1/jobs; then on to the job's page.
+// parameters within their valid ranges, and an optional webhook URL, sent to POST /v1/jobs; then on to the job's page.
 (function () {
   "use strict";
 
@@ -131,6 +131,8 @@
     body.append("content", document.getElementById("content-file").files[0]);
     body.append("style", document.getElementById("style-file").files[0]);
     body.append("params", JSON.stringify(params()));
+    const webhookUrl = document.getElementById("webhook_url").value.trim();
+    if (webhookUrl) body.append("webhook_url", webhookUrl);
     submitButton.disabled = true;
     submitButton.insertAdjacentHTML("afterbegin", '<span class="spinner" aria-hidden="true"></span>');
     status.textContent = "Uploading the images…";

@@ -65,8 +65,9 @@ def submit(
     style: bytes | None = None,
     params: str | None = None,
     omit: tuple[str, ...] = (),
+    fields: dict[str, str] | None = None,
 ) -> TestResponse:
-    """POST a job as multipart/form-data (small distinct images unless given)."""
+    """POST a job as multipart/form-data (small distinct images unless given), with any other form `fields`."""
     data: dict[str, Any] = {}
     images = {"content": content or image_bytes((200, 40, 40)), "style": style or image_bytes((40, 40, 200))}
     for name, value in images.items():
@@ -74,6 +75,7 @@ def submit(
             data[name] = FileStorage(io.BytesIO(value), filename=f"{name}.png", content_type="application/octet-stream")
     if params is not None:
         data["params"] = params
+    data.update(fields or {})
     # Encoded here in memory: the test client would spool a large body to a file it never closes.
     boundary, body = encode_multipart(data)
     return client.post("/v1/jobs", data=body, headers=headers, content_type=f"multipart/form-data; boundary={boundary}")

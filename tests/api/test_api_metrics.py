@@ -9,7 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from api import create_app
-from shared.db import make_engine
+from shared.models import DeliveryStatus, WebhookDelivery, WebhookEvent
+from shared.db import make_engine, session_scope
 from tests.api.support import add_job, assert_error
 
 
@@ -109,21 +110,18 @@ def test_requests_are_counted_by_endpoint_method_and_status(client, keys):
     assert delta("styleq_http_request_duration_seconds_count", endpoint="health.healthz") == 3
 
 
-def test_webhook_deliveries_are_counted_by_outcome_once_their_table_exists(app, client, database_url):
-    assert not any(name == "styleq_webhook_deliveries" for name, _ in scrape(client))
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        connection.execute(text("CREATE TABLE webhook_deliveries (id INTEGER PRIMARY KEY, outcome VARCHAR(16))"))
-        connection.execute(text("INSERT INTO webhook_deliveries VALUES (1, 'delivered'), (2, 'delivered'), (3, 'failed')"))
-    try:
-        samples = scrape(client)
-    finally:
-        with engine.begin() as connection:
-            connection.execute(text("DROP TABLE webhook_deliveries"))
-        engine.dispose()
+def test_webhook_deliveries_are_counted_by_outcome(app, client, keys):
+    assert {sample(scrape(client), "styleq_webhook_deliveries", outcome=o) for o in ("pending", "delivered", "failed")} == {0}
+    job_id = add_job(app, keys.ids["alice"], status="succeeded", finished_at=ago(5))
+    with session_scope(app.extensions["styleq"].session_factory) as session:
+        for number, status in enumerate(("delivered", "delivered", "failed", "pending")):
+            session.add(WebhookDelivery(job_id=job_id, event=WebhookEvent.SUCCEEDED, message_id=f"msg_{number}", body="{}", status=DeliveryStatus(status)))
+
+    samples = scrape(client)
 
     assert sample(samples, "styleq_webhook_deliveries", outcome="delivered") == 2
     assert sample(samples, "styleq_webhook_deliveries", outcome="failed") == 1
+    assert sample(samples, "styleq_webhook_deliveries", outcome="pending") == 1
 
 
 def test_metrics_need_the_token_when_one_is_set(settings):

@@ -54,6 +54,12 @@ def service(request, tmp_path_factory, caffe_weights, models_dir) -> Iterator[Se
         # (tests/api/test_api_limits.py covers the limits).
         "STYLEQ_MAX_REQUESTS_PER_MINUTE": "0",
         "STYLEQ_MAX_ACTIVE_JOBS": "0",
+        # Webhooks to receivers on this machine (tests/integration/test_webhooks.py), retried within a second,
+        # with a checkpoint event every second at most.
+        "STYLEQ_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "STYLEQ_WEBHOOK_BACKOFF_SECONDS": "0.3",
+        "STYLEQ_WEBHOOK_TIMEOUT_SECONDS": "10",
+        "STYLEQ_WEBHOOK_CHECKPOINT_SECONDS": "1",
         "OMP_NUM_THREADS": "1",
     }
     with _servers(request.param) as servers, _database(servers) as database_url:

@@ -1,8 +1,9 @@
-"""`styleq up` takes an empty data directory to a running service that `styleq submit` completes a job on."""
+"""`styleq up` takes an empty data directory to a running service that `styleq submit` completes a job on, its webhook told."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.receivers import Receiver, verify
 from tests.services import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -19,12 +21,16 @@ STYLEQ = [sys.executable, "-m", "cli"]
 
 
 def test_up_then_submit_completes_the_seed_images_end_to_end(tmp_path, images_dir, models_dir, caffe_weights):
-    environment = {**os.environ, "STYLEQ_DATA_DIR": str(tmp_path / "data"), "STYLEQ_MODEL_DIR": str(models_dir), "OMP_NUM_THREADS": "1"}
+    environment = {
+        **os.environ, "STYLEQ_DATA_DIR": str(tmp_path / "data"), "STYLEQ_MODEL_DIR": str(models_dir), "OMP_NUM_THREADS": "1",
+        "STYLEQ_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
+    }
     for name in list(environment):
         if name in ("STYLEQ_DATABASE_URL", "STYLEQ_BROKER_URL", "STYLEQ_API_KEY"):
             del environment[name]
     port = free_port()
     log = (tmp_path / "up.log").open("wb")
+    receiver = Receiver()
     up = subprocess.Popen([*STYLEQ, "up", "--port", str(port), "--gpus", "none", "--api-workers", "1"], env=environment, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -34,18 +40,23 @@ def test_up_then_submit_completes_the_seed_images_end_to_end(tmp_path, images_di
         printed = (tmp_path / "up.log").read_text()
         key = (tmp_path / "data" / "local-api-key").read_text().strip()
         assert key in printed, "the local key is shown once when it is made"
+        webhook_secret = re.search(r"Its webhook signing secret.*\n\s*(whsec_\S+)", printed).group(1)
 
         output = tmp_path / "styled.png"
         submit = subprocess.run(
             [*STYLEQ, "submit", str(images_dir / "rainier.jpg"), str(images_dir / "autumn-oak.jpg"), "--url", f"http://127.0.0.1:{port}",
-             "--size", "32x48", "--iterations", "30", "--wait", "-o", str(output)],
+             "--size", "32x48", "--iterations", "30", "--wait", "-o", str(output), "--webhook-url", receiver.url, "--webhook-events", "succeeded"],
             env=environment, capture_output=True, text=True, timeout=240,
         )
         assert submit.returncode == 0, submit.stderr
         with Image.open(output) as picture:
             assert picture.size == (48, 32)
         assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
+        # The embedded worker delivers the job's webhook too, signed with the secret `up` printed beside the key.
+        [delivery] = receiver.wait_for(lambda got: len(got) >= 1)
+        assert verify(webhook_secret, delivery)["type"] == "job.succeeded"
     finally:
+        receiver.close()
         up.send_signal(signal.SIGINT)
         code = up.wait(timeout=90)
         log.close()
