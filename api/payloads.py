@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from shared.jobs import queue_position
 from shared.models import Checkpoint, Job, JobStatus
+from shared.params import resolve_params
 
 JOB_LINKS = ("checkpoints", "events", "result", "preview", "cancel", "content", "style")
 
@@ -36,6 +37,7 @@ def job_payload(session: Session, job: Job) -> dict[str, Any]:
         "id": job.id,
         "status": job.status,
         "params": job.params,
+        "styles": styles_payload(job, location),
         "progress": progress(job),
         "iteration": job.iteration,
         "iterations": job.iterations,
@@ -54,6 +56,12 @@ def job_payload(session: Session, job: Job) -> dict[str, Any]:
         "finished_at": timestamp(job.finished_at),
         "links": {"self": location, **{name: f"{location}/{name}" for name in JOB_LINKS}},
     }
+
+
+def styles_payload(job: Job, location: str) -> list[dict[str, Any]]:
+    """Return the job's style pictures in order, each with its share of the blend (summing to 1) and its download link."""
+    shares = resolve_params(job.params).style_shares(len(job.styles)) if len(job.styles) > 1 else (1.0,)
+    return [{"weight": share, "link": f"{location}/styles/{index}"} for index, share in enumerate(shares)]
 
 
 def progress(job: Job) -> float:

@@ -62,7 +62,7 @@ def record_failure(deployment, like_job_id: str, code: str, message: str) -> str
     with session_scope(make_session_factory(engine)) as session:
         template = session.get(Job, like_job_id)
         owner = session.get(ApiKey, template.owner_id)
-        job, _ = create_job(session, owner, resolve_params(template.params), template.content_sha256, template.style_sha256)
+        job, _ = create_job(session, owner, resolve_params(template.params), template.content_sha256, template.style_hashes)
         job.status, job.lease_owner, job.gpu, job.attempts = JobStatus.FAILED, "w1@test/1", "cpu", 1
         job.started_at = job.finished_at = utcnow()
         job.error_code, job.error_message = code, message

@@ -217,7 +217,7 @@ def test_a_job_of_a_lost_worker_resumes_from_its_saved_state(settings, factory, 
 
 def test_missing_input_fails_with_a_message_the_user_can_act_on(settings, factory, storage, images_dir, vgg16_random):
     job_id = submit(factory, storage, images_dir)
-    storage.upload_path(load(factory, job_id).style_sha256).unlink()
+    storage.upload_path(load(factory, job_id).style_hashes[0]).unlink()
 
     assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "failed"
 
@@ -362,7 +362,7 @@ def test_a_canceled_job_leaves_the_batch_at_its_next_checkpoint_and_the_others_g
 
 def test_a_batch_mate_whose_picture_is_gone_fails_alone_and_the_others_run(tmp_path, factory, storage, images_dir, vgg16_random):
     first, missing, last = (submit(factory, storage, images_dir, pictures) for pictures in PAIRS)
-    storage.upload_path(load(factory, missing).style_sha256).unlink()
+    storage.upload_path(load(factory, missing).style_hashes[0]).unlink()
 
     assert make_runner(batch_settings(tmp_path), factory, storage, vgg16_random).run(first) == "succeeded"
 
