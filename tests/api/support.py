@@ -96,6 +96,20 @@ def assert_error(response: TestResponse, status: int, code: str) -> dict[str, An
     return body["error"]
 
 
+def assert_refused_storing_nothing(
+    app: Flask, client: FlaskClient, headers: dict[str, str], settings: Settings, submission: dict[str, Any], status: int, code: str, named: str,
+) -> None:
+    """Check that `submit(**submission)` is refused with this status and code, naming `named`, and adds no job and no file."""
+    submit(client, headers)  # one good job, so "nothing new" is not "nothing at all"
+    jobs_before, files_before = count_jobs(app), upload_files(settings)
+
+    response = submit(client, headers, **{"content": image_bytes((5, 6, 7)), **submission})
+
+    error = assert_error(response, status, code)
+    assert named in error["message"]
+    assert count_jobs(app) == jobs_before and upload_files(settings) == files_before
+
+
 def count_jobs(app: Flask) -> int:
     with session_scope(app.extensions["styleq"].session_factory) as session:
         return session.scalar(select(func.count()).select_from(Job))

@@ -11,7 +11,9 @@ from flask import Flask
 from PIL import Image
 
 from tests.api.conftest import MAX_UPLOAD_BYTES
-from tests.api.support import assert_error, broker_messages, count_jobs, file_field, image_bytes, submit, upload_files
+from tests.api.support import (
+    assert_error, assert_refused_storing_nothing, broker_messages, count_jobs, file_field, image_bytes, submit, upload_files,
+)
 from tests.api.test_dashboard_pages import csrf_of, read, signed_in
 
 OAK, NIGHT, SCREAM = image_bytes((200, 120, 40)), image_bytes((20, 40, 120)), image_bytes((230, 90, 20))
@@ -95,15 +97,7 @@ BAD_BLENDS = {
 
 @pytest.mark.parametrize("case", list(BAD_BLENDS), ids=list(BAD_BLENDS))
 def test_a_bad_blend_is_refused_naming_the_problem_and_leaves_nothing_behind(app, client, keys, settings, case):
-    arguments, status, code, named = BAD_BLENDS[case]
-    submit(client, keys.headers("alice"))  # one good job, so "nothing new" is not "nothing at all"
-    jobs_before, files_before = count_jobs(app), upload_files(settings)
-
-    response = submit(client, keys.headers("alice"), **{"content": image_bytes((5, 6, 7)), **arguments})
-
-    error = assert_error(response, status, code)
-    assert named in error["message"]
-    assert count_jobs(app) == jobs_before and upload_files(settings) == files_before
+    assert_refused_storing_nothing(app, client, keys.headers("alice"), settings, *BAD_BLENDS[case])
 
 
 def test_the_request_limit_takes_the_content_and_four_styles_each_near_the_upload_limit(app, client, keys, settings):
