@@ -6,6 +6,7 @@ from flask import Blueprint, Flask
 
 from shared.db import make_engine, make_session_factory
 from shared.retention import StorageUsage
+from shared.params import MAX_STYLES
 from shared.secret_key import load_secret_key
 from shared.settings import Settings, load_settings
 from shared.storage import Storage
@@ -21,8 +22,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config.update(
-        # Two images of at most max_upload_bytes each, plus the form fields and multipart framing.
-        MAX_CONTENT_LENGTH=2 * settings.max_upload_bytes + 1024 * 1024,
+        # The content and up to MAX_STYLES style images of at most max_upload_bytes each, plus the form fields
+        # and multipart framing: a bigger body is refused (413) before any of it is read.
+        MAX_CONTENT_LENGTH=(1 + MAX_STYLES) * settings.max_upload_bytes + 1024 * 1024,
         EVENTS_POLL_SECONDS=0.5,
         EVENTS_KEEPALIVE_SECONDS=15.0,
         EVENTS_MAX_SECONDS=300.0,

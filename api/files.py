@@ -1,4 +1,4 @@
-"""A job's images: the result, the latest preview, and the two uploads it was made from."""
+"""A job's images: the result, the latest preview, and the uploads it was made from."""
 
 from __future__ import annotations
 
@@ -49,8 +49,17 @@ def show_content(job_id: str) -> Response:
 
 @bp.get("/jobs/<job_id>/style")
 def show_style(job_id: str) -> Response:
-    """Send the uploaded style image."""
-    return send_upload(own_job(job_id).style_sha256)
+    """Send the uploaded style image (the first, for a blend of several)."""
+    return send_upload(own_job(job_id).style_hashes[0])
+
+
+@bp.get("/jobs/<job_id>/styles/<int:index>")
+def show_blended_style(job_id: str, index: int) -> Response:
+    """Send one of the job's uploaded style images, counted from 0 in the order given."""
+    hashes = own_job(job_id).style_hashes
+    if index >= len(hashes):
+        raise NotFound(f"job {job_id} has {len(hashes)} style image(s), numbered from 0; there is no style {index}")
+    return send_upload(hashes[index])
 
 
 def own_job(job_id: str) -> Job:

@@ -21,15 +21,15 @@ log = logging.getLogger(__name__)
 
 @bp.post("/jobs")
 def submit_job() -> tuple[Response, int, dict[str, str]]:
-    """Queue a transfer of the uploaded style onto the uploaded content."""
+    """Queue a transfer of the uploaded style (or a blend of several) onto the uploaded content."""
     resources, session = backends(), db_session()
     idempotency_key = read_idempotency_key(request.headers.get("Idempotency-Key"))
-    images = read_images(request.files, resources.settings.max_upload_bytes)
-    params = read_params(request.form, request.files, resources.settings, images["content"])
+    pictures = read_images(request.files, resources.settings.max_upload_bytes)
+    params = read_params(request.form, request.files, resources.settings, pictures.content, len(pictures.styles))
     webhook = read_webhook(request.form, resources.settings)
     job, created = jobs.submit_job(
-        session, resources.storage, current_key(), images["content"].data, images["style"].data, params, idempotency_key,
-        max_active_jobs=resources.settings.max_active_jobs, webhook=webhook,
+        session, resources.storage, current_key(), pictures.content.data, [style.data for style in pictures.styles], params,
+        idempotency_key, max_active_jobs=resources.settings.max_active_jobs, webhook=webhook,
     )
     concerns_job(job.id)
     if created:

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from shared.models import DeliveryStatus, JobStatus
+from shared.params import MAX_STYLE_WEIGHT, MAX_STYLES
 from shared.webhooks import DEFAULT_EVENTS, EVENTS, MAX_URL_LENGTH
 
 bp = Blueprint("openapi", __name__)
@@ -76,6 +77,20 @@ SCHEMAS: dict[str, Any] = {
             "id": {"type": "string"},
             "status": {"type": "string", "enum": [status.value for status in JobStatus]},
             "params": {"type": "object", "description": "The resolved transfer parameters."},
+            "styles": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_STYLES,
+                "description": "The style images in the order given (several for a blend).",
+                "items": {
+                    "type": "object",
+                    "required": ["weight", "link"],
+                    "properties": {
+                        "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "description": "Its share of the blend; the shares sum to 1."},
+                        "link": {"type": "string", "description": "Where to download it: /v1/jobs/{job_id}/styles/{index}."},
+                    },
+                },
+            },
             "progress": {"type": "number", "minimum": 0, "maximum": 1},
             "iteration": {"type": "integer"},
             "iterations": {"type": "integer"},
@@ -203,7 +218,23 @@ SUBMIT = {
                     "required": ["content", "style"],
                     "properties": {
                         "content": {"type": "string", "contentEncoding": "binary", "description": "The picture to repaint."},
-                        "style": {"type": "string", "contentEncoding": "binary", "description": "The picture whose style to take."},
+                        "style": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": MAX_STYLES,
+                            "items": {"type": "string", "contentEncoding": "binary"},
+                            "description": (
+                                f"The picture whose style to take: the field once, or repeated (up to {MAX_STYLES} times, in order) "
+                                "for a blend of their styles."
+                            ),
+                        },
+                        "style_weights": {
+                            "type": "string",
+                            "description": (
+                                f"Each style's share of a blend, comma-separated in the styles' order, e.g. 0.7,0.3: positive numbers up to "
+                                f"{MAX_STYLE_WEIGHT:g}, normalised to sum 1. Default: equal shares. Also accepted as params.style_weights (a list), not both."
+                            ),
+                        },
                         "params": {
                             "type": "string",
                             "contentMediaType": JSON,
@@ -227,13 +258,17 @@ SUBMIT = {
     "responses": {
         "202": _json("Queued.", "Job", {"Location": {"schema": {"type": "string"}}}),
         "200": _json("The job an earlier request with this Idempotency-Key created.", "Job"),
-        "400": _error("missing_file, invalid_image, invalid_params (not a JSON object) or invalid_idempotency_key."),
-        "413": _error("too_large: an upload over the size limit."),
+        "400": _error(
+            "missing_file, unknown_field (a file field other than content and style), too_many_files (two content images, or "
+            f"over {MAX_STYLES} style images), invalid_image, invalid_params (not a JSON object), invalid_style_weights (given twice) "
+            "or invalid_idempotency_key."
+        ),
+        "413": _error("too_large: an upload over the size limit (each file), or a body over the limit of all files together."),
         "422": _error(
-            "invalid_params: a parameter is unknown, out of range or over the service's limits; idempotency_key_reused: "
-            "the Idempotency-Key was used before for other pictures, params or webhook; invalid_webhook_url: not http(s), with "
-            "credentials, unresolvable, or resolving to a loopback, private, link-local, multicast, reserved or unspecified address; "
-            "or invalid_webhook_events."
+            "invalid_params: a parameter is unknown, out of range or over the service's limits; invalid_style_weights: not positive "
+            "numbers, or not one per style image; idempotency_key_reused: the Idempotency-Key was used before for other pictures, "
+            "params or webhook; invalid_webhook_url: not http(s), with credentials, unresolvable, or resolving to a loopback, private, "
+            "link-local, multicast, reserved or unspecified address; or invalid_webhook_events."
         ),
         **AUTH,
         "429": {
@@ -349,7 +384,14 @@ PATHS: dict[str, Any] = {
         "get": _job_operation("Download the uploaded content image.", {"200": _image("The upload, in its own format.", UPLOAD_MIMETYPES, "private, max-age=86400, immutable"), **NOT_MODIFIED})
     },
     "/v1/jobs/{job_id}/style": {
-        "get": _job_operation("Download the uploaded style image.", {"200": _image("The upload, in its own format.", UPLOAD_MIMETYPES, "private, max-age=86400, immutable"), **NOT_MODIFIED})
+        "get": _job_operation("Download the uploaded style image (the first of a blend).", {"200": _image("The upload, in its own format.", UPLOAD_MIMETYPES, "private, max-age=86400, immutable"), **NOT_MODIFIED})
+    },
+    "/v1/jobs/{job_id}/styles/{index}": {
+        "get": _job_operation(
+            "Download one of the job's uploaded style images, counted from 0 in the order given (the job's `styles`).",
+            {"200": _image("The upload, in its own format.", UPLOAD_MIMETYPES, "private, max-age=86400, immutable"), **NOT_MODIFIED},
+            [{"name": "index", "in": "path", "required": True, "description": "The style's place, from 0.", "schema": {"type": "integer", "minimum": 0}}],
+        )
     },
     "/healthz": {"get": {"summary": "Liveness.", "security": [], "responses": {"200": _json("Up.", "Health")}}},
     "/readyz": {

@@ -10,6 +10,7 @@ from shared.deliveries import deliveries_of, job_summary
 from shared.jobs import queue_position
 from shared.models import Checkpoint, DeliveryStatus, Job, WebhookDelivery
 from shared.models import iso_timestamp as timestamp
+from shared.params import resolve_params
 
 JOB_LINKS = ("checkpoints", "events", "result", "preview", "cancel", "content", "style")
 
@@ -25,6 +26,7 @@ def job_payload(session: Session, job: Job) -> dict[str, Any]:
     return {
         **job_summary(job),
         "params": job.params,
+        "styles": styles_payload(job, location),
         "batch_size": job.batch_size,
         "batch_id": job.batch_id,
         "worker": job.lease_owner,
@@ -62,6 +64,12 @@ def delivery_payload(delivery: WebhookDelivery) -> dict[str, Any]:
         "last_attempt_at": timestamp(delivery.last_attempt_at),
         "finished_at": timestamp(delivery.finished_at),
     }
+
+
+def styles_payload(job: Job, location: str) -> list[dict[str, Any]]:
+    """Return the job's style pictures in order, each with its share of the blend (summing to 1) and its download link."""
+    shares = resolve_params(job.params).style_shares(len(job.styles)) if len(job.styles) > 1 else (1.0,)
+    return [{"weight": share, "link": f"{location}/styles/{index}"} for index, share in enumerate(shares)]
 
 
 def checkpoint_payload(checkpoint: Checkpoint) -> dict[str, Any]:

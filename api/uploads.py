@@ -1,4 +1,4 @@
-"""Check a submission before anything is stored: the two images, the parameters, the service's limits."""
+"""Check a submission before anything is stored: the content and style images, the parameters, the service's limits."""
 
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ from werkzeug.datastructures import FileStorage
 
 from shared.errors import InvalidInput
 from shared.images import decode_image
-from shared.params import WEIGHTS_NAMES, TransferParams, installed_weights, resolve_params
+from shared.params import (
+    MAX_STYLES, WEIGHTS_NAMES, TransferParams, installed_weights, parse_style_weights, resolve_params, style_roles,
+)
 from shared.settings import Settings
 from shared.webhooks import AddressPolicy, Subscription, check_url, parse_events
 
 from .errors import TooLarge, Unprocessable
 
 IMAGE_FIELDS = ("content", "style")
+# The plain form fields: sent as files they are refused by name where each is read.
+FORM_FIELDS = ("params", "style_weights")
 MAX_IDEMPOTENCY_KEY = 200
 # How deep `params` may nest: an object of lists ({"size": [300, 450]}) is 2. Deeper JSON is refused before
 # anything walks it, since a value nested a few hundred deep still parses but breaks Python's repr in a message.
@@ -32,21 +36,50 @@ class UploadedImage:
     height: int
 
 
-def read_images(files: Any, max_bytes: int) -> dict[str, UploadedImage]:
-    """Return the `content` and `style` file fields, each decoded whole once to prove a worker can decode it."""
-    missing = [name for name in IMAGE_FIELDS if not isinstance(files.get(name), FileStorage)]
-    if missing:
+@dataclass(frozen=True)
+class UploadedPictures:
+    """A submission's pictures: the content, and the style pictures in the order sent (one, or several to blend)."""
+
+    content: UploadedImage
+    styles: list[UploadedImage]
+
+
+def read_images(files: Any, max_bytes: int) -> UploadedPictures:
+    """Return the `content` file field and the `style` file fields (one, or repeated up to MAX_STYLES times for a blend).
+
+    Each is at most `max_bytes` and decoded whole once, to prove a worker can decode it.
+    """
+    unknown = sorted(set(files) - {*IMAGE_FIELDS, *FORM_FIELDS})
+    if unknown:
+        # A client guessing `style2` would otherwise get a job of one style without noticing.
         raise InvalidInput(
-            f"the {missing[0]} image is missing: send it as the multipart/form-data file field {missing[0]!r}",
-            code="missing_file",
+            f"unknown file field {unknown[0]!r}: send the content image as the field 'content' and each style image as a "
+            f"field named 'style', repeated for a blend of up to {MAX_STYLES}",
+            code="unknown_field",
         )
-    images = {}
+    fields = {name: [file for file in files.getlist(name) if isinstance(file, FileStorage)] for name in IMAGE_FIELDS}
     for name in IMAGE_FIELDS:
-        data = files[name].stream.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise TooLarge(f"the {name} image is larger than the limit of {max_bytes} bytes")
-        images[name] = check_image(name, data)
-    return images
+        if not fields[name]:
+            raise InvalidInput(
+                f"the {name} image is missing: send it as the multipart/form-data file field {name!r}", code="missing_file",
+            )
+    if len(fields["content"]) > 1:
+        raise InvalidInput(f"send one content image; got {len(fields['content'])} 'content' files", code="too_many_files")
+    if len(fields["style"]) > MAX_STYLES:
+        raise InvalidInput(
+            f"a job blends at most {MAX_STYLES} style images; got {len(fields['style'])} 'style' files", code="too_many_files",
+        )
+    content = read_image("content", fields["content"][0], max_bytes)
+    styles = fields["style"]
+    return UploadedPictures(content, [read_image(role, file, max_bytes) for role, file in zip(style_roles(len(styles)), styles)])
+
+
+def read_image(name: str, file: FileStorage, max_bytes: int) -> UploadedImage:
+    """Read one uploaded file of at most `max_bytes` and check that it decodes."""
+    data = file.stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TooLarge(f"the {name} image is larger than the limit of {max_bytes} bytes")
+    return check_image(name, data)
 
 
 def check_image(name: str, data: bytes) -> UploadedImage:
@@ -61,11 +94,15 @@ def check_image(name: str, data: bytes) -> UploadedImage:
     return UploadedImage(data, width, height)
 
 
-def read_params(form: Any, files: Any, settings: Settings, content: UploadedImage) -> TransferParams:
-    """Parse the `params` form field (a JSON object) and check it against the network and the service's limits for `content`."""
-    if "params" in files and "params" not in form:
-        raise InvalidInput("params must be a plain form field holding a JSON object, not a file", code="invalid_params")
+def read_params(form: Any, files: Any, settings: Settings, content: UploadedImage, style_count: int = 1) -> TransferParams:
+    """Parse the `params` form field (a JSON object) and `style_weights`, and check them against the network, the service's limits for `content`, and the `style_count` pictures."""
+    for name in FORM_FIELDS:
+        if name in files and name not in form:
+            raise InvalidInput(f"{name} must be a plain form field, not a file", code="invalid_params")
     values = parse_params(form.get("params"))
+    given = form.getlist("style_weights")
+    if given:
+        values = {**values, "style_weights": read_style_weights(given, values)}
     weights = values.get("weights")
     if weights is not None and weights not in WEIGHTS_NAMES:
         raise Unprocessable(f"weights must be one of {', '.join(WEIGHTS_NAMES)}, got {weights!r}; files cannot be named")
@@ -97,6 +134,10 @@ def read_params(form: Any, files: Any, settings: Settings, content: UploadedImag
             f"size {list(params.size) if isinstance(params.size, tuple) else params.size} makes an output {width} wide and "
             f"{height} high, {height * width} pixels, over this service's limit of {settings.max_pixels}"
         )
+    try:
+        params.check_style_count(style_count)
+    except ValueError as error:
+        raise Unprocessable(str(error), code="invalid_style_weights") from None
     return params
 
 
@@ -109,6 +150,18 @@ def read_webhook(form: Any, settings: Settings) -> Subscription | None:
         return None
     chosen = tuple(parse_events(events))  # checked before the URL, whose check resolves its host
     return Subscription(check_url(url, AddressPolicy.from_settings(settings)), chosen)
+
+
+def read_style_weights(given: list[str], values: dict[str, Any]) -> list[float]:
+    """Parse the `style_weights` form field ("0.7,0.3"), which must come once, and not in `params` too."""
+    if len(given) > 1 or "style_weights" in values:
+        raise InvalidInput(
+            "style_weights is given more than once; give it once, as a form field like 0.7,0.3 or in params", code="invalid_style_weights",
+        )
+    try:
+        return list(parse_style_weights(given[0]))
+    except ValueError as error:
+        raise Unprocessable(str(error), code="invalid_style_weights") from None
 
 
 def parse_params(text: str | None) -> dict[str, Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tqdm import tqdm
 from shared.params import CHOICES, parse_size
 from shared.settings import load_settings
 
+from .options import check_style_count, style_images
 from .service import local_key_file
 
 FINISHED = {"succeeded", "failed", "canceled"}
@@ -69,18 +71,25 @@ class StyleqClient:
         self.http.headers["Authorization"] = f"Bearer {key}"
 
     def submit(
-        self, content: Path, style: Path, params: dict[str, Any], *, webhook_url: str | None = None, webhook_events: str | None = None,
+        self, content: Path, style: Path | Sequence[Path], params: dict[str, Any], style_weights: Sequence[float] | None = None, *,
+        webhook_url: str | None = None, webhook_events: str | None = None,
     ) -> dict[str, Any]:
-        """Upload the two images with `params` (and a webhook, its events comma-separated) and return the new job."""
-        fields = {"params": json.dumps(params)}
+        """Upload the content and the style image (or several to blend, with their weights) with `params` (and a webhook,
+        its events comma-separated); return the new job."""
+        styles = [style] if isinstance(style, Path) else list(style)
+        data = {"params": json.dumps(params)}
+        if style_weights is not None:
+            data["style_weights"] = ",".join(repr(float(weight)) for weight in style_weights)
         if webhook_url:
-            fields["webhook_url"] = webhook_url
+            data["webhook_url"] = webhook_url
         if webhook_events:
-            fields["webhook_events"] = webhook_events
-        with content.open("rb") as content_file, style.open("rb") as style_file:
-            files = {"content": (content.name, content_file), "style": (style.name, style_file)}
+            data["webhook_events"] = webhook_events
+        with ExitStack() as files_open:
+            # The style field repeated, in order: the API's form for a blend.
+            files = [("content", (content.name, files_open.enter_context(content.open("rb"))))]
+            files += [("style", (path.name, files_open.enter_context(path.open("rb")))) for path in styles]
             try:
-                response = self.http.post(f"{self.url}/v1/jobs", files=files, data=fields, timeout=120)
+                response = self.http.post(f"{self.url}/v1/jobs", files=files, data=data, timeout=120)
             except requests.ConnectionError:
                 raise ApiError(f"cannot reach the styleq API at {self.url}; is `styleq up` running?") from None
         return _body(response)
@@ -172,7 +181,7 @@ def _follow_with_bar(client: StyleqClient, job: dict[str, Any], quiet: bool) -> 
 
 @click.command("submit")
 @click.argument("content", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("style", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@style_images
 @click.option("--url", default=lambda: os.environ.get("STYLEQ_URL", "http://127.0.0.1:8000"), show_default="$STYLEQ_URL or http://127.0.0.1:8000")
 @click.option("--key", envvar="STYLEQ_API_KEY", help="API key (default: $STYLEQ_API_KEY, else the one `styleq up` made).")
 @click.option("--params", "params_json", help='Job parameters as JSON, e.g. \'{"preset": "seed", "iterations": 100}\'.')
@@ -186,10 +195,12 @@ def _follow_with_bar(client: StyleqClient, job: dict[str, Any], quiet: bool) -> 
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --wait: where to save the result.")
 @click.option("-q", "--quiet", is_flag=True)
 def submit(
-    content: Path, style: Path, url: str, key: str | None, params_json: str | None, preset: str | None, size: str | None, iterations: int | None,
-    colors: str | None, webhook_url: str | None, webhook_events: str | None, wait: bool, output: Path | None, quiet: bool,
+    content: Path, styles: tuple[Path, ...], style_weights: tuple[float, ...] | None, url: str, key: str | None, params_json: str | None,
+    preset: str | None, size: str | None, iterations: int | None, colors: str | None, webhook_url: str | None, webhook_events: str | None,
+    wait: bool, output: Path | None, quiet: bool,
 ) -> None:
-    """Submit a style-transfer job; print its id (and with --wait, follow it and save the result)."""
+    """Submit a style-transfer job of one STYLE image or a blend of several; print its id (and with --wait, follow it and save the result)."""
+    check_style_count(len(styles), style_weights)
     params = _job_params(params_json, preset, size, iterations, colors)
     if output is not None and not wait:
         raise click.UsageError("--output needs --wait")
@@ -197,7 +208,7 @@ def submit(
         raise click.UsageError("--webhook-events needs --webhook-url")
     client = StyleqClient(url, _api_key(key))
     try:
-        job = client.submit(content, style, params, webhook_url=webhook_url, webhook_events=webhook_events)
+        job = client.submit(content, styles, params, style_weights, webhook_url=webhook_url, webhook_events=webhook_events)
         click.echo(job["id"])
         if not wait:
             return

@@ -10,12 +10,14 @@ from PIL import Image
 
 from shared.errors import InvalidImage
 from shared.images import decode_image
-from shared.params import CHOICES, PRESETS, RANGES, parse_size, resolve_params
+from shared.params import CHOICES, PRESETS, RANGES, parse_size, resolve_params, style_roles
 from shared.settings import load_settings
 from worker import report
 from worker.downloads import load_or_pull, pull_weights
 from worker.engine import CONVENTIONS, Progress, build_backbone, default_device, transfer
 from worker.engine.weights import REGISTRY, WeightsError, is_pulled
+
+from .options import check_style_count, style_images
 
 _OUTPUT_FORMATS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -68,7 +70,7 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
 
 @click.command("transfer")
 @click.argument("content", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("style", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@style_images
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the picture (.png, .jpg, ...).")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="styleq", show_default=True, help="Starting values of every parameter: 'seed' is the notebook exactly.")
 @click.option("--weights", help="Registry weights (see `styleq weights list`) or a .pth/.safetensors file. Default: the preset's.")
@@ -94,8 +96,9 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
 @click.option("--history", type=click.Path(dir_okay=False, path_type=Path), help="Write every checkpoint to FILE.csv or FILE.json.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Draw the losses (and the picture) to FILE.png.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def transfer_command(content: Path, style: Path, output: Path, convention: str | None, device: str, history: Path | None, plot: Path | None, quiet: bool, **options: Any) -> None:
-    """Paint CONTENT in the style of STYLE and write the picture to OUTPUT."""
+def transfer_command(content: Path, styles: tuple[Path, ...], output: Path, convention: str | None, device: str, history: Path | None, plot: Path | None, quiet: bool, **options: Any) -> None:
+    """Paint CONTENT in the style of STYLE (or a blend of several STYLE images) and write the picture to OUTPUT."""
+    check_style_count(len(styles), options["style_weights"])
     try:
         # Options left unset are None: the preset decides them.
         params = resolve_params(**options)
@@ -106,7 +109,8 @@ def transfer_command(content: Path, style: Path, output: Path, convention: str |
         _check_output(history, "--history", {".csv", ".json"})
     if plot is not None:
         _check_output(plot, "--plot", {".png"})
-    content_image, style_image = open_image(content, "content"), open_image(style, "style")
+    content_image = open_image(content, "content")
+    style_images = [open_image(path, role) for path, role in zip(styles, style_roles(len(styles)))]
     try:
         params.check_output_size(*content_image.size)
     except ValueError as error:
@@ -129,7 +133,7 @@ def transfer_command(content: Path, style: Path, output: Path, convention: str |
             checkpoints.append(checkpoint)
             bar.advance(checkpoint)
 
-        result = transfer(content_image, style_image, params, backbone=backbone, device=torch_device, on_checkpoint=on_checkpoint)
+        result = transfer(content_image, style_images, params, backbone=backbone, device=torch_device, on_checkpoint=on_checkpoint)
     result.image.save(output)
     if history is not None:
         report.write_history(checkpoints, history)

@@ -21,6 +21,12 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(url)
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch mode rebuilds a SQLite table by copying it and dropping the old one; with foreign keys enforced
+            # that drop cascades into every row referencing it (a job's checkpoints and styles). The pragma only
+            # takes effect outside a transaction, hence the commit before the migrations begin theirs.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         # Batch mode lets later migrations alter columns on SQLite, which has no ALTER COLUMN.
         context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
         with context.begin_transaction():

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from . import deliveries, limits
 from .errors import Conflict, InvalidInput, NotFound, StorageUnavailable, Unprocessable
-from .models import ApiKey, Checkpoint, Job, JobStatus, WebhookEvent, utcnow
+from .models import ApiKey, Checkpoint, Job, JobStatus, JobStyle, WebhookEvent, utcnow
 from .params import TransferParams
 from .storage import Storage
 from .webhooks import Subscription
@@ -32,6 +33,7 @@ STATUSES = tuple(status.value for status in JobStatus)
 FINISHED = tuple(status for status in JobStatus if status.finished)
 # The most checkpoints one read returns.
 CHECKPOINT_PAGE = 1000
+T = TypeVar("T", str, bytes)
 
 
 def new_job_id() -> str:
@@ -40,25 +42,27 @@ def new_job_id() -> str:
 
 
 def submit_job(
-    session: Session, storage: Storage, owner: ApiKey, content: bytes, style: bytes, params: TransferParams,
+    session: Session, storage: Storage, owner: ApiKey, content: bytes, style: bytes | Sequence[bytes], params: TransferParams,
     idempotency_key: str | None = None, *, max_active_jobs: int = 0, webhook: Subscription | None = None,
 ) -> tuple[Job, bool]:
-    """Save the two uploads and add the job in one committed transaction; return it and whether it is new.
+    """Save the uploads (the content, and one style picture or several to blend) and add the job in one committed transaction.
 
-    A failure (a limit, a reused idempotency key) leaves no new file behind. A request repeating an
-    idempotency key with the same pictures and parameters gets the first job back, and keeps none of its own files.
+    Returns the job and whether it is new. A failure (a limit, a reused idempotency key) leaves no new
+    file behind. A request repeating an idempotency key with the same pictures and parameters gets the
+    first job back, and keeps none of its own files.
     """
-    hashes = [hashlib.sha256(data).hexdigest() for data in (content, style)]
+    pictures = [content, *_one_or_many(style, bytes)]
+    hashes = [hashlib.sha256(data).hexdigest() for data in pictures]
     written = {sha for sha in hashes if not storage.upload_path(sha).is_file()}
     try:
         try:
-            storage.save_upload(content)
-            storage.save_upload(style)
+            for data in pictures:
+                storage.save_upload(data)
         except OSError as error:
             log.error("could not store an upload: %s", error)
             raise StorageUnavailable("the service could not store the pictures just now; try again later") from None
         job, created = create_job(
-            session, owner, params, hashes[0], hashes[1], idempotency_key, max_active_jobs=max_active_jobs, webhook=webhook
+            session, owner, params, hashes[0], hashes[1:], idempotency_key, max_active_jobs=max_active_jobs, webhook=webhook
         )
         session.commit()
     except BaseException:
@@ -69,9 +73,14 @@ def submit_job(
         _discard_uploads(session, storage, written)
         return job, False
     # A delete that saw these uploads unused just before our commit may have removed them since.
-    for data in (content, style):
+    for data in pictures:
         storage.save_upload(data)
     return job, True
+
+
+def _one_or_many(value: T | Sequence[T], kind: type[T]) -> list[T]:
+    """Return `value` as a list: one style (a picture's bytes, a hash) or several."""
+    return [value] if isinstance(value, kind) else list(value)
 
 
 def _discard_uploads(session: Session, storage: Storage, hashes: set[str]) -> None:
@@ -114,31 +123,37 @@ def create_job(
     owner: ApiKey,
     params: TransferParams,
     content_sha256: str,
-    style_sha256: str,
+    style_sha256: str | Sequence[str],
     idempotency_key: str | None = None,
     *,
     max_active_jobs: int = 0,
     webhook: Subscription | None = None,
 ) -> tuple[Job, bool]:
-    """Add a queued job (with its `webhook`); with an idempotency key already used by `owner` for the same request, return that job instead.
+    """Add a queued job of one style upload or several to blend (with its `webhook`); with an idempotency key already used by `owner` for the same request, return that job instead.
 
     Returns the job and whether it is new.
 
     Raises:
-        Unprocessable: the idempotency key was used by `owner` for other pictures, parameters or webhook.
+        Unprocessable: no style, too many, or not one `params.style_weights` each; or the idempotency key was used by
+            `owner` for other pictures, parameters or webhook.
         LimitExceeded: the new job would make more than `max_active_jobs` of `owner`'s jobs queued or running (0: no limit).
     """
+    style_hashes = _one_or_many(style_sha256, str)
+    try:
+        params.check_style_count(len(style_hashes))
+    except ValueError as error:
+        raise Unprocessable(str(error), code="invalid_styles") from None
     if idempotency_key is not None:
         existing = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
         if existing is not None:
-            return _same_request(existing, params, content_sha256, style_sha256, webhook), False
+            return _same_request(existing, params, content_sha256, style_hashes, webhook), False
     job = Job(
         id=new_job_id(),
         owner_id=owner.id,
         status=JobStatus.QUEUED,
         params=params.to_dict(),
         content_sha256=content_sha256,
-        style_sha256=style_sha256,
+        styles=[JobStyle(position=position, sha256=sha) for position, sha in enumerate(style_hashes)],
         idempotency_key=idempotency_key,
         iterations=params.iterations,
         webhook_url=webhook.url if webhook else None,
@@ -155,11 +170,11 @@ def create_job(
         existing = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
         if existing is None:
             raise
-        return _same_request(existing, params, content_sha256, style_sha256, webhook), False
+        return _same_request(existing, params, content_sha256, style_hashes, webhook), False
     return job, True
 
 
-def _same_request(job: Job, params: TransferParams, content_sha256: str, style_sha256: str, webhook: Subscription | None) -> Job:
+def _same_request(job: Job, params: TransferParams, content_sha256: str, style_hashes: list[str], webhook: Subscription | None) -> Job:
     """Return `job`, made by an earlier request with the same idempotency key, if this request asks for the same job.
 
     Raises:
@@ -172,7 +187,8 @@ def _same_request(job: Job, params: TransferParams, content_sha256: str, style_s
     differences = [
         name for name, same in (
             ("content image", job.content_sha256 == content_sha256),
-            ("style image", job.style_sha256 == style_sha256),
+            # The same pictures in another order are another blend.
+            ("style images" if len(style_hashes) > 1 or len(job.styles) > 1 else "style image", job.style_hashes == style_hashes),
             ("params", same_params),
             ("webhook", same_webhook),
         ) if not same
@@ -267,18 +283,20 @@ def delete_job(session: Session, storage: Storage, job: Job) -> None:
     if job.status is JobStatus.RUNNING:
         request_cancel(session, job)
         session.commit()
-    hashes = {job.content_sha256, job.style_sha256}
+    hashes = {job.content_sha256, *job.style_hashes}
     session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
     session.delete(job)
     session.flush()
-    used = session.scalars(select(Job.content_sha256).where(Job.content_sha256.in_(hashes))).all()
-    used += session.scalars(select(Job.style_sha256).where(Job.style_sha256.in_(hashes))).all()
+    used = set(session.scalars(select(Job.content_sha256).where(Job.content_sha256.in_(hashes))).all())
+    used.update(session.scalars(select(JobStyle.sha256).where(JobStyle.sha256.in_(hashes))).all())
     session.commit()
     storage.delete_job_files(job.id)
-    for sha in hashes - set(used):
+    for sha in hashes - used:
         storage.delete_upload(sha)
 
 
 def upload_in_use(session: Session, sha256: str) -> bool:
     """Tell whether any job reads the upload with this hash."""
-    return session.scalar(select(func.count()).select_from(Job).where(or_(Job.content_sha256 == sha256, Job.style_sha256 == sha256))) > 0
+    as_content = select(Job.id).where(Job.content_sha256 == sha256)
+    as_style = select(JobStyle.job_id).where(JobStyle.sha256 == sha256)
+    return session.scalar(select(or_(as_content.exists(), as_style.exists()))) is True

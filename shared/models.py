@@ -1,4 +1,4 @@
-"""The database schema: jobs, their loss checkpoints and webhook deliveries, API keys, their request counts and dashboard sessions (changed only through migrations/)."""
+"""The database schema: jobs, their style pictures, loss checkpoints and webhook deliveries, API keys, their request counts and dashboard sessions (changed only through migrations/)."""
 
 from __future__ import annotations
 
@@ -123,7 +123,6 @@ class Job(Base):
     )
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     content_sha256: Mapped[str] = mapped_column(String(64))
-    style_sha256: Mapped[str] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
 
     iterations: Mapped[int] = mapped_column(Integer)
@@ -171,6 +170,15 @@ class Job(Base):
     checkpoints: Mapped[list[Checkpoint]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="Checkpoint.iteration"
     )
+    # Loaded with the job (one query for a whole page of jobs): every view of a job shows its styles.
+    styles: Mapped[list[JobStyle]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="JobStyle.position", lazy="selectin"
+    )
+
+    @property
+    def style_hashes(self) -> list[str]:
+        """Return the hashes of the job's style uploads, in the order given (at least one)."""
+        return [style.sha256 for style in self.styles]
 
     @validates("status")
     def _status_as_enum(self, _key: str, value: str) -> JobStatus:
@@ -183,6 +191,18 @@ class Job(Base):
         if self.status is JobStatus.SUCCEEDED:
             return 1.0
         return min(1.0, self.iteration / self.iterations) if self.iterations else 0.0
+
+
+class JobStyle(Base):
+    """One of a job's style pictures: its upload's hash and its place among them (their blend weights are in the job's params)."""
+
+    __tablename__ = "job_styles"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    # From 0, in the order the client gave them: `style_weights` and `init="style"` (the first) refer to it.
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Indexed: deleting a job asks whether any other job still reads each upload.
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
 
 
 class Checkpoint(Base):

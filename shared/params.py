@@ -6,6 +6,7 @@ Pure standard library, so the API validates a job with exactly the ranges the en
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,10 @@ WEIGHTS_FILES: dict[str, str] = {
     "vgg19": "vgg19-dcbb9e9d.pth",
 }
 WEIGHTS_NAMES: tuple[str, ...] = tuple(WEIGHTS_FILES)
+# The most style pictures one job blends: each costs a forward pass for its targets, and past a few the mix is mud.
+MAX_STYLES = 4
+# The largest blend weight: only the weights' ratios matter, and a bound keeps their sum a finite float.
+MAX_STYLE_WEIGHT = 1e6
 
 
 def installed_weights(model_dir: Path) -> tuple[str, ...]:
@@ -105,6 +110,10 @@ class TransferParams:
     # Iterations at each scale, adding up to `iterations`; None splits them by `split_iterations`.
     scale_iterations: tuple[int, ...] | None = None
     colors: str = "style"
+    # Several style pictures: each one's share of the blended style targets, in the pictures' order, any positive
+    # numbers (normalised to sum 1 when mixed). None gives every picture the same share (and one picture all of it).
+    # Not to be confused with `style_weight`, the weight of the style loss against the content loss.
+    style_weights: tuple[float, ...] | None = None
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -131,6 +140,7 @@ class TransferParams:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self._check_scales()
+        self._check_style_weights()
         if self.line_search != "none" and self.optimizer != "lbfgs":
             raise ValueError(f"line_search {self.line_search!r} needs optimizer lbfgs, got {self.optimizer!r}")
         if not isinstance(self.weights, str) or not self.weights:
@@ -152,6 +162,37 @@ class TransferParams:
         if sum(counts) != self.iterations:
             raise ValueError(f"scale_iterations must add up to iterations ({self.iterations}), got {list(counts)!r} (sum {sum(counts)})")
 
+    def _check_style_weights(self) -> None:
+        weights = self.style_weights
+        if weights is None:
+            return
+        if (not isinstance(weights, tuple) or not 1 <= len(weights) <= MAX_STYLES
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_STYLE_WEIGHT for v in weights)):
+            shown = list(weights) if isinstance(weights, tuple) else weights
+            raise ValueError(
+                f"style_weights must be a list of 1 to {MAX_STYLES} positive numbers up to {MAX_STYLE_WEIGHT:g}, one per style picture, got {shown!r}"
+            )
+
+    def check_style_count(self, count: int) -> None:
+        """Refuse `count` style pictures: none, more than MAX_STYLES, or a number `style_weights` does not give one weight each.
+
+        Raises:
+            ValueError: naming the count and what was expected.
+        """
+        if not 1 <= count <= MAX_STYLES:
+            raise ValueError(f"a job takes 1 to {MAX_STYLES} style pictures, got {count}")
+        if self.style_weights is not None and len(self.style_weights) != count:
+            raise ValueError(
+                f"style_weights gives {len(self.style_weights)} weight(s) for {count} style picture(s); give one per style, in their order"
+            )
+
+    def style_shares(self, count: int) -> tuple[float, ...]:
+        """Return each of `count` style pictures' share of the blend, summing to 1: `style_weights` normalised, or equal shares."""
+        self.check_style_count(count)
+        weights = self.style_weights or (1.0,) * count
+        total = math.fsum(weights)
+        return tuple(weight / total for weight in weights)
+
     def iterations_per_scale(self) -> tuple[int, ...]:
         """Return how many iterations each scale gets: `scale_iterations`, or `iterations` split by `split_iterations`."""
         return self.scale_iterations if self.scale_iterations is not None else split_iterations(self.iterations, self.scales)
@@ -164,6 +205,7 @@ class TransferParams:
         values["style_layers"] = list(self.style_layers)
         values["scales"] = list(self.scales)
         values["scale_iterations"] = None if self.scale_iterations is None else list(self.scale_iterations)
+        values["style_weights"] = None if self.style_weights is None else list(self.style_weights)
         return values
 
     @property
@@ -279,6 +321,30 @@ def parse_size(text: str) -> tuple[int, int] | int:
     raise ValueError(f"expected HEIGHTxWIDTH like 300x450, or one number for the long side; got {text!r}")
 
 
+def parse_style_weights(text: str) -> tuple[float, ...]:
+    """Parse style blend weights written as comma-separated numbers, like "0.7,0.3".
+
+    Raises:
+        ValueError: anything but positive, finite numbers (their count is checked against the pictures elsewhere).
+    """
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        weights = tuple(float(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"style weights must be comma-separated numbers like 0.7,0.3, got {text!r}") from None
+    # NaN fails every comparison, so it is refused with the rest.
+    if not 1 <= len(weights) <= MAX_STYLES or any(not 0 < weight <= MAX_STYLE_WEIGHT for weight in weights):
+        raise ValueError(
+            f"style weights must be 1 to {MAX_STYLES} positive numbers up to {MAX_STYLE_WEIGHT:g}, like 0.7,0.3, one per style picture; got {text!r}"
+        )
+    return weights
+
+
+def style_roles(count: int) -> list[str]:
+    """Return how messages name each of `count` style pictures: "style" for one alone, "style 1", "style 2"... in a blend."""
+    return ["style"] if count == 1 else [f"style {number}" for number in range(1, count + 1)]
+
+
 def long_side_output(long_side: int, content_width: int, content_height: int) -> tuple[int, int]:
     """Return the (height, width) of an output `long_side` pixels on its long side, with the content's aspect."""
     scale = long_side / max(content_width, content_height)
@@ -333,7 +399,7 @@ def resolve_params(values: Mapping[str, Any] | None = None, **overrides: Any) ->
     size = resolved["size"]
     if isinstance(size, list):
         resolved["size"] = tuple(size)
-    for name in ("scales", "scale_iterations"):
+    for name in ("scales", "scale_iterations", "style_weights"):
         if isinstance(resolved.get(name), list):
             resolved[name] = tuple(resolved[name])
     for name in ("content_layers", "style_layers"):

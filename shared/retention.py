@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import session_scope
-from .models import Job, JobStatus, utcnow
+from .models import Job, JobStatus, JobStyle, utcnow
 from .settings import Settings
 from .storage import Storage, StoredFile
 
@@ -148,9 +148,11 @@ def _newest_uses(session: Session, hashes: Iterable[str]) -> dict[str, _UploadUs
     """Return, for each upload among `hashes` that a job uses, whether a live job does and when the last one ended."""
     uses: dict[str, _UploadUse] = {}
     for batch in _batches(sorted(hashes)):
-        for column in (Job.content_sha256, Job.style_sha256):
-            rows = session.execute(select(column, Job.status, Job.created_at, Job.finished_at).where(column.in_(batch)))
-            for sha, status, created_at, finished_at in rows:
+        # A content upload is named by its job; a style upload by one of the job's `job_styles` rows (a blend has several).
+        as_content = select(Job.content_sha256, Job.status, Job.created_at, Job.finished_at).where(Job.content_sha256.in_(batch))
+        as_style = select(JobStyle.sha256, Job.status, Job.created_at, Job.finished_at).join(Job, Job.id == JobStyle.job_id).where(JobStyle.sha256.in_(batch))
+        for query in (as_content, as_style):
+            for sha, status, created_at, finished_at in session.execute(query):
                 seen = uses.get(sha, _NO_USE)
                 moment = finished_at or created_at
                 uses[sha] = _UploadUse(

@@ -142,6 +142,54 @@ def test_submit_passes_colors_with_the_other_parameter_flags():
     assert _job_params('{"iterations": 5}', None, "300x450", None, "histogram") == {"iterations": 5, "size": (300, 450), "colors": "histogram"}
 
 
+@pytest.fixture
+def second_style(inputs, tmp_path) -> Path:
+    """Another small style picture: the first one's colours inverted."""
+    path = tmp_path / "inverted.png"
+    with Image.open(inputs[1]) as style:
+        Image.eval(style, lambda level: 255 - level).save(path)
+    return path
+
+
+def test_transfer_blends_several_style_pictures_by_their_weights(inputs, second_style, vgg16_file, out):
+    blended = styleq(
+        "transfer", inputs[0], inputs[1], second_style, "--style-weights", "0.7,0.3", "-o", out / "blend.png", "--weights", vgg16_file,
+        "--convention", "caffe", "--size", "24x32", "--device", "cpu", "--iterations", "5", "--lr", "0.1", "-q",
+    )
+    alone = small_transfer(inputs, vgg16_file, out / "alone.png", "--iterations", "5", "--lr", "0.1")
+
+    assert_succeeded(blended)
+    assert_succeeded(alone)
+    with Image.open(out / "blend.png") as blend, Image.open(out / "alone.png") as single:
+        assert blend.size == (32, 24) and blend.tobytes() != single.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("styles", "weights", "expected"),
+    [
+        (5, None, "give 1 to 4 STYLE images"),
+        (2, "1", "1 weight(s) for 2 STYLE image(s)"),
+        (1, "1,1", "2 weight(s) for 1 STYLE image(s)"),
+        (2, "0.7,lots", "comma-separated numbers"),
+        (2, "1,0", "positive numbers"),
+    ],
+    ids=["five styles", "too few weights", "weights for one style", "not numbers", "a zero weight"],
+)
+@pytest.mark.parametrize("command", ["transfer", "submit"])
+def test_styles_and_weights_that_do_not_fit_are_refused_before_anything_runs(inputs, vgg16_file, out, command, styles, weights, expected):
+    options = ["--style-weights", weights] if weights else []
+    if command == "transfer":
+        options += ["-o", out / "picture.png", "--weights", vgg16_file, "--convention", "caffe", "--size", "24x32", "--device", "cpu"]
+    else:
+        options += ["--url", "http://127.0.0.1:9", "--key", "sq_unused"]  # refused before any request
+
+    result = styleq(command, inputs[0], *[inputs[1]] * styles, *options)
+
+    assert isinstance(result.exception, SystemExit) and result.exit_code != 0, (result.output, result.exception)
+    assert expected in result.output
+    assert list(out.iterdir()) == []
+
+
 def test_history_csv_has_the_header_and_one_row_per_checkpoint(inputs, vgg16_file, out):
     result = small_transfer(inputs, vgg16_file, out / "picture.png", "--iterations", "20", "--history", out / "history.csv")
 

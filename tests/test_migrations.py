@@ -13,7 +13,7 @@ from sqlalchemy import inspect, text
 from shared.db import make_engine, make_session_factory
 from shared.keys import authenticate, hash_key
 from shared.migrate import alembic_config, upgrade_database
-from shared.models import Base, KeyHashScheme
+from shared.models import Base, Job, JobStyle, KeyHashScheme
 from tests.services import fresh_postgres_database
 
 
@@ -159,3 +159,52 @@ def test_the_webhook_columns_and_deliveries_come_and_go_with_0009(database):
     finally:
         engine.dispose()
     assert differences(database) == []
+
+
+def test_jobs_from_before_0010_keep_their_one_style_as_the_first_of_their_styles_and_get_it_back_on_downgrade(database):
+    upgrade_database(database)
+    command.downgrade(alembic_config(database), "0009")
+    engine = make_engine(database)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at) VALUES (1, 'a', 'h', 'p', false, CURRENT_TIMESTAMP)"))
+        connection.execute(text(
+            "INSERT INTO jobs (id, owner_id, status, params, content_sha256, style_sha256, iterations, iteration, has_preview, attempts, "
+            "cancel_requested, created_at, updated_at) VALUES (:id, 1, 'queued', '{}', :content, :style, 1, 0, false, 0, false, "
+            "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+        ), {"id": "1" * 32, "content": "a" * 64, "style": "b" * 64})
+        connection.execute(text(
+            "INSERT INTO checkpoints (job_id, iteration, elapsed_s, content, style, tv, total, created_at) "
+            "VALUES (:id, 10, 1.0, 1.0, 2.0, 0.5, 3.5, CURRENT_TIMESTAMP)"
+        ), {"id": "1" * 32})
+    engine.dispose()
+
+    upgrade_database(database)
+
+    assert "style_sha256" not in job_columns(database) and differences(database) == []
+    engine = make_engine(database)
+    try:
+        with engine.connect() as connection:
+            # SQLite rebuilt the jobs table; the rows that refer to it stayed.
+            assert connection.execute(text("SELECT iteration FROM checkpoints")).scalars().all() == [10]
+    finally:
+        engine.dispose()
+    engine = make_engine(database)
+    try:
+        with make_session_factory(engine)() as session:
+            job = session.get(Job, "1" * 32)
+            assert job.style_hashes == ["b" * 64] and job.content_sha256 == "a" * 64
+            # A blend made since: downgrading keeps its first style, the one a job of one style would have.
+            session.add(JobStyle(job_id=job.id, position=1, sha256="c" * 64))
+            session.commit()
+    finally:
+        engine.dispose()
+
+    command.downgrade(alembic_config(database), "0009")
+
+    engine = make_engine(database)
+    try:
+        assert "job_styles" not in inspect(engine).get_table_names()
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT style_sha256 FROM jobs")).scalar_one() == "b" * 64
+    finally:
+        engine.dispose()

@@ -45,7 +45,7 @@ from shared.db import session_scope
 from shared.errors import InvalidImage
 from shared.images import decode_image, image_size
 from shared.models import Job, JobStatus
-from shared.params import TransferParams, resolve_params
+from shared.params import TransferParams, resolve_params, style_roles
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -112,8 +112,9 @@ class _Member:
     job_id: str
     params: TransferParams
     content: Image.Image
-    style: Image.Image
-    style_sha256: str
+    # The style pictures in the order given (several for a blend), and their uploads' hashes.
+    styles: list[Image.Image]
+    style_hashes: list[str]
     state: TransferState | None
     attempt: int
     checkpoints_seen: int = 0
@@ -129,7 +130,7 @@ class _Member:
 
     def transfer_job(self) -> TransferJob:
         """Return the job as the engine takes it."""
-        return TransferJob(self.content, self.style, self.params, self.state, style_key=self.style_sha256)
+        return TransferJob(self.content, self.styles, self.params, self.state, style_keys=self.style_hashes)
 
     def log_context(self) -> AbstractContextManager[None]:
         """Return a context in which log lines name this job and its attempt (a batch-mate's, not the leader's)."""
@@ -317,14 +318,20 @@ class JobRunner:
             params = resolve_params(job.params)
         except ValueError as error:
             raise JobFailure("invalid_params", str(error)) from None
-        content, style = self._open(job.content_sha256, "content"), self._open(job.style_sha256, "style")
+        hashes = job.style_hashes
+        try:
+            params.check_style_count(len(hashes))
+        except ValueError as error:
+            raise JobFailure("invalid_params", str(error)) from None
+        content = self._open(job.content_sha256, "content")
+        styles = [self._open(sha, role) for sha, role in zip(hashes, style_roles(len(hashes)))]
         try:
             # The API refuses such a size at submit; a job queued before it did is told why, not given torch's words.
             params.check_output_size(*content.size)
         except ValueError as error:
             raise JobFailure("invalid_params", str(error)) from None
         state = self._saved_state(job.id, params)
-        return _Member(job.id, params, content, style, job.style_sha256, state, job.attempts, counted_iteration=state.iteration if state else 0)
+        return _Member(job.id, params, content, styles, hashes, state, job.attempts, counted_iteration=state.iteration if state else 0)
 
     def _take_mates(self, leader: _Member, held: _Leases) -> list[_Member]:
         """Claim queued jobs that can share the leader's batch, waiting up to `batch_wait_seconds` for more."""
@@ -547,7 +554,7 @@ class JobRunner:
         except Exception:  # a damaged state only costs the progress it held
             log.warning("ignoring unreadable saved state of job %s", job_id, exc_info=True)
             return None
-        if state.params != params.to_dict():
+        if not state.belongs_to(params):
             return None
         log.info("resuming job %s at iteration %d", job_id, state.iteration)
         return state

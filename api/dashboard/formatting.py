@@ -41,6 +41,8 @@ PARAM_LABELS = {
     "keep_style_aspect": "Keep style aspect",
     "checkpoint_every": "Checkpoint every",
 }
+# Parameters the job page shows elsewhere: each style's share of a blend, under its picture.
+SHOWN_WITH_INPUTS = {"style_weights"}
 
 
 @bp.app_template_filter("duration")
@@ -127,5 +129,5 @@ def wait_seconds(job: Job) -> float:
 def params_rows(params: dict[str, Any]) -> list[tuple[str, str]]:
     """Return the job's parameters as (label, value) rows, known ones first."""
     known = [(label, param(params[name])) for name, label in PARAM_LABELS.items() if name in params]
-    extra = [(name, param(value)) for name, value in params.items() if name not in PARAM_LABELS]
+    extra = [(name, param(value)) for name, value in params.items() if name not in PARAM_LABELS and name not in SHOWN_WITH_INPUTS]
     return known + extra

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 from flask import Response, flash, redirect, render_template, request, url_for
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
 from shared import jobs
 from shared.deliveries import deliveries_of
 from shared.errors import InvalidInput, StyleqError
-from shared.params import CHOICES, DEFAULT_PRESET, PRESETS, RANGES, resolve_params
+from shared.params import CHOICES, DEFAULT_PRESET, MAX_STYLE_WEIGHT, MAX_STYLES, PRESETS, RANGES, resolve_params
 from shared.webhooks import DEFAULT_EVENTS, AddressPolicy, Subscription, check_url
 
 from ..auth import current_key
@@ -71,17 +72,20 @@ def new_job() -> str:
         "max_upload_bytes": settings.max_upload_bytes,
         "ranges": RANGES,
     }
-    return render_template("new_job.html", presets=presets, limits=limits, default_preset=DEFAULT_PRESET, color_choices=COLOR_CHOICES)
+    return render_template(
+        "new_job.html", presets=presets, limits=limits, default_preset=DEFAULT_PRESET, color_choices=COLOR_CHOICES,
+        max_styles=MAX_STYLES, max_style_weight=MAX_STYLE_WEIGHT,
+    )
 
 
 @bp.post("/jobs/<job_id>/rerun")
 def rerun_job(job_id: str) -> Response:
-    """Queue a new job with the same two uploads, parameters and webhook as this one."""
+    """Queue a new job with the same uploads, parameters and webhook as this one."""
     session, key, resources = db_session(), current_key(), backends()
     original = jobs.get_job(session, key, job_id)
     try:
-        content, style = (resources.storage.upload_path(sha).read_bytes() for sha in (original.content_sha256, original.style_sha256))
-        params = read_params({"params": json.dumps(original.params)}, {}, resources.settings, check_image("content", content))
+        content, *styles = (resources.storage.upload_path(sha).read_bytes() for sha in (original.content_sha256, *original.style_hashes))
+        params = read_params(MultiDict({"params": json.dumps(original.params)}), {}, resources.settings, check_image("content", content), len(styles))
         webhook = None
         if original.webhook_url is not None:
             # Checked again: the address its name resolves to, or the service's rule, may have changed since.
@@ -93,7 +97,7 @@ def rerun_job(job_id: str) -> Response:
     except InvalidInput as error:
         flash(f"This job cannot run again on this service: {error.message}", "error")
         return redirect(url_for("dashboard.show_job", job_id=original.id))
-    job, _ = jobs.submit_job(session, resources.storage, key, content, style, params, webhook=webhook)
+    job, _ = jobs.submit_job(session, resources.storage, key, content, styles, params, webhook=webhook)
     jobs.enqueue_job(session, resources.queue.send, job.id)
     flash(f"Queued a new run of job {original.id[:8]} with the same images and parameters.")
     return redirect(url_for("dashboard.show_job", job_id=job.id))

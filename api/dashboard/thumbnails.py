@@ -33,7 +33,7 @@ def show_thumbnail(job_id: str, name: str) -> Response:
     storage = backends().storage
     sources = {
         "content": storage.upload_path(job.content_sha256),
-        "style": storage.upload_path(job.style_sha256),
+        "style": storage.upload_path(job.style_hashes[0]),
         "preview": storage.job_path(job.id, "preview.jpg"),
         "result": storage.job_path(job.id, "result.png"),
     }

@@ -1,5 +1,6 @@
-// The new-job form: two images (dropped or picked, previewed before upload), a preset and its common
-// parameters within their valid ranges, and an optional webhook URL, sent to POST /v1/jobs; then on to the job's page.
+// The new-job form: a content image and one style image or a blend of several with their shares (dropped
+// or picked, previewed before upload), a preset and its common parameters within their valid ranges, and an
+// optional webhook URL, sent to POST /v1/jobs; then on to the job's page.
 (function () {
   "use strict";
 
@@ -76,6 +77,53 @@
     });
   }
 
+  // --- blending several styles ---------------------------------------------------------------------
+
+  const slots = Array.from(document.querySelectorAll("[data-style-slot]"));
+  const addStyle = document.getElementById("add-style");
+
+  function shownSlots() {
+    return slots.filter((slot) => !slot.hidden);
+  }
+
+  // Hidden slots are disabled, so the form's validation skips them; shares are asked for only in a blend.
+  function showBlend() {
+    const shown = shownSlots();
+    for (const slot of slots) {
+      const share = slot.querySelector("[data-blend-share]");
+      share.hidden = slot.hidden || shown.length < 2;
+      const file = slot.querySelector("input[type=file]");
+      file.disabled = slot.hidden;
+      file.required = !slot.hidden;
+      share.querySelector("input").disabled = share.hidden;
+    }
+    addStyle.hidden = shown.length === slots.length;
+  }
+
+  addStyle.addEventListener("click", () => {
+    const next = slots.find((slot) => slot.hidden);
+    if (!next) return;
+    next.hidden = false;
+    showBlend();
+    renewKey();
+    next.querySelector("input[type=file]").focus();
+  });
+
+  for (const slot of slots) {
+    const remove = slot.querySelector("[data-remove-style]");
+    if (!remove) continue;
+    remove.addEventListener("click", () => {
+      const input = slot.querySelector("input[type=file]");
+      input.value = "";
+      choose(slot.querySelector("[data-dropzone]"), null);
+      slot.hidden = true;
+      showBlend();
+      renewKey();
+      addStyle.focus();
+    });
+  }
+  showBlend();
+
   // --- parameters ---------------------------------------------------------------------------------
 
   function followAspect() {
@@ -129,7 +177,10 @@
     if (!form.reportValidity()) return;
     const body = new FormData();
     body.append("content", document.getElementById("content-file").files[0]);
-    body.append("style", document.getElementById("style-file").files[0]);
+    // Every style as a repeated `style` field, in order; their shares only for a blend.
+    const styles = shownSlots();
+    for (const slot of styles) body.append("style", slot.querySelector("input[type=file]").files[0]);
+    if (styles.length > 1) body.append("style_weights", styles.map((slot) => Number(slot.querySelector("[data-blend-share] input").value)).join(","));
     body.append("params", JSON.stringify(params()));
     const webhookUrl = document.getElementById("webhook_url").value.trim();
     if (webhookUrl) body.append("webhook_url", webhookUrl);

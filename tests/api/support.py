@@ -62,23 +62,28 @@ def submit(
     headers: dict[str, str],
     *,
     content: bytes | None = None,
-    style: bytes | None = None,
+    style: bytes | list[bytes] | None = None,
     params: str | None = None,
     omit: tuple[str, ...] = (),
-    fields: dict[str, str] | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> TestResponse:
-    """POST a job as multipart/form-data (small distinct images unless given), with any other form `fields`."""
+    """POST a job as multipart/form-data (small distinct images unless given; a list of styles is sent as the repeated field), with any other form `fields`."""
     data: dict[str, Any] = {}
     images = {"content": content or image_bytes((200, 40, 40)), "style": style or image_bytes((40, 40, 200))}
     for name, value in images.items():
         if name not in omit:
-            data[name] = FileStorage(io.BytesIO(value), filename=f"{name}.png", content_type="application/octet-stream")
+            data[name] = [file_field(name, one) for one in value] if isinstance(value, list) else file_field(name, value)
     if params is not None:
         data["params"] = params
     data.update(fields or {})
     # Encoded here in memory: the test client would spool a large body to a file it never closes.
     boundary, body = encode_multipart(data)
     return client.post("/v1/jobs", data=body, headers=headers, content_type=f"multipart/form-data; boundary={boundary}")
+
+
+def file_field(name: str, data: bytes) -> FileStorage:
+    """Return `data` as a file of a multipart form."""
+    return FileStorage(io.BytesIO(data), filename=f"{name}.png", content_type="application/octet-stream")
 
 
 def assert_error(response: TestResponse, status: int, code: str) -> dict[str, Any]:
@@ -89,6 +94,20 @@ def assert_error(response: TestResponse, status: int, code: str) -> dict[str, An
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
     assert body["error"]["code"] == code and body["error"]["message"]
     return body["error"]
+
+
+def assert_refused_storing_nothing(
+    app: Flask, client: FlaskClient, headers: dict[str, str], settings: Settings, submission: dict[str, Any], status: int, code: str, named: str,
+) -> None:
+    """Check that `submit(**submission)` is refused with this status and code, naming `named`, and adds no job and no file."""
+    submit(client, headers)  # one good job, so "nothing new" is not "nothing at all"
+    jobs_before, files_before = count_jobs(app), upload_files(settings)
+
+    response = submit(client, headers, **{"content": image_bytes((5, 6, 7)), **submission})
+
+    error = assert_error(response, status, code)
+    assert named in error["message"]
+    assert count_jobs(app) == jobs_before and upload_files(settings) == files_before
 
 
 def count_jobs(app: Flask) -> int:

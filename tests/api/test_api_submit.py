@@ -10,7 +10,7 @@ from sqlalchemy import event
 
 from shared.jobs import RUN_JOB_TASK
 from tests.api.conftest import MAX_UPLOAD_BYTES
-from tests.api.support import assert_error, broker_messages, count_jobs, huge_png, image_bytes, submit, upload_files
+from tests.api.support import assert_error, assert_refused_storing_nothing, broker_messages, count_jobs, huge_png, image_bytes, submit, upload_files
 
 
 def test_submit_queues_job_and_sends_its_id_to_the_broker(app, client, keys, settings):
@@ -119,15 +119,7 @@ BAD_REQUESTS = {
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS), ids=list(BAD_REQUESTS))
 def test_bad_submission_is_refused_and_leaves_nothing_behind(app, client, keys, settings, case):
-    arguments, status, code, named = BAD_REQUESTS[case]
-    submit(client, keys.headers("alice"))  # one good job, so "nothing new" is not "nothing at all"
-    jobs_before, files_before = count_jobs(app), upload_files(settings)
-
-    response = submit(client, keys.headers("alice"), **{"content": image_bytes((5, 6, 7)), **arguments})
-
-    error = assert_error(response, status, code)
-    assert named in error["message"]
-    assert count_jobs(app) == jobs_before and upload_files(settings) == files_before
+    assert_refused_storing_nothing(app, client, keys.headers("alice"), settings, *BAD_REQUESTS[case])
 
 
 @pytest.mark.parametrize(

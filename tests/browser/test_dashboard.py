@@ -62,7 +62,7 @@ def record_failure(deployment, like_job_id: str, code: str, message: str) -> str
     with session_scope(make_session_factory(engine)) as session:
         template = session.get(Job, like_job_id)
         owner = session.get(ApiKey, template.owner_id)
-        job, _ = create_job(session, owner, resolve_params(template.params), template.content_sha256, template.style_sha256)
+        job, _ = create_job(session, owner, resolve_params(template.params), template.content_sha256, template.style_hashes)
         job.status, job.lease_owner, job.gpu, job.attempts = JobStatus.FAILED, "w1@test/1", "cpu", 1
         job.started_at = job.finished_at = utcnow()
         job.error_code, job.error_message = code, message
@@ -255,6 +255,33 @@ def test_an_image_dropped_on_the_form_is_previewed_and_sets_the_width(open_sessi
     expect(page.get_by_alt_text("Preview of the content image dropped.png")).to_be_visible()
     assert page.evaluate("document.getElementById('content-file').files[0].name") == "dropped.png"
     expect(page.get_by_label("Width in pixels")).to_have_value("300")  # 30 x 20 kept at a height of 200
+
+
+def test_a_blend_of_two_styles_is_submitted_through_the_form_and_its_page_shows_each_with_its_share(open_session, deployment, images_dir):
+    page = open_session("alice")
+    page.goto(f"{deployment.url}/jobs/new")
+    page.locator("#content-file").set_input_files(images_dir / "rainier.jpg")
+    page.locator("#style-file").set_input_files(images_dir / "autumn-oak.jpg")
+    expect(page.get_by_label("Share of style 1")).to_be_hidden()  # one style: no shares to give
+    page.get_by_role("button", name="Blend in another style").click()
+    page.locator("#style2-file").set_input_files(images_dir / "starry_night.jpg")
+    expect(page.get_by_alt_text("Preview of the style 2 image starry_night.jpg")).to_be_visible()
+    page.get_by_label("Share of style 1").fill("3")
+    page.get_by_label("Share of style 2").fill("1")
+    page.get_by_label("Width follows the content image's proportions").uncheck()
+    page.get_by_label("Height in pixels").fill("32")
+    page.get_by_label("Width in pixels").fill("48")
+    page.get_by_label("Iterations").fill("20")
+    screenshot(page, "new-job-blend")
+    page.get_by_role("button", name="Start job").click()
+    page.wait_for_url(JOB_PAGE)
+
+    expect(page.get_by_alt_text("Style image 1 of job")).to_be_visible()
+    expect(page.locator("figcaption", has_text="Style 1")).to_have_text("Style 1 · 75% of the blend")
+    expect(page.locator("figcaption", has_text="Style 2")).to_have_text("Style 2 · 25% of the blend")
+    job = deployment.client("alice").job(page.url.rsplit("/", 1)[1])
+    assert job["params"]["style_weights"] == [3, 1] and len(job["styles"]) == 2
+    expect(page.locator(".title-row .badge")).to_have_text("Succeeded", timeout=120_000)
 
 
 def test_pages_are_labelled_and_fit_a_phone_screen(open_session, deployment, images_dir):

@@ -1,13 +1,16 @@
-"""On the real ImageNet VGG16, the default preset makes a picture in the style that keeps the content."""
+"""On the real ImageNet VGG16, the default preset makes a picture in the style that keeps the content, and blends styles."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from shared.params import resolve_params
 from worker.engine import build_backbone, transfer
+from worker.engine.objective import Objective
+from worker.engine.transfer import image_to_tensor
 
 
 def luminance_correlation(picture: Image.Image, reference: Image.Image) -> float:
@@ -39,3 +42,30 @@ def test_default_preset_styles_tubingen_like_starry_night(images_dir, caffe_weig
     kept = luminance_correlation(result.image, content)
     style_alone = luminance_correlation(style.resize(result.image.size), content)
     assert kept >= 0.8 and kept > style_alone + 0.3, (kept, style_alone)
+
+
+def gram_distance(picture: Image.Image, style: Image.Image, objective: Objective) -> float:
+    """How far the picture's style is from the style image's: the normalised Gram loss over the style layers.
+
+    The style is seen at the picture's area, its own aspect kept, as the default preset's engine sees it.
+    """
+    scale = (picture.width * picture.height / (style.width * style.height)) ** 0.5
+    ours = objective.style_targets(image_to_tensor(picture, (picture.height, picture.width)))
+    theirs = objective.style_targets(image_to_tensor(style, (round(style.height * scale), round(style.width * scale))))
+    return sum(((gram - target).square().mean() * weight).item() for gram, target, weight in zip(ours.grams, theirs.grams, theirs.scales))
+
+
+@pytest.mark.slow
+def test_an_even_blend_of_two_styles_lies_between_them_in_gram_distance_to_each(rainier, autumn_oak, images_dir, caffe_weights):
+    starry_night = Image.open(images_dir / "starry_night.jpg").convert("RGB")
+    params = resolve_params({"size": 128, "iterations": 80})
+    backbone = build_backbone(caffe_weights, params)
+    objective = Objective(params, backbone, "fp32", torch.device("cpu"))
+
+    oak = transfer(rainier, autumn_oak, params, backbone=backbone).image
+    night = transfer(rainier, starry_night, params, backbone=backbone).image
+    blend = transfer(rainier, [autumn_oak, starry_night], resolve_params({"size": 128, "iterations": 80, "style_weights": [0.5, 0.5]}), backbone=backbone).image
+
+    for style in (autumn_oak, starry_night):
+        to_oak, to_night, to_blend = (gram_distance(picture, style, objective) for picture in (oak, night, blend))
+        assert min(to_oak, to_night) < to_blend < max(to_oak, to_night), (to_oak, to_blend, to_night)

@@ -11,7 +11,7 @@ import requests
 from celery import Celery
 from PIL import Image
 
-from cli.client import read_events
+from cli.client import StyleqClient, read_events
 from shared.settings import Settings
 from tests.services import Client
 
@@ -62,6 +62,19 @@ def test_job_runs_from_queued_to_succeeded_and_streams_checkpoints_in_order(serv
     history = service.alice.get(f"/v1/jobs/{job['id']}/checkpoints", params={"after": 100}).json()["checkpoints"]
     assert [c["iteration"] for c in history] == [110, 120, 130, 140, 150]
     assert service.alice.get(f"/v1/jobs/{job['id']}/preview").headers["Content-Type"] == "image/jpeg"
+
+
+def test_a_blend_of_two_styles_sent_by_the_cli_client_runs_on_a_worker_to_success(service, images_dir):
+    styles = [images_dir / "autumn-oak.jpg", images_dir / "the_scream.jpg"]
+    client = StyleqClient(service.url, service.alice.key)
+
+    job = client.submit(images_dir / "rainier.jpg", styles, {**SMALL_JOB, "iterations": 30}, style_weights=[0.7, 0.3])
+    done = service.alice.wait_for(job["id"], finished)
+
+    assert done["status"] == "succeeded", done["error"]
+    assert done["params"]["style_weights"] == [0.7, 0.3] and [style["weight"] for style in done["styles"]] == pytest.approx([0.7, 0.3])
+    assert [service.alice.get(style["link"]).content for style in done["styles"]] == [path.read_bytes() for path in styles]
+    assert Image.open(io.BytesIO(client.result(job["id"]))).size == (48, 32)
 
 
 def test_cancel_stops_a_running_job_within_one_checkpoint_interval(service, images_dir):

@@ -28,7 +28,7 @@ def test_submit_job_stores_both_uploads_and_a_queued_job(factory, storage, owner
 
     assert created
     stored = load(factory, job.id)
-    assert (stored.status, stored.content_sha256, stored.style_sha256, stored.iterations) == (JobStatus.QUEUED, sha(CONTENT), sha(STYLE), 50)
+    assert (stored.status, stored.content_sha256, stored.style_hashes, stored.iterations) == (JobStatus.QUEUED, sha(CONTENT), [sha(STYLE)], 50)
     assert storage.upload_path(sha(CONTENT)).read_bytes() == CONTENT and storage.upload_path(sha(STYLE)).read_bytes() == STYLE
 
 

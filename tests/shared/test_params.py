@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from shared.params import (
-    CHOICES, DEFAULT_PRESET, PRESETS, WEIGHTS_FILES, WEIGHTS_NAMES, installed_weights, long_side_output, parse_size, resolve_params, smallest_long_side,
+    CHOICES, DEFAULT_PRESET, MAX_STYLES, PRESETS, WEIGHTS_FILES, WEIGHTS_NAMES, installed_weights, long_side_output, parse_size,
+    parse_style_weights, resolve_params, smallest_long_side,
 )
 from worker.engine import batch_key
 from worker.engine.weights import DEFAULT_WEIGHTS, REGISTRY
@@ -91,3 +94,50 @@ def test_any_other_colours_are_refused_naming_the_allowed_ones(colors):
 
 def test_jobs_with_other_colours_never_share_a_batch():
     assert batch_key(resolve_params({"colors": "content"})) != batch_key(resolve_params({}))
+
+
+@pytest.mark.parametrize(("text", "weights"), [("0.7,0.3", (0.7, 0.3)), (" 2 , 1 ", (2.0, 1.0)), ("1", (1.0,)), ("1e-3,1,1,1", (0.001, 1.0, 1.0, 1.0))])
+def test_style_weights_are_comma_separated_positive_numbers(text, weights):
+    assert parse_style_weights(text) == weights
+
+
+@pytest.mark.parametrize("text", ["", "0.7,", "a,b", "1,0", "1,-1", "nan,1", "inf,1", "1e400,1", "1,1,1,1,1", "1e7,1"])
+def test_anything_else_as_style_weights_is_refused(text):
+    with pytest.raises(ValueError, match="style weights"):
+        parse_style_weights(text)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_shares_of_a_blend_are_its_weights_normalised_and_equal_without_weights(seed):
+    rng = random.Random(seed)
+    weights = [rng.uniform(1e-3, 1e3) for _ in range(rng.randint(1, MAX_STYLES))]
+
+    shares = resolve_params({"style_weights": weights}).style_shares(len(weights))
+
+    assert sum(shares) == pytest.approx(1, abs=1e-12)
+    assert shares == pytest.approx([weight / sum(weights) for weight in weights], rel=1e-12)
+    assert resolve_params({}).style_shares(len(weights)) == pytest.approx([1 / len(weights)] * len(weights))
+
+
+@pytest.mark.parametrize(
+    "weights", [[], [1, 2, 3, 4, 5], [0, 1], [-1, 1], [True, 1], ["1", 1], [10**400, 1], "1,1", [[1], 1]],
+    ids=["none", "five", "zero", "negative", "a boolean", "a string", "huge", "a string list", "nested"],
+)
+def test_style_weights_outside_one_to_four_positive_numbers_are_refused(weights):
+    with pytest.raises(ValueError, match="style_weights must be a list of 1 to 4 positive numbers"):
+        resolve_params({"style_weights": weights})
+
+
+def test_a_job_takes_one_to_four_styles_and_one_weight_each():
+    resolve_params({}).check_style_count(4)
+    resolve_params({"style_weights": [1, 2]}).check_style_count(2)
+    for params, count in ((resolve_params({}), 0), (resolve_params({}), 5), (resolve_params({"style_weights": [1, 2]}), 3)):
+        with pytest.raises(ValueError, match="style"):
+            params.check_style_count(count)
+
+
+def test_blends_of_any_weights_share_a_batch_as_the_seed_does():
+    single = resolve_params({"seed": 1})
+    blend = resolve_params({"seed": 2, "style_weights": [0.7, 0.3]})
+
+    assert batch_key(single) == batch_key(blend) and batch_key(single) != batch_key(resolve_params({"tv_weight": 3.0}))

@@ -18,7 +18,7 @@ LONG_AGO = datetime.now(UTC) - timedelta(days=60)
 def test_an_upload_a_new_job_takes_up_after_it_was_judged_is_not_removed(factory, storage, owners):
     sha = storage.save_upload(b"picture")
     os.utime(storage.upload_path(sha), (LONG_AGO.timestamp(),) * 2)
-    add_job(factory, owners["alice"], content_sha256=sha, style_sha256=sha, status=JobStatus.SUCCEEDED, created_at=LONG_AGO, finished_at=LONG_AGO)
+    add_job(factory, owners["alice"], content_sha256=sha, status=JobStatus.SUCCEEDED, created_at=LONG_AGO, finished_at=LONG_AGO)
     policy = RetentionPolicy.uniform(timedelta(days=30))
     with session_scope(factory) as session:
         judged = find_expired(session, storage, policy)

@@ -75,12 +75,11 @@ def settings(tmp_path) -> Settings:
 
 
 def submit(factory, storage: Storage, images_dir: Path, pictures=("rainier.jpg", "autumn-oak.jpg"), **overrides) -> str:
-    """Store a pair of images (the seed's by default) and queue a job for them, as the API does; return its id."""
-    content = storage.save_upload((images_dir / pictures[0]).read_bytes())
-    style = storage.save_upload((images_dir / pictures[1]).read_bytes())
+    """Store a content image and its style images (the seed's pair by default) and queue a job for them, as the API does; return its id."""
+    content, *styles = (storage.save_upload((images_dir / name).read_bytes()) for name in pictures)
     with session_scope(factory) as session:
         owner, _ = create_api_key(session, "alice", secret="worker-tests")
-        job, _ = jobs.create_job(session, owner, resolve_params({**PARAMS, **overrides}), content, style)
+        job, _ = jobs.create_job(session, owner, resolve_params({**PARAMS, **overrides}), content, styles)
         return job.id
 
 
@@ -217,7 +216,7 @@ def test_a_job_of_a_lost_worker_resumes_from_its_saved_state(settings, factory, 
 
 def test_missing_input_fails_with_a_message_the_user_can_act_on(settings, factory, storage, images_dir, vgg16_random):
     job_id = submit(factory, storage, images_dir)
-    storage.upload_path(load(factory, job_id).style_sha256).unlink()
+    storage.upload_path(load(factory, job_id).style_hashes[0]).unlink()
 
     assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "failed"
 
@@ -257,9 +256,9 @@ def batch_settings(tmp_path, **overrides) -> Settings:
 def alone(images_dir, pictures, vgg16_random, **overrides):
     """Return the picture and the loss history the engine makes for one job run by itself."""
     params = resolve_params({**PARAMS, **overrides})
-    content, style = (Image.open(images_dir / name).convert("RGB") for name in pictures)
+    content, *styles = (Image.open(images_dir / name).convert("RGB") for name in pictures)
     history = []
-    result = transfer(content, style, params, backbone=RandomModels(vgg16_random).backbone(params), on_checkpoint=lambda c: history.append(c.losses()))
+    result = transfer(content, styles, params, backbone=RandomModels(vgg16_random).backbone(params), on_checkpoint=lambda c: history.append(c.losses()))
     return result.image, history
 
 
@@ -289,6 +288,29 @@ def test_matching_queued_jobs_run_as_one_batch_each_with_its_own_history_and_the
         assert_same_run(factory, storage, job_id, *alone(images_dir, pictures, vgg16_random, seed=index, iterations=30))
         assert picture(storage.job_path(job_id, "preview.jpg")).format == "JPEG"
         assert storage.state_path(job_id) is None
+
+
+def test_a_job_blending_two_styles_runs_through_the_worker_in_a_batch_with_a_job_of_one_style(tmp_path, factory, storage, images_dir, vgg16_random):
+    blend_pictures = ("rainier.jpg", "autumn-oak.jpg", "the_scream.jpg")
+    blend = submit(factory, storage, images_dir, blend_pictures, style_weights=[0.7, 0.3], iterations=20)
+    single = submit(factory, storage, images_dir, PAIRS[0], seed=1, iterations=20)
+
+    outcome = make_runner(batch_settings(tmp_path), factory, storage, vgg16_random).run(blend)
+
+    assert outcome == "succeeded"
+    assert [(load(factory, job_id).status, load(factory, job_id).batch_size) for job_id in (blend, single)] == [("succeeded", 2)] * 2
+    assert_same_run(factory, storage, blend, *alone(images_dir, blend_pictures, vgg16_random, style_weights=[0.7, 0.3], iterations=20))
+    assert_same_run(factory, storage, single, *alone(images_dir, PAIRS[0], vgg16_random, seed=1, iterations=20))
+
+
+def test_a_blend_whose_second_style_is_gone_fails_naming_it(settings, factory, storage, images_dir, vgg16_random):
+    job_id = submit(factory, storage, images_dir, ("rainier.jpg", "autumn-oak.jpg", "the_scream.jpg"))
+    storage.upload_path(load(factory, job_id).style_hashes[1]).unlink()
+
+    assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "failed"
+
+    job = load(factory, job_id)
+    assert job.error_code == "input_missing" and "style 2 image" in job.error_message
 
 
 def test_the_later_message_of_a_batch_mate_is_skipped(tmp_path, factory, storage, images_dir, vgg16_random):
@@ -362,7 +384,7 @@ def test_a_canceled_job_leaves_the_batch_at_its_next_checkpoint_and_the_others_g
 
 def test_a_batch_mate_whose_picture_is_gone_fails_alone_and_the_others_run(tmp_path, factory, storage, images_dir, vgg16_random):
     first, missing, last = (submit(factory, storage, images_dir, pictures) for pictures in PAIRS)
-    storage.upload_path(load(factory, missing).style_sha256).unlink()
+    storage.upload_path(load(factory, missing).style_hashes[0]).unlink()
 
     assert make_runner(batch_settings(tmp_path), factory, storage, vgg16_random).run(first) == "succeeded"
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 from PIL import Image
@@ -18,10 +19,41 @@ from shared.params import TransferParams
 
 @dataclass(frozen=True)
 class StyleTargets:
-    """One style image's Gram matrices at the style layers, and the scales that normalise their losses."""
+    """One style image's Gram matrices at the style layers, and the scales that normalise their losses.
+
+    The fields given to the constructor are statistics of the style's features, each a tuple with one
+    tensor per style layer, and they mix linearly: a blend of styles is their weighted sum (`blend`).
+    The fields the constructor derives (`field(init=False)`, set in `__post_init__`) are computed again
+    from whatever statistics it is given, so a blend's are those of its mix, never a mix of them.
+    """
 
     grams: tuple[torch.Tensor, ...]
-    scales: tuple[torch.Tensor, ...]
+    scales: tuple[torch.Tensor, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Frozen: set once, here, from the statistics.
+        object.__setattr__(self, "scales", tuple(_energy_scale(gram) for gram in self.grams))
+
+    @classmethod
+    def blend(cls, targets: Sequence[StyleTargets], weights: Sequence[float]) -> StyleTargets:
+        """Mix several styles' targets into one: each statistic the weighted sum of theirs, weights normalised to sum 1.
+
+        Raises:
+            ValueError: no targets, not one weight each, or a weight that is not a positive number.
+        """
+        if not targets or len(weights) != len(targets):
+            raise ValueError(f"blending needs one weight per style's targets, got {len(weights)} weights for {len(targets)} targets")
+        if any(not 0 < weight < math.inf for weight in weights):
+            raise ValueError(f"blend weights must be positive numbers, got {list(weights)!r}")
+        if len(targets) == 1:
+            return targets[0]  # exactly the style's own targets, bit for bit
+        total = math.fsum(weights)
+        shares = [weight / total for weight in weights]
+        statistics = {
+            name: tuple(sum(share * layer for share, layer in zip(shares, layers)) for layers in zip(*(getattr(one, name) for one in targets)))
+            for name in (f.name for f in fields(cls) if f.init)
+        }
+        return cls(**statistics)
 
 
 class TargetCache:
@@ -110,7 +142,7 @@ class Objective:
             grams = [gram_matrices(features[name])[0] for name in self.params.style_layers]
         # Outside inference mode, so autograd may save them for the backward pass.
         grams = [g.clone() for g in grams]
-        targets = StyleTargets(tuple(grams), tuple(_energy_scale(g) for g in grams))
+        targets = StyleTargets(tuple(grams))
         if full_key is not None:
             cache.put(full_key, targets)
         return targets

@@ -17,7 +17,7 @@ from PIL import Image
 from . import graphs
 from .backbone import Backbone
 from .colors import color_statistics, keep_content_colors, match_color_statistics
-from .objective import Objective, TargetCache, image_digest
+from .objective import Objective, StyleTargets, TargetCache, image_digest
 from .precision import resolve_precision
 from shared.params import TransferParams
 
@@ -94,6 +94,13 @@ class TransferState:
         """Rebuild a state written by `to_dict`."""
         return cls(**values)
 
+    def belongs_to(self, params: TransferParams) -> bool:
+        """Tell whether this state was saved by a transfer of `params`, so that one may resume from it."""
+        # States saved before coarse-to-fine existed name no scales: they ran in one pass. Nor colours: they
+        # took the style's. Nor style weights: they had one style.
+        saved = {"scales": [1.0], "scale_iterations": None, "colors": "style", "style_weights": None, **self.params}
+        return saved == params.to_dict()
+
 
 @dataclass
 class TransferResult:
@@ -108,17 +115,33 @@ class TransferResult:
 
 @dataclass
 class TransferJob:
-    """One job of a batch: its two pictures, its parameters and, when resuming, its saved state.
+    """One job of a batch: its content picture, its style picture (or several, blended by `params.style_weights`),
+    its parameters and, when resuming, its saved state.
 
-    `style_key` names the style picture for the target cache (an upload's hash, say); without one the
-    pixels are hashed.
+    `style_keys` name the style pictures for the target cache (their uploads' hashes, say), one each;
+    without them the pixels are hashed.
+
+    Raises:
+        ValueError: no style picture, more than `MAX_STYLES`, or not one `params.style_weights` each.
     """
 
     content: Image.Image
-    style: Image.Image
+    styles: Sequence[Image.Image]
     params: TransferParams
     state: TransferState | None = None
-    style_key: Hashable | None = None
+    style_keys: Sequence[Hashable] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.styles, Image.Image):
+            self.styles = [self.styles]  # one style picture, given alone
+        self.params.check_style_count(len(self.styles))
+        if self.style_keys is not None and len(self.style_keys) != len(self.styles):
+            raise ValueError(f"give one style key per style picture: {len(self.style_keys)} keys for {len(self.styles)} pictures")
+
+    @property
+    def style(self) -> Image.Image:
+        """Return the first style picture: the one `init="style"` starts from."""
+        return self.styles[0]
 
 
 def output_size(params: TransferParams, content: Image.Image) -> tuple[int, int]:
@@ -128,9 +151,14 @@ def output_size(params: TransferParams, content: Image.Image) -> tuple[int, int]
 
 
 def batch_key(params: TransferParams) -> dict[str, Any]:
-    """Return what jobs must share to run as one batch: every parameter but the random seed."""
+    """Return what jobs must share to run as one batch: every parameter but the random seed and the style blend.
+
+    Both are a job's own: the seed starts its picture, and the blend weights mix its own style targets
+    into one set, so a blend shares a batch with jobs of one style as well as with other blends.
+    """
     values = params.to_dict()
     values.pop("seed")
+    values.pop("style_weights")
     return values
 
 
@@ -171,14 +199,15 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=False)
 
 
-def _style_picture(job: TransferJob, size: tuple[int, int], content: torch.Tensor) -> tuple[torch.Tensor, Hashable]:
-    """Return the job's style picture at `size` as its targets see it, and what its colours were made from.
+def _style_picture(params: TransferParams, picture: Image.Image, size: tuple[int, int], content: torch.Tensor) -> tuple[torch.Tensor, Hashable]:
+    """Return a style picture at `size` as its targets see it, and what its colours were made from.
 
     With `colors="histogram"` the style takes the colour statistics of `content` (the content at the same scale),
-    so its targets depend on the content too: the second value says so, for the target cache's key.
+    so its targets depend on the content too: the second value says so, for the target cache's key. Each
+    style of a blend is matched to the content on its own.
     """
-    style = image_to_tensor(job.style, size).to(content.device)
-    if job.params.colors != "histogram":
+    style = image_to_tensor(picture, size).to(content.device)
+    if params.colors != "histogram":
         return style, "own colors"
     statistics = color_statistics(content)
     return match_color_statistics(style, statistics), ("histogram", statistics.key())
@@ -221,10 +250,7 @@ class _Run:
         self.content = job.content
         self.generator = torch.Generator().manual_seed(params.seed)
         if job.state is not None:
-            # States saved before coarse-to-fine existed name no scales: they ran in one pass.
-            # Nor colours: they took the style's.
-            saved = {"scales": [1.0], "scale_iterations": None, "colors": "style", **job.state.params}
-            if saved != params.to_dict():
+            if not job.state.belongs_to(params):
                 raise ValueError("the saved state belongs to a transfer with other parameters")
             self.image = job.state.image.to(device).requires_grad_(True)
             self.generator.set_state(job.state.rng)
@@ -446,7 +472,8 @@ def transfer_batch(
         # A fresh run starts at the first scale; a resumed one's picture already has its scale's size.
         first = sizes[0] if job.state is None else tuple(job.state.image.shape[-2:])
         content = image_to_tensor(job.content, first).to(device)
-        style = _style_picture(job, _style_size(params, job.style, first), content)[0] if params.init == "style" else None
+        # A blend starts from its first style picture.
+        style = _style_picture(params, job.style, _style_size(params, job.style, first), content)[0] if params.init == "style" else None
         runs.append(_Run(job, backbone, content, style, device, graphed=graphed))
     if device.type == "cuda":
         # fp32 means fp32: cuDNN would otherwise round convolutions to TF32 (10-bit mantissas) on Ampere and later.
@@ -465,9 +492,7 @@ def transfer_batch(
             runs[index].enter_scale(scale, scale_size, end)
             content = image_to_tensor(job.content, scale_size).to(device)
             contents.append(content)
-            style, colors = _style_picture(job, _style_size(params, job.style, scale_size), content)
-            key = job.style_key if job.style_key is not None else (image_digest(job.style) if target_cache is not None else None)
-            styles.append(objective.style_targets(style, cache=target_cache, key=None if key is None else (key, colors)))
+            styles.append(_style_targets(job, objective, scale_size, content, target_cache))
         objective.set_targets(contents, styles)
         # CUDA graphs are captured and replayed on a stream of their own, never the default one.
         stream = torch.cuda.Stream(device) if graphed else None
@@ -480,9 +505,25 @@ def transfer_batch(
     return [run.result() for run in runs]
 
 
+def _style_targets(
+    job: TransferJob, objective: Objective, size: tuple[int, int], content: torch.Tensor, cache: TargetCache | None,
+) -> StyleTargets:
+    """Return the job's style targets at `size`: its one style's, or its styles' blended by their weights.
+
+    Each style picture's own targets come from `cache` when it has them, so a style used in many blends costs one forward pass.
+    """
+    params = job.params
+    each = []
+    for index, picture in enumerate(job.styles):
+        style, colors = _style_picture(params, picture, _style_size(params, picture, size), content)
+        key = job.style_keys[index] if job.style_keys is not None else (image_digest(picture) if cache is not None else None)
+        each.append(objective.style_targets(style, cache=cache, key=None if key is None else (key, colors)))
+    return StyleTargets.blend(each, params.style_shares(len(each)))
+
+
 def transfer(
     content: Image.Image,
-    style: Image.Image,
+    style: Image.Image | Sequence[Image.Image],
     params: TransferParams,
     *,
     backbone: Backbone,
@@ -492,7 +533,7 @@ def transfer(
     target_cache: TargetCache | None = None,
     cuda_graphs: bool = True,
 ) -> TransferResult:
-    """Optimise a picture with the content of `content` and the style of `style`.
+    """Optimise a picture with the content of `content` and the style of `style`: one picture, or several blended by `params.style_weights`.
 
     `backbone` must already be on `device` and include every layer in `params`. Every
     `params.checkpoint_every` iterations (and at the last) `on_checkpoint` gets the losses and may
