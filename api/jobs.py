@@ -10,7 +10,7 @@ from shared.errors import InvalidInput
 from .auth import current_key
 from .backends import backends, db_session
 from .payloads import checkpoint_payload, job_location, job_payload
-from .uploads import read_idempotency_key, read_images, read_params
+from .uploads import device_memory, read_idempotency_key, read_images, read_params
 
 bp = Blueprint("jobs", __name__)
 
@@ -21,7 +21,9 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     resources, session = backends(), db_session()
     idempotency_key = read_idempotency_key(request.headers.get("Idempotency-Key"))
     images = read_images(request.files, resources.settings.max_upload_bytes)
-    params = read_params(request.form, request.files, resources.settings, images["content"])
+    params = read_params(
+        request.form, request.files, resources.settings, images["content"], device_memory_bytes=device_memory(session, resources.settings),
+    )
     job, created = jobs.submit_job(
         session, resources.storage, current_key(), images["content"].data, images["style"].data, params, idempotency_key,
         max_active_jobs=resources.settings.max_active_jobs,

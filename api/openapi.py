@@ -74,7 +74,10 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "id": {"type": "string"},
             "status": {"type": "string", "enum": [status.value for status in JobStatus]},
-            "params": {"type": "object", "description": "The resolved transfer parameters."},
+            "params": {
+                "type": "object",
+                "description": "The resolved transfer parameters, with the coarse-to-fine schedule written out (scales, scale_iterations).",
+            },
             "progress": {"type": "number", "minimum": 0, "maximum": 1},
             "iteration": {"type": "integer"},
             "iterations": {"type": "integer"},
@@ -174,8 +177,9 @@ SUBMIT = {
         "400": _error("missing_file, invalid_image, invalid_params (not a JSON object) or invalid_idempotency_key."),
         "413": _error("too_large: an upload over the size limit."),
         "422": _error(
-            "invalid_params: a parameter is unknown, out of range or over the service's limits; or idempotency_key_reused: "
-            "the Idempotency-Key was used before for other pictures or params."
+            "invalid_params: a parameter is unknown, out of range or over the service's limits; too_large_for_memory: the "
+            "output needs more memory than any live worker's device holds (the message names the largest size that fits); "
+            "weights_unavailable; or idempotency_key_reused: the Idempotency-Key was used before for other pictures or params."
         ),
         **AUTH,
         "429": {

@@ -15,7 +15,7 @@ from ..auth import current_key
 from ..backends import backends, db_session
 from ..errors import STATUS
 from ..payloads import job_payload
-from ..uploads import check_image, read_params
+from ..uploads import check_image, device_memory, read_params
 from . import bp, formatting, thumbnails  # noqa: F401 (formatting and thumbnails register filters and a route on bp)
 from .queries import owner_names, status_counts
 
@@ -63,7 +63,7 @@ def new_job() -> str:
     settings = backends().settings
     presets = {name: resolve_params({"preset": name}).to_dict() for name in PRESETS}
     limits = {
-        "max_pixels": settings.max_pixels,
+        "max_size": settings.max_size,
         "max_iterations": min(settings.max_iterations, int(RANGES["iterations"][1])),
         "max_upload_bytes": settings.max_upload_bytes,
         "ranges": RANGES,
@@ -78,7 +78,10 @@ def rerun_job(job_id: str) -> Response:
     original = jobs.get_job(session, key, job_id)
     try:
         content, style = (resources.storage.upload_path(sha).read_bytes() for sha in (original.content_sha256, original.style_sha256))
-        params = read_params({"params": json.dumps(original.params)}, {}, resources.settings, check_image("content", content))
+        params = read_params(
+            {"params": json.dumps(original.params)}, {}, resources.settings, check_image("content", content),
+            device_memory_bytes=device_memory(session, resources.settings),
+        )
     except FileNotFoundError:
         flash("The images of this job are no longer stored, so it cannot run again; submit them anew.", "error")
         return redirect(url_for("dashboard.show_job", job_id=original.id))
