@@ -127,7 +127,9 @@ def _api_key(key: str | None) -> str:
     raise click.UsageError(f"no API key: pass --key, set STYLEQ_API_KEY, or run `styleq up` (it keeps one in {path})")
 
 
-def _job_params(params_json: str | None, preset: str | None, size: str | None, iterations: int | None, colors: str | None) -> dict[str, Any]:
+def _job_params(
+    params_json: str | None, preset: str | None, size: str | None, iterations: int | None, colors: str | None, style_scale: float | None = None,
+) -> dict[str, Any]:
     """Merge --params with the options that override it."""
     try:
         params = json.loads(params_json) if params_json else {}
@@ -141,6 +143,8 @@ def _job_params(params_json: str | None, preset: str | None, size: str | None, i
         params["iterations"] = iterations
     if colors is not None:
         params["colors"] = colors
+    if style_scale is not None:
+        params["style_scale"] = style_scale
     if size:
         try:
             params["size"] = parse_size(size)
@@ -173,12 +177,16 @@ def _follow_with_bar(client: StyleqClient, job: dict[str, Any], quiet: bool) -> 
 @click.option("--size", help="HEIGHTxWIDTH like 300x450, or the long side.")
 @click.option("--iterations", type=int)
 @click.option("--colors", type=click.Choice(CHOICES["colors"]), help="style (default), content (keep the content's colours) or histogram.")
+@click.option("--style-scale", type=float, help="The style image's area against the picture's (0.25 to 4; below 1: larger strokes).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --wait: where to save the result.")
 @click.option("-q", "--quiet", is_flag=True)
-def submit(content: Path, style: Path, url: str, key: str | None, params_json: str | None, preset: str | None, size: str | None, iterations: int | None, colors: str | None, wait: bool, output: Path | None, quiet: bool) -> None:
+def submit(
+    content: Path, style: Path, url: str, key: str | None, params_json: str | None, preset: str | None, size: str | None,
+    iterations: int | None, colors: str | None, style_scale: float | None, wait: bool, output: Path | None, quiet: bool,
+) -> None:
     """Submit a style-transfer job; print its id (and with --wait, follow it and save the result)."""
-    params = _job_params(params_json, preset, size, iterations, colors)
+    params = _job_params(params_json, preset, size, iterations, colors, style_scale)
     if output is not None and not wait:
         raise click.UsageError("--output needs --wait")
     client = StyleqClient(url, _api_key(key))
