@@ -13,7 +13,7 @@ from .auth import current_key
 from .backends import backends, db_session
 from .payloads import checkpoint_payload, job_location, job_payload
 from .request_context import concerns_job
-from .uploads import read_idempotency_key, read_images, read_params, read_webhook
+from .uploads import device_memory, read_idempotency_key, read_images, read_params, read_webhook
 
 bp = Blueprint("jobs", __name__)
 log = logging.getLogger(__name__)
@@ -25,7 +25,10 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     resources, session = backends(), db_session()
     idempotency_key = read_idempotency_key(request.headers.get("Idempotency-Key"))
     pictures = read_images(request.files, resources.settings.max_upload_bytes)
-    params = read_params(request.form, request.files, resources.settings, pictures.content, len(pictures.styles))
+    params = read_params(
+        request.form, request.files, resources.settings, pictures.content, len(pictures.styles),
+        device_memory_bytes=device_memory(session, resources.settings),
+    )
     webhook = read_webhook(request.form, resources.settings)
     job, created = jobs.submit_job(
         session, resources.storage, current_key(), pictures.content.data, [style.data for style in pictures.styles], params,

@@ -76,7 +76,10 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "id": {"type": "string"},
             "status": {"type": "string", "enum": [status.value for status in JobStatus]},
-            "params": {"type": "object", "description": "The resolved transfer parameters."},
+            "params": {
+                "type": "object",
+                "description": "The resolved transfer parameters, with the coarse-to-fine schedule written out (scales, scale_iterations).",
+            },
             "styles": {
                 "type": "array",
                 "minItems": 1,
@@ -265,7 +268,8 @@ SUBMIT = {
         ),
         "413": _error("too_large: an upload over the size limit (each file), or a body over the limit of all files together."),
         "422": _error(
-            "invalid_params: a parameter is unknown, out of range or over the service's limits; invalid_style_weights: not positive "
+            "invalid_params: a parameter is unknown, out of range or over the service's limits; too_large_for_memory: the output needs more memory than any live "
+            "worker's device holds (the message names the largest size that fits); weights_unavailable; invalid_style_weights: not positive "
             "numbers, or not one per style image; idempotency_key_reused: the Idempotency-Key was used before for other pictures, "
             "params or webhook; invalid_webhook_url: not http(s), with credentials, unresolvable, or resolving to a loopback, private, "
             "link-local, multicast, reserved or unspecified address; or invalid_webhook_events."

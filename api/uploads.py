@@ -8,10 +8,14 @@ from typing import Any
 
 from werkzeug.datastructures import FileStorage
 
+from sqlalchemy.orm import Session
+
+from shared import fleet
 from shared.errors import InvalidInput
 from shared.images import decode_image
+from shared.memory import HEADROOM, fits_one_pass, job_peak_bytes, largest_one_pass_long_side
 from shared.params import (
-    MAX_STYLES, WEIGHTS_NAMES, TransferParams, installed_weights, parse_style_weights, resolve_params, style_roles,
+    MAX_STYLES, WEIGHTS_NAMES, TransferParams, installed_weights, long_side_output, parse_style_weights, resolve_params, style_roles,
 )
 from shared.settings import Settings
 from shared.webhooks import AddressPolicy, Subscription, check_url, parse_events
@@ -94,8 +98,15 @@ def check_image(name: str, data: bytes) -> UploadedImage:
     return UploadedImage(data, width, height)
 
 
-def read_params(form: Any, files: Any, settings: Settings, content: UploadedImage, style_count: int = 1) -> TransferParams:
-    """Parse the `params` form field (a JSON object) and `style_weights`, and check them against the network, the service's limits for `content`, and the `style_count` pictures."""
+def read_params(
+    form: Any, files: Any, settings: Settings, content: UploadedImage, style_count: int = 1, *, device_memory_bytes: int | None = None,
+) -> TransferParams:
+    """Parse the `params` form field (a JSON object) and `style_weights`, and check them against the network, the service's
+    limits for `content`, and the `style_count` pictures.
+
+    The parameters come back with their coarse-to-fine schedule written out for `content` (`with_schedule`), and
+    a job too large for `device_memory_bytes` (the largest live worker's device; None: unknown) is refused.
+    """
     for name in FORM_FIELDS:
         if name in files and name not in form:
             raise InvalidInput(f"{name} must be a plain form field, not a file", code="invalid_params")
@@ -129,16 +140,50 @@ def read_params(form: Any, files: Any, settings: Settings, content: UploadedImag
     except ValueError as error:
         raise Unprocessable(str(error)) from None
     height, width = params.output_size(content.width, content.height)
-    if height * width > settings.max_pixels:
+    if max(height, width) > settings.max_size:
         raise Unprocessable(
-            f"size {list(params.size) if isinstance(params.size, tuple) else params.size} makes an output {width} wide and "
-            f"{height} high, {height * width} pixels, over this service's limit of {settings.max_pixels}"
+            f"size {_written(params.size)} makes an output {width} wide and {height} high, longer than this service's "
+            f"limit of {settings.max_size} pixels on the long side"
         )
     try:
         params.check_style_count(style_count)
     except ValueError as error:
         raise Unprocessable(str(error), code="invalid_style_weights") from None
-    return params
+    check_memory(params, height, width, device_memory_bytes, settings.max_size)
+    # The schedule depends on the output size, known now: the job's stored parameters show the one it runs.
+    return params.with_schedule(content.width, content.height)
+
+
+def device_memory(session: Session, settings: Settings) -> int | None:
+    """Return the memory jobs are planned by: the largest a live worker reported, else the setting (None: unknown)."""
+    # A worker reports itself every sweep; one silent for longer than a job's lease is not counted on.
+    reported = fleet.largest_device_memory(session, live_within_seconds=settings.lease_seconds)
+    return reported if reported is not None else settings.device_memory_bytes
+
+
+def check_memory(params: TransferParams, height: int, width: int, memory_bytes: int | None, max_size: int) -> None:
+    """Refuse an output of (height, width) that one pass cannot hold in `memory_bytes`, naming the largest size that fits.
+
+    Raises:
+        Unprocessable: `too_large_for_memory`, with the largest long side that fits an output of this shape.
+    """
+    if memory_bytes is None or fits_one_pass(height, width, params.precision, memory_bytes, style_scale=params.style_scale):
+        return
+    needs = job_peak_bytes(height, width, params.precision, style_scale=params.style_scale)
+    largest = largest_one_pass_long_side(memory_bytes, params.precision, width, height, style_scale=params.style_scale, limit=max_size)
+    made = f"size {_written(params.size)} makes an output {width} wide and {height} high, which needs about {needs / 2**30:.1f} GiB"
+    available = f"more than this service's workers can give one job ({memory_bytes * HEADROOM / 2**30:.1f} GiB)"
+    if largest is None:
+        raise Unprocessable(f"{made}, {available}; no size fits", code="too_large_for_memory")
+    fitting = long_side_output(largest, width, height)
+    raise Unprocessable(
+        f"{made}, {available}: the largest size that fits is {largest} (the long side; {fitting[1]} wide and {fitting[0]} high)",
+        code="too_large_for_memory",
+    )
+
+
+def _written(size: tuple[int, int] | int) -> str:
+    return str(list(size)) if isinstance(size, tuple) else str(size)
 
 
 def read_webhook(form: Any, settings: Settings) -> Subscription | None:

@@ -143,7 +143,9 @@ def _api_key(key: str | None) -> str:
     raise click.UsageError(f"no API key: pass --key, set STYLEQ_API_KEY, or run `styleq up` (it keeps one in {path})")
 
 
-def _job_params(params_json: str | None, preset: str | None, size: str | None, iterations: int | None, colors: str | None) -> dict[str, Any]:
+def _job_params(
+    params_json: str | None, preset: str | None, size: str | None, iterations: int | None, colors: str | None, style_scale: float | None = None,
+) -> dict[str, Any]:
     """Merge --params with the options that override it."""
     try:
         params = json.loads(params_json) if params_json else {}
@@ -157,6 +159,8 @@ def _job_params(params_json: str | None, preset: str | None, size: str | None, i
         params["iterations"] = iterations
     if colors is not None:
         params["colors"] = colors
+    if style_scale is not None:
+        params["style_scale"] = style_scale
     if size:
         try:
             params["size"] = parse_size(size)
@@ -191,17 +195,18 @@ def _follow_with_bar(client: StyleqClient, job: dict[str, Any], quiet: bool) -> 
 @click.option("--colors", type=click.Choice(CHOICES["colors"]), help="style (default), content (keep the content's colours) or histogram.")
 @click.option("--webhook-url", help="POST the job's events here, signed (Standard Webhooks) with the key's webhook secret.")
 @click.option("--webhook-events", help="Which, comma-separated: running, checkpoint, succeeded, failed, canceled (default: all but checkpoint).")
+@click.option("--style-scale", type=float, help="The style image's area against the picture's (0.25 to 4; below 1: larger strokes).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --wait: where to save the result.")
 @click.option("-q", "--quiet", is_flag=True)
 def submit(
     content: Path, styles: tuple[Path, ...], style_weights: tuple[float, ...] | None, url: str, key: str | None, params_json: str | None,
     preset: str | None, size: str | None, iterations: int | None, colors: str | None, webhook_url: str | None, webhook_events: str | None,
-    wait: bool, output: Path | None, quiet: bool,
+    style_scale: float | None, wait: bool, output: Path | None, quiet: bool,
 ) -> None:
     """Submit a style-transfer job of one STYLE image or a blend of several; print its id (and with --wait, follow it and save the result)."""
     check_style_count(len(styles), style_weights)
-    params = _job_params(params_json, preset, size, iterations, colors)
+    params = _job_params(params_json, preset, size, iterations, colors, style_scale)
     if output is not None and not wait:
         raise click.UsageError("--output needs --wait")
     if webhook_events and not webhook_url:

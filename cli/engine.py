@@ -10,7 +10,7 @@ from PIL import Image
 
 from shared.errors import InvalidImage
 from shared.images import decode_image
-from shared.params import CHOICES, PRESETS, RANGES, parse_size, resolve_params, style_roles
+from shared.params import AUTO, CHOICES, PRESETS, RANGES, parse_size, resolve_params, style_roles
 from shared.settings import load_settings
 from worker import report
 from worker.downloads import load_or_pull, pull_weights
@@ -51,6 +51,12 @@ def _parse_numbers(kind: type) -> Any:
     return parse
 
 
+def _parse_scales(ctx: click.Context, param: click.Parameter, value: str | None) -> list | str | None:
+    if value is not None and value.strip().lower() == AUTO:
+        return AUTO
+    return _parse_numbers(float)(ctx, param, value)
+
+
 def open_image(path: Path, role: str) -> Image.Image:
     """Decode an image file as the service does (upright, 8-bit RGB), or fail with a message naming it."""
     try:
@@ -89,8 +95,9 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
 @click.option("--tv-weight", type=float, help="Total-variation (smoothness) weight.")
 @click.option("--content-layers", callback=_parse_layers, help="Comma-separated layer names, e.g. relu4_2.")
 @click.option("--style-layers", callback=_parse_layers, help="Comma-separated layer names, e.g. relu1_1,relu2_1.")
-@click.option("--scales", callback=_parse_numbers(float), help="Coarse-to-fine: fractions of the output size, rising to 1, e.g. 0.5,1.")
-@click.option("--scale-iterations", callback=_parse_numbers(int), help="Iterations at each scale, adding up to --iterations (default: 60% at the coarse ones).")
+@click.option("--scales", callback=_parse_scales, help="Coarse-to-fine: fractions of the output size, rising to 1, e.g. 0.5,1; or auto (the styleq preset's: one pass up to 512 px).")
+@click.option("--scale-iterations", callback=_parse_numbers(int), help="Iterations at each scale, adding up to --iterations (default: most at the coarse ones).")
+@click.option("--style-scale", type=float, help=f"The style image's area against the picture's ({_range_help('style_scale')}; below 1: larger strokes).")
 @click.option("--checkpoint-every", type=int, help="Iterations between loss checkpoints (default 10).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--history", type=click.Path(dir_okay=False, path_type=Path), help="Write every checkpoint to FILE.csv or FILE.json.")

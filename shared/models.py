@@ -6,7 +6,7 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
@@ -237,6 +237,9 @@ class Worker(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
     current_job_id: Mapped[str | None] = mapped_column(String(32), default=None)
     jobs_done: Mapped[int] = mapped_column(Integer, default=0)
+    # The memory of its device in bytes (a GPU's total, a CPU host's RAM, or STYLEQ_DEVICE_MEMORY_BYTES), which
+    # the API plans by: a job that fits no live worker's device is refused at submit. None: not reported.
+    device_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class RequestWindow(Base):

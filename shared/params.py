@@ -27,6 +27,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "seed": (0, 2**63 - 1),
     "checkpoint_every": (1, 20000),
     "lbfgs_history": (1, 1000),
+    # The style picture's area as a multiple of the content's at each scale: below 1 its strokes and textures
+    # come out larger in the result, above 1 smaller (the network sees the style picture shrunk or enlarged).
+    "style_scale": (0.25, 4.0),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adam", "lbfgs"),
@@ -65,6 +68,14 @@ MIN_SCALE = 0.05
 # The share of a coarse-to-fine job's iterations spent below full size (split evenly between the coarse
 # scales): iterations there cost a fraction of a full-size one, and most of the picture settles there.
 COARSE_SHARE = 0.6
+# The automatic schedule (scales="auto"): one pass for an output up to ONE_PASS_LONG_SIDE pixels on its long side;
+# above, a first scale about COARSE_LONG_SIDE pixels long, then scales growing by at most MAX_SCALE_STEP each.
+ONE_PASS_LONG_SIDE = 512
+COARSE_LONG_SIDE = 320
+MAX_SCALE_STEP = 2.0
+# The fewest pixels the short side of a coarse scale may have (the engine enlarges smaller ones to it).
+MIN_SCALE_SIDE = 32
+AUTO = "auto"
 _LAYER_NAME = re.compile(r"^(conv|relu)[1-5]_[1-4]$|^pool[1-5]$")
 
 
@@ -105,8 +116,9 @@ class TransferParams:
     lbfgs_history: int = 100
     line_search: str = "none"
     # Coarse-to-fine: the picture is optimised at each of these fractions of the output size in turn (ascending,
-    # the last 1), each scale starting from the previous one's result enlarged. (1.0,) is one pass at full size.
-    scales: tuple[float, ...] = (1.0,)
+    # the last 1), each scale starting from the previous one's result enlarged. (1.0,) is one pass at full size;
+    # "auto" chooses them from the output size (`auto_scales`), see `with_schedule`.
+    scales: tuple[float, ...] | str = (1.0,)
     # Iterations at each scale, adding up to `iterations`; None splits them by `split_iterations`.
     scale_iterations: tuple[int, ...] | None = None
     colors: str = "style"
@@ -114,6 +126,8 @@ class TransferParams:
     # numbers (normalised to sum 1 when mixed). None gives every picture the same share (and one picture all of it).
     # Not to be confused with `style_weight`, the weight of the style loss against the content loss.
     style_weights: tuple[float, ...] | None = None
+    # The style picture is seen at this multiple of the content's area (at every scale): RANGES["style_scale"].
+    style_scale: float = 1.0
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -148,9 +162,13 @@ class TransferParams:
 
     def _check_scales(self) -> None:
         scales, counts = self.scales, self.scale_iterations
+        if scales == AUTO:
+            if counts is not None:
+                raise ValueError("scale_iterations needs explicit scales; with scales \"auto\" the iterations are split automatically")
+            return
         if (not isinstance(scales, tuple) or not 1 <= len(scales) <= MAX_SCALES
                 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in scales)):
-            raise ValueError(f"scales must be a list of 1 to {MAX_SCALES} fractions of the output size, got {scales!r}")
+            raise ValueError(f'scales must be "auto" or a list of 1 to {MAX_SCALES} fractions of the output size, got {scales!r}')
         if scales[-1] != 1 or any(not MIN_SCALE <= v <= 1 for v in scales) or any(a >= b for a, b in zip(scales, scales[1:])):
             raise ValueError(f"scales must rise strictly from at least {MIN_SCALE:g} and end at 1, got {list(scales)!r}")
         if counts is None:
@@ -194,8 +212,27 @@ class TransferParams:
         return tuple(weight / total for weight in weights)
 
     def iterations_per_scale(self) -> tuple[int, ...]:
-        """Return how many iterations each scale gets: `scale_iterations`, or `iterations` split by `split_iterations`."""
+        """Return how many iterations each scale gets: `scale_iterations`, or `iterations` split by `split_iterations`.
+
+        Raises:
+            ValueError: scales still "auto" (see `with_schedule`).
+        """
+        if self.scales == AUTO:
+            raise ValueError('scales "auto" must be resolved for an output size first (with_schedule)')
         return self.scale_iterations if self.scale_iterations is not None else split_iterations(self.iterations, self.scales)
+
+    def with_schedule(self, content_width: int, content_height: int) -> TransferParams:
+        """Return these parameters with scales "auto" replaced by the schedule for a content picture this size.
+
+        The scales and the iterations of each are written out (`auto_scales`, `split_iterations`), so a job's
+        stored parameters, its saved states and its page show the schedule it runs; explicit scales stay as given.
+        """
+        if self.scales != AUTO:
+            return self
+        height, width = self.output_size(content_width, content_height)
+        scales = auto_scales(height, width, self.minimum_side, self.iterations)
+        counts = None if len(scales) == 1 else split_iterations(self.iterations, scales)
+        return dataclasses.replace(self, scales=scales, scale_iterations=counts)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the parameters as a JSON-ready dict."""
@@ -203,7 +240,7 @@ class TransferParams:
         values["size"] = list(self.size) if isinstance(self.size, tuple) else self.size
         values["content_layers"] = list(self.content_layers)
         values["style_layers"] = list(self.style_layers)
-        values["scales"] = list(self.scales)
+        values["scales"] = self.scales if self.scales == AUTO else list(self.scales)
         values["scale_iterations"] = None if self.scale_iterations is None else list(self.scale_iterations)
         values["style_weights"] = None if self.style_weights is None else list(self.style_weights)
         return values
@@ -303,6 +340,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         normalize_losses=True,
         keep_style_aspect=True,
         precision="auto",
+        scales=AUTO,
     ),
 }
 DEFAULT_PRESET = "styleq"
@@ -368,6 +406,25 @@ def _poolings_before(layer: str) -> int:
     return block if layer.startswith("pool") else block - 1
 
 
+def auto_scales(height: int, width: int, minimum_side: int, iterations: int | None = None) -> tuple[float, ...]:
+    """Return the coarse-to-fine scales for an output of (height, width): one pass when it is small.
+
+    The first scale is about COARSE_LONG_SIDE pixels on the long side (more where the short side would fall
+    under what the network's deepest layer needs, `minimum_side`, or under MIN_SCALE_SIDE); each next scale is at
+    most MAX_SCALE_STEP times larger, in equal steps, up to 1. With fewer `iterations` than scales, the
+    coarsest go, so every scale gets one.
+    """
+    long, short = max(height, width), min(height, width)
+    if long <= ONE_PASS_LONG_SIDE:
+        return (1.0,)
+    first = min(1.0, max(COARSE_LONG_SIDE / long, max(minimum_side, MIN_SCALE_SIDE) / short, MIN_SCALE))
+    steps = math.ceil(math.log(1 / first) / math.log(MAX_SCALE_STEP) - 1e-9)
+    # Equal ratios from the first scale to 1: the steps are as even as the fewest of them allows.
+    ratio = (1 / first) ** (1 / steps) if steps else 1.0
+    scales = tuple(round(ratio ** -(steps - index), 4) for index in range(steps)) + (1.0,)
+    return scales[-min(MAX_SCALES, iterations or MAX_SCALES):]
+
+
 def split_iterations(iterations: int, scales: tuple[float, ...]) -> tuple[int, ...]:
     """Split `iterations` between `scales`: `COARSE_SHARE` of them evenly between the coarse scales, the rest at full size."""
     if len(scales) == 1:
@@ -402,6 +459,8 @@ def resolve_params(values: Mapping[str, Any] | None = None, **overrides: Any) ->
     for name in ("scales", "scale_iterations", "style_weights"):
         if isinstance(resolved.get(name), list):
             resolved[name] = tuple(resolved[name])
+    if isinstance(resolved.get("scales"), str) and resolved["scales"].strip().lower() == AUTO:
+        resolved["scales"] = AUTO
     for name in ("content_layers", "style_layers"):
         if isinstance(resolved[name], (list, str)):
             layers = resolved[name]

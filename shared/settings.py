@@ -39,9 +39,14 @@ class Settings(BaseSettings):
 
     queue: str = "styleq.jobs"
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
-    # Jobs larger than this many output pixels or longer than this many iterations are refused.
-    max_pixels: int = Field(default=1024 * 1024, ge=256)
+    # Jobs whose output is longer than this on its long side, or longer than this many iterations, are refused
+    # (4096 is also the most the parameters allow). Below it the memory of the workers' devices decides.
+    max_size: int = Field(default=4096, ge=16, le=4096)
     max_iterations: int = Field(default=5000, ge=1)
+    # The memory a job may use on a worker's device, in bytes. A worker reports it as its own (instead of its
+    # CUDA device's total, or on a CPU the host's RAM); the API plans by it while no live worker has reported.
+    # Unset there, and no worker heard from, the API refuses nothing for memory.
+    device_memory_bytes: int | None = Field(default=None, ge=1)
     # Fair use, per API key and across every API process on the database (admin keys are exempt; 0
     # switches a limit off): /v1 requests in a one-minute window, and jobs queued or running at once.
     # 300 a minute leaves room for a dashboard tab following a running job (it fetches the preview up to

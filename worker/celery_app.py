@@ -28,6 +28,7 @@ from shared.secret_key import load_secret_key
 from shared.settings import Settings
 from shared.storage import Storage
 
+from .devices import device_memory_bytes
 from .liveness import dead_local_owners
 from .webhooks import start_deliverers
 
@@ -149,11 +150,14 @@ class Sweeper(threading.Thread):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         # The parent never touches CUDA; the pool process reports the device's name at its first job.
         gpu = f"GPU {visible}" if visible else "cpu"
+        memory = device_memory_bytes(self.settings, visible)
         starting = True
         while True:
             try:
                 with session_scope(session_factory) as session:
-                    fleet.report_worker(session, name, host=socket.gethostname(), gpu=gpu, pid=os.getpid(), starting=starting)
+                    fleet.report_worker(
+                        session, name, host=socket.gethostname(), gpu=gpu, pid=os.getpid(), starting=starting, device_memory_bytes=memory,
+                    )
                 starting = False
                 sweep_once(self.app, self.settings, session_factory)
             except Exception:  # the database or broker may be down for a while; try again next round

@@ -44,8 +44,9 @@ from shared import fleet, jobs, leases, logs
 from shared.db import session_scope
 from shared.errors import InvalidImage
 from shared.images import decode_image, image_size
+from shared.memory import batch_capacity
 from shared.models import Job, JobStatus
-from shared.params import TransferParams, resolve_params, style_roles
+from shared.params import AUTO, TransferParams, resolve_params, style_roles
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -53,7 +54,7 @@ from .engine import (
     Backbone, Control, Progress, TargetCache, TransferJob, TransferResult, TransferState, batch_key, build_backbone,
     output_size, resolve_precision, transfer_batch,
 )
-from .engine.memory import batch_capacity, free_device_bytes
+from .engine.memory import free_device_bytes
 from .liveness import dead_local_owners
 from .metrics import WorkerMetrics
 from .engine.weights import LoadedWeights, WeightsError, load_weights
@@ -330,6 +331,8 @@ class JobRunner:
             params.check_output_size(*content.size)
         except ValueError as error:
             raise JobFailure("invalid_params", str(error)) from None
+        # The API writes out an automatic schedule at submit; a job stored otherwise gets it here.
+        params = params.with_schedule(*content.size)
         state = self._saved_state(job.id, params)
         return _Member(job.id, params, content, styles, hashes, state, job.attempts, counted_iteration=state.iteration if state else 0)
 
@@ -385,15 +388,17 @@ class JobRunner:
             params = resolve_params(job.params)
         except ValueError:
             return False  # its own run records why
-        if batch_key(params) != key:
+        if params.scales != AUTO and batch_key(params) != key:
             return False
-        if isinstance(params.size, tuple):
+        if isinstance(params.size, tuple) and params.scales != AUTO:
             return params.size == size
-        # A long-side size gives each picture the shape of its upright content: read that from the upload's header.
+        # A long-side size gives each picture the shape of its upright content, and scales "auto" follow the output
+        # size: read the content's size from the upload's header.
         try:
-            return params.output_size(*image_size(self.storage.upload_path(job.content_sha256))) == size
+            content_size = image_size(self.storage.upload_path(job.content_sha256))
         except OSError:
             return False  # its own run records why
+        return batch_key(params.with_schedule(*content_size)) == key and params.output_size(*content_size) == size
 
     def _record_batch(self, batch: list[_Member]) -> None:
         ids = [member.job_id for member in batch]

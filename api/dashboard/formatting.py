@@ -32,6 +32,10 @@ PARAM_LABELS = {
     "tv_weight": "TV weight",
     "style_repeats": "Style repeats",
     "colors": "Colours from",
+    "style_scale": "Style scale",
+    "scales": "Scales",
+    "scale_iterations": "Iterations per scale",
+    "precision": "Precision",
     "content_layers": "Content layers",
     "style_layers": "Style layers",
     "init": "Start from",
@@ -128,6 +132,15 @@ def wait_seconds(job: Job) -> float:
 @bp.app_template_global()
 def params_rows(params: dict[str, Any]) -> list[tuple[str, str]]:
     """Return the job's parameters as (label, value) rows, known ones first."""
-    known = [(label, param(params[name])) for name, label in PARAM_LABELS.items() if name in params]
+    known = [(label, _param_named(name, params[name])) for name, label in PARAM_LABELS.items() if name in params]
     extra = [(name, param(value)) for name, value in params.items() if name not in PARAM_LABELS and name not in SHOWN_WITH_INPUTS]
     return known + extra
+
+
+def _param_named(name: str, value: Any) -> str:
+    """Write a parameter whose meaning its name gives: scales as shares of the size, counts as counts."""
+    if name == "scales" and isinstance(value, list):
+        return ", ".join(f"{item:.0%}" for item in value) + " of the size"
+    if name == "scale_iterations" and isinstance(value, list):
+        return ", ".join(str(item) for item in value)  # never a [height, width] size, however many
+    return param(value)

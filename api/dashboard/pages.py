@@ -18,7 +18,7 @@ from ..auth import current_key
 from ..backends import backends, db_session
 from ..errors import STATUS
 from ..payloads import job_payload
-from ..uploads import check_image, read_params
+from ..uploads import check_image, device_memory, read_params
 from . import bp, formatting, thumbnails  # noqa: F401 (formatting and thumbnails register filters and a route on bp)
 from .queries import owner_names, status_counts
 
@@ -67,7 +67,7 @@ def new_job() -> str:
     settings = backends().settings
     presets = {name: resolve_params({"preset": name}).to_dict() for name in PRESETS}
     limits = {
-        "max_pixels": settings.max_pixels,
+        "max_size": settings.max_size,
         "max_iterations": min(settings.max_iterations, int(RANGES["iterations"][1])),
         "max_upload_bytes": settings.max_upload_bytes,
         "ranges": RANGES,
@@ -85,7 +85,10 @@ def rerun_job(job_id: str) -> Response:
     original = jobs.get_job(session, key, job_id)
     try:
         content, *styles = (resources.storage.upload_path(sha).read_bytes() for sha in (original.content_sha256, *original.style_hashes))
-        params = read_params(MultiDict({"params": json.dumps(original.params)}), {}, resources.settings, check_image("content", content), len(styles))
+        params = read_params(
+            MultiDict({"params": json.dumps(original.params)}), {}, resources.settings, check_image("content", content), len(styles),
+            device_memory_bytes=device_memory(session, resources.settings),
+        )
         webhook = None
         if original.webhook_url is not None:
             # Checked again: the address its name resolves to, or the service's rule, may have changed since.

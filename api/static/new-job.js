@@ -7,7 +7,7 @@
   const { api } = window.styleq;
   const { presets, limits } = JSON.parse(document.getElementById("form-data").textContent);
   const form = document.getElementById("new-job");
-  const fields = ["iterations", "style_weight", "colors", "content_weight", "tv_weight", "learning_rate", "init", "seed"];
+  const fields = ["iterations", "style_weight", "colors", "content_weight", "tv_weight", "learning_rate", "init", "style_scale", "seed"];
   const height = document.getElementById("height");
   const width = document.getElementById("width");
   const keepAspect = document.getElementById("keep-aspect");
@@ -130,13 +130,13 @@
     if (!keepAspect.checked || !contentAspect || !height.value) return;
     const [low, high] = limits.ranges.size;
     width.value = String(Math.min(high, Math.max(low, Math.round(Number(height.value) * contentAspect))));
-    checkPixels();
+    checkSize();
   }
 
-  function checkPixels() {
-    const pixels = Number(height.value) * Number(width.value);
-    width.setCustomValidity(pixels > limits.max_pixels
-      ? `${height.value} × ${width.value} is ${pixels.toLocaleString()} pixels, over this service's limit of ${limits.max_pixels.toLocaleString()}.`
+  function checkSize() {
+    const longSide = Math.max(Number(height.value), Number(width.value));
+    width.setCustomValidity(longSide > limits.max_size
+      ? `${height.value} × ${width.value} is ${longSide} pixels on its long side, over this service's limit of ${limits.max_size}.`
       : "");
   }
 
@@ -149,12 +149,12 @@
     const help = document.querySelector("[data-preset-help]");
     help.textContent = help.getAttribute(`data-${name}`) || "";
     followAspect();
-    checkPixels();
+    checkSize();
   }
 
   document.getElementById("preset").addEventListener("change", (event) => applyPreset(event.target.value));
-  height.addEventListener("input", () => { followAspect(); checkPixels(); });
-  width.addEventListener("input", () => { keepAspect.checked = false; checkPixels(); });
+  height.addEventListener("input", () => { followAspect(); checkSize(); });
+  width.addEventListener("input", () => { keepAspect.checked = false; checkSize(); });
   keepAspect.addEventListener("change", followAspect);
   form.addEventListener("input", renewKey);
   form.addEventListener("change", renewKey);
@@ -173,7 +173,7 @@
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     showError("");
-    checkPixels();
+    checkSize();
     if (!form.reportValidity()) return;
     const body = new FormData();
     body.append("content", document.getElementById("content-file").files[0]);

@@ -33,7 +33,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         storage_dir=tmp_path / "storage",
         queue="styleq.test",
         max_upload_bytes=MAX_UPLOAD_BYTES,
-        max_pixels=512 * 512,
+        max_size=640,
         max_iterations=1000,
         model_dir=installed_models(tmp_path / "models"),
     )

@@ -100,13 +100,14 @@ def test_a_content_too_narrow_for_any_long_side_is_told_to_give_height_and_width
     assert accepted.status_code == 202 and count_jobs(app) == 1
 
 
-def test_a_long_side_is_held_to_the_pixel_limit_by_the_output_it_makes(client, keys, settings):
-    content = image_bytes(size=(48, 32))  # 600 on the long side makes 600x400: 240,000 pixels
-    assert settings.max_pixels == 512 * 512 < 600 * 600
+def test_the_output_is_held_to_the_services_longest_side(client, keys, settings):
+    content = image_bytes(size=(48, 32))  # 640 on the long side makes 640x427
+    assert settings.max_size == 640
 
-    assert submit(client, keys.headers("alice"), content=content, params=json.dumps({"size": 600})).status_code == 202
-    refused = submit(client, keys.headers("alice"), content=content, params=json.dumps({"size": 700}))
-    assert "700 wide and 467 high, 326900 pixels" in assert_error(refused, 422, "invalid_params")["message"]
+    assert submit(client, keys.headers("alice"), content=content, params=json.dumps({"size": 640})).status_code == 202
+    refused = submit(client, keys.headers("alice"), content=content, params=json.dumps({"size": [300, 641]}))
+    message = assert_error(refused, 422, "invalid_params")["message"]
+    assert "641 wide and 300 high, longer than this service's limit of 640 pixels on the long side" in message
 
 
 def test_the_size_check_sees_the_content_upright_as_the_worker_will(client, keys):

@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
-from shared.params import resolve_params
+from shared.params import COARSE_LONG_SIDE, MAX_SCALE_STEP, ONE_PASS_LONG_SIDE, auto_scales, resolve_params
 from worker.engine import Backbone, Control, TransferJob, get_convention, transfer, transfer_batch
+from worker.engine.transfer import _style_size, scale_sizes
 
 C2F = {"preset": "seed", "size": [64, 96], "iterations": 30, "checkpoint_every": 5, "scales": [0.5, 1], "scale_iterations": [20, 10]}
 
@@ -95,7 +96,9 @@ def test_without_scale_iterations_the_coarse_scales_get_most_of_them():
         ({"scales": [1, 0.5]}, "scales must rise strictly"),
         ({"scales": [0.5]}, "end at 1"),
         ({"scales": [0.01, 1]}, "at least 0.05"),
-        ({"scales": []}, "scales must be a list of 1 to 8"),
+        ({"scales": []}, 'scales must be "auto" or a list of 1 to 8'),
+        ({"scales": "half"}, 'scales must be "auto" or a list'),
+        ({"scales": "auto", "scale_iterations": [10, 10]}, "scale_iterations needs explicit scales"),
         ({"scales": ["half", 1]}, "scales must be a list"),
         ({"scales": [0.5, 1], "scale_iterations": [10]}, "scale_iterations must be a list of 2"),
         ({"scales": [0.5, 1], "iterations": 30, "scale_iterations": [10, 10]}, "must add up to iterations"),
@@ -106,3 +109,79 @@ def test_without_scale_iterations_the_coarse_scales_get_most_of_them():
 def test_bad_scales_are_refused_with_a_message_naming_them(values, message):
     with pytest.raises(ValueError, match=message):
         resolve_params(values)
+
+
+@pytest.mark.parametrize("long_side", [16, 300, ONE_PASS_LONG_SIDE])
+def test_the_automatic_schedule_is_one_pass_up_to_512_pixels(long_side):
+    assert auto_scales(long_side, long_side * 3 // 4, 16) == (1.0,)
+
+
+@pytest.mark.parametrize("long_side", [513, 600, 768, 1024, 1536, 2048, 3000, 4096])
+def test_above_it_the_schedule_starts_near_320_pixels_and_grows_at_most_twofold_a_step(long_side):
+    scales = auto_scales(long_side * 3 // 4, long_side, 16)
+    sides = [round(long_side * scale) for scale in scales]
+
+    assert scales[-1] == 1 and len(scales) >= 2
+    assert sides[0] == pytest.approx(COARSE_LONG_SIDE, abs=1)
+    steps = [b / a for a, b in zip(scales, scales[1:])]
+    assert all(1 < step <= MAX_SCALE_STEP + 1e-3 for step in steps)
+    # The fewest steps that do it, all about the same.
+    assert max(steps) / min(steps) < 1.01 and COARSE_LONG_SIDE * MAX_SCALE_STEP ** (len(steps) - 1) < long_side
+
+
+def test_a_narrow_content_starts_where_its_short_side_keeps_what_the_network_needs():
+    scales = auto_scales(100, 4096, 16)  # 4096 x 100: at 320 px long, the short side would be 8 pixels
+
+    assert round(100 * scales[0]) >= 32 and scales[-1] == 1
+
+
+def test_the_styleq_preset_chooses_its_schedule_from_the_output_size_and_the_seed_stays_in_one_pass():
+    styleq, seed = resolve_params({"size": 1024, "iterations": 300}), resolve_params({"preset": "seed", "size": 1024})
+
+    assert styleq.scales == "auto" and seed.scales == (1.0,)
+    written = styleq.with_schedule(1024, 768)  # a 4:3 content
+    assert written.scales == auto_scales(768, 1024, 16) and len(written.scale_iterations) == len(written.scales)
+    assert sum(written.scale_iterations) == 300 and written.scale_iterations[0] == max(written.scale_iterations)
+    assert resolve_params(written.to_dict()) == written  # stored and read back, as a job's parameters are
+    assert seed.with_schedule(1024, 768) == seed and styleq.with_schedule(400, 300).scales == (1.0,)
+    assert resolve_params({"size": 1024, "scales": [0.5, 1]}).with_schedule(1024, 768).scale_iterations is None
+
+
+def test_with_fewer_iterations_than_scales_the_coarsest_scales_go():
+    params = resolve_params({"size": 2048, "iterations": 2}).with_schedule(2048, 1536)
+
+    assert params.scales == auto_scales(1536, 2048, 16)[-2:] and params.scale_iterations == (1, 1)
+
+
+def test_an_automatic_run_is_the_run_of_its_written_schedule(rainier, autumn_oak, vgg16_random):
+    values = {"size": 520, "iterations": 4, "checkpoint_every": 1, "precision": "fp32"}
+    backbone = Backbone("vgg16", vgg16_random, get_convention("caffe"), resolve_params(values).layers)
+    written = resolve_params(values).with_schedule(*rainier.size)
+    automatic, automatic_checkpoints = run(rainier, autumn_oak, backbone, values)
+    explicit, explicit_checkpoints = run(rainier, autumn_oak, backbone, written.to_dict())
+
+    assert written.scales == (round(320 / 520, 4), 1.0)
+    assert [c.scale for c in automatic_checkpoints] == [c.scale for c in explicit_checkpoints] == [written.scales[0]] * 3 + [1.0]
+    assert [c.total for c in automatic_checkpoints] == [c.total for c in explicit_checkpoints]
+    torch.testing.assert_close(automatic.tensor, explicit.tensor, rtol=0, atol=0)
+    assert automatic.state.params == written.to_dict()  # the saved state names the schedule it ran
+
+
+@pytest.mark.parametrize("style_scale", [0.25, 1, 4])
+@pytest.mark.parametrize("keep_style_aspect", [True, False])
+def test_the_style_is_seen_at_style_scale_times_the_contents_area_at_every_scale(autumn_oak, style_scale, keep_style_aspect):
+    params = resolve_params({"size": 1024, "style_scale": style_scale, "keep_style_aspect": keep_style_aspect}).with_schedule(1024, 768)
+
+    for height, width in scale_sizes(params, (768, 1024)):
+        style_height, style_width = _style_size(params, autumn_oak, (height, width))
+        assert style_height * style_width / (height * width) == pytest.approx(style_scale, rel=0.02)
+        if keep_style_aspect:
+            assert style_width / style_height == pytest.approx(autumn_oak.width / autumn_oak.height, rel=0.02)
+        else:
+            assert style_width / style_height == pytest.approx(width / height, rel=0.02)
+
+
+@pytest.mark.parametrize("style_scale", [0.2, 4.5])
+def test_a_style_scale_out_of_its_range_is_refused(style_scale):
+    with pytest.raises(ValueError, match="style_scale must be a number from 0.25 to 4"):
+        resolve_params({"style_scale": style_scale})

@@ -70,7 +70,7 @@ def test_a_name_another_live_process_on_this_host_holds_gets_a_suffix(tmp_path):
     assert reserve_name("cpu@box", tmp_path) == "cpu@box"
 
 
-def test_two_cpu_workers_on_one_host_are_two_workers_in_the_fleet(tmp_path):
+def test_two_cpu_workers_on_one_host_are_two_workers_in_the_fleet_each_with_the_hosts_memory(tmp_path):
     environment = {**os.environ, "STYLEQ_DATA_DIR": str(tmp_path), "STYLEQ_SWEEP_EVERY_SECONDS": "1"}
     for name in ("STYLEQ_DATABASE_URL", "STYLEQ_BROKER_URL"):
         environment.pop(name, None)
@@ -86,7 +86,7 @@ def test_two_cpu_workers_on_one_host_are_two_workers_in_the_fleet(tmp_path):
         deadline = time.monotonic() + 120
         while True:
             with session_scope(make_session_factory(engine)) as session:
-                workers = {worker.name: worker.pid for worker in list_workers(session)}
+                workers = {worker.name: worker.device_memory_bytes for worker in list_workers(session)}
             if len(workers) == 2 or time.monotonic() > deadline or any(launcher.poll() is not None for launcher in launchers):
                 break
             time.sleep(0.5)
@@ -101,3 +101,5 @@ def test_two_cpu_workers_on_one_host_are_two_workers_in_the_fleet(tmp_path):
     host = socket.gethostname()
     assert set(workers) == {f"cpu@{host}", f"cpu-2@{host}"}, (tmp_path / "worker2.log").read_text()[-3000:]
     assert codes == [0, 0]
+    # A CPU worker's device is the host: the API plans job sizes by its RAM.
+    assert set(workers.values()) == {os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import itertools
 import time
@@ -97,8 +98,8 @@ class TransferState:
     def belongs_to(self, params: TransferParams) -> bool:
         """Tell whether this state was saved by a transfer of `params`, so that one may resume from it."""
         # States saved before coarse-to-fine existed name no scales: they ran in one pass. Nor colours: they
-        # took the style's. Nor style weights: they had one style.
-        saved = {"scales": [1.0], "scale_iterations": None, "colors": "style", "style_weights": None, **self.params}
+        # took the style's. Nor style weights: they had one style. Nor a style scale: the style had the content's area.
+        saved = {"scales": [1.0], "scale_iterations": None, "colors": "style", "style_weights": None, "style_scale": 1.0, **self.params}
         return saved == params.to_dict()
 
 
@@ -186,13 +187,24 @@ def _to_cpu(value: Any) -> Any:
 
 
 def _style_size(params: TransferParams, style: Image.Image, content_size: tuple[int, int]) -> tuple[int, int]:
+    """Return the (height, width) the style picture is seen at beside a content picture of `content_size`.
+
+    Its area is `style_scale` times the content's: with `keep_style_aspect` in the style's own proportions,
+    else in the content's shape (the seed stretches it so).
+    """
+    area = content_size[0] * content_size[1] * params.style_scale
     if not params.keep_style_aspect:
-        return content_size
-    width, height = style.size
-    scale = (content_size[0] * content_size[1] / (width * height)) ** 0.5
+        if params.style_scale == 1:
+            return content_size
+        grow = params.style_scale ** 0.5
+        height, width = content_size[0] * grow, content_size[1] * grow
+    else:
+        width, height = style.size
+        scale = (area / (width * height)) ** 0.5
+        height, width = height * scale, width * scale
     # A style much narrower than the content would otherwise lose its short side below what the network takes.
     smallest = params.minimum_side
-    return max(smallest, round(height * scale)), max(smallest, round(width * scale))
+    return max(smallest, round(height)), max(smallest, round(width))
 
 
 def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -462,6 +474,9 @@ def transfer_batch(
     size = output_size(params, jobs[0].content)
     if any(output_size(job.params, job.content) != size for job in jobs):
         raise ValueError("jobs in one batch must have the same output size")
+    # Scales "auto" depend on the output size alone, which the jobs share: each gets the same schedule.
+    jobs = [dataclasses.replace(job, params=job.params.with_schedule(*job.content.size)) for job in jobs]
+    params = jobs[0].params
 
     precision = resolve_precision(params.precision, device)
     graphed = cuda_graphs and graphs.graphs_apply(device, params.optimizer, params.line_search)

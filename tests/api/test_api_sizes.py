@@ -1,0 +1,88 @@
+"""How large a job may be: the memory of the workers' devices decides, and the schedule a job runs is written out at submit."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+
+from flask import Flask
+
+from shared import fleet
+from shared.db import session_scope
+from shared.models import Worker
+from tests.api.support import assert_error, count_jobs, image_bytes, submit
+
+CONTENT = image_bytes(size=(48, 32))  # 3:2, so a long side of 600 makes 600x400
+SMALL_DEVICE = 512 * 2**20  # holds about 0.13 megapixels in one pass
+LARGE_DEVICE = 8 * 2**30
+
+
+def report(app: Flask, name: str, memory: int | None, *, seconds_ago: float = 0) -> None:
+    """Record a worker as the fleet knows it: heard from `seconds_ago`, with a device of `memory` bytes."""
+    with session_scope(app.extensions["styleq"].session_factory) as session:
+        fleet.report_worker(session, name, host="host", gpu="cpu", pid=1, starting=True, device_memory_bytes=memory)
+        session.flush()
+        session.get(Worker, name).heartbeat_at = datetime.now(UTC) - timedelta(seconds=seconds_ago)
+
+
+def largest_named(response) -> int:
+    """Return the largest size a refusal names."""
+    message = assert_error(response, 422, "too_large_for_memory")["message"]
+    return int(re.search(r"the largest size that fits is (\d+) \(the long side", message)[1])
+
+
+def test_a_job_too_large_for_every_live_worker_is_refused_naming_the_largest_size_that_fits(app, client, keys):
+    report(app, "cpu@small", SMALL_DEVICE)
+    alice = keys.headers("alice")
+
+    refused = submit(client, alice, content=CONTENT, params=json.dumps({"size": 600}))
+    largest = largest_named(refused)
+
+    assert 300 < largest < 600 and count_jobs(app) == 0
+    assert "600 wide and 400 high" in refused.get_json()["error"]["message"]
+    assert submit(client, alice, content=CONTENT, params=json.dumps({"size": largest})).status_code == 202
+    assert largest_named(submit(client, alice, content=CONTENT, params=json.dumps({"size": largest + 1}))) == largest
+    # A [height, width] size is answered with the long side that fits in its own proportions.
+    assert largest_named(submit(client, alice, content=CONTENT, params=json.dumps({"size": [400, 600]}))) == largest
+
+
+def test_the_largest_live_worker_decides_and_silent_ones_do_not_count(app, client, keys):
+    report(app, "cpu@small", SMALL_DEVICE)
+    report(app, "gpu0@gone", LARGE_DEVICE, seconds_ago=3600)
+    params = json.dumps({"size": 600})
+
+    assert submit(client, keys.headers("alice"), content=CONTENT, params=params).status_code == 422
+    report(app, "gpu0@big", LARGE_DEVICE)
+    assert submit(client, keys.headers("alice"), content=CONTENT, params=params).status_code == 202
+
+
+def test_without_a_report_the_setting_decides_and_without_either_nothing_is_refused_for_memory(app, client, keys, settings):
+    params = json.dumps({"size": 600})
+    report(app, "cpu@old", None)  # a worker from before workers reported their memory
+
+    assert submit(client, keys.headers("alice"), content=CONTENT, params=params).status_code == 202
+    settings.device_memory_bytes = SMALL_DEVICE
+    assert largest_named(submit(client, keys.headers("alice"), content=CONTENT, params=params)) < 600
+
+
+def test_a_larger_style_scale_needs_more_memory(app, client, keys):
+    report(app, "cpu@small", SMALL_DEVICE)
+
+    plain = largest_named(submit(client, keys.headers("alice"), content=CONTENT, params=json.dumps({"size": 600})))
+    enlarged = largest_named(submit(client, keys.headers("alice"), content=CONTENT, params=json.dumps({"size": 600, "style_scale": 4})))
+
+    assert enlarged < plain
+
+
+def test_the_automatic_schedule_is_written_into_the_job_at_submit(client, keys):
+    small = submit(client, keys.headers("alice"), content=CONTENT, params=json.dumps({"size": 400})).get_json()
+    large = submit(client, keys.headers("alice"), content=CONTENT, params=json.dumps({"size": 640, "iterations": 300})).get_json()
+    explicit = submit(client, keys.headers("alice"), content=CONTENT, params=json.dumps({"size": 640, "scales": [0.5, 1]})).get_json()
+
+    assert small["params"]["scales"] == [1.0] and small["params"]["scale_iterations"] is None
+    # 640 px: a first scale 320 px long, then the full size; most iterations at the cheap coarse scale.
+    assert large["params"]["scales"] == [0.5, 1.0]
+    first, last = large["params"]["scale_iterations"]
+    assert first + last == 300 and first > last
+    assert explicit["params"]["scales"] == [0.5, 1.0] and explicit["params"]["scale_iterations"] is None
