@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from shared.models import JobStatus
+from shared.outputs import FORMATS
 
 bp = Blueprint("openapi", __name__)
 
@@ -40,6 +41,8 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "description": "The job's id.", "schema": {"type": "string"}}
 # The types an upload may have, served back as they came.
 UPLOAD_MIMETYPES = ["image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff"]
+# The types a result may have: one per `format` (shared/outputs.py FORMATS).
+RESULT_MIMETYPES = [output.media_type for output in FORMATS.values()]
 # Every /v1 operation needs a key, and counts against the key's requests per minute.
 AUTH = {"401": {"$ref": REF + "responses/Unauthorized"}, "429": {"$ref": REF + "responses/TooManyRequests"}}
 UNKNOWN = {"404": _error("No job with this id belongs to the client.")}
@@ -161,7 +164,10 @@ SUBMIT = {
                         "params": {
                             "type": "string",
                             "contentMediaType": JSON,
-                            "description": 'A JSON object: a preset and overrides, e.g. {"preset": "seed", "size": [300, 450]}.',
+                            "description": (
+                                'A JSON object: a preset and overrides, e.g. {"preset": "seed", "size": [300, 450]}, '
+                                '{"style_loss": "moments"} or {"format": "webp", "quality": 90}.'
+                            ),
                         },
                     },
                 }
@@ -269,7 +275,14 @@ PATHS: dict[str, Any] = {
     "/v1/jobs/{job_id}/result": {
         "get": _job_operation(
             "Download the finished picture.",
-            {"200": _image("The result.", ["image/png"], "private, max-age=86400, immutable"), **NOT_MODIFIED, "409": _error("not_ready.")},
+            {
+                "200": _image(
+                    "The result, in the job's `format` (png, jpeg or webp), with Content-Disposition naming it `<job id>.png`, "
+                    "`.jpg` or `.webp`; the job's parameters are inside it as JSON (PNG tEXt `Description`, EXIF ImageDescription).",
+                    RESULT_MIMETYPES, "private, max-age=86400, immutable",
+                ),
+                **NOT_MODIFIED, "409": _error("not_ready."),
+            },
         )
     },
     "/v1/jobs/{job_id}/preview": {

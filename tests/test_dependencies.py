@@ -50,7 +50,7 @@ def imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize(
     "module",
-    ["settings", "db", "models", "jobs", "leases", "keys", "dashboard_sessions", "secret_key", "fleet", "storage", "params", "migrate", "errors", "images"],
+    ["settings", "db", "models", "jobs", "leases", "keys", "dashboard_sessions", "secret_key", "fleet", "storage", "params", "migrate", "errors", "images", "outputs"],
 )
 def test_shared_loads_neither_flask_celery_click_nor_torch(module):
     loaded = top_level(modules_after(f"import shared.{module}"))

@@ -45,7 +45,8 @@ from shared.db import session_scope
 from shared.errors import InvalidImage
 from shared.images import decode_image, image_size
 from shared.models import Job, JobStatus
-from shared.params import TransferParams, resolve_params
+from shared.outputs import FORMATS, encode_result
+from shared.params import TransferParams, complete_saved_params, resolve_params
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -464,11 +465,10 @@ class JobRunner:
             member.outcome = "lost"
 
     def _succeed(self, member: _Member, result: TransferResult, held: _Leases) -> None:
-        buffer = io.BytesIO()
-        result.image.save(buffer, format="PNG")
+        data = encode_result(result.image, member.params)
         for delay in (*RESULT_WRITE_DELAYS, None):
             try:
-                self.storage.write_job_file(member.job_id, "result.png", buffer.getvalue(), create=False)
+                self.storage.write_job_file(member.job_id, FORMATS[member.params.format].file_name, data, create=False)
                 break
             except FileNotFoundError:
                 break  # deleted meanwhile: the record below says so
@@ -514,7 +514,7 @@ class JobRunner:
         except Exception:  # a damaged state only costs the progress it held
             log.warning("ignoring unreadable saved state of job %s", job_id, exc_info=True)
             return None
-        if state.params != params.to_dict():
+        if complete_saved_params(state.params) != params.to_dict():
             return None
         log.info("resuming job %s at iteration %d", job_id, state.iteration)
         return state

@@ -19,7 +19,7 @@ from .backbone import Backbone
 from .colors import color_statistics, keep_content_colors, match_color_statistics
 from .objective import Objective, TargetCache, image_digest
 from .precision import resolve_precision
-from shared.params import TransferParams
+from shared.params import OUTPUT_PARAMS, TransferParams, complete_saved_params
 
 
 # The smallest side a coarse scale is given: VGG's fifth block still sees a few pixels there.
@@ -128,9 +128,10 @@ def output_size(params: TransferParams, content: Image.Image) -> tuple[int, int]
 
 
 def batch_key(params: TransferParams) -> dict[str, Any]:
-    """Return what jobs must share to run as one batch: every parameter but the random seed."""
+    """Return what jobs must share to run as one batch: every parameter but the random seed and the result file's format."""
     values = params.to_dict()
-    values.pop("seed")
+    for name in ("seed", *OUTPUT_PARAMS):
+        values.pop(name)
     return values
 
 
@@ -221,10 +222,8 @@ class _Run:
         self.content = job.content
         self.generator = torch.Generator().manual_seed(params.seed)
         if job.state is not None:
-            # States saved before coarse-to-fine existed name no scales: they ran in one pass.
-            # Nor colours: they took the style's.
-            saved = {"scales": [1.0], "scale_iterations": None, "colors": "style", **job.state.params}
-            if saved != params.to_dict():
+            # States saved before coarse-to-fine, colours or the moments loss existed name none of them.
+            if complete_saved_params(job.state.params) != params.to_dict():
                 raise ValueError("the saved state belongs to a transfer with other parameters")
             self.image = job.state.image.to(device).requires_grad_(True)
             self.generator.set_state(job.state.rng)
