@@ -13,6 +13,7 @@ import click
 import requests
 from tqdm import tqdm
 
+from shared.outputs import EXTENSIONS, format_of_path
 from shared.params import CHOICES, parse_size
 from shared.settings import load_settings
 
@@ -83,7 +84,7 @@ class StyleqClient:
         return _body(self.http.get(f"{self.url}/v1/jobs/{job_id}", timeout=30))
 
     def result(self, job_id: str) -> bytes:
-        """Return the finished job's picture (PNG)."""
+        """Return the finished job's picture, in the job's format."""
         response = self.http.get(f"{self.url}/v1/jobs/{job_id}/result", timeout=120)
         if not response.ok:
             _body(response)
@@ -127,8 +128,8 @@ def _api_key(key: str | None) -> str:
     raise click.UsageError(f"no API key: pass --key, set STYLEQ_API_KEY, or run `styleq up` (it keeps one in {path})")
 
 
-def _job_params(params_json: str | None, preset: str | None, size: str | None, iterations: int | None, colors: str | None) -> dict[str, Any]:
-    """Merge --params with the options that override it."""
+def _job_params(params_json: str | None, preset: str | None, size: str | None, output: Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """Merge --params with the options that override it; the result's format follows -o's extension unless set."""
     try:
         params = json.loads(params_json) if params_json else {}
     except json.JSONDecodeError as error:
@@ -137,16 +138,24 @@ def _job_params(params_json: str | None, preset: str | None, size: str | None, i
         raise click.BadParameter("must be a JSON object", param_hint="--params")
     if preset:
         params["preset"] = preset
-    if iterations is not None:
-        params["iterations"] = iterations
-    if colors is not None:
-        params["colors"] = colors
+    params.update({name: value for name, value in overrides.items() if value is not None})
     if size:
         try:
             params["size"] = parse_size(size)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--size") from None
+    if output is not None:
+        params.update(output_format(output, params.get("format")))
     return params
+
+
+def output_format(output: Path, chosen: str | None) -> dict[str, str]:
+    """Return the format a result saved as `output` takes ({} to leave it to the parameters), refusing a name that contradicts `chosen`."""
+    implied = format_of_path(output)
+    if chosen is not None and implied != chosen:
+        extensions = ", ".join(suffix for suffix, name in EXTENSIONS.items() if name == chosen)
+        raise click.BadParameter(f"{output} is not a {chosen} file name: with format {chosen} it should end in {extensions}", param_hint="--output")
+    return {"format": implied} if implied is not None and chosen is None else {}
 
 
 def _follow_with_bar(client: StyleqClient, job: dict[str, Any], quiet: bool) -> dict[str, Any]:
@@ -173,14 +182,22 @@ def _follow_with_bar(client: StyleqClient, job: dict[str, Any], quiet: bool) -> 
 @click.option("--size", help="HEIGHTxWIDTH like 300x450, or the long side.")
 @click.option("--iterations", type=int)
 @click.option("--colors", type=click.Choice(CHOICES["colors"]), help="style (default), content (keep the content's colours) or histogram.")
+@click.option("--style-loss", type=click.Choice(CHOICES["style_loss"]), help="gram (default) or moments (match each layer's feature mean and covariance).")
+@click.option("--format", "format_", type=click.Choice(CHOICES["format"]), help="The result's file format (default png, or what -o ends in).")
+@click.option("--quality", type=int, help="JPEG and WebP quality, 1 to 100 (default 92).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --wait: where to save the result.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --wait: where to save the result (.png, .jpg or .webp sets the format).")
 @click.option("-q", "--quiet", is_flag=True)
-def submit(content: Path, style: Path, url: str, key: str | None, params_json: str | None, preset: str | None, size: str | None, iterations: int | None, colors: str | None, wait: bool, output: Path | None, quiet: bool) -> None:
+def submit(
+    content: Path, style: Path, url: str, key: str | None, params_json: str | None, preset: str | None, size: str | None, iterations: int | None,
+    colors: str | None, style_loss: str | None, format_: str | None, quality: int | None, wait: bool, output: Path | None, quiet: bool,
+) -> None:
     """Submit a style-transfer job; print its id (and with --wait, follow it and save the result)."""
-    params = _job_params(params_json, preset, size, iterations, colors)
     if output is not None and not wait:
         raise click.UsageError("--output needs --wait")
+    params = _job_params(
+        params_json, preset, size, output, iterations=iterations, colors=colors, style_loss=style_loss, format=format_, quality=quality,
+    )
     client = StyleqClient(url, _api_key(key))
     try:
         job = client.submit(content, style, params)

@@ -26,6 +26,11 @@ COLOR_CHOICES = tuple(zip(CHOICES["colors"], (
     "The content image's colours",
     "The style, recoloured to the content's palette",
 ), strict=True))
+STYLE_LOSS_CHOICES = tuple(zip(CHOICES["style_loss"], (
+    "Gram matrices (the classic look)",
+    "Feature mean and covariance",
+), strict=True))
+FORMAT_CHOICES = tuple(zip(CHOICES["format"], ("PNG (lossless)", "JPEG", "WebP"), strict=True))
 
 
 @bp.get("/")
@@ -68,7 +73,10 @@ def new_job() -> str:
         "max_upload_bytes": settings.max_upload_bytes,
         "ranges": RANGES,
     }
-    return render_template("new_job.html", presets=presets, limits=limits, default_preset=DEFAULT_PRESET, color_choices=COLOR_CHOICES)
+    return render_template(
+        "new_job.html", presets=presets, limits=limits, default_preset=DEFAULT_PRESET,
+        color_choices=COLOR_CHOICES, style_loss_choices=STYLE_LOSS_CHOICES, format_choices=FORMAT_CHOICES,
+    )
 
 
 @bp.post("/jobs/<job_id>/rerun")
