@@ -10,6 +10,7 @@ from PIL import Image
 from shared import jobs
 from shared.errors import Conflict, Gone, NotFound
 from shared.models import Job, JobStatus
+from shared.outputs import job_format
 
 from .auth import current_key
 from .backends import backends, db_session
@@ -20,7 +21,7 @@ IMMUTABLE = "private, max-age=86400, immutable"
 
 @bp.get("/jobs/<job_id>/result")
 def show_result(job_id: str) -> Response:
-    """Send the finished picture (PNG); 410 once the retention sweep has removed it."""
+    """Send the finished picture in the job's format (PNG, JPEG or WebP), named `<job id>.<extension>`; 410 once the retention sweep has removed it."""
     job = own_job(job_id)
     if job.result_expired_at is not None:
         raise Gone(
@@ -28,8 +29,9 @@ def show_result(job_id: str) -> Response:
             "for a while after their job ends; submit the job again to make it anew",
             code="result_expired",
         )
-    path = backends().storage.job_path(job.id, "result.png")
-    return send_job_file(path, "image/png", IMMUTABLE, not_ready(job, "result"))
+    output = job_format(job.params)
+    path = backends().storage.job_path(job.id, output.file_name)
+    return send_job_file(path, output.media_type, IMMUTABLE, not_ready(job, "result"), download_name=f"{job.id}.{output.extension}")
 
 
 @bp.get("/jobs/<job_id>/preview")
@@ -78,10 +80,13 @@ def not_ready(job: Job, name: str) -> str:
     return f"job {job.id} ended {job.status} and has no {name}"
 
 
-def send_job_file(path: Path, mimetype: str, cache_control: str, missing: str) -> Response:
-    """Send one of a job's files with an ETag, or 409 not_ready while the worker has not written it."""
+def send_job_file(path: Path, mimetype: str, cache_control: str, missing: str, *, download_name: str | None = None) -> Response:
+    """Send one of a job's files with an ETag, or 409 not_ready while the worker has not written it.
+
+    A `download_name` is the file name a browser saves it under (Content-Disposition: inline; filename=...).
+    """
     try:
-        response = send_file(path, mimetype=mimetype, conditional=True, etag=True)
+        response = send_file(path, mimetype=mimetype, conditional=True, etag=True, download_name=download_name)
     except FileNotFoundError:
         raise Conflict(missing, code="not_ready") from None
     return with_cache_control(response, cache_control)

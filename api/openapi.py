@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from shared.models import DeliveryStatus, JobStatus
+from shared.outputs import FORMATS
 from shared.params import MAX_STYLE_WEIGHT, MAX_STYLES
 from shared.webhooks import DEFAULT_EVENTS, EVENTS, MAX_URL_LENGTH
 
@@ -42,6 +43,8 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "description": "The job's id.", "schema": {"type": "string"}}
 # The types an upload may have, served back as they came.
 UPLOAD_MIMETYPES = ["image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff"]
+# The types a result may have: one per `format` (shared/outputs.py FORMATS).
+RESULT_MIMETYPES = [output.media_type for output in FORMATS.values()]
 # Every /v1 operation needs a key, and counts against the key's requests per minute.
 AUTH = {"401": {"$ref": REF + "responses/Unauthorized"}, "429": {"$ref": REF + "responses/TooManyRequests"}}
 UNKNOWN = {"404": _error("No job with this id belongs to the client.")}
@@ -241,7 +244,10 @@ SUBMIT = {
                         "params": {
                             "type": "string",
                             "contentMediaType": JSON,
-                            "description": 'A JSON object: a preset and overrides, e.g. {"preset": "seed", "size": [300, 450]}.',
+                            "description": (
+                                'A JSON object: a preset and overrides, e.g. {"preset": "seed", "size": [300, 450]}, '
+                                '{"style_loss": "moments"} or {"format": "webp", "quality": 90}.'
+                            ),
                         },
                         "webhook_url": {
                             "type": "string",
@@ -367,7 +373,12 @@ PATHS: dict[str, Any] = {
         "get": _job_operation(
             "Download the finished picture.",
             {
-                "200": _image("The result.", ["image/png"], "private, max-age=86400, immutable"), **NOT_MODIFIED, "409": _error("not_ready."),
+                "200": _image(
+                    "The result, in the job's `format` (png, jpeg or webp), with Content-Disposition naming it `<job id>.png`, "
+                    "`.jpg` or `.webp`; the job's parameters are inside it as JSON (PNG tEXt `Description`, EXIF ImageDescription).",
+                    RESULT_MIMETYPES, "private, max-age=86400, immutable",
+                ),
+                **NOT_MODIFIED, "409": _error("not_ready."),
                 "410": _error("result_expired: the result was removed when its retention ended; the job's record stays."),
             },
         )

@@ -14,6 +14,7 @@ import click
 import requests
 from tqdm import tqdm
 
+from shared.outputs import EXTENSIONS, format_of_path
 from shared.params import CHOICES, parse_size
 from shared.settings import load_settings
 
@@ -99,7 +100,7 @@ class StyleqClient:
         return _body(self.http.get(f"{self.url}/v1/jobs/{job_id}", timeout=30))
 
     def result(self, job_id: str) -> bytes:
-        """Return the finished job's picture (PNG)."""
+        """Return the finished job's picture, in the job's format."""
         response = self.http.get(f"{self.url}/v1/jobs/{job_id}/result", timeout=120)
         if not response.ok:
             _body(response)
@@ -143,10 +144,8 @@ def _api_key(key: str | None) -> str:
     raise click.UsageError(f"no API key: pass --key, set STYLEQ_API_KEY, or run `styleq up` (it keeps one in {path})")
 
 
-def _job_params(
-    params_json: str | None, preset: str | None, size: str | None, iterations: int | None, colors: str | None, style_scale: float | None = None,
-) -> dict[str, Any]:
-    """Merge --params with the options that override it."""
+def _job_params(params_json: str | None, preset: str | None, size: str | None, output: Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """Merge --params with the options that override it; the result's format follows -o's extension unless set."""
     try:
         params = json.loads(params_json) if params_json else {}
     except json.JSONDecodeError as error:
@@ -155,18 +154,24 @@ def _job_params(
         raise click.BadParameter("must be a JSON object", param_hint="--params")
     if preset:
         params["preset"] = preset
-    if iterations is not None:
-        params["iterations"] = iterations
-    if colors is not None:
-        params["colors"] = colors
-    if style_scale is not None:
-        params["style_scale"] = style_scale
+    params.update({name: value for name, value in overrides.items() if value is not None})
     if size:
         try:
             params["size"] = parse_size(size)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--size") from None
+    if output is not None:
+        params.update(output_format(output, params.get("format")))
     return params
+
+
+def output_format(output: Path, chosen: str | None) -> dict[str, str]:
+    """Return the format a result saved as `output` takes ({} to leave it to the parameters), refusing a name that contradicts `chosen`."""
+    implied = format_of_path(output)
+    if chosen is not None and implied != chosen:
+        extensions = ", ".join(suffix for suffix, name in EXTENSIONS.items() if name == chosen)
+        raise click.BadParameter(f"{output} is not a {chosen} file name: with format {chosen} it should end in {extensions}", param_hint="--output")
+    return {"format": implied} if implied is not None and chosen is None else {}
 
 
 def _follow_with_bar(client: StyleqClient, job: dict[str, Any], quiet: bool) -> dict[str, Any]:
@@ -196,21 +201,27 @@ def _follow_with_bar(client: StyleqClient, job: dict[str, Any], quiet: bool) -> 
 @click.option("--webhook-url", help="POST the job's events here, signed (Standard Webhooks) with the key's webhook secret.")
 @click.option("--webhook-events", help="Which, comma-separated: running, checkpoint, succeeded, failed, canceled (default: all but checkpoint).")
 @click.option("--style-scale", type=float, help="The style image's area against the picture's (0.25 to 4; below 1: larger strokes).")
+@click.option("--style-loss", type=click.Choice(CHOICES["style_loss"]), help="gram (default) or moments (match each layer's feature mean and covariance).")
+@click.option("--format", "format_", type=click.Choice(CHOICES["format"]), help="The result's file format (default png, or what -o ends in).")
+@click.option("--quality", type=int, help="JPEG and WebP quality, 1 to 100 (default 92).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --wait: where to save the result.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --wait: where to save the result (.png, .jpg or .webp sets the format).")
 @click.option("-q", "--quiet", is_flag=True)
 def submit(
     content: Path, styles: tuple[Path, ...], style_weights: tuple[float, ...] | None, url: str, key: str | None, params_json: str | None,
     preset: str | None, size: str | None, iterations: int | None, colors: str | None, webhook_url: str | None, webhook_events: str | None,
-    style_scale: float | None, wait: bool, output: Path | None, quiet: bool,
+    style_scale: float | None, style_loss: str | None, format_: str | None, quality: int | None, wait: bool, output: Path | None, quiet: bool,
 ) -> None:
     """Submit a style-transfer job of one STYLE image or a blend of several; print its id (and with --wait, follow it and save the result)."""
     check_style_count(len(styles), style_weights)
-    params = _job_params(params_json, preset, size, iterations, colors, style_scale)
     if output is not None and not wait:
         raise click.UsageError("--output needs --wait")
     if webhook_events and not webhook_url:
         raise click.UsageError("--webhook-events needs --webhook-url")
+    params = _job_params(
+        params_json, preset, size, output, iterations=iterations, colors=colors, style_scale=style_scale, style_loss=style_loss,
+        format=format_, quality=quality,
+    )
     client = StyleqClient(url, _api_key(key))
     try:
         job = client.submit(content, styles, params, style_weights, webhook_url=webhook_url, webhook_events=webhook_events)

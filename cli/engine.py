@@ -10,6 +10,7 @@ from PIL import Image
 
 from shared.errors import InvalidImage
 from shared.images import decode_image
+from shared.outputs import encode_result, format_of_path
 from shared.params import AUTO, CHOICES, PRESETS, RANGES, parse_size, resolve_params, style_roles
 from shared.settings import load_settings
 from worker import report
@@ -17,6 +18,7 @@ from worker.downloads import load_or_pull, pull_weights
 from worker.engine import CONVENTIONS, Progress, build_backbone, default_device, transfer
 from worker.engine.weights import REGISTRY, WeightsError, is_pulled
 
+from .client import output_format
 from .options import check_style_count, style_images
 
 _OUTPUT_FORMATS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -77,7 +79,7 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
 @click.command("transfer")
 @click.argument("content", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @style_images
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the picture (.png, .jpg, ...).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the picture (.png, .jpg, .webp with the parameters inside; .bmp, .tif).")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="styleq", show_default=True, help="Starting values of every parameter: 'seed' is the notebook exactly.")
 @click.option("--weights", help="Registry weights (see `styleq weights list`) or a .pth/.safetensors file. Default: the preset's.")
 @click.option("--convention", type=click.Choice(sorted(CONVENTIONS)), help="Input convention of a weights file (default torchvision).")
@@ -90,6 +92,9 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
 @click.option("--init", type=click.Choice(CHOICES["init"]), help="Start from the content image, the style image or noise.")
 @click.option("--seed", type=int, help="Random seed (noise init).")
 @click.option("--colors", type=click.Choice(CHOICES["colors"]), help="style: the style's colours (default); content: keep the content's; histogram: the style recoloured to the content's palette first.")
+@click.option("--style-loss", type=click.Choice(CHOICES["style_loss"]), help="gram: Gram matrices (default); moments: each style layer's feature mean and covariance.")
+@click.option("--format", "format", type=click.Choice(CHOICES["format"]), help="png, jpeg or webp (default: what --output ends in); the parameters are written inside it.")
+@click.option("--quality", type=int, help=f"JPEG and WebP quality ({_range_help('quality')}, default 92).")
 @click.option("--content-weight", type=float)
 @click.option("--style-weight", type=float)
 @click.option("--tv-weight", type=float, help="Total-variation (smoothness) weight.")
@@ -106,12 +111,13 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
 def transfer_command(content: Path, styles: tuple[Path, ...], output: Path, convention: str | None, device: str, history: Path | None, plot: Path | None, quiet: bool, **options: Any) -> None:
     """Paint CONTENT in the style of STYLE (or a blend of several STYLE images) and write the picture to OUTPUT."""
     check_style_count(len(styles), options["style_weights"])
+    _check_output(output, "--output", _OUTPUT_FORMATS)
+    options.update(output_format(output, options["format"]))
     try:
         # Options left unset are None: the preset decides them.
         params = resolve_params(**options)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
-    _check_output(output, "--output", _OUTPUT_FORMATS)
     if history is not None:
         _check_output(history, "--history", {".csv", ".json"})
     if plot is not None:
@@ -141,7 +147,11 @@ def transfer_command(content: Path, styles: tuple[Path, ...], output: Path, conv
             bar.advance(checkpoint)
 
         result = transfer(content_image, style_images, params, backbone=backbone, device=torch_device, on_checkpoint=on_checkpoint)
-    result.image.save(output)
+    if format_of_path(output) is not None:
+        # A weights file is named by its file name: the picture should not carry a local path around.
+        output.write_bytes(encode_result(result.image, params, weights=params.weights if params.weights in REGISTRY else Path(params.weights).name))
+    else:
+        result.image.save(output)  # BMP or TIFF: a picture without metadata
     if history is not None:
         report.write_history(checkpoints, history)
     if plot is not None:

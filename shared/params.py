@@ -30,6 +30,8 @@ RANGES: dict[str, tuple[float, float]] = {
     # The style picture's area as a multiple of the content's at each scale: below 1 its strokes and textures
     # come out larger in the result, above 1 smaller (the network sees the style picture shrunk or enlarged).
     "style_scale": (0.25, 4.0),
+    # JPEG and WebP quality (Pillow's scale); a PNG result is lossless and ignores it.
+    "quality": (1, 100),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adam", "lbfgs"),
@@ -44,6 +46,19 @@ CHOICES: dict[str, tuple[str, ...]] = {
     # (its luminance recombined with the content's chroma). "histogram": the style picture is given the content's
     # colour statistics before its targets are computed, so its textures arrive in the content's palette.
     "colors": ("style", "content", "histogram"),
+    # "gram": the squared difference of Gram matrices (the seed). "moments": the squared 2-Wasserstein distance
+    # between Gaussians of the features' mean and covariance (worker/engine/losses.py moment_losses).
+    "style_loss": ("gram", "moments"),
+    # The result file's format (shared/outputs.py); the picture itself is the same in each.
+    "format": ("png", "jpeg", "webp"),
+}
+# Parameters that decide only how the result is written, not the picture: jobs differing in them share a batch.
+OUTPUT_PARAMS = ("format", "quality")
+# The values of parameters added after some states were saved, as those states ran: a saved state that names
+# none of them resumes as a job with these values (states saved before coarse-to-fine ran in one pass, ...).
+SAVED_STATE_DEFAULTS: dict[str, Any] = {
+    "scales": [1.0], "scale_iterations": None, "colors": "style", "style_weights": None, "style_scale": 1.0, "style_loss": "gram",
+    "format": "png", "quality": 92,
 }
 # The weights registry's names and files (worker/engine/weights.py REGISTRY), so the API can refuse anything
 # else (a client must never name a file path), and weights an operator has not pulled, without importing the engine.
@@ -128,6 +143,9 @@ class TransferParams:
     style_weights: tuple[float, ...] | None = None
     # The style picture is seen at this multiple of the content's area (at every scale): RANGES["style_scale"].
     style_scale: float = 1.0
+    style_loss: str = "gram"
+    format: str = "png"
+    quality: int = 92
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -136,7 +154,7 @@ class TransferParams:
             for value in values:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                     raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
-        for name in ("iterations", "lr_decay_step", "style_repeats", "seed", "checkpoint_every", "lbfgs_history"):
+        for name in ("iterations", "lr_decay_step", "style_repeats", "seed", "checkpoint_every", "lbfgs_history", "quality"):
             if not isinstance(getattr(self, name), int):
                 raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
         if isinstance(self.size, tuple) and (len(self.size) != 2 or not all(isinstance(v, int) for v in self.size)):
@@ -344,6 +362,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 DEFAULT_PRESET = "styleq"
+
+
+def complete_saved_params(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a saved state's parameters with those added since it was saved at the values it ran with."""
+    return {**SAVED_STATE_DEFAULTS, **saved}
 
 
 def parse_size(text: str) -> tuple[int, int] | int:

@@ -24,8 +24,12 @@ from pathlib import Path
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _STATE = re.compile(r"^state-([0-9]{9})\.pt$")
-# `state.pt` is the one unnumbered state that versions before numbered states wrote.
-JOB_FILES = ("result.png", "preview.jpg", "state.pt")
+# The result in each of its formats (shared/outputs.py FORMATS): a job has one of them.
+RESULT_FILES = ("result.png", "result.jpg", "result.webp")
+PREVIEW_FILE = "preview.jpg"
+# The one unnumbered state, which versions before numbered states wrote.
+LEGACY_STATE_FILE = "state.pt"
+JOB_FILES = (*RESULT_FILES, PREVIEW_FILE, LEGACY_STATE_FILE)
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class Storage:
 
     def job_dir(self, job_id: str) -> Path:
         """Return the folder of the job's files."""
-        return self.job_path(job_id, JOB_FILES[0]).parent
+        return self.job_path(job_id, PREVIEW_FILE).parent
 
     def make_job_dir(self, job_id: str) -> None:
         """Make the job's folder (a worker does, once its claim on the job is committed)."""
@@ -81,7 +85,7 @@ class Storage:
             write_atomically(folder / f"state-{iteration:09d}.pt", data, create_parents=False)
             for _, older in existing:
                 older.unlink(missing_ok=True)
-            (folder / JOB_FILES[2]).unlink(missing_ok=True)
+            (folder / LEGACY_STATE_FILE).unlink(missing_ok=True)
             return True
         finally:
             os.close(descriptor)  # releases the lock
@@ -92,7 +96,7 @@ class Storage:
         states = self._states(folder)
         if states:
             return states[-1][1]
-        legacy = folder / JOB_FILES[2]
+        legacy = folder / LEGACY_STATE_FILE
         return legacy if legacy.is_file() else None
 
     def delete_states(self, job_id: str) -> None:
@@ -100,7 +104,7 @@ class Storage:
         folder = self.job_dir(job_id)
         for _, path in self._states(folder):
             path.unlink(missing_ok=True)
-        (folder / JOB_FILES[2]).unlink(missing_ok=True)
+        (folder / LEGACY_STATE_FILE).unlink(missing_ok=True)
 
     @staticmethod
     def _states(folder: Path) -> list[tuple[int, Path]]:
@@ -129,7 +133,7 @@ class Storage:
 
     def delete_job_files(self, job_id: str) -> None:
         """Remove every file of the job (its uploads stay: other jobs may share them)."""
-        shutil.rmtree(self.job_path(job_id, JOB_FILES[0]).parent, ignore_errors=True)
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
     def delete_upload(self, sha256: str) -> None:
         """Remove an upload that no job refers to any more."""
@@ -158,11 +162,11 @@ def _entries(folder: Path) -> list[os.DirEntry[str]]:
 
 
 def _job_file_kind(name: str) -> str:
-    if name == JOB_FILES[0]:
+    if name in RESULT_FILES:
         return "result"
-    if name == JOB_FILES[1]:
+    if name == PREVIEW_FILE:
         return "preview"
-    return "state" if name == JOB_FILES[2] or _STATE.match(name) else "other"
+    return "state" if name == LEGACY_STATE_FILE or _STATE.match(name) else "other"
 
 
 def _stored(entry: os.DirEntry[str], kind: str, owner: str) -> Iterator[StoredFile]:

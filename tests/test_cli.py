@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import safetensors.torch
@@ -17,6 +18,7 @@ from torchvision import models
 
 from cli import main
 from cli.client import _job_params
+from shared.outputs import read_metadata
 from shared.db import make_engine, make_session_factory
 from shared.keys import authenticate
 from shared.secret_key import load_secret_key
@@ -139,7 +141,43 @@ def test_an_unknown_colors_value_is_refused_naming_the_choices(inputs, vgg16_fil
 
 
 def test_submit_passes_colors_with_the_other_parameter_flags():
-    assert _job_params('{"iterations": 5}', None, "300x450", None, "histogram") == {"iterations": 5, "size": (300, 450), "colors": "histogram"}
+    assert _job_params('{"iterations": 5}', None, "300x450", colors="histogram") == {"iterations": 5, "size": (300, 450), "colors": "histogram"}
+
+
+def test_submit_passes_the_style_loss_format_and_quality_and_takes_the_format_from_the_output_name(tmp_path):
+    assert _job_params(None, None, None, style_loss="moments", format="jpeg", quality=80) == {"style_loss": "moments", "format": "jpeg", "quality": 80}
+    assert _job_params(None, None, None, tmp_path / "out.webp") == {"format": "webp"}
+    assert _job_params('{"format": "jpeg"}', None, None, tmp_path / "out.JPG") == {"format": "jpeg"}
+    with pytest.raises(click.BadParameter, match=r"out.png is not a webp file name: with format webp it should end in .webp"):
+        _job_params(None, None, None, tmp_path / "out.png", format="webp")
+
+
+def test_style_loss_moments_from_the_command_line(inputs, vgg16_file, out):
+    # Up to relu3_1: the deeper layers' 512-channel square roots would cost more than the test needs.
+    result = small_transfer(inputs, vgg16_file, out / "picture.png", "--iterations", "2", "--style-loss", "moments", "--style-layers", "relu1_1,relu2_1,relu3_1")
+
+    assert_succeeded(result)
+    assert read_metadata(out / "picture.png")["params"]["style_loss"] == "moments"
+
+
+def test_the_output_names_extension_picks_the_format_and_the_parameters_travel_inside(inputs, vgg16_file, out):
+    for name, pillow in (("picture.webp", "WEBP"), ("picture.jpg", "JPEG"), ("picture.png", "PNG")):
+        result = small_transfer(inputs, vgg16_file, out / name, "--iterations", "1", "--quality", "70")
+
+        assert_succeeded(result)
+        with Image.open(out / name) as picture:
+            assert picture.format == pillow
+        metadata = read_metadata(out / name)
+        # A weights file is named in the metadata by its name alone.
+        assert metadata["weights"] == vgg16_file.name and metadata["params"]["quality"] == 70
+        assert metadata["params"]["format"] == {"WEBP": "webp", "JPEG": "jpeg", "PNG": "png"}[pillow]
+
+
+def test_a_format_the_output_name_contradicts_is_refused_before_the_run(inputs, vgg16_file, out):
+    result = small_transfer(inputs, vgg16_file, out / "picture.png", "--format", "jpeg")
+
+    assert result.exit_code != 0 and "picture.png is not a jpeg file name" in result.output and ".jpg, .jpeg" in result.output
+    assert list(out.iterdir()) == []
 
 
 @pytest.fixture

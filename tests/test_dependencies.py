@@ -52,7 +52,7 @@ def imported_modules(path: Path) -> set[str]:
     "module",
     [
         "settings", "db", "models", "jobs", "leases", "keys", "dashboard_sessions", "secret_key", "fleet", "storage", "params", "migrate", "errors",
-        "images", "memory", "logs", "retention", "stats", "webhooks", "deliveries",
+        "images", "outputs", "memory", "logs", "retention", "stats", "webhooks", "deliveries",
     ],
 )
 def test_shared_loads_neither_flask_celery_click_nor_torch(module):

@@ -46,6 +46,7 @@ from shared.errors import InvalidImage
 from shared.images import decode_image, image_size
 from shared.memory import batch_capacity
 from shared.models import Job, JobStatus
+from shared.outputs import FORMATS, encode_result
 from shared.params import AUTO, TransferParams, resolve_params, style_roles
 from shared.settings import Settings
 from shared.storage import Storage
@@ -509,11 +510,10 @@ class JobRunner:
             member.outcome = "lost"
 
     def _succeed(self, member: _Member, result: TransferResult, held: _Leases) -> None:
-        buffer = io.BytesIO()
-        result.image.save(buffer, format="PNG")
+        data = encode_result(result.image, member.params)
         for delay in (*RESULT_WRITE_DELAYS, None):
             try:
-                self.storage.write_job_file(member.job_id, "result.png", buffer.getvalue(), create=False)
+                self.storage.write_job_file(member.job_id, FORMATS[member.params.format].file_name, data, create=False)
                 break
             except FileNotFoundError:
                 break  # deleted meanwhile: the record below says so

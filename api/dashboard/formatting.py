@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.models import Job, JobStatus, utcnow
+from shared.outputs import job_format
 
 from ..payloads import timestamp
 from . import bp
@@ -36,6 +37,7 @@ PARAM_LABELS = {
     "scales": "Scales",
     "scale_iterations": "Iterations per scale",
     "precision": "Precision",
+    "style_loss": "Style loss",
     "content_layers": "Content layers",
     "style_layers": "Style layers",
     "init": "Start from",
@@ -44,6 +46,8 @@ PARAM_LABELS = {
     "normalize_losses": "Normalised losses",
     "keep_style_aspect": "Keep style aspect",
     "checkpoint_every": "Checkpoint every",
+    "format": "File format",
+    "quality": "Quality",
 }
 # Parameters the job page shows elsewhere: each style's share of a blend, under its picture.
 SHOWN_WITH_INPUTS = {"style_weights"}
@@ -127,6 +131,12 @@ def wait_seconds(job: Job) -> float:
     """Return how long the job waited in the queue (so far, while it waits)."""
     end = job.started_at or job.finished_at or utcnow()
     return (end - job.created_at).total_seconds()
+
+
+@bp.app_template_global()
+def result_file_name(job: Job) -> str:
+    """Return the name a browser saves the job's result under: styleq-<id>.<the extension of its format>."""
+    return f"styleq-{job.id[:8]}.{job_format(job.params).extension}"
 
 
 @bp.app_template_global()

@@ -29,6 +29,11 @@ COLOR_CHOICES = tuple(zip(CHOICES["colors"], (
     "The content image's colours",
     "The style, recoloured to the content's palette",
 ), strict=True))
+STYLE_LOSS_CHOICES = tuple(zip(CHOICES["style_loss"], (
+    "Gram matrices (the classic look)",
+    "Feature mean and covariance",
+), strict=True))
+FORMAT_CHOICES = tuple(zip(CHOICES["format"], ("PNG (lossless)", "JPEG", "WebP"), strict=True))
 
 
 @bp.get("/")
@@ -74,7 +79,7 @@ def new_job() -> str:
     }
     return render_template(
         "new_job.html", presets=presets, limits=limits, default_preset=DEFAULT_PRESET, color_choices=COLOR_CHOICES,
-        max_styles=MAX_STYLES, max_style_weight=MAX_STYLE_WEIGHT,
+        max_styles=MAX_STYLES, max_style_weight=MAX_STYLE_WEIGHT, style_loss_choices=STYLE_LOSS_CHOICES, format_choices=FORMAT_CHOICES,
     )
 
 

@@ -13,6 +13,7 @@ from flask import Response, send_file
 from shared import jobs
 from shared.errors import NotFound
 from shared.images import decode_image
+from shared.outputs import job_format
 
 from ..auth import current_key
 from ..backends import backends, db_session
@@ -35,7 +36,7 @@ def show_thumbnail(job_id: str, name: str) -> Response:
         "content": storage.upload_path(job.content_sha256),
         "style": storage.upload_path(job.style_hashes[0]),
         "preview": storage.job_path(job.id, "preview.jpg"),
-        "result": storage.job_path(job.id, "result.png"),
+        "result": storage.job_path(job.id, job_format(job.params).file_name),
     }
     if name not in sources:
         raise NotFound(f"no thumbnail {name!r}; expected one of {', '.join(sources)}")

@@ -7,7 +7,7 @@
   const { api } = window.styleq;
   const { presets, limits } = JSON.parse(document.getElementById("form-data").textContent);
   const form = document.getElementById("new-job");
-  const fields = ["iterations", "style_weight", "colors", "content_weight", "tv_weight", "learning_rate", "init", "style_scale", "seed"];
+  const fields = ["iterations", "style_weight", "colors", "style_loss", "content_weight", "tv_weight", "learning_rate", "init", "style_scale", "seed", "format", "quality"];
   const height = document.getElementById("height");
   const width = document.getElementById("width");
   const keepAspect = document.getElementById("keep-aspect");

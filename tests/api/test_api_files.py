@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from PIL import Image
+
+from shared.outputs import FORMATS, encode_result, read_metadata
+from shared.params import resolve_params
 from shared.retention import RetentionPolicy, sweep_retention
-from tests.api.support import assert_error, image_bytes, set_job, submit
+from tests.api.support import add_job, assert_error, image_bytes, set_job, submit
 
 
 def test_result_is_not_ready_until_written_then_served_with_etag(app, client, keys):
@@ -68,3 +75,35 @@ def test_a_result_removed_by_retention_is_410_gone_and_the_job_stays(app, client
     assert job_id in error["message"] and "submit the job again" in error["message"]
     job = client.get(f"/v1/jobs/{job_id}", headers=alice).get_json()
     assert job["status"] == "succeeded" and job["result_expired_at"] is not None
+
+
+@pytest.mark.parametrize("format_", ["png", "jpeg", "webp"])
+def test_a_result_is_served_in_its_jobs_format_under_its_own_file_name(app, client, keys, format_):
+    alice = keys.headers("alice")
+    job_id = submit(client, alice, params=json.dumps({"format": format_, "quality": 80})).get_json()["id"]
+    params = resolve_params({"format": format_, "quality": 80})
+    written = encode_result(Image.new("RGB", (48, 32), (200, 120, 40)), params)
+    app.extensions["styleq"].storage.write_job_file(job_id, FORMATS[format_].file_name, written)
+    set_job(app, job_id, status="succeeded")
+
+    with client.get(f"/v1/jobs/{job_id}/result", headers=alice) as response:
+        assert response.status_code == 200 and response.data == written
+        assert response.mimetype == {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}[format_]
+        extension = {"png": "png", "jpeg": "jpg", "webp": "webp"}[format_]
+        assert response.headers["Content-Disposition"] == f"inline; filename={job_id}.{extension}"
+        with Image.open(io.BytesIO(response.data)) as picture:
+            assert picture.format == FORMATS[format_].pillow
+        assert read_metadata(response.data)["params"] == params.to_dict()
+
+
+def test_a_job_stored_before_formats_existed_serves_its_png(app, client, keys):
+    alice = keys.headers("alice")
+    params = resolve_params({}).to_dict()
+    for name in ("format", "quality", "style_loss"):
+        params.pop(name)
+    job_id = add_job(app, keys.ids["alice"], status="succeeded", params=params)
+    app.extensions["styleq"].storage.write_job_file(job_id, "result.png", image_bytes(kind="PNG"))
+
+    with client.get(f"/v1/jobs/{job_id}/result", headers=alice) as response:
+        assert response.status_code == 200 and response.mimetype == "image/png"
+        assert response.headers["Content-Disposition"] == f"inline; filename={job_id}.png"

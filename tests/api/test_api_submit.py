@@ -116,6 +116,12 @@ BAD_REQUESTS = {
     "layers of the wrong type": ({"params": '{"style_layers": 5}'}, 422, "invalid_params", "style_layers"),
     "weights as a path": ({"params": '{"weights": "/etc/passwd"}'}, 422, "invalid_params", "weights"),
     "weights as a file name": ({"params": '{"weights": "vgg19.pth"}'}, 422, "invalid_params", "weights"),
+    "unknown style loss": ({"params": '{"style_loss": "wasserstein"}'}, 422, "invalid_params", "style_loss must be one of gram, moments"),
+    "unknown format": ({"params": '{"format": "gif"}'}, 422, "invalid_params", "format must be one of png, jpeg, webp"),
+    "quality under 1": ({"params": '{"quality": 0}'}, 422, "invalid_params", "quality must be a number from 1 to 100"),
+    "quality over 100": ({"params": '{"quality": 101}'}, 422, "invalid_params", "quality must be a number from 1 to 100"),
+    "quality not whole": ({"params": '{"quality": 92.5}'}, 422, "invalid_params", "quality must be an integer"),
+    "quality as words": ({"params": '{"quality": "high"}'}, 422, "invalid_params", "quality"),
 }
 
 

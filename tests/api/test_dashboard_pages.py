@@ -215,3 +215,22 @@ def test_the_operator_view_shows_the_storage_each_kind_of_file_takes(app: Flask,
     assert "Storage in use" in page and "3.7 kB in all" in page
     assert 'data-storage="results" data-bytes="2500">2.5 kB<' in page and 'data-storage="uploads" data-bytes="1200">1.2 kB<' in page
     assert "kept 30 days" in page
+
+
+def test_the_new_job_form_offers_the_style_losses_and_file_formats_and_the_job_page_shows_the_chosen_ones(app: Flask, keys):
+    client = signed_in(app, keys, "alice")
+    form = client.get("/jobs/new").get_data(as_text=True)
+    losses = re.search(r'<select id="style_loss" name="style_loss"[^>]*>(.*?)</select>', form, re.S).group(1)
+    formats = re.search(r'<select id="format" name="format"[^>]*>(.*?)</select>', form, re.S).group(1)
+    assert re.findall(r'<option value="(\w+)"', losses) == ["gram", "moments"] and '<option value="gram" selected>' in losses
+    assert re.findall(r'<option value="(\w+)"', formats) == ["png", "jpeg", "webp"] and '<option value="png" selected>' in formats
+    assert re.search(r'<input id="quality" name="quality" type="number"[^>]* min="1" max="100" step="1" value="92"', form)
+
+    job_id = add_job(app, keys.ids["alice"], params=resolve_params({"style_loss": "moments", "format": "webp", "quality": 80}).to_dict())
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    for row in ("<tr><td>Style loss</td><td>moments</td></tr>", "<tr><td>File format</td><td>webp</td></tr>", "<tr><td>Quality</td><td>80</td></tr>"):
+        assert row in page
+
+    set_job(app, job_id, status="succeeded")
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert f'download="styleq-{job_id[:8]}.webp"' in page

@@ -99,7 +99,7 @@ def test_without_scale_iterations_the_coarse_scales_get_most_of_them():
         ({"scales": []}, 'scales must be "auto" or a list of 1 to 8'),
         ({"scales": "half"}, 'scales must be "auto" or a list'),
         ({"scales": "auto", "scale_iterations": [10, 10]}, "scale_iterations needs explicit scales"),
-        ({"scales": ["half", 1]}, "scales must be a list"),
+        ({"scales": ["half", 1]}, "scales must be \"auto\" or a list"),
         ({"scales": [0.5, 1], "scale_iterations": [10]}, "scale_iterations must be a list of 2"),
         ({"scales": [0.5, 1], "iterations": 30, "scale_iterations": [10, 10]}, "must add up to iterations"),
         ({"scales": [0.5, 1], "iterations": 30, "scale_iterations": [30, 0]}, "positive integers"),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
 from shared.params import (
-    CHOICES, DEFAULT_PRESET, MAX_STYLES, PRESETS, WEIGHTS_FILES, WEIGHTS_NAMES, installed_weights, long_side_output, parse_size,
-    parse_style_weights, resolve_params, smallest_long_side,
+    CHOICES, DEFAULT_PRESET, MAX_STYLES, PRESETS, SAVED_STATE_DEFAULTS, WEIGHTS_FILES, WEIGHTS_NAMES, complete_saved_params, installed_weights,
+    long_side_output, parse_size, parse_style_weights, resolve_params, smallest_long_side,
 )
 from worker.engine import batch_key
 from worker.engine.weights import DEFAULT_WEIGHTS, REGISTRY
@@ -141,3 +142,41 @@ def test_blends_of_any_weights_share_a_batch_as_the_seed_does():
     blend = resolve_params({"seed": 2, "style_weights": [0.7, 0.3]})
 
     assert batch_key(single) == batch_key(blend) and batch_key(single) != batch_key(resolve_params({"tv_weight": 3.0}))
+
+
+def test_the_style_loss_is_gram_in_every_preset_and_moments_on_request():
+    assert CHOICES["style_loss"] == ("gram", "moments")
+    assert all(resolve_params({"preset": name}).style_loss == "gram" for name in PRESETS)
+    assert resolve_params({"style_loss": "moments"}).to_dict()["style_loss"] == "moments"
+    with pytest.raises(ValueError, match=r"style_loss must be one of gram, moments, got 'wasserstein'"):
+        resolve_params({"style_loss": "wasserstein"})
+
+
+def test_jobs_with_other_style_losses_never_share_a_batch():
+    assert batch_key(resolve_params({"style_loss": "moments"})) != batch_key(resolve_params({}))
+
+
+def test_the_result_is_a_png_by_default_and_jpeg_or_webp_at_a_quality_from_1_to_100():
+    assert (resolve_params({}).format, resolve_params({}).quality) == ("png", 92)
+    assert resolve_params({"format": "webp", "quality": 1}).to_dict()["format"] == "webp"
+    for values, message in [
+        ({"format": "gif"}, "format must be one of png, jpeg, webp, got 'gif'"),
+        ({"quality": 0}, "quality must be a number from 1 to 100, got 0"),
+        ({"quality": 101}, "quality must be a number from 1 to 100, got 101"),
+        ({"quality": 80.5}, "quality must be an integer, got 80.5"),
+        ({"quality": True}, "quality must be a number from 1 to 100, got True"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            resolve_params(values)
+
+
+def test_jobs_differing_only_in_their_file_format_share_a_batch():
+    assert batch_key(resolve_params({"format": "jpeg", "quality": 70})) == batch_key(resolve_params({}))
+
+
+def test_a_saved_states_parameters_gain_the_values_it_ran_with_for_parameters_added_since():
+    current = resolve_params({"scales": [1.0]}).to_dict()
+    saved_before = {name: value for name, value in current.items() if name not in SAVED_STATE_DEFAULTS}
+
+    assert complete_saved_params(saved_before) == current
+    assert complete_saved_params({**saved_before, "style_loss": "moments"})["style_loss"] == "moments"

@@ -37,8 +37,9 @@ def test_storage_usage_counts_the_bytes_of_each_kind(storage):
     storage.save_upload(b"u" * 10)
     job_id = "f" * 32
     storage.write_job_file(job_id, "result.png", b"r" * 100)
+    storage.write_job_file("e" * 32, "result.webp", b"w" * 1000)  # a result in another format is a result too
     storage.write_job_file(job_id, "preview.jpg", b"p" * 20)
     storage.save_state(job_id, 5, b"s" * 300)
     (storage.job_dir(job_id) / ".result.png.x.partial").write_bytes(b"t" * 7)
 
-    assert storage_usage(storage) == {"uploads": 10, "results": 100, "previews": 20, "states": 300, "other": 7}
+    assert storage_usage(storage) == {"uploads": 10, "results": 1100, "previews": 20, "states": 300, "other": 7}

@@ -22,6 +22,7 @@ from shared.db import make_engine, make_session_factory, session_scope
 from shared.keys import create_api_key
 from shared.migrate import upgrade_database
 from shared.models import Checkpoint, Job, utcnow
+from shared.outputs import read_metadata
 from shared.params import resolve_params
 from shared.settings import Settings
 from shared.storage import Storage
@@ -212,6 +213,39 @@ def test_a_job_of_a_lost_worker_resumes_from_its_saved_state(settings, factory, 
     assert iterations(factory, job_id) == [30, 40]
     whole = transfer(rainier, autumn_oak, params, backbone=backbone)
     assert picture(storage.job_path(job_id, "result.png")).tobytes() == whole.image.tobytes()
+
+
+def test_a_state_saved_before_style_losses_and_formats_existed_still_resumes(settings, factory, storage, images_dir, vgg16_random, rainier, autumn_oak):
+    job_id = submit(factory, storage, images_dir)
+    params = resolve_params(PARAMS)
+    backbone = RandomModels(vgg16_random).backbone(params)
+    first_half = transfer(rainier, autumn_oak, params, backbone=backbone, on_checkpoint=lambda c: Control.STOP if c.iteration == 20 else None)
+    state = first_half.state.to_dict()
+    state["params"] = {name: value for name, value in state["params"].items() if name not in ("style_loss", "format", "quality")}
+    storage.make_job_dir(job_id)
+    storage.save_state(job_id, 20, _saved(state))
+
+    outcome = make_runner(settings, factory, storage, vgg16_random).run(job_id)
+
+    assert outcome == "succeeded" and iterations(factory, job_id) == [30, 40]
+
+
+def _saved(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def test_the_result_is_written_in_the_jobs_format_with_its_parameters_inside(settings, factory, storage, images_dir, vgg16_random):
+    job_id = submit(factory, storage, images_dir, iterations=10, format="webp", quality=80)
+
+    assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "succeeded"
+
+    path = storage.job_path(job_id, "result.webp")
+    assert picture(path).format == "WEBP" and not storage.job_path(job_id, "result.png").exists()
+    metadata = read_metadata(path)
+    assert metadata["params"] == resolve_params({**PARAMS, "iterations": 10, "format": "webp", "quality": 80}).to_dict()
+    assert metadata["weights"] == "vgg16-caffe"
 
 
 def test_missing_input_fails_with_a_message_the_user_can_act_on(settings, factory, storage, images_dir, vgg16_random):

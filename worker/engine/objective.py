@@ -7,32 +7,58 @@ import math
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 
 import torch
 from PIL import Image
 
 from .backbone import Backbone
-from .losses import content_losses, gram_matrices, style_losses, tv_losses
+from .losses import content_losses, gram_matrices, moment_losses, style_losses, tv_losses, with_ridge
 from .precision import network_precision
 from shared.params import TransferParams
+
+# Under `normalize_losses`, a moments loss is its distance over the style's mean channel energy E|x|^2 / C, times
+# this: the factor that makes the default preset's style_weight paint about as much style as with Gram matrices
+# (the pictures in README's gallery), since the two distances start from different values on the same pair.
+MOMENT_SCALE = 2.0
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """A style layer's target for the moments loss: its covariance with its ridge added (losses.with_ridge), and that one's square root."""
+
+    covariance: torch.Tensor
+    root: torch.Tensor
 
 
 @dataclass(frozen=True)
 class StyleTargets:
-    """One style image's Gram matrices at the style layers, and the scales that normalise their losses.
+    """One style image's statistics at the style layers, and the scales that normalise their losses.
 
     The fields given to the constructor are statistics of the style's features, each a tuple with one
-    tensor per style layer, and they mix linearly: a blend of styles is their weighted sum (`blend`).
-    The fields the constructor derives (`field(init=False)`, set in `__post_init__`) are computed again
-    from whatever statistics it is given, so a blend's are those of its mix, never a mix of them.
+    tensor per style layer, and they mix linearly: a blend of styles is their weighted sum (`blend`), the
+    target of their pooled pixels. `grams` are the seed's Gram matrices, E[x x^T] over the pixels divided by
+    the channels: second moments, so they mix where covariances would not. `means`, the channel means E[x],
+    are there for `style_loss="moments"` only. What the constructor derives (the normalising `scales`, and the
+    covariances and their square roots, `gaussians`) is computed again from whatever statistics it is given,
+    so a blend's are those of its mix, never a mix of them.
     """
 
     grams: tuple[torch.Tensor, ...]
+    means: tuple[torch.Tensor, ...] | None = None
     scales: tuple[torch.Tensor, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         # Frozen: set once, here, from the statistics.
-        object.__setattr__(self, "scales", tuple(_energy_scale(gram) for gram in self.grams))
+        scale = _energy_scale if self.means is None else _moment_scale
+        object.__setattr__(self, "scales", tuple(scale(gram) for gram in self.grams))
+
+    @cached_property
+    def gaussians(self) -> tuple[Gaussian, ...]:
+        """Return each layer's target Gaussian for the moments loss (computed once per targets, in fp64)."""
+        if self.means is None:
+            raise ValueError("these style targets have no means: they were made for style_loss='gram'")
+        return tuple(_gaussian(gram, mean) for gram, mean in zip(self.grams, self.means))
 
     @classmethod
     def blend(cls, targets: Sequence[StyleTargets], weights: Sequence[float]) -> StyleTargets:
@@ -49,11 +75,14 @@ class StyleTargets:
             return targets[0]  # exactly the style's own targets, bit for bit
         total = math.fsum(weights)
         shares = [weight / total for weight in weights]
-        statistics = {
-            name: tuple(sum(share * layer for share, layer in zip(shares, layers)) for layers in zip(*(getattr(one, name) for one in targets)))
-            for name in (f.name for f in fields(cls) if f.init)
-        }
-        return cls(**statistics)
+
+        def mix(name: str) -> tuple[torch.Tensor, ...] | None:
+            statistics = [getattr(one, name) for one in targets]
+            if any(layers is None for layers in statistics):
+                return None  # `means` of gram targets
+            return tuple(sum(share * layer for share, layer in zip(shares, layers)) for layers in zip(*statistics))
+
+        return cls(**{f.name: mix(f.name) for f in fields(cls) if f.init})
 
 
 class TargetCache:
@@ -101,6 +130,21 @@ def _energy_scale(target: torch.Tensor) -> torch.Tensor:
     return 1 / target.square().mean().clamp_min(1e-12)
 
 
+def _moment_scale(gram: torch.Tensor) -> torch.Tensor:
+    # tr(gram) is E|x|^2 / C: the style's mean channel energy, the units a per-channel W2^2 comes in.
+    return MOMENT_SCALE / gram.diagonal().sum().clamp_min(1e-12)
+
+
+def _gaussian(gram: torch.Tensor, mean: torch.Tensor) -> Gaussian:
+    mean64 = mean.double()
+    covariance = gram.double() * mean.shape[0] - torch.outer(mean64, mean64)
+    covariance = with_ridge((covariance + covariance.T)[None] / 2)[0]
+    # Once per target, so exactly: fp64 eigenvalues (any that rounding pushes below zero taken as zero).
+    values, vectors = torch.linalg.eigh(covariance)
+    root = (vectors * values.clamp_min(0).sqrt()) @ vectors.T
+    return Gaussian(covariance.float(), ((root + root.T) / 2).float())
+
+
 class Objective:
     """The seed's weighted loss, for a batch of pictures each with its own targets.
 
@@ -118,6 +162,10 @@ class Objective:
         self.content_scales: list[torch.Tensor] = []  # per layer, (N,)
         self.style_grams: list[torch.Tensor] = []  # per layer, (N, C, C)
         self.style_scales: list[torch.Tensor] = []  # per layer, (N,)
+        # style_loss="moments" only: per layer, (N, C), (N, C, C) and (N, C, C).
+        self.style_means: list[torch.Tensor] = []
+        self.style_covariances: list[torch.Tensor] = []
+        self.style_roots: list[torch.Tensor] = []
 
     def network_input(self, image: torch.Tensor, *, from_pixels: bool = False) -> torch.Tensor:
         """Return what the network reads for `image`, in the backbone's memory layout."""
@@ -134,15 +182,19 @@ class Objective:
         full_key = None
         if cache is not None and key is not None:
             p = self.params
-            full_key = (key, tuple(style.shape[-2:]), p.weights, self.backbone.architecture, p.style_layers, self.precision, str(self.device))
+            full_key = (
+                key, tuple(style.shape[-2:]), p.weights, self.backbone.architecture, p.style_layers, self.precision, str(self.device), p.style_loss,
+            )
             if (found := cache.get(full_key)) is not None:
                 return found
+        moments = self.params.style_loss == "moments"
         with torch.inference_mode():
             features = self._features(style, self.params.style_layers, from_pixels=True)
             grams = [gram_matrices(features[name])[0] for name in self.params.style_layers]
+            means = [features[name].float().flatten(2).mean(-1)[0] for name in self.params.style_layers] if moments else []
         # Outside inference mode, so autograd may save them for the backward pass.
         grams = [g.clone() for g in grams]
-        targets = StyleTargets(tuple(grams))
+        targets = StyleTargets(tuple(grams), tuple(m.clone() for m in means) if moments else None)
         if full_key is not None:
             cache.put(full_key, targets)
         return targets
@@ -160,11 +212,19 @@ class Objective:
         layers = range(len(self.params.style_layers))
         self.style_grams = [torch.stack([style.grams[i] for style in styles]) for i in layers]
         self.style_scales = [torch.stack([style.scales[i] for style in styles]) for i in layers]
+        if self.params.style_loss == "moments":
+            self.style_means = [torch.stack([style.means[i] for style in styles]) for i in layers]  # type: ignore[index]
+            gaussians = [[style.gaussians[i] for style in styles] for i in layers]
+            self.style_covariances = [torch.stack([g.covariance for g in layer]) for layer in gaussians]
+            self.style_roots = [torch.stack([g.root for g in layer]) for layer in gaussians]
 
     def keep(self, indices: Sequence[int]) -> None:
         """Drop every picture's targets but those at `indices` (jobs that left the batch)."""
         index = torch.tensor(list(indices), dtype=torch.long, device=self.device)
-        for targets in (self.content_targets, self.content_scales, self.style_grams, self.style_scales):
+        for targets in (
+            self.content_targets, self.content_scales, self.style_grams, self.style_scales,
+            self.style_means, self.style_covariances, self.style_roots,
+        ):
             targets[:] = [t.index_select(0, index) for t in targets]
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -188,7 +248,11 @@ class Objective:
         rows = slice(first, first + image.shape[0])
         features = self._features(image, p.layers)
         contents = [content_losses(features[n], t[rows]) for n, t in zip(p.content_layers, self.content_targets)]
-        styles = [style_losses(features[n], t[rows]) for n, t in zip(p.style_layers, self.style_grams)]
+        if p.style_loss == "moments":
+            targets = zip(self.style_means, self.style_covariances, self.style_roots)
+            styles = [moment_losses(features[n], *(t[rows] for t in target)) for n, target in zip(p.style_layers, targets)]
+        else:
+            styles = [style_losses(features[n], t[rows]) for n, t in zip(p.style_layers, self.style_grams)]
         if p.normalize_losses:
             contents = [loss * scale[rows] for loss, scale in zip(contents, self.content_scales)]
             styles = [loss * scale[rows] for loss, scale in zip(styles, self.style_scales)]

@@ -20,7 +20,7 @@ from .backbone import Backbone
 from .colors import color_statistics, keep_content_colors, match_color_statistics
 from .objective import Objective, StyleTargets, TargetCache, image_digest
 from .precision import resolve_precision
-from shared.params import TransferParams
+from shared.params import OUTPUT_PARAMS, TransferParams, complete_saved_params
 
 
 # The smallest side a coarse scale is given: VGG's fifth block still sees a few pixels there.
@@ -97,10 +97,8 @@ class TransferState:
 
     def belongs_to(self, params: TransferParams) -> bool:
         """Tell whether this state was saved by a transfer of `params`, so that one may resume from it."""
-        # States saved before coarse-to-fine existed name no scales: they ran in one pass. Nor colours: they
-        # took the style's. Nor style weights: they had one style. Nor a style scale: the style had the content's area.
-        saved = {"scales": [1.0], "scale_iterations": None, "colors": "style", "style_weights": None, "style_scale": 1.0, **self.params}
-        return saved == params.to_dict()
+        # States saved before coarse-to-fine, colours, blends, the style scale or the moments loss existed name none of them.
+        return complete_saved_params(self.params) == params.to_dict()
 
 
 @dataclass
@@ -152,14 +150,14 @@ def output_size(params: TransferParams, content: Image.Image) -> tuple[int, int]
 
 
 def batch_key(params: TransferParams) -> dict[str, Any]:
-    """Return what jobs must share to run as one batch: every parameter but the random seed and the style blend.
+    """Return what jobs must share to run as one batch: every parameter but the random seed, the style blend and the result file's format.
 
-    Both are a job's own: the seed starts its picture, and the blend weights mix its own style targets
-    into one set, so a blend shares a batch with jobs of one style as well as with other blends.
+    The seed and the blend are a job's own: the seed starts its picture, and the blend weights mix its own style
+    targets into one set, so a blend shares a batch with jobs of one style as well as with other blends.
     """
     values = params.to_dict()
-    values.pop("seed")
-    values.pop("style_weights")
+    for name in ("seed", "style_weights", *OUTPUT_PARAMS):
+        values.pop(name)
     return values
 
 
