@@ -91,10 +91,15 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
 @click.option("--scale-iterations", callback=_parse_numbers(int), help="Iterations at each scale, adding up to --iterations (default: 60% at the coarse ones).")
 @click.option("--checkpoint-every", type=int, help="Iterations between loss checkpoints (default 10).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--max-pass-pixels", type=click.IntRange(min=1),
+              help="Optimise a picture (or scale) larger than this many pixels in tiles, each pass at most this large. Default: $STYLEQ_MAX_PASS_PIXELS, else no limit.")
 @click.option("--history", type=click.Path(dir_okay=False, path_type=Path), help="Write every checkpoint to FILE.csv or FILE.json.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Draw the losses (and the picture) to FILE.png.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def transfer_command(content: Path, style: Path, output: Path, convention: str | None, device: str, history: Path | None, plot: Path | None, quiet: bool, **options: Any) -> None:
+def transfer_command(
+    content: Path, style: Path, output: Path, convention: str | None, device: str, max_pass_pixels: int | None, history: Path | None, plot: Path | None,
+    quiet: bool, **options: Any,
+) -> None:
     """Paint CONTENT in the style of STYLE and write the picture to OUTPUT."""
     try:
         # Options left unset are None: the preset decides them.
@@ -129,7 +134,11 @@ def transfer_command(content: Path, style: Path, output: Path, convention: str |
             checkpoints.append(checkpoint)
             bar.advance(checkpoint)
 
-        result = transfer(content_image, style_image, params, backbone=backbone, device=torch_device, on_checkpoint=on_checkpoint)
+        try:
+            result = transfer(content_image, style_image, params, backbone=backbone, device=torch_device, on_checkpoint=on_checkpoint,
+                              max_pass_pixels=max_pass_pixels or settings.max_pass_pixels)
+        except ValueError as error:  # the one the loop raises for the CLI's inputs: a pass too small for the network's margins
+            raise click.BadParameter(str(error), param_hint="--max-pass-pixels") from None
     result.image.save(output)
     if history is not None:
         report.write_history(checkpoints, history)
