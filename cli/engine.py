@@ -105,10 +105,15 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
 @click.option("--style-scale", type=float, help=f"The style image's area against the picture's ({_range_help('style_scale')}; below 1: larger strokes).")
 @click.option("--checkpoint-every", type=int, help="Iterations between loss checkpoints (default 10).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--max-pass-pixels", type=click.IntRange(min=1),
+              help="Optimise a picture (or scale) larger than this many pixels in tiles, each pass at most this large. Default: $STYLEQ_MAX_PASS_PIXELS, else no limit.")
 @click.option("--history", type=click.Path(dir_okay=False, path_type=Path), help="Write every checkpoint to FILE.csv or FILE.json.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Draw the losses (and the picture) to FILE.png.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def transfer_command(content: Path, styles: tuple[Path, ...], output: Path, convention: str | None, device: str, history: Path | None, plot: Path | None, quiet: bool, **options: Any) -> None:
+def transfer_command(
+    content: Path, styles: tuple[Path, ...], output: Path, convention: str | None, device: str, max_pass_pixels: int | None, history: Path | None,
+    plot: Path | None, quiet: bool, **options: Any,
+) -> None:
     """Paint CONTENT in the style of STYLE (or a blend of several STYLE images) and write the picture to OUTPUT."""
     check_style_count(len(styles), options["style_weights"])
     _check_output(output, "--output", _OUTPUT_FORMATS)
@@ -146,7 +151,11 @@ def transfer_command(content: Path, styles: tuple[Path, ...], output: Path, conv
             checkpoints.append(checkpoint)
             bar.advance(checkpoint)
 
-        result = transfer(content_image, style_images, params, backbone=backbone, device=torch_device, on_checkpoint=on_checkpoint)
+        try:
+            result = transfer(content_image, style_images, params, backbone=backbone, device=torch_device, on_checkpoint=on_checkpoint,
+                              max_pass_pixels=max_pass_pixels or settings.max_pass_pixels)
+        except ValueError as error:  # the one the loop raises for the CLI's inputs: a pass too small for the network's margins
+            raise click.BadParameter(str(error), param_hint="--max-pass-pixels") from None
     if format_of_path(output) is not None:
         # A weights file is named by its file name: the picture should not carry a local path around.
         output.write_bytes(encode_result(result.image, params, weights=params.weights if params.weights in REGISTRY else Path(params.weights).name))

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # Unset means per device: 8 on a GPU; 1 on a CPU, whose arithmetic grows with the batch, so
     # batching there gains little and makes every job wait for its batch-mates.
     batch_size: int | None = Field(default=None, ge=1)
+    # The most pixels one pass of the network may take: a larger picture (or scale of one) is optimised in overlapping
+    # tiles, alone. Unset means per device: what a GPU's free memory holds by the model of worker/engine/memory.py;
+    # no limit on a CPU (its workers share the host's memory, which no one process can budget).
+    max_pass_pixels: int | None = Field(default=None, ge=256 * 256)
     # How long a worker holds its first job waiting for batch-mates to arrive; 0 takes only those already queued.
     batch_wait_seconds: float = Field(default=0.0, ge=0)
     # Signs the dashboard's session cookies and keys the stored hashes of API keys, so the API and

@@ -302,6 +302,7 @@ def test_a_photo_stored_sideways_is_painted_upright_as_the_service_paints_it(inp
         pytest.param({"--scales": "0.5,half"}, ["--scales", "0.5,half"], id="scales-not-numbers"),
         pytest.param({"--scales": "1,0.5"}, ["scales must rise strictly"], id="falling-scales"),
         pytest.param({"--scales": "0.5,1", "--scale-iterations": "1,5"}, ["scale_iterations must add up to iterations (2)"], id="scale-iterations-off"),
+        pytest.param({"--size": "256x384", "--max-pass-pixels": "20000"}, ["--max-pass-pixels", "must be at least 30976"], id="pass-under-the-smallest-tile"),
     ],
 )
 def test_bad_input_is_reported_and_exits_non_zero_without_writing_anything(inputs, vgg16_file, tmp_path, out, overrides, expected):

@@ -89,14 +89,15 @@ def test_the_worker_s_main_process_leaves_prometheus_client_for_after_its_metric
     assert not loaded & {"prometheus_client", "torch"}
 
 
-def test_the_engine_imports_from_the_project_only_shared_params():
+def test_the_engine_imports_from_the_project_only_shared_params_and_the_memory_model():
     loaded = modules_after("import worker.engine, worker.engine.weights")
     written = set().union(*(imported_modules(path) for path in (REPO / "worker" / "engine").glob("*.py")))
 
     def outside_the_engine(names: set[str]) -> set[str]:
         return {name for name in names if name.split(".")[0] in PROJECT and not name.startswith("worker.engine")} - {"worker", "shared"}
 
-    assert outside_the_engine(loaded) == outside_the_engine(written) == {"shared.params"}
+    # The memory model is pure arithmetic the API also plans sizes by; tiling sizes its passes by it.
+    assert outside_the_engine(loaded) == outside_the_engine(written) == {"shared.params", "shared.memory"}
     # ... and hands none of it on: callers take parameters from shared.params, by one path.
     import shared.params
     import worker.engine

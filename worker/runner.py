@@ -56,6 +56,7 @@ from .engine import (
     output_size, resolve_precision, transfer_batch,
 )
 from .engine.memory import free_device_bytes
+from .engine.tiles import needs_tiles, one_pass_pixels
 from .liveness import dead_local_owners
 from .metrics import WorkerMetrics
 from .engine.weights import LoadedWeights, WeightsError, load_weights
@@ -363,14 +364,23 @@ class JobRunner:
     def _batch_capacity(self, params: TransferParams, size: tuple[int, int]) -> int:
         """Return how many jobs of `params` and output `size` to optimise at once here."""
         limit = self.settings.batch_limit(gpu=self.device.type == "cuda")
-        if limit <= 1:
-            return 1
+        if limit <= 1 or needs_tiles(size, self._pass_pixels(params, size)):
+            return 1  # a tiled job runs alone: its passes already take what the device holds
         precision = resolve_precision(params.precision, self.device)
         limit = min(limit, self.batch_ceilings.get((size, precision), limit))
         if self.device.type == "cuda":
             # Blocks the allocator keeps cached are free for a batch, but the driver counts them as used.
             torch.cuda.empty_cache()
         return batch_capacity(size[0], size[1], precision, limit=limit, free_bytes=free_device_bytes(self.device))
+
+    def _pass_pixels(self, params: TransferParams, size: tuple[int, int]) -> int | None:
+        """Return the most pixels one pass of the network may take here: the setting, else what the device's free memory holds."""
+        if self.settings.max_pass_pixels is not None:
+            return self.settings.max_pass_pixels
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # blocks the allocator keeps cached are free for the job, but the driver counts them as used
+        precision = resolve_precision(params.precision, self.device)
+        return one_pass_pixels(free_device_bytes(self.device), precision, size[0] * size[1])
 
     def _claim_mates(self, params: TransferParams, size: tuple[int, int], room: int) -> list[Job]:
         candidates = self._transaction(lambda s: leases.batch_candidates(s))
@@ -409,11 +419,12 @@ class JobRunner:
 
     def _optimise(self, batch: list[_Member], backbone: Backbone, held: _Leases) -> None:
         """Run the batch's jobs to their end; a batch that runs out of memory goes on in halves, each from its saved state."""
+        size = output_size(batch[0].params, batch[0].content)
         try:
             results = transfer_batch(
                 [member.transfer_job() for member in batch], backbone=backbone, device=self.device,
                 on_checkpoint=lambda index, checkpoint: self._checkpoint(batch[index], checkpoint, held),
-                target_cache=self.models.targets,
+                target_cache=self.models.targets, max_pass_pixels=self._pass_pixels(batch[0].params, size),
             )
         except torch.OutOfMemoryError:
             if len(batch) == 1:
@@ -426,7 +437,6 @@ class JobRunner:
                         self._succeed(member, result, held)
             return
         # Here, past the handler, the failed attempt's tensors are free.
-        size = output_size(batch[0].params, batch[0].content)
         self.batch_ceilings[(size, resolve_precision(batch[0].params.precision, self.device))] = max(1, len(batch) // 2)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -287,12 +287,13 @@ def batch_settings(tmp_path, **overrides) -> Settings:
     return Settings(data_dir=tmp_path, preview_every=2, preview_min_seconds=0, lease_seconds=30, batch_size=3, **overrides)
 
 
-def alone(images_dir, pictures, vgg16_random, **overrides):
+def alone(images_dir, pictures, vgg16_random, max_pass_pixels=None, **overrides):
     """Return the picture and the loss history the engine makes for one job run by itself."""
     params = resolve_params({**PARAMS, **overrides})
     content, *styles = (Image.open(images_dir / name).convert("RGB") for name in pictures)
     history = []
-    result = transfer(content, styles, params, backbone=RandomModels(vgg16_random).backbone(params), on_checkpoint=lambda c: history.append(c.losses()))
+    result = transfer(content, styles, params, backbone=RandomModels(vgg16_random).backbone(params), on_checkpoint=lambda c: history.append(c.losses()),
+                      max_pass_pixels=max_pass_pixels)
     return result.image, history
 
 
@@ -382,6 +383,18 @@ def test_a_cpu_worker_runs_one_job_at_a_time_unless_told_otherwise(settings, fac
 
     assert load(factory, first).batch_size == 1 and load(factory, first).batch_id is None
     assert load(factory, second).status == "queued"
+
+
+def test_a_job_larger_than_one_pass_runs_alone_in_tiles_as_the_engine_makes_it(tmp_path, factory, storage, images_dir, vgg16_random):
+    # Layers up to relu4_2 (48-pixel margins): 256x384 goes in two passes of at most 256 x 256 pixels.
+    tiled = {"size": [256, 384], "iterations": 2, "checkpoint_every": 1, "style_layers": ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]}
+    first, mate = (submit(factory, storage, images_dir, pictures, seed=index, **tiled) for index, pictures in enumerate(PAIRS[:2]))
+
+    assert make_runner(batch_settings(tmp_path, max_pass_pixels=256 * 256), factory, storage, vgg16_random).run(first) == "succeeded"
+
+    # Batches were allowed and a mate matched, but a tiled job's passes already take what the device holds.
+    assert load(factory, first).batch_size == 1 and load(factory, mate).status == "queued"
+    assert_same_run(factory, storage, first, *alone(images_dir, PAIRS[0], vgg16_random, max_pass_pixels=256 * 256, seed=0, **tiled))
 
 
 class CancelOneOnItsFirstPreview(Storage):

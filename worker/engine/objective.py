@@ -190,15 +190,22 @@ class Objective:
                 return found
         moments = self.params.style_loss == "moments"
         with torch.inference_mode():
-            features = self._features(style, self.params.style_layers, from_pixels=True)
-            grams = [gram_matrices(features[name])[0] for name in self.params.style_layers]
-            means = [features[name].float().flatten(2).mean(-1)[0] for name in self.params.style_layers] if moments else []
+            if moments:
+                features = self._features(style, self.params.style_layers, from_pixels=True)
+                grams = [gram_matrices(features[name])[0] for name in self.params.style_layers]
+                means = [features[name].float().flatten(2).mean(-1)[0] for name in self.params.style_layers]
+            else:
+                grams, means = self._style_grams(style), []
         # Outside inference mode, so autograd may save them for the backward pass.
         grams = [g.clone() for g in grams]
         targets = StyleTargets(tuple(grams), tuple(m.clone() for m in means) if moments else None)
         if full_key is not None:
             cache.put(full_key, targets)
         return targets
+
+    def _style_grams(self, style: torch.Tensor) -> list[torch.Tensor]:
+        features = self._features(style, self.params.style_layers, from_pixels=True)
+        return [gram_matrices(features[name])[0] for name in self.params.style_layers]
 
     def set_targets(self, contents: Sequence[torch.Tensor], styles: Sequence[StyleTargets]) -> None:
         """Fix the batch's targets: one (1, 3, H, W) content picture and one `StyleTargets` per job."""
@@ -210,6 +217,10 @@ class Objective:
         self.content_scales = [
             torch.stack([_energy_scale(one) for one in layer]) for layer in self.content_targets
         ]
+        self.set_style_targets(styles)
+
+    def set_style_targets(self, styles: Sequence[StyleTargets]) -> None:
+        """Fix the batch's style targets, one `StyleTargets` per job."""
         layers = range(len(self.params.style_layers))
         self.style_grams = [torch.stack([style.grams[i] for style in styles]) for i in layers]
         self.style_scales = [torch.stack([style.scales[i] for style in styles]) for i in layers]

@@ -20,6 +20,7 @@ from .backbone import Backbone
 from .colors import color_statistics, keep_content_colors, match_color_statistics
 from .objective import Objective, StyleTargets, TargetCache, image_digest
 from .precision import resolve_precision
+from .tiles import TiledObjective, scale_objective
 from shared.params import OUTPUT_PARAMS, TransferParams, complete_saved_params
 
 
@@ -450,6 +451,7 @@ def transfer_batch(
     on_checkpoint: BatchCheckpointCallback | None = None,
     target_cache: TargetCache | None = None,
     cuda_graphs: bool = True,
+    max_pass_pixels: int | None = None,
 ) -> list[TransferResult]:
     """Optimise several jobs' pictures as one batch; return each job's result, in order.
 
@@ -458,6 +460,7 @@ def transfer_batch(
     `on_checkpoint(index, checkpoint)` gets each job's checkpoints; returning `Control.STOP` takes
     that job out of the batch (canceled) while the others go on. On a CUDA device Adam's iterations
     are replayed from a captured CUDA graph unless `cuda_graphs` is false (the arithmetic is the same).
+    A scale larger than `max_pass_pixels` (None: no limit) is optimised in tiles, its jobs one at a time (`tiles.py`).
 
     Raises:
         ValueError: jobs that cannot share a batch, or a saved state of other parameters.
@@ -498,7 +501,8 @@ def transfer_batch(
         active = [index for index, run in enumerate(runs) if not run.done and run.iteration < end]
         if not active:
             continue
-        objective = Objective(params, backbone, precision, device)
+        objective = scale_objective(params, backbone, precision, device, scale_size, max_pass_pixels)
+        tiled = isinstance(objective, TiledObjective)
         contents, styles = [], []
         for index in active:
             job = jobs[index]
@@ -508,11 +512,11 @@ def transfer_batch(
             styles.append(_style_targets(job, objective, scale_size, content, target_cache))
         objective.set_targets(contents, styles)
         # CUDA graphs are captured and replayed on a stream of their own, never the default one.
-        stream = torch.cuda.Stream(device) if graphed else None
+        stream = torch.cuda.Stream(device) if graphed and not tiled else None
         if stream is not None:
             stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            _optimise(runs, active, objective, on_checkpoint, graphed=graphed)
+            _optimise(runs, active, objective, on_checkpoint, graphed=graphed and not tiled)
         if stream is not None:
             torch.cuda.current_stream(device).wait_stream(stream)
     return [run.result() for run in runs]
@@ -545,14 +549,18 @@ def transfer(
     state: TransferState | None = None,
     target_cache: TargetCache | None = None,
     cuda_graphs: bool = True,
+    max_pass_pixels: int | None = None,
 ) -> TransferResult:
     """Optimise a picture with the content of `content` and the style of `style`: one picture, or several blended by `params.style_weights`.
 
     `backbone` must already be on `device` and include every layer in `params`. Every
     `params.checkpoint_every` iterations (and at the last) `on_checkpoint` gets the losses and may
     return `Control.STOP`; the result then carries a `state` from which a later call resumes exactly.
+    A scale of more than `max_pass_pixels` pixels is optimised in tiles (`tiles.py`), to the same gradient.
     """
     callback = None if on_checkpoint is None else (lambda _index, checkpoint: on_checkpoint(checkpoint))
     job = TransferJob(content, style, params, state)
-    return transfer_batch([job], backbone=backbone, device=device, on_checkpoint=callback, target_cache=target_cache, cuda_graphs=cuda_graphs)[0]
+    return transfer_batch([job], backbone=backbone, device=device, on_checkpoint=callback, target_cache=target_cache, cuda_graphs=cuda_graphs,
+                          max_pass_pixels=max_pass_pixels)[0]
+
 
