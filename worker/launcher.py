@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import signal
@@ -46,15 +47,17 @@ def node_name(gpu: str | None) -> str:
     return f"{'cpu' if gpu is None else 'gpu' + gpu}@{socket.gethostname()}"
 
 
-def reserve_name(name: str, lock_dir: Path | None = None) -> str:
+def reserve_name(name: str, lock_dir: Path | None = None, *, fleet: str = "") -> str:
     """Take `name` for this process, or `name` with `-2`, `-3`... before its `@host` when another live process on this host has it.
 
     Two workers on one host with one name would be one row in the fleet view, and each would
     overwrite the other's report. A lock file per name, held while the process lives, decides;
-    the kernel releases it however the process ends.
+    the kernel releases it however the process ends. Names are taken per `fleet` (the database the
+    workers report to): workers of two services on one host may share a name.
     """
     base, at, host = name.partition("@")
-    folder = lock_dir or Path(tempfile.gettempdir()) / "styleq-worker-names"
+    fleet_folder = hashlib.sha256(fleet.encode()).hexdigest()[:16]
+    folder = lock_dir or Path(tempfile.gettempdir()) / "styleq-worker-names" / fleet_folder
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(1, 1000):
         candidate = f"{base if index == 1 else f'{base}-{index}'}{at}{host}"
@@ -74,7 +77,7 @@ def run_worker(settings: Settings, name: str, loglevel: str | None = None) -> No
 
     `loglevel` overrides `settings.log_level`.
     """
-    reserved = reserve_name(name)
+    reserved = reserve_name(name, fleet=settings.database)
     settings = settings.model_copy(update={"worker_name": reserved, **({"log_level": loglevel.upper()} if loglevel else {})})
     use_styleq_logging(settings)
     if reserved != name:

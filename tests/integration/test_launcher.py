@@ -70,6 +70,18 @@ def test_a_name_another_live_process_on_this_host_holds_gets_a_suffix(tmp_path):
     assert reserve_name("cpu@box", tmp_path) == "cpu@box"
 
 
+def test_workers_of_two_services_on_one_host_may_share_a_name(tmp_path):
+    from worker.launcher import reserve_name
+
+    first, second = f"sqlite:///{tmp_path}/one.db", f"sqlite:///{tmp_path}/two.db"
+    holding = f"import sys; from worker.launcher import reserve_name; print(reserve_name('cpu@box', fleet={first!r}), flush=True); sys.stdin.read()"
+    with subprocess.Popen([sys.executable, "-c", holding], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout.readline().strip() == "cpu@box"
+        assert reserve_name("cpu@box", fleet=second) == "cpu@box"
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
 def test_two_cpu_workers_on_one_host_are_two_workers_in_the_fleet_each_with_the_hosts_memory(tmp_path):
     environment = {**os.environ, "STYLEQ_DATA_DIR": str(tmp_path), "STYLEQ_SWEEP_EVERY_SECONDS": "1"}
     for name in ("STYLEQ_DATABASE_URL", "STYLEQ_BROKER_URL"):

@@ -244,7 +244,9 @@ def test_the_result_is_written_in_the_jobs_format_with_its_parameters_inside(set
     path = storage.job_path(job_id, "result.webp")
     assert picture(path).format == "WEBP" and not storage.job_path(job_id, "result.png").exists()
     metadata = read_metadata(path)
-    assert metadata["params"] == resolve_params({**PARAMS, "iterations": 10, "format": "webp", "quality": 80}).to_dict()
+    # The parameters as run: scales "auto" written out as the schedule this size got (one pass).
+    ran = resolve_params({**PARAMS, "iterations": 10, "format": "webp", "quality": 80}).with_schedule(32, 24)
+    assert ran.scales == (1.0,) and metadata["params"] == ran.to_dict()
     assert metadata["weights"] == "vgg16-caffe"
 
 
