@@ -109,6 +109,11 @@ SCHEMAS: dict[str, Any] = {
             },
             "batch_id": {"type": ["string", "null"], "description": "Shared by the jobs of that batch; null when it ran alone."},
             "worker": {"type": ["string", "null"]},
+            "resumed_from": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The iteration of the saved state the current attempt resumed from (a worker lost or stopped); 0 when it started afresh.",
+            },
             "gpu": {"type": ["string", "null"]},
             "error": {"oneOf": [{"$ref": REF + "schemas/Error/properties/error"}, {"type": "null"}]},
             "cancel_requested": {"type": "boolean"},

@@ -30,6 +30,8 @@ def job_payload(session: Session, job: Job) -> dict[str, Any]:
         "batch_size": job.batch_size,
         "batch_id": job.batch_id,
         "worker": job.lease_owner,
+        # Where the current attempt picked up: 0 for a first start, else the iteration of the saved state it resumed from.
+        "resumed_from": job.resumed_iteration,
         "gpu": job.gpu,
         "cancel_requested": job.cancel_requested,
         "queue_position": queue_position(session, job),

@@ -34,6 +34,29 @@ def test_job_of_a_killed_worker_resumes_elsewhere_from_its_saved_state(service, 
     assert history == list(range(10, 401, 10))
 
 
+def test_a_coarse_to_fine_job_killed_at_its_middle_scale_resumes_there(service, images_dir):
+    schedule = {"scales": [0.5, 0.75, 1], "scale_iterations": [100, 400, 100]}
+    job = service.alice.submit(images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {"size": [64, 96], "iterations": 600, **schedule}).json()
+    # Iterations 101 to 500 run at three quarters of the size; by 160 a state has been saved there.
+    running = service.alice.wait_for(job["id"], lambda j: j["status"] == "running" and j["iteration"] >= 160)
+    node = running["worker"].split("/")[0]
+    victim = next(worker for worker in service.workers if node.startswith(f"{worker.name}@"))
+
+    victim.kill()
+    try:
+        resumed = service.alice.wait_for(job["id"], lambda j: j["attempts"] == 2 and j["status"] == "running", timeout=120)
+        done = service.alice.wait_for(job["id"], lambda j: j["status"] in ("succeeded", "failed", "canceled"), timeout=180)
+    finally:
+        victim.stop()
+        service.workers[service.workers.index(victim)] = start_worker(service.environment, service.log_dir, victim.name)
+
+    assert running["iteration"] < 500, "the drill was too slow to kill the worker at the middle scale"
+    assert 100 < resumed["resumed_from"] <= running["iteration"] and done["status"] == "succeeded"
+    checkpoints = service.alice.get(f"/v1/jobs/{job['id']}/checkpoints?limit=1000").json()["checkpoints"]
+    # The history spans the three scales, once each, with no second start at the coarse one.
+    assert [(c["iteration"], c["scale"]) for c in checkpoints] == [(i, 0.5 if i <= 100 else 0.75 if i <= 500 else 1.0) for i in range(10, 601, 10)]
+
+
 def test_a_job_submitted_while_redis_is_down_runs_once_it_is_back(service, images_dir):
     if service.backend != "postgres+redis":
         pytest.skip("the embedded broker is a file, not a server that can die")

@@ -1,0 +1,115 @@
+"""On the real ImageNet VGG16: large pictures by coarse-to-fine, and pictures past one pass made in tiles without seams.
+
+Both run in the precision the `styleq` preset picks for this machine ("auto": bf16 on a CPU with AVX-512 BF16 or
+AMX), as a worker here would.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared.params import resolve_params
+from worker.engine import Control, build_backbone, transfer
+from worker.engine.objective import Objective
+from worker.engine.tiles import one_pass_pixels, plan_tiles
+from worker.engine.transfer import image_to_tensor
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+# The issue's bar for a 1024 px job on this 2-core CPU.
+MINUTES_FOR_1024 = 5
+
+
+def style_loss_at_full_size(picture: Image.Image, style: Image.Image, objective: Objective) -> float:
+    """The normalised Gram loss of the picture against the style seen at the picture's area (its aspect kept), in fp32."""
+    scale = (picture.width * picture.height / (style.width * style.height)) ** 0.5
+    ours = objective.style_targets(image_to_tensor(picture, (picture.height, picture.width)))
+    theirs = objective.style_targets(image_to_tensor(style, (round(style.height * scale), round(style.width * scale))))
+    return sum(((gram - target).square().mean() * weight).item() for gram, target, weight in zip(ours.grams, theirs.grams, theirs.scales))
+
+
+@pytest.fixture(scope="module")
+def backbone(caffe_weights):
+    return build_backbone(caffe_weights, resolve_params({}))
+
+
+def test_a_1024_pixel_job_runs_coarse_to_fine_in_minutes_and_ends_on_a_lower_style_loss_than_one_scale_in_that_time(
+    rainier, autumn_oak, backbone, tmp_path_factory
+):
+    params = resolve_params({"size": 1024}).with_schedule(*rainier.size)
+    assert len(params.scales) >= 3, params.scales  # the styleq preset's automatic schedule, written out
+
+    scales_seen: list[float] = []
+    started = time.perf_counter()
+    coarse_to_fine = transfer(rainier, autumn_oak, params, backbone=backbone, on_checkpoint=lambda c: scales_seen.append(c.scale))
+    seconds = time.perf_counter() - started
+
+    # One scale, as long as coarse-to-fine took: it stops at the first checkpoint past that time.
+    one_scale_params = resolve_params({"size": 1024, "scales": [1.0], "iterations": 5000, "checkpoint_every": 1})
+    one_scale_started = time.perf_counter()
+    one_scale = transfer(
+        rainier, autumn_oak, one_scale_params, backbone=backbone,
+        on_checkpoint=lambda c: Control.STOP if time.perf_counter() - one_scale_started >= seconds else None,
+    )
+
+    folder = tmp_path_factory.mktemp("large")
+    coarse_to_fine.image.save(folder / "coarse-to-fine-1024.png")
+    one_scale.image.save(folder / "one-scale-1024.png")
+    objective = Objective(params, backbone, "fp32", torch.device("cpu"))
+    ours, theirs = (style_loss_at_full_size(result.image, autumn_oak, objective) for result in (coarse_to_fine, one_scale))
+
+    height, width = params.output_size(*rainier.size)
+    assert coarse_to_fine.image.size == (width, height) and seconds < MINUTES_FOR_1024 * 60, seconds
+    assert sorted(set(scales_seen)) == list(params.scales) and scales_seen == sorted(scales_seen)
+    assert ours < theirs, (f"coarse-to-fine {ours:.4g} in {seconds:.0f} s ({params.iterations} iterations) against one scale "
+                           f"{theirs:.4g} in {one_scale.iteration} iterations")
+
+
+def seam_energy(picture: Image.Image, rows: tuple[int, ...], columns: tuple[int, ...]) -> tuple[float, float]:
+    """Return the mean squared step between neighbouring pixels across the tiles' borders, and across every other line.
+
+    A seam is a jump where two tiles meet: it shows as more energy on the borders than elsewhere.
+    """
+    pixels = np.asarray(picture, dtype=np.float64) / 255
+    across_columns = np.square(np.diff(pixels, axis=1)).mean(axis=(0, 2))  # [i]: the step from column i to i + 1
+    across_rows = np.square(np.diff(pixels, axis=0)).mean(axis=(1, 2))
+    column_borders = [edge - 1 for edge in columns[1:-1]]
+    row_borders = [edge - 1 for edge in rows[1:-1]]
+    border = np.concatenate([across_columns[column_borders], across_rows[row_borders]])
+    rest = np.concatenate([np.delete(across_columns, column_borders), np.delete(across_rows, row_borders)])
+    return float(border.mean()), float(rest.mean())
+
+
+def test_a_2048_pixel_picture_made_in_tiles_has_no_seams_and_the_style_loss_of_one_pass(rainier, autumn_oak, backbone, tmp_path_factory):
+    params = resolve_params({"size": 2048, "iterations": 70, "scales": [0.25, 0.5, 1], "scale_iterations": [40, 20, 10], "checkpoint_every": 5})
+    height, width = params.output_size(*rainier.size)
+    # A device of 4 GiB: by the memory model, a 2048 px picture does not fit one pass there.
+    max_pass_pixels = one_pass_pixels(4 << 30, "bf16", height * width)
+    plan = plan_tiles((height, width), max_pass_pixels, backbone, params.layers)
+    assert max_pass_pixels < height * width and len(plan.tiles) >= 4, (max_pass_pixels, len(plan.tiles))
+
+    # The coarse scales once; the full size twice from where they end: in tiles, and in one pass.
+    coarse = transfer(rainier, autumn_oak, params, backbone=backbone, on_checkpoint=lambda c: Control.STOP if c.iteration == 60 else None)
+    assert coarse.iteration == 60 and coarse.image.size == (round(width / 2), round(height / 2))
+    tiled = transfer(rainier, autumn_oak, params, backbone=backbone, state=coarse.state, max_pass_pixels=max_pass_pixels)
+    untiled = transfer(rainier, autumn_oak, params, backbone=backbone, state=coarse.state)
+
+    folder = tmp_path_factory.mktemp("tiles")
+    tiled.image.save(folder / "tiled-2048.png")
+    untiled.image.save(folder / "untiled-2048.png")
+    assert tiled.image.size == untiled.image.size == (width, height)
+    assert all(np.isfinite(result.tensor.numpy()).all() for result in (tiled, untiled))
+
+    border, rest = seam_energy(tiled.image, plan.rows, plan.columns)
+    assert border < 1.25 * rest, (border, rest)
+    # The same picture as one pass makes, to the rounding of bf16 passes over other crops.
+    difference = np.abs(np.asarray(tiled.image, dtype=np.float64) - np.asarray(untiled.image, dtype=np.float64)) / 255
+    assert difference.mean() < 1 / 255, difference.mean()
+    objective = Objective(params, backbone, "fp32", torch.device("cpu"))
+    ours, theirs = (style_loss_at_full_size(result.image, autumn_oak, objective) for result in (tiled, untiled))
+    assert abs(ours - theirs) <= 0.02 * theirs, (ours, theirs)
