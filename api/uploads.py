@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from shared import fleet
 from shared.errors import InvalidInput
 from shared.images import decode_image
-from shared.memory import HEADROOM, fits_one_pass, job_peak_bytes, largest_one_pass_long_side
+from shared.memory import HEADROOM, fits, job_peak_bytes, largest_long_side, tiled_peak_bytes
 from shared.params import (
     MAX_STYLES, WEIGHTS_NAMES, TransferParams, installed_weights, long_side_output, parse_style_weights, resolve_params, style_roles,
 )
@@ -162,16 +162,21 @@ def device_memory(session: Session, settings: Settings) -> int | None:
 
 
 def check_memory(params: TransferParams, height: int, width: int, memory_bytes: int | None, max_size: int) -> None:
-    """Refuse an output of (height, width) that one pass cannot hold in `memory_bytes`, naming the largest size that fits.
+    """Refuse an output of (height, width) that `memory_bytes` cannot hold, naming the largest size that fits.
+
+    An output past one pass is accepted when its Gram loss can be optimised in tiles (the worker cuts them by
+    its free memory, worker/engine/tiles.py); the moments loss has no tiled form, so it must fit one pass.
 
     Raises:
         Unprocessable: `too_large_for_memory`, with the largest long side that fits an output of this shape.
     """
-    if memory_bytes is None or fits_one_pass(height, width, params.precision, memory_bytes, style_scale=params.style_scale):
+    tiles = params.style_loss == "gram"
+    if memory_bytes is None or fits(height, width, params.precision, memory_bytes, style_scale=params.style_scale, tiles=tiles):
         return
-    needs = job_peak_bytes(height, width, params.precision, style_scale=params.style_scale)
-    largest = largest_one_pass_long_side(memory_bytes, params.precision, width, height, style_scale=params.style_scale, limit=max_size)
-    made = f"size {_written(params.size)} makes an output {width} wide and {height} high, which needs about {needs / 2**30:.1f} GiB"
+    needs = tiled_peak_bytes(height, width, params.precision) if tiles else job_peak_bytes(height, width, params.precision, style_scale=params.style_scale)
+    largest = largest_long_side(memory_bytes, params.precision, width, height, style_scale=params.style_scale, limit=max_size, tiles=tiles)
+    how = "even in tiles" if tiles else "in one pass (the moments loss is not made in tiles)"
+    made = f"size {_written(params.size)} makes an output {width} wide and {height} high, which needs about {needs / 2**30:.1f} GiB {how}"
     available = f"more than this service's workers can give one job ({memory_bytes * HEADROOM / 2**30:.1f} GiB)"
     if largest is None:
         raise Unprocessable(f"{made}, {available}; no size fits", code="too_large_for_memory")

@@ -22,6 +22,13 @@ BYTES_PER_PIXEL: dict[str, float] = {"fp32": 2679.0, "bf16": 2452.0}
 FIXED_BYTES: dict[str, float] = {"fp32": 86e6, "bf16": 108e6}
 # Peak bytes per style-picture pixel of the forward pass that computes the style targets.
 STYLE_BYTES_PER_PIXEL: dict[str, float] = {"fp32": 1100.0, "bf16": 1100.0}
+# A job optimised in tiles keeps at full size, per output pixel, the picture, its gradient (twice, once in the
+# loop's sum), Adam's two moments and the TV term's intermediates (3 channels of fp32 each, ~10 of them) and the
+# content target at relu4_2 (512 channels at 1/64 of the pixels, fp32). An estimate, not a fit.
+RESIDENT_BYTES_PER_PIXEL = 200.0
+# The least a pass is given however little memory seems free: a 256 x 256 crop is a 96-pixel interior inside the
+# `styleq` preset's 80-pixel margins, and below that tiling costs more than it saves (the device may still run out).
+MIN_PASS_PIXELS = 256 * 256
 # The share of a device's memory a plan may fill: the rest is for the CUDA context, the backbone's
 # weights, the allocator's fragmentation and the model's error.
 HEADROOM = 0.8
@@ -43,21 +50,40 @@ def fits_one_pass(height: int, width: int, precision: str, memory_bytes: float, 
     return job_peak_bytes(height, width, precision, style_scale=style_scale) <= memory_bytes * HEADROOM
 
 
-def largest_one_pass_long_side(
+def tiled_peak_bytes(height: int, width: int, precision: str) -> float:
+    """Return the peak memory of a job of an output (height, width) optimised in the smallest tiles (worker/engine/tiles.py).
+
+    What stays full size (`RESIDENT_BYTES_PER_PIXEL` of the output) plus one pass of `MIN_PASS_PIXELS`; the style
+    targets are computed in tiles of the same size, which need less than an optimisation pass.
+    """
+    if precision == "auto":
+        return max(tiled_peak_bytes(height, width, known) for known in BYTES_PER_PIXEL)
+    return FIXED_BYTES[precision] + RESIDENT_BYTES_PER_PIXEL * height * width + BYTES_PER_PIXEL[precision] * MIN_PASS_PIXELS
+
+
+def fits(height: int, width: int, precision: str, memory_bytes: float, *, style_scale: float = 1.0, tiles: bool = True) -> bool:
+    """Tell whether one job of an output (height, width) fits a device of `memory_bytes`: in one pass, or else in tiles if `tiles`."""
+    if fits_one_pass(height, width, precision, memory_bytes, style_scale=style_scale):
+        return True
+    return tiles and tiled_peak_bytes(height, width, precision) <= memory_bytes * HEADROOM
+
+
+def largest_long_side(
     memory_bytes: float, precision: str, content_width: int, content_height: int, *, style_scale: float = 1.0, limit: int = 4096,
+    tiles: bool = True,
 ) -> int | None:
-    """Return the longest long side up to `limit` whose output (the content's aspect) fits one pass; None if not even 1 px does."""
+    """Return the longest long side up to `limit` whose output (the content's aspect) fits (`fits`); None if not even 1 px does."""
 
-    def fits(long_side: int) -> bool:
+    def fitting(long_side: int) -> bool:
         height, width = long_side_output(long_side, content_width, content_height)
-        return fits_one_pass(height, width, precision, memory_bytes, style_scale=style_scale)
+        return fits(height, width, precision, memory_bytes, style_scale=style_scale, tiles=tiles)
 
-    if not fits(1):
+    if not fitting(1):
         return None
-    low, high = 1, limit  # fits(low) holds; find the largest such
+    low, high = 1, limit  # fitting(low) holds; find the largest such
     while low < high:
         middle = (low + high + 1) // 2
-        if fits(middle):
+        if fitting(middle):
             low = middle
         else:
             high = middle - 1

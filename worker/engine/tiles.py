@@ -25,19 +25,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .backbone import Backbone
-from .losses import tv_losses
-from shared.memory import BYTES_PER_PIXEL, FIXED_BYTES, HEADROOM
-from .objective import Objective, StyleTargets
+from shared.memory import BYTES_PER_PIXEL, FIXED_BYTES, HEADROOM, MIN_PASS_PIXELS, RESIDENT_BYTES_PER_PIXEL
 from shared.params import TransferParams
 
-# What a tiled job keeps at full size besides the tile's pass, per output pixel: the picture, its gradient (twice,
-# once in the loop's sum), Adam's two moments and the TV term's intermediates (3 channels of fp32 each, ~10 of
-# them) and the content target at relu4_2 (512 channels at 1/64 of the pixels, fp32). An estimate, not a fit.
-RESIDENT_BYTES_PER_PIXEL = 200.0
-# The least a pass is given however little memory seems free: a 256 x 256 crop is a 96-pixel interior inside the
-# `styleq` preset's 80-pixel margins, and below that tiling costs more than it saves (the device may still run out).
-MIN_PASS_PIXELS = 256 * 256
+from .backbone import Backbone
+from .losses import tv_losses
+from .objective import Objective, StyleTargets
 
 
 def one_pass_pixels(free_bytes: int | None, precision: str, output_pixels: int, *, headroom: float = HEADROOM) -> int | None:
