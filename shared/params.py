@@ -80,9 +80,10 @@ def installed_weights(model_dir: Path) -> tuple[str, ...]:
 MAX_SCALES = 8
 # Below about a tenth of a normal output the network sees too few pixels for its deepest layers.
 MIN_SCALE = 0.05
-# The share of a coarse-to-fine job's iterations spent below full size (split evenly between the coarse
-# scales): iterations there cost a fraction of a full-size one, and most of the picture settles there.
-COARSE_SHARE = 0.6
+# Without `scale_iterations`, each scale of a coarse-to-fine job gets about the same share of its time: iterations
+# in inverse proportion to the scale's pixels, so a scale half the size gets four times as many (most of the picture
+# settles there, cheaply); but none fewer than MIN_SCALE_SHARE of them, so the full size still gets its details.
+MIN_SCALE_SHARE = 0.05
 # The automatic schedule (scales="auto"): one pass for an output up to ONE_PASS_LONG_SIDE pixels on its long side;
 # above, a first scale about COARSE_LONG_SIDE pixels long, then scales growing by at most MAX_SCALE_STEP each.
 ONE_PASS_LONG_SIDE = 512
@@ -449,14 +450,28 @@ def auto_scales(height: int, width: int, minimum_side: int, iterations: int | No
 
 
 def split_iterations(iterations: int, scales: tuple[float, ...]) -> tuple[int, ...]:
-    """Split `iterations` between `scales`: `COARSE_SHARE` of them evenly between the coarse scales, the rest at full size."""
+    """Split `iterations` between `scales` in inverse proportion to their pixels, each getting at least `MIN_SCALE_SHARE` of them.
+
+    The scales whose proportional share would fall under the floor get the floor; the rest is shared out again
+    among the others; the counts are then rounded by largest remainder, so they add up to `iterations`.
+    """
     if len(scales) == 1:
         return (iterations,)
-    coarse = round(iterations * COARSE_SHARE)
-    each = [coarse // (len(scales) - 1)] * (len(scales) - 1)
-    counts = [max(1, n) for n in each] + [0]
-    counts[-1] = max(1, iterations - sum(counts))
-    counts[0] = iterations - sum(counts[1:])
+    floor = max(1, round(iterations * MIN_SCALE_SHARE))
+    weights = [1 / scale**2 for scale in scales]
+    floored: set[int] = set()
+    while True:
+        free = iterations - floor * len(floored)
+        total = sum(weight for index, weight in enumerate(weights) if index not in floored)
+        shares = [float(floor) if index in floored else free * weight / total for index, weight in enumerate(weights)]
+        under = {index for index, share in enumerate(shares) if index not in floored and share < floor}
+        if not under:
+            break
+        floored |= under
+    counts = [math.floor(share) for share in shares]
+    by_remainder = sorted(range(len(scales)), key=lambda index: (counts[index] - shares[index], index))
+    for index in by_remainder[: iterations - sum(counts)]:
+        counts[index] += 1
     return tuple(counts)
 
 
