@@ -30,7 +30,11 @@ browser:
 
 test: install browser
 	# Two test processes: the fault drills mostly wait out real timeouts, on servers of their own, beside the rest.
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	# Then the tests that time a job on the whole machine (marked `alone`), one at a time, with every core.
+	status=0; \
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not alone" --durations=15 || status=$$?; \
+	$(BIN)/python -m pytest -m alone --durations=5 || status=$$?; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -96,6 +96,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 # The recovery times the fault drills measured (tests/integration/test_fault_drills.py), from their test reports.
+_FIGURES: list[str] = []
 _DRILL_TIMES: list[tuple[str, float, float]] = []
 
 
@@ -110,10 +111,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call":
         _DRILL_TIMES.extend(tuple(value) for name, value in report.user_properties if name == "drill_time")
+        _FIGURES.extend(value for name, value in report.user_properties if name == "figure")
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Print the recovery times the fault drills measured."""
+    """Print the recovery times the fault drills measured, and the figures other tests measured (`record_property("figure", ...)`)."""
+    if _FIGURES:
+        terminalreporter.section("measured figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)
     if _DRILL_TIMES:
         terminalreporter.section("fault drills: measured recovery (default settings)")
         for fault, seconds, promise in _DRILL_TIMES:
