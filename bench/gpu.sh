@@ -104,7 +104,11 @@ main() {
         step memory 120 "$PY" -m bench.memory --device cpu --sizes 48,64 --precisions fp32,bf16 --memory 16GiB
         step batching 120 "$PY" -m bench.batching --device cpu --sizes 1,2 --size 32x48 --iterations 4 --precision auto
         step seed_speed 120 "$PY" -m bench.seed_speed --device cpu --size 32x48 --iterations 2 --quality-iterations 10
+        [[ -n $weights_file ]] && step large 120 "$PY" -m bench.large --device cpu --size 600 --iterations 6 --max-pass-pixels 120000
     else
+        # The largest output: 4096 px by the automatic coarse-to-fine schedule, its time and peak memory (beside the
+        # published 2896x2172 in about 15 minutes on a 24 GB RTX 3090).
+        [[ -n $weights_file ]] && step large 150 "$PY" -m bench.large --device cuda --size 4096
         step memory 130 "$PY" -m bench.memory --device cuda --sizes 256,512,1024,2048,3072,4096 --precisions fp32,bf16
         step batching 100 "$PY" -m bench.batching --device cuda --sizes 1,2,4,8,16 --size 300x450 --iterations 30 --precision auto
         # Each loop timed over the notebook's full job (500 iterations), then the time to the notebook's 500-iteration loss.
