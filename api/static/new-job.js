@@ -7,7 +7,7 @@
   const { api } = window.styleq;
   const { presets, limits } = JSON.parse(document.getElementById("form-data").textContent);
   const form = document.getElementById("new-job");
-  const fields = ["iterations", "style_weight", "colors", "style_loss", "content_weight", "tv_weight", "learning_rate", "init", "style_scale", "seed", "format", "quality"];
+  const fields = ["iterations", "style_weight", "colors", "style_loss", "content_weight", "tv_weight", "learning_rate", "init", "style_scale", "scales", "seed", "format", "quality"];
   const height = document.getElementById("height");
   const width = document.getElementById("width");
   const keepAspect = document.getElementById("keep-aspect");
@@ -145,7 +145,7 @@
     const size = Array.isArray(preset.size) ? preset.size : [preset.size, preset.size];
     height.value = size[0];
     width.value = size[1];
-    for (const field of fields) document.getElementById(field).value = preset[field];
+    for (const field of fields) document.getElementById(field).value = Array.isArray(preset[field]) ? preset[field].join(", ") : preset[field];
     const help = document.querySelector("[data-preset-help]");
     help.textContent = help.getAttribute(`data-${name}`) || "";
     followAspect();
@@ -163,7 +163,13 @@
     const values = { preset: document.getElementById("preset").value, size: [Number(height.value), Number(width.value)] };
     for (const field of fields) {
       const element = document.getElementById(field);
-      values[field] = element.tagName === "SELECT" ? element.value : Number(element.value);
+      if (field === "scales") {
+        // "auto", or a list of fractions: the API checks that they rise to 1.
+        const text = element.value.trim();
+        values.scales = text === "auto" ? "auto" : text.split(",").map(Number);
+      } else {
+        values[field] = element.tagName === "SELECT" ? element.value : Number(element.value);
+      }
     }
     return values;
   }

@@ -39,7 +39,7 @@ def wait_until(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def submit_through_form(page: Page, images_dir, *, height: int, width: int, iterations: int) -> str:
+def submit_through_form(page: Page, images_dir, *, height: int, width: int, iterations: int, scales: str | None = None) -> str:
     """Fill in and send the new-job form; return the id of the job page it lands on."""
     page.get_by_role("link", name="New job", exact=True).first.click()
     page.wait_for_url("**/jobs/new")
@@ -51,6 +51,8 @@ def submit_through_form(page: Page, images_dir, *, height: int, width: int, iter
     page.get_by_label("Height in pixels").fill(str(height))
     page.get_by_label("Width in pixels").fill(str(width))
     page.get_by_label("Iterations").fill(str(iterations))
+    if scales is not None:
+        page.get_by_label("Scales").fill(scales)
     page.get_by_role("button", name="Start job").click()
     page.wait_for_url(JOB_PAGE)
     return page.url.rstrip("/").rsplit("/", 1)[1]
@@ -301,17 +303,16 @@ def test_pages_are_labelled_and_fit_a_phone_screen(open_session, deployment, ima
 
 
 def test_the_chart_of_a_coarse_to_fine_job_marks_where_each_scale_begins(open_session, deployment, images_dir):
-    params = {"size": [64, 96], "iterations": 60, "scales": [0.5, 1], "scale_iterations": [30, 30]}
-    response = deployment.client("alice").submit(images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", params)
-    assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
-    deployment.client("alice").wait_for(job_id, lambda job: job["status"] in FINISHED, timeout=180)
-
     page = open_session("alice")
-    page.goto(f"{deployment.url}/jobs/{job_id}")
-    wait_until(lambda: chart_points(page) == 6, 30, "the whole history on the chart")
-    # Half size from the start, full size from iteration 30 on: the chart draws a labelled line at each.
-    expect(page.locator("#chart")).to_have_attribute("data-scale-starts", "0:0.5 30:1")
+    job_id = submit_through_form(page, images_dir, height=64, width=96, iterations=50, scales="0.5, 1")
+    job = deployment.client("alice").wait_for(job_id, lambda job: job["status"] in FINISHED, timeout=180)
+    assert job["params"]["scales"] == [0.5, 1.0] and job["params"]["scale_iterations"] is None
+
+    page.reload()
+    wait_until(lambda: chart_points(page) == 5, 30, "the whole history on the chart")
+    # Half size from the start (40 of 50 iterations: a quarter of the pixels), full size from iteration 40 on:
+    # the chart draws a labelled line at each.
+    expect(page.locator("#chart")).to_have_attribute("data-scale-starts", "0:0.5 40:1")
     screenshot(page, "job-coarse-to-fine")
 
 
