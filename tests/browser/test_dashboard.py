@@ -52,6 +52,7 @@ def submit_through_form(page: Page, images_dir, *, height: int, width: int, iter
     page.get_by_label("Width in pixels").fill(str(width))
     page.get_by_label("Iterations").fill(str(iterations))
     if scales is not None:
+        page.get_by_text("More settings").click()
         page.get_by_label("Scales").fill(scales)
     page.get_by_role("button", name="Start job").click()
     page.wait_for_url(JOB_PAGE)
