@@ -24,19 +24,11 @@ from PIL import Image
 from bench.common import IMAGES, add_device_argument, device_name, gib, pick_device, synchronize
 from shared.params import resolve_params
 from shared.settings import load_settings
+from tests.style_distance import gram_distance
 from worker.downloads import load_or_pull
 from worker.engine import Control, build_backbone, transfer
 from worker.engine.objective import Objective
 from worker.engine.tiles import needs_tiles, one_pass_pixels, plan_tiles
-from worker.engine.transfer import image_to_tensor
-
-
-def style_loss_at_full_size(picture: Image.Image, style: Image.Image, objective: Objective) -> float:
-    """The normalised Gram loss of `picture` against `style` seen at the picture's area, its own aspect kept."""
-    scale = (picture.width * picture.height / (style.width * style.height)) ** 0.5
-    ours = objective.style_targets(image_to_tensor(picture, (picture.height, picture.width)))
-    theirs = objective.style_targets(image_to_tensor(style, (round(style.height * scale), round(style.width * scale))))
-    return sum(((gram - target).square().mean() * weight).item() for gram, target, weight in zip(ours.grams, theirs.grams, theirs.scales))
 
 
 def peak_memory(device: torch.device) -> float:
@@ -86,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - started
     peak = peak_memory(device)
     objective = Objective(params, backbone, "fp32", device)
-    ours = style_loss_at_full_size(result.image, style, objective)
+    ours = gram_distance(result.image, style, objective)
 
     print("scale  iterations  seconds")
     previous_iteration, previous_seconds = 0, 0.0
@@ -105,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         one_started = time.perf_counter()
         one_scale = transfer(content, style, one_scale_params, backbone=backbone, device=device, max_pass_pixels=max_pass_pixels,
                              on_checkpoint=lambda c: Control.STOP if time.perf_counter() - one_started >= seconds else None)
-        theirs = style_loss_at_full_size(one_scale.image, style, objective)
+        theirs = gram_distance(one_scale.image, style, objective)
         print(f"one scale for the same {time.perf_counter() - one_started:.1f} s: {one_scale.iteration} iterations, full-size style loss "
               f"{theirs:.4g}; coarse-to-fine's is {ours / theirs:.2f}x of it")
         if args.output:

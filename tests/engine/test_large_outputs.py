@@ -15,23 +15,15 @@ import torch
 from PIL import Image
 
 from shared.params import resolve_params
+from tests.style_distance import gram_distance
 from worker.engine import Control, build_backbone, transfer
 from worker.engine.objective import Objective
 from worker.engine.tiles import one_pass_pixels, plan_tiles
-from worker.engine.transfer import image_to_tensor
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 # The issue's bar for a 1024 px job on this 2-core CPU.
 MINUTES_FOR_1024 = 5
-
-
-def style_loss_at_full_size(picture: Image.Image, style: Image.Image, objective: Objective) -> float:
-    """The normalised Gram loss of the picture against the style seen at the picture's area (its aspect kept), in fp32."""
-    scale = (picture.width * picture.height / (style.width * style.height)) ** 0.5
-    ours = objective.style_targets(image_to_tensor(picture, (picture.height, picture.width)))
-    theirs = objective.style_targets(image_to_tensor(style, (round(style.height * scale), round(style.width * scale))))
-    return sum(((gram - target).square().mean() * weight).item() for gram, target, weight in zip(ours.grams, theirs.grams, theirs.scales))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +64,7 @@ def test_a_1024_pixel_job_runs_coarse_to_fine_in_minutes_and_ends_on_a_lower_sty
     coarse_to_fine.image.save(folder / "coarse-to-fine-1024.png")
     one_scale.image.save(folder / "one-scale-1024.png")
     objective = Objective(params, backbone, "fp32", torch.device("cpu"))
-    ours, theirs = (style_loss_at_full_size(result.image, autumn_oak, objective) for result in (coarse_to_fine, one_scale))
+    ours, theirs = (gram_distance(result.image, autumn_oak, objective) for result in (coarse_to_fine, one_scale))
 
     record_property("figure", f"1024 px coarse-to-fine ({os.cpu_count()} cores): {seconds:.0f} s for {list(params.iterations_per_scale())} "
                               f"iterations at scales {list(params.scales)}, full-size style loss {ours:.4g}; one scale in the same time: "
@@ -126,7 +118,7 @@ def test_a_2048_pixel_picture_made_in_tiles_has_no_seams_and_the_style_loss_of_o
     # The same picture as one pass makes, to the rounding of bf16 passes over other crops.
     difference = np.abs(np.asarray(tiled.image, dtype=np.float64) - np.asarray(untiled.image, dtype=np.float64)) / 255
     objective = Objective(params, backbone, "fp32", torch.device("cpu"))
-    ours, theirs = (style_loss_at_full_size(result.image, autumn_oak, objective) for result in (tiled, untiled))
+    ours, theirs = (gram_distance(result.image, autumn_oak, objective) for result in (tiled, untiled))
     record_property("figure", f"2048 px in {len(plan.tiles)} tiles: gradient energy across the tile borders {border / rest:.3f}x the rest's "
                               f"({border_in_one_pass / rest_in_one_pass:.3f}x on the same lines in one pass), mean difference from one pass "
                               f"{difference.mean() * 255:.3f} levels of 255, style loss {ours:.4g} against {theirs:.4g} ({ours / theirs - 1:+.2%})")

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from shared.params import resolve_params
+from tests.style_distance import gram_distance
 from worker.engine import build_backbone, transfer
 from worker.engine.objective import Objective
-from worker.engine.transfer import image_to_tensor
 
 
 def luminance_correlation(picture: Image.Image, reference: Image.Image) -> float:
@@ -42,17 +42,6 @@ def test_default_preset_styles_tubingen_like_starry_night(images_dir, caffe_weig
     kept = luminance_correlation(result.image, content)
     style_alone = luminance_correlation(style.resize(result.image.size), content)
     assert kept >= 0.8 and kept > style_alone + 0.3, (kept, style_alone)
-
-
-def gram_distance(picture: Image.Image, style: Image.Image, objective: Objective) -> float:
-    """How far the picture's style is from the style image's: the normalised Gram loss over the style layers.
-
-    The style is seen at the picture's area, its own aspect kept, as the default preset's engine sees it.
-    """
-    scale = (picture.width * picture.height / (style.width * style.height)) ** 0.5
-    ours = objective.style_targets(image_to_tensor(picture, (picture.height, picture.width)))
-    theirs = objective.style_targets(image_to_tensor(style, (round(style.height * scale), round(style.width * scale))))
-    return sum(((gram - target).square().mean() * weight).item() for gram, target, weight in zip(ours.grams, theirs.grams, theirs.scales))
 
 
 @pytest.mark.slow
