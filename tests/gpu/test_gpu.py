@@ -104,6 +104,28 @@ def test_bf16_forward_backward_and_gram_stay_finite_at_2048_px(backbone, rainier
     assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
 
 
+def test_the_gram_of_bf16_features_on_tensor_cores_and_its_gradient_match_fp64():
+    # The GPU's own bf16 x bf16 -> fp32 products (tests/engine/test_precision.py checks the same arithmetic widened on a CPU).
+    generator = torch.Generator().manual_seed(0)
+    shape = (2, 64, 150, 225)
+    features = (torch.randn(shape, generator=generator) * 50).relu().to(torch.bfloat16).to(DEVICE).contiguous(memory_format=torch.channels_last)
+    target = gram_matrices((torch.randn(shape, generator=generator) * 50).relu().to(DEVICE))
+    exact = features.double().requires_grad_(True)
+    exact_gram = torch.bmm(exact.flatten(2), exact.flatten(2).transpose(1, 2)) / exact[0].numel()
+    (exact_gram - target.double()).square().sum().backward()
+    ours = features.clone().requires_grad_(True)
+
+    gram = gram_matrices(ours)
+    (gram - target).square().sum().backward()
+
+    assert gram.dtype == torch.float32
+    torch.testing.assert_close(gram.double(), exact_gram.detach(), rtol=1e-4, atol=1e-3)
+    assert ours.grad.dtype == torch.bfloat16 and ours.grad.is_contiguous(memory_format=torch.channels_last)
+    # Rounding the exact gradient to bf16 moves it by ~1.7e-3 of its norm; ours is within a tenth of that of the rounded one.
+    rounded = exact.grad.to(torch.bfloat16).double()
+    assert float((ours.grad.double() - rounded).norm() / exact.grad.norm()) < 2e-4
+
+
 def test_a_batch_of_three_equals_three_separate_runs(backbone, images_dir):
     contents = [Image.open(images_dir / name).convert("RGB") for name in ("rainier.jpg", "tubingen.jpg", "shipwreck.jpg")]
     styles = [Image.open(images_dir / name).convert("RGB") for name in ("autumn-oak.jpg", "starry_night.jpg", "the_scream.jpg")]

@@ -2,7 +2,7 @@
 
 At the seed's 300x450 an H100 finishes one iteration's arithmetic in well under a millisecond, while
 Python and the CUDA driver need about as long again to launch its ~200 kernels one by one. A graph
-launches them all at once. Adam runs in its `capturable` form (its step count and learning rate live
+launches them all at once. Adam runs in its fused, `capturable` form (its step count and learning rate live
 on the device, so a replay reads the current ones); L-BFGS decides on the host, so it never runs here.
 
 Saved states stay portable: `portable_optimizer_state` turns a capturable optimiser's state into the
@@ -29,8 +29,12 @@ def graphs_apply(device: torch.device, optimizer: str, line_search: str) -> bool
 
 
 def capturable_adam(image: torch.Tensor, lr: torch.Tensor) -> torch.optim.Adam:
-    """Return an Adam whose step count and learning rate (`lr`, a device tensor) stay on the device, as a graph needs."""
-    return torch.optim.Adam([image], lr=lr, capturable=True)
+    """Return an Adam whose step count and learning rate (`lr`, a device tensor) stay on the device, as a graph needs.
+
+    Fused: one kernel updates the picture and both moments, where the capturable multi-tensor form took about
+    ten (11 % of an H100's time at 300x450 in `bench/results/gpu-h100-2026-11-26-after-fixes.txt`).
+    """
+    return torch.optim.Adam([image], lr=lr, capturable=True, fused=True)
 
 
 def make_capturable(optimizer: torch.optim.Optimizer, lr: torch.Tensor) -> None:
@@ -39,6 +43,7 @@ def make_capturable(optimizer: torch.optim.Optimizer, lr: torch.Tensor) -> None:
         lr.fill_(float(group["lr"]))
         group["lr"] = lr
         group["capturable"] = True
+        group["fused"] = True
     for state in optimizer.state.values():
         if "step" in state:
             state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(lr.device)
@@ -64,7 +69,7 @@ def _plain(value: Any) -> Any:
 
 
 def portable_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
-    """Return an optimiser state dict (already on the CPU) with a capturable Adam's device-only settings made plain."""
+    """Return an optimiser state dict (already on the CPU) with a graphed Adam's device-only settings made plain."""
     groups = []
     for group in state["param_groups"]:
         group = dict(group)
@@ -72,6 +77,8 @@ def portable_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
             group["lr"] = float(group["lr"])
         if group.get("capturable"):
             group["capturable"] = False
+        if group.get("fused"):
+            group["fused"] = None  # torch's default, the implementation a plain Adam picks on its device
         groups.append(group)
     return {**state, "param_groups": groups}
 

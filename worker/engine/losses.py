@@ -18,14 +18,67 @@ import torch
 def gram_matrices(features: torch.Tensor) -> torch.Tensor:
     """Return each picture's channel Gram matrix, (N, C, H, W) -> (N, C, C) in fp32, divided by channels x pixels."""
     batch, channels = features.shape[:2]
-    flat = features.reshape(batch, channels, -1).float()
-    pixels = flat.shape[-1]
-    if features.dtype != torch.float32:
-        # Features from a bf16 network: dividing by sqrt(channels x pixels) first keeps every partial sum
-        # near the final value's magnitude, so no size of picture can overflow the accumulation.
-        flat = flat / (channels * pixels) ** 0.5
-        return torch.bmm(flat, flat.transpose(1, 2))
-    return torch.bmm(flat, flat.transpose(1, 2)) / (channels * pixels)
+    flat = features.reshape(batch, channels, -1)
+    if features.dtype == torch.bfloat16:
+        return _Bf16Gram.apply(flat)
+    flat = flat.float()
+    return torch.bmm(flat, flat.transpose(1, 2)) / (channels * flat.shape[-1])
+
+
+# Devices where torch multiplies bf16 matrices into an fp32 result directly (`bmm(..., out_dtype=torch.float32)`,
+# CUDA only, in torch 2.8 and later).
+MIXED_PRODUCT_DEVICES = ("cuda",) if hasattr(torch.ops.aten.bmm, "dtype") else ()
+
+
+def bf16_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Return the batched product of bf16 matrices in fp32: exact products, fp32 sums, an fp32 result.
+
+    On a GPU one tensor-core product reads the bf16 operands as they are; elsewhere they are widened to fp32
+    first, which gives the same arithmetic (a product of two bf16 numbers is exact in fp32) more slowly.
+    """
+    if a.device.type == "cuda":
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a.float(), b.float())
+
+
+class _Bf16Gram(torch.autograd.Function):
+    """The Gram matrices of bf16 features, (N, C, P) -> (N, C, C), summed in fp32, with a one-product backward.
+
+    Forward: G = F F^T / (C P), from exact bf16 products summed in fp32, which no realistic feature map
+    overflows (it would take values past ~1e15). Autograd's backward of that expression takes two products,
+    one per operand, and adds them; the gradient needs one: dF = S F with S = (dG + dG^T) / (C P), computed
+    as F^T S so that it comes out in the features' own memory layout (for channels-last features F^T is the
+    contiguous one). Where bf16 products are native (a GPU), F is kept in bf16 and S, fp32, enters a bf16
+    product as two bf16 matrices, its rounding and the rest: the gradient keeps S's fp32 precision and is
+    rounded to bf16 once, at the end, as autograd's is (S rounded to bf16 alone would double that error).
+    Elsewhere F is widened once and kept, as autograd kept it.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, flat: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if flat.device.type in MIXED_PRODUCT_DEVICES:
+            kept = flat
+            products = bf16_products(flat, flat.transpose(1, 2))
+        else:
+            kept = flat.float()
+            products = torch.bmm(kept, kept.transpose(1, 2))
+        ctx.save_for_backward(kept)
+        return products.div_(flat.shape[1] * flat.shape[2])
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (kept,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        symmetric = (grad + grad.transpose(1, 2)) / (kept.shape[1] * kept.shape[2])
+        rows = kept.transpose(1, 2)  # (N, P, C)
+        if kept.dtype == torch.bfloat16:
+            high = symmetric.to(torch.bfloat16)
+            low = (symmetric - high.float()).to(torch.bfloat16)
+            # F^T S_high + F^T S_low as one product, [F^T, F^T] [S_high; S_low]: its sums stay in fp32 and its result
+            # is rounded to bf16 once. Two products added in fp32 would move about 2.5x the bytes.
+            product = torch.bmm(torch.cat([rows, rows], dim=2), torch.cat([high, low], dim=1))
+        else:
+            product = torch.bmm(rows, symmetric).to(torch.bfloat16)
+        return product.transpose(1, 2)
 
 
 def content_losses(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

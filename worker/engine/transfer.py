@@ -407,8 +407,10 @@ def _optimise(runs: list[_Run], active: list[int], objective: Objective, on_chec
     def iterate() -> torch.Tensor:
         for index in active:
             runs[index].optimizer.zero_grad()
+        images = [runs[index].image for index in active]
         with torch.enable_grad():
-            terms = objective(torch.cat([runs[index].image for index in active]))
+            # One job's picture goes in as it is: a cat of one would copy it, and its gradient back, every iteration.
+            terms = objective(images[0] if len(images) == 1 else torch.cat(images))
             terms[-1].sum().backward()
         per_job = torch.stack(terms, dim=1).detach()  # (N, 4): content, style, tv, total
         for position, index in enumerate(active):
