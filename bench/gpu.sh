@@ -102,7 +102,7 @@ main() {
 
     if [[ $SMOKE == 1 ]]; then
         step memory 120 "$PY" -m bench.memory --device cpu --sizes 48,64 --precisions fp32,bf16 --memory 16GiB
-        step batching 120 "$PY" -m bench.batching --device cpu --sizes 1,2 --size 32x48 --iterations 4 --precision auto
+        step batching 120 "$PY" -m bench.batching --device cpu --sizes 1,2 --size 32x48 --iterations 8 --precision auto
         step seed_speed 120 "$PY" -m bench.seed_speed --device cpu --size 32x48 --iterations 2 --quality-iterations 10
         [[ -n $weights_file ]] && step large 120 "$PY" -m bench.large --device cpu --size 600 --iterations 6 --max-pass-pixels 120000
     else
@@ -110,7 +110,7 @@ main() {
         # published 2896x2172 in about 15 minutes on a 24 GB RTX 3090).
         [[ -n $weights_file ]] && step large 150 "$PY" -m bench.large --device cuda --size 4096
         step memory 130 "$PY" -m bench.memory --device cuda --sizes 256,512,1024,2048,3072,4096 --precisions fp32,bf16
-        step batching 100 "$PY" -m bench.batching --device cuda --sizes 1,2,4,8,16 --size 300x450 --iterations 30 --precision auto
+        step batching 100 "$PY" -m bench.batching --device cuda --sizes 1,2,4,8,16 --size 300x450 --size 150x225 --iterations 60 --precision auto
         # Each loop timed over the notebook's full job (500 iterations), then the time to the notebook's 500-iteration loss.
         step seed_speed 150 "$PY" -m bench.seed_speed --device cuda --size 300x450 --iterations 500 --quality-iterations 500
     fi
