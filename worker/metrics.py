@@ -49,7 +49,8 @@ class WorkerMetrics:
         )
         self.checkpoint_writes = Histogram(
             "styleq_checkpoint_write_seconds",
-            "Time to write a checkpoint: its rows in the database, and with_state=true also a preview and a saved state encoded and stored.",
+            "Time to write a checkpoint: its rows in the database (with_state=false, in the job's loop), or a preview and a saved state "
+            "encoded and stored (with_state=true, on a thread beside the loop).",
             ["worker", "with_state"], registry=None, buckets=CHECKPOINT_WRITE_BUCKETS,
         )
         # For a registry of one's own, where there are no multiprocess files to read (a test, a single process).

@@ -159,6 +159,42 @@ def test_checkpoints_that_come_fast_reach_the_database_together_and_save_states_
     assert storage.writes["preview.jpg"] == storage.writes["state"] == 1
 
 
+def test_the_optimisation_goes_on_while_a_checkpoints_preview_and_state_are_written(tmp_path, factory, images_dir, vgg16_random, monkeypatch):
+    storage = Storage(tmp_path / "storage")
+    job_id = submit(factory, storage, images_dir)
+    # Only the first checkpoint saves (and the last is always recorded), so one write is in flight.
+    settings = Settings(data_dir=tmp_path, preview_every=100, preview_min_seconds=0, lease_seconds=30)
+    runner = make_runner(settings, factory, storage, vgg16_random)
+    two_checkpoints_later = threading.Event()
+    record = runner._record_checkpoint
+
+    def watching(member, checkpoint, held):
+        if checkpoint.iteration >= 30:
+            two_checkpoints_later.set()
+        return record(member, checkpoint, held)
+
+    monkeypatch.setattr(runner, "_record_checkpoint", watching)
+    save_state = storage.save_state
+    held_back: list[tuple[int, bool]] = []
+
+    def slow_disk(job, iteration, data):
+        # The first state reaches the disk only once the loop is two checkpoints further: a loop that waited for it
+        # would never get there (after 60 s the write goes on, and the test fails instead of hanging).
+        if not held_back:
+            held_back.append((iteration, two_checkpoints_later.wait(60)))
+        return save_state(job, iteration, data)
+
+    monkeypatch.setattr(storage, "save_state", slow_disk)
+
+    assert runner.run(job_id) == "succeeded"
+
+    assert held_back == [(10, True)]
+    job = load(factory, job_id)
+    # The job's last record names the preview the held-back write left, and the job ended after it.
+    assert job.has_preview and (storage.job_dir(job_id) / "preview.jpg").is_file()
+    assert storage.state_path(job_id) is None  # a finished job's states are removed, the late one too
+
+
 def test_a_job_another_worker_holds_is_skipped(settings, factory, storage, images_dir, vgg16_random):
     job_id = submit(factory, storage, images_dir)
     with session_scope(factory) as session:
