@@ -8,7 +8,7 @@ lent machines have Python 3.12 with torch, numpy, Pillow, pytest and more, but n
 needs (Flask, SQLAlchemy, Celery, pydantic...): `pack` downloads their wheels for that Python, at the
 versions this checkout's .venv runs. The test images come from ../shared/images, which does not travel.
 The vgg16-caffe weights (57 MB) are stored as four byte planes (each float's sign-and-exponent bytes
-together, where fp32 weights repeat most) compressed with xz: 49 MB, about what fits beside the rest.
+together, where fp32 weights repeat most) compressed with xz: 47 MB, about what fits beside the rest.
 
 On the device, in the working tree's root (the `run` command `pack` prints):
 
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import IMAGES, ROOT
+from shared.settings import load_settings
 
 CARRY_LIMIT = 64 * 2**20
 # The service's needs that the lent machines' image lacks (device/KINDS.md lists what it has), by distribution name.
@@ -127,12 +128,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bundle", description=__doc__.split("\n", 1)[0])
     parser.add_argument("action", choices=("pack", "unpack"))
     parser.add_argument("--out", type=Path, default=ROOT / ".gpu", help="the carried folder (default .gpu, in the checkout)")
-    parser.add_argument("--models", type=Path, help="where the weights are (pack; default the installed ones) or go (unpack; default "
+    parser.add_argument("--models", type=Path, help="where the weights are (pack; default the settings' model directory) or go (unpack; default "
                         "$STYLEQ_MODEL_DIR or .models, where bench/gpu.sh looks)")
     args = parser.parse_args(argv)
     out = args.out if args.out.is_absolute() else (Path.cwd() / args.out).resolve()
     if args.action == "pack":
-        pack(out, args.models or Path.home() / ".local" / "share" / "styleq" / "models")
+        pack(out, args.models or load_settings().models_path)
     else:
         unpack(out, args.models or Path(os.environ.get("STYLEQ_MODEL_DIR", ROOT / ".models")))
 

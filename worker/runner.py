@@ -23,8 +23,8 @@ Faults, and what a run does about them:
 A checkpoint's preview and state are copied off the device in the loop, then encoded and written by a
 thread of their own while the optimisation goes on (on an H100 the service's work inside the loop, these
 writes with it, was 3.9 % of a 600x900 job; a 20 MB state's write and fsync took 140 ms on a development
-machine's disk). A job has at most one such write in flight; the database learns of a saved state only once it is on disk, and a job is finished, handed
-back or resumed only after its writes are done.
+machine's disk). A job has at most one such write in flight; the database learns of a saved state only
+once it is on disk, and a job is finished, handed back or resumed only after its writes are done.
 """
 
 from __future__ import annotations
