@@ -40,12 +40,16 @@ def test_gram_matrices_of_bf16_features_are_fp32_and_equal_the_fp32_gram_of_the_
     torch.testing.assert_close(grams, gram_matrices(features.float()), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("form", ["widened", "split"])
+@pytest.mark.parametrize("form", ["cpu", "cpu in ragged slices", "split"])
 def test_the_bf16_gram_backward_is_the_gradient_of_its_forward(monkeypatch, form):
-    # "split" is what a GPU runs (bf16 features kept, the fp32 gradient of the Gram entering bf16 products as two
-    # bf16 parts); here its one CUDA-only call, the bf16 x bf16 -> fp32 product, is computed by widening instead.
+    # "cpu" widens the features a slice of pixels at a time, each pass; here 1350 pixels make one slice, and in
+    # "cpu in ragged slices" 14 slices, the last one short. "split" is what a GPU runs (bf16 features kept, the
+    # fp32 gradient of the Gram entering bf16 products as two bf16 parts); here its one CUDA-only call, the
+    # bf16 x bf16 -> fp32 product, is computed by widening instead.
     if form == "split":
         monkeypatch.setattr(losses, "MIXED_PRODUCT_DEVICES", ("cuda", "cpu"))
+    if form == "cpu in ragged slices":
+        monkeypatch.setattr(losses, "CPU_PIXELS_PER_SLICE", 97)
     generator = torch.Generator().manual_seed(0)
     shape = (2, 64, 30, 45)
     features = (torch.randn(shape, generator=generator) * 50).relu().to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
@@ -68,7 +72,7 @@ def test_the_bf16_gram_backward_is_the_gradient_of_its_forward(monkeypatch, form
     # The gradient comes back in the features' own layout, channels-last, so nothing converts it on its way down.
     assert ours.grad.is_contiguous(memory_format=torch.channels_last)
     # About as near the exact gradient rounded to bf16 as autograd's: measured, in parts of the gradient's norm,
-    # autograd 3.8e-5, widened 3.8e-5, split 8.8e-5; with the Gram's gradient rounded to bf16 (no second part) 1.7e-3.
+    # autograd 3.8e-5, cpu (either) 3.8e-5, split 8.8e-5; with the Gram's gradient rounded to bf16 (no second part) 1.7e-3.
     rounded = exact.grad.to(torch.bfloat16).double()
     scale = exact.grad.norm()
     autograd_error = float((widened.grad.double() - rounded).norm() / scale)
