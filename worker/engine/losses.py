@@ -12,6 +12,9 @@ crowsonkb/style-transfer-pytorch), where the Gram loss compares uncentred second
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 
@@ -94,14 +97,35 @@ class _Bf16Gram(torch.autograd.Function):
 CPU_PIXELS_PER_SLICE = 4096
 
 
+@contextlib.contextmanager
+def _bf16_cpu_products() -> Iterator[None]:
+    """Let oneDNN multiply fp32 matrices on a CPU as bf16 with fp32 sums (AMX or AVX-512 BF16 instructions).
+
+    Only for operands that hold bf16 values already, which the conversion leaves as they are: the products
+    stay exact and the sums fp32, as in an fp32 product. The setting is the process's, so it is put back at once.
+    """
+    settings = torch.backends.mkldnn.matmul
+    before = settings.fp32_precision
+    settings.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        settings.fp32_precision = before
+
+
 def _sliced_gram(flat: torch.Tensor) -> torch.Tensor:
-    """Return F F^T in fp32 for bf16 features (N, C, P), widening CPU_PIXELS_PER_SLICE pixels at a time."""
+    """Return F F^T in fp32 for bf16 features (N, C, P), widening CPU_PIXELS_PER_SLICE pixels at a time.
+
+    The products run as bf16 products with fp32 sums, which for bf16 operands is an fp32 product's arithmetic:
+    as fast as fp32 on a CPU with AVX-512 BF16 alone, and on one with AMX what its matrix units are for.
+    """
     batch, channels, pixels = flat.shape
     products = torch.zeros(batch, channels, channels, dtype=torch.float32)
-    for picture in range(batch):
-        for start in range(0, pixels, CPU_PIXELS_PER_SLICE):
-            part = flat[picture, :, start:start + CPU_PIXELS_PER_SLICE].float()
-            products[picture].addmm_(part, part.T)
+    with _bf16_cpu_products():
+        for picture in range(batch):
+            for start in range(0, pixels, CPU_PIXELS_PER_SLICE):
+                part = flat[picture, :, start:start + CPU_PIXELS_PER_SLICE].float()
+                products[picture].addmm_(part, part.T)
     return products
 
 
