@@ -91,9 +91,10 @@ class _Bf16Gram(torch.autograd.Function):
 
 
 # Pixels of bf16 features a CPU widens to fp32 at a time for a Gram product or its backward: 4096 pixels of up
-# to 64 channels stay in a core's cache between the widening and the product. Widening a whole 300x450
-# relu1_1 (34 MB in fp32, and kept for the backward pass) cost more than the product itself; in slices that
-# layer's Gram and gradient take 18 ms instead of 40 on the 2-core development CPU, and nothing is kept.
+# to 64 channels stay in a core's cache between the widening and the product. A whole 300x450 relu1_1 widened
+# is 34 MB, which autograd kept for the backward pass: in slices nothing is kept, and a bf16 job's peak memory on
+# a CPU is about a quarter lower (`python -m bench.memory --device cpu`). Alone, that layer's Gram and gradient
+# took 18 ms instead of 40 on the 2-core development CPU; within a whole iteration the gain was within noise.
 CPU_PIXELS_PER_SLICE = 4096
 
 
