@@ -40,8 +40,12 @@ def test_gram_matrices_of_bf16_features_are_fp32_and_equal_the_fp32_gram_of_the_
     torch.testing.assert_close(grams, gram_matrices(features.float()), rtol=1e-5, atol=1e-7)
 
 
-def test_a_cpus_gram_of_bf16_features_has_fp32_sums_and_leaves_the_process_matmul_setting_as_it_was():
-    # On a CPU the Gram's products run as bf16 products with fp32 sums (the operands hold bf16 values already).
+@pytest.mark.parametrize("bf16_products", ["as this CPU has them", "on a CPU without them"])
+def test_a_cpus_gram_of_bf16_features_has_fp32_sums_and_leaves_the_process_matmul_setting_as_it_was(monkeypatch, bf16_products):
+    # On a CPU with native bf16 the Gram's products run as bf16 products with fp32 sums (the operands hold bf16
+    # values already); on one without, as fp32 products.
+    if bf16_products == "on a CPU without them":
+        monkeypatch.setattr(losses, "_cpu_has_native_bf16", lambda: False)
     features = (torch.randn(1, 64, 90, 120, generator=torch.Generator().manual_seed(0)) * 4).relu()
     features = features.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     before = torch.backends.mkldnn.matmul.fp32_precision

@@ -13,9 +13,12 @@ crowsonkb/style-transfer-pytorch), where the Gram loss compares uncentred second
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
+
+from .precision import native_bf16
 
 
 def gram_matrices(features: torch.Tensor) -> torch.Tensor:
@@ -98,6 +101,11 @@ class _Bf16Gram(torch.autograd.Function):
 CPU_PIXELS_PER_SLICE = 4096
 
 
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
+    return native_bf16("cpu")
+
+
 @contextlib.contextmanager
 def _bf16_cpu_products() -> Iterator[None]:
     """Let oneDNN multiply fp32 matrices on a CPU as bf16 with fp32 sums (AMX or AVX-512 BF16 instructions).
@@ -105,6 +113,10 @@ def _bf16_cpu_products() -> Iterator[None]:
     Only for operands that hold bf16 values already, which the conversion leaves as they are: the products
     stay exact and the sums fp32, as in an fp32 product. The setting is the process's, so it is put back at once.
     """
+    if not _cpu_has_native_bf16():
+        # Nothing to gain where bf16 products would be emulated, and nothing to risk on such a CPU.
+        yield
+        return
     settings = torch.backends.mkldnn.matmul
     before = settings.fp32_precision
     settings.fp32_precision = "bf16"
@@ -118,7 +130,8 @@ def _sliced_gram(flat: torch.Tensor) -> torch.Tensor:
     """Return F F^T in fp32 for bf16 features (N, C, P), widening CPU_PIXELS_PER_SLICE pixels at a time.
 
     The products run as bf16 products with fp32 sums, which for bf16 operands is an fp32 product's arithmetic:
-    as fast as fp32 on a CPU with AVX-512 BF16 alone, and on one with AMX what its matrix units are for.
+    a little faster than fp32 products on a CPU with AVX-512 BF16 alone (`python -m bench.cpu_gram`), and on
+    one with AMX what its matrix units are for.
     """
     batch, channels, pixels = flat.shape
     products = torch.zeros(batch, channels, channels, dtype=torch.float32)
