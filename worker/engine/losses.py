@@ -126,6 +126,14 @@ def _bf16_cpu_products() -> Iterator[None]:
         settings.fp32_precision = before
 
 
+def _widened_slices(flat: torch.Tensor) -> Iterator[tuple[int, slice, torch.Tensor]]:
+    """Yield (picture, pixels, those pixels' features in fp32 (C, S)) for bf16 features (N, C, P), CPU_PIXELS_PER_SLICE at a time."""
+    for picture in range(flat.shape[0]):
+        for start in range(0, flat.shape[2], CPU_PIXELS_PER_SLICE):
+            pixels = slice(start, start + CPU_PIXELS_PER_SLICE)
+            yield picture, pixels, flat[picture, :, pixels].float()
+
+
 def _sliced_gram(flat: torch.Tensor) -> torch.Tensor:
     """Return F F^T in fp32 for bf16 features (N, C, P), widening CPU_PIXELS_PER_SLICE pixels at a time.
 
@@ -133,13 +141,11 @@ def _sliced_gram(flat: torch.Tensor) -> torch.Tensor:
     a little faster than fp32 products on a CPU with AVX-512 BF16 alone (`python -m bench.cpu_gram`), and on
     one with AMX what its matrix units are for.
     """
-    batch, channels, pixels = flat.shape
+    batch, channels, _pixels = flat.shape
     products = torch.zeros(batch, channels, channels, dtype=torch.float32)
     with _bf16_cpu_products():
-        for picture in range(batch):
-            for start in range(0, pixels, CPU_PIXELS_PER_SLICE):
-                part = flat[picture, :, start:start + CPU_PIXELS_PER_SLICE].float()
-                products[picture].addmm_(part, part.T)
+        for picture, _part, widened in _widened_slices(flat):
+            products[picture].addmm_(widened, widened.T)
     return products
 
 
@@ -147,10 +153,8 @@ def _sliced_gram_backward(flat: torch.Tensor, symmetric: torch.Tensor) -> torch.
     """Return S F for bf16 features F (N, C, P) and fp32 S (N, C, C), rounded to bf16 once, in F's memory layout."""
     batch, channels, pixels = flat.shape
     rows = torch.empty(batch, pixels, channels, dtype=torch.bfloat16)  # (F^T S), whose transpose is channels-last
-    for picture in range(batch):
-        for start in range(0, pixels, CPU_PIXELS_PER_SLICE):
-            part = flat[picture, :, start:start + CPU_PIXELS_PER_SLICE].float()
-            rows[picture, start:start + CPU_PIXELS_PER_SLICE] = part.T @ symmetric[picture]
+    for picture, part, widened in _widened_slices(flat):
+        rows[picture, part] = widened.T @ symmetric[picture]
     return rows.transpose(1, 2)
 
 
