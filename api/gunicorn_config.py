@@ -7,7 +7,8 @@ app left them in the request's environ (`api.request_context`).
 
 gunicorn answers requests it cannot parse (a request line over 4094 bytes: 414, headers too large:
 431, a malformed line: 400) itself, before Flask sees them, with an HTML page. Every styleq response
-is JSON with the error shape of `api.errors`, so those pages are written as that JSON instead.
+is JSON with the error shape of `api.errors`, so those pages are written as that JSON instead, with
+the browser security headers that every other response carries (`api.security`).
 gunicorn offers no setting for it: its workers call `gunicorn.util.write_error`, which this module
 replaces when gunicorn loads it (in the master, before the workers fork).
 
@@ -34,6 +35,7 @@ import gunicorn.glogging
 import gunicorn.util
 
 from api.request_context import JOB_ID, KEY_NAME, REQUEST_ID
+from api.security import SECURITY_HEADERS
 from shared.logs import dict_config
 from shared.settings import load_settings
 
@@ -44,11 +46,9 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
     """Write gunicorn's own error response as styleq's JSON error body."""
     code = CODES.get(status_int) or re.sub(r"\W+", "_", reason.lower()).strip("_") or "error"
     body = json.dumps({"error": {"code": code, "message": f"{reason}: {mesg}" if mesg else reason}}).encode()
-    head = (
-        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-        f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode("latin1")
-    gunicorn.util.write_nonblock(sock, head + body)
+    headers = {"Connection": "close", "Content-Type": "application/json", **SECURITY_HEADERS, "Content-Length": str(len(body))}
+    head = f"HTTP/1.1 {status_int} {reason}\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    gunicorn.util.write_nonblock(sock, head.encode("latin1") + body)
 
 
 gunicorn.util.write_error = write_json_error
