@@ -1,7 +1,7 @@
 """The result file: its format's file name and media type, and the job's parameters written inside it.
 
 One function writes every result (the worker's and `styleq transfer`'s), so a picture says how it was made
-wherever it goes: a JSON document `{"software": "styleq", "weights": ..., "params": {...}}` in a PNG's tEXt
+wherever it goes: a JSON document `{"software": "styleq", "weights": ..., "precision": ..., "params": {...}}` in a PNG's tEXt
 chunk `Description`, or in the EXIF tag ImageDescription (0x010E) of a JPEG or WebP; `Software` is "styleq"
 in both. `read_metadata` reads it back.
 """
@@ -56,13 +56,17 @@ def format_of_path(path: str | os.PathLike[str]) -> str | None:
     return EXTENSIONS.get(Path(path).suffix.lower())
 
 
-def encode_result(image: Image.Image, params: TransferParams, *, weights: str | None = None) -> bytes:
+def encode_result(image: Image.Image, params: TransferParams, *, weights: str | None = None, precision: str | None = None) -> bytes:
     """Return `image` written in `params.format` (at `params.quality` where lossy), the parameters inside it.
 
-    `weights` names the weights in the metadata where `params.weights` is a local file (its name, not its path).
+    `weights` names the weights in the metadata where `params.weights` is a local file (its name, not its path);
+    `precision` is the one the network ran in ("fp32" or "bf16"), which `params.precision` "auto" leaves to the device.
     """
     output = FORMATS[params.format]
-    description = json.dumps({"software": SOFTWARE, "weights": weights or params.weights, "params": params.to_dict()}, sort_keys=True)
+    metadata = {"software": SOFTWARE, "weights": weights or params.weights, "params": params.to_dict()}
+    if precision is not None:
+        metadata["precision"] = precision
+    description = json.dumps(metadata, sort_keys=True)
     buffer = io.BytesIO()
     if output.pillow == "PNG":
         text = PngImagePlugin.PngInfo()

@@ -557,7 +557,7 @@ class JobRunner:
 
     def _succeed(self, member: _Member, result: TransferResult, held: _Leases) -> None:
         self._wait_for_files(member)  # before its states are removed, so none comes back after
-        data = encode_result(result.image, member.params)
+        data = encode_result(result.image, member.params, precision=resolve_precision(member.params.precision, self.device))
         for delay in (*RESULT_WRITE_DELAYS, None):
             try:
                 self.storage.write_job_file(member.job_id, FORMATS[member.params.format].file_name, data, create=False)
