@@ -7,6 +7,7 @@ from typing import Any
 
 from shared.models import Job, JobStatus, utcnow
 from shared.outputs import job_format
+from shared.params import split_iterations
 
 from ..payloads import timestamp
 from . import bp
@@ -25,6 +26,8 @@ PARAM_LABELS = {
     "size": "Size",
     "iterations": "Iterations",
     "optimizer": "Optimizer",
+    "lbfgs_history": "L-BFGS history",
+    "line_search": "Line search",
     "learning_rate": "Learning rate",
     "lr_decay_step": "Decay every",
     "lr_decay_gamma": "Decay factor",
@@ -51,6 +54,27 @@ PARAM_LABELS = {
 }
 # Parameters the job page shows elsewhere: each style's share of a blend, under its picture.
 SHOWN_WITH_INPUTS = {"style_weights"}
+# Parameters that change nothing for some jobs, and the test that tells whether they matter: the page leaves them out.
+APPLIES_WHEN = {
+    "lbfgs_history": lambda params: params.get("optimizer") == "lbfgs",
+    "line_search": lambda params: params.get("optimizer") == "lbfgs",
+    "quality": lambda params: params.get("format", "png") != "png",  # a PNG is lossless
+    "scale_iterations": lambda params: isinstance(params.get("scales"), list) and len(params["scales"]) > 1,
+}
+# The choices whose stored names are not a person's words, in words (shared/params.py CHOICES explains each).
+CHOICE_WORDS = {
+    "optimizer": {"adam": "Adam", "lbfgs": "L-BFGS"},
+    "line_search": {"none": "none (each step as it comes)", "strong_wolfe": "strong Wolfe"},
+    "colors": {"style": "the style image", "content": "the content image", "histogram": "the content image (the style recoloured to its palette)"},
+    "init": {"content": "the content image", "style": "the style image", "noise": "noise"},
+    "image_space": {"network": "the network's input", "pixels": "pixels"},
+    "style_loss": {"gram": "Gram matrices", "moments": "feature mean and covariance"},
+    "format": {"png": "PNG", "jpeg": "JPEG", "webp": "WebP"},
+}
+# Counts of iterations, written with their unit.
+ITERATION_COUNTS = {"lr_decay_step", "checkpoint_every"}
+# What "auto" precision is until a worker has run the job (worker/engine/precision.py resolve_precision).
+AUTOMATIC_PRECISION = "automatic (bf16 where the worker's device supports it, else fp32)"
 
 
 @bp.app_template_filter("duration")
@@ -140,17 +164,42 @@ def result_file_name(job: Job) -> str:
 
 
 @bp.app_template_global()
-def params_rows(params: dict[str, Any]) -> list[tuple[str, str]]:
-    """Return the job's parameters as (label, value) rows, known ones first."""
-    known = [(label, _param_named(name, params[name])) for name, label in PARAM_LABELS.items() if name in params]
-    extra = [(name, param(value)) for name, value in params.items() if name not in PARAM_LABELS and name not in SHOWN_WITH_INPUTS]
-    return known + extra
+def params_rows(params: dict[str, Any], precision: str | None = None) -> list[tuple[str, str]]:
+    """Return the job's parameters as (label, value) rows, known ones first, leaving out those that change nothing for it.
+
+    `precision` is what the job ran in ("fp32" or "bf16") where a worker recorded it: it says what "auto" became.
+    """
+    known = [
+        (label, _param_named(name, params, precision)) for name, label in PARAM_LABELS.items()
+        if name in params and APPLIES_WHEN.get(name, lambda _: True)(params)
+    ]
+    # Parameters of a later version than this page knows: their names, and their values where set.
+    extra = [
+        (name, param(value)) for name, value in params.items()
+        if name not in PARAM_LABELS and name not in SHOWN_WITH_INPUTS and value is not None
+    ]
+    # An unset value means "decided elsewhere": written out where it can be, left out where not, never shown as None.
+    return [(label, value) for label, value in known if value is not None] + extra
 
 
-def _param_named(name: str, value: Any) -> str:
-    """Write a parameter whose meaning its name gives: scales as shares of the size, counts as counts."""
+def _param_named(name: str, params: dict[str, Any], precision: str | None) -> str | None:
+    """Write one parameter in words: choices as words, counts with their unit, unset values as what they come to."""
+    value = params[name]
+    if name == "precision" and value == "auto":
+        return f"{precision} (chosen for the worker's device)" if precision else AUTOMATIC_PRECISION
+    if name == "size" and isinstance(value, int):
+        return f"{value} px on the long side"
     if name == "scales" and isinstance(value, list):
-        return ", ".join(f"{item:.0%}" for item in value) + " of the size"
-    if name == "scale_iterations" and isinstance(value, list):
-        return ", ".join(str(item) for item in value)  # never a [height, width] size, however many
-    return param(value)
+        return ", ".join(f"{item:.0%}" for item in value) + " of the size" + (" (one pass)" if len(value) == 1 else "")
+    if name == "scales":
+        return "automatic"
+    if name == "scale_iterations":
+        counts = value if value is not None else split_iterations(params["iterations"], tuple(params["scales"]))
+        return ", ".join(str(item) for item in counts)  # never a [height, width] size, however many
+    if name == "lbfgs_history" and isinstance(value, int):
+        return f"{value} steps"
+    if name in ITERATION_COUNTS and isinstance(value, int):
+        return f"{value} iterations"
+    if name in CHOICE_WORDS and isinstance(value, str):
+        return CHOICE_WORDS[name].get(value, value)
+    return None if value is None else param(value)

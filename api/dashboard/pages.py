@@ -11,6 +11,8 @@ from werkzeug.exceptions import HTTPException
 from shared import jobs
 from shared.deliveries import deliveries_of
 from shared.errors import InvalidInput, StyleqError
+from shared.models import Job, JobStatus
+from shared.outputs import job_format, read_metadata
 from shared.params import CHOICES, DEFAULT_PRESET, MAX_STYLE_WEIGHT, MAX_STYLES, PRESETS, RANGES, resolve_params
 from shared.webhooks import DEFAULT_EVENTS, AddressPolicy, Subscription, check_url
 
@@ -63,7 +65,22 @@ def show_job(job_id: str) -> str:
     job = jobs.get_job(session, key, job_id)
     owner = owner_names(session, [job.owner_id]).get(job.owner_id, "") if key.is_admin else ""
     deliveries = deliveries_of(session, job.id) if job.webhook_url else []
-    return render_template("job.html", job=job, payload=job_payload(session, job), owner=owner, deliveries=deliveries)
+    return render_template(
+        "job.html", job=job, payload=job_payload(session, job), owner=owner, deliveries=deliveries, ran_precision=result_precision(job),
+    )
+
+
+def result_precision(job: Job) -> str | None:
+    """Return the precision ("fp32" or "bf16") the worker made the job's result in, as it wrote inside the file; None where unknown."""
+    if job.status != JobStatus.SUCCEEDED or job.result_expired_at is not None:
+        return None
+    try:
+        # Only the file's header is read: the metadata comes before the picture's data.
+        metadata = read_metadata(backends().storage.job_path(job.id, job_format(job.params).file_name))
+    except OSError:  # missing or unreadable: the page then says what "auto" means instead
+        return None
+    precision = (metadata or {}).get("precision")
+    return precision if precision in ("fp32", "bf16") else None
 
 
 @bp.get("/jobs/new")

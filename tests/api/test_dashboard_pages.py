@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import stat
@@ -13,9 +14,11 @@ from PIL import ExifTags, Image
 from sqlalchemy import update
 
 from api import create_app
+from api.dashboard.formatting import PARAM_LABELS, SHOWN_WITH_INPUTS
 from shared.db import session_scope
 from shared.models import ApiKey
-from shared.params import resolve_params
+from shared.outputs import encode_result
+from shared.params import TransferParams, resolve_params
 from shared.settings import Settings
 from tests.api.support import Keys, add_job, broker_messages, image_bytes, set_job, submit
 
@@ -202,7 +205,7 @@ def test_the_new_job_form_offers_every_colour_choice_and_the_job_page_shows_the_
 
     job_id = add_job(app, keys.ids["alice"], params=resolve_params({"colors": "content"}).to_dict())
     page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
-    assert "<tr><td>Colours from</td><td>content</td></tr>" in page
+    assert "<tr><td>Colours from</td><td>the content image</td></tr>" in page
 
 
 def test_the_operator_view_shows_the_storage_each_kind_of_file_takes(app: Flask, keys):
@@ -228,9 +231,60 @@ def test_the_new_job_form_offers_the_style_losses_and_file_formats_and_the_job_p
 
     job_id = add_job(app, keys.ids["alice"], params=resolve_params({"style_loss": "moments", "format": "webp", "quality": 80}).to_dict())
     page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
-    for row in ("<tr><td>Style loss</td><td>moments</td></tr>", "<tr><td>File format</td><td>webp</td></tr>", "<tr><td>Quality</td><td>80</td></tr>"):
+    rows = ("<tr><td>Style loss</td><td>feature mean and covariance</td></tr>", "<tr><td>File format</td><td>WebP</td></tr>", "<tr><td>Quality</td><td>80</td></tr>")
+    for row in rows:
         assert row in page
 
     set_job(app, job_id, status="succeeded")
     page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert f'download="styleq-{job_id[:8]}.webp"' in page
+
+
+def parameter_rows(page: str) -> dict[str, str]:
+    """Return the job page's parameters table as {label: value}."""
+    table = re.search(r'<table class="params">(.*?)</table>', page, re.S).group(1)
+    return dict(re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td></tr>", table))
+
+
+def test_every_parameter_has_a_label_in_words():
+    fields = {field.name for field in dataclasses.fields(TransferParams)}
+    assert fields == set(PARAM_LABELS) | SHOWN_WITH_INPUTS
+    assert all(re.fullmatch(r"[A-Z][A-Za-z -]+", label) for label in PARAM_LABELS.values())
+
+
+def test_the_job_page_shows_every_parameter_in_words_and_none_unresolved(app: Flask, keys):
+    client = signed_in(app, keys, "alice")
+    jobs = {
+        "default": resolve_params({}).with_schedule(640, 480),
+        "seed": resolve_params({"preset": "seed"}),
+        "lbfgs": resolve_params({"optimizer": "lbfgs", "line_search": "strong_wolfe", "scales": [0.5, 1.0], "size": 640, "format": "jpeg"}),
+    }
+    pages = {name: parameter_rows(client.get(f"/jobs/{add_job(app, keys.ids['alice'], params=params.to_dict())}").get_data(as_text=True))
+             for name, params in jobs.items()}
+
+    for name, rows in pages.items():
+        assert rows and all("_" not in label and label[0].isupper() for label in rows), (name, rows)
+        assert not {"None", "none", "auto", "lbfgs", "strong_wolfe", ""} & set(rows.values()), (name, rows)
+    default, seed, lbfgs = pages["default"], pages["seed"], pages["lbfgs"]
+    assert default["Precision"] == "automatic (bf16 where the worker&#39;s device supports it, else fp32)"
+    assert default["Scales"] == "100% of the size (one pass)" and "Iterations per scale" not in default
+    # Parameters that change nothing for the job are left out: L-BFGS's for Adam, the quality of a lossless PNG.
+    assert default["Optimizer"] == "Adam" and not {"L-BFGS history", "Line search", "Quality"} & set(default)
+    assert seed["Precision"] == "fp32" and seed["Size"] == "300 × 450 px" and seed["Start from"] == "the content image"
+    assert (lbfgs["Optimizer"], lbfgs["L-BFGS history"], lbfgs["Line search"]) == ("L-BFGS", "100 steps", "strong Wolfe")
+    # Scales given without their iterations: the split the worker runs by.
+    assert (lbfgs["Scales"], lbfgs["Iterations per scale"]) == ("50%, 100% of the size", "240, 60")
+    assert (lbfgs["Size"], lbfgs["File format"], lbfgs["Quality"]) == ("640 px on the long side", "JPEG", "92")
+
+
+def test_the_job_page_says_which_precision_automatic_precision_ran_in(app: Flask, keys):
+    client = signed_in(app, keys, "alice")
+    params = resolve_params({"precision": "auto"})
+    job_id = add_job(app, keys.ids["alice"], params=params.to_dict(), status="running")
+    assert parameter_rows(client.get(f"/jobs/{job_id}").get_data(as_text=True))["Precision"].startswith("automatic (bf16 where")
+
+    # The worker writes the precision it ran in inside the result file (worker/runner.py).
+    storage = app.extensions["styleq"].storage
+    storage.write_job_file(job_id, "result.png", encode_result(Image.new("RGB", (45, 30)), params, precision="bf16"))
+    set_job(app, job_id, status="succeeded")
+    assert parameter_rows(client.get(f"/jobs/{job_id}").get_data(as_text=True))["Precision"] == "bf16 (chosen for the worker&#39;s device)"
