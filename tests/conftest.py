@@ -109,7 +109,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.when == "call":
+    """Keep the figures and drill times a test recorded, read from its last report (from an xdist worker too)."""
+    # The teardown report carries what the test recorded in its setup, body and teardown alike; the body's
+    # report lacks what fixtures add as they finish.
+    if report.when == "teardown":
         _DRILL_TIMES.extend(tuple(value) for name, value in report.user_properties if name == "drill_time")
         _FIGURES.extend(value for name, value in report.user_properties if name == "figure")
 

@@ -2,7 +2,8 @@
 default timing settings (30 s leases, a sweep every 15 s, lost messages re-sent after 60 s).
 
 Each drill asserts the promise (nothing lost, nothing run twice, resumed from the last save, within the
-time the table states) and records the time it measured; the times are printed at the end of the run.
+time the table states) and records the time it measured in its test report; tests/conftest.py prints the
+times at the end of the run (tests/integration/test_fault_drill_report.py checks that it does).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,6 @@ from tests.services import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-# Measured recovery times, handed to the session's report (tests/conftest.py prints them at its end).
-DRILL_TIMES: list[tuple[str, float, float]] = []
 PICTURES = ("rainier.jpg", "autumn-oak.jpg")
 SMALL = [32, 48]
 # A size whose first ten iterations take seconds here: a worker can be killed before it saves anything.
@@ -77,17 +76,17 @@ class Drill:
         return self.client.wait_for(job_id, lambda j: j["status"] in FINAL, timeout=timeout)
 
 
-@pytest.fixture(autouse=True)
-def report_drill_times(request) -> Iterator[None]:
-    """Attach the times a drill measured to its test report, which reaches the session's end from any xdist worker."""
-    before = len(DRILL_TIMES)
-    yield
-    request.node.user_properties.extend(("drill_time", entry) for entry in DRILL_TIMES[before:])
+@pytest.fixture
+def record(record_property) -> Callable[[str, float, float], None]:
+    """Return a function that puts a measured recovery time in the drill's test report, then asserts its promise."""
 
+    def measured(fault: str, seconds: float, promise: float) -> None:
+        # Into the report at once, from the test's body: the report carries it to the run's summary (from an
+        # xdist worker too), kept or broken. A fixture adding it at teardown came after the summary was printed.
+        record_property("drill_time", (fault, seconds, promise))
+        assert seconds <= promise, f"{fault}: {seconds:.1f} s, promised {promise:.0f} s"
 
-def record(fault: str, seconds: float, promise: float) -> None:
-    DRILL_TIMES.append((fault, seconds, promise))
-    assert seconds <= promise, f"{fault}: {seconds:.1f} s, promised {promise:.0f} s"
+    return measured
 
 
 def whole(iterations: int) -> list[int]:
@@ -139,7 +138,7 @@ def drill(tmp_path_factory, caffe_weights, models_dir) -> Iterator[Drill]:
                 subprocess.run(["umount", "-l", str(storage)], capture_output=True)
 
 
-def test_a_killed_pool_process_s_job_runs_again_elsewhere_within_a_minute_from_its_last_save(drill, images_dir):
+def test_a_killed_pool_process_s_job_runs_again_elsewhere_within_a_minute_from_its_last_save(drill, images_dir, record):
     job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 1500})
     running = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 100)
     worker, pool_pid = drill.holder(running)
@@ -158,7 +157,7 @@ def test_a_killed_pool_process_s_job_runs_again_elsewhere_within_a_minute_from_i
     assert drill.states(job_id) == []
 
 
-def test_a_whole_worker_killed_has_its_job_running_on_the_other_within_a_minute(drill, images_dir):
+def test_a_whole_worker_killed_has_its_job_running_on_the_other_within_a_minute(drill, images_dir, record):
     job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 1500})
     running = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 100)
     victim, _ = drill.holder(running)
@@ -201,7 +200,7 @@ def test_a_job_whose_worker_dies_before_saving_anything_three_times_in_a_row_is_
     assert drill.states(job_id) == []
 
 
-def test_sigterm_hands_the_running_job_back_and_the_worker_exits_at_once(drill, images_dir):
+def test_sigterm_hands_the_running_job_back_and_the_worker_exits_at_once(drill, images_dir, record):
     job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 1500})
     running = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 100)
     victim, _ = drill.holder(running)
@@ -223,7 +222,7 @@ def test_sigterm_hands_the_running_job_back_and_the_worker_exits_at_once(drill, 
     assert drill.history(job_id) == whole(1500)
 
 
-def test_jobs_whose_messages_the_broker_lost_run_within_about_a_minute(drill, images_dir):
+def test_jobs_whose_messages_the_broker_lost_run_within_about_a_minute(drill, images_dir, record):
     busy = [drill.submit(images_dir, {"size": SMALL, "iterations": 600}) for _ in range(2)]
     for job_id in busy:
         drill.client.wait_for(job_id, lambda j: j["status"] == "running")
@@ -237,11 +236,11 @@ def test_jobs_whose_messages_the_broker_lost_run_within_about_a_minute(drill, im
     idle = time.monotonic()
     done = drill.client.wait_for(waiting, lambda j: j["status"] in FINAL, timeout=150)
     record("broker wiped: a queued job's lost message (from the wipe)", time.monotonic() - wiped, 90)
-    DRILL_TIMES.append(("broker wiped: ... of which with both workers idle", time.monotonic() - idle, 90))
+    record("broker wiped: ... of which with both workers idle", time.monotonic() - idle, 90)
     assert (done["status"], done["attempts"]) == ("succeeded", 1)
 
 
-def test_a_job_accepted_while_redis_is_down_runs_soon_after_it_is_back(drill, images_dir):
+def test_a_job_accepted_while_redis_is_down_runs_soon_after_it_is_back(drill, images_dir, record):
     drill.redis.stop()
     try:
         job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 20})
@@ -253,7 +252,7 @@ def test_a_job_accepted_while_redis_is_down_runs_soon_after_it_is_back(drill, im
     assert (done["status"], done["attempts"]) == ("succeeded", 1)
 
 
-def test_a_long_database_outage_keeps_the_job_and_the_api_answers_503(drill, images_dir):
+def test_a_long_database_outage_keeps_the_job_and_the_api_answers_503(drill, images_dir, record):
     job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 1500})
     drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 100)
 
@@ -348,7 +347,7 @@ def test_deletes_during_checkpoints_leave_no_files(drill, images_dir):
     assert [job_id for job_id in deleted if (drill.storage / "jobs" / job_id[:2] / job_id).exists()] == []
 
 
-def test_a_frozen_worker_that_wakes_up_after_a_takeover_writes_nothing(drill, images_dir):
+def test_a_frozen_worker_that_wakes_up_after_a_takeover_writes_nothing(drill, images_dir, record):
     job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 3000})
     running = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 100)
     frozen, pool_pid = drill.holder(running)
