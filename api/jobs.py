@@ -16,6 +16,11 @@ from .request_context import concerns_job
 from .uploads import device_memory, read_idempotency_key, read_images, read_params, read_webhook
 
 bp = Blueprint("jobs", __name__)
+# The bounds of the integer query arguments (api/openapi.py states the same): pages of jobs and of checkpoints,
+# and the iteration checkpoints are listed after.
+MAX_JOBS_PAGE = 100
+MAX_CHECKPOINTS_PAGE = 1000
+MAX_CHECKPOINT_AFTER = 10**9
 log = logging.getLogger(__name__)
 
 
@@ -45,7 +50,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
 def list_jobs() -> Response:
     """List the client's jobs (every job for an admin), newest first."""
     session = db_session()
-    limit = int_argument("limit", 20, 1, 100)
+    limit = int_argument("limit", 20, 1, MAX_JOBS_PAGE)
     status, cursor = query_argument("status"), query_argument("cursor")
     page = jobs.list_jobs(session, current_key(), status=status, cursor=cursor, limit=limit)
     return jsonify(jobs=[job_payload(session, job) for job in page.jobs], next_cursor=page.next_cursor)
@@ -63,8 +68,8 @@ def list_checkpoints(job_id: str) -> Response:
     """List the job's loss checkpoints past iteration `after`."""
     session = db_session()
     job = jobs.get_job(session, current_key(), job_id)
-    after = int_argument("after", 0, 0, 10**9)
-    limit = int_argument("limit", 1000, 1, 1000)
+    after = int_argument("after", 0, 0, MAX_CHECKPOINT_AFTER)
+    limit = int_argument("limit", MAX_CHECKPOINTS_PAGE, 1, MAX_CHECKPOINTS_PAGE)
     checkpoints = jobs.checkpoints_after(session, job.id, after, limit)
     return jsonify(checkpoints=[checkpoint_payload(checkpoint) for checkpoint in checkpoints])
 

@@ -11,6 +11,9 @@ from shared.outputs import FORMATS
 from shared.params import MAX_STYLE_WEIGHT, MAX_STYLES
 from shared.webhooks import DEFAULT_EVENTS, EVENTS, MAX_URL_LENGTH
 
+from .auth import CSRF_HEADER
+from .jobs import MAX_CHECKPOINT_AFTER, MAX_CHECKPOINTS_PAGE, MAX_JOBS_PAGE
+
 bp = Blueprint("openapi", __name__)
 
 JSON = "application/json"
@@ -304,7 +307,7 @@ PATHS: dict[str, Any] = {
             "parameters": [
                 _query("status", "Only jobs in this status.", {"type": "string", "enum": [status.value for status in JobStatus]}),
                 _query("cursor", "The next_cursor of the page before.", {"type": "string", "minLength": 1}),
-                _query("limit", "Jobs per page.", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}),
+                _query("limit", "Jobs per page.", {"type": "integer", "minimum": 1, "maximum": MAX_JOBS_PAGE, "default": 20}),
             ],
             "responses": {"200": _json("A page of jobs.", "JobPage"), "400": _error("invalid_query."), **AUTH},
         },
@@ -320,8 +323,8 @@ PATHS: dict[str, Any] = {
             "List the job's loss checkpoints.",
             {"200": _json("Checkpoints in iteration order.", "CheckpointList"), "400": _error("invalid_query.")},
             [
-                _query("after", "Only checkpoints past this iteration.", {"type": "integer", "minimum": 0, "default": 0}),
-                _query("limit", "At most this many.", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}),
+                _query("after", "Only checkpoints past this iteration.", {"type": "integer", "minimum": 0, "maximum": MAX_CHECKPOINT_AFTER, "default": 0}),
+                _query("limit", "At most this many.", {"type": "integer", "minimum": 1, "maximum": MAX_CHECKPOINTS_PAGE, "default": MAX_CHECKPOINTS_PAGE}),
             ],
         )
     },
@@ -369,7 +372,7 @@ PATHS: dict[str, Any] = {
                 "400": _error("invalid_query."),
             },
             [
-                {"name": "Last-Event-ID", "in": "header", "required": False, "description": "Resume after this iteration.", "schema": {"type": "integer"}},
+                {"name": "Last-Event-ID", "in": "header", "required": False, "description": "Resume after this iteration.", "schema": {"type": "integer", "minimum": 0}},
                 _query("after", "Send checkpoints past this iteration.", {"type": "integer", "minimum": 0}),
             ],
         )
@@ -442,7 +445,9 @@ COMMON_RESPONSES: dict[str, Any] = {
     "503": {"$ref": REF + "responses/Unavailable"},
 }
 # Requests that change something, signed in by the dashboard's cookie, must carry the CSRF header.
-CHANGING_RESPONSES: dict[str, Any] = {"403": _error("forbidden: a cookie-authenticated request without the X-Styleq-CSRF header.")}
+CHANGING_RESPONSES: dict[str, Any] = {
+    "403": _error(f"forbidden: a request signed in by the dashboard's session cookie (not an API key) sent without the {CSRF_HEADER} header (any non-empty value)."),
+}
 
 
 def _complete(paths: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ import re
 import subprocess
 import sys
 
-from tests.api.support import REPO
+from tests.api.support import REPO, add_job
+from tests.api.test_dashboard_pages import signed_in
 
 
 def document_operations(document):
@@ -57,3 +58,48 @@ def test_importing_api_leaves_out_torch_and_the_worker():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
 
     assert result.stdout.strip() == "[]"
+
+
+def test_the_csrf_header_the_document_names_is_the_one_the_api_requires(app, client, keys):
+    document = client.get("/openapi.json").get_json()
+    refusal = document["paths"]["/v1/jobs/{job_id}/cancel"]["post"]["responses"]["403"]["description"]
+    header = re.search(r"without the ([\w-]+) header", refusal).group(1)
+    browser = signed_in(app, keys, "alice")
+    first, second = (add_job(app, keys.ids["alice"]) for _ in range(2))
+
+    assert browser.post(f"/v1/jobs/{first}/cancel").status_code == 403
+    assert browser.post(f"/v1/jobs/{second}/cancel", headers={header: "styleq-dashboard"}).status_code == 202
+
+
+def test_every_documented_integer_bound_is_where_the_api_starts_refusing(app, client, keys):
+    """Each integer parameter's documented minimum and maximum are the last values the API takes; none is left out."""
+    document = client.get("/openapi.json").get_json()
+    job_id = add_job(app, keys.ids["alice"], status="succeeded")
+    auth = {"Authorization": f"Bearer {keys.alice}"}
+    probed = []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            streams = "text/event-stream" in operation["responses"].get("200", {}).get("content", {})
+            for parameter in operation.get("parameters", []):
+                schema = parameter["schema"]
+                if parameter["in"] not in ("query", "header") or schema.get("type") != "integer" or method != "get":
+                    continue
+
+                def status(value: int, parameter=parameter, path=path) -> int:
+                    url = path.replace("{job_id}", job_id)
+                    if parameter["in"] == "query":
+                        return client.get(url, query_string={parameter["name"]: str(value)}, headers=auth).status_code
+                    return client.get(url, headers={**auth, parameter["name"]: str(value)}).status_code
+
+                name = (path, parameter["name"])
+                assert "minimum" in schema, name
+                assert status(schema["minimum"] - 1) == 400, name
+                # An event stream that was let through would stay open: only the refusals are probed there.
+                if not streams:
+                    assert status(schema["minimum"]) == 200, name
+                    if "maximum" in schema:
+                        assert (status(schema["maximum"]), status(schema["maximum"] + 1)) == (200, 400), name
+                    else:
+                        assert status(10**15) == 200, name
+                probed.append(name)
+    assert {("/v1/jobs/{job_id}/checkpoints", "after"), ("/v1/jobs/{job_id}/events", "Last-Event-ID")} <= set(probed)
