@@ -140,6 +140,7 @@ class ClaimedDelivery:
     url: str
     created_at: datetime
     owner: ApiKey
+    job_id: str
 
 
 def claim_due(session: Session, *, lease_seconds: float, now: datetime | None = None) -> ClaimedDelivery | None:
@@ -166,7 +167,7 @@ def claim_due(session: Session, *, lease_seconds: float, now: datetime | None = 
         select(WebhookDelivery, Job.webhook_url, ApiKey).join(Job, Job.id == WebhookDelivery.job_id).join(ApiKey, ApiKey.id == Job.owner_id)
         .where(WebhookDelivery.id == delivery_id).execution_options(populate_existing=True)
     ).one()
-    return ClaimedDelivery(delivery.id, delivery.attempts, delivery.message_id, delivery.body, url, delivery.created_at, owner)
+    return ClaimedDelivery(delivery.id, delivery.attempts, delivery.message_id, delivery.body, url, delivery.created_at, owner, delivery.job_id)
 
 
 @dataclass(frozen=True)

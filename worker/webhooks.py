@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from shared import deliveries
+from shared import deliveries, logs
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import utcnow
 from shared.settings import Settings
@@ -114,13 +114,18 @@ def deliver_one(session_factory: sessionmaker[Session], http: requests.Session, 
         claimed = deliveries.claim_due(session, lease_seconds=timeout + CLAIM_MARGIN_SECONDS)
     if claimed is None:
         return False
-    attempt = send(http, claimed, signing_secrets(server_secret, claimed.owner, utcnow()), timeout)
-    with session_scope(session_factory) as session:
-        status = deliveries.record_attempt(
-            session, claimed, attempt, backoff_seconds=settings.webhook_backoff_seconds, retry_for_seconds=settings.webhook_retry_for_seconds,
-        )
-    if status is not None and not attempt.delivered:
-        log.info("webhook delivery %s (attempt %d) failed: %s; now %s", claimed.message_id, claimed.attempt, attempt.error or attempt.status_code, status)
+    # Every line about this delivery, its failure's included, names the job it is about (shared/logs.py adds the field).
+    with logs.log_context(job_id=claimed.job_id):
+        attempt = send(http, claimed, signing_secrets(server_secret, claimed.owner, utcnow()), timeout)
+        with session_scope(session_factory) as session:
+            status = deliveries.record_attempt(
+                session, claimed, attempt, backoff_seconds=settings.webhook_backoff_seconds, retry_for_seconds=settings.webhook_retry_for_seconds,
+            )
+        if status is not None and not attempt.delivered:
+            log.info(
+                "webhook delivery %s (attempt %d) failed: %s; now %s", claimed.message_id, claimed.attempt, attempt.error or attempt.status_code, status,
+                extra={"job_id": claimed.job_id},
+            )
     return True
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
 from datetime import timedelta
 from ipaddress import ip_network
 
 import pytest
+from pythonjsonlogger.json import JsonFormatter
 
 from shared import jobs
 from shared.db import make_engine, make_session_factory, session_scope
@@ -46,7 +49,7 @@ def resolving(monkeypatch):
 
 
 def delivery(url: str) -> ClaimedDelivery:
-    return ClaimedDelivery(1, 1, "msg_test", '{"type":"job.running"}', url, utcnow() - timedelta(seconds=1), ApiKey(id=1, name="alice"))
+    return ClaimedDelivery(1, 1, "msg_test", '{"type":"job.running"}', url, utcnow() - timedelta(seconds=1), ApiKey(id=1, name="alice"), "j" * 32)
 
 
 def test_a_delivery_is_signed_and_sent_to_the_host_by_its_name(receiver, resolving):
@@ -125,3 +128,27 @@ def test_one_round_claims_the_due_delivery_sends_it_signed_with_the_owner_s_secr
     assert verify(secret, request)["type"] == "job.canceled"
     assert (delivery.status, delivery.attempts, delivery.last_status_code) == (DeliveryStatus.DELIVERED, 1, 204)
     assert delivery.message_id == request.headers["webhook-id"]
+
+
+def test_a_failed_attempt_s_log_line_names_the_job(database_url, receiver, caplog):
+    refusing = Receiver(answers=[500])
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    settings = Settings(database_url=database_url, webhook_allowed_networks="127.0.0.1/32")
+    with session_scope(factory) as session:
+        owner, _ = create_api_key(session, "alice", secret="server secret")
+        job, _ = jobs.create_job(session, owner, resolve_params({"iterations": 10}), "a" * 64, "b" * 64, webhook=Subscription(refusing.url))
+        jobs.request_cancel(session, job)
+        job_id = job.id
+
+    try:
+        with caplog.at_level(logging.INFO, logger="worker.webhooks"):
+            assert deliver_one(factory, guarded_session(AddressPolicy.from_settings(settings)), settings, "server secret") is True
+    finally:
+        refusing.close()
+        engine.dispose()
+
+    [line] = [record for record in caplog.records if "failed" in record.getMessage()]
+    assert "500" in line.getMessage() and line.job_id == job_id
+    # As a log collector reads it: the JSON line carries the job's id as a field.
+    assert json.loads(JsonFormatter().format(line))["job_id"] == job_id
