@@ -26,15 +26,37 @@ log = logging.getLogger(__name__)
 _held_names: list[int] = []
 
 
+class NoSuchGpu(ValueError):
+    """`--gpus` names a GPU that nvidia-smi does not list on this machine."""
+
+
 def visible_gpus(spec: str) -> list[str]:
-    """Turn `--gpus` (`all`, `none`, or `0,1`) into GPU indices; `all` asks nvidia-smi, never CUDA, in this parent."""
+    """Turn `--gpus` (`all`, `none`, or `0,1`) into GPU indices that nvidia-smi lists here, asking it, never CUDA, in this parent.
+
+    Raises:
+        NoSuchGpu: an index that is not on this machine (a worker on it would run on the CPU under a GPU's name).
+        ValueError: a spec that is none of those forms.
+    """
     if spec == "none":
         return []
+    indices = None
     if spec != "all":
         indices = [part.strip() for part in spec.split(",") if part.strip()]
         if not indices or not all(index.isdigit() for index in indices):
             raise ValueError(f"--gpus takes all, none, or indices like 0,1; got {spec!r}")
-        return indices
+    listed = listed_gpus()
+    if indices is None:
+        return listed
+    missing = [index for index in indices if index not in listed]
+    if missing and not listed:
+        raise NoSuchGpu(f"--gpus {spec}: nvidia-smi lists no GPU on this machine; --gpus none runs a CPU worker")
+    if missing:
+        raise NoSuchGpu(f"--gpus {spec}: no GPU {', '.join(missing)} on this machine; nvidia-smi lists {', '.join(listed)}")
+    return indices
+
+
+def listed_gpus() -> list[str]:
+    """Return the indices of the GPUs nvidia-smi lists, none where it is missing or fails."""
     try:
         listing = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
@@ -83,7 +105,16 @@ def run_worker(settings: Settings, name: str, loglevel: str | None = None) -> No
     if reserved != name:
         log.warning("another worker on this host is named %s; this one is %s", name, reserved)
     # Before the app is built and the pool forks: the pool process records into the folder this makes.
-    metrics_folder = serve_metrics(settings.metrics_port) if settings.metrics_port is not None else None
+    metrics_folder = None
+    if settings.metrics_port is not None:
+        try:
+            metrics_folder, port = serve_metrics(settings.metrics_port)
+        except OSError as error:
+            # One line (SystemExit prints it), from `styleq worker` and from `python -m worker` alike.
+            raise SystemExit(f"styleq worker {reserved}: cannot serve metrics on port {settings.metrics_port} or above: {error}") from None
+        if port != settings.metrics_port:
+            # As the name took a suffix: a second worker on this host still runs, and says where to scrape it.
+            log.warning("metrics port %d is in use (another worker on this host?); %s serves its metrics on port %d", settings.metrics_port, reserved, port)
     if metrics_folder is None:
         os.environ.pop(METRICS_FOLDER, None)  # a folder named for the API is not this worker's: count in memory, unread
     app = make_celery(settings)

@@ -12,6 +12,7 @@ iterations per second, correct however often Prometheus scrapes and across a poo
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import shutil
@@ -82,10 +83,14 @@ def memory_in_use(device: torch.device) -> tuple[str, int | None]:
         return "rss", None
 
 
-def serve_metrics(port: int) -> str:
-    """Make this worker's metrics folder, name it in the environment and serve its figures on `port`; return the folder.
+def serve_metrics(port: int, *, tries: int = 100) -> tuple[str, int]:
+    """Make this worker's metrics folder, name it in the environment and serve its figures on `port`, or the next free port
+    above it (of `tries`); return the folder and the port.
 
     Call it in the Celery main process before its pool forks, and before anything imports prometheus_client.
+
+    Raises:
+        OSError: no port of those could be bound (the last port's error, or another error than "in use").
     """
     folder = tempfile.mkdtemp(prefix="styleq-worker-metrics-")
     os.environ[METRICS_FOLDER] = folder  # inherited by the pool process it forks
@@ -93,8 +98,17 @@ def serve_metrics(port: int) -> str:
 
     registry = CollectorRegistry()
     registry.register(LiveProcessesCollector(folder))
-    start_http_server(port, registry=registry)
-    return folder
+    last = min(port + tries, 65536) - 1
+    # Binding is the test: a port checked free and then bound could be taken in between by a worker starting beside this one.
+    for candidate in range(port, last + 1):
+        try:
+            start_http_server(candidate, registry=registry)
+            return folder, candidate
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE or candidate == last:
+                remove_metrics_folder(folder)
+                raise
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def remove_metrics_folder(folder: str) -> None:

@@ -10,26 +10,57 @@ import sys
 import time
 
 import pytest
+import requests
 
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.fleet import list_workers
 from shared.migrate import upgrade_database
-from worker.launcher import node_name, visible_gpus
+from worker.launcher import NoSuchGpu, node_name, visible_gpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+# nvidia-smi as a machine with two GPUs answers the two questions styleq asks it (which GPUs, how much memory):
+# this machine may have none, and the launcher's work per GPU is what these tests look at.
+TWO_GPU_NVIDIA_SMI = """#!/bin/sh
+case "$*" in
+  *--query-gpu=index*) printf '0\\n1\\n' ;;
+  *--query-gpu=memory.total*) echo 81559 ;;
+  *) exit 9 ;;
+esac
+"""
 
 
-def test_gpu_lists_are_parsed_and_refused_clearly():
-    assert visible_gpus("0, 1") == ["0", "1"]
+@pytest.fixture
+def two_gpus(tmp_path, monkeypatch) -> str:
+    """Put an nvidia-smi that lists GPUs 0 and 1 first on PATH (here and in the processes started); return that PATH."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "nvidia-smi").write_text(TWO_GPU_NVIDIA_SMI)
+    (folder / "nvidia-smi").chmod(0o755)
+    path = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+    monkeypatch.setenv("PATH", path)
+    return path
+
+
+def test_gpu_lists_are_parsed_and_refused_clearly(two_gpus):
+    assert visible_gpus("0, 1") == ["0", "1"] and visible_gpus("all") == ["0", "1"]
     assert visible_gpus("none") == []
-    # No nvidia-smi (or no GPU) here: `all` means one CPU worker.
-    assert visible_gpus("all") == [] or all(index.isdigit() for index in visible_gpus("all"))
     with pytest.raises(ValueError, match="indices like 0,1"):
         visible_gpus("first")
+    # A worker on a GPU that is not there would run on the CPU under the GPU's name.
+    with pytest.raises(NoSuchGpu, match="no GPU 2 on this machine; nvidia-smi lists 0, 1"):
+        visible_gpus("0,2")
     assert node_name("1") == f"gpu1@{socket.gethostname()}" and node_name(None) == f"cpu@{socket.gethostname()}"
 
 
-def test_one_worker_process_per_gpu_each_pinned_to_its_own(tmp_path):
+def test_a_machine_without_nvidia_smi_has_no_gpu_to_name(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing there: no nvidia-smi
+
+    assert visible_gpus("all") == []
+    with pytest.raises(NoSuchGpu, match="--gpus 0: nvidia-smi lists no GPU on this machine; --gpus none runs a CPU worker"):
+        visible_gpus("0")
+
+
+def test_one_worker_process_per_gpu_each_pinned_to_its_own(tmp_path, two_gpus):
     environment = {**os.environ, "STYLEQ_DATA_DIR": str(tmp_path), "STYLEQ_SWEEP_EVERY_SECONDS": "1"}
     for name in ("STYLEQ_DATABASE_URL", "STYLEQ_BROKER_URL"):
         environment.pop(name, None)
@@ -82,8 +113,27 @@ def test_workers_of_two_services_on_one_host_may_share_a_name(tmp_path):
         holder.wait(timeout=30)
 
 
-def test_two_cpu_workers_on_one_host_are_two_workers_in_the_fleet_each_with_the_hosts_memory(tmp_path):
-    environment = {**os.environ, "STYLEQ_DATA_DIR": str(tmp_path), "STYLEQ_SWEEP_EVERY_SECONDS": "1"}
+def two_free_ports() -> int:
+    """Return a port that nobody listens on, nor on the port after it."""
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no two free ports in a row")
+
+
+def test_two_cpu_workers_on_one_host_are_two_workers_in_the_fleet_each_with_the_hosts_memory_and_its_own_metrics_port(tmp_path):
+    # The same settings for both, as when an operator copies a worker's service: the second takes the next name and the next port.
+    port = two_free_ports()
+    environment = {
+        **os.environ, "STYLEQ_DATA_DIR": str(tmp_path), "STYLEQ_SWEEP_EVERY_SECONDS": "1", "STYLEQ_METRICS_PORT": str(port), "STYLEQ_LOG_FORMAT": "text",
+    }
     for name in ("STYLEQ_DATABASE_URL", "STYLEQ_BROKER_URL"):
         environment.pop(name, None)
     database = f"sqlite:///{tmp_path / 'styleq.db'}"
@@ -102,6 +152,8 @@ def test_two_cpu_workers_on_one_host_are_two_workers_in_the_fleet_each_with_the_
             if len(workers) == 2 or time.monotonic() > deadline or any(launcher.poll() is not None for launcher in launchers):
                 break
             time.sleep(0.5)
+        # Each serves its own figures, on a port of its own (the first to start has the configured one).
+        scrapes = [requests.get(f"http://127.0.0.1:{each}/metrics", timeout=10).status_code for each in (port, port + 1)]
     finally:
         for launcher in launchers:
             launcher.send_signal(signal.SIGTERM)
@@ -111,7 +163,11 @@ def test_two_cpu_workers_on_one_host_are_two_workers_in_the_fleet_each_with_the_
         engine.dispose()
 
     host = socket.gethostname()
-    assert set(workers) == {f"cpu@{host}", f"cpu-2@{host}"}, (tmp_path / "worker2.log").read_text()[-3000:]
-    assert codes == [0, 0]
+    logs = [(tmp_path / f"worker{index}.log").read_text() for index in (1, 2)]
+    assert set(workers) == {f"cpu@{host}", f"cpu-2@{host}"}, logs[1][-3000:]
+    assert codes == [0, 0] and "Traceback" not in "".join(logs)
+    assert scrapes == [200, 200]
+    moved = [line for line in "".join(logs).splitlines() if f"metrics port {port} is in use" in line]
+    assert len(moved) == 1 and f"serves its metrics on port {port + 1}" in moved[0], logs
     # A CPU worker's device is the host: the API plans job sizes by its RAM.
     assert set(workers.values()) == {os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
