@@ -18,7 +18,8 @@ install: $(STAMP)
 weights: install
 	$(BIN)/styleq weights pull vgg16-caffe
 
-up: weights
+# `styleq up` pulls the default weights itself (into the user cache directory) when they are missing.
+up: install
 	$(BIN)/styleq up --port $(or $(PORT),8000)
 
 demo: weights

@@ -14,12 +14,13 @@ from shared.outputs import encode_result, format_of_path
 from shared.params import AUTO, CHOICES, PRESETS, RANGES, parse_size, resolve_params, style_roles
 from shared.settings import load_settings
 from worker import report
-from worker.downloads import load_or_pull, pull_weights
+from worker.downloads import load_or_pull
 from worker.engine import CONVENTIONS, Progress, build_backbone, default_device, transfer
 from worker.engine.weights import REGISTRY, WeightsError, is_pulled
 
 from .client import output_format
 from .options import check_style_count, style_images
+from .pulling import pull_with_progress_bar
 
 _OUTPUT_FORMATS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -136,7 +137,7 @@ def transfer_command(
 
     settings = load_settings()
     if params.weights in REGISTRY and not is_pulled(params.weights, settings.models_path):
-        click.echo(f"Fetching weights {params.weights!r} into {settings.models_path} (once)...", err=True)
+        pull_with_progress_bar(params.weights, settings.models_path, quiet=quiet)
     try:
         weights = load_or_pull(params.weights, settings.models_path, convention=convention)
         torch_device = default_device() if device == "auto" else device
@@ -190,10 +191,5 @@ def list_weights() -> None:
 @click.option("--url", help="Download from this mirror instead (the pinned hash is still checked).")
 def pull(name: str, force: bool, url: str | None) -> None:
     """Fetch registry weights NAME into the model directory and verify them."""
-    model_dir = load_settings().models_path
-    click.echo(f"Fetching {name} into {model_dir}...", err=True)
-    try:
-        path = pull_weights(name, model_dir, force=force, url=url)
-    except WeightsError as error:
-        raise click.ClickException(str(error)) from None
+    path = pull_with_progress_bar(name, load_settings().models_path, force=force, url=url)
     click.echo(str(path))

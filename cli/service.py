@@ -13,7 +13,9 @@ from pathlib import Path
 import click
 import requests
 
-from shared.db import make_engine, make_session_factory, session_scope
+from sqlalchemy.exc import SQLAlchemyError
+
+from shared.db import session_scope
 from shared.errors import Conflict, NotFound
 from shared.keys import PREFIX_LENGTH, create_api_key, find_api_key, list_api_keys, revoke_api_key, rotate_webhook_secret
 from shared.migrate import upgrade_database
@@ -23,6 +25,8 @@ from shared.storage import Storage
 from shared.secret_key import load_secret_key
 from shared.settings import Settings, load_settings
 from shared.webhooks import ROTATION_GRACE, webhook_secret
+
+from .database import checked_url, database_problem, opened_database
 
 
 def local_key_file(settings: Settings) -> Path:
@@ -40,13 +44,9 @@ def make_key_with_webhook_secret(settings: Settings, name: str, *, admin: bool =
     # Hashed under the same server secret the API loads, so the API recognises it; the workers derive
     # the same webhook secret from it.
     secret = load_secret_key(settings)
-    engine = make_engine(settings.database)
-    try:
-        with session_scope(make_session_factory(engine)) as session:
-            key, token = create_api_key(session, name, secret=secret, is_admin=admin)
-            signing = webhook_secret(secret, key.id, key.webhook_secret_version)
-    finally:
-        engine.dispose()
+    with opened_database(settings.database) as session_factory, session_scope(session_factory) as session:
+        key, token = create_api_key(session, name, secret=secret, is_admin=admin)
+        signing = webhook_secret(secret, key.id, key.webhook_secret_version)
     return token, signing
 
 
@@ -60,8 +60,16 @@ def db_upgrade() -> None:
     """Apply every migration to the configured database."""
     settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade_database(settings.database)
+    migrate(settings.database)
     click.echo("database is up to date", err=True)
+
+
+def migrate(url: str) -> None:
+    """Apply every migration to the database at `url`; one that cannot be reached fails the command in one line."""
+    try:
+        upgrade_database(checked_url(url))
+    except SQLAlchemyError as error:
+        raise click.ClickException(database_problem(error, url)) from None
 
 
 @click.group("keys")
@@ -87,12 +95,8 @@ def keys_create(name: str, admin: bool) -> None:
 @keys.command("list")
 def keys_list() -> None:
     """Show every key: id, name, prefix, admin, created, revoked (never the key itself, which is not stored)."""
-    engine = make_engine(load_settings().database)
-    try:
-        with session_scope(make_session_factory(engine)) as session:
-            rows = [key_row(key) for key in list_api_keys(session)]
-    finally:
-        engine.dispose()
+    with opened_database(load_settings().database) as session_factory, session_scope(session_factory) as session:
+        rows = [key_row(key) for key in list_api_keys(session)]
     if not rows:
         click.echo("no API keys yet; `styleq keys create --name NAME` makes one", err=True)
         return
@@ -114,16 +118,13 @@ def key_row(key: ApiKey) -> tuple[str, str, str, str, str, str]:
 @click.argument("id_or_prefix")
 def keys_revoke(id_or_prefix: str) -> None:
     """Revoke the key with this id or prefix (see `styleq keys list`): the API and the dashboard refuse it at once."""
-    engine = make_engine(load_settings().database)
     try:
-        with session_scope(make_session_factory(engine)) as session:
+        with opened_database(load_settings().database) as session_factory, session_scope(session_factory) as session:
             key = find_api_key(session, id_or_prefix)
             revoked = revoke_api_key(session, key)
             description = f"key {key.id} ({key.name!r}, {key.prefix})"
     except (NotFound, Conflict) as error:
         raise click.ClickException(f"{error.message}; `styleq keys list` shows every key") from None
-    finally:
-        engine.dispose()
     if revoked:
         click.echo(f"Revoked {description}; requests and dashboard sessions using it are refused from now on.", err=True)
     else:
@@ -136,22 +137,33 @@ def keys_rotate_webhook_secret(id_or_prefix: str) -> None:
     """Give the key with this id or prefix a new webhook signing secret and print it (shown only now)."""
     settings = load_settings()
     secret = load_secret_key(settings)
-    engine = make_engine(settings.database)
     try:
-        with session_scope(make_session_factory(engine)) as session:
+        with opened_database(settings.database) as session_factory, session_scope(session_factory) as session:
             key = find_api_key(session, id_or_prefix)
             rotate_webhook_secret(session, key)
             signing = webhook_secret(secret, key.id, key.webhook_secret_version)
             description = f"key {key.id} ({key.name!r}, {key.prefix})"
     except (NotFound, Conflict) as error:
         raise click.ClickException(f"{error.message}; `styleq keys list` shows every key") from None
-    finally:
-        engine.dispose()
     click.echo(
         f"New webhook signing secret of {description}; for {ROTATION_GRACE.total_seconds() / 3600:g} hours deliveries carry a "
         "signature by the old secret too, so receivers can switch without refusing any:", err=True,
     )
     click.echo(signing)
+
+
+def pull_default_weights(settings: Settings) -> None:
+    """Fetch the default preset's weights into the model directory if they are not there, so the first job can run.
+
+    Here, before the worker starts, because a worker never downloads: it runs what the model directory holds.
+    """
+    from shared.params import DEFAULT_PRESET, PRESETS, installed_weights
+
+    default = str(PRESETS[DEFAULT_PRESET]["weights"])
+    if default not in installed_weights(settings.models_path):
+        from .pulling import pull_with_progress_bar
+
+        pull_with_progress_bar(default, settings.models_path)
 
 
 def _wait_until_healthy(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 120.0) -> None:
@@ -174,10 +186,12 @@ def _wait_until_healthy(url: str, processes: list[subprocess.Popen[bytes]], time
 @click.option("--gpus", default="all", show_default=True, help="GPUs for the worker: all, none, or indices like 0,1.")
 @click.option("--api-workers", default=2, show_default=True, type=click.IntRange(1, 64), help="gunicorn processes.")
 def up(host: str, port: int, gpus: str, api_workers: int) -> None:
-    """Set up the data directory and database, then run the API and a worker until Ctrl-C."""
+    """Set up the data directory, database and default weights, then run the API and a worker until Ctrl-C."""
+    checked_gpus(gpus)  # refused here, before anything starts, rather than by the worker once the API runs
     settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade_database(settings.database)
+    migrate(settings.database)
+    pull_default_weights(settings)
     key_file = local_key_file(settings)
     if not key_file.is_file():
         token, signing = make_key_with_webhook_secret(settings, "local", admin=True)
@@ -245,13 +259,21 @@ def _wait_or_escalate(api: subprocess.Popen[bytes], worker: subprocess.Popen[byt
 @click.option("--loglevel", default=None, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), help="Overrides STYLEQ_LOG_LEVEL (INFO).")
 def worker_command(gpus: str, loglevel: str | None) -> None:
     """Run job workers: one process per GPU, pinned with CUDA_VISIBLE_DEVICES, one job at a time each."""
-    from worker.launcher import launch, visible_gpus
+    from worker.launcher import launch
+
+    raise SystemExit(launch(load_settings(), checked_gpus(gpus), loglevel))
+
+
+def checked_gpus(spec: str) -> list[str]:
+    """Return the GPU indices `--gpus` names, refusing a malformed list, or a GPU this machine does not have, in one line."""
+    from worker.launcher import NoSuchGpu, visible_gpus
 
     try:
-        indices = visible_gpus(gpus)
+        return visible_gpus(spec)
+    except NoSuchGpu as error:
+        raise click.ClickException(str(error)) from None
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--gpus") from None
-    raise SystemExit(launch(load_settings(), indices, loglevel))
 
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*$")
@@ -288,16 +310,12 @@ def gc(older_than: timedelta | None, dry_run: bool) -> None:
         click.echo("every STYLEQ_KEEP_*_DAYS is 0 (keep for ever): nothing to remove; --older-than 30d sets an age", err=True)
         return
     storage = Storage(settings.storage_path)
-    engine = make_engine(settings.database)
-    try:
-        session_factory = make_session_factory(engine)
+    with opened_database(settings.database) as session_factory:
         now = datetime.now(timezone.utc)
         with session_scope(session_factory) as session:
             removals = find_expired(session, storage, policy, now=now)
         if not dry_run:
             removals = remove_expired(session_factory, storage, removals, policy, now=now)
-    finally:
-        engine.dispose()
     for removal in removals:
         click.echo(f"{removal.kind}\t{removal.owner}\t{removal.size}\t{removal.path}")
     total = sum(removal.size for removal in removals)

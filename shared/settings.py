@@ -21,15 +21,21 @@ def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("styleq", appauthor=False))
 
 
+def _default_model_dir() -> Path:
+    # Weights are a cache (fetched again from their pinned source, never written by a job): beside the
+    # machine's other model caches, shared by every data directory, rather than in one deployment's data.
+    return Path(platformdirs.user_cache_dir("styleq", appauthor=False)) / "models"
+
+
 class Settings(BaseSettings):
     """Configuration of every styleq process; each field is documented in the README's table."""
 
     model_config = SettingsConfigDict(env_prefix="STYLEQ_", extra="ignore")
 
     data_dir: Path = Field(default_factory=_default_data_dir)
-    # Unset means `<data_dir>/models`, `<data_dir>/storage`, SQLite and the SQLite broker in
-    # `<data_dir>`: one variable moves everything, and production sets the two URLs.
-    model_dir: Path | None = None
+    # Unset means `<data_dir>/storage`, SQLite and the SQLite broker in `<data_dir>`: one variable moves
+    # everything a deployment owns, and production sets the two URLs. The weights are the user's cache.
+    model_dir: Path = Field(default_factory=_default_model_dir)
     storage_dir: Path | None = None
     database_url: str | None = None
     broker_url: str | None = None
@@ -140,7 +146,7 @@ class Settings(BaseSettings):
     @property
     def models_path(self) -> Path:
         """Return the directory that holds downloaded and converted weights."""
-        return self.model_dir or self.data_dir / "models"
+        return self.model_dir
 
     @property
     def storage_path(self) -> Path:

