@@ -9,8 +9,12 @@ nothing imports it.
 from __future__ import annotations
 
 import importlib
+import logging
+from typing import Any
 
 import click
+
+log = logging.getLogger(__name__)
 
 # Importing subcommands lazily keeps `styleq --help` fast and free of torch.
 _SUBCOMMANDS = {
@@ -35,10 +39,33 @@ class _LazyGroup(click.Group):
         module, attribute = _SUBCOMMANDS[name][0].split(":")
         return getattr(importlib.import_module(module), attribute)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        # Every failure a command did not foresee still ends in one line and exit status 1, never a
+        # traceback (which may hold a statement's parameters, such as a new key's hash); the
+        # traceback goes to the log at DEBUG, for whoever debugs styleq itself.
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as error:
+            log.debug("styleq %s failed", ctx.invoked_subcommand, exc_info=True)
+            raise click.ClickException(one_line(error) + " (STYLEQ_LOG_LEVEL=DEBUG logs the traceback)") from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # From the table above, so that `styleq --help` does not import torch to print one line each.
         with formatter.section("Commands"):
             formatter.write_dl([(name, _SUBCOMMANDS[name][1]) for name in sorted(_SUBCOMMANDS)])
+
+
+def one_line(error: BaseException) -> str:
+    """Describe an unexpected error in one line: its type and the first line of its message."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(error, SQLAlchemyError):
+        # The driver's words, not SQLAlchemy's, which go on with the statement and its parameters.
+        error = getattr(error, "orig", None) or error
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import requests
@@ -135,6 +136,18 @@ class StyleqClient:
                 return job
 
 
+def _api_url(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Refuse a `--url` that is not an http(s) address with a host, before anything is uploaded."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (reading it raises ValueError for a port that is not a number)
+    except ValueError as error:
+        raise click.BadParameter(f"{value!r} is not a URL: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{value!r} is not an http:// or https:// URL of a styleq API, such as http://127.0.0.1:8000")
+    return value
+
+
 def _api_key(key: str | None) -> str:
     if key:
         return key
@@ -191,7 +204,7 @@ def _follow_with_bar(client: StyleqClient, job: dict[str, Any], quiet: bool) -> 
 @click.command("submit")
 @click.argument("content", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @style_images
-@click.option("--url", default=lambda: os.environ.get("STYLEQ_URL", "http://127.0.0.1:8000"), show_default="$STYLEQ_URL or http://127.0.0.1:8000")
+@click.option("--url", default=lambda: os.environ.get("STYLEQ_URL", "http://127.0.0.1:8000"), show_default="$STYLEQ_URL or http://127.0.0.1:8000", callback=_api_url)
 @click.option("--key", envvar="STYLEQ_API_KEY", help="API key (default: $STYLEQ_API_KEY, else the one `styleq up` made).")
 @click.option("--params", "params_json", help='Job parameters as JSON, e.g. \'{"preset": "seed", "iterations": 100}\'.')
 @click.option("--preset", help="Preset name (styleq, seed).")
@@ -237,3 +250,6 @@ def submit(
             click.echo(f"Wrote {output}", err=True)
     except ApiError as error:
         raise click.ClickException(str(error)) from None
+    except requests.RequestException as error:
+        # Past the submit (which says so itself): the API went away while the job was followed or fetched.
+        raise click.ClickException(f"lost the styleq API at {url}: {error}; the job goes on: `styleq submit` printed its id") from None
