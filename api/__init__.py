@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask
+from typing import TYPE_CHECKING
 
-from shared.db import make_engine, make_session_factory
-from shared.retention import StorageUsage
-from shared.params import MAX_STYLES
-from shared.secret_key import load_secret_key
-from shared.settings import Settings, load_settings
-from shared.storage import Storage
+if TYPE_CHECKING:
+    from flask import Flask
 
-from . import auth, dashboard, errors, events, files, health, jobs, limits, openapi, request_context, security
-from .backends import EXTENSION, Backends, close_session
-from .queue import JobQueue
+    from shared.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app for `settings` (read from STYLEQ_* variables when not given); nothing connects yet."""
+    # Imported here, not with the package: gunicorn's master imports this package to read its config
+    # (api.gunicorn_config), and under the gevent worker class each worker monkey-patches the standard
+    # library after the fork. A module imported before that keeps the real locks and sockets it took
+    # at import, which block a whole gevent process; loaded here, in the patched worker, none does.
+    from flask import Blueprint, Flask
+
+    from shared.db import make_engine, make_session_factory
+    from shared.params import MAX_STYLES
+    from shared.retention import StorageUsage
+    from shared.secret_key import load_secret_key
+    from shared.settings import load_settings
+    from shared.storage import Storage
+
+    from . import auth, dashboard, errors, events, files, health, jobs, limits, openapi, request_context, security
+    from .backends import EXTENSION, Backends, close_session
+    from .queue import JobQueue
+
     settings = settings or load_settings()
     app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -4,46 +4,86 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import jobs
 from shared.db import session_scope
-from shared.errors import InvalidInput
-from shared.models import Job
+from shared.errors import InvalidInput, LimitExceeded
+from shared.models import ApiKey
 
 from .auth import credentials_check, current_key
 from .backends import backends, close_session, db_session
 from .jobs import query_argument
-from .payloads import checkpoint_payload, job_payload
+from .stream_hub import StreamHub, read_job
+from .stream_slots import make_stream_slots
 
 bp = Blueprint("events", __name__)
 # How long a browser's EventSource waits before reconnecting (with Last-Event-ID) after a drop.
 RETRY_MS = 2000
+HUB_EXTENSION = "styleq.streams"
+
+
+# A key at its cap of open streams is asked back this soon: a stream ends at the latest after EVENTS_MAX_SECONDS.
+STREAMS_RETRY_AFTER_SECONDS = 30
 
 
 @bp.get("/jobs/<job_id>/events")
 def stream_events(job_id: str) -> Response:
     """Stream the job's status and checkpoints until it finishes, resuming after Last-Event-ID or ?after=."""
-    job = jobs.get_job(db_session(), current_key(), job_id)
+    key = current_key()
+    job = jobs.get_job(db_session(), key, job_id)
     after = resume_point()
     config = current_app.config
+    hub = stream_hub()
+    slot = take_stream_slot(hub, key)
     stream = EventStream(
         backends().session_factory,
+        hub,
         job.id,
         after,
+        (key.id, g.get("dashboard_session_id")),
         credentials_check(),
-        poll_seconds=config["EVENTS_POLL_SECONDS"],
         keepalive_seconds=config["EVENTS_KEEPALIVE_SECONDS"],
         max_seconds=config["EVENTS_MAX_SECONDS"],
     )
-    # The stream outlives the request: each poll opens its own short session instead.
+    # The stream outlives the request: its own reads use short sessions of their own.
     close_session()
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return Response(stream.events(), mimetype="text/event-stream", headers=headers)
+    response = Response(stream.events(), mimetype="text/event-stream", headers=headers)
+    if slot is not None:
+        # Called when the server closes the response, even one never iterated (a generator's `finally` would not run then).
+        response.call_on_close(lambda: hub.slots.release(slot))
+    return response
+
+
+def stream_hub() -> StreamHub:
+    """Return this process's stream hub, made on first use from the app's settings."""
+    hub = current_app.extensions.get(HUB_EXTENSION)
+    if hub is None:
+        hub = current_app.extensions[HUB_EXTENSION] = StreamHub(
+            backends().session_factory, make_stream_slots(backends().settings), poll_seconds=current_app.config["EVENTS_POLL_SECONDS"],
+        )
+    return hub
+
+
+def take_stream_slot(hub: StreamHub, key: ApiKey) -> str | None:
+    """Take one of the key's open-stream slots (none for admin keys or without a cap), or refuse with 429."""
+    limit = backends().settings.max_streams_per_key
+    if limit <= 0 or key.is_admin:
+        return None
+    slot = hub.slots.acquire(key.id, limit)
+    if slot is None:
+        raise LimitExceeded(
+            f"this API key already has {limit} event streams open, the most allowed at once; close one (or follow "
+            f"the job by polling GET /v1/jobs/{{id}}) and try again",
+            code="too_many_streams",
+            retry_after_seconds=STREAMS_RETRY_AFTER_SECONDS,
+        )
+    return slot
 
 
 def resume_point() -> int:
@@ -70,81 +110,96 @@ def _iteration(source: str, text: str) -> int:
 
 
 class EventStream:
-    """Poll one job in fresh short sessions and turn what changed into events."""
+    """Turn what the process's stream hub reads of one job into this client's events."""
 
     def __init__(
         self,
         session_factory: sessionmaker[Session],
+        hub: StreamHub,
         job_id: str,
         after: int,
+        check_id: Hashable,
         still_authorised: Callable[[Session], bool],
         *,
-        poll_seconds: float,
         keepalive_seconds: float,
         max_seconds: float,
     ) -> None:
         self.session_factory = session_factory
+        self.hub = hub
         self.job_id = job_id
         self.after = after
+        self.check_id = check_id
         self.still_authorised = still_authorised
-        self.poll_seconds = poll_seconds
         self.keepalive_seconds = keepalive_seconds
         self.max_seconds = max_seconds
 
     def events(self) -> Iterator[str]:
         """Yield the stream's text: status, checkpoints, status changes, then a final status and `end`."""
-        last = self.after
-        sent_state: tuple[str, bool] | None = None
         started = quiet_since = time.monotonic()
-        while True:
-            with session_scope(self.session_factory) as session:
-                if not self.still_authorised(session):
+        # The history so far is this stream's own read; what comes after it, the hub's reads shared with every stream of the job.
+        with session_scope(self.session_factory) as session:
+            job, checkpoints = read_job(session, self.job_id, self.after)
+        if job is None:
+            yield format_event("end", {"status": None, "reason": "the job was deleted"}, self.after)
+            return
+        last = self.after
+        yield format_event("status", job, last, retry=RETRY_MS)
+        sent_state = (job["status"], job["cancel_requested"])
+        for checkpoint in checkpoints:
+            last = checkpoint["iteration"]
+            yield format_event("checkpoint", checkpoint, last)
+        if job["status"] in jobs.FINISHED:
+            yield format_event("status", job, last)
+            yield format_event("end", {"status": job["status"]}, last)
+            return
+        with self.hub.watch(self.job_id, last, self.check_id, self.still_authorised) as feed:
+            seen = feed.version
+            while True:
+                now = time.monotonic()
+                self.hub.wait(feed, seen, timeout=max(0.0, min(quiet_since + self.keepalive_seconds, started + self.max_seconds) - now))
+                if feed.version == seen:
+                    if time.monotonic() - started >= self.max_seconds:
+                        # Free the server's worker; the client reconnects with Last-Event-ID and loses nothing.
+                        return
+                    # A comment keeps proxies from closing an idle connection; clients ignore it.
+                    yield ": keep-alive\n\n"
+                    quiet_since = time.monotonic()
+                    continue
+                seen = feed.version
+                if not self.hub.authorised.get(self.check_id, True):
                     # The key was revoked or the dashboard session ended: stop now; the client's reconnect gets 401.
                     return
-                snapshot = self.read(session, last)
-            if snapshot is None:
-                yield format_event("end", {"status": None, "reason": "the job was deleted"}, last)
-                return
-            job, checkpoints = snapshot
-            state = (job["status"], job["cancel_requested"])
-            sent = False
-            if sent_state is None:
-                yield format_event("status", job, last, retry=RETRY_MS)
-                sent_state, sent = state, True
-            for checkpoint in checkpoints:
-                last = checkpoint["iteration"]
-                yield format_event("checkpoint", checkpoint, last)
-                sent = True
-            if job["status"] in jobs.FINISHED and len(checkpoints) == jobs.CHECKPOINT_PAGE:
-                continue  # a finished job's history may be longer than one read: send all of it first
-            if job["status"] in jobs.FINISHED:
-                yield format_event("status", job, last)
-                yield format_event("end", {"status": job["status"]}, last)
-                return
-            if state != sent_state:
-                yield format_event("status", job, last)
-                sent_state, sent = state, True
-            now = time.monotonic()
-            if sent:
-                quiet_since = now
-            elif now - quiet_since >= self.keepalive_seconds:
-                # A comment keeps proxies from closing an idle connection; clients ignore it.
-                yield ": keep-alive\n\n"
-                quiet_since = now
-            if now - started >= self.max_seconds:
-                # Free the server's worker; the client reconnects with Last-Event-ID and loses nothing.
-                return
-            time.sleep(self.poll_seconds)
-
-    def read(self, session: Session, after: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-        """Return the job and its checkpoints past `after`, or None once it is deleted."""
-        # The job first: if it is finished, every checkpoint it wrote is committed and read below.
-        job = session.get(Job, self.job_id)
-        if job is None:
-            return None
-        payload = job_payload(session, job)
-        checkpoints = [checkpoint_payload(c) for c in jobs.checkpoints_after(session, self.job_id, after)]
-        return payload, checkpoints
+                job, batch, read_after = feed.job, feed.checkpoints, feed.read_after
+                if job is None:
+                    yield format_event("end", {"status": None, "reason": "the job was deleted"}, last)
+                    return
+                if last < read_after:
+                    # This stream missed a read (it joined later than the hub's, or its client was slow): fetch the gap itself.
+                    with session_scope(self.session_factory) as session:
+                        _, gap = read_job(session, self.job_id, last)
+                    batch = [checkpoint for checkpoint in gap if checkpoint["iteration"] <= read_after] + batch
+                sent = False
+                for checkpoint in batch:
+                    if checkpoint["iteration"] > last:
+                        last = checkpoint["iteration"]
+                        yield format_event("checkpoint", checkpoint, last)
+                        sent = True
+                if job["status"] in jobs.FINISHED:
+                    yield format_event("status", job, last)
+                    yield format_event("end", {"status": job["status"]}, last)
+                    return
+                state = (job["status"], job["cancel_requested"])
+                if state != sent_state:
+                    yield format_event("status", job, last)
+                    sent_state, sent = state, True
+                now = time.monotonic()
+                if sent:
+                    quiet_since = now
+                elif now - quiet_since >= self.keepalive_seconds:
+                    yield ": keep-alive\n\n"
+                    quiet_since = now
+                if now - started >= self.max_seconds:
+                    return
 
 
 def format_event(event: str, data: dict[str, Any], event_id: int, *, retry: int | None = None) -> str:

@@ -205,8 +205,9 @@ def up(host: str, port: int, gpus: str, api_workers: int) -> None:
     url = f"http://{host}:{port}"
     api = subprocess.Popen([
         sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_config", "--bind", f"{host}:{port}", "--workers", str(api_workers),
-        # Threads, because every open event stream holds one for as long as the job runs.
-        "--worker-class", "gthread", "--threads", "16", "--timeout", "120", "--graceful-timeout", "5",
+        # gevent: an open event stream is a greenlet waiting on the process's one poller, not a thread,
+        # so hundreds of them leave every other request its turn (see api.stream_hub).
+        "--worker-class", "gevent", "--worker-connections", "1000", "--timeout", "120", "--graceful-timeout", "5",
         "--access-logfile", "-",
         # gunicorn itself believes X-Forwarded-Proto from 127.0.0.1; only the app decides that, from
         # STYLEQ_TRUSTED_PROXIES, so a local client cannot pass for HTTPS.

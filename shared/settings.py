@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # about twice a second) beside a script that polls; 10 jobs fill a GPU worker's batch with room left.
     max_requests_per_minute: int = Field(default=300, ge=0)
     max_active_jobs: int = Field(default=10, ge=0)
+    # Event streams (GET /v1/jobs/{id}/events) one key may hold open at once, counted across the API
+    # processes (in Redis when the broker is Redis, else per host); a dashboard tab holds one.
+    max_streams_per_key: int = Field(default=20, ge=0)
     # A running job whose heartbeat is older than this belongs to a lost worker and is retried (the
     # heartbeat renews it every quarter of it, so a killed worker's job runs again within about 30 s + a sweep).
     lease_seconds: float = Field(default=30.0, gt=0)

@@ -107,3 +107,24 @@ def test_stream_ends_when_the_job_is_deleted(app, client, keys):
     assert events[0][0] == "status" and not events[0][2]["cancel_requested"]
     assert all(event == "status" and data["cancel_requested"] for event, _, data in events[1:-1])
     assert events[-1][0] == "end" and events[-1][2]["status"] is None
+
+
+def test_a_key_past_its_cap_of_open_streams_is_refused_until_one_closes(app, client, keys):
+    app.extensions["styleq"].settings.max_streams_per_key = 2
+    job_id = add_job(app, keys.ids["alice"], status="running")
+    path, alice = f"/v1/jobs/{job_id}/events", keys.headers("alice")
+
+    held = [client.get(path, headers=alice, buffered=False) for _ in range(2)]
+    refused = client.get(path, headers=alice)
+    bob_job = add_job(app, keys.ids["bob"], status="running")
+    other_key = client.get(f"/v1/jobs/{bob_job}/events", headers=keys.headers("bob"), buffered=False)
+    held[0].close()
+    after_one_closed = client.get(path, headers=alice, buffered=False)
+
+    assert [response.status_code for response in held] == [200, 200]
+    assert_error(refused, 429, "too_many_streams")
+    assert refused.headers["Retry-After"] == "30"
+    assert other_key.status_code == 200, "the cap is per key"
+    assert after_one_closed.status_code == 200, "a closed stream gives its slot back"
+    for response in (held[1], other_key, after_one_closed):
+        response.close()

@@ -1,0 +1,144 @@
+"""One poller per API process for every open event stream: each job and each key read once a poll, whatever the streams' number.
+
+Without it, every stream read its job, its checkpoints and its key twice a second in sessions of its
+own: 500 streams made 3,000 queries a second. The hub reads each watched job (and each distinct
+credential check) once per poll and wakes the streams, which take what is new to them from that read.
+It runs in a thread (a greenlet under gunicorn's gevent worker), started by the first stream and
+ending with the last, so an idle process polls nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import jobs
+from shared.db import session_scope
+from shared.models import Job
+
+from .payloads import checkpoint_payload, job_payload
+from .stream_slots import StreamSlots
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobFeed:
+    """What the hub last read of one job: its payload (None once deleted) and the checkpoints past `read_after`."""
+
+    job_id: str
+    through: int
+    streams: int = 0
+    job: dict[str, Any] | None = None
+    read_after: int = 0
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    version: int = 0
+
+
+def read_job(session: Session, job_id: str, after: int) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Return the job's payload (None once deleted) and every checkpoint past `after`.
+
+    The job first: if it is finished, every checkpoint it wrote is committed and read below.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        return None, []
+    payload = job_payload(session, job)
+    checkpoints: list[dict[str, Any]] = []
+    while True:
+        page = jobs.checkpoints_after(session, job_id, after)
+        checkpoints += [checkpoint_payload(checkpoint) for checkpoint in page]
+        if len(page) < jobs.CHECKPOINT_PAGE:
+            return payload, checkpoints
+        after = page[-1].iteration
+
+
+class StreamHub:
+    """The jobs and credentials this process's streams watch, read together every `poll_seconds`."""
+
+    def __init__(self, session_factory: sessionmaker[Session], slots: StreamSlots, *, poll_seconds: float) -> None:
+        self.session_factory = session_factory
+        self.slots = slots
+        self.poll_seconds = poll_seconds
+        self.feeds: dict[str, JobFeed] = {}
+        # Each distinct check (a key, or a dashboard session) with its streams' count and its last answer.
+        self.checks: dict[Hashable, tuple[Callable[[Session], bool], int]] = {}
+        self.authorised: dict[Hashable, bool] = {}
+        self.changed = threading.Condition()
+        self.running = False
+
+    @contextmanager
+    def watch(self, job_id: str, through: int, check_id: Hashable, check: Callable[[Session], bool]) -> Iterator[JobFeed]:
+        """Follow `job_id` (already read up to checkpoint `through`) and `check` for as long as the block runs."""
+        with self.changed:
+            feed = self.feeds.get(job_id)
+            if feed is None:
+                feed = self.feeds[job_id] = JobFeed(job_id, through=through, read_after=through)
+            feed.streams += 1
+            self.checks[check_id] = (check, self.checks.get(check_id, (check, 0))[1] + 1)
+            self.authorised.setdefault(check_id, True)
+            if not self.running:
+                self.running = True
+                threading.Thread(target=self.run, name="styleq-stream-hub", daemon=True).start()
+        try:
+            yield feed
+        finally:
+            with self.changed:
+                feed.streams -= 1
+                if feed.streams == 0 and self.feeds.get(job_id) is feed:
+                    del self.feeds[job_id]
+                check, count = self.checks[check_id]
+                if count <= 1:
+                    del self.checks[check_id]
+                    self.authorised.pop(check_id, None)
+                else:
+                    self.checks[check_id] = (check, count - 1)
+
+    def wait(self, feed: JobFeed, seen: int, timeout: float) -> None:
+        """Return once the hub has read `feed` again since version `seen`, or after `timeout` seconds."""
+        with self.changed:
+            self.changed.wait_for(lambda: feed.version != seen, timeout)
+
+    def run(self) -> None:
+        """Poll every watched job and check until no stream is left."""
+        renewed = time.monotonic()
+        while True:
+            time.sleep(self.poll_seconds)
+            with self.changed:
+                if not self.feeds:
+                    self.running = False
+                    return
+                feeds = list(self.feeds.values())
+                checks = dict(self.checks)
+            try:
+                self.poll(feeds, checks)
+            except Exception:  # a database hiccup: the streams wait for the next poll, as a browser would
+                log.warning("event streams: polling the database failed; trying again", exc_info=True)
+            if time.monotonic() - renewed >= self.slots.renew_every_seconds:
+                renewed = time.monotonic()
+                try:
+                    self.slots.renew()
+                except Exception:
+                    log.warning("event streams: renewing this process's stream slots failed", exc_info=True)
+
+    def poll(self, feeds: list[JobFeed], checks: dict[Hashable, tuple[Callable[[Session], bool], int]]) -> None:
+        """Read each feed's job and new checkpoints, and answer each check, in one short session; wake the streams."""
+        with session_scope(self.session_factory) as session:
+            answers = {check_id: check(session) for check_id, (check, _count) in checks.items()}
+            reads = {feed.job_id: read_job(session, feed.job_id, feed.through) for feed in feeds}
+        with self.changed:
+            self.authorised.update(answers)
+            for feed in feeds:
+                feed.job, feed.checkpoints = reads[feed.job_id]
+                feed.read_after = feed.through
+                if feed.checkpoints:
+                    feed.through = feed.checkpoints[-1]["iteration"]
+                feed.version += 1
+            self.changed.notify_all()
