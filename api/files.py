@@ -11,6 +11,7 @@ from shared import jobs
 from shared.errors import Conflict, Gone, NotFound
 from shared.models import Job, JobStatus
 from shared.outputs import job_format
+from shared.params import style_roles
 
 from .auth import current_key
 from .backends import backends, db_session
@@ -36,32 +37,42 @@ def show_result(job_id: str) -> Response:
 
 @bp.get("/jobs/<job_id>/preview")
 def show_preview(job_id: str) -> Response:
-    """Send the latest preview (JPEG), which the worker replaces as the job runs."""
+    """Send the latest preview (JPEG), which the worker replaces as the job runs; 410 once the retention sweep has removed it."""
     job = own_job(job_id)
     path = backends().storage.job_path(job.id, "preview.jpg")
+    # A job's first checkpoint always writes a preview: a finished job that had one and has none now had it removed.
+    if job.status.finished and job.iteration > 0 and not path.is_file():
+        raise Gone(
+            removed(f"the preview of job {job.id}", "previews", "keep_previews_days", "their job ends")
+            + ("; the finished picture is at its result" if job.status is JobStatus.SUCCEEDED and job.result_expired_at is None else ""),
+            code="preview_expired",
+        )
     # no-cache with an ETag: the client revalidates every time and gets 304 until a new preview lands.
     return send_job_file(path, "image/jpeg", "no-cache", not_ready(job, "preview"))
 
 
 @bp.get("/jobs/<job_id>/content")
 def show_content(job_id: str) -> Response:
-    """Send the uploaded content image."""
-    return send_upload(own_job(job_id).content_sha256)
+    """Send the uploaded content image; 410 once the retention sweep has removed it."""
+    job = own_job(job_id)
+    return send_upload(job, job.content_sha256, "content")
 
 
 @bp.get("/jobs/<job_id>/style")
 def show_style(job_id: str) -> Response:
-    """Send the uploaded style image (the first, for a blend of several)."""
-    return send_upload(own_job(job_id).style_hashes[0])
+    """Send the uploaded style image (the first, for a blend of several); 410 once the retention sweep has removed it."""
+    job = own_job(job_id)
+    return send_upload(job, job.style_hashes[0], style_roles(len(job.style_hashes))[0])
 
 
 @bp.get("/jobs/<job_id>/styles/<int:index>")
 def show_blended_style(job_id: str, index: int) -> Response:
     """Send one of the job's uploaded style images, counted from 0 in the order given."""
-    hashes = own_job(job_id).style_hashes
+    job = own_job(job_id)
+    hashes = job.style_hashes
     if index >= len(hashes):
         raise NotFound(f"job {job_id} has {len(hashes)} style image(s), numbered from 0; there is no style {index}")
-    return send_upload(hashes[index])
+    return send_upload(job, hashes[index], style_roles(len(hashes))[index])
 
 
 def own_job(job_id: str) -> Job:
@@ -92,16 +103,32 @@ def send_job_file(path: Path, mimetype: str, cache_control: str, missing: str, *
     return with_cache_control(response, cache_control)
 
 
-def send_upload(sha256: str) -> Response:
-    """Send an upload; its hash is its ETag, since its bytes never change."""
+def send_upload(job: Job, sha256: str, role: str) -> Response:
+    """Send the job's `role` upload ("content", "style", "style 2"...); its hash is its ETag, since its bytes never change.
+
+    Raises:
+        Gone: the upload is no longer stored (uploads go only by the retention sweep while their job's row stays).
+    """
     path = backends().storage.upload_path(sha256)
     try:
         with Image.open(path) as image:
             mimetype = Image.MIME.get(image.format or "", "application/octet-stream")
         response = send_file(path, mimetype=mimetype, conditional=True, etag=sha256)
     except FileNotFoundError:
-        raise NotFound("the uploaded image of this job is missing from storage") from None
+        raise Gone(
+            removed(f"the {role} image of job {job.id}", "uploads", "keep_uploads_days", "the last job using them ends")
+            + "; submit the job again with the image to run it anew",
+            code="upload_expired",
+        ) from None
     return with_cache_control(response, IMMUTABLE)
+
+
+def removed(what: str, kind: str, setting: str, after: str) -> str:
+    """Say that `what` was removed, and by which rule: "... was removed, as this service keeps previews only for 7 days after ..."."""
+    days = getattr(backends().settings, setting)
+    if days > 0:
+        return f"{what} was removed, as this service keeps {kind} only for {days:g} days after {after}"
+    return f"{what} is no longer in storage"
 
 
 def with_cache_control(response: Response, value: str) -> Response:

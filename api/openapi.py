@@ -53,6 +53,11 @@ AUTH = {"401": {"$ref": REF + "responses/Unauthorized"}, "429": {"$ref": REF + "
 UNKNOWN = {"404": _error("No job with this id belongs to the client.")}
 NOT_MODIFIED = {"304": {"description": "Not modified (If-None-Match matched the ETag)."}}
 RETRY_AFTER = {"description": "Seconds to wait before trying again.", "schema": {"type": "integer", "minimum": 1}}
+# An upload's answers: it, or 410 once the retention sweep has removed it (the job's record stays).
+UPLOAD_RESPONSES = {
+    "200": _image("The upload, in its own format.", UPLOAD_MIMETYPES, "private, max-age=86400, immutable"), **NOT_MODIFIED,
+    "410": _error("upload_expired: the upload was removed when its retention ended (after the last job using it); the job's record stays."),
+}
 
 
 def _job_operation(summary: str, responses: dict[str, Any], parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -394,7 +399,10 @@ PATHS: dict[str, Any] = {
     "/v1/jobs/{job_id}/preview": {
         "get": _job_operation(
             "Download the latest preview of a running job.",
-            {"200": _image("The preview.", ["image/jpeg"], "no-cache"), **NOT_MODIFIED, "409": _error("not_ready.")},
+            {
+                "200": _image("The preview.", ["image/jpeg"], "no-cache"), **NOT_MODIFIED, "409": _error("not_ready."),
+                "410": _error("preview_expired: the job ended and its preview was removed when its retention ended; the job's record stays."),
+            },
         )
     },
     "/v1/jobs/{job_id}/cancel": {
@@ -404,15 +412,15 @@ PATHS: dict[str, Any] = {
         )
     },
     "/v1/jobs/{job_id}/content": {
-        "get": _job_operation("Download the uploaded content image.", {"200": _image("The upload, in its own format.", UPLOAD_MIMETYPES, "private, max-age=86400, immutable"), **NOT_MODIFIED})
+        "get": _job_operation("Download the uploaded content image.", UPLOAD_RESPONSES)
     },
     "/v1/jobs/{job_id}/style": {
-        "get": _job_operation("Download the uploaded style image (the first of a blend).", {"200": _image("The upload, in its own format.", UPLOAD_MIMETYPES, "private, max-age=86400, immutable"), **NOT_MODIFIED})
+        "get": _job_operation("Download the uploaded style image (the first of a blend).", UPLOAD_RESPONSES)
     },
     "/v1/jobs/{job_id}/styles/{index}": {
         "get": _job_operation(
             "Download one of the job's uploaded style images, counted from 0 in the order given (the job's `styles`).",
-            {"200": _image("The upload, in its own format.", UPLOAD_MIMETYPES, "private, max-age=86400, immutable"), **NOT_MODIFIED},
+            UPLOAD_RESPONSES,
             [{"name": "index", "in": "path", "required": True, "description": "The style's place, from 0.", "schema": {"type": "integer", "minimum": 0}}],
         )
     },

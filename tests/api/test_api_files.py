@@ -77,6 +77,30 @@ def test_a_result_removed_by_retention_is_410_gone_and_the_job_stays(app, client
     assert job["status"] == "succeeded" and job["result_expired_at"] is not None
 
 
+def test_a_preview_and_uploads_removed_by_retention_are_410_gone_like_the_result(app, client, keys):
+    alice = keys.headers("alice")
+    job_id = submit(client, alice).get_json()["id"]
+    storage = app.extensions["styleq"].storage
+    storage.write_job_file(job_id, "preview.jpg", image_bytes(kind="JPEG"))
+    set_job(app, job_id, status="canceled", iteration=20, has_preview=True, finished_at=datetime.now(UTC) - timedelta(days=31))
+
+    resources = app.extensions["styleq"]
+    removed = sweep_retention(resources.session_factory, resources.storage, RetentionPolicy.from_settings(resources.settings))
+
+    assert {removal.kind for removal in removed} == {"preview", "upload"}
+    answers = {name: client.get(f"/v1/jobs/{job_id}/{name}", headers=alice) for name in ("preview", "content", "style", "styles/0")}
+    preview = assert_error(answers["preview"], 410, "preview_expired")
+    assert f"the preview of job {job_id} was removed" in preview["message"] and "previews only for 7 days after their job ends" in preview["message"]
+    for name, role in (("content", "content"), ("style", "style"), ("styles/0", "style")):
+        upload = assert_error(answers[name], 410, "upload_expired")
+        assert f"the {role} image of job {job_id} was removed" in upload["message"] and "30 days" in upload["message"], name
+    assert client.get(f"/v1/jobs/{job_id}", headers=alice).get_json()["status"] == "canceled"
+    # A job that ended before its first checkpoint never had a preview: none is said to have been removed.
+    never = submit(client, alice, content=image_bytes((1, 2, 3))).get_json()["id"]
+    set_job(app, never, status="failed", iteration=0)
+    assert "has no preview" in assert_error(client.get(f"/v1/jobs/{never}/preview", headers=alice), 409, "not_ready")["message"]
+
+
 @pytest.mark.parametrize("format_", ["png", "jpeg", "webp"])
 def test_a_result_is_served_in_its_jobs_format_under_its_own_file_name(app, client, keys, format_):
     alice = keys.headers("alice")
