@@ -4,7 +4,7 @@ retention, removing them, and how much storage each kind takes.
 Nothing a live job needs is ever removed: only files of jobs that ended (or whose row is gone) go,
 never a job's folder, and an upload goes only when no queued or running job uses it and no job that
 does ended within its retention. A removed result keeps its job's row, marked `result_expired_at`
-(the API then answers 410 Gone). The workers run `sweep_retention` every `retention_every_seconds`;
+(the API then answers 410 Gone, as it does for a removed preview or upload). The workers run `sweep_retention` every `retention_every_seconds`;
 `styleq gc` runs `find_expired` and `remove_expired` by hand.
 """
 
