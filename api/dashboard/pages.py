@@ -67,7 +67,14 @@ def show_job(job_id: str) -> str:
     deliveries = deliveries_of(session, job.id) if job.webhook_url else []
     return render_template(
         "job.html", job=job, payload=job_payload(session, job), owner=owner, deliveries=deliveries, ran_precision=result_precision(job),
+        removed_uploads=removed_uploads(job),
     )
+
+
+def removed_uploads(job: Job) -> set[str]:
+    """Return the hashes of the job's uploads no longer in storage (the retention sweep removed them): the page says so instead of a broken picture."""
+    storage = backends().storage
+    return {sha for sha in (job.content_sha256, *job.style_hashes) if not storage.upload_path(sha).is_file()}
 
 
 def result_precision(job: Job) -> str | None:

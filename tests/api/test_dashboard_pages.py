@@ -16,7 +16,7 @@ from sqlalchemy import update
 from api import create_app
 from api.dashboard.formatting import PARAM_LABELS, SHOWN_WITH_INPUTS
 from shared.db import session_scope
-from shared.models import ApiKey
+from shared.models import ApiKey, Job
 from shared.outputs import encode_result
 from shared.params import TransferParams, resolve_params
 from shared.settings import Settings
@@ -153,7 +153,8 @@ def test_run_again_queues_a_new_job_with_the_same_uploads_and_parameters(app: Fl
 
 
 def test_the_job_page_shows_inputs_parameters_and_failure(app: Flask, keys):
-    job_id = add_job(app, keys.ids["alice"], status="failed", error_code="out_of_memory", error_message="did not fit")
+    job_id = submit(app.test_client(), {"Authorization": f"Bearer {keys.alice}"}).get_json()["id"]
+    set_job(app, job_id, status="failed", error_code="out_of_memory", error_message="did not fit")
     page = signed_in(app, keys, "alice").get(f"/jobs/{job_id}").get_data(as_text=True)
     assert "did not fit" in page and "out_of_memory" in page
     assert f'src="/v1/jobs/{job_id}/content"' in page and f'src="/v1/jobs/{job_id}/style"' in page
@@ -288,3 +289,17 @@ def test_the_job_page_says_which_precision_automatic_precision_ran_in(app: Flask
     storage.write_job_file(job_id, "result.png", encode_result(Image.new("RGB", (45, 30)), params, precision="bf16"))
     set_job(app, job_id, status="succeeded")
     assert parameter_rows(client.get(f"/jobs/{job_id}").get_data(as_text=True))["Precision"] == "bf16 (chosen for the worker&#39;s device)"
+
+
+def test_the_job_page_says_an_upload_was_removed_instead_of_showing_a_broken_picture(app: Flask, keys):
+    job_id = submit(app.test_client(), {"Authorization": f"Bearer {keys.alice}"}).get_json()["id"]
+    client = signed_in(app, keys, "alice")
+    storage = app.extensions["styleq"].storage
+    with session_scope(app.extensions["styleq"].session_factory) as session:
+        content_sha = session.get(Job, job_id).content_sha256
+    storage.upload_path(content_sha).unlink()  # as the retention sweep removes it
+
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+
+    assert f'src="/v1/jobs/{job_id}/content"' not in page and "Removed: uploads are kept only a while" in page
+    assert f'src="/v1/jobs/{job_id}/style"' in page
