@@ -175,13 +175,14 @@ def heartbeat(session: Session, job_id: str, lease_owner: str) -> bool:
 
 
 def release_job(session: Session, job_id: str, lease_owner: str, *, failed: bool = False, max_attempts: int | None = None,
-                error_code: str | None = None, error_message: str | None = None) -> JobStatus | None:
+                error_code: str | None = None, error_message: str | None = None, saved_iteration: int | None = None) -> JobStatus | None:
     """Hand a job `lease_owner` holds back to the queue (a worker shutting down, storage failing); return its new status.
 
     The job is marked unsent, so the sweeper sends it if the caller cannot. With `failed`, the attempt
     counts against `max_attempts` whatever progress it made (the same failure would come again at the
-    end), and the job at its last attempt fails with `error_code` instead. None means the lease was no
-    longer held.
+    end), and the job at its last attempt fails with `error_code` instead. `saved_iteration` is the
+    iteration of the state the worker saved last (as it stops, where it stopped): the next attempt
+    resumes there. None means the lease was no longer held.
     """
     held = _held(job_id, lease_owner)
     now = utcnow()
@@ -197,9 +198,27 @@ def release_job(session: Session, job_id: str, lease_owner: str, *, failed: bool
         update(Job).where(*held).values(
             status=JobStatus.QUEUED, lease_owner=None, gpu=None, enqueued_at=None, heartbeat_at=now,
             stalled_attempts=Job.stalled_attempts + 1 if failed else Job.stalled_attempts,
+            saved_iteration=_at_least(Job.saved_iteration, saved_iteration),
         )
     ).rowcount
     return JobStatus.QUEUED if released else None
+
+
+def record_resumed(session: Session, job_id: str, lease_owner: str, iteration: int) -> None:
+    """Record that `lease_owner`'s attempt at the job resumed from the state saved at `iteration`.
+
+    The claim guesses it from the last save the database heard of; the newest state on disk can be later
+    (one written just before its worker died, whose checkpoint record never came), and it is the one resumed.
+    """
+    session.execute(
+        update(Job).where(*_held(job_id, lease_owner))
+        .values(resumed_iteration=iteration, saved_iteration=_at_least(Job.saved_iteration, iteration))
+    )
+
+
+def _at_least(column: ColumnElement[int], value: int | None) -> ColumnElement[int]:
+    """Return `column` raised to `value` where it is lower (unchanged for None)."""
+    return column if value is None else case((column < value, value), else_=column)
 
 
 def finish_job(session: Session, job_id: str, lease_owner: str, status: JobStatus, *, error_code: str | None = None, error_message: str | None = None) -> bool:

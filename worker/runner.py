@@ -352,6 +352,9 @@ class JobRunner:
         # The API writes out an automatic schedule at submit; a job stored otherwise gets it here.
         params = params.with_schedule(*content.size)
         state = self._saved_state(job.id, params)
+        if state is not None and state.iteration != job.resumed_iteration:
+            # The job's `resumed_from` names the state this attempt resumes from, not the last one the database heard of.
+            self._transaction(lambda s: leases.record_resumed(s, job.id, self.lease_owner, state.iteration))
         return _Member(job.id, params, content, styles, hashes, state, job.attempts, counted_iteration=state.iteration if state else 0)
 
     def _take_mates(self, leader: _Member, held: _Leases) -> list[_Member]:
@@ -540,9 +543,10 @@ class JobRunner:
     def _hand_back(self, member: _Member, held: _Leases, *, failed_write: bool = False) -> None:
         """Put a held job back in the queue and send it again; after a failed result write this counts as an attempt."""
         self._wait_for_files(member)  # the state it resumes from
+        # The database hears of the state just written here: the next attempt resumes from it, and says so.
         status = self._transaction(lambda s: leases.release_job(
             s, member.job_id, self.lease_owner, failed=failed_write, max_attempts=self.settings.max_attempts,
-            error_code="storage_error", error_message=STORAGE_FAILURE_MESSAGE,
+            error_code="storage_error", error_message=STORAGE_FAILURE_MESSAGE, saved_iteration=member.saved_iteration,
         ))
         held.drop(member.job_id)
         if status is JobStatus.QUEUED:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import time
 
 import pytest
@@ -51,10 +53,37 @@ def test_a_coarse_to_fine_job_killed_at_its_middle_scale_resumes_there(service, 
         service.workers[service.workers.index(victim)] = start_worker(service.environment, service.log_dir, victim.name)
 
     assert running["iteration"] < 500, "the drill was too slow to kill the worker at the middle scale"
-    assert 100 < resumed["resumed_from"] <= running["iteration"] and done["status"] == "succeeded"
+    # At the middle scale: where the state the killed worker wrote last was (possibly after `running` was seen).
+    assert 100 < resumed["resumed_from"] <= 500 and done["status"] == "succeeded"
     checkpoints = service.alice.get(f"/v1/jobs/{job['id']}/checkpoints?limit=1000").json()["checkpoints"]
     # The history spans the three scales, once each, with no second start at the coarse one.
     assert [(c["iteration"], c["scale"]) for c in checkpoints] == [(i, 0.5 if i <= 100 else 0.75 if i <= 500 else 1.0) for i in range(10, 601, 10)]
+
+
+def test_a_job_handed_back_by_sigterm_says_it_resumed_where_its_worker_stopped(service, images_dir):
+    job = service.alice.submit(images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {"size": [32, 48], "iterations": 400}).json()
+    running = service.alice.wait_for(job["id"], lambda j: j["status"] == "running" and j["iteration"] >= 40)
+    node = running["worker"].split("/")[0]
+    victim = next(worker for worker in service.workers if node.startswith(f"{worker.name}@"))
+
+    # As a deploy stops a worker: it saves the job's state at its next checkpoint and hands the job back.
+    victim.popen.send_signal(signal.SIGTERM)
+    try:
+        resumed = service.alice.wait_for(job["id"], lambda j: j["attempts"] == 2 and j["status"] == "running", timeout=60)
+        assert victim.popen.wait(timeout=30) == 0
+        handed_back = re.search(rf"job {job['id']} handed back to the queue at iteration (\d+)", victim.output())
+    finally:
+        victim.stop()
+        service.workers[service.workers.index(victim)] = start_worker(service.environment, service.log_dir, victim.name)
+
+    assert handed_back is not None, victim.output()
+    stopped_at = int(handed_back.group(1))
+    # Where the stopping worker saved and the next one resumed, not the last periodic save before it.
+    assert resumed["resumed_from"] == stopped_at >= running["iteration"]
+    done = service.alice.wait_for(job["id"], lambda j: j["status"] in ("succeeded", "failed", "canceled"), timeout=180)
+    assert (done["status"], done["attempts"], done["resumed_from"]) == ("succeeded", 2, stopped_at)
+    history = [c["iteration"] for c in service.alice.get(f"/v1/jobs/{job['id']}/checkpoints").json()["checkpoints"]]
+    assert history == list(range(10, 401, 10))
 
 
 def test_a_job_submitted_while_redis_is_down_runs_once_it_is_back(service, images_dir):

@@ -140,6 +140,33 @@ def test_a_released_job_is_queued_unsent_and_unleased(factory, owners):
         assert not leases.heartbeat(session, job_id, "gpu0@a/1")
 
 
+def test_a_job_released_with_the_state_saved_as_it_stopped_resumes_from_that_state(factory, owners):
+    job_id = add_job(factory, owners["alice"])
+    with session_scope(factory) as session:
+        leases.claim_job(session, job_id, "gpu0@a/1", "cpu", lease_seconds=30)
+        assert leases.record_checkpoints(session, job_id, "gpu0@a/1", [{**CHECKPOINT, "iteration": 80}], saved_iteration=50)
+    with session_scope(factory) as session:
+        # The worker, told to stop at 80, saved its state there and hands the job back.
+        assert leases.release_job(session, job_id, "gpu0@a/1", saved_iteration=80) is JobStatus.QUEUED
+        assert leases.claim_job(session, job_id, "gpu0@b/2", "cpu", lease_seconds=30) is not None
+    job = load(factory, job_id)
+    assert (job.saved_iteration, job.resumed_iteration, job.stalled_attempts) == (80, 80, 0)
+
+
+def test_an_attempt_records_the_state_it_resumed_from_when_newer_than_the_database_knew(factory, owners):
+    job_id = add_job(factory, owners["alice"])
+    with session_scope(factory) as session:
+        leases.claim_job(session, job_id, "gpu0@a/1", "cpu", lease_seconds=30)
+        assert leases.record_checkpoints(session, job_id, "gpu0@a/1", [{**CHECKPOINT, "iteration": 60}], saved_iteration=50)
+        # The holder dies just after writing a state at 60; the next attempt finds and resumes from it.
+        assert leases.claim_job(session, job_id, "gpu0@b/2", "cpu", lease_seconds=30, dead_owners=["gpu0@a/1"]) is not None
+        leases.record_resumed(session, job_id, "gpu0@c/3", 60)  # not the holder: nothing changes
+    assert (load(factory, job_id).saved_iteration, load(factory, job_id).resumed_iteration) == (50, 50)
+    with session_scope(factory) as session:
+        leases.record_resumed(session, job_id, "gpu0@b/2", 60)
+    assert (load(factory, job_id).saved_iteration, load(factory, job_id).resumed_iteration) == (60, 60)
+
+
 def test_a_release_for_a_failing_store_counts_and_ends_the_job_at_the_last_attempt(factory, owners):
     job_id = add_job(factory, owners["alice"])
     for attempt in range(1, 4):

@@ -247,6 +247,8 @@ def test_a_job_of_a_lost_worker_resumes_from_its_saved_state(settings, factory, 
     job = load(factory, job_id)
     assert outcome == "succeeded" and job.attempts == 2 and job.lease_owner == "gpu1@host/2"
     assert iterations(factory, job_id) == [30, 40]
+    # The lost worker died before its database heard of that state: the job still says where it resumed.
+    assert job.resumed_iteration == 20
     whole = transfer(rainier, autumn_oak, params, backbone=backbone)
     assert picture(storage.job_path(job_id, "result.png")).tobytes() == whole.image.tobytes()
 
@@ -600,13 +602,15 @@ def test_a_worker_told_to_stop_saves_hands_the_job_back_and_another_resumes_it_e
     assert first.run(job_id, resend=sent.append) == "handed_back"
 
     job = load(factory, job_id)
-    # Back in the queue, sent again, unleased, with its state saved where it stopped; not an attempt used up.
+    # Back in the queue, sent again, unleased, with its state saved where it stopped (and the database
+    # knowing it); not an attempt used up.
     assert (job.status, job.lease_owner, job.iteration, job.stalled_attempts) == ("queued", None, 20, 0)
     assert sent == [job_id] and job.enqueued_at is not None
-    assert storage.state_path(job_id).name == "state-000000020.pt"
+    assert storage.state_path(job_id).name == "state-000000020.pt" and job.saved_iteration == 20
 
     assert make_runner(settings, factory, storage, vgg16_random, lease_owner="w2@host/2").run(job_id) == "succeeded"
     assert iterations(factory, job_id) == [10, 20, 30, 40]
+    assert load(factory, job_id).resumed_iteration == 20
     whole = transfer(rainier, autumn_oak, resolve_params(PARAMS), backbone=RandomModels(vgg16_random).backbone(resolve_params(PARAMS)))
     assert picture(storage.job_path(job_id, "result.png")).tobytes() == whole.image.tobytes()
 
