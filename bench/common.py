@@ -103,7 +103,7 @@ def random_vgg_features(architecture: str = "vgg16", seed: int = 0) -> dict[str,
 def styleq_backbone(params: TransferParams, device: torch.device, state_dict: dict[str, torch.Tensor] | None = None) -> Backbone:
     """Build the backbone the worker builds for `params` (VGG16, Caffe convention, channels-last), random unless given weights."""
     state = state_dict if state_dict is not None else random_vgg_features("vgg16")
-    return Backbone("vgg16", state, get_convention("caffe"), params.layers).to(device).use_channels_last()
+    return Backbone("vgg16", state, get_convention("caffe"), params.layers).to(device)
 
 
 def image_paths() -> list[Path]:

@@ -101,7 +101,7 @@ def test_the_bf16_gram_backward_is_the_gradient_of_its_forward(monkeypatch, form
 
 def test_bf16_weights_give_the_features_and_gradients_of_autocasting_the_fp32_ones():
     params = resolve_params({})
-    backbone = Backbone("vgg16", random_vgg_state("vgg16"), get_convention("caffe"), params.layers).use_channels_last()
+    backbone = Backbone("vgg16", random_vgg_state("vgg16"), get_convention("caffe"), params.layers)
     image = (torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(1)) * 255 - 120).contiguous(memory_format=torch.channels_last)
     found = {}
     for casts in ("autocast casts the weights", "bf16 copy"):
@@ -192,7 +192,7 @@ def test_nothing_overflows_in_bf16_at_2048_pixels(caffe_weights):
     style_layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1") if native else ("relu1_1",)
     content_layers = ("relu4_2",) if native else ("relu1_1",)
     params = resolve_params({"size": [2048, 2048], "precision": "bf16", "style_layers": list(style_layers), "content_layers": list(content_layers)})
-    backbone = Backbone("vgg16", caffe_weights.state_dict, caffe_weights.convention, params.layers).use_channels_last()
+    backbone = Backbone("vgg16", caffe_weights.state_dict, caffe_weights.convention, params.layers)
     objective = Objective(params, backbone, "bf16", torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
     # A bright, busy picture: large activations everywhere.

@@ -25,7 +25,7 @@ TILED_BUDGET = 16_200
 
 @pytest.fixture(scope="module")
 def backbone(vgg16_random) -> Backbone:
-    return Backbone("vgg16", vgg16_random, get_convention("caffe"), STYLEQ.layers).use_channels_last()
+    return Backbone("vgg16", vgg16_random, get_convention("caffe"), STYLEQ.layers)
 
 
 def test_tiles_own_every_pixel_once_stay_within_the_budget_and_are_smaller_at_the_edges(backbone):
@@ -88,7 +88,7 @@ def test_the_tiled_losses_and_gradient_are_the_untiled_ones_borders_included(bac
 
 @pytest.fixture(scope="module")
 def shallow_backbone(vgg16_random) -> Backbone:
-    return Backbone("vgg16", vgg16_random, get_convention("caffe"), resolve_params(TILED_RUN).layers).use_channels_last()
+    return Backbone("vgg16", vgg16_random, get_convention("caffe"), resolve_params(TILED_RUN).layers)
 
 
 def run(content, style, backbone, max_pass_pixels, values=TILED_RUN, **kwargs):

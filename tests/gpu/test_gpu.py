@@ -38,7 +38,7 @@ TERMINAL = ("succeeded", "failed", "canceled")
 def backbone(vgg16_random) -> Backbone:
     """The styleq preset's VGG16 as the worker builds it (channels-last, on the GPU), with random weights."""
     params = resolve_params({})
-    return Backbone("vgg16", vgg16_random, get_convention("caffe"), params.layers).to(DEVICE).use_channels_last()
+    return Backbone("vgg16", vgg16_random, get_convention("caffe"), params.layers).to(DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +185,7 @@ def test_a_graphed_run_stopped_midway_resumes_on_the_gpu_and_its_state_loads_on_
     assert [c.iteration for c in first + rest] == list(range(5, 41, 5))
     assert _losses(first + rest) == pytest.approx(_losses(whole), rel=1e-2)
     # The saved state is plain: a CPU run picks it up and finishes the job.
-    cpu_backbone = Backbone("vgg16", vgg16_random, get_convention("caffe"), params.layers).use_channels_last()
+    cpu_backbone = Backbone("vgg16", vgg16_random, get_convention("caffe"), params.layers)
     on_cpu = transfer(rainier, autumn_oak, params, backbone=cpu_backbone, device="cpu", state=stopped.state)
     assert on_cpu.iteration == 40 and torch.isfinite(on_cpu.tensor).all()
 

@@ -27,8 +27,8 @@ def default_device() -> torch.device:
 
 
 def build_backbone(weights: LoadedWeights, params: TransferParams, device: torch.device | str = "cpu") -> Backbone:
-    """Build the frozen, truncated backbone that `params` needs from loaded weights, on `device`, channels-last."""
-    return Backbone(weights.architecture, weights.state_dict, weights.convention, params.layers).to(device).use_channels_last()
+    """Build the frozen, truncated backbone that `params` needs from loaded weights, on `device`."""
+    return Backbone(weights.architecture, weights.state_dict, weights.convention, params.layers).to(device)
 
 
 __all__ = [

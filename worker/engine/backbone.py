@@ -121,6 +121,8 @@ class Backbone(nn.Module):
             network = getattr(models, architecture)(weights=None)
         features_state = {key.removeprefix("features."): value for key, value in state_dict.items() if key.startswith("features.")}
         network.features.load_state_dict(features_state, assign=True)
+        # Assigned tensors keep the layout they came in; fp32 runs in the notebook's (`memory_format`).
+        network.features.to(memory_format=self.memory_format(bf16=False))
         deepest = max(index[name] for name in layers)
         self.features = network.features[: deepest + 1]
         for module in self.features:
@@ -135,26 +137,25 @@ class Backbone(nn.Module):
         # neither the state dict nor `.to()` sees it, and it is made again if the weights move.
         object.__setattr__(self, "_bf16_copy", None)
 
-    def use_channels_last(self) -> Backbone:
-        """Store the weights channels-last, the layout oneDNN and cuDNN run convolutions fastest in (bf16 above all)."""
-        self.features.to(memory_format=torch.channels_last)
-        return self
+    @staticmethod
+    def memory_format(bf16: bool) -> torch.memory_format:
+        """Return the layout the network runs in: channels-last in bf16, torch's default (the notebook's) in fp32.
 
-    @property
-    def memory_format(self) -> torch.memory_format:
-        """Return the layout of the weights, which inputs should share so no convolution converts them."""
-        first = self.features[0].weight
-        channels_last = first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
-        return torch.channels_last if channels_last else torch.contiguous_format
+        Channels-last is the layout cuDNN's tensor cores and oneDNN's bf16 kernels want. fp32 stays in the layout
+        the notebook runs in, because the layout picks the convolution algorithm: channels-last fp32 sums in
+        another order and the seed's losses drift from the notebook's (3.5e-3 relative after 30 iterations at
+        64x96), while on a CPU it is no faster (README, "memory format").
+        """
+        return torch.channels_last if bf16 else torch.contiguous_format
 
     def _bf16_features(self) -> nn.Sequential:
         """Return the layers with their weights in bf16 (the same values autocast would cast them to), made once."""
         first = self.features[0].weight
         made: nn.Sequential | None = self._bf16_copy
-        if made is None or made[0].weight.device != first.device or made[0].weight.stride() != first.stride():
+        if made is None or made[0].weight.device != first.device:
             # Never inference tensors, even when first made under inference_mode: convolutions save their weights for backward.
             with torch.inference_mode(False), torch.no_grad():
-                made = copy.deepcopy(self.features).to(torch.bfloat16)
+                made = copy.deepcopy(self.features).to(torch.bfloat16).to(memory_format=self.memory_format(bf16=True))
             object.__setattr__(self, "_bf16_copy", made)  # past nn.Module's __setattr__, which would make it a submodule
         return made
 
@@ -162,12 +163,15 @@ class Backbone(nn.Module):
         """Run `x` (already in the network's input space) and return the activations named in `layers`.
 
         Under bf16 autocast the layers run with bf16 copies of their weights: the same arithmetic, without
-        casting every weight again on every call (26 casts an iteration for VGG16 up to conv5_1).
+        casting every weight again on every call (26 casts an iteration for VGG16 up to conv5_1). The input is
+        put in the layout of the weights it meets (`memory_format`), so no convolution converts it and fp32
+        runs the notebook's convolutions whatever layout the caller's tensor had.
         """
         wanted = set(layers)
         activations = {}
         device = x.device.type
         bf16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+        x = x.contiguous(memory_format=self.memory_format(bf16))
         for name, module in zip(self.names, self._bf16_features() if bf16 else self.features):
             x = module(x)
             if name in wanted:

@@ -169,10 +169,10 @@ class Objective:
         self.style_roots: list[torch.Tensor] = []
 
     def network_input(self, image: torch.Tensor, *, from_pixels: bool = False) -> torch.Tensor:
-        """Return what the network reads for `image`, in the backbone's memory layout."""
+        """Return what the network reads for `image` (the backbone lays it out for its precision)."""
         if from_pixels or self.params.image_space == "pixels":
             image = self.backbone.convention.normalize(image)
-        return image.contiguous(memory_format=self.backbone.memory_format)
+        return image
 
     def _features(self, image: torch.Tensor, layers: Sequence[str], *, from_pixels: bool = False) -> dict[str, torch.Tensor]:
         with network_precision(self.precision, self.device):
