@@ -8,8 +8,10 @@ import torchvision.transforms as T
 from torch import nn
 from torchvision import models
 
-from worker.engine import Backbone, get_convention, layer_index, layer_names
+from shared.params import resolve_params
+from worker.engine import Backbone, build_backbone, get_convention, layer_index, layer_names
 from worker.engine.backbone import architecture_from_state_dict
+from worker.engine.weights import LoadedWeights
 
 KINDS = {"conv": nn.Conv2d, "relu": nn.ReLU, "pool": nn.MaxPool2d}
 
@@ -128,6 +130,25 @@ def test_conv_layer_is_the_pre_relu_activation_and_relu_layer_its_rectification(
     # The two really differ: the ReLU did not overwrite the stored convolution output.
     assert (activations["conv4_4"] < 0).any()
     torch.testing.assert_close(activations["relu4_4"], activations["conv4_4"].clamp_min(0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["contiguous input", "channels-last input"])
+def test_fp32_runs_the_notebooks_convolutions_and_bf16_runs_channels_last(vgg19_random, layout):
+    # Built as the CLI and the worker build it: the layout picks the convolution algorithm, so it decides the seed's parity.
+    params = resolve_params({"preset": "seed"})
+    backbone = build_backbone(LoadedWeights("vgg19", "vgg19", get_convention("torchvision"), vgg19_random), params)
+    x = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(0))
+    reference = torchvision_features("vgg19", vgg19_random)
+
+    fp32 = backbone(x.contiguous(memory_format=layout), ["conv5_1"])["conv5_1"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = backbone(x.contiguous(memory_format=layout), ["conv5_1"])["conv5_1"]
+    with torch.no_grad():
+        expected = reference[: layer_index("vgg19")["conv5_1"] + 1](x)  # the notebook's: torch's default layout throughout
+
+    assert fp32.is_contiguous()
+    torch.testing.assert_close(fp32, expected, rtol=0, atol=0)
+    assert bf16.dtype == torch.bfloat16 and bf16.is_contiguous(memory_format=torch.channels_last) and not bf16.is_contiguous()
 
 
 def test_backbone_returns_only_the_layers_asked_for(block4_backbone):
