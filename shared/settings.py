@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from typing import Annotated, Any
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import Field, NonNegativeFloat, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # A queued job not picked up for this long is sent to the broker again (its message may be lost).
     requeue_after_seconds: float = Field(default=60.0, gt=0)
     sweep_every_seconds: float = Field(default=15.0, gt=0)
+    # The waits, in seconds, between a worker's tries of a database step (comma-separated, e.g. `1,2,4`); past
+    # them (about a minute) the database counts as down: the run stops, and the sweep resumes the job when it is back.
+    database_retry_delays: Annotated[tuple[NonNegativeFloat, ...], NoDecode] = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+    # The waits between tries of writing a result; past them the job goes back to the queue (a failed attempt).
+    result_write_retry_delays: Annotated[tuple[NonNegativeFloat, ...], NoDecode] = (1.0, 2.0, 4.0, 8.0)
     # The worker saves a preview and its resumable state every this many checkpoints, and no more often
     # than every `preview_min_seconds` (on a GPU a checkpoint can come every few milliseconds).
     preview_every: int = Field(default=5, ge=1)
@@ -137,6 +142,14 @@ class Settings(BaseSettings):
     # `10.1.2.0/24,127.0.0.1/32`); `webhook_allow_private` lifts the rule for every address.
     webhook_allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
     webhook_allow_private: bool = False
+
+    @field_validator("database_retry_delays", "result_write_retry_delays", mode="before")
+    @classmethod
+    def _split_delays(cls, value: Any) -> Any:
+        # Comma-separated, as an operator would write them; empty means no retry at all.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("webhook_allowed_networks", mode="before")
     @classmethod

@@ -56,6 +56,9 @@ def test_the_settings_table_gives_each_default():
             assert default.startswith("unset"), f"{variable}: {default} (default unset)"
         elif isinstance(value, bool):
             assert default.startswith(f"`{str(value).lower()}`"), f"{variable}: {default} (default {value})"
+        elif isinstance(value, tuple):
+            # Lists of numbers are written as their variable takes them: comma-separated.
+            assert default.startswith(f"`{','.join(f'{item:g}' for item in value)}`"), f"{variable}: {default} (default {value})"
         elif isinstance(value, float) and value.is_integer():
             assert default.startswith(f"`{int(value)}`"), f"{variable}: {default} (default {value})"
         else:

@@ -13,10 +13,10 @@ they are running.
 Faults, and what a run does about them:
 - the worker is told to stop (`stopping`, set on SIGTERM): each job saves its state at its next
   checkpoint, goes back to the queue and is sent again, so another worker resumes it at once;
-- the database is unreachable through `DATABASE_RETRY_DELAYS` (about a minute): the run stops without
+- the database is unreachable through `Settings.database_retry_delays` (about a minute): the run stops without
   recording anything; the job keeps its lease until the sweeper finds it stale and resumes it;
 - a preview or a state cannot be written: logged, and the run goes on; a result cannot be written:
-  retried, then the job goes back to the queue (and fails after `max_attempts` such tries);
+  retried (`Settings.result_write_retry_delays`), then the job goes back to the queue (and fails after `max_attempts` such tries);
 - files are written only after the checkpoint's database write confirms the lease, so a canceled,
   deleted or taken-over job gets no late files.
 
@@ -72,10 +72,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # How often a worker waiting for batch-mates (`batch_wait_seconds`) looks for them again.
 BATCH_POLL_SECONDS = 0.5
-# The waits between tries of a database step; past them the database counts as down (about a minute).
-DATABASE_RETRY_DELAYS = (1, 2, 4, 8, 15, 30)
-# The waits between tries of writing a result before the job goes back to the queue.
-RESULT_WRITE_DELAYS = (1, 2, 4, 8)
 STORAGE_FAILURE_MESSAGE = "the service could not store this job's files; it was tried again and then given up"
 
 
@@ -204,8 +200,11 @@ class JobRunner:
         self.file_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-files")
 
     def _transaction(self, step: Callable[[Session], T], delays: Sequence[float] | None = None) -> T:
-        """Run `step` in its own transaction, retrying while the database is briefly unreachable; DatabaseDown after."""
-        for delay in (*(DATABASE_RETRY_DELAYS if delays is None else delays), None):
+        """Run `step` in its own transaction, retrying while the database is briefly unreachable; DatabaseDown after.
+
+        The waits between tries are `delays`, else the settings' `database_retry_delays`.
+        """
+        for delay in (*(self.settings.database_retry_delays if delays is None else delays), None):
             try:
                 with session_scope(self.session_factory) as session:
                     return step(session)
@@ -562,7 +561,7 @@ class JobRunner:
     def _succeed(self, member: _Member, result: TransferResult, held: _Leases) -> None:
         self._wait_for_files(member)  # before its states are removed, so none comes back after
         data = encode_result(result.image, member.params, precision=resolve_precision(member.params.precision, self.device))
-        for delay in (*RESULT_WRITE_DELAYS, None):
+        for delay in (*self.settings.result_write_retry_delays, None):
             try:
                 self.storage.write_job_file(member.job_id, FORMATS[member.params.format].file_name, data, create=False)
                 break

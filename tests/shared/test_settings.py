@@ -38,3 +38,19 @@ def test_task_events_for_flower_go_only_through_brokers_that_fan_out(broker_url,
     config = settings.celery_config()
     assert settings.broker_sends_events is fans_out
     assert config["worker_send_task_events"] is config["task_send_sent_event"] is fans_out
+
+
+def test_the_retry_delays_are_comma_separated_seconds_and_default_to_about_a_minute_and_fifteen_seconds(monkeypatch):
+    monkeypatch.delenv("STYLEQ_DATABASE_RETRY_DELAYS", raising=False)
+    monkeypatch.delenv("STYLEQ_RESULT_WRITE_RETRY_DELAYS", raising=False)
+    assert load_settings().database_retry_delays == (1, 2, 4, 8, 15, 30)
+    assert load_settings().result_write_retry_delays == (1, 2, 4, 8)
+
+    # As the fault drills shorten them for worker processes; empty means a single try.
+    monkeypatch.setenv("STYLEQ_DATABASE_RETRY_DELAYS", "0.5, 1,2")
+    monkeypatch.setenv("STYLEQ_RESULT_WRITE_RETRY_DELAYS", "")
+    assert (load_settings().database_retry_delays, load_settings().result_write_retry_delays) == ((0.5, 1, 2), ())
+
+    monkeypatch.setenv("STYLEQ_DATABASE_RETRY_DELAYS", "1,-2")
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        load_settings()

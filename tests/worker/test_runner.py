@@ -654,9 +654,9 @@ def test_previews_and_states_that_cannot_be_written_do_not_stop_the_job(settings
 
 
 def test_a_result_that_cannot_be_written_is_retried_then_requeued_and_the_job_fails_plainly_after_max_attempts(
-    settings, factory, tmp_path, images_dir, vgg16_random, monkeypatch
+    settings, factory, tmp_path, images_dir, vgg16_random
 ):
-    monkeypatch.setattr(runner_module, "RESULT_WRITE_DELAYS", (0, 0))
+    settings = settings.model_copy(update={"result_write_retry_delays": (0, 0)})
     storage = FullStorage(tmp_path / "storage")
     storage.full = ("result.png",)
     job_id = submit(factory, storage, images_dir)
@@ -677,18 +677,22 @@ def test_a_result_that_cannot_be_written_is_retried_then_requeued_and_the_job_fa
 def test_a_database_gone_for_good_interrupts_the_run_without_failing_the_job(settings, factory, storage, images_dir, vgg16_random, monkeypatch):
     from sqlalchemy.exc import OperationalError
 
-    monkeypatch.setattr(runner_module, "DATABASE_RETRY_DELAYS", (0, 0))
+    settings = settings.model_copy(update={"database_retry_delays": (0, 0)})
     job_id = submit(factory, storage, images_dir)
     real = leases.record_checkpoints
+    refused = []
 
     def database_goes_away(session, job_id_, lease_owner, checkpoints, **options):
         if checkpoints[-1]["iteration"] >= 20:
+            refused.append(checkpoints[-1]["iteration"])
             raise OperationalError("UPDATE jobs", {}, Exception("connection refused"))
         return real(session, job_id_, lease_owner, checkpoints, **options)
 
     monkeypatch.setattr(leases, "record_checkpoints", database_goes_away)
 
     assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "interrupted"
+    # Tried once and once after each of the settings' delays, then given up.
+    assert len(refused) == 3
 
     # The job keeps its lease (the sweeper resumes it once its heartbeat is stale) and its saved state.
     job = load(factory, job_id)
