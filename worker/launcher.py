@@ -79,7 +79,8 @@ def reserve_name(name: str, lock_dir: Path | None = None, *, fleet: str = "") ->
     """
     base, at, host = name.partition("@")
     fleet_folder = hashlib.sha256(fleet.encode()).hexdigest()[:16]
-    folder = lock_dir or Path(tempfile.gettempdir()) / "styleq-worker-names" / fleet_folder
+    # One folder per user: a folder another user made (mode 0755) would refuse this user's lock files.
+    folder = lock_dir or Path(tempfile.gettempdir()) / f"styleq-worker-names-{os.getuid()}" / fleet_folder
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(1, 1000):
         candidate = f"{base if index == 1 else f'{base}-{index}'}{at}{host}"
@@ -108,7 +109,7 @@ def run_worker(settings: Settings, name: str, loglevel: str | None = None) -> No
     metrics_folder = None
     if settings.metrics_port is not None:
         try:
-            metrics_folder, port = serve_metrics(settings.metrics_port)
+            metrics_folder, port = serve_metrics(settings.metrics_port, host=settings.metrics_host)
         except OSError as error:
             # One line (SystemExit prints it), from `styleq worker` and from `python -m worker` alike.
             raise SystemExit(f"styleq worker {reserved}: cannot serve metrics on port {settings.metrics_port} or above: {error}") from None

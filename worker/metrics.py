@@ -83,9 +83,9 @@ def memory_in_use(device: torch.device) -> tuple[str, int | None]:
         return "rss", None
 
 
-def serve_metrics(port: int, *, tries: int = 100) -> tuple[str, int]:
-    """Make this worker's metrics folder, name it in the environment and serve its figures on `port`, or the next free port
-    above it (of `tries`); return the folder and the port.
+def serve_metrics(port: int, *, host: str = "127.0.0.1", tries: int = 100) -> tuple[str, int]:
+    """Make this worker's metrics folder, name it in the environment and serve its figures on `host`:`port`, or the next
+    free port above it (of `tries`); return the folder and the port.
 
     Call it in the Celery main process before its pool forks, and before anything imports prometheus_client.
 
@@ -102,7 +102,7 @@ def serve_metrics(port: int, *, tries: int = 100) -> tuple[str, int]:
     # Binding is the test: a port checked free and then bound could be taken in between by a worker starting beside this one.
     for candidate in range(port, last + 1):
         try:
-            start_http_server(candidate, registry=registry)
+            start_http_server(candidate, addr=host, registry=registry)
             return folder, candidate
         except OSError as error:
             if error.errno != errno.EADDRINUSE or candidate == last:
