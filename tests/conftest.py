@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from sqlalchemy import text
 from torchvision import models
 
-from shared.db import make_engine
 from shared.migrate import upgrade_database
+from tests.databases import copy_database, empty_postgres_database, migrate_template
 from tests.services import fresh_postgres_database
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,18 +80,23 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], str]:
+    """Return a function that puts an empty, migrated SQLite database at a path and returns its URL.
+
+    The migrations run once per test process (per xdist worker); each database is a copy of that first one.
+    """
+    template = migrate_template(tmp_path_factory.mktemp("migrated") / "styleq.db")
+    return functools.partial(copy_database, template)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty, migrated database: a new SQLite file, or the session's Postgres database emptied."""
+    """An empty, migrated database: a copy of the session's migrated SQLite file, or the session's Postgres database emptied."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'styleq.db'}"
-        upgrade_database(url)
-        return url
+        return request.getfixturevalue("migrated_sqlite")(tmp_path / "styleq.db")
     url = request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("TRUNCATE checkpoints, jobs, api_keys, workers RESTART IDENTITY CASCADE"))
-    engine.dispose()
+    empty_postgres_database(url)
     return url
 
 

@@ -20,13 +20,11 @@ from sqlalchemy import select
 from shared import jobs, leases
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.keys import create_api_key
-from shared.migrate import upgrade_database
 from shared.models import Checkpoint, Job, utcnow
 from shared.outputs import read_metadata
 from shared.params import resolve_params
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.services import fresh_postgres_database
 from worker import liveness
 from worker import runner as runner_module
 from worker.engine import Backbone, Control, get_convention, resolve_precision, transfer
@@ -46,16 +44,10 @@ class RandomModels(ModelCache):
         return Backbone("vgg16", self.state_dict, get_convention("caffe"), params.layers)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.db'}"
-        upgrade_database(url)
-        yield url
-        return
-    with fresh_postgres_database() as url:
-        upgrade_database(url)
-        yield url
+@pytest.fixture
+def database(database_url: str) -> str:
+    """An empty, migrated database (tests/conftest.py): a SQLite copy, or the session's Postgres database emptied."""
+    return database_url
 
 
 @pytest.fixture
