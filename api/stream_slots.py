@@ -1,7 +1,8 @@
 """How many event streams each API key has open, counted across every API process that shares a store.
 
 Each open stream holds a slot, a member with an expiry, which its process renews while the stream
-lives and removes when it ends; a crashed process's slots expire on their own. The store is Redis
+lives and removes when it ends; a crashed process's slots expire on their own
+(`STYLEQ_STREAM_SLOT_TTL_SECONDS` after their last renewal). The store is Redis
 when the broker is Redis (every API process of every host shares it), else a small SQLite file in
 the data directory, shared by the API processes of one host (`styleq up`'s): the job database has no
 table for it, and a count that lives only as long as its streams does not belong among the jobs.
@@ -9,18 +10,20 @@ table for it, and a count that lives only as long as its streams does not belong
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from shared.settings import Settings
 
-# A slot is renewed every RENEW_EVERY_SECONDS while its stream lives and expires SLOT_TTL_SECONDS after the last renewal.
-SLOT_TTL_SECONDS = 60.0
-RENEW_EVERY_SECONDS = 15.0
+T = TypeVar("T")
+# How long to wait for the other API processes' write on streams.db before giving up on a slot.
+SQLITE_LOCK_WAIT_SECONDS = 30.0
 _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
@@ -33,6 +36,8 @@ return 1
 class SlotStore(Protocol):
     """Where the slots live."""
 
+    ttl_seconds: float
+
     def acquire(self, key_id: int, member: str, limit: int, now: float) -> bool: ...
     def release(self, key_id: int, member: str) -> None: ...
     def renew(self, members: dict[str, int], now: float) -> None: ...
@@ -41,10 +46,10 @@ class SlotStore(Protocol):
 class StreamSlots:
     """The slots of this process's open streams, in a store every API process shares."""
 
-    renew_every_seconds = RENEW_EVERY_SECONDS
-
     def __init__(self, store: SlotStore) -> None:
         self.store = store
+        # Renewed four times within an expiry, so a slow poll or two never lets a live stream's slot lapse.
+        self.renew_every_seconds = store.ttl_seconds / 4
         # This process's open slots (member -> key id), renewed together.
         self.held: dict[str, int] = {}
         self.process = uuid.uuid4().hex[:12]
@@ -77,9 +82,10 @@ class StreamSlots:
 class RedisSlots:
     """Slots as a sorted set per key (member -> expiry time) in Redis."""
 
-    def __init__(self, url: str, namespace: str) -> None:
+    def __init__(self, url: str, namespace: str, ttl_seconds: float) -> None:
         import redis  # only where the broker is Redis
 
+        self.ttl_seconds = ttl_seconds
         self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.script = self.redis.register_script(_ACQUIRE)
         # Named by the deployment's queue too: two deployments sharing one Redis number their keys alike.
@@ -89,7 +95,7 @@ class RedisSlots:
         return f"{self.prefix}{key_id}"
 
     def acquire(self, key_id: int, member: str, limit: int, now: float) -> bool:
-        taken = self.script(keys=[self._name(key_id)], args=[now, limit, now + SLOT_TTL_SECONDS, member, int(SLOT_TTL_SECONDS) + 1])
+        taken = self.script(keys=[self._name(key_id)], args=[now, limit, now + self.ttl_seconds, member, math.ceil(self.ttl_seconds) + 1])
         return bool(taken)
 
     def release(self, key_id: int, member: str) -> None:
@@ -98,16 +104,23 @@ class RedisSlots:
     def renew(self, members: dict[str, int], now: float) -> None:
         pipeline = self.redis.pipeline(transaction=False)
         for member, key_id in members.items():
-            pipeline.zadd(self._name(key_id), {member: now + SLOT_TTL_SECONDS}, xx=True)
-            pipeline.expire(self._name(key_id), int(SLOT_TTL_SECONDS) + 1)
+            pipeline.zadd(self._name(key_id), {member: now + self.ttl_seconds}, xx=True)
+            pipeline.expire(self._name(key_id), math.ceil(self.ttl_seconds) + 1)
         pipeline.execute()
 
 
 class SqliteSlots:
-    """Slots as rows of a SQLite file that the API processes of one host share."""
+    """Slots as rows of a SQLite file that the API processes of one host share.
 
-    def __init__(self, path: Path) -> None:
+    sqlite3 waits for another process's write lock in C, sleeping the whole process: under gunicorn's
+    gevent worker that froze every request of the process (a fifth of its time with 250 streams opening
+    at once, measured with py-spy). So the file is opened without a busy timeout and a locked write is
+    retried after a short sleep, which gevent turns into a switch to the other requests.
+    """
+
+    def __init__(self, path: Path, ttl_seconds: float) -> None:
         self.path = path
+        self.ttl_seconds = ttl_seconds
         self.lock = threading.Lock()
         self.connection: sqlite3.Connection | None = None
 
@@ -115,45 +128,69 @@ class SqliteSlots:
         # Opened on first use, in the serving process (never across a fork); autocommit, with explicit transactions.
         if self.connection is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("CREATE TABLE IF NOT EXISTS stream_slots (member TEXT PRIMARY KEY, key_id INTEGER NOT NULL, expires REAL NOT NULL)")
-            connection.execute("CREATE INDEX IF NOT EXISTS stream_slots_key ON stream_slots (key_id)")
+            connection = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+            self._retrying(lambda: connection.execute("PRAGMA journal_mode=WAL"))
+            # No fsync per slot: a machine crash loses at most slots, which its API processes' restart frees anyway.
+            connection.execute("PRAGMA synchronous=OFF")
+            self._retrying(lambda: connection.execute("CREATE TABLE IF NOT EXISTS stream_slots (member TEXT PRIMARY KEY, key_id INTEGER NOT NULL, expires REAL NOT NULL)"))
+            self._retrying(lambda: connection.execute("CREATE INDEX IF NOT EXISTS stream_slots_key ON stream_slots (key_id)"))
             self.connection = connection
         return self.connection
 
-    def acquire(self, key_id: int, member: str, limit: int, now: float) -> bool:
-        with self.lock:
-            connection = self._connect()
-            # IMMEDIATE takes the file's write lock first, so two processes' counts never both see room for one.
+    def _retrying(self, write: Callable[[], T]) -> T:
+        """Run `write`, again after a short cooperative sleep while another process holds the file's write lock."""
+        deadline = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS
+        pause = 0.002
+        while True:
+            try:
+                return write()
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `body` in one write transaction, taken with the file's write lock first (BEGIN IMMEDIATE)."""
+        connection = self._connect()
+
+        def attempt() -> T:
+            # IMMEDIATE takes the write lock first, so two processes' counts never both see room for one.
             connection.execute("BEGIN IMMEDIATE")
             try:
-                connection.execute("DELETE FROM stream_slots WHERE key_id = ? AND expires < ?", (key_id, now))
-                (count,) = connection.execute("SELECT count(*) FROM stream_slots WHERE key_id = ?", (key_id,)).fetchone()
-                if count >= limit:
-                    connection.execute("COMMIT")
-                    return False
-                connection.execute("INSERT INTO stream_slots VALUES (?, ?, ?)", (member, key_id, now + SLOT_TTL_SECONDS))
+                result = body(connection)
                 connection.execute("COMMIT")
-                return True
+                return result
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
 
+        return self._retrying(attempt)
+
+    def acquire(self, key_id: int, member: str, limit: int, now: float) -> bool:
+        def take(connection: sqlite3.Connection) -> bool:
+            connection.execute("DELETE FROM stream_slots WHERE key_id = ? AND expires < ?", (key_id, now))
+            (count,) = connection.execute("SELECT count(*) FROM stream_slots WHERE key_id = ?", (key_id,)).fetchone()
+            if count >= limit:
+                return False
+            connection.execute("INSERT INTO stream_slots VALUES (?, ?, ?)", (member, key_id, now + self.ttl_seconds))
+            return True
+
+        with self.lock:
+            return self._transaction(take)
+
     def release(self, key_id: int, member: str) -> None:
         with self.lock:
-            self._connect().execute("DELETE FROM stream_slots WHERE member = ?", (member,))
+            self._transaction(lambda connection: connection.execute("DELETE FROM stream_slots WHERE member = ?", (member,)))
 
     def renew(self, members: dict[str, int], now: float) -> None:
+        rows = [(now + self.ttl_seconds, member) for member in members]
         with self.lock:
-            connection = self._connect()
-            connection.execute("BEGIN IMMEDIATE")
-            connection.executemany("UPDATE stream_slots SET expires = ? WHERE member = ?", [(now + SLOT_TTL_SECONDS, member) for member in members])
-            connection.execute("COMMIT")
+            self._transaction(lambda connection: connection.executemany("UPDATE stream_slots SET expires = ? WHERE member = ?", rows))
 
 
 def make_stream_slots(settings: Settings) -> StreamSlots:
     """Return the slots of this process in Redis when the broker is Redis, else in `<data_dir>/streams.db`."""
     if settings.broker.startswith(("redis://", "rediss://")):
-        return StreamSlots(RedisSlots(settings.broker, settings.queue))
-    return StreamSlots(SqliteSlots(settings.data_dir / "streams.db"))
+        return StreamSlots(RedisSlots(settings.broker, settings.queue, settings.stream_slot_ttl_seconds))
+    return StreamSlots(SqliteSlots(settings.data_dir / "streams.db", settings.stream_slot_ttl_seconds))

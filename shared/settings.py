@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # Event streams (GET /v1/jobs/{id}/events) one key may hold open at once, counted across the API
     # processes (in Redis when the broker is Redis, else per host); a dashboard tab holds one.
     max_streams_per_key: int = Field(default=20, ge=0)
+    # An open stream's slot is renewed by its API process every quarter of this and freed this long
+    # after its last renewal: the slots of a killed API process come free within it.
+    stream_slot_ttl_seconds: float = Field(default=60.0, gt=0)
     # A running job whose heartbeat is older than this belongs to a lost worker and is retried (the
     # heartbeat renews it every quarter of it, so a killed worker's job runs again within about 30 s + a sweep).
     lease_seconds: float = Field(default=30.0, gt=0)
