@@ -73,4 +73,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics.init_app(app, resources.session_factory, resources.storage_usage)
     # The browser dashboard at `/`, and the secret its session cookie (also accepted by /v1) is signed with.
     dashboard.init_app(app, secret_key)
+    app.wsgi_app = events.StreamOpenGate(app.wsgi_app)  # type: ignore[method-assign]
     return app

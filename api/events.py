@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +23,9 @@ from .jobs import query_argument
 from .stream_hub import StreamHub, read_job
 from .stream_slots import make_stream_slots
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
 bp = Blueprint("events", __name__)
 # How long a browser's EventSource waits before reconnecting (with Last-Event-ID) after a drop.
 RETRY_MS = 2000
@@ -29,6 +34,60 @@ HUB_EXTENSION = "styleq.streams"
 
 # A key at its cap of open streams is asked back this soon: a stream ends at the latest after EVENTS_MAX_SECONDS.
 STREAMS_RETRY_AFTER_SECONDS = 30
+
+
+STREAM_PATH = re.compile(r"/v1/jobs/[^/]+/events/?")
+# Stream opens one API process works on at once; the rest wait their turn without running.
+STREAM_OPENS_AT_ONCE = 4
+
+
+class StreamOpenGate:
+    """WSGI middleware: a stream's opening (authentication, the job, its slot, its history) waits for one of a few turns.
+
+    Under gunicorn's gevent worker every request of a process shares one thread, and SQLite calls never
+    yield: 250 streams opening at once were 250 runnable requests that a new /healthz or sign-in waited
+    behind for up to 7 s, and connections whose request line was not read within gunicorn's keep-alive
+    timeout (2 s, which also bounds the first request) were reset unanswered: 107 of 500 streams
+    (measured with bench/streams.py and py-spy). A turn ends with the stream's first event.
+    """
+
+    def __init__(self, wsgi_app: WSGIApplication, at_once: int = STREAM_OPENS_AT_ONCE) -> None:
+        self.wsgi_app = wsgi_app
+        self.turns = threading.BoundedSemaphore(at_once)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Serve the request; an event stream's up to its first event within a turn."""
+        if not STREAM_PATH.fullmatch(environ.get("PATH_INFO", "")):
+            return self.wsgi_app(environ, start_response)
+        with self.turns:
+            body = self.wsgi_app(environ, start_response)
+            chunks = iter(body)
+            try:
+                first = next(chunks)
+            except StopIteration:
+                return body
+            except BaseException:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+                raise
+        return FirstThenRest(first, chunks, body)
+
+
+class FirstThenRest:
+    """A response body whose first chunk was already taken; closing it closes the original (so a stream's slot is given back)."""
+
+    def __init__(self, first: bytes, rest: Iterator[bytes], body: Iterable[bytes]) -> None:
+        self.first, self.rest, self.body = first, rest, body
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.first
+        yield from self.rest
+
+    def close(self) -> None:
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            close()
 
 
 @bp.get("/jobs/<job_id>/events")

@@ -77,6 +77,12 @@ class AccessLogger(gunicorn.glogging.Logger):
             logging.getLogger(__name__).exception("could not write an access line")
 
 
+# Seconds a connection may wait for its next request, and under the gevent worker for its first one
+# too. gunicorn's 2 s reset unanswered streams opened in a burst: a process whose one thread was busy
+# with hundreds of other requests had not read them in time (44 of 500 with bench/streams.py on a
+# loaded 2-core host, each client's request written within 0.01 s of its connect). Idle connections
+# cost a greenlet each, so a longer wait is cheap; it still ends a client that never sends its request.
+keepalive = 10
 logger_class = "api.gunicorn_config.AccessLogger"
 # gunicorn applies this in the master and the workers it forks; it also turns the access log on.
 logconfig_dict = dict_config(load_settings())

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,6 +67,11 @@ class StreamResult:
     ended_early: bool = False
     retry_after: str | None = None
     body: str = ""
+    # Seconds from asking to the status line, and what went wrong when no status line came.
+    answered_after: float | None = None
+    error: str | None = None
+    # Seconds from the connection's opening to its request written (this client's own lag under load).
+    sent_after_connect: float | None = None
 
 
 def raise_file_limit(wanted: int) -> int:
@@ -98,7 +104,8 @@ def _wait_healthy(deployment: Deployment, timeout: float = 180.0) -> None:
 
 
 def _spawn(command: list[str], environment: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, env=environment, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    with log.open("wb") as output:  # the process has its own copy of the descriptor
+        return subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def compose_api_command(port: int) -> list[str]:
@@ -201,13 +208,24 @@ def wait_running(url: str, key: str, job_id: str, timeout: float = 240.0) -> Non
 async def open_stream(url: str, key: str, job_id: str, result: StreamResult, stop: asyncio.Event) -> None:
     """Hold one event stream until `stop`, noting when each checkpoint arrives."""
     host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 20)
+    asked = time.monotonic()
+    try:
+        reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 20)
+    except OSError as error:
+        result.error = f"connect: {error!r}"
+        return
+    connected = time.monotonic()
     try:
         writer.write((f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
                       "Accept: text/event-stream\r\n\r\n").encode())
         await writer.drain()
+        result.sent_after_connect = time.monotonic() - connected
         status_line = await reader.readline()
+        if not status_line:
+            result.error = "the server closed the connection before a status line"
+            return
         result.status = int(status_line.split()[1])
+        result.answered_after = time.monotonic() - asked
         headers: dict[str, str] = {}
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin1").partition(":")
@@ -232,22 +250,25 @@ async def open_stream(url: str, key: str, job_id: str, result: StreamResult, sto
             if line.startswith(b"event: checkpoint"):
                 result.checkpoints.append(time.monotonic())
             reading = asyncio.ensure_future(reader.readline())
+    except OSError as error:
+        result.error = f"{'read' if result.status else 'before a status line'}: {error!r}"
     finally:
         writer.close()
 
 
-def probe_once(url: str, admin_key: str, index: int) -> tuple[str, float, int]:
-    """Ask one of /healthz, the sign-in page and /v1/jobs; return what, how long it took and its status."""
+def probe_once(url: str, admin_key: str, index: int) -> tuple[str, float, int, float, str]:
+    """Ask one of /healthz, the sign-in page and /v1/jobs; return what, how long it took, its status, when it was asked and any error."""
     path, headers = [("/healthz", {}), ("/signin", {}), ("/v1/jobs", {"Authorization": f"Bearer {admin_key}"})][index % 3]
     started = time.monotonic()
+    error = ""
     try:
         status = requests.get(f"{url}{path}", headers=headers, timeout=10).status_code
-    except requests.RequestException:
-        status = 0
-    return path, time.monotonic() - started, status
+    except requests.RequestException as failure:
+        status, error = 0, type(failure).__name__
+    return path, time.monotonic() - started, status, started, error
 
 
-async def probe(url: str, admin_key: str, stop: asyncio.Event, samples: list[tuple[str, float, int]]) -> None:
+async def probe(url: str, admin_key: str, stop: asyncio.Event, samples: list[tuple[str, float, int, float, str]]) -> None:
     index = 0
     while not stop.is_set():
         samples.append(await asyncio.to_thread(probe_once, url, admin_key, index))
@@ -258,14 +279,14 @@ async def probe(url: str, admin_key: str, stop: asyncio.Event, samples: list[tup
 async def hold(url: str, keys: list[str], admin_key: str, job_ids: list[str], streams_per_key: int, hold_seconds: float) -> dict[str, Any]:
     """Open every stream, hold them `hold_seconds` while probing, then ask for one stream too many on three keys."""
     stop, probe_stop = asyncio.Event(), asyncio.Event()
-    samples: list[tuple[str, float, int]] = []
+    samples: list[tuple[str, float, int, float, str]] = []
     prober = asyncio.ensure_future(probe(url, admin_key, probe_stop, samples))
     results = [[StreamResult() for _ in range(streams_per_key)] for _ in keys]
     opened = time.monotonic()
     tasks = [asyncio.ensure_future(open_stream(url, key, job_id, result, stop))
              for key, job_id, key_results in zip(keys, job_ids, results) for result in key_results]
     # Opened: every stream answered its status line (the held ones then wait for `stop`).
-    while any(result.status == 0 for key_results in results for result in key_results):
+    while any(result.status == 0 and result.error is None for key_results in results for result in key_results):
         if time.monotonic() - opened > 120:
             break
         await asyncio.sleep(0.2)
@@ -281,19 +302,27 @@ async def hold(url: str, keys: list[str], admin_key: str, job_ids: list[str], st
 
     flat = [result for key_results in results for result in key_results]
     running = results[0]
-    latencies = [seconds for _, seconds, _ in samples]
-    late = [sample for sample in samples if sample[1] >= 1.0 or sample[2] != 200]
+    latencies = [sample[1] for sample in samples]
+    answered = [result.answered_after for result in flat if result.answered_after is not None]
+    lags = [result.sent_after_connect for result in flat if result.sent_after_connect is not None]
+    failed_lags = [result.sent_after_connect for result in flat if result.error and result.sent_after_connect is not None]
+    # Each slow or failed probe: what, how long, its status, when (seconds after the streams began to open), any error.
+    late = [(path, round(seconds, 3), status, round(at - opened, 1), error) for path, seconds, status, at, error in samples if seconds >= 1.0 or status != 200]
     return {
         "streams": len(flat),
         "keys": len(keys),
         "streams_answered_200": sum(result.status == 200 for result in flat),
         "streams_ended_early": sum(result.ended_early for result in flat),
+        "streams_failed": dict(Counter(result.error for result in flat if result.error)),
+        "seconds_to_status_line_max": round(max(answered), 2) if answered else None,
+        "client_seconds_from_connect_to_request_max": round(max(lags), 2) if lags else None,
+        "client_seconds_from_connect_to_request_max_of_failed": round(max(failed_lags), 2) if failed_lags else None,
         "seconds_to_open_all": round(open_seconds, 2),
         "held_seconds": round(held_until - held_from, 1),
         "probe_requests": len(samples),
         "probe_seconds_median": round(statistics.median(latencies), 4) if latencies else None,
         "probe_seconds_max": round(max(latencies), 4) if latencies else None,
-        "probe_slow_or_failed": [(path, round(seconds, 3), status) for path, seconds, status in late],
+        "probe_slow_or_failed": late,
         "running_job_streams": len(running),
         "checkpoints_per_running_stream_min": min(len(result.checkpoints) for result in running),
         "checkpoints_per_running_stream_during_hold_min": min(sum(held_from <= at <= held_until for at in result.checkpoints) for result in running),
