@@ -11,7 +11,7 @@ from shared.errors import InvalidInput
 
 from .auth import current_key
 from .backends import backends, db_session
-from .payloads import checkpoint_payload, job_location, job_payload
+from .payloads import checkpoint_payload, job_location, job_payload, job_payloads
 from .request_context import concerns_job
 from .uploads import device_memory, read_idempotency_key, read_images, read_params, read_webhook
 
@@ -53,7 +53,7 @@ def list_jobs() -> Response:
     limit = int_argument("limit", 20, 1, MAX_JOBS_PAGE)
     status, cursor = query_argument("status"), query_argument("cursor")
     page = jobs.list_jobs(session, current_key(), status=status, cursor=cursor, limit=limit)
-    return jsonify(jobs=[job_payload(session, job) for job in page.jobs], next_cursor=page.next_cursor)
+    return jsonify(jobs=job_payloads(session, page.jobs), next_cursor=page.next_cursor)
 
 
 @bp.get("/jobs/<job_id>")

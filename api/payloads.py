@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared.deliveries import deliveries_of, job_summary
-from shared.jobs import queue_position
+from shared.deliveries import deliveries_of_jobs, job_summary
+from shared.jobs import queue_positions
 from shared.models import Checkpoint, DeliveryStatus, Job, WebhookDelivery
 from shared.models import iso_timestamp as timestamp
 from shared.params import resolve_params
@@ -22,6 +23,17 @@ def job_location(job_id: str) -> str:
 
 def job_payload(session: Session, job: Job) -> dict[str, Any]:
     """Return the job as the API shows it."""
+    return job_payloads(session, [job])[0]
+
+
+def job_payloads(session: Session, page: Sequence[Job]) -> list[dict[str, Any]]:
+    """Return the jobs as the API shows them, reading their queue positions and deliveries in one query each for the page."""
+    positions = queue_positions(session, page)
+    deliveries = deliveries_of_jobs(session, [job.id for job in page if job.webhook_url is not None])
+    return [_job_payload(job, positions.get(job.id), deliveries.get(job.id, [])) for job in page]
+
+
+def _job_payload(job: Job, position: int | None, deliveries: Sequence[WebhookDelivery]) -> dict[str, Any]:
     location = job_location(job.id)
     return {
         **job_summary(job),
@@ -34,21 +46,21 @@ def job_payload(session: Session, job: Job) -> dict[str, Any]:
         "resumed_from": job.resumed_iteration,
         "gpu": job.gpu,
         "cancel_requested": job.cancel_requested,
-        "queue_position": queue_position(session, job),
+        "queue_position": position,
         "result_expired_at": timestamp(job.result_expired_at),
-        "webhook": webhook_payload(session, job),
+        "webhook": webhook_payload(job, deliveries),
         "links": {"self": location, **{name: f"{location}/{name}" for name in JOB_LINKS}},
     }
 
 
-def webhook_payload(session: Session, job: Job) -> dict[str, Any] | None:
+def webhook_payload(job: Job, deliveries: Sequence[WebhookDelivery]) -> dict[str, Any] | None:
     """Return the job's webhook and its latest deliveries, or None when it has none."""
     if job.webhook_url is None:
         return None
     return {
         "url": job.webhook_url,
         "events": job.webhook_events,
-        "deliveries": [delivery_payload(delivery) for delivery in deliveries_of(session, job.id)],
+        "deliveries": [delivery_payload(delivery) for delivery in deliveries],
     }
 
 

@@ -222,6 +222,20 @@ def deliveries_of(session: Session, job_id: str, limit: int = 20) -> Sequence[We
     return session.scalars(query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc()).limit(limit)).all()
 
 
+def deliveries_of_jobs(session: Session, job_ids: Sequence[str], limit: int = 20) -> dict[str, list[WebhookDelivery]]:
+    """Return each job's latest deliveries, newest first, by job id: one query for a whole page of jobs."""
+    if not job_ids:
+        return {}
+    newest_first = (WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+    rank = func.row_number().over(partition_by=WebhookDelivery.job_id, order_by=newest_first).label("rank")
+    ranked = select(WebhookDelivery.id, rank).where(WebhookDelivery.job_id.in_(job_ids)).subquery()
+    query = select(WebhookDelivery).join(ranked, ranked.c.id == WebhookDelivery.id).where(ranked.c.rank <= limit)
+    found: dict[str, list[WebhookDelivery]] = {job_id: [] for job_id in job_ids}
+    for delivery in session.scalars(query.order_by(WebhookDelivery.job_id, *newest_first)):
+        found[delivery.job_id].append(delivery)
+    return found
+
+
 def delivery_counts(session: Session) -> dict[str, int]:
     """Return how many deliveries are pending, delivered and failed, over every job (for monitoring)."""
     counts = {status.value: 0 for status in DeliveryStatus}

@@ -50,7 +50,7 @@ def list_jobs() -> str:
     session, key = db_session(), current_key()
     status, cursor = request.args.get("status") or None, request.args.get("cursor") or None
     page = jobs.list_jobs(session, key, status=status, cursor=cursor, limit=PAGE_SIZE)
-    positions = {job.id: jobs.queue_position(session, job) for job in page.jobs}
+    positions = jobs.queue_positions(session, page.jobs)
     names = owner_names(session, (job.owner_id for job in page.jobs)) if key.is_admin else {}
     return render_template(
         "jobs.html", page=page, status=status, cursor=cursor, statuses=jobs.STATUSES,

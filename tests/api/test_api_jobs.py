@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
+import pytest
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from werkzeug.test import TestResponse
+
+from shared.db import session_scope
+from shared.models import DeliveryStatus, WebhookDelivery, WebhookEvent
 from tests.api.support import (
     add_checkpoints,
     add_job,
@@ -37,6 +47,59 @@ def test_list_filters_by_status(app, client, keys):
     body = client.get("/v1/jobs?status=succeeded", headers=keys.headers("alice")).get_json()
 
     assert [job["id"] for job in body["jobs"]] == [done]
+
+
+def test_a_page_of_many_queued_jobs_costs_the_same_few_queries_as_a_page_of_one(app, client, keys):
+    # Queue positions and webhook deliveries were read per job: 50 queued jobs were over 100 queries, and under
+    # gevent each one waits its turn behind every open event stream, so an admin's list took seconds.
+    first = add_job(app, keys.ids["alice"], created_at=minutes_ago(60), webhook_url="https://example.com/hook", webhook_events=["succeeded"])
+    add_deliveries(app, first, 2)
+    one_job, _ = count_queries(app, lambda: client.get("/v1/jobs?limit=100", headers=keys.headers("admin")))
+    for minute in range(49):
+        job_id = add_job(app, keys.ids["bob" if minute % 2 else "alice"], created_at=minutes_ago(59 - minute),
+                         webhook_url="https://example.com/hook", webhook_events=["succeeded"])
+        add_deliveries(app, job_id, 2)
+
+    queries, response = count_queries(app, lambda: client.get("/v1/jobs?limit=100", headers=keys.headers("admin")))
+
+    shown = response.get_json()["jobs"]
+    assert len(shown) == 50 and queries == one_job, f"{queries} queries for 50 jobs, {one_job} for one"
+    # Newest first: the newest queued job is 50th in the queue, the oldest first; each shows its two deliveries, newest first.
+    assert [job["queue_position"] for job in shown] == list(range(50, 0, -1))
+    assert all([delivery["id"] for delivery in job["webhook"]["deliveries"]] == [f"msg_{job['id']}_1", f"msg_{job['id']}_0"] for job in shown)
+
+
+def add_deliveries(app: Flask, job_id: str, count: int) -> None:
+    """Record `count` webhook deliveries of the job, a minute apart, as a worker would."""
+    with session_scope(app.extensions["styleq"].session_factory) as session:
+        for number in range(count):
+            session.add(WebhookDelivery(
+                job_id=job_id, event=WebhookEvent.SUCCEEDED, message_id=f"msg_{job_id}_{number}", body="{}",
+                status=DeliveryStatus.DELIVERED, attempts=1, created_at=minutes_ago(30 - number),
+            ))
+
+
+def count_queries(app: Flask, request: Callable[[], TestResponse]) -> tuple[int, TestResponse]:
+    """Return how many SQL statements the app's engine ran during `request()`, and its response."""
+    with statements_counted(app.extensions["styleq"].engine) as statements:
+        response = request()
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return len(statements), response
+
+
+@contextmanager
+def statements_counted(engine: Engine) -> Iterator[list[str]]:
+    """Collect every SQL statement `engine` runs inside the block."""
+    statements: list[str] = []
+
+    def record(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
 
 
 @pytest.mark.parametrize(
