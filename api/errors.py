@@ -9,7 +9,17 @@ from flask import Flask, Response, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import Conflict, Gone, InvalidInput, LimitExceeded, NotFound, StorageUnavailable, StyleqError, Unauthorized, Unprocessable
+from shared.errors import (
+    Conflict,
+    Gone,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    StorageUnavailable,
+    StyleqError,
+    Unauthorized,
+    Unprocessable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +96,7 @@ def handle_unexpected(error: Exception) -> Response:
     """Log an unexpected error with its traceback and answer 500 without details."""
     if isinstance(error, HTTPException):
         return handle_http_error(error)
-    log.exception("unhandled error", exc_info=error)
+    log.error("unhandled error", exc_info=error)
     return error_response(500, "internal_error", "the server failed to handle this request; it has been logged")
 
 

@@ -6,16 +6,22 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from werkzeug.datastructures import FileStorage
-
 from sqlalchemy.orm import Session
+from werkzeug.datastructures import FileStorage
 
 from shared import fleet
 from shared.errors import InvalidInput
 from shared.images import decode_image
 from shared.memory import HEADROOM, fits, job_peak_bytes, largest_long_side, tiled_peak_bytes
 from shared.params import (
-    MAX_STYLES, WEIGHTS_NAMES, TransferParams, installed_weights, long_side_output, parse_style_weights, resolve_params, style_roles,
+    MAX_STYLES,
+    WEIGHTS_NAMES,
+    TransferParams,
+    installed_weights,
+    long_side_output,
+    parse_style_weights,
+    resolve_params,
+    style_roles,
 )
 from shared.settings import Settings
 from shared.webhooks import AddressPolicy, Subscription, check_url, parse_events

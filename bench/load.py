@@ -24,7 +24,7 @@ import requests
 
 from shared.migrate import upgrade_database
 from shared.params import WEIGHTS_FILES
-from tests.services import REDIS_URL, SECRET_KEY, ensure_redis, fresh_postgres_database, free_port, make_key
+from tests.services import REDIS_URL, SECRET_KEY, ensure_redis, free_port, fresh_postgres_database, make_key
 
 IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 

@@ -25,9 +25,9 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+from shared.params import TransferParams, resolve_params
 from shared.settings import load_settings
 from worker import engine
-from shared.params import TransferParams, resolve_params
 from worker.engine import Backbone, Progress, build_backbone, transfer
 from worker.engine.losses import content_loss, gram, style_loss
 from worker.engine.weights import LoadedWeights, load_weights

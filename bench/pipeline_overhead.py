@@ -31,8 +31,8 @@ from PIL import Image
 
 from bench.common import IMAGES, device_name, parse_size, synchronize
 from shared.migrate import upgrade_database
-from shared.settings import load_settings
 from shared.params import resolve_params
+from shared.settings import load_settings
 from worker.downloads import load_or_pull
 from worker.engine import build_backbone, default_device, transfer
 

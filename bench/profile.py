@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-import torch
 from PIL import Image
 from torch.profiler import ProfilerActivity, profile
 

@@ -7,12 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 import requests
-
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.db import session_scope
@@ -21,9 +20,9 @@ from shared.keys import PREFIX_LENGTH, create_api_key, find_api_key, list_api_ke
 from shared.migrate import upgrade_database
 from shared.models import ApiKey
 from shared.retention import RetentionPolicy, find_expired, remove_expired
-from shared.storage import Storage
 from shared.secret_key import load_secret_key
 from shared.settings import Settings, load_settings
+from shared.storage import Storage
 from shared.webhooks import ROTATION_GRACE, webhook_secret
 
 from .database import checked_url, database_problem, opened_database
@@ -109,7 +108,7 @@ def keys_list() -> None:
 def key_row(key: ApiKey) -> tuple[str, str, str, str, str, str]:
     """Return how `styleq keys list` shows `key`."""
     def moment(value: datetime | None) -> str:
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 
     return (str(key.id), key.name, key.prefix, "yes" if key.is_admin else "no", moment(key.created_at), moment(key.revoked_at))
 
@@ -312,7 +311,7 @@ def gc(older_than: timedelta | None, dry_run: bool) -> None:
         return
     storage = Storage(settings.storage_path)
     with opened_database(settings.database) as session_factory:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         with session_scope(session_factory) as session:
             removals = find_expired(session, storage, policy, now=now)
         if not dry_run:

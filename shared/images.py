@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from .errors import InvalidImage

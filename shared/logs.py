@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, copy_context
+from types import MappingProxyType
 from typing import Any, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
@@ -22,7 +23,8 @@ from pythonjsonlogger.json import JsonFormatter
 from .settings import Settings
 
 # The fields of what the current thread or task is doing (a job, a request), added to its log lines.
-_context: ContextVar[Mapping[str, Any]] = ContextVar("styleq_log_context", default={})
+# The default is read-only: one mapping shared by every context, which `log_context` replaces, never changes.
+_context: ContextVar[Mapping[str, Any]] = ContextVar("styleq_log_context", default=MappingProxyType({}))
 # The order fields come in a JSON line; the context's fields and any `extra` follow.
 JSON_FIELDS = ("asctime", "levelname", "name", "process", "message")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"

@@ -6,6 +6,7 @@ Pure standard library, so the API validates a job with exactly the ranges the en
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from collections.abc import Mapping
@@ -188,7 +189,7 @@ class TransferParams:
         if (not isinstance(scales, tuple) or not 1 <= len(scales) <= MAX_SCALES
                 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in scales)):
             raise ValueError(f'scales must be "auto" or a list of 1 to {MAX_SCALES} fractions of the output size, got {scales!r}')
-        if scales[-1] != 1 or any(not MIN_SCALE <= v <= 1 for v in scales) or any(a >= b for a, b in zip(scales, scales[1:])):
+        if scales[-1] != 1 or any(not MIN_SCALE <= v <= 1 for v in scales) or any(a >= b for a, b in itertools.pairwise(scales)):
             raise ValueError(f"scales must rise strictly from at least {MIN_SCALE:g} and end at 1, got {list(scales)!r}")
         if counts is None:
             if self.iterations < len(scales):
@@ -445,7 +446,7 @@ def auto_scales(height: int, width: int, minimum_side: int, iterations: int | No
     steps = math.ceil(math.log(1 / first) / math.log(MAX_SCALE_STEP) - 1e-9)
     # Equal ratios from the first scale to 1: the steps are as even as the fewest of them allows.
     ratio = (1 / first) ** (1 / steps) if steps else 1.0
-    scales = tuple(round(ratio ** -(steps - index), 4) for index in range(steps)) + (1.0,)
+    scales = (*(round(ratio ** -(steps - index), 4) for index in range(steps)), 1.0)
     return scales[-min(MAX_SCALES, iterations or MAX_SCALES):]
 
 

@@ -18,9 +18,9 @@ from torchvision import models
 
 from cli import main
 from cli.client import _job_params
-from shared.outputs import read_metadata
 from shared.db import make_engine, make_session_factory
 from shared.keys import authenticate
+from shared.outputs import read_metadata
 from shared.secret_key import load_secret_key
 from shared.settings import Settings
 

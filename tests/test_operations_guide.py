@@ -8,7 +8,6 @@ HTML comment `<!-- not run here: REASON -->` stands on the line before it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -66,7 +65,7 @@ def test_the_settings_table_gives_each_default():
 
 
 def test_blocks_not_run_here_say_why():
-    for mark, body in blocks("sh"):
+    for mark, _body in blocks("sh"):
         if mark is not None and "not run" in mark:
             assert NOT_RUN.fullmatch(mark), f"say why a block is not run: {mark}"
 

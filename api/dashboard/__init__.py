@@ -35,4 +35,4 @@ def init_app(app: Flask, secret_key: str) -> None:
 
 
 # The views register themselves on `bp`.
-from . import overview, pages, session  # noqa: F401
+from . import overview, pages, session  # noqa: E402, F401 (the views import `bp` from here, so they come after it)

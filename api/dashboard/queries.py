@@ -27,7 +27,7 @@ def owner_names(session: Session, owner_ids: Iterable[int]) -> dict[int, str]:
     ids = set(owner_ids)
     if not ids:
         return {}
-    return {key_id: name for key_id, name in session.execute(select(ApiKey.id, ApiKey.name).where(ApiKey.id.in_(ids)))}
+    return dict(session.execute(select(ApiKey.id, ApiKey.name).where(ApiKey.id.in_(ids))))
 
 
 def oldest_queued(session: Session) -> Job | None:

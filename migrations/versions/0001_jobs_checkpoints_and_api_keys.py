@@ -1,7 +1,7 @@
 """jobs, checkpoints and api keys
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-26 05:18:57.926167
 """
 
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-
-
 
 revision = '0001'
 down_revision = None

@@ -12,7 +12,14 @@ from PIL import Image
 
 from tests.api.conftest import MAX_UPLOAD_BYTES
 from tests.api.support import (
-    assert_error, assert_refused_storing_nothing, broker_messages, count_jobs, file_field, image_bytes, submit, upload_files,
+    assert_error,
+    assert_refused_storing_nothing,
+    broker_messages,
+    count_jobs,
+    file_field,
+    image_bytes,
+    submit,
+    upload_files,
 )
 from tests.api.test_dashboard_pages import csrf_of, read, signed_in
 

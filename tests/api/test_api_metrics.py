@@ -6,11 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
 
 from api import create_app
+from shared.db import session_scope
 from shared.models import DeliveryStatus, WebhookDelivery, WebhookEvent
-from shared.db import make_engine, session_scope
 from tests.api.support import add_job, assert_error
 
 

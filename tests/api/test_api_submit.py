@@ -10,7 +10,16 @@ from sqlalchemy import event
 
 from shared.jobs import RUN_JOB_TASK
 from tests.api.conftest import MAX_UPLOAD_BYTES
-from tests.api.support import assert_error, assert_refused_storing_nothing, broker_messages, count_jobs, huge_png, image_bytes, submit, upload_files
+from tests.api.support import (
+    assert_error,
+    assert_refused_storing_nothing,
+    broker_messages,
+    count_jobs,
+    huge_png,
+    image_bytes,
+    submit,
+    upload_files,
+)
 
 
 def test_submit_queues_job_and_sends_its_id_to_the_broker(app, client, keys, settings):
@@ -131,7 +140,7 @@ def test_bad_submission_is_refused_and_leaves_nothing_behind(app, client, keys, 
 
 
 @pytest.mark.parametrize(
-    "headers, code",
+    ("headers", "code"),
     [({}, "unauthorized"), ({"Authorization": "Bearer sq_not-a-key"}, "invalid_token"), ({"Authorization": "Basic abc"}, "unauthorized")],
     ids=["no key", "wrong key", "other scheme"],
 )

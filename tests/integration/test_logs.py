@@ -51,7 +51,7 @@ def test_every_log_line_of_a_job_from_the_api_and_the_worker_carries_its_id(serv
         time.sleep(0.2)
 
     about_job = [line for line in api + workers if mentions(line, job_id)]
-    assert about_job and all(line.get("job_id") == job_id for line in about_job), [l for l in about_job if l.get("job_id") != job_id]
+    assert about_job and all(line.get("job_id") == job_id for line in about_job), [line for line in about_job if line.get("job_id") != job_id]
 
     submit = next(line for line in access if line["method"] == "POST" and line["path"] == "/v1/jobs")
     assert submit["status"] == 202 and submit["key_name"] == "alice" and submit["duration_ms"] > 0 and submit["request_id"]

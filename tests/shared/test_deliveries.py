@@ -37,9 +37,14 @@ def claim(factory, lease_seconds: float = 30, now=None) -> deliveries.ClaimedDel
 
 def test_a_claim_and_its_running_event_are_one_transaction(factory, owners):
     job_id = add_hooked_job(factory, owners["alice"])
-    with pytest.raises(RuntimeError), session_scope(factory) as session:
-        leases.claim_job(session, job_id, "gpu0@a/1", "cpu", lease_seconds=30)
-        raise RuntimeError("the worker died before committing")
+
+    def claim_then_die() -> None:
+        with session_scope(factory) as session:
+            leases.claim_job(session, job_id, "gpu0@a/1", "cpu", lease_seconds=30)
+            raise RuntimeError("the worker died before committing")
+
+    with pytest.raises(RuntimeError, match="died before committing"):
+        claim_then_die()
     assert rows(factory, job_id) == []
 
     with session_scope(factory) as session:

@@ -44,7 +44,7 @@ def test_a_repeated_idempotency_key_returns_the_first_job(factory, storage, owne
 
 
 @pytest.mark.parametrize(
-    "content, style, params",
+    ("content", "style", "params"),
     [(b"other content", STYLE, PARAMS), (CONTENT, b"other style", PARAMS), (CONTENT, STYLE, resolve_params({"iterations": 60}))],
     ids=["content", "style", "params"],
 )

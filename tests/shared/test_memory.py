@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 
 from shared.memory import (
-    BYTES_PER_PIXEL, FIXED_BYTES, HEADROOM, MIN_PASS_PIXELS, RESIDENT_BYTES_PER_PIXEL, batch_capacity, fits, fits_one_pass, job_peak_bytes,
-    largest_long_side, tiled_peak_bytes,
+    BYTES_PER_PIXEL,
+    FIXED_BYTES,
+    HEADROOM,
+    MIN_PASS_PIXELS,
+    RESIDENT_BYTES_PER_PIXEL,
+    batch_capacity,
+    fits,
+    fits_one_pass,
+    job_peak_bytes,
+    largest_long_side,
+    tiled_peak_bytes,
 )
 from shared.params import long_side_output
 

@@ -8,8 +8,20 @@ import re
 import pytest
 
 from shared.params import (
-    CHOICES, DEFAULT_PRESET, MAX_STYLES, PRESETS, SAVED_STATE_DEFAULTS, WEIGHTS_FILES, WEIGHTS_NAMES, complete_saved_params, installed_weights,
-    long_side_output, parse_size, parse_style_weights, resolve_params, smallest_long_side,
+    CHOICES,
+    DEFAULT_PRESET,
+    MAX_STYLES,
+    PRESETS,
+    SAVED_STATE_DEFAULTS,
+    WEIGHTS_FILES,
+    WEIGHTS_NAMES,
+    complete_saved_params,
+    installed_weights,
+    long_side_output,
+    parse_size,
+    parse_style_weights,
+    resolve_params,
+    smallest_long_side,
 )
 from worker.engine import batch_key
 from worker.engine.weights import DEFAULT_WEIGHTS, REGISTRY

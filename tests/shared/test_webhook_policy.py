@@ -12,8 +12,17 @@ import standardwebhooks
 from shared.errors import Unprocessable
 from shared.models import ApiKey, utcnow
 from shared.webhooks import (
-    DEFAULT_EVENTS, ROTATION_GRACE, AddressPolicy, WebhookRefused, address_refusal, check_url, parse_events, sign, signature_header,
-    signing_secrets, webhook_secret,
+    DEFAULT_EVENTS,
+    ROTATION_GRACE,
+    AddressPolicy,
+    WebhookRefused,
+    address_refusal,
+    check_url,
+    parse_events,
+    sign,
+    signature_header,
+    signing_secrets,
+    webhook_secret,
 )
 
 PUBLIC = AddressPolicy()

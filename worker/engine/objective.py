@@ -12,10 +12,11 @@ from functools import cached_property
 import torch
 from PIL import Image
 
+from shared.params import TransferParams
+
 from .backbone import Backbone
 from .losses import content_losses, gram_matrices, moment_losses, style_losses, tv_losses, with_ridge
 from .precision import network_precision
-from shared.params import TransferParams
 
 # Under `normalize_losses`, a moments loss is its distance over the style's mean channel energy E|x|^2 / C, times
 # this: the factor that lets the default preset's style_weight pull about as hard as with Gram matrices. At the

@@ -18,6 +18,7 @@ Only the activations are per tile; the picture, its gradient and the optimiser's
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -117,11 +118,11 @@ def _geometry(backbone: Backbone, layers: Sequence[str]) -> tuple[dict[str, int]
 def _split(length: int, pieces: int, align: int) -> list[int] | None:
     """Return the edges of `pieces` near-equal parts of `length`, inner edges on multiples of `align`, or None."""
     edges = [0, *(round(length * i / pieces / align) * align for i in range(1, pieces)), length]
-    return edges if all(a < b for a, b in zip(edges, edges[1:])) else None
+    return edges if all(a < b for a, b in itertools.pairwise(edges)) else None
 
 
 def _extents(edges: list[int], margin: int, length: int) -> list[int]:
-    return [min(length, end + margin) - max(0, start - margin) for start, end in zip(edges, edges[1:])]
+    return [min(length, end + margin) - max(0, start - margin) for start, end in itertools.pairwise(edges)]
 
 
 def plan_tiles(size: tuple[int, int], max_pass_pixels: int | None, backbone: Backbone, layers: Sequence[str]) -> TilePlan:
@@ -151,7 +152,7 @@ def plan_tiles(size: tuple[int, int], max_pass_pixels: int | None, backbone: Bac
     tiles = tuple(
         Tile(crop=(max(0, top - margin), min(height, bottom + margin), max(0, left - margin), min(width, right + margin)),
              interior=(top, bottom, left, right))
-        for top, bottom in zip(row_edges, row_edges[1:]) for left, right in zip(column_edges, column_edges[1:])
+        for top, bottom in itertools.pairwise(row_edges) for left, right in itertools.pairwise(column_edges)
     )
     return TilePlan(size=(height, width), tiles=tiles, strides=strides, margin=margin, rows=tuple(row_edges), columns=tuple(column_edges))
 

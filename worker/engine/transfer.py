@@ -15,14 +15,14 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+from shared.params import OUTPUT_PARAMS, TransferParams, complete_saved_params
+
 from . import graphs
 from .backbone import Backbone
 from .colors import color_statistics, keep_content_colors, match_color_statistics
 from .objective import Objective, StyleTargets, TargetCache, image_digest
 from .precision import resolve_precision
 from .tiles import TiledObjective, scale_objective
-from shared.params import OUTPUT_PARAMS, TransferParams, complete_saved_params
-
 
 # The smallest side a coarse scale is given: VGG's fifth block still sees a few pixels there.
 MIN_SIDE = 32

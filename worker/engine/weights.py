@@ -179,7 +179,7 @@ def _read_state_dict(path: Path) -> object:
         if path.suffix == ".safetensors":
             return safetensors.torch.load_file(path, device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch and safetensors raise many kinds for a damaged file
+    except Exception as error:  # noqa: BLE001 (torch and safetensors raise many kinds for a damaged file)
         raise WeightsError(f"cannot read weights file {path}: {error}") from None
 
 
