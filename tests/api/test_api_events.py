@@ -6,7 +6,10 @@ import json
 import threading
 import time
 
+from api.stream_hub import read_job, read_jobs
+from shared.db import session_scope
 from tests.api.support import add_checkpoints, add_job, assert_error, set_job
+from tests.api.test_api_jobs import statements_counted
 
 
 def read_stream(client, path, headers):
@@ -128,3 +131,25 @@ def test_a_key_past_its_cap_of_open_streams_is_refused_until_one_closes(app, cli
     assert after_one_closed.status_code == 200, "a closed stream gives its slot back"
     for response in (held[1], other_key, after_one_closed):
         response.close()
+
+
+def test_the_stream_hub_reads_any_number_of_watched_jobs_in_the_same_few_queries(app, keys):
+    # One read per job was three queries each: 50 watched jobs were 150 a poll, each a wait under gevent.
+    factory = app.extensions["styleq"].session_factory
+    first = add_job(app, keys.ids["alice"], status="queued")
+    add_checkpoints(app, first, [2, 4])
+    with session_scope(factory) as session, statements_counted(app.extensions["styleq"].engine) as for_one:
+        read_jobs(session, {first: 0})
+    job_ids = [first] + [add_job(app, keys.ids["bob"], status="queued" if number % 2 else "running") for number in range(19)]
+    for number, job_id in enumerate(job_ids[1:], start=1):
+        add_checkpoints(app, job_id, list(range(1, number + 1)))
+    afters = {job_id: number // 2 for number, job_id in enumerate(job_ids)} | {"deleted-job": 0}
+
+    with session_scope(factory) as session, statements_counted(app.extensions["styleq"].engine) as for_twenty:
+        together = read_jobs(session, afters)
+    with session_scope(factory) as session:
+        one_by_one = {job_id: read_job(session, job_id, after) for job_id, after in afters.items()}
+
+    assert len(for_twenty) == len(for_one), f"{len(for_twenty)} queries for 20 jobs, {len(for_one)} for one"
+    assert together == one_by_one and together["deleted-job"] == (None, [])
+    assert [checkpoint["iteration"] for checkpoint in together[job_ids[6]][1]] == [4, 5, 6]
