@@ -83,7 +83,6 @@ def handle_http_error(error: HTTPException) -> Response:
     return response
 
 
-
 def handle_database_unavailable(error: OperationalError) -> Response:
     """Answer 503 with Retry-After while the database is unreachable: nothing stored is lost, the client tries again."""
     log.error("database unreachable: %s", error.orig if error.orig is not None else error)

@@ -44,7 +44,9 @@ def check_broker() -> dict[str, object]:
     """Open (and close) a connection to the broker, trying once."""
     try:
         with Connection(backends().settings.broker, connect_timeout=BROKER_TIMEOUT_SECONDS) as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, interval_max=0.2, timeout=BROKER_TIMEOUT_SECONDS)
+            connection.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0.2, interval_max=0.2, timeout=BROKER_TIMEOUT_SECONDS
+            )
     except Exception as error:
         log.warning("readiness: broker check failed", exc_info=True)
         return {"ok": False, "error": type(error).__name__}

@@ -31,13 +31,24 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     idempotency_key = read_idempotency_key(request.headers.get("Idempotency-Key"))
     pictures = read_images(request.files, resources.settings.max_upload_bytes)
     params = read_params(
-        request.form, request.files, resources.settings, pictures.content, len(pictures.styles),
+        request.form,
+        request.files,
+        resources.settings,
+        pictures.content,
+        len(pictures.styles),
         device_memory_bytes=device_memory(session, resources.settings),
     )
     webhook = read_webhook(request.form, resources.settings)
     job, created = jobs.submit_job(
-        session, resources.storage, current_key(), pictures.content.data, [style.data for style in pictures.styles], params,
-        idempotency_key, max_active_jobs=resources.settings.max_active_jobs, webhook=webhook,
+        session,
+        resources.storage,
+        current_key(),
+        pictures.content.data,
+        [style.data for style in pictures.styles],
+        params,
+        idempotency_key,
+        max_active_jobs=resources.settings.max_active_jobs,
+        webhook=webhook,
     )
     concerns_job(job.id)
     if created:

@@ -41,7 +41,10 @@ COLLECTOR = "styleq.metrics"
 # Not registered anywhere: in multiprocess mode they write to files, and the scrape reads those back.
 REQUESTS = Counter("styleq_http_requests", "HTTP requests answered by the API.", ["method", "endpoint", "status"], registry=None)
 REQUEST_SECONDS = Histogram(
-    "styleq_http_request_duration_seconds", "Time to answer a request (an event stream: to its first byte).", ["endpoint"], registry=None,
+    "styleq_http_request_duration_seconds",
+    "Time to answer a request (an event stream: to its first byte).",
+    ["endpoint"],
+    registry=None,
 )
 
 
@@ -76,15 +79,25 @@ class ServiceCollector(Collector):
             jobs.add_metric([status.value], count)
         yield jobs
         yield GaugeMetricFamily("styleq_queue_depth", "Jobs queued and not yet taken by a worker.", value=by_status[JobStatus.QUEUED])
-        yield GaugeMetricFamily("styleq_queue_oldest_job_age_seconds", "How long the oldest queued job has waited since it was submitted (0: none waits).", value=oldest_age)
+        yield GaugeMetricFamily(
+            "styleq_queue_oldest_job_age_seconds",
+            "How long the oldest queued job has waited since it was submitted (0: none waits).",
+            value=oldest_age,
+        )
         wait = HistogramMetricFamily("styleq_job_queue_wait_seconds", "Time from submission to first start, of every job that has started.")
         wait.add_metric([], _buckets(waits), waits.total_seconds)
         yield wait
-        run = HistogramMetricFamily("styleq_job_run_seconds", "Time from first start to end, of every finished job that started, by how it ended.", labels=["status"])
+        run = HistogramMetricFamily(
+            "styleq_job_run_seconds",
+            "Time from first start to end, of every finished job that started, by how it ended.",
+            labels=["status"],
+        )
         for status, histogram in runs.items():
             run.add_metric([status.value], _buckets(histogram), histogram.total_seconds)
         yield run
-        deliveries = GaugeMetricFamily("styleq_webhook_deliveries", "Webhook deliveries recorded, by outcome (pending, delivered, failed).", labels=["outcome"])
+        deliveries = GaugeMetricFamily(
+            "styleq_webhook_deliveries", "Webhook deliveries recorded, by outcome (pending, delivered, failed).", labels=["outcome"]
+        )
         for outcome, count in sorted(webhooks.items()):
             deliveries.add_metric([outcome], count)
         yield deliveries

@@ -55,7 +55,8 @@ NOT_MODIFIED = {"304": {"description": "Not modified (If-None-Match matched the 
 RETRY_AFTER = {"description": "Seconds to wait before trying again.", "schema": {"type": "integer", "minimum": 1}}
 # An upload's answers: it, or 410 once the retention sweep has removed it (the job's record stays).
 UPLOAD_RESPONSES = {
-    "200": _image("The upload, in its own format.", UPLOAD_MIMETYPES, "private, max-age=86400, immutable"), **NOT_MODIFIED,
+    "200": _image("The upload, in its own format.", UPLOAD_MIMETYPES, "private, max-age=86400, immutable"),
+    **NOT_MODIFIED,
     "410": _error("upload_expired: the upload was removed when its retention ended (after the last job using it); the job's record stays."),
 }
 
@@ -100,7 +101,12 @@ SCHEMAS: dict[str, Any] = {
                     "type": "object",
                     "required": ["weight", "link"],
                     "properties": {
-                        "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "description": "Its share of the blend; the shares sum to 1."},
+                        "weight": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "maximum": 1,
+                            "description": "Its share of the blend; the shares sum to 1.",
+                        },
                         "link": {"type": "string", "description": "Where to download it: /v1/jobs/{job_id}/styles/{index}."},
                     },
                 },
@@ -169,7 +175,11 @@ SCHEMAS: dict[str, Any] = {
         "required": ["type", "timestamp", "data"],
         "properties": {
             "type": {"type": "string", "enum": [f"job.{event}" for event in EVENTS]},
-            "timestamp": {"type": "string", "format": "date-time", "description": "When the event happened (webhook-timestamp says when it was sent)."},
+            "timestamp": {
+                "type": "string",
+                "format": "date-time",
+                "description": "When the event happened (webhook-timestamp says when it was sent).",
+            },
             "data": {
                 "type": "object",
                 "description": "The job as it was then: id, status, progress, iteration, iterations, losses, elapsed_s, attempts, error, "
@@ -188,7 +198,9 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["iteration", "elapsed_s", "content", "style", "tv", "total", "scale"],
         "properties": {
-            "iteration": {"type": "integer"}, "elapsed_s": {"type": "number"}, **_LOSSES,
+            "iteration": {"type": "integer"},
+            "elapsed_s": {"type": "number"},
+            **_LOSSES,
             "scale": {"type": "number", "description": "The fraction of the output size the picture had (coarse-to-fine); 1 in one pass."},
         },
     },
@@ -201,8 +213,14 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}, "checks": {"type": "object"}},
     },
     # The data of each Server-Sent Event of /v1/jobs/{job_id}/events (a JSON object on its `data:` line).
-    "StatusEvent": {"$ref": REF + "schemas/Job", "description": "event: status (id: the last checkpoint's iteration). The job, first and at each change."},
-    "CheckpointEvent": {"$ref": REF + "schemas/Checkpoint", "description": "event: checkpoint (id: its iteration). One per checkpoint, in order."},
+    "StatusEvent": {
+        "$ref": REF + "schemas/Job",
+        "description": "event: status (id: the last checkpoint's iteration). The job, first and at each change.",
+    },
+    "CheckpointEvent": {
+        "$ref": REF + "schemas/Checkpoint",
+        "description": "event: checkpoint (id: its iteration). One per checkpoint, in order.",
+    },
     "EndEvent": {
         "type": "object",
         "description": "event: end. The last event: the job finished, or was deleted (status null).",
@@ -328,8 +346,16 @@ PATHS: dict[str, Any] = {
             "List the job's loss checkpoints.",
             {"200": _json("Checkpoints in iteration order.", "CheckpointList"), "400": _error("invalid_query.")},
             [
-                _query("after", "Only checkpoints past this iteration.", {"type": "integer", "minimum": 0, "maximum": MAX_CHECKPOINT_AFTER, "default": 0}),
-                _query("limit", "At most this many.", {"type": "integer", "minimum": 1, "maximum": MAX_CHECKPOINTS_PAGE, "default": MAX_CHECKPOINTS_PAGE}),
+                _query(
+                    "after",
+                    "Only checkpoints past this iteration.",
+                    {"type": "integer", "minimum": 0, "maximum": MAX_CHECKPOINT_AFTER, "default": 0},
+                ),
+                _query(
+                    "limit",
+                    "At most this many.",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_CHECKPOINTS_PAGE, "default": MAX_CHECKPOINTS_PAGE},
+                ),
             ],
         )
     },
@@ -359,7 +385,8 @@ PATHS: dict[str, Any] = {
                                         "contentMediaType": JSON,
                                         "contentSchema": {
                                             "anyOf": [
-                                                {"$ref": REF + "schemas/StatusEvent"}, {"$ref": REF + "schemas/CheckpointEvent"},
+                                                {"$ref": REF + "schemas/StatusEvent"},
+                                                {"$ref": REF + "schemas/CheckpointEvent"},
                                                 {"$ref": REF + "schemas/EndEvent"},
                                             ]
                                         },
@@ -377,7 +404,13 @@ PATHS: dict[str, Any] = {
                 "400": _error("invalid_query."),
             },
             [
-                {"name": "Last-Event-ID", "in": "header", "required": False, "description": "Resume after this iteration.", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "description": "Resume after this iteration.",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
                 _query("after", "Send checkpoints past this iteration.", {"type": "integer", "minimum": 0}),
             ],
         )
@@ -389,9 +422,11 @@ PATHS: dict[str, Any] = {
                 "200": _image(
                     "The result, in the job's `format` (png, jpeg or webp), with Content-Disposition naming it `<job id>.png`, "
                     "`.jpg` or `.webp`; the job's parameters are inside it as JSON (PNG tEXt `Description`, EXIF ImageDescription).",
-                    RESULT_MIMETYPES, "private, max-age=86400, immutable",
+                    RESULT_MIMETYPES,
+                    "private, max-age=86400, immutable",
                 ),
-                **NOT_MODIFIED, "409": _error("not_ready."),
+                **NOT_MODIFIED,
+                "409": _error("not_ready."),
                 "410": _error("result_expired: the result was removed when its retention ended; the job's record stays."),
             },
         )
@@ -400,8 +435,12 @@ PATHS: dict[str, Any] = {
         "get": _job_operation(
             "Download the latest preview of a running job.",
             {
-                "200": _image("The preview.", ["image/jpeg"], "no-cache"), **NOT_MODIFIED, "409": _error("not_ready."),
-                "410": _error("preview_expired: the job ended and its preview was removed when its retention ended; the job's record stays."),
+                "200": _image("The preview.", ["image/jpeg"], "no-cache"),
+                **NOT_MODIFIED,
+                "409": _error("not_ready."),
+                "410": _error(
+                    "preview_expired: the job ended and its preview was removed when its retention ended; the job's record stays."
+                ),
             },
         )
     },
@@ -411,17 +450,21 @@ PATHS: dict[str, Any] = {
             {"202": _json("The job after the request.", "Job"), "409": _error("job_finished.")},
         )
     },
-    "/v1/jobs/{job_id}/content": {
-        "get": _job_operation("Download the uploaded content image.", UPLOAD_RESPONSES)
-    },
-    "/v1/jobs/{job_id}/style": {
-        "get": _job_operation("Download the uploaded style image (the first of a blend).", UPLOAD_RESPONSES)
-    },
+    "/v1/jobs/{job_id}/content": {"get": _job_operation("Download the uploaded content image.", UPLOAD_RESPONSES)},
+    "/v1/jobs/{job_id}/style": {"get": _job_operation("Download the uploaded style image (the first of a blend).", UPLOAD_RESPONSES)},
     "/v1/jobs/{job_id}/styles/{index}": {
         "get": _job_operation(
             "Download one of the job's uploaded style images, counted from 0 in the order given (the job's `styles`).",
             UPLOAD_RESPONSES,
-            [{"name": "index", "in": "path", "required": True, "description": "The style's place, from 0.", "schema": {"type": "integer", "minimum": 0}}],
+            [
+                {
+                    "name": "index",
+                    "in": "path",
+                    "required": True,
+                    "description": "The style's place, from 0.",
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            ],
         )
     },
     "/healthz": {"get": {"summary": "Liveness.", "security": [], "responses": {"200": _json("Up.", "Health")}}},
@@ -439,7 +482,10 @@ PATHS: dict[str, Any] = {
             "description": "No API key; when STYLEQ_METRICS_TOKEN is set, `Authorization: Bearer <that token>` instead.",
             "security": [],
             "responses": {
-                "200": {"description": "The Prometheus text format, version 0.0.4.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "200": {
+                    "description": "The Prometheus text format, version 0.0.4.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
                 "401": _error("invalid_token: STYLEQ_METRICS_TOKEN is set and the request did not send it."),
             },
         }
@@ -454,7 +500,9 @@ COMMON_RESPONSES: dict[str, Any] = {
 }
 # Requests that change something, signed in by the dashboard's cookie, must carry the CSRF header.
 CHANGING_RESPONSES: dict[str, Any] = {
-    "403": _error(f"forbidden: a request signed in by the dashboard's session cookie (not an API key) sent without the {CSRF_HEADER} header (any non-empty value)."),
+    "403": _error(
+        f"forbidden: a request signed in by the dashboard's session cookie (not an API key) sent without the {CSRF_HEADER} header (any non-empty value)."
+    ),
 }
 
 
@@ -463,7 +511,10 @@ def _complete(paths: dict[str, Any]) -> dict[str, Any]:
     for operations in paths.values():
         for method, operation in operations.items():
             extra = {**COMMON_RESPONSES, **(CHANGING_RESPONSES if method in ("post", "delete") and operation.get("security") != [] else {})}
-            operation["responses"] = {**operation["responses"], **{code: answer for code, answer in extra.items() if code not in operation["responses"]}}
+            operation["responses"] = {
+                **operation["responses"],
+                **{code: answer for code, answer in extra.items() if code not in operation["responses"]},
+            }
     return paths
 
 
@@ -494,10 +545,25 @@ DOCUMENT: dict[str, Any] = {
                 ),
                 "security": [],
                 "parameters": [
-                    {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"}, "description": "The same on every attempt."},
-                    {"name": "webhook-timestamp", "in": "header", "required": True, "schema": {"type": "string"}, "description": "Unix seconds of the attempt."},
                     {
-                        "name": "webhook-signature", "in": "header", "required": True, "schema": {"type": "string"},
+                        "name": "webhook-id",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "The same on every attempt.",
+                    },
+                    {
+                        "name": "webhook-timestamp",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "Unix seconds of the attempt.",
+                    },
+                    {
+                        "name": "webhook-signature",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string"},
                         "description": "v1,<base64>; for a day after the key's secret is rotated, a second one by the old secret, space-separated.",
                     },
                 ],
@@ -520,8 +586,14 @@ DOCUMENT: dict[str, Any] = {
             },
             "UriTooLong": _error("uri_too_long: the request line is over 4094 bytes."),
             "HeadersTooLarge": _error("headers_too_large: a header is over 8190 bytes, or there are over 100."),
-            "Unavailable": {**_error("database_unavailable (or storage_unavailable on submit): try again after Retry-After seconds."), "headers": {"Retry-After": RETRY_AFTER}},
-            "MethodNotAllowed": {**_error("method_not_allowed: the path does not offer this method."), "headers": {"Allow": {"schema": {"type": "string"}}}},
+            "Unavailable": {
+                **_error("database_unavailable (or storage_unavailable on submit): try again after Retry-After seconds."),
+                "headers": {"Retry-After": RETRY_AFTER},
+            },
+            "MethodNotAllowed": {
+                **_error("method_not_allowed: the path does not offer this method."),
+                "headers": {"Allow": {"schema": {"type": "string"}}},
+            },
         },
     },
 }

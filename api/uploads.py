@@ -71,13 +71,15 @@ def read_images(files: Any, max_bytes: int) -> UploadedPictures:
     for name in IMAGE_FIELDS:
         if not fields[name]:
             raise InvalidInput(
-                f"the {name} image is missing: send it as the multipart/form-data file field {name!r}", code="missing_file",
+                f"the {name} image is missing: send it as the multipart/form-data file field {name!r}",
+                code="missing_file",
             )
     if len(fields["content"]) > 1:
         raise InvalidInput(f"send one content image; got {len(fields['content'])} 'content' files", code="too_many_files")
     if len(fields["style"]) > MAX_STYLES:
         raise InvalidInput(
-            f"a job blends at most {MAX_STYLES} style images; got {len(fields['style'])} 'style' files", code="too_many_files",
+            f"a job blends at most {MAX_STYLES} style images; got {len(fields['style'])} 'style' files",
+            code="too_many_files",
         )
     content = read_image("content", fields["content"][0], max_bytes)
     styles = fields["style"]
@@ -105,7 +107,13 @@ def check_image(name: str, data: bytes) -> UploadedImage:
 
 
 def read_params(
-    form: Any, files: Any, settings: Settings, content: UploadedImage, style_count: int = 1, *, device_memory_bytes: int | None = None,
+    form: Any,
+    files: Any,
+    settings: Settings,
+    content: UploadedImage,
+    style_count: int = 1,
+    *,
+    device_memory_bytes: int | None = None,
 ) -> TransferParams:
     """Parse the `params` form field (a JSON object) and `style_weights`, and check them against the network, the service's
     limits for `content`, and the `style_count` pictures.
@@ -179,7 +187,11 @@ def check_memory(params: TransferParams, height: int, width: int, memory_bytes: 
     tiles = params.style_loss == "gram"
     if memory_bytes is None or fits(height, width, params.precision, memory_bytes, style_scale=params.style_scale, tiles=tiles):
         return
-    needs = tiled_peak_bytes(height, width, params.precision) if tiles else job_peak_bytes(height, width, params.precision, style_scale=params.style_scale)
+    needs = (
+        tiled_peak_bytes(height, width, params.precision)
+        if tiles
+        else job_peak_bytes(height, width, params.precision, style_scale=params.style_scale)
+    )
     largest = largest_long_side(memory_bytes, params.precision, width, height, style_scale=params.style_scale, limit=max_size, tiles=tiles)
     how = "even in tiles" if tiles else "in one pass (the moments loss is not made in tiles)"
     made = f"size {_written(params.size)} makes an output {width} wide and {height} high, which needs about {needs / 2**30:.1f} GiB {how}"
@@ -212,7 +224,8 @@ def read_style_weights(given: list[str], values: dict[str, Any]) -> list[float]:
     """Parse the `style_weights` form field ("0.7,0.3"), which must come once, and not in `params` too."""
     if len(given) > 1 or "style_weights" in values:
         raise InvalidInput(
-            "style_weights is given more than once; give it once, as a form field like 0.7,0.3 or in params", code="invalid_style_weights",
+            "style_weights is given more than once; give it once, as a form field like 0.7,0.3 or in params",
+            code="invalid_style_weights",
         )
     try:
         return list(parse_style_weights(given[0]))
@@ -262,7 +275,5 @@ def read_idempotency_key(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
     if len(value) > MAX_IDEMPOTENCY_KEY or not value.isprintable():
-        raise InvalidInput(
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters", code="invalid_idempotency_key"
-        )
+        raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters", code="invalid_idempotency_key")
     return value.strip()

@@ -32,8 +32,9 @@ FIRST_TIMED = GRAPH_WARMUP + 3
 def run_batch(batch: int, size: tuple[int, int], iterations: int, precision: str, backbone, device: torch.device) -> tuple[float, float]:
     """Run one batch of `batch` jobs; return (loop seconds between first and last checkpoint, whole-call seconds)."""
     # Every second iteration reports, so the loop's steady rate is measured from the first checkpoint on.
-    params = resolve_params({"preset": "styleq", "size": list(size), "iterations": iterations, "precision": precision,
-                             "checkpoint_every": min(2, iterations)})
+    params = resolve_params(
+        {"preset": "styleq", "size": list(size), "iterations": iterations, "precision": precision, "checkpoint_every": min(2, iterations)}
+    )
     contents, styles = cycle_images(0), cycle_images(1)
     jobs = [TransferJob(next(contents), next(styles), params) for _ in range(batch)]
     stamps: dict[int, float] = {}
@@ -61,8 +62,10 @@ def is_out_of_memory(error: BaseException) -> bool:
 def print_table(size: tuple[int, int], batches: list[int], iterations: int, precision: str, backbone, device: torch.device) -> None:
     """Time each batch size at one picture size and print its table of throughput and ratio to batch size one."""
     height, width = size
-    print(f"\nstyleq preset, {height}x{width}, precision {precision} ({resolve_precision(precision, device)} here), "
-          f"{iterations} iterations per batch after a {WARMUP_ITERATIONS}-iteration warm-up, distinct pictures per slot")
+    print(
+        f"\nstyleq preset, {height}x{width}, precision {precision} ({resolve_precision(precision, device)} here), "
+        f"{iterations} iterations per batch after a {WARMUP_ITERATIONS}-iteration warm-up, distinct pictures per slot"
+    )
     header = f"{'batch':>5} {'s/iteration':>11} {'pictures x it/s':>15} {'ratio to B=1':>12} {'whole call, pictures x it/s':>27}"
     print(header)
     print("-" * len(header))
@@ -91,7 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.batching", description=__doc__.split("\n", 1)[0])
     add_device_argument(parser)
     parser.add_argument("--sizes", type=parse_ints, default=[1, 2, 4, 8, 16], help="batch sizes (default 1,2,4,8,16)")
-    parser.add_argument("--size", type=parse_size, action="append", help="HEIGHTxWIDTH of every job (default 300x450); repeat for a table per size")
+    parser.add_argument(
+        "--size", type=parse_size, action="append", help="HEIGHTxWIDTH of every job (default 300x450); repeat for a table per size"
+    )
     parser.add_argument("--iterations", type=int, default=30, help="iterations of each timed batch (default 30)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto", help="the preset's precision (default auto)")
     args = parser.parse_args(argv)
@@ -104,8 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.size or [(300, 450)]:
         print_table(size, args.sizes, args.iterations, args.precision, backbone, device)
     if device.type == "cpu":
-        print("(on a CPU the engine sends each picture through the network alone, for a run alone's exact arithmetic: "
-              "batching saves only per-iteration overhead there; a GPU runs the batch at once)")
+        print(
+            "(on a CPU the engine sends each picture through the network alone, for a run alone's exact arithmetic: "
+            "batching saves only per-iteration overhead there; a GPU runs the batch at once)"
+        )
     if 1 not in args.sizes:
         print("(ratios need batch size 1 in --sizes)")
 

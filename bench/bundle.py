@@ -36,10 +36,35 @@ CARRY_LIMIT = 64 * 2**20
 # The service's needs that the lent machines' image lacks (device/KINDS.md lists what it has), by distribution name.
 # Not psycopg (4 MB): those machines have no Postgres, so the GPU report runs the embedded backend.
 MISSING_THERE = (
-    "pydantic", "pydantic-core", "pydantic-settings", "annotated-types", "typing-inspection", "python-dotenv", "platformdirs",
-    "flask", "itsdangerous", "blinker", "sqlalchemy", "greenlet", "alembic", "mako", "celery", "kombu", "billiard", "vine",
-    "amqp", "click-didyoumean", "click-repl", "click-plugins", "prompt-toolkit", "wcwidth", "tzdata", "tzlocal", "redis",
-    "gunicorn", "python-json-logger",
+    "pydantic",
+    "pydantic-core",
+    "pydantic-settings",
+    "annotated-types",
+    "typing-inspection",
+    "python-dotenv",
+    "platformdirs",
+    "flask",
+    "itsdangerous",
+    "blinker",
+    "sqlalchemy",
+    "greenlet",
+    "alembic",
+    "mako",
+    "celery",
+    "kombu",
+    "billiard",
+    "vine",
+    "amqp",
+    "click-didyoumean",
+    "click-repl",
+    "click-plugins",
+    "prompt-toolkit",
+    "wcwidth",
+    "tzdata",
+    "tzlocal",
+    "redis",
+    "gunicorn",
+    "python-json-logger",
 )
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 WEIGHTS = "vgg16-caffe-5486cb09.safetensors"
@@ -73,8 +98,9 @@ def unpack_weights(source: Path, target: Path) -> None:
 
 def tree_bytes() -> int:
     """Return the size of what the device tool sends besides `carry`: tracked and untracked, not ignored, files."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, check=True,
-                            capture_output=True).stdout.split(b"\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, check=True, capture_output=True
+    ).stdout.split(b"\0")
     return sum((ROOT / os.fsdecode(name)).stat().st_size for name in listed if name and (ROOT / os.fsdecode(name)).is_file())
 
 
@@ -91,8 +117,26 @@ def pack(out: Path, models: Path) -> None:
     (out / "whl").mkdir(parents=True)
     pins = [f"{name}=={metadata.version(name)}" for name in MISSING_THERE if _installed(name)]
     platforms = [flag for platform in PLATFORMS for flag in ("--platform", platform)]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-                    "--implementation", "cp", *platforms, "-d", str(out / "whl"), *pins], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(out / "whl"),
+            *pins,
+        ],
+        check=True,
+    )
     shutil.copytree(IMAGES, out / "images", ignore=shutil.ignore_patterns("*.md", "*.txt"))
     pack_weights(models / WEIGHTS, out / f"{WEIGHTS}.planes.xz")
     carried = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
@@ -101,9 +145,11 @@ def pack(out: Path, models: Path) -> None:
     if total > CARRY_LIMIT:
         raise SystemExit("too large for the device tool: carry less")
     folder = out.relative_to(ROOT)
-    print(f'run(carry=["{folder}"], timeout_s=540, command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir '
-          f'--target /tmp/site {folder}/whl/*.whl && export PYTHONPATH=/tmp/site && python3 -m bench.bundle unpack --out {folder} && '
-          f'STYLEQ_PYTHON=python3 GPU_SH_BUDGET_S=470 bash bench/gpu.sh")')
+    print(
+        f'run(carry=["{folder}"], timeout_s=540, command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir '
+        f"--target /tmp/site {folder}/whl/*.whl && export PYTHONPATH=/tmp/site && python3 -m bench.bundle unpack --out {folder} && "
+        f'STYLEQ_PYTHON=python3 GPU_SH_BUDGET_S=470 bash bench/gpu.sh")'
+    )
 
 
 def _installed(name: str) -> bool:
@@ -128,8 +174,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bundle", description=__doc__.split("\n", 1)[0])
     parser.add_argument("action", choices=("pack", "unpack"))
     parser.add_argument("--out", type=Path, default=ROOT / ".gpu", help="the carried folder (default .gpu, in the checkout)")
-    parser.add_argument("--models", type=Path, help="where the weights are (pack; default the settings' model directory) or go (unpack; default "
-                        "$STYLEQ_MODEL_DIR or .models, where bench/gpu.sh looks)")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        help="where the weights are (pack; default the settings' model directory) or go (unpack; default "
+        "$STYLEQ_MODEL_DIR or .models, where bench/gpu.sh looks)",
+    )
     args = parser.parse_args(argv)
     out = args.out if args.out.is_absolute() else (Path.cwd() / args.out).resolve()
     if args.action == "pack":

@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         losses._bf16_cpu_products = engine_way
 
     height, width = args.size
-    print(f"device: {device_name(device)}; styleq preset {height}x{width}, bf16, {args.iterations} iterations a round, "
-          f"{args.rounds} rounds alternating")
+    print(
+        f"device: {device_name(device)}; styleq preset {height}x{width}, bf16, {args.iterations} iterations a round, "
+        f"{args.rounds} rounds alternating"
+    )
     print(f"{'Gram products':<26} {'s/iteration by round':>28} {'mean':>8} {'ratio':>6}")
     base = mean(per_iteration["fp32 products"])
     for name, values in per_iteration.items():

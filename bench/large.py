@@ -62,18 +62,31 @@ def main(argv: list[str] | None = None) -> None:
     if max_pass_pixels is None and device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         max_pass_pixels = one_pass_pixels(free, "bf16" if params.precision == "auto" else params.precision, height * width)
-    tiles = len(plan_tiles((height, width), max_pass_pixels, backbone, params.layers).tiles) if needs_tiles((height, width), max_pass_pixels) else 1
+    tiles = (
+        len(plan_tiles((height, width), max_pass_pixels, backbone, params.layers).tiles)
+        if needs_tiles((height, width), max_pass_pixels)
+        else 1
+    )
     print(f"{device_name(device)}; {args.content} in the style of {args.style}, {width}x{height}, precision {params.precision}")
-    print(f"schedule: scales {list(params.scales)}, iterations {list(params.iterations_per_scale())}; "
-          f"full size in {tiles} tile(s) (max_pass_pixels {max_pass_pixels})")
+    print(
+        f"schedule: scales {list(params.scales)}, iterations {list(params.iterations_per_scale())}; "
+        f"full size in {tiles} tile(s) (max_pass_pixels {max_pass_pixels})"
+    )
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     marks: list[tuple[float, int, float]] = []  # (scale, iteration, seconds) at each checkpoint
     synchronize(device)
     started = time.perf_counter()
-    result = transfer(content, style, params, backbone=backbone, device=device, max_pass_pixels=max_pass_pixels,
-                      on_checkpoint=lambda c: marks.append((c.scale, c.iteration, time.perf_counter() - started)))
+    result = transfer(
+        content,
+        style,
+        params,
+        backbone=backbone,
+        device=device,
+        max_pass_pixels=max_pass_pixels,
+        on_checkpoint=lambda c: marks.append((c.scale, c.iteration, time.perf_counter() - started)),
+    )
     synchronize(device)
     seconds = time.perf_counter() - started
     peak = peak_memory(device)
@@ -95,11 +108,20 @@ def main(argv: list[str] | None = None) -> None:
         one_scale_params = resolve_params({"size": size, "scales": [1.0], "iterations": 20000, "checkpoint_every": 1})
         synchronize(device)
         one_started = time.perf_counter()
-        one_scale = transfer(content, style, one_scale_params, backbone=backbone, device=device, max_pass_pixels=max_pass_pixels,
-                             on_checkpoint=lambda c: Control.STOP if time.perf_counter() - one_started >= seconds else None)
+        one_scale = transfer(
+            content,
+            style,
+            one_scale_params,
+            backbone=backbone,
+            device=device,
+            max_pass_pixels=max_pass_pixels,
+            on_checkpoint=lambda c: Control.STOP if time.perf_counter() - one_started >= seconds else None,
+        )
         theirs = gram_distance(one_scale.image, style, objective)
-        print(f"one scale for the same {time.perf_counter() - one_started:.1f} s: {one_scale.iteration} iterations, full-size style loss "
-              f"{theirs:.4g}; coarse-to-fine's is {ours / theirs:.2f}x of it")
+        print(
+            f"one scale for the same {time.perf_counter() - one_started:.1f} s: {one_scale.iteration} iterations, full-size style loss "
+            f"{theirs:.4g}; coarse-to-fine's is {ours / theirs:.2f}x of it"
+        )
         if args.output:
             one_scale.image.save(f"{args.output}/one-scale-{size}.png")
 

@@ -66,8 +66,9 @@ def load_pair() -> tuple[Image.Image, Image.Image]:
 
 def run_job(side: int, precision: str, iterations: int, backbone: Backbone, device: torch.device, pair) -> None:
     """Run one square job of `side` pixels in `precision` for `iterations` iterations."""
-    params = resolve_params({"preset": "styleq", "size": [side, side], "iterations": iterations, "precision": precision,
-                             "checkpoint_every": iterations})
+    params = resolve_params(
+        {"preset": "styleq", "size": [side, side], "iterations": iterations, "precision": precision, "checkpoint_every": iterations}
+    )
     transfer(*pair, params, backbone=backbone, device=device)
 
 
@@ -169,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     """Measure every size and precision, then print the table, the fitted coefficients and what fits."""
     parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.split("\n", 1)[0])
     add_device_argument(parser)
-    parser.add_argument("--sizes", type=parse_ints, help="square sides in pixels (default 256,512,1024,2048,4096 on CUDA; 128,256,384,512 on a CPU)")
+    parser.add_argument(
+        "--sizes", type=parse_ints, help="square sides in pixels (default 256,512,1024,2048,4096 on CUDA; 128,256,384,512 on a CPU)"
+    )
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated, from fp32 and bf16 (default both)")
     parser.add_argument("--iterations", type=int, help="iterations per measurement (default 3 on CUDA; on a CPU 2 in fp32, 1 in bf16)")
     parser.add_argument("--memory", type=parse_bytes, help="memory to fit pictures in (default: the GPU's total; 16GiB on a CPU)")
@@ -200,11 +203,15 @@ def main(argv: list[str] | None = None) -> None:
             results[precision] = measure_cpu(sides, precision, iterations, args.threads)
 
     print(f"device: {device_name(device)}")
-    what = ("CUDA max_memory_allocated during the job minus memory_allocated before it (backbone resident)"
-            if device.type == "cuda" else "peak RSS of a fresh process minus its RSS with the backbone built")
+    what = (
+        "CUDA max_memory_allocated during the job minus memory_allocated before it (backbone resident)"
+        if device.type == "cuda"
+        else "peak RSS of a fresh process minus its RSS with the backbone built"
+    )
     print(f"styleq preset, square pictures; measured: {what}; backbone weights {weights / 2**20:.0f} MiB (not counted)")
     header = f"{'precision':<9} {'size':>9} {'pixels':>9} {'peak':>11} {'bytes/pixel':>11} {'fit error':>9}" + (
-        f" {'peak reserved':>13}" if device.type == "cuda" else "")
+        f" {'peak reserved':>13}" if device.type == "cuda" else ""
+    )
     print(header)
     print("-" * len(header))
     coefficients: dict[str, tuple[float, float]] = {}
@@ -218,20 +225,26 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             error = f"{(line[1] + line[0] * m.pixels) / m.peak_bytes - 1:+.1%}" if line else "-"
             reserved = f" {gib(m.reserved_bytes):>13}" if m.reserved_bytes is not None else ""
-            print(f"{precision:<9} {f'{m.side}x{m.side}':>9} {m.pixels:>9} {gib(m.peak_bytes):>11} {m.peak_bytes / m.pixels:>11.0f} {error:>9}{reserved}"
-                  + (f"  ({m.note})" if m.note else ""))
+            print(
+                f"{precision:<9} {f'{m.side}x{m.side}':>9} {m.pixels:>9} {gib(m.peak_bytes):>11} {m.peak_bytes / m.pixels:>11.0f} {error:>9}{reserved}"
+                + (f"  ({m.note})" if m.note else "")
+            )
     if "fp32" in coefficients and "bf16" in coefficients:
         print(f"bf16/fp32 bytes per pixel: {coefficients['bf16'][0] / coefficients['fp32'][0]:.2f}")
-    print(f"fit (least squares): peak = FIXED_BYTES + BYTES_PER_PIXEL x height x width; fits in {gib(memory)} "
-          f"(less the backbone's {weights / 2**20:.0f} MiB):")
+    print(
+        f"fit (least squares): peak = FIXED_BYTES + BYTES_PER_PIXEL x height x width; fits in {gib(memory)} "
+        f"(less the backbone's {weights / 2**20:.0f} MiB):"
+    )
     print(f"{'precision':<9} {'bytes/pixel':>11} {'fixed':>12} {'largest square':>14} {'largest 300x450-shaped':>22} {'300x450 jobs':>12}")
     for precision, (per_pixel, fixed) in coefficients.items():
         room = memory - weights
         square = largest_fit(room, per_pixel, fixed, 1.0)
         shaped = largest_fit(room, per_pixel, fixed, 450 / 300)
         jobs = int(max(room - fixed, 0) // (300 * 450 * per_pixel))
-        print(f"{precision:<9} {per_pixel:>11.0f} {fixed / 1e6:>10.1f} MB {f'{square[0]}x{square[1]}':>14} "
-              f"{f'{shaped[0]}x{shaped[1]}':>22} {jobs:>12}")
+        print(
+            f"{precision:<9} {per_pixel:>11.0f} {fixed / 1e6:>10.1f} MB {f'{square[0]}x{square[1]}':>14} "
+            f"{f'{shaped[0]}x{shaped[1]}':>22} {jobs:>12}"
+        )
     if coefficients:
         print("for worker/engine/memory.py:")
         print("BYTES_PER_PIXEL: dict[str, float] = {" + ", ".join(f'"{p}": {c[0]:.0f}.0' for p, c in coefficients.items()) + "}")

@@ -70,7 +70,9 @@ class Run:
 class StyleMeasure:
     """The styleq preset's normalised Gram style loss (and content loss), fp32, as the engine weighs them."""
 
-    def __init__(self, weights: LoadedWeights, params: TransferParams, content: Image.Image, style: Image.Image, size: tuple[int, int]) -> None:
+    def __init__(
+        self, weights: LoadedWeights, params: TransferParams, content: Image.Image, style: Image.Image, size: tuple[int, int]
+    ) -> None:
         self.params = params
         # Built here in fp32 from the raw weights, whatever precision the preset's own backbone runs in.
         self.backbone = Backbone(weights.architecture, weights.state_dict, weights.convention, params.layers).eval()
@@ -149,17 +151,39 @@ def run_peer(content: Path, style: Path, long_side: int, iterations: int, save_e
     for old in out_dir.glob("*.png"):
         old.unlink()
     command = [
-        sys.executable, "-m", "neural_style.neural_style", "-content_image", str(content), "-style_image", str(style),
-        "-image_size", str(long_side), "-gpu", "c", "-model_file", PEER_MODEL, "-num_iterations", str(iterations),
-        "-save_iter", str(save_every), "-print_iter", "1", "-output_image", PEER_OUT, "-seed", "0", *extra,
+        sys.executable,
+        "-m",
+        "neural_style.neural_style",
+        "-content_image",
+        str(content),
+        "-style_image",
+        str(style),
+        "-image_size",
+        str(long_side),
+        "-gpu",
+        "c",
+        "-model_file",
+        PEER_MODEL,
+        "-num_iterations",
+        str(iterations),
+        "-save_iter",
+        str(save_every),
+        "-print_iter",
+        "1",
+        "-output_image",
+        PEER_OUT,
+        "-seed",
+        "0",
+        *extra,
     ]
     threads_env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env = {**os.environ, **threads_env, "PYTHONPATH": str(SITE), "PYTHONUNBUFFERED": "1"}
     print("$ " + shlex.join(command[1:]), file=sys.stderr)
     started = None
-    with open(PEERS / "run" / "peer.log", "w") as log, subprocess.Popen(
-        command, cwd=PEERS, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as process:
+    with (
+        open(PEERS / "run" / "peer.log", "w") as log,
+        subprocess.Popen(command, cwd=PEERS, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as process,
+    ):
         for line in process.stdout:  # type: ignore[union-attr]
             now = time.perf_counter()
             log.write(line)
@@ -224,7 +248,17 @@ def main(argv: list[str] | None = None) -> None:
     write_peer_model(weights)
 
     runs = [run_styleq(weights, params, content, style)]
-    runs.append(run_peer(args.content.resolve(), args.style.resolve(), args.size, args.iterations, args.save_every, args.threads, shlex.split(args.peer_args)))
+    runs.append(
+        run_peer(
+            args.content.resolve(),
+            args.style.resolve(),
+            args.size,
+            args.iterations,
+            args.save_every,
+            args.threads,
+            shlex.split(args.peer_args),
+        )
+    )
     for iteration, picture in runs[0].images.items():
         picture.save(PEERS / "run" / f"styleq_{iteration}.png")  # beside the peer's, to look at side by side
     measure = StyleMeasure(weights, params, content, style, size)
@@ -235,16 +269,22 @@ def main(argv: list[str] | None = None) -> None:
     threshold = args.threshold if args.threshold is not None else max(finals)
 
     print(f"device: CPU {cpu_name()}, {args.threads} threads (torch.set_num_threads / OMP_NUM_THREADS)")
-    print(f"size: {size[0]}x{size[1]} for both (neural-style-pt -image_size {args.size}; styleq size {list(size)}), "
-          f"{args.iterations} iterations, a picture every {args.save_every}")
+    print(
+        f"size: {size[0]}x{size[1]} for both (neural-style-pt -image_size {args.size}; styleq size {list(size)}), "
+        f"{args.iterations} iterations, a picture every {args.save_every}"
+    )
     precision = params.to_dict().get("precision", "fp32")
     # What "auto" means on this CPU, where the engine says (bf16 only with native support).
     resolved = getattr(engine, "resolve_precision", lambda requested, device: requested)(precision, "cpu")
     print(f"styleq preset precision: {precision} ({resolved} here); neural-style-pt: fp32, L-BFGS, 1 forward+backward per iteration")
-    print(f"measure: styleq's normalised style loss (x{params.style_weight:g}) on vgg16-caffe, fp32, of each saved 8-bit picture; "
-          f"threshold {threshold:.4g}")
-    print(f"s/iteration: wall; CPU s/it: the process's user+system seconds, all threads; both over iterations "
-          f"{args.save_every}..{args.iterations}, so model load, targets and warm-up stay out")
+    print(
+        f"measure: styleq's normalised style loss (x{params.style_weight:g}) on vgg16-caffe, fp32, of each saved 8-bit picture; "
+        f"threshold {threshold:.4g}"
+    )
+    print(
+        f"s/iteration: wall; CPU s/it: the process's user+system seconds, all threads; both over iterations "
+        f"{args.save_every}..{args.iterations}, so model load, targets and warm-up stay out"
+    )
     header = f"{'tool':<16} {'s/iteration':>11} {'ratio':>6} {'CPU s/it':>8} {'ratio':>6} {'style loss':>10} {'content loss':>12} {'time to threshold':>22} {'ratio':>6}"
     print(header)
     print("-" * len(header))
@@ -258,7 +298,9 @@ def main(argv: list[str] | None = None) -> None:
         hit = run.first_at_or_below(threshold)
         when = f"{run.times[hit]:.1f} s (it {hit})" if hit is not None else f"not in {args.iterations} its"
         ratio = f"{run.times[hit] / ours.times[reached]:.2f}" if hit is not None and reached is not None else "-"
-        print(f"{run.name:<16} {speed:>11.3f} {speed / base_speed:>6.2f} {cpu:>8.3f} {cpu / base_cpu:>6.2f} {final_style:>10.4g} {final_content:>12.4g} {when:>22} {ratio:>6}")
+        print(
+            f"{run.name:<16} {speed:>11.3f} {speed / base_speed:>6.2f} {cpu:>8.3f} {cpu / base_cpu:>6.2f} {final_style:>10.4g} {final_content:>12.4g} {when:>22} {ratio:>6}"
+        )
     print(f"pictures (styleq_N.png, out_N.png) and the peer's log: {PEERS.relative_to(ROOT) / 'run'}")
     for run in runs:
         trace = " ".join(f"{it}:{run.scores[it][0]:.3g}" for it in sorted(run.scores))

@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     engine_seconds({**base, "iterations": 2}, content, style, backbone, device)  # warm-up: allocator, kernel choice
     iterations = args.iterations
     if iterations is None:
-        per_iteration = engine_seconds({**base, "iterations": CALIBRATION_ITERATIONS}, content, style, backbone, device) / CALIBRATION_ITERATIONS
+        per_iteration = (
+            engine_seconds({**base, "iterations": CALIBRATION_ITERATIONS}, content, style, backbone, device) / CALIBRATION_ITERATIONS
+        )
         iterations = max(CALIBRATION_ITERATIONS, min(20000, round(args.seconds / per_iteration)))
     params = {**base, "iterations": iterations}
     engine = engine_seconds(params, content, style, backbone, device)
@@ -181,11 +183,15 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for name, seconds in rows:
         print(f"{name:<46} {seconds:>9.2f} {seconds / engine:>9.3f}")
-    print(f"overhead: {(service - engine) / engine:+.1%} of the job's engine time "
-          f"(in the loop: {(job['elapsed_s'] - engine) / engine:+.1%}; outside it: {(service - job['elapsed_s']) / engine:+.1%})")
+    print(
+        f"overhead: {(service - engine) / engine:+.1%} of the job's engine time "
+        f"(in the loop: {(job['elapsed_s'] - engine) / engine:+.1%}; outside it: {(service - job['elapsed_s']) / engine:+.1%})"
+    )
     if latencies:
-        print(f"submit -> running on an idle worker, {len(latencies)} one-iteration jobs: median {statistics.median(latencies):.3f} s "
-              f"(min {min(latencies):.3f}, max {max(latencies):.3f}); created_at -> started_at median {statistics.median(queued):.3f} s")
+        print(
+            f"submit -> running on an idle worker, {len(latencies)} one-iteration jobs: median {statistics.median(latencies):.3f} s "
+            f"(min {min(latencies):.3f}, max {max(latencies):.3f}); created_at -> started_at median {statistics.median(queued):.3f} s"
+        )
     if "Traceback" in log_tail:
         print("worker log tail:\n" + log_tail)
 

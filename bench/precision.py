@@ -53,15 +53,23 @@ def main(argv: list[str] | None = None) -> None:
         checkpoints: list = []
         synchronize(device)
         started = time.perf_counter()
-        result = transfer(content, style, resolve_params({**values, "precision": precision}), backbone=backbone, device=device,
-                          on_checkpoint=checkpoints.append)
+        result = transfer(
+            content,
+            style,
+            resolve_params({**values, "precision": precision}),
+            backbone=backbone,
+            device=device,
+            on_checkpoint=checkpoints.append,
+        )
         synchronize(device)
         runs[precision] = result, checkpoints, time.perf_counter() - started
 
     (fp32, exact, fp32_s), (bf16, fast, bf16_s) = runs["fp32"], runs["bf16"]
     height, width = args.size
-    print(f"device: {device_name(device)}; styleq preset, real vgg16-caffe, {height}x{width}, {args.iterations} iterations, "
-          f"{args.content.name} x {args.style.name}")
+    print(
+        f"device: {device_name(device)}; styleq preset, real vgg16-caffe, {height}x{width}, {args.iterations} iterations, "
+        f"{args.content.name} x {args.style.name}"
+    )
     print(f"{'iteration':>9} {'fp32 total':>12} {'bf16 total':>12} {'difference':>11}")
     worst = 0.0
     for a, b in zip(exact, fast, strict=True):

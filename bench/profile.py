@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> None:
         run(args.iterations)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     height, width = args.size
-    print(f"device: {device_name(device)}; styleq preset {height}x{width}, {resolve_precision(args.precision, device)}, "
-          f"{args.iterations} eager iterations (targets included)")
+    print(
+        f"device: {device_name(device)}; styleq preset {height}x{width}, {resolve_precision(args.precision, device)}, "
+        f"{args.iterations} eager iterations (targets included)"
+    )
     print(profiler.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
 
 

@@ -38,7 +38,9 @@ IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 WARMUP_ITERATIONS = 3
 
 
-def run_engine(backbone: Backbone, content: Image.Image, style: Image.Image, params: TransferParams, device, *, cuda_graphs: bool = True) -> Losses:
+def run_engine(
+    backbone: Backbone, content: Image.Image, style: Image.Image, params: TransferParams, device, *, cuda_graphs: bool = True
+) -> Losses:
     """Run the engine with `params`, collecting checkpoints as the CLI does, and return the last losses."""
     checkpoints = []
     transfer(content, style, params, backbone=backbone, device=device, on_checkpoint=checkpoints.append, cuda_graphs=cuda_graphs)
@@ -61,7 +63,12 @@ def fast_seed_params(size: tuple[int, int], iterations: int) -> TransferParams:
 
 
 def time_to_loss(
-    backbone: Backbone, content: Image.Image, style: Image.Image, params: TransferParams, target: float, device,
+    backbone: Backbone,
+    content: Image.Image,
+    style: Image.Image,
+    params: TransferParams,
+    target: float,
+    device,
 ) -> tuple[float | None, int, float]:
     """Run `params` until the seed objective, in fp32, is at most `target` at a checkpoint.
 
@@ -114,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.seed_speed", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--size", type=parse_size, default=(300, 450), help="HEIGHTxWIDTH (default 300x450, the notebook's)")
     parser.add_argument("--iterations", type=int, default=20, help="iterations timed for each loop's speed (default 20)")
-    parser.add_argument("--quality-iterations", type=int, default=500, help="the notebook's iterations for the time to quality (default 500, its own)")
+    parser.add_argument(
+        "--quality-iterations", type=int, default=500, help="the notebook's iterations for the time to quality (default 500, its own)"
+    )
     parser.add_argument("--skip-quality", action="store_true", help="time the iterations only")
     add_device_argument(parser)
     parser.add_argument("--content", type=Path, default=IMAGES / "rainier.jpg")
@@ -148,8 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     if device.type == "cuda":
         # What the captured CUDA graphs bring: the same loops, each kernel launched from Python.
-        runs["seed bf16 eager"] = lambda n: run_engine(seed_backbone, content, style, replace(seed, iterations=n, precision="bf16"), device, cuda_graphs=False)
-        runs["styleq eager"] = lambda n: run_engine(styleq_network, content, style, replace(styleq, iterations=n), device, cuda_graphs=False)
+        runs["seed bf16 eager"] = lambda n: run_engine(
+            seed_backbone, content, style, replace(seed, iterations=n, precision="bf16"), device, cuda_graphs=False
+        )
+        runs["styleq eager"] = lambda n: run_engine(
+            styleq_network, content, style, replace(styleq, iterations=n), device, cuda_graphs=False
+        )
     for run in runs.values():
         timed(lambda run=run: run(WARMUP_ITERATIONS), device)  # allocator, cuDNN/oneDNN kernel choice
     results = {name: timed(lambda run=run: run(args.iterations), device) for name, run in runs.items()}
@@ -158,10 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     height, width = args.size
     print(f"device: {device_name(device)}; bf16 native here: {resolve_precision('auto', device) == 'bf16'}")
     print(f"size {height}x{width}, {args.iterations} iterations each, after a {WARMUP_ITERATIONS}-iteration warm-up")
-    print(f"{'loop':<16} {'s/iteration':>12} {'whole job s':>12} {'notebook/this':>14} {'content':>12} {'style':>12} {'tv':>12} {'total':>12}")
+    print(
+        f"{'loop':<16} {'s/iteration':>12} {'whole job s':>12} {'notebook/this':>14} {'content':>12} {'style':>12} {'tv':>12} {'total':>12}"
+    )
     for name, (seconds, losses) in results.items():
         ratio = per_iteration["notebook"] / per_iteration[name]
-        print(f"{name:<16} {per_iteration[name]:>12.5f} {seconds:>12.3f} {ratio:>13.2f}x " + " ".join(f"{value:>12.6g}" for value in losses))
+        print(
+            f"{name:<16} {per_iteration[name]:>12.5f} {seconds:>12.3f} {ratio:>13.2f}x " + " ".join(f"{value:>12.6g}" for value in losses)
+        )
     print("whole job s: the timed run of all its iterations, preprocessing and targets included (the engine time of such a job)")
     theirs, ours = results["notebook"][1], results["seed fp32"][1]
     difference = max(abs(a - b) / max(abs(a), 1e-30) for a, b in zip(theirs, ours))
@@ -174,7 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     _, target, notebook_seconds = readings[-1]
     fast = fast_seed_params(args.size, args.quality_iterations)
     seconds, iteration, reached = time_to_loss(seed_backbone, content, style, fast, target, device)
-    speed = ", ".join(f"{name}={value} ({resolve_precision(value, device) if name == 'precision' else value})" for name, value in FAST_SEED.items())
+    speed = ", ".join(
+        f"{name}={value} ({resolve_precision(value, device) if name == 'precision' else value})" for name, value in FAST_SEED.items()
+    )
     print(f"\ntime to the notebook's {args.quality_iterations}-iteration loss ({target:.6g}), seed objective:")
     print(f"{'loop':<16} {'seconds':>10} {'iterations':>11} {'loss':>12} {'this/notebook':>14}")
     print(f"{'notebook':<16} {notebook_seconds:>10.2f} {args.quality_iterations:>11} {target:>12.6g} {1:>13.3f}x")

@@ -62,7 +62,9 @@ def main() -> None:
         ridged = exact_distance(content_features[name], style_features[name], ridge=True) / energy
         plain = exact_distance(content_features[name], style_features[name], ridge=False) / energy
         itself = float(moment_losses(style_features[name], *targets)) / energy
-        print(f"{name:8} {ours:7.5f}  {ridged:7.5f} ({abs(ours - ridged):.0e})  {plain:7.5f}  {100 * (ridged - plain) / plain:+10.1f} %  {itself:+12.1e}  {1000 * seconds:9.0f} ms")
+        print(
+            f"{name:8} {ours:7.5f}  {ridged:7.5f} ({abs(ours - ridged):.0e})  {plain:7.5f}  {100 * (ridged - plain) / plain:+10.1f} %  {itself:+12.1e}  {1000 * seconds:9.0f} ms"
+        )
 
     for loss in ("gram", "moments"):
         loss_params = resolve_params({"size": list(args.size), "precision": "fp32", "style_loss": loss})
@@ -71,7 +73,9 @@ def main() -> None:
         picture = content.clone().requires_grad_(True)
         style_term = objective(picture)[1]
         style_term.sum().backward()
-        print(f"{loss:8} style term {float(style_term.detach()):9.4g} at the content picture, its gradient's norm {float(picture.grad.norm()):.4g}")
+        print(
+            f"{loss:8} style term {float(style_term.detach()):9.4g} at the content picture, its gradient's norm {float(picture.grad.norm()):.4g}"
+        )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,14 @@ class StyleqClient:
         self.http.headers["Authorization"] = f"Bearer {key}"
 
     def submit(
-        self, content: Path, style: Path | Sequence[Path], params: dict[str, Any], style_weights: Sequence[float] | None = None, *,
-        webhook_url: str | None = None, webhook_events: str | None = None,
+        self,
+        content: Path,
+        style: Path | Sequence[Path],
+        params: dict[str, Any],
+        style_weights: Sequence[float] | None = None,
+        *,
+        webhook_url: str | None = None,
+        webhook_events: str | None = None,
     ) -> dict[str, Any]:
         """Upload the content and the style image (or several to blend, with their weights) with `params` (and a webhook,
         its events comma-separated); return the new job."""
@@ -108,7 +114,10 @@ class StyleqClient:
         return response.content
 
     def follow(
-        self, job: dict[str, Any], *, on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+        self,
+        job: dict[str, Any],
+        *,
+        on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
         on_status: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Read the job's events until it ends, reconnecting where the stream left off; return the job."""
@@ -157,7 +166,9 @@ def _api_key(key: str | None) -> str:
     raise click.UsageError(f"no API key: pass --key, set STYLEQ_API_KEY, or run `styleq up` (it keeps one in {path})")
 
 
-def _job_params(params_json: str | None, preset: str | None, size: str | None, output: Path | None = None, **overrides: Any) -> dict[str, Any]:
+def _job_params(
+    params_json: str | None, preset: str | None, size: str | None, output: Path | None = None, **overrides: Any
+) -> dict[str, Any]:
     """Merge --params with the options that override it; the result's format follows -o's extension unless set."""
     try:
         params = json.loads(params_json) if params_json else {}
@@ -183,7 +194,9 @@ def output_format(output: Path, chosen: str | None) -> dict[str, str]:
     implied = format_of_path(output)
     if chosen is not None and implied != chosen:
         extensions = ", ".join(suffix for suffix, name in EXTENSIONS.items() if name == chosen)
-        raise click.BadParameter(f"{output} is not a {chosen} file name: with format {chosen} it should end in {extensions}", param_hint="--output")
+        raise click.BadParameter(
+            f"{output} is not a {chosen} file name: with format {chosen} it should end in {extensions}", param_hint="--output"
+        )
     return {"format": implied} if implied is not None and chosen is None else {}
 
 
@@ -204,7 +217,12 @@ def _follow_with_bar(client: StyleqClient, job: dict[str, Any], quiet: bool) -> 
 @click.command("submit")
 @click.argument("content", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @style_images
-@click.option("--url", default=lambda: os.environ.get("STYLEQ_URL", "http://127.0.0.1:8000"), show_default="$STYLEQ_URL or http://127.0.0.1:8000", callback=_api_url)
+@click.option(
+    "--url",
+    default=lambda: os.environ.get("STYLEQ_URL", "http://127.0.0.1:8000"),
+    show_default="$STYLEQ_URL or http://127.0.0.1:8000",
+    callback=_api_url,
+)
 @click.option("--key", envvar="STYLEQ_API_KEY", help="API key (default: $STYLEQ_API_KEY, else the one `styleq up` made).")
 @click.option("--params", "params_json", help='Job parameters as JSON, e.g. \'{"preset": "seed", "iterations": 100}\'.')
 @click.option("--preset", help="Preset name (styleq, seed).")
@@ -212,18 +230,47 @@ def _follow_with_bar(client: StyleqClient, job: dict[str, Any], quiet: bool) -> 
 @click.option("--iterations", type=int)
 @click.option("--colors", type=click.Choice(CHOICES["colors"]), help="style (default), content (keep the content's colours) or histogram.")
 @click.option("--webhook-url", help="POST the job's events here, signed (Standard Webhooks) with the key's webhook secret.")
-@click.option("--webhook-events", help="Which, comma-separated: running, checkpoint, succeeded, failed, canceled (default: all but checkpoint).")
+@click.option(
+    "--webhook-events", help="Which, comma-separated: running, checkpoint, succeeded, failed, canceled (default: all but checkpoint)."
+)
 @click.option("--style-scale", type=float, help="The style image's area against the picture's (0.25 to 4; below 1: larger strokes).")
-@click.option("--style-loss", type=click.Choice(CHOICES["style_loss"]), help="gram (default) or moments (match each layer's feature mean and covariance).")
-@click.option("--format", "format_", type=click.Choice(CHOICES["format"]), help="The result's file format (default png, or what -o ends in).")
+@click.option(
+    "--style-loss",
+    type=click.Choice(CHOICES["style_loss"]),
+    help="gram (default) or moments (match each layer's feature mean and covariance).",
+)
+@click.option(
+    "--format", "format_", type=click.Choice(CHOICES["format"]), help="The result's file format (default png, or what -o ends in)."
+)
 @click.option("--quality", type=int, help="JPEG and WebP quality, 1 to 100 (default 92).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --wait: where to save the result (.png, .jpg or .webp sets the format).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --wait: where to save the result (.png, .jpg or .webp sets the format).",
+)
 @click.option("-q", "--quiet", is_flag=True)
 def submit(
-    content: Path, styles: tuple[Path, ...], style_weights: tuple[float, ...] | None, url: str, key: str | None, params_json: str | None,
-    preset: str | None, size: str | None, iterations: int | None, colors: str | None, webhook_url: str | None, webhook_events: str | None,
-    style_scale: float | None, style_loss: str | None, format_: str | None, quality: int | None, wait: bool, output: Path | None, quiet: bool,
+    content: Path,
+    styles: tuple[Path, ...],
+    style_weights: tuple[float, ...] | None,
+    url: str,
+    key: str | None,
+    params_json: str | None,
+    preset: str | None,
+    size: str | None,
+    iterations: int | None,
+    colors: str | None,
+    webhook_url: str | None,
+    webhook_events: str | None,
+    style_scale: float | None,
+    style_loss: str | None,
+    format_: str | None,
+    quality: int | None,
+    wait: bool,
+    output: Path | None,
+    quiet: bool,
 ) -> None:
     """Submit a style-transfer job of one STYLE image or a blend of several; print its id (and with --wait, follow it and save the result)."""
     check_style_count(len(styles), style_weights)
@@ -232,8 +279,16 @@ def submit(
     if webhook_events and not webhook_url:
         raise click.UsageError("--webhook-events needs --webhook-url")
     params = _job_params(
-        params_json, preset, size, output, iterations=iterations, colors=colors, style_scale=style_scale, style_loss=style_loss,
-        format=format_, quality=quality,
+        params_json,
+        preset,
+        size,
+        output,
+        iterations=iterations,
+        colors=colors,
+        style_scale=style_scale,
+        style_loss=style_loss,
+        format=format_,
+        quality=quality,
     )
     client = StyleqClient(url, _api_key(key))
     try:

@@ -51,6 +51,7 @@ def _parse_numbers(kind: type) -> Any:
             return [kind(part) for part in value.split(",") if part.strip()]
         except ValueError:
             raise click.BadParameter(f"expected comma-separated {'numbers' if kind is float else 'whole numbers'}, got {value!r}") from None
+
     return parse
 
 
@@ -80,8 +81,20 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
 @click.command("transfer")
 @click.argument("content", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @style_images
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the picture (.png, .jpg, .webp with the parameters inside; .bmp, .tif).")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="styleq", show_default=True, help="Starting values of every parameter: 'seed' is the notebook exactly.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the picture (.png, .jpg, .webp with the parameters inside; .bmp, .tif).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    default="styleq",
+    show_default=True,
+    help="Starting values of every parameter: 'seed' is the notebook exactly.",
+)
 @click.option("--weights", help="Registry weights (see `styleq weights list`) or a .pth/.safetensors file. Default: the preset's.")
 @click.option("--convention", type=click.Choice(sorted(CONVENTIONS)), help="Input convention of a weights file (default torchvision).")
 @click.option("--size", callback=_parse_size, help="HEIGHTxWIDTH like 300x450, or one number: the long side, aspect kept.")
@@ -89,31 +102,69 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
 @click.option("--lr", "learning_rate", type=float, help=f"Learning rate ({_range_help('learning_rate')}).")
 @click.option("--optimizer", type=click.Choice(CHOICES["optimizer"]))
 @click.option("--lbfgs-history", type=int, help=f"Past steps L-BFGS keeps ({_range_help('lbfgs_history')}).")
-@click.option("--precision", type=click.Choice(CHOICES["precision"]), help="Network arithmetic: auto is bf16 where the device has it natively.")
+@click.option(
+    "--precision", type=click.Choice(CHOICES["precision"]), help="Network arithmetic: auto is bf16 where the device has it natively."
+)
 @click.option("--init", type=click.Choice(CHOICES["init"]), help="Start from the content image, the style image or noise.")
 @click.option("--seed", type=int, help="Random seed (noise init).")
-@click.option("--colors", type=click.Choice(CHOICES["colors"]), help="style: the style's colours (default); content: keep the content's; histogram: the style recoloured to the content's palette first.")
-@click.option("--style-loss", type=click.Choice(CHOICES["style_loss"]), help="gram: Gram matrices (default); moments: each style layer's feature mean and covariance.")
-@click.option("--format", "format", type=click.Choice(CHOICES["format"]), help="png, jpeg or webp (default: what --output ends in); the parameters are written inside it.")
+@click.option(
+    "--colors",
+    type=click.Choice(CHOICES["colors"]),
+    help="style: the style's colours (default); content: keep the content's; histogram: the style recoloured to the content's palette first.",
+)
+@click.option(
+    "--style-loss",
+    type=click.Choice(CHOICES["style_loss"]),
+    help="gram: Gram matrices (default); moments: each style layer's feature mean and covariance.",
+)
+@click.option(
+    "--format",
+    "format",
+    type=click.Choice(CHOICES["format"]),
+    help="png, jpeg or webp (default: what --output ends in); the parameters are written inside it.",
+)
 @click.option("--quality", type=int, help=f"JPEG and WebP quality ({_range_help('quality')}, default 92).")
 @click.option("--content-weight", type=float)
 @click.option("--style-weight", type=float)
 @click.option("--tv-weight", type=float, help="Total-variation (smoothness) weight.")
 @click.option("--content-layers", callback=_parse_layers, help="Comma-separated layer names, e.g. relu4_2.")
 @click.option("--style-layers", callback=_parse_layers, help="Comma-separated layer names, e.g. relu1_1,relu2_1.")
-@click.option("--scales", callback=_parse_scales, help="Coarse-to-fine: fractions of the output size, rising to 1, e.g. 0.5,1; or auto (the styleq preset's: one pass up to 512 px).")
-@click.option("--scale-iterations", callback=_parse_numbers(int), help="Iterations at each scale, adding up to --iterations (default: most at the coarse ones).")
-@click.option("--style-scale", type=float, help=f"The style image's area against the picture's ({_range_help('style_scale')}; below 1: larger strokes).")
+@click.option(
+    "--scales",
+    callback=_parse_scales,
+    help="Coarse-to-fine: fractions of the output size, rising to 1, e.g. 0.5,1; or auto (the styleq preset's: one pass up to 512 px).",
+)
+@click.option(
+    "--scale-iterations",
+    callback=_parse_numbers(int),
+    help="Iterations at each scale, adding up to --iterations (default: most at the coarse ones).",
+)
+@click.option(
+    "--style-scale",
+    type=float,
+    help=f"The style image's area against the picture's ({_range_help('style_scale')}; below 1: larger strokes).",
+)
 @click.option("--checkpoint-every", type=int, help="Iterations between loss checkpoints (default 10).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
-@click.option("--max-pass-pixels", type=click.IntRange(min=1),
-              help="Optimise a picture (or scale) larger than this many pixels in tiles, each pass at most this large. Default: $STYLEQ_MAX_PASS_PIXELS, else no limit.")
+@click.option(
+    "--max-pass-pixels",
+    type=click.IntRange(min=1),
+    help="Optimise a picture (or scale) larger than this many pixels in tiles, each pass at most this large. Default: $STYLEQ_MAX_PASS_PIXELS, else no limit.",
+)
 @click.option("--history", type=click.Path(dir_okay=False, path_type=Path), help="Write every checkpoint to FILE.csv or FILE.json.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Draw the losses (and the picture) to FILE.png.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def transfer_command(
-    content: Path, styles: tuple[Path, ...], output: Path, convention: str | None, device: str, max_pass_pixels: int | None, history: Path | None,
-    plot: Path | None, quiet: bool, **options: Any,
+    content: Path,
+    styles: tuple[Path, ...],
+    output: Path,
+    convention: str | None,
+    device: str,
+    max_pass_pixels: int | None,
+    history: Path | None,
+    plot: Path | None,
+    quiet: bool,
+    **options: Any,
 ) -> None:
     """Paint CONTENT in the style of STYLE (or a blend of several STYLE images) and write the picture to OUTPUT."""
     check_style_count(len(styles), options["style_weights"])
@@ -153,13 +204,22 @@ def transfer_command(
             bar.advance(checkpoint)
 
         try:
-            result = transfer(content_image, style_images, params, backbone=backbone, device=torch_device, on_checkpoint=on_checkpoint,
-                              max_pass_pixels=max_pass_pixels or settings.max_pass_pixels)
+            result = transfer(
+                content_image,
+                style_images,
+                params,
+                backbone=backbone,
+                device=torch_device,
+                on_checkpoint=on_checkpoint,
+                max_pass_pixels=max_pass_pixels or settings.max_pass_pixels,
+            )
         except ValueError as error:  # the one the loop raises for the CLI's inputs: a pass too small for the network's margins
             raise click.BadParameter(str(error), param_hint="--max-pass-pixels") from None
     if format_of_path(output) is not None:
         # A weights file is named by its file name: the picture should not carry a local path around.
-        output.write_bytes(encode_result(result.image, params, weights=params.weights if params.weights in REGISTRY else Path(params.weights).name))
+        output.write_bytes(
+            encode_result(result.image, params, weights=params.weights if params.weights in REGISTRY else Path(params.weights).name)
+        )
     else:
         result.image.save(output)  # BMP or TIFF: a picture without metadata
     if history is not None:
@@ -167,7 +227,6 @@ def transfer_command(
     if plot is not None:
         report.plot_losses(checkpoints, result.image, plot)
     click.echo(f"Wrote {output} ({result.image.width}x{result.image.height}) after {result.iteration} iterations.", err=quiet)
-
 
 
 @click.group()

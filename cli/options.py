@@ -29,16 +29,22 @@ def check_style_count(count: int, weights: tuple[float, ...] | None) -> None:
         raise click.UsageError(f"give 1 to {MAX_STYLES} STYLE images to blend, got {count}")
     if weights is not None and len(weights) != count:
         raise click.BadParameter(
-            f"{len(weights)} weight(s) for {count} STYLE image(s); give one per style, in their order", param_hint="--style-weights",
+            f"{len(weights)} weight(s) for {count} STYLE image(s); give one per style, in their order",
+            param_hint="--style-weights",
         )
 
 
 def style_images(command: F) -> F:
     """Give a command its STYLE... arguments (`styles`, 1 to MAX_STYLES paths) and `--style-weights` (`style_weights`)."""
     command = click.option(
-        "--style-weights", callback=parse_style_weights_option,
+        "--style-weights",
+        callback=parse_style_weights_option,
         help=f"With several STYLE images (up to {MAX_STYLES}): each one's share of the blend, e.g. 0.7,0.3 (default: equal shares).",
     )(command)
     return click.argument(
-        "styles", metavar="STYLE...", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        "styles",
+        metavar="STYLE...",
+        nargs=-1,
+        required=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
     )(command)

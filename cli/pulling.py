@@ -20,7 +20,9 @@ def pull_with_progress_bar(name: str, model_dir: Path, *, force: bool = False, u
 
     def on_progress(done: int, total: int) -> None:
         if not bars:
-            bars.append(tqdm(desc=name, total=total or None, unit="B", unit_scale=True, unit_divisor=1024, disable=quiet, dynamic_ncols=True))
+            bars.append(
+                tqdm(desc=name, total=total or None, unit="B", unit_scale=True, unit_divisor=1024, disable=quiet, dynamic_ncols=True)
+            )
         bars[0].update(done - bars[0].n)
 
     try:

@@ -107,6 +107,7 @@ def keys_list() -> None:
 
 def key_row(key: ApiKey) -> tuple[str, str, str, str, str, str]:
     """Return how `styleq keys list` shows `key`."""
+
     def moment(value: datetime | None) -> str:
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 
@@ -146,7 +147,8 @@ def keys_rotate_webhook_secret(id_or_prefix: str) -> None:
         raise click.ClickException(f"{error.message}; `styleq keys list` shows every key") from None
     click.echo(
         f"New webhook signing secret of {description}; for {ROTATION_GRACE.total_seconds() / 3600:g} hours deliveries carry a "
-        "signature by the old secret too, so receivers can switch without refusing any:", err=True,
+        "signature by the old secret too, so receivers can switch without refusing any:",
+        err=True,
     )
     click.echo(signing)
 
@@ -197,21 +199,43 @@ def up(host: str, port: int, gpus: str, api_workers: int) -> None:
         key_file.touch(mode=0o600)
         key_file.write_text(token + "\n")
         click.echo(f"Local admin API key (kept in {key_file}, shown only now):\n  {token}")
-        click.echo(f"Its webhook signing secret (shown only now; `styleq keys rotate-webhook-secret {token[:PREFIX_LENGTH]}` makes another):\n  {signing}")
+        click.echo(
+            f"Its webhook signing secret (shown only now; `styleq keys rotate-webhook-secret {token[:PREFIX_LENGTH]}` makes another):\n  {signing}"
+        )
     else:
         click.echo(f"Local admin API key: in {key_file}")
 
     url = f"http://{host}:{port}"
-    api = subprocess.Popen([
-        sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_config", "--bind", f"{host}:{port}", "--workers", str(api_workers),
-        # gevent: an open event stream is a greenlet waiting on the process's one poller, not a thread,
-        # so hundreds of them leave every other request its turn (see api.stream_hub).
-        "--worker-class", "gevent", "--worker-connections", "1000", "--timeout", "120", "--graceful-timeout", "5",
-        "--access-logfile", "-",
-        # gunicorn itself believes X-Forwarded-Proto from 127.0.0.1; only the app decides that, from
-        # STYLEQ_TRUSTED_PROXIES, so a local client cannot pass for HTTPS.
-        "--forwarded-allow-ips", "", "api:create_app()",
-    ])
+    api = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:api.gunicorn_config",
+            "--bind",
+            f"{host}:{port}",
+            "--workers",
+            str(api_workers),
+            # gevent: an open event stream is a greenlet waiting on the process's one poller, not a thread,
+            # so hundreds of them leave every other request its turn (see api.stream_hub).
+            "--worker-class",
+            "gevent",
+            "--worker-connections",
+            "1000",
+            "--timeout",
+            "120",
+            "--graceful-timeout",
+            "5",
+            "--access-logfile",
+            "-",
+            # gunicorn itself believes X-Forwarded-Proto from 127.0.0.1; only the app decides that, from
+            # STYLEQ_TRUSTED_PROXIES, so a local client cannot pass for HTTPS.
+            "--forwarded-allow-ips",
+            "",
+            "api:create_app()",
+        ]
+    )
     worker = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--gpus", gpus])
     processes = [api, worker]
 
@@ -255,8 +279,15 @@ def _wait_or_escalate(api: subprocess.Popen[bytes], worker: subprocess.Popen[byt
 
 
 @click.command("worker")
-@click.option("--gpus", default="all", show_default=True, help="all (one process per visible GPU), none (one CPU worker), or indices like 0,1.")
-@click.option("--loglevel", default=None, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), help="Overrides STYLEQ_LOG_LEVEL (INFO).")
+@click.option(
+    "--gpus", default="all", show_default=True, help="all (one process per visible GPU), none (one CPU worker), or indices like 0,1."
+)
+@click.option(
+    "--loglevel",
+    default=None,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Overrides STYLEQ_LOG_LEVEL (INFO).",
+)
 def worker_command(gpus: str, loglevel: str | None) -> None:
     """Run job workers: one process per GPU, pinned with CUDA_VISIBLE_DEVICES, one job at a time each."""
     from worker.launcher import launch
@@ -295,8 +326,12 @@ class Age(click.ParamType):
 
 
 @click.command("gc")
-@click.option("--older-than", type=Age(), default=None, help="Remove every kind of file this long after its job ended (e.g. 30d), "
-              "instead of each kind's STYLEQ_KEEP_*_DAYS.")
+@click.option(
+    "--older-than",
+    type=Age(),
+    default=None,
+    help="Remove every kind of file this long after its job ended (e.g. 30d), instead of each kind's STYLEQ_KEEP_*_DAYS.",
+)
 @click.option("--dry-run", is_flag=True, help="List what would be removed, and remove nothing.")
 def gc(older_than: timedelta | None, dry_run: bool) -> None:
     """Remove results, previews, saved states and uploads past their retention, one line each, then the total in bytes.

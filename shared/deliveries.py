@@ -70,14 +70,22 @@ def record_event(session: Session, job: Job, event: WebhookEvent) -> None:
         return
     now = utcnow()
     if event in FINAL_EVENTS:
-        session.execute(delete(WebhookDelivery).where(
-            WebhookDelivery.job_id == job.id, WebhookDelivery.event == WebhookEvent.CHECKPOINT, _unsent(now)
-        ))
+        session.execute(
+            delete(WebhookDelivery).where(WebhookDelivery.job_id == job.id, WebhookDelivery.event == WebhookEvent.CHECKPOINT, _unsent(now))
+        )
     if subscribed(job, event):
-        session.add(WebhookDelivery(
-            job_id=job.id, event=event, message_id=f"msg_{uuid.uuid4().hex}", body=event_body(job, event, now),
-            status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=now, created_at=now,
-        ))
+        session.add(
+            WebhookDelivery(
+                job_id=job.id,
+                event=event,
+                message_id=f"msg_{uuid.uuid4().hex}",
+                body=event_body(job, event, now),
+                status=DeliveryStatus.PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
         session.flush()
 
 
@@ -106,13 +114,23 @@ def record_checkpoint(session: Session, job: Job, *, every_seconds: float) -> No
     if session.execute(update(WebhookDelivery).where(waiting).values(body=body)).rowcount:
         return
     last = session.scalar(
-        select(func.max(WebhookDelivery.created_at)).where(WebhookDelivery.job_id == job.id, WebhookDelivery.event == WebhookEvent.CHECKPOINT)
+        select(func.max(WebhookDelivery.created_at)).where(
+            WebhookDelivery.job_id == job.id, WebhookDelivery.event == WebhookEvent.CHECKPOINT
+        )
     )
     due = max(now, last + timedelta(seconds=every_seconds)) if last is not None else now
-    session.add(WebhookDelivery(
-        job_id=job.id, event=WebhookEvent.CHECKPOINT, message_id=f"msg_{uuid.uuid4().hex}", body=body,
-        status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=due, created_at=now,
-    ))
+    session.add(
+        WebhookDelivery(
+            job_id=job.id,
+            event=WebhookEvent.CHECKPOINT,
+            message_id=f"msg_{uuid.uuid4().hex}",
+            body=body,
+            status=DeliveryStatus.PENDING,
+            attempts=0,
+            next_attempt_at=due,
+            created_at=now,
+        )
+    )
     session.flush()
 
 
@@ -157,17 +175,26 @@ def claim_due(session: Session, *, lease_seconds: float, now: datetime | None = 
     if delivery_id is None:
         return None
     claimed = session.execute(
-        update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, due).values(
-            attempts=WebhookDelivery.attempts + 1, claimed_until=now + timedelta(seconds=lease_seconds), last_attempt_at=now,
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, due)
+        .values(
+            attempts=WebhookDelivery.attempts + 1,
+            claimed_until=now + timedelta(seconds=lease_seconds),
+            last_attempt_at=now,
         )
     ).rowcount
     if not claimed:
         return None  # another deliverer took it between the two statements (SQLite)
     delivery, url, owner = session.execute(
-        select(WebhookDelivery, Job.webhook_url, ApiKey).join(Job, Job.id == WebhookDelivery.job_id).join(ApiKey, ApiKey.id == Job.owner_id)
-        .where(WebhookDelivery.id == delivery_id).execution_options(populate_existing=True)
+        select(WebhookDelivery, Job.webhook_url, ApiKey)
+        .join(Job, Job.id == WebhookDelivery.job_id)
+        .join(ApiKey, ApiKey.id == Job.owner_id)
+        .where(WebhookDelivery.id == delivery_id)
+        .execution_options(populate_existing=True)
     ).one()
-    return ClaimedDelivery(delivery.id, delivery.attempts, delivery.message_id, delivery.body, url, delivery.created_at, owner, delivery.job_id)
+    return ClaimedDelivery(
+        delivery.id, delivery.attempts, delivery.message_id, delivery.body, url, delivery.created_at, owner, delivery.job_id
+    )
 
 
 @dataclass(frozen=True)
@@ -185,7 +212,12 @@ class Attempt:
 
 
 def record_attempt(
-    session: Session, claimed: ClaimedDelivery, attempt: Attempt, *, backoff_seconds: float, retry_for_seconds: float,
+    session: Session,
+    claimed: ClaimedDelivery,
+    attempt: Attempt,
+    *,
+    backoff_seconds: float,
+    retry_for_seconds: float,
     now: datetime | None = None,
 ) -> DeliveryStatus | None:
     """Record the attempt: delivered, or pending again after a backoff, or failed once `retry_for_seconds` after

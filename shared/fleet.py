@@ -12,7 +12,14 @@ from .models import Worker, utcnow
 
 
 def report_worker(
-    session: Session, name: str, *, host: str, gpu: str, pid: int, starting: bool = False, device_memory_bytes: int | None = None,
+    session: Session,
+    name: str,
+    *,
+    host: str,
+    gpu: str,
+    pid: int,
+    starting: bool = False,
+    device_memory_bytes: int | None = None,
 ) -> None:
     """Record that worker `name` is alive, with its device's memory (and, when starting, reset its counters)."""
     worker = session.get(Worker, name)
@@ -38,7 +45,9 @@ def worker_took_job(session: Session, name: str, job_id: str | None, *, gpu: str
 
 def worker_finished_job(session: Session, name: str, count: int = 1) -> None:
     """Count `count` more jobs done by the worker (a batch's), which is idle again."""
-    session.execute(update(Worker).where(Worker.name == name).values(current_job_id=None, jobs_done=Worker.jobs_done + count, heartbeat_at=utcnow()))
+    session.execute(
+        update(Worker).where(Worker.name == name).values(current_job_id=None, jobs_done=Worker.jobs_done + count, heartbeat_at=utcnow())
+    )
 
 
 def list_workers(session: Session, *, seen_within_seconds: float = 24 * 3600) -> Sequence[Worker]:

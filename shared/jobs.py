@@ -42,8 +42,16 @@ def new_job_id() -> str:
 
 
 def submit_job(
-    session: Session, storage: Storage, owner: ApiKey, content: bytes, style: bytes | Sequence[bytes], params: TransferParams,
-    idempotency_key: str | None = None, *, max_active_jobs: int = 0, webhook: Subscription | None = None,
+    session: Session,
+    storage: Storage,
+    owner: ApiKey,
+    content: bytes,
+    style: bytes | Sequence[bytes],
+    params: TransferParams,
+    idempotency_key: str | None = None,
+    *,
+    max_active_jobs: int = 0,
+    webhook: Subscription | None = None,
 ) -> tuple[Job, bool]:
     """Save the uploads (the content, and one style picture or several to blend) and add the job in one committed transaction.
 
@@ -185,13 +193,15 @@ def _same_request(job: Job, params: TransferParams, content_sha256: str, style_h
     same_params = json.loads(json.dumps(params.to_dict())) == job.params
     same_webhook = (job.webhook_url, job.webhook_events) == ((webhook.url, list(webhook.events)) if webhook else (None, None))
     differences = [
-        name for name, same in (
+        name
+        for name, same in (
             ("content image", job.content_sha256 == content_sha256),
             # The same pictures in another order are another blend.
             ("style images" if len(style_hashes) > 1 or len(job.styles) > 1 else "style image", job.style_hashes == style_hashes),
             ("params", same_params),
             ("webhook", same_webhook),
-        ) if not same
+        )
+        if not same
     ]
     if differences:
         raise Unprocessable(
@@ -235,7 +245,9 @@ def list_jobs(session: Session, owner: ApiKey, *, status: str | None = None, cur
         try:
             after = get_job(session, owner, cursor)
         except NotFound:
-            raise InvalidInput(f"cursor {cursor!r} is not a job of this client; start again from the newest jobs", code="invalid_query") from None
+            raise InvalidInput(
+                f"cursor {cursor!r} is not a job of this client; start again from the newest jobs", code="invalid_query"
+            ) from None
         query = query.where(or_(Job.created_at < after.created_at, and_(Job.created_at == after.created_at, Job.id < after.id)))
     jobs = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
     next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
@@ -280,7 +292,8 @@ def request_cancel(session: Session, job: Job) -> Job:
     if job.status.finished:
         raise Conflict(f"job {job.id} has already {job.status}", code="job_finished")
     ended = session.execute(
-        update(Job).where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
         .values(status=JobStatus.CANCELED, cancel_requested=True, finished_at=now)
     ).rowcount
     if ended:

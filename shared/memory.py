@@ -69,7 +69,13 @@ def fits(height: int, width: int, precision: str, memory_bytes: float, *, style_
 
 
 def largest_long_side(
-    memory_bytes: float, precision: str, content_width: int, content_height: int, *, style_scale: float = 1.0, limit: int = 4096,
+    memory_bytes: float,
+    precision: str,
+    content_width: int,
+    content_height: int,
+    *,
+    style_scale: float = 1.0,
+    limit: int = 4096,
     tiles: bool = True,
 ) -> int | None:
     """Return the longest long side up to `limit` whose output (the content's aspect) fits (`fits`); None if not even 1 px does."""

@@ -58,8 +58,14 @@ OUTPUT_PARAMS = ("format", "quality")
 # The values of parameters added after some states were saved, as those states ran: a saved state that names
 # none of them resumes as a job with these values (states saved before coarse-to-fine ran in one pass, ...).
 SAVED_STATE_DEFAULTS: dict[str, Any] = {
-    "scales": [1.0], "scale_iterations": None, "colors": "style", "style_weights": None, "style_scale": 1.0, "style_loss": "gram",
-    "format": "png", "quality": 92,
+    "scales": [1.0],
+    "scale_iterations": None,
+    "colors": "style",
+    "style_weights": None,
+    "style_scale": 1.0,
+    "style_loss": "gram",
+    "format": "png",
+    "quality": 92,
 }
 # The weights registry's names and files (worker/engine/weights.py REGISTRY), so the API can refuse anything
 # else (a client must never name a file path), and weights an operator has not pulled, without importing the engine.
@@ -78,6 +84,8 @@ MAX_STYLE_WEIGHT = 1e6
 def installed_weights(model_dir: Path) -> tuple[str, ...]:
     """Return the registry weights whose file is in `model_dir`: the only ones a worker runs (it never downloads)."""
     return tuple(name for name, filename in WEIGHTS_FILES.items() if (Path(model_dir) / filename).is_file())
+
+
 MAX_SCALES = 8
 # Below about a tenth of a normal output the network sees too few pixels for its deepest layers.
 MIN_SCALE = 0.05
@@ -168,8 +176,14 @@ class TransferParams:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("content_layers", "style_layers"):
             layers = getattr(self, name)
-            if not isinstance(layers, tuple) or not layers or any(not isinstance(layer, str) or not _LAYER_NAME.match(layer) for layer in layers):
-                raise ValueError(f"{name} must be a non-empty list of layer names like relu4_2, got {list(layers) if isinstance(layers, tuple) else layers!r}")
+            if (
+                not isinstance(layers, tuple)
+                or not layers
+                or any(not isinstance(layer, str) or not _LAYER_NAME.match(layer) for layer in layers)
+            ):
+                raise ValueError(
+                    f"{name} must be a non-empty list of layer names like relu4_2, got {list(layers) if isinstance(layers, tuple) else layers!r}"
+                )
         for name in ("normalize_losses", "keep_style_aspect"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -184,10 +198,13 @@ class TransferParams:
         scales, counts = self.scales, self.scale_iterations
         if scales == AUTO:
             if counts is not None:
-                raise ValueError("scale_iterations needs explicit scales; with scales \"auto\" the iterations are split automatically")
+                raise ValueError('scale_iterations needs explicit scales; with scales "auto" the iterations are split automatically')
             return
-        if (not isinstance(scales, tuple) or not 1 <= len(scales) <= MAX_SCALES
-                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in scales)):
+        if (
+            not isinstance(scales, tuple)
+            or not 1 <= len(scales) <= MAX_SCALES
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in scales)
+        ):
             raise ValueError(f'scales must be "auto" or a list of 1 to {MAX_SCALES} fractions of the output size, got {scales!r}')
         if scales[-1] != 1 or any(not MIN_SCALE <= v <= 1 for v in scales) or any(a >= b for a, b in itertools.pairwise(scales)):
             raise ValueError(f"scales must rise strictly from at least {MIN_SCALE:g} and end at 1, got {list(scales)!r}")
@@ -195,7 +212,11 @@ class TransferParams:
             if self.iterations < len(scales):
                 raise ValueError(f"iterations ({self.iterations}) must be at least the number of scales ({len(scales)})")
             return
-        if not isinstance(counts, tuple) or len(counts) != len(scales) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in counts):
+        if (
+            not isinstance(counts, tuple)
+            or len(counts) != len(scales)
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in counts)
+        ):
             raise ValueError(f"scale_iterations must be a list of {len(scales)} positive integers, one per scale, got {counts!r}")
         if sum(counts) != self.iterations:
             raise ValueError(f"scale_iterations must add up to iterations ({self.iterations}), got {list(counts)!r} (sum {sum(counts)})")
@@ -204,8 +225,11 @@ class TransferParams:
         weights = self.style_weights
         if weights is None:
             return
-        if (not isinstance(weights, tuple) or not 1 <= len(weights) <= MAX_STYLES
-                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_STYLE_WEIGHT for v in weights)):
+        if (
+            not isinstance(weights, tuple)
+            or not 1 <= len(weights) <= MAX_STYLES
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_STYLE_WEIGHT for v in weights)
+        ):
             shown = list(weights) if isinstance(weights, tuple) else weights
             raise ValueError(
                 f"style_weights must be a list of 1 to {MAX_STYLES} positive numbers up to {MAX_STYLE_WEIGHT:g}, one per style picture, got {shown!r}"
@@ -447,7 +471,7 @@ def auto_scales(height: int, width: int, minimum_side: int, iterations: int | No
     # Equal ratios from the first scale to 1: the steps are as even as the fewest of them allows.
     ratio = (1 / first) ** (1 / steps) if steps else 1.0
     scales = (*(round(ratio ** -(steps - index), 4) for index in range(steps)), 1.0)
-    return scales[-min(MAX_SCALES, iterations or MAX_SCALES):]
+    return scales[-min(MAX_SCALES, iterations or MAX_SCALES) :]
 
 
 def split_iterations(iterations: int, scales: tuple[float, ...]) -> tuple[int, ...]:

@@ -50,12 +50,15 @@ class RetentionPolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> RetentionPolicy:
         """Return the policy the `keep_*_days` settings give (0 days keeps for ever)."""
+
         def days(value: float) -> timedelta | None:
             return timedelta(days=value) if value > 0 else None
 
         return cls(
-            results=days(settings.keep_results_days), previews=days(settings.keep_previews_days),
-            states=days(settings.keep_states_days), uploads=days(settings.keep_uploads_days),
+            results=days(settings.keep_results_days),
+            previews=days(settings.keep_previews_days),
+            states=days(settings.keep_states_days),
+            uploads=days(settings.keep_uploads_days),
         )
 
     @classmethod
@@ -150,25 +153,34 @@ def _newest_uses(session: Session, hashes: Iterable[str]) -> dict[str, _UploadUs
     for batch in _batches(sorted(hashes)):
         # A content upload is named by its job; a style upload by one of the job's `job_styles` rows (a blend has several).
         as_content = select(Job.content_sha256, Job.status, Job.created_at, Job.finished_at).where(Job.content_sha256.in_(batch))
-        as_style = select(JobStyle.sha256, Job.status, Job.created_at, Job.finished_at).join(Job, Job.id == JobStyle.job_id).where(JobStyle.sha256.in_(batch))
+        as_style = (
+            select(JobStyle.sha256, Job.status, Job.created_at, Job.finished_at)
+            .join(Job, Job.id == JobStyle.job_id)
+            .where(JobStyle.sha256.in_(batch))
+        )
         for query in (as_content, as_style):
             for sha, status, created_at, finished_at in session.execute(query):
                 seen = uses.get(sha, _NO_USE)
                 moment = finished_at or created_at
                 uses[sha] = _UploadUse(
-                    seen.live or JobStatus(status) in LIVE, moment if seen.last is None or moment > seen.last else seen.last,
+                    seen.live or JobStatus(status) in LIVE,
+                    moment if seen.last is None or moment > seen.last else seen.last,
                 )
     return uses
 
 
 def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), QUERY_BATCH):
-        yield items[start:start + QUERY_BATCH]
+        yield items[start : start + QUERY_BATCH]
 
 
 def remove_expired(
-    session_factory: sessionmaker[Session], storage: Storage, removals: Sequence[Removal], policy: RetentionPolicy,
-    *, now: datetime | None = None,
+    session_factory: sessionmaker[Session],
+    storage: Storage,
+    removals: Sequence[Removal],
+    policy: RetentionPolicy,
+    *,
+    now: datetime | None = None,
 ) -> list[Removal]:
     """Remove the files `find_expired` listed; return those removed (an upload a job took up again meanwhile stays).
 
@@ -180,9 +192,7 @@ def remove_expired(
     previews = sorted({removal.owner for removal in removals if removal.kind == "preview"})
     with session_scope(session_factory) as session:
         for batch in _batches(results):
-            session.execute(
-                update(Job).where(Job.id.in_(batch), Job.result_expired_at.is_(None)).values(result_expired_at=now)
-            )
+            session.execute(update(Job).where(Job.id.in_(batch), Job.result_expired_at.is_(None)).values(result_expired_at=now))
     removed = []
     for removal in removals:
         if removal.kind == "upload":
@@ -208,7 +218,9 @@ def _owner_field(removal: Removal) -> dict[str, Any]:
     return {"sha256": removal.owner} if removal.kind == "upload" else {"job_id": removal.owner}
 
 
-def _remove_upload(session_factory: sessionmaker[Session], storage: Storage, removal: Removal, policy: RetentionPolicy, now: datetime) -> bool:
+def _remove_upload(
+    session_factory: sessionmaker[Session], storage: Storage, removal: Removal, policy: RetentionPolicy, now: datetime
+) -> bool:
     """Remove an upload unless a job took it up since it was judged; return whether it was removed.
 
     A submission that finds its picture already stored keeps the file as it is, and writes it again

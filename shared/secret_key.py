@@ -28,5 +28,7 @@ def load_secret_key(settings: Settings) -> str:
         write_atomically(path, (secrets.token_hex(32) + "\n").encode(), replace=False)
     secret = path.read_text().strip()
     if not secret:
-        raise RuntimeError(f"the secret key file {path} is empty; delete it to have a new one made (every API key made since must then be made again)")
+        raise RuntimeError(
+            f"the secret key file {path} is empty; delete it to have a new one made (every API key made since must then be made again)"
+        )
     return secret

@@ -67,7 +67,9 @@ def run_time_histograms(session: Session, buckets: Sequence[float] = DURATION_BU
     return {status: found.get(status, empty) for status in finished}
 
 
-def _seconds_between(session: Session, start: Column[datetime] | ColumnElement[datetime], end: Column[datetime] | ColumnElement[datetime]) -> ColumnElement[float]:
+def _seconds_between(
+    session: Session, start: Column[datetime] | ColumnElement[datetime], end: Column[datetime] | ColumnElement[datetime]
+) -> ColumnElement[float]:
     """Return SQL for the seconds from `start` to `end`, in the database's own arithmetic."""
     if session.get_bind().dialect.name == "sqlite":
         # SQLite stores the times as text; julianday reads them to about 10 microseconds.

@@ -69,14 +69,18 @@ def parse_events(text: str | None) -> list[str]:
         Unprocessable: an unknown event.
     """
     if text is not None and len(text) > MAX_EVENTS_LENGTH:
-        raise Unprocessable(f"webhook_events is longer than {MAX_EVENTS_LENGTH} characters; it names at most {len(EVENTS)} events", code="invalid_webhook_events")
+        raise Unprocessable(
+            f"webhook_events is longer than {MAX_EVENTS_LENGTH} characters; it names at most {len(EVENTS)} events",
+            code="invalid_webhook_events",
+        )
     names = [name.strip().lower() for name in (text or "").split(",") if name.strip()]
     if not names:
         return list(DEFAULT_EVENTS)
     unknown = sorted(set(names) - set(EVENTS))
     if unknown:
         raise Unprocessable(
-            f"webhook_events names {', '.join(unknown)}; the events are {', '.join(EVENTS)} (comma-separated)", code="invalid_webhook_events"
+            f"webhook_events names {', '.join(unknown)}; the events are {', '.join(EVENTS)} (comma-separated)",
+            code="invalid_webhook_events",
         )
     return [event for event in EVENTS if event in names]
 
@@ -123,9 +127,7 @@ def public_address(host: str, port: int, policy: AddressPolicy) -> str:
         reason = address_refusal(address, policy)
         if reason is not None:
             shown = host if host == address else f"{host!r} resolves to {address}, which"
-            raise WebhookRefused(
-                f"the webhook host {shown} is a {reason} address; webhooks go only to public addresses on this service"
-            )
+            raise WebhookRefused(f"the webhook host {shown} is a {reason} address; webhooks go only to public addresses on this service")
     return addresses[0]
 
 
@@ -138,8 +140,12 @@ def address_refusal(address: str, policy: AddressPolicy) -> str | None:
     if policy.allow_private or any(ip in network for network in policy.allowed_networks):
         return None
     for reason, applies in (
-        ("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast), ("private", ip.is_private), ("reserved", ip.is_reserved),
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
     ):
         if applies:
             return reason

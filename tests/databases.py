@@ -33,7 +33,9 @@ def empty_postgres_database(url: str) -> list[str]:
             # Read from the database, not from a list here, so that the tables a later migration adds are emptied too.
             tables = list(
                 connection.scalars(
-                    text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'alembic_version' ORDER BY tablename")
+                    text(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'alembic_version' ORDER BY tablename"
+                    )
                 )
             )
             names = ", ".join(f'"{table}"' for table in tables)

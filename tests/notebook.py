@@ -28,9 +28,17 @@ def notebook_net(state_dict: dict[str, torch.Tensor], device: torch.device) -> n
     return nn.Sequential(*[pretrained_net.features[i] for i in range(28 + 1)]).to(device)
 
 
-def run_notebook(net: nn.Sequential, content_img: Image.Image, style_img: Image.Image, image_shape, num_epochs: int, device,
-                 readings: list[tuple[int, float, float]] | None = None, *,
-                 on_reading: Callable[[int, Losses, torch.Tensor], None] | None = None) -> Losses:
+def run_notebook(
+    net: nn.Sequential,
+    content_img: Image.Image,
+    style_img: Image.Image,
+    image_shape,
+    num_epochs: int,
+    device,
+    readings: list[tuple[int, float, float]] | None = None,
+    *,
+    on_reading: Callable[[int, Losses, torch.Tensor], None] | None = None,
+) -> Losses:
     """Run the seed notebook's code as written there and return the losses of its last iteration.
 
     `readings`, when given, receives (iteration, total loss, seconds since the call) at every reading;
@@ -41,10 +49,13 @@ def run_notebook(net: nn.Sequential, content_img: Image.Image, style_img: Image.
     rgb_std = torch.tensor(RGB_STD)
 
     def preprocess(img, image_shape):
-        transforms = torchvision.transforms.Compose([
-            torchvision.transforms.Resize(image_shape),
-            torchvision.transforms.ToTensor(),
-            torchvision.transforms.Normalize(mean=rgb_mean, std=rgb_std)])
+        transforms = torchvision.transforms.Compose(
+            [
+                torchvision.transforms.Resize(image_shape),
+                torchvision.transforms.ToTensor(),
+                torchvision.transforms.Normalize(mean=rgb_mean, std=rgb_std),
+            ]
+        )
         return transforms(img).unsqueeze(0)
 
     style_layers, content_layers = [0, 5, 10, 19, 28], [25]
@@ -71,8 +82,9 @@ def run_notebook(net: nn.Sequential, content_img: Image.Image, style_img: Image.
         return torch.square(gram(Y_hat) - gram_Y.detach()).mean()
 
     def tv_loss(Y_hat):
-        return 0.5 * (torch.abs(Y_hat[:, :, 1:, :] - Y_hat[:, :, :-1, :]).mean() +
-                      torch.abs(Y_hat[:, :, :, 1:] - Y_hat[:, :, :, :-1]).mean())
+        return 0.5 * (
+            torch.abs(Y_hat[:, :, 1:, :] - Y_hat[:, :, :-1, :]).mean() + torch.abs(Y_hat[:, :, :, 1:] - Y_hat[:, :, :, :-1]).mean()
+        )
 
     class SynthesizedImage(nn.Module):
         def __init__(self, img_shape):

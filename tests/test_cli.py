@@ -94,8 +94,21 @@ def small_transfer(inputs: tuple[Path, Path], weights: Path, output: Path, *extr
     """Run a tiny CPU transfer with the styleq preset on random Caffe-convention VGG16 weights."""
     content, style = inputs
     return styleq(
-        "transfer", content, style, "-o", output, "--weights", weights, "--convention", "caffe",
-        "--size", "24x32", "--device", "cpu", "-q", *extra,
+        "transfer",
+        content,
+        style,
+        "-o",
+        output,
+        "--weights",
+        weights,
+        "--convention",
+        "caffe",
+        "--size",
+        "24x32",
+        "--device",
+        "cpu",
+        "-q",
+        *extra,
     )
 
 
@@ -115,7 +128,9 @@ def test_transfer_writes_a_png_of_the_requested_height_and_width(inputs, vgg16_f
 
 
 def test_coarse_to_fine_from_the_command_line_ends_at_the_requested_size(inputs, vgg16_file, out):
-    result = small_transfer(inputs, vgg16_file, out / "picture.png", "--size", "48x64", "--iterations", "6", "--scales", "0.5,1", "--scale-iterations", "4,2")
+    result = small_transfer(
+        inputs, vgg16_file, out / "picture.png", "--size", "48x64", "--iterations", "6", "--scales", "0.5,1", "--scale-iterations", "4,2"
+    )
 
     assert_succeeded(result)
     with Image.open(out / "picture.png") as picture:
@@ -130,7 +145,10 @@ def test_colors_content_keeps_the_content_pictures_colours(inputs, vgg16_file, o
     assert_succeeded(kept)
     with Image.open(inputs[0]) as content, Image.open(out / "styled.png") as styled_picture, Image.open(out / "kept.png") as kept_picture:
         # Cb and Cr, the colour without the light (0-255, as Pillow stores them).
-        chroma = [np.asarray(picture.convert("YCbCr"), dtype=np.float64)[..., 1:] for picture in (content.resize((32, 24)), styled_picture, kept_picture)]
+        chroma = [
+            np.asarray(picture.convert("YCbCr"), dtype=np.float64)[..., 1:]
+            for picture in (content.resize((32, 24)), styled_picture, kept_picture)
+        ]
     assert np.abs(chroma[2] - chroma[0]).mean() < 1 < np.abs(chroma[1] - chroma[0]).mean()
 
 
@@ -142,11 +160,19 @@ def test_an_unknown_colors_value_is_refused_naming_the_choices(inputs, vgg16_fil
 
 
 def test_submit_passes_colors_with_the_other_parameter_flags():
-    assert _job_params('{"iterations": 5}', None, "300x450", colors="histogram") == {"iterations": 5, "size": (300, 450), "colors": "histogram"}
+    assert _job_params('{"iterations": 5}', None, "300x450", colors="histogram") == {
+        "iterations": 5,
+        "size": (300, 450),
+        "colors": "histogram",
+    }
 
 
 def test_submit_passes_the_style_loss_format_and_quality_and_takes_the_format_from_the_output_name(tmp_path):
-    assert _job_params(None, None, None, style_loss="moments", format="jpeg", quality=80) == {"style_loss": "moments", "format": "jpeg", "quality": 80}
+    assert _job_params(None, None, None, style_loss="moments", format="jpeg", quality=80) == {
+        "style_loss": "moments",
+        "format": "jpeg",
+        "quality": 80,
+    }
     assert _job_params(None, None, None, tmp_path / "out.webp") == {"format": "webp"}
     assert _job_params('{"format": "jpeg"}', None, None, tmp_path / "out.JPG") == {"format": "jpeg"}
     with pytest.raises(click.BadParameter, match=r"out.png is not a webp file name: with format webp it should end in .webp"):
@@ -155,7 +181,9 @@ def test_submit_passes_the_style_loss_format_and_quality_and_takes_the_format_fr
 
 def test_style_loss_moments_from_the_command_line(inputs, vgg16_file, out):
     # Up to relu3_1: the deeper layers' 512-channel square roots would cost more than the test needs.
-    result = small_transfer(inputs, vgg16_file, out / "picture.png", "--iterations", "2", "--style-loss", "moments", "--style-layers", "relu1_1,relu2_1,relu3_1")
+    result = small_transfer(
+        inputs, vgg16_file, out / "picture.png", "--iterations", "2", "--style-loss", "moments", "--style-layers", "relu1_1,relu2_1,relu3_1"
+    )
 
     assert_succeeded(result)
     assert read_metadata(out / "picture.png")["params"]["style_loss"] == "moments"
@@ -192,8 +220,27 @@ def second_style(inputs, tmp_path) -> Path:
 
 def test_transfer_blends_several_style_pictures_by_their_weights(inputs, second_style, vgg16_file, out):
     blended = styleq(
-        "transfer", inputs[0], inputs[1], second_style, "--style-weights", "0.7,0.3", "-o", out / "blend.png", "--weights", vgg16_file,
-        "--convention", "caffe", "--size", "24x32", "--device", "cpu", "--iterations", "5", "--lr", "0.1", "-q",
+        "transfer",
+        inputs[0],
+        inputs[1],
+        second_style,
+        "--style-weights",
+        "0.7,0.3",
+        "-o",
+        out / "blend.png",
+        "--weights",
+        vgg16_file,
+        "--convention",
+        "caffe",
+        "--size",
+        "24x32",
+        "--device",
+        "cpu",
+        "--iterations",
+        "5",
+        "--lr",
+        "0.1",
+        "-q",
     )
     alone = small_transfer(inputs, vgg16_file, out / "alone.png", "--iterations", "5", "--lr", "0.1")
 
@@ -264,8 +311,24 @@ def test_plot_writes_a_png(inputs, vgg16_file, out):
 def test_seed_preset_runs_on_a_vgg19_file(inputs, vgg19_file, out):
     content, style = inputs
     result = styleq(
-        "transfer", content, style, "-o", out / "seed.jpg", "--preset", "seed", "--weights", vgg19_file,
-        "--size", "24x32", "--iterations", "10", "--device", "cpu", "-q", "--history", out / "seed.csv",
+        "transfer",
+        content,
+        style,
+        "-o",
+        out / "seed.jpg",
+        "--preset",
+        "seed",
+        "--weights",
+        vgg19_file,
+        "--size",
+        "24x32",
+        "--iterations",
+        "10",
+        "--device",
+        "cpu",
+        "-q",
+        "--history",
+        out / "seed.csv",
     )
 
     assert_succeeded(result)
@@ -293,7 +356,9 @@ def test_a_photo_stored_sideways_is_painted_upright_as_the_service_paints_it(inp
     [
         pytest.param({"CONTENT": "{tmp}/x.jpg"}, ["cannot read the content image", "x.jpg"], id="unreadable-content"),
         pytest.param({"STYLE": "{tmp}/cut.jpg"}, ["cannot read the style image", "cut.jpg", "damaged or incomplete"], id="style-cut-short"),
-        pytest.param({"--size": "16"}, ["--size", "64x48", "the smallest size that works for this content is 21"], id="long-side-too-small"),
+        pytest.param(
+            {"--size": "16"}, ["--size", "64x48", "the smallest size that works for this content is 21"], id="long-side-too-small"
+        ),
         pytest.param({"--size": "300by450"}, ["--size", "300by450"], id="bad-size"),
         pytest.param({"--iterations": "0"}, ["iterations", "got 0"], id="zero-iterations"),
         pytest.param({"--optimizer": "sgd"}, ["--optimizer", "sgd"], id="unknown-optimizer"),
@@ -302,17 +367,32 @@ def test_a_photo_stored_sideways_is_painted_upright_as_the_service_paints_it(inp
         pytest.param({"--weights": "nosuchname"}, ["unknown weights", "nosuchname"], id="unknown-weights-name"),
         pytest.param({"--scales": "0.5,half"}, ["--scales", "0.5,half"], id="scales-not-numbers"),
         pytest.param({"--scales": "1,0.5"}, ["scales must rise strictly"], id="falling-scales"),
-        pytest.param({"--scales": "0.5,1", "--scale-iterations": "1,5"}, ["scale_iterations must add up to iterations (2)"], id="scale-iterations-off"),
-        pytest.param({"--size": "256x384", "--max-pass-pixels": "20000"}, ["--max-pass-pixels", "must be at least 30976"], id="pass-under-the-smallest-tile"),
+        pytest.param(
+            {"--scales": "0.5,1", "--scale-iterations": "1,5"},
+            ["scale_iterations must add up to iterations (2)"],
+            id="scale-iterations-off",
+        ),
+        pytest.param(
+            {"--size": "256x384", "--max-pass-pixels": "20000"},
+            ["--max-pass-pixels", "must be at least 30976"],
+            id="pass-under-the-smallest-tile",
+        ),
     ],
 )
 def test_bad_input_is_reported_and_exits_non_zero_without_writing_anything(inputs, vgg16_file, tmp_path, out, overrides, expected):
     (tmp_path / "x.jpg").write_text("not a picture\n")
     (tmp_path / "cut.jpg").write_bytes(inputs[1].read_bytes()[:-400])
     options = {
-        "CONTENT": str(inputs[0]), "STYLE": str(inputs[1]), "-o": "{out}/picture.png", "--weights": str(vgg16_file),
-        "--convention": "caffe", "--size": "24x32", "--iterations": "2", "--device": "cpu",
-        "--history": "{out}/history.csv", "--plot": "{out}/losses.png",
+        "CONTENT": str(inputs[0]),
+        "STYLE": str(inputs[1]),
+        "-o": "{out}/picture.png",
+        "--weights": str(vgg16_file),
+        "--convention": "caffe",
+        "--size": "24x32",
+        "--iterations": "2",
+        "--device": "cpu",
+        "--history": "{out}/history.csv",
+        "--plot": "{out}/losses.png",
     }
     options.update(overrides)
     options = {key: value.format(tmp=tmp_path, out=out) for key, value in options.items()}
@@ -450,7 +530,10 @@ def test_rotating_a_key_s_webhook_secret_prints_the_new_one_and_the_old_one_sign
     try:
         with make_session_factory(engine)() as session:
             key = find_api_key(session, "1")
-            assert signing_secrets(server_secret, key, utcnow()) == [webhook_secret(server_secret, 1, 2), webhook_secret(server_secret, 1, 1)]
+            assert signing_secrets(server_secret, key, utcnow()) == [
+                webhook_secret(server_secret, 1, 2),
+                webhook_secret(server_secret, 1, 1),
+            ]
     finally:
         engine.dispose()
 

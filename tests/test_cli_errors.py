@@ -18,7 +18,11 @@ STYLEQ = [str(Path(sys.executable).with_name("styleq"))]
 # What a SHA-256 key hash (or any other 64-hex-digit secret) looks like in text.
 HEX_DIGEST = re.compile(r"\b[0-9a-f]{64}\b")
 DATABASE_COMMANDS = [
-    ["keys", "list"], ["keys", "create", "--name", "ci"], ["keys", "revoke", "1"], ["keys", "rotate-webhook-secret", "1"], ["gc"],
+    ["keys", "list"],
+    ["keys", "create", "--name", "ci"],
+    ["keys", "revoke", "1"],
+    ["keys", "rotate-webhook-secret", "1"],
+    ["gc"],
 ]
 
 
@@ -41,7 +45,12 @@ def assert_one_line_failure(result: subprocess.CompletedProcess[str], *fragments
 def environment(tmp_path) -> dict[str, str]:
     """A user's environment with a fresh data directory, text log lines and no styleq settings of the test run's own."""
     environment = {name: value for name, value in os.environ.items() if not name.startswith("STYLEQ_")}
-    return {**environment, "STYLEQ_DATA_DIR": str(tmp_path / "data"), "STYLEQ_MODEL_DIR": str(tmp_path / "models"), "STYLEQ_LOG_FORMAT": "text"}
+    return {
+        **environment,
+        "STYLEQ_DATA_DIR": str(tmp_path / "data"),
+        "STYLEQ_MODEL_DIR": str(tmp_path / "models"),
+        "STYLEQ_LOG_FORMAT": "text",
+    }
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -82,8 +91,16 @@ def test_a_database_url_without_its_driver_is_one_line(environment):
 
 
 def test_submit_to_something_that_is_not_a_url_is_refused_before_uploading(environment, images_dir):
-    result = styleq("submit", str(images_dir / "rainier.jpg"), str(images_dir / "autumn-oak.jpg"), "--url", "notaurl", "--key", "sq_x",
-                    environment=environment)
+    result = styleq(
+        "submit",
+        str(images_dir / "rainier.jpg"),
+        str(images_dir / "autumn-oak.jpg"),
+        "--url",
+        "notaurl",
+        "--key",
+        "sq_x",
+        environment=environment,
+    )
 
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "Error: Invalid value for '--url': 'notaurl' is not an http:// or https:// URL" in result.stderr
@@ -92,15 +109,29 @@ def test_submit_to_something_that_is_not_a_url_is_refused_before_uploading(envir
 def test_submit_to_an_api_that_is_not_running_is_one_line(environment, images_dir):
     url = f"http://127.0.0.1:{free_port()}"
 
-    result = styleq("submit", str(images_dir / "rainier.jpg"), str(images_dir / "autumn-oak.jpg"), "--url", url, "--key", "sq_x",
-                    environment=environment)
+    result = styleq(
+        "submit",
+        str(images_dir / "rainier.jpg"),
+        str(images_dir / "autumn-oak.jpg"),
+        "--url",
+        url,
+        "--key",
+        "sq_x",
+        environment=environment,
+    )
 
     assert_one_line_failure(result, f"cannot reach the styleq API at {url}")
 
 
 def test_transfer_of_a_missing_file_names_it_without_a_traceback(environment, images_dir, tmp_path):
-    result = styleq("transfer", str(tmp_path / "missing.jpg"), str(images_dir / "autumn-oak.jpg"), "-o", str(tmp_path / "out.png"),
-                    environment=environment)
+    result = styleq(
+        "transfer",
+        str(tmp_path / "missing.jpg"),
+        str(images_dir / "autumn-oak.jpg"),
+        "-o",
+        str(tmp_path / "out.png"),
+        environment=environment,
+    )
 
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "Error: Invalid value for 'CONTENT'" in result.stderr and "missing.jpg" in result.stderr

@@ -153,7 +153,9 @@ def test_flower_and_prometheus_report_their_health(services):
 
 
 def test_flower_refuses_to_start_without_a_password(services):
-    said = subprocess.run(["sh", "-c", flower_shell_line(services)], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30)
+    said = subprocess.run(
+        ["sh", "-c", flower_shell_line(services)], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30
+    )
 
     assert said.returncode == 1
     assert said.stderr.strip() == "set FLOWER_BASIC_AUTH in .env to user:password for Flower"
@@ -164,7 +166,11 @@ def test_flower_asks_for_its_password_and_its_healthcheck_passes_without(service
     """Flower started by the compose line (here, on this machine's Redis) guards its pages; its healthcheck still answers."""
     ensure_redis()
     port = free_port()
-    line = flower_shell_line(services).replace("redis://redis:6379/0", "redis://127.0.0.1:6379/15").replace("--port=5555", f"--port={port} --address=127.0.0.1")
+    line = (
+        flower_shell_line(services)
+        .replace("redis://redis:6379/0", "redis://127.0.0.1:6379/15")
+        .replace("--port=5555", f"--port={port} --address=127.0.0.1")
+    )
     healthcheck = services["flower"]["healthcheck"]["test"]
     assert healthcheck[0] == "CMD"
     environment = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "FLOWER_BASIC_AUTH": "operator:s3cret", "HOME": str(tmp_path)}
@@ -173,7 +179,10 @@ def test_flower_asks_for_its_password_and_its_healthcheck_passes_without(service
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
-        while subprocess.run([part.replace("5555", str(port)) for part in healthcheck[1:]], env=environment, capture_output=True).returncode != 0:
+        while (
+            subprocess.run([part.replace("5555", str(port)) for part in healthcheck[1:]], env=environment, capture_output=True).returncode
+            != 0
+        ):
             assert flower.poll() is None and time.monotonic() < deadline, (tmp_path / "flower.log").read_text()
             time.sleep(0.5)
 
@@ -196,7 +205,9 @@ def test_prometheus_scrapes_the_api_and_every_worker_on_its_metrics_port(service
     api_port = next(argument for argument in services["api"]["command"] if argument.startswith("--bind=")).rpartition(":")[2]
     assert targets["styleq-api"] == [f"api:{api_port}"]
     workers = {name: service for name, service in services.items() if name.startswith("worker")}
-    assert sorted(targets["styleq-workers"]) == sorted(f"{name}:{environment(worker)['STYLEQ_METRICS_PORT']}" for name, worker in workers.items())
+    assert sorted(targets["styleq-workers"]) == sorted(
+        f"{name}:{environment(worker)['STYLEQ_METRICS_PORT']}" for name, worker in workers.items()
+    )
 
 
 def test_flower_listens_on_the_workers_broker(services):

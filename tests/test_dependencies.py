@@ -51,8 +51,27 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize(
     "module",
     [
-        "settings", "db", "models", "jobs", "leases", "keys", "dashboard_sessions", "secret_key", "fleet", "storage", "params", "migrate", "errors",
-        "images", "outputs", "memory", "logs", "retention", "stats", "webhooks", "deliveries",
+        "settings",
+        "db",
+        "models",
+        "jobs",
+        "leases",
+        "keys",
+        "dashboard_sessions",
+        "secret_key",
+        "fleet",
+        "storage",
+        "params",
+        "migrate",
+        "errors",
+        "images",
+        "outputs",
+        "memory",
+        "logs",
+        "retention",
+        "stats",
+        "webhooks",
+        "deliveries",
     ],
 )
 def test_shared_loads_neither_flask_celery_click_nor_torch(module):
@@ -76,7 +95,9 @@ def test_gunicorn_s_config_leaves_prometheus_client_for_the_processes_it_forks()
 
 
 def test_the_worker_loads_neither_flask_nor_the_api_nor_the_cli():
-    loaded = top_level(modules_after("import worker.celery_app, worker.launcher, worker.process, worker.runner, worker.downloads, worker.webhooks"))
+    loaded = top_level(
+        modules_after("import worker.celery_app, worker.launcher, worker.process, worker.runner, worker.downloads, worker.webhooks")
+    )
 
     assert not loaded & {"flask", "api", "cli"}
 

@@ -162,11 +162,19 @@ class Build:
             **extra,
         }
 
-    def run(self, command: list[str] | str, *, timeout: float = 600, as_user: bool = True, **extra: str) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, command: list[str] | str, *, timeout: float = 600, as_user: bool = True, **extra: str
+    ) -> subprocess.CompletedProcess[str]:
         """Run `command` (a list, or a shell line) in the image's working directory and environment."""
         return subprocess.run(
-            command, shell=isinstance(command, str), cwd=self.inside(self.workdir), env=self.process_environment(**extra),
-            capture_output=True, text=True, timeout=timeout, user=self.user if as_user else None,
+            command,
+            shell=isinstance(command, str),
+            cwd=self.inside(self.workdir),
+            env=self.process_environment(**extra),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            user=self.user if as_user else None,
         )
 
 
@@ -289,7 +297,9 @@ def test_the_image_runs_the_cli_from_its_own_copy(image):
     assert said.returncode == 0, said.stderr
     assert "worker" in said.stdout and "weights" in said.stdout
 
-    where = image.run(["python", "-c", "import api, cli, shared, worker; print('\\n'.join(m.__file__ for m in (api, cli, shared, worker)))"])
+    where = image.run(
+        ["python", "-c", "import api, cli, shared, worker; print('\\n'.join(m.__file__ for m in (api, cli, shared, worker)))"]
+    )
     assert where.returncode == 0, where.stderr
     for path in where.stdout.split():
         assert path.startswith(image.inside("/app/")), f"imported from outside the image: {path}"
@@ -301,7 +311,13 @@ def test_the_image_holds_the_default_weights_readable_by_its_user(image):
     assert said.returncode == 0, said.stderr
     assert image.inside("/opt/styleq-models") in said.stdout
     assert re.search(r"vgg16-caffe .* pulled", said.stdout), said.stdout
-    loaded = image.run(["python", "-c", "from worker.engine.weights import load_weights; import os; load_weights('vgg16-caffe', os.environ['STYLEQ_MODEL_DIR'])"])
+    loaded = image.run(
+        [
+            "python",
+            "-c",
+            "from worker.engine.weights import load_weights; import os; load_weights('vgg16-caffe', os.environ['STYLEQ_MODEL_DIR'])",
+        ]
+    )
     assert loaded.returncode == 0, loaded.stderr
 
 
@@ -311,7 +327,15 @@ def test_the_image_migrates_a_database(image):
     said = image.run(["styleq", "db", "upgrade"], STYLEQ_DATABASE_URL=f"sqlite:///{database}")
 
     assert said.returncode == 0, said.stderr
-    tables = subprocess.run(["python3", "-c", f"import sqlite3; print(sqlite3.connect('{database}').execute(\"select name from sqlite_master where name='jobs'\").fetchall())"], capture_output=True, text=True)
+    tables = subprocess.run(
+        [
+            "python3",
+            "-c",
+            f"import sqlite3; print(sqlite3.connect('{database}').execute(\"select name from sqlite_master where name='jobs'\").fetchall())",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert "jobs" in tables.stdout
 
 
@@ -328,8 +352,13 @@ class Started:
         self.log = log
         with log.open("wb") as output:
             self.popen = subprocess.Popen(
-                command, cwd=image.inside(image.workdir), env=image.process_environment(**extra), stdout=output,
-                stderr=subprocess.STDOUT, user=image.user, start_new_session=True,
+                command,
+                cwd=image.inside(image.workdir),
+                env=image.process_environment(**extra),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                user=image.user,
+                start_new_session=True,
             )
 
     def output(self) -> str:
@@ -382,9 +411,26 @@ def test_compose_api_command_and_a_worker_from_the_image_run_a_job(image):
         assert key.returncode == 0, key.stderr
         result = data / "result.png"
         submitted = image.run(
-            ["styleq", "submit", str(content), str(style), "--url", url, "--key", key.stdout.split()[-1], "--size", "48",
-             "--iterations", "4", "--wait", "-q", "-o", str(result)],
-            timeout=300, **secret,
+            [
+                "styleq",
+                "submit",
+                str(content),
+                str(style),
+                "--url",
+                url,
+                "--key",
+                key.stdout.split()[-1],
+                "--size",
+                "48",
+                "--iterations",
+                "4",
+                "--wait",
+                "-q",
+                "-o",
+                str(result),
+            ],
+            timeout=300,
+            **secret,
         )
         assert submitted.returncode == 0, f"{submitted.stdout}\n{submitted.stderr}\nworker:\n{worker.output()[-4000:]}"
         assert result.read_bytes().startswith(b"\x89PNG")

@@ -49,7 +49,9 @@ def backdate(path: Path, moment: datetime) -> None:
     os.utime(path, (moment.timestamp(), moment.timestamp()))
 
 
-def add_job(factory, owner, content: str, style: str, status: JobStatus, ended: datetime | None, files: dict[str, bytes], storage: Storage) -> str:
+def add_job(
+    factory, owner, content: str, style: str, status: JobStatus, ended: datetime | None, files: dict[str, bytes], storage: Storage
+) -> str:
     """Add a job created 60 days ago in `status` (ended at `ended`), with `files` in its folder dated long ago."""
     with session_scope(factory) as session:
         job, _ = create_job(session, owner, resolve_params({"iterations": 100}), content, style)
@@ -86,14 +88,36 @@ def test_gc_dry_run_lists_exactly_what_gc_removes_and_spares_what_live_jobs_need
     shared_with_queued, only_old, running_content = upload(storage, "shared"), upload(storage, "old"), upload(storage, "running")
     recent, unused_old, unused_new = upload(storage, "recent"), upload(storage, "unused-old"), upload(storage, "unused-new", NOW)
     state = {"state-000000050.pt": b"s" * 500}
-    old_done = add_job(factory, owner, only_old, shared_with_queued, JobStatus.SUCCEEDED, LONG_AGO,
-                       {"result.png": b"r" * 1000, "preview.jpg": b"p" * 100, **state}, storage)
-    recently_done = add_job(factory, owner, recent, recent, JobStatus.SUCCEEDED, NOW - timedelta(days=1),
-                            {"result.png": b"r" * 1000, "preview.jpg": b"p" * 100, **state}, storage)
-    failed = add_job(factory, owner, recent, recent, JobStatus.FAILED, NOW - timedelta(days=10), {"preview.jpg": b"p" * 100, **state}, storage)
+    old_done = add_job(
+        factory,
+        owner,
+        only_old,
+        shared_with_queued,
+        JobStatus.SUCCEEDED,
+        LONG_AGO,
+        {"result.png": b"r" * 1000, "preview.jpg": b"p" * 100, **state},
+        storage,
+    )
+    recently_done = add_job(
+        factory,
+        owner,
+        recent,
+        recent,
+        JobStatus.SUCCEEDED,
+        NOW - timedelta(days=1),
+        {"result.png": b"r" * 1000, "preview.jpg": b"p" * 100, **state},
+        storage,
+    )
+    failed = add_job(
+        factory, owner, recent, recent, JobStatus.FAILED, NOW - timedelta(days=10), {"preview.jpg": b"p" * 100, **state}, storage
+    )
     # A job handed back to the queue keeps its saved state and preview to resume from; a running one writes them.
-    queued = add_job(factory, owner, shared_with_queued, shared_with_queued, JobStatus.QUEUED, None, {"preview.jpg": b"p" * 100, **state}, storage)
-    running = add_job(factory, owner, running_content, shared_with_queued, JobStatus.RUNNING, None, {"preview.jpg": b"p" * 100, **state}, storage)
+    queued = add_job(
+        factory, owner, shared_with_queued, shared_with_queued, JobStatus.QUEUED, None, {"preview.jpg": b"p" * 100, **state}, storage
+    )
+    running = add_job(
+        factory, owner, running_content, shared_with_queued, JobStatus.RUNNING, None, {"preview.jpg": b"p" * 100, **state}, storage
+    )
     before = files_on_disk(storage)
 
     dry_run = gc("--dry-run")
@@ -104,14 +128,20 @@ def test_gc_dry_run_lists_exactly_what_gc_removes_and_spares_what_live_jobs_need
     removed, (_, count, removed_bytes, note) = listed(run)
     assert planned == removed and planned_bytes == removed_bytes and "dry run" in planned_note and note == "freed"
     expected = {
-        ("upload", only_old), ("upload", unused_old),
-        ("result", old_done), ("preview", old_done), ("state", old_done),
-        ("preview", failed), ("state", failed),
+        ("upload", only_old),
+        ("upload", unused_old),
+        ("result", old_done),
+        ("preview", old_done),
+        ("state", old_done),
+        ("preview", failed),
+        ("state", failed),
     }
     assert {tuple(line.split("\t")[:2]) for line in removed} == expected and count == f"{len(expected)} files"
     paths = {line.split("\t")[3] for line in removed}
     assert files_on_disk(storage) == before - paths
-    assert int(removed_bytes) == sum(int(line.split("\t")[2]) for line in removed) == len("old") + len("unused-old") + 1000 + 2 * 100 + 2 * 500
+    assert (
+        int(removed_bytes) == sum(int(line.split("\t")[2]) for line in removed) == len("old") + len("unused-old") + 1000 + 2 * 100 + 2 * 500
+    )
     for job_id in (queued, running, recently_done):
         assert set(os.listdir(storage.job_dir(job_id))) >= {"preview.jpg", "state-000000050.pt"}
     for sha in (shared_with_queued, running_content, recent, unused_new):

@@ -63,12 +63,18 @@ def test_the_lease_owner_column_is_the_old_worker_column_renamed_with_its_values
     command.downgrade(alembic_config(database), "0003")
     engine = make_engine(database)
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at) VALUES (1, 'a', 'h', 'p', false, CURRENT_TIMESTAMP)"))
-        connection.execute(text(
-            "INSERT INTO jobs (id, owner_id, status, params, content_sha256, style_sha256, iterations, iteration, has_preview, attempts, "
-            "cancel_requested, created_at, updated_at, worker) VALUES ('j', 1, 'running', '{}', 'a', 'b', 1, 0, false, 1, false, "
-            "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'gpu0@host/7')"
-        ))
+        connection.execute(
+            text(
+                "INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at) VALUES (1, 'a', 'h', 'p', false, CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, owner_id, status, params, content_sha256, style_sha256, iterations, iteration, has_preview, attempts, "
+                "cancel_requested, created_at, updated_at, worker) VALUES ('j', 1, 'running', '{}', 'a', 'b', 1, 0, false, 1, false, "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'gpu0@host/7')"
+            )
+        )
     engine.dispose()
 
     upgrade_database(database)
@@ -103,7 +109,9 @@ def test_keys_from_before_0007_are_marked_plain_sha256_and_still_authenticate(da
     engine = make_engine(database)
     with engine.begin() as connection:
         connection.execute(
-            text("INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at) VALUES (1, 'old', :hash, :prefix, false, CURRENT_TIMESTAMP)"),
+            text(
+                "INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at) VALUES (1, 'old', :hash, :prefix, false, CURRENT_TIMESTAMP)"
+            ),
             {"hash": hashlib.sha256(token.encode()).hexdigest(), "prefix": token[:10]},
         )
     engine.dispose()
@@ -146,7 +154,11 @@ def test_the_webhook_columns_and_deliveries_come_and_go_with_0009(database):
         assert {"webhook_url", "webhook_events"}.isdisjoint(job_columns(database))
         assert "webhook_secret_version" not in {column["name"] for column in inspect(engine).get_columns("api_keys")}
         with engine.begin() as connection:
-            connection.execute(text("INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at) VALUES (1, 'a', 'h', 'p', false, CURRENT_TIMESTAMP)"))
+            connection.execute(
+                text(
+                    "INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at) VALUES (1, 'a', 'h', 'p', false, CURRENT_TIMESTAMP)"
+                )
+            )
     finally:
         engine.dispose()
 
@@ -166,16 +178,26 @@ def test_jobs_from_before_0010_keep_their_one_style_as_the_first_of_their_styles
     command.downgrade(alembic_config(database), "0009")
     engine = make_engine(database)
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at) VALUES (1, 'a', 'h', 'p', false, CURRENT_TIMESTAMP)"))
-        connection.execute(text(
-            "INSERT INTO jobs (id, owner_id, status, params, content_sha256, style_sha256, iterations, iteration, has_preview, attempts, "
-            "cancel_requested, created_at, updated_at) VALUES (:id, 1, 'queued', '{}', :content, :style, 1, 0, false, 0, false, "
-            "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-        ), {"id": "1" * 32, "content": "a" * 64, "style": "b" * 64})
-        connection.execute(text(
-            "INSERT INTO checkpoints (job_id, iteration, elapsed_s, content, style, tv, total, created_at) "
-            "VALUES (:id, 10, 1.0, 1.0, 2.0, 0.5, 3.5, CURRENT_TIMESTAMP)"
-        ), {"id": "1" * 32})
+        connection.execute(
+            text(
+                "INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at) VALUES (1, 'a', 'h', 'p', false, CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, owner_id, status, params, content_sha256, style_sha256, iterations, iteration, has_preview, attempts, "
+                "cancel_requested, created_at, updated_at) VALUES (:id, 1, 'queued', '{}', :content, :style, 1, 0, false, 0, false, "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            ),
+            {"id": "1" * 32, "content": "a" * 64, "style": "b" * 64},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO checkpoints (job_id, iteration, elapsed_s, content, style, tv, total, created_at) "
+                "VALUES (:id, 10, 1.0, 1.0, 2.0, 0.5, 3.5, CURRENT_TIMESTAMP)"
+            ),
+            {"id": "1" * 32},
+        )
     engine.dispose()
 
     upgrade_database(database)

@@ -98,21 +98,26 @@ def test_every_command_block_of_the_guide_runs(tmp_path):
         }
         # The default SQLite database beside it, and the secret key the first process makes (none is set).
         upgrade_database(f"sqlite:///{data_dir / 'styleq.db'}")
-        made = subprocess.run(["styleq", "keys", "create", "--name", "operator"], env=environment, capture_output=True, text=True, cwd=tmp_path)
+        made = subprocess.run(
+            ["styleq", "keys", "create", "--name", "operator"], env=environment, capture_output=True, text=True, cwd=tmp_path
+        )
         assert made.returncode == 0, made.stderr
 
         ran = 0
         for mark, body in blocks("sh"):
             if mark is not None and NOT_RUN.fullmatch(mark):
                 continue
-            said = subprocess.run(["bash", "-euo", "pipefail", "-c", body], env=environment, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+            said = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", body], env=environment, capture_output=True, text=True, cwd=tmp_path, timeout=120
+            )
             assert said.returncode == 0, f"this block of the guide failed:\n{body}\n{said.stdout}\n{said.stderr}"
             ran += 1
 
     assert ran >= 6
     backup = tmp_path / "backup"
-    assert (backup / "secret-key").read_text() == (data_dir / "secret-key").read_text().strip() + "\n" or \
-        (backup / "secret-key").read_text().strip() == (data_dir / "secret-key").read_text().strip()
+    assert (backup / "secret-key").read_text() == (data_dir / "secret-key").read_text().strip() + "\n" or (
+        backup / "secret-key"
+    ).read_text().strip() == (data_dir / "secret-key").read_text().strip()
     assert oct((backup / "secret-key").stat().st_mode & 0o777) == "0o600"
     assert (backup / "styleq.dump").stat().st_size > 0
     tables = subprocess.run(["sqlite3", str(backup / "styleq.db"), ".tables"], capture_output=True, text=True)

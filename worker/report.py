@@ -25,8 +25,11 @@ class ProgressBar:
     def advance(self, checkpoint: Progress) -> None:
         """Move the bar to the checkpoint's iteration and show its losses."""
         self.bar.set_postfix(
-            content=f"{checkpoint.content:.3g}", style=f"{checkpoint.style:.3g}", tv=f"{checkpoint.tv:.3g}",
-            total=f"{checkpoint.total:.3g}", refresh=False,
+            content=f"{checkpoint.content:.3g}",
+            style=f"{checkpoint.style:.3g}",
+            tv=f"{checkpoint.tv:.3g}",
+            total=f"{checkpoint.total:.3g}",
+            refresh=False,
         )
         self.bar.update(checkpoint.iteration - self.bar.n)
 

@@ -91,7 +91,9 @@ def send(http: requests.Session, claimed: deliveries.ClaimedDelivery, secrets: l
     }
     try:
         # stream=True: the answer's body is never read, however large; a redirect is a failure, never followed.
-        with http.post(claimed.url, data=claimed.body.encode(), headers=headers, timeout=timeout, allow_redirects=False, stream=True) as response:
+        with http.post(
+            claimed.url, data=claimed.body.encode(), headers=headers, timeout=timeout, allow_redirects=False, stream=True
+        ) as response:
             return deliveries.Attempt(status_code=response.status_code, retry_after=_seconds(response.headers.get("Retry-After")))
     except WebhookRefused as refused:
         return deliveries.Attempt(error=f"not sent: {refused.message}")
@@ -119,11 +121,19 @@ def deliver_one(session_factory: sessionmaker[Session], http: requests.Session, 
         attempt = send(http, claimed, signing_secrets(server_secret, claimed.owner, utcnow()), timeout)
         with session_scope(session_factory) as session:
             status = deliveries.record_attempt(
-                session, claimed, attempt, backoff_seconds=settings.webhook_backoff_seconds, retry_for_seconds=settings.webhook_retry_for_seconds,
+                session,
+                claimed,
+                attempt,
+                backoff_seconds=settings.webhook_backoff_seconds,
+                retry_for_seconds=settings.webhook_retry_for_seconds,
             )
         if status is not None and not attempt.delivered:
             log.info(
-                "webhook delivery %s (attempt %d) failed: %s; now %s", claimed.message_id, claimed.attempt, attempt.error or attempt.status_code, status,
+                "webhook delivery %s (attempt %d) failed: %s; now %s",
+                claimed.message_id,
+                claimed.attempt,
+                attempt.error or attempt.status_code,
+                status,
                 extra={"job_id": claimed.job_id},
             )
     return True

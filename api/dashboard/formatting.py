@@ -65,7 +65,11 @@ APPLIES_WHEN = {
 CHOICE_WORDS = {
     "optimizer": {"adam": "Adam", "lbfgs": "L-BFGS"},
     "line_search": {"none": "none (each step as it comes)", "strong_wolfe": "strong Wolfe"},
-    "colors": {"style": "the style image", "content": "the content image", "histogram": "the content image (the style recoloured to its palette)"},
+    "colors": {
+        "style": "the style image",
+        "content": "the content image",
+        "histogram": "the content image (the style recoloured to its palette)",
+    },
     "init": {"content": "the content image", "style": "the style image", "noise": "noise"},
     "image_space": {"network": "the network's input", "pixels": "pixels"},
     "style_loss": {"gram": "Gram matrices", "moments": "feature mean and covariance"},
@@ -170,12 +174,14 @@ def params_rows(params: dict[str, Any], precision: str | None = None) -> list[tu
     `precision` is what the job ran in ("fp32" or "bf16") where a worker recorded it: it says what "auto" became.
     """
     known = [
-        (label, _param_named(name, params, precision)) for name, label in PARAM_LABELS.items()
+        (label, _param_named(name, params, precision))
+        for name, label in PARAM_LABELS.items()
         if name in params and APPLIES_WHEN.get(name, lambda _: True)(params)
     ]
     # Parameters of a later version than this page knows: their names, and their values where set.
     extra = [
-        (name, param(value)) for name, value in params.items()
+        (name, param(value))
+        for name, value in params.items()
         if name not in PARAM_LABELS and name not in SHOWN_WITH_INPUTS and value is not None
     ]
     # An unset value means "decided elsewhere": written out where it can be, left out where not, never shown as None.

@@ -26,15 +26,27 @@ from .queries import owner_names, status_counts
 
 PAGE_SIZE = 20
 # The form's words for each of CHOICES["colors"], in its order.
-COLOR_CHOICES = tuple(zip(CHOICES["colors"], (
-    "The style image's colours",
-    "The content image's colours",
-    "The style, recoloured to the content's palette",
-), strict=True))
-STYLE_LOSS_CHOICES = tuple(zip(CHOICES["style_loss"], (
-    "Gram matrices (the classic look)",
-    "Feature mean and covariance",
-), strict=True))
+COLOR_CHOICES = tuple(
+    zip(
+        CHOICES["colors"],
+        (
+            "The style image's colours",
+            "The content image's colours",
+            "The style, recoloured to the content's palette",
+        ),
+        strict=True,
+    )
+)
+STYLE_LOSS_CHOICES = tuple(
+    zip(
+        CHOICES["style_loss"],
+        (
+            "Gram matrices (the classic look)",
+            "Feature mean and covariance",
+        ),
+        strict=True,
+    )
+)
 FORMAT_CHOICES = tuple(zip(CHOICES["format"], ("PNG (lossless)", "JPEG", "WebP"), strict=True))
 
 
@@ -53,8 +65,14 @@ def list_jobs() -> str:
     positions = jobs.queue_positions(session, page.jobs)
     names = owner_names(session, (job.owner_id for job in page.jobs)) if key.is_admin else {}
     return render_template(
-        "jobs.html", page=page, status=status, cursor=cursor, statuses=jobs.STATUSES,
-        counts=status_counts(session, key), positions=positions, names=names,
+        "jobs.html",
+        page=page,
+        status=status,
+        cursor=cursor,
+        statuses=jobs.STATUSES,
+        counts=status_counts(session, key),
+        positions=positions,
+        names=names,
     )
 
 
@@ -66,7 +84,12 @@ def show_job(job_id: str) -> str:
     owner = owner_names(session, [job.owner_id]).get(job.owner_id, "") if key.is_admin else ""
     deliveries = deliveries_of(session, job.id) if job.webhook_url else []
     return render_template(
-        "job.html", job=job, payload=job_payload(session, job), owner=owner, deliveries=deliveries, ran_precision=result_precision(job),
+        "job.html",
+        job=job,
+        payload=job_payload(session, job),
+        owner=owner,
+        deliveries=deliveries,
+        ran_precision=result_precision(job),
         removed_uploads=removed_uploads(job),
     )
 
@@ -102,8 +125,15 @@ def new_job() -> str:
         "ranges": RANGES,
     }
     return render_template(
-        "new_job.html", presets=presets, limits=limits, default_preset=DEFAULT_PRESET, color_choices=COLOR_CHOICES,
-        max_styles=MAX_STYLES, max_style_weight=MAX_STYLE_WEIGHT, style_loss_choices=STYLE_LOSS_CHOICES, format_choices=FORMAT_CHOICES,
+        "new_job.html",
+        presets=presets,
+        limits=limits,
+        default_preset=DEFAULT_PRESET,
+        color_choices=COLOR_CHOICES,
+        max_styles=MAX_STYLES,
+        max_style_weight=MAX_STYLE_WEIGHT,
+        style_loss_choices=STYLE_LOSS_CHOICES,
+        format_choices=FORMAT_CHOICES,
     )
 
 
@@ -115,7 +145,11 @@ def rerun_job(job_id: str) -> Response:
     try:
         content, *styles = (resources.storage.upload_path(sha).read_bytes() for sha in (original.content_sha256, *original.style_hashes))
         params = read_params(
-            MultiDict({"params": json.dumps(original.params)}), {}, resources.settings, check_image("content", content), len(styles),
+            MultiDict({"params": json.dumps(original.params)}),
+            {},
+            resources.settings,
+            check_image("content", content),
+            len(styles),
             device_memory_bytes=device_memory(session, resources.settings),
         )
         webhook = None

@@ -10,19 +10,19 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0003'
-down_revision = '0002'
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('jobs') as batch:
-        batch.add_column(sa.Column('batch_size', sa.Integer(), nullable=True))
-        batch.add_column(sa.Column('batch_id', sa.String(length=32), nullable=True))
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("batch_size", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("batch_id", sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('jobs') as batch:
-        batch.drop_column('batch_id')
-        batch.drop_column('batch_size')
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("batch_id")
+        batch.drop_column("batch_size")

@@ -10,17 +10,17 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0004'
-down_revision = '0003'
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('jobs') as batch:
-        batch.alter_column('worker', new_column_name='lease_owner', existing_type=sa.String(length=200), existing_nullable=True)
+    with op.batch_alter_table("jobs") as batch:
+        batch.alter_column("worker", new_column_name="lease_owner", existing_type=sa.String(length=200), existing_nullable=True)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('jobs') as batch:
-        batch.alter_column('lease_owner', new_column_name='worker', existing_type=sa.String(length=200), existing_nullable=True)
+    with op.batch_alter_table("jobs") as batch:
+        batch.alter_column("lease_owner", new_column_name="worker", existing_type=sa.String(length=200), existing_nullable=True)

@@ -10,18 +10,18 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0005'
-down_revision = '0004'
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     # Every checkpoint written before coarse-to-fine was at full size.
-    with op.batch_alter_table('checkpoints') as batch:
-        batch.add_column(sa.Column('scale', sa.Float(), nullable=False, server_default='1'))
+    with op.batch_alter_table("checkpoints") as batch:
+        batch.add_column(sa.Column("scale", sa.Float(), nullable=False, server_default="1"))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('checkpoints') as batch:
-        batch.drop_column('scale')
+    with op.batch_alter_table("checkpoints") as batch:
+        batch.drop_column("scale")

@@ -10,18 +10,18 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012'
-down_revision = '0011'
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     # Workers that reported before this column stay unknown until their next report (every sweep).
-    with op.batch_alter_table('workers') as batch:
-        batch.add_column(sa.Column('device_memory_bytes', sa.BigInteger(), nullable=True))
+    with op.batch_alter_table("workers") as batch:
+        batch.add_column(sa.Column("device_memory_bytes", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('workers') as batch:
-        batch.drop_column('device_memory_bytes')
+    with op.batch_alter_table("workers") as batch:
+        batch.drop_column("device_memory_bytes")

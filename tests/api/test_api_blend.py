@@ -80,23 +80,61 @@ NOT_AN_IMAGE = b"just some text, not a picture\n" * 10
 BAD_BLENDS = {
     "five styles": ({"style": [OAK] * 5}, 400, "too_many_files", "at most 4"),
     "a second style as style2": ({"style": OAK, "fields": {"style2": file_field("style2", NIGHT)}}, 400, "unknown_field", "style2"),
-    "two content images": ({"omit": ("content",), "fields": {"content": [file_field("content", OAK), file_field("content", NIGHT)]}}, 400, "too_many_files", "one content"),
-    "one weight for two styles": ({"style": [OAK, NIGHT], "fields": {"style_weights": "1"}}, 422, "invalid_style_weights", "1 weight(s) for 2"),
+    "two content images": (
+        {"omit": ("content",), "fields": {"content": [file_field("content", OAK), file_field("content", NIGHT)]}},
+        400,
+        "too_many_files",
+        "one content",
+    ),
+    "one weight for two styles": (
+        {"style": [OAK, NIGHT], "fields": {"style_weights": "1"}},
+        422,
+        "invalid_style_weights",
+        "1 weight(s) for 2",
+    ),
     "two weights for one style": ({"style": OAK, "fields": {"style_weights": "1,1"}}, 422, "invalid_style_weights", "2 weight(s) for 1"),
-    "a weight that is no number": ({"style": [OAK, NIGHT], "fields": {"style_weights": "0.7,lots"}}, 422, "invalid_style_weights", "numbers"),
+    "a weight that is no number": (
+        {"style": [OAK, NIGHT], "fields": {"style_weights": "0.7,lots"}},
+        422,
+        "invalid_style_weights",
+        "numbers",
+    ),
     "a zero weight": ({"style": [OAK, NIGHT], "fields": {"style_weights": "1,0"}}, 422, "invalid_style_weights", "positive"),
     "a negative weight": ({"style": [OAK, NIGHT], "fields": {"style_weights": "1,-1"}}, 422, "invalid_style_weights", "positive"),
     "a NaN weight": ({"style": [OAK, NIGHT], "fields": {"style_weights": "nan,1"}}, 422, "invalid_style_weights", "positive"),
     "an infinite weight": ({"style": [OAK, NIGHT], "fields": {"style_weights": "1e400,1"}}, 422, "invalid_style_weights", "positive"),
     "empty weights": ({"style": [OAK, NIGHT], "fields": {"style_weights": ""}}, 422, "invalid_style_weights", "numbers"),
-    "weights as a file": ({"style": [OAK, NIGHT], "fields": {"style_weights": file_field("style_weights", b"1,1")}}, 400, "invalid_params", "style_weights"),
+    "weights as a file": (
+        {"style": [OAK, NIGHT], "fields": {"style_weights": file_field("style_weights", b"1,1")}},
+        400,
+        "invalid_params",
+        "style_weights",
+    ),
     "weights twice": ({"style": [OAK, NIGHT], "fields": {"style_weights": ["1,1", "1,2"]}}, 400, "invalid_style_weights", "once"),
     "weights in the form and in params": (
-        {"style": [OAK, NIGHT], "fields": {"style_weights": "1,1"}, "params": '{"style_weights": [1, 1]}'}, 400, "invalid_style_weights", "once",
+        {"style": [OAK, NIGHT], "fields": {"style_weights": "1,1"}, "params": '{"style_weights": [1, 1]}'},
+        400,
+        "invalid_style_weights",
+        "once",
     ),
-    "weights in params of another count": ({"style": [OAK, NIGHT], "params": '{"style_weights": [1, 1, 1]}'}, 422, "invalid_style_weights", "3 weight(s) for 2"),
-    "weights in params as a string": ({"style": [OAK, NIGHT], "params": '{"style_weights": "1,1"}'}, 422, "invalid_params", "style_weights"),
-    "a huge weight in params": ({"style": [OAK, NIGHT], "params": '{"style_weights": [1, 1' + "0" * 400 + ']}'}, 422, "invalid_params", "style_weights"),
+    "weights in params of another count": (
+        {"style": [OAK, NIGHT], "params": '{"style_weights": [1, 1, 1]}'},
+        422,
+        "invalid_style_weights",
+        "3 weight(s) for 2",
+    ),
+    "weights in params as a string": (
+        {"style": [OAK, NIGHT], "params": '{"style_weights": "1,1"}'},
+        422,
+        "invalid_params",
+        "style_weights",
+    ),
+    "a huge weight in params": (
+        {"style": [OAK, NIGHT], "params": '{"style_weights": [1, 1' + "0" * 400 + "]}"},
+        422,
+        "invalid_params",
+        "style_weights",
+    ),
     "a second style that is no picture": ({"style": [OAK, NOT_AN_IMAGE]}, 400, "invalid_image", "style 2"),
     "a second style over the size limit": ({"style": [OAK, b"\x89PNG" + bytes(MAX_UPLOAD_BYTES)]}, 413, "too_large", "style 2"),
 }
@@ -167,9 +205,11 @@ def test_run_again_repeats_a_blend_with_its_styles_and_weights(app, client, keys
     response = dashboard.post(f"/jobs/{original['id']}/rerun", data={"csrf_token": token})
 
     again = dashboard.get(f"/v1/jobs/{response.headers['Location'].rsplit('/', 1)[1]}").get_json()
-    assert again["id"] != original["id"] and again["params"] == original["params"] and again["styles"] == [
-        {**style, "link": style["link"].replace(original["id"], again["id"])} for style in original["styles"]
-    ]
+    assert (
+        again["id"] != original["id"]
+        and again["params"] == original["params"]
+        and again["styles"] == [{**style, "link": style["link"].replace(original["id"], again["id"])} for style in original["styles"]]
+    )
     assert [read(dashboard, style["link"]) for style in again["styles"]] == [OAK, NIGHT]
 
 

@@ -90,7 +90,10 @@ def test_a_preview_and_uploads_removed_by_retention_are_410_gone_like_the_result
     assert {removal.kind for removal in removed} == {"preview", "upload"}
     answers = {name: client.get(f"/v1/jobs/{job_id}/{name}", headers=alice) for name in ("preview", "content", "style", "styles/0")}
     preview = assert_error(answers["preview"], 410, "preview_expired")
-    assert f"the preview of job {job_id} was removed" in preview["message"] and "previews only for 7 days after their job ends" in preview["message"]
+    assert (
+        f"the preview of job {job_id} was removed" in preview["message"]
+        and "previews only for 7 days after their job ends" in preview["message"]
+    )
     for name, role in (("content", "content"), ("style", "style"), ("styles/0", "style")):
         upload = assert_error(answers[name], 410, "upload_expired")
         assert f"the {role} image of job {job_id} was removed" in upload["message"] and "30 days" in upload["message"], name

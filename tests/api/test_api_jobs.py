@@ -52,12 +52,19 @@ def test_list_filters_by_status(app, client, keys):
 def test_a_page_of_many_queued_jobs_costs_the_same_few_queries_as_a_page_of_one(app, client, keys):
     # Queue positions and webhook deliveries were read per job: 50 queued jobs were over 100 queries, and under
     # gevent each one waits its turn behind every open event stream, so an admin's list took seconds.
-    first = add_job(app, keys.ids["alice"], created_at=minutes_ago(60), webhook_url="https://example.com/hook", webhook_events=["succeeded"])
+    first = add_job(
+        app, keys.ids["alice"], created_at=minutes_ago(60), webhook_url="https://example.com/hook", webhook_events=["succeeded"]
+    )
     add_deliveries(app, first, 2)
     one_job, _ = count_queries(app, lambda: client.get("/v1/jobs?limit=100", headers=keys.headers("admin")))
     for minute in range(49):
-        job_id = add_job(app, keys.ids["bob" if minute % 2 else "alice"], created_at=minutes_ago(59 - minute),
-                         webhook_url="https://example.com/hook", webhook_events=["succeeded"])
+        job_id = add_job(
+            app,
+            keys.ids["bob" if minute % 2 else "alice"],
+            created_at=minutes_ago(59 - minute),
+            webhook_url="https://example.com/hook",
+            webhook_events=["succeeded"],
+        )
         add_deliveries(app, job_id, 2)
 
     queries, response = count_queries(app, lambda: client.get("/v1/jobs?limit=100", headers=keys.headers("admin")))
@@ -66,17 +73,26 @@ def test_a_page_of_many_queued_jobs_costs_the_same_few_queries_as_a_page_of_one(
     assert len(shown) == 50 and queries == one_job, f"{queries} queries for 50 jobs, {one_job} for one"
     # Newest first: the newest queued job is 50th in the queue, the oldest first; each shows its two deliveries, newest first.
     assert [job["queue_position"] for job in shown] == list(range(50, 0, -1))
-    assert all([delivery["id"] for delivery in job["webhook"]["deliveries"]] == [f"msg_{job['id']}_1", f"msg_{job['id']}_0"] for job in shown)
+    assert all(
+        [delivery["id"] for delivery in job["webhook"]["deliveries"]] == [f"msg_{job['id']}_1", f"msg_{job['id']}_0"] for job in shown
+    )
 
 
 def add_deliveries(app: Flask, job_id: str, count: int) -> None:
     """Record `count` webhook deliveries of the job, a minute apart, as a worker would."""
     with session_scope(app.extensions["styleq"].session_factory) as session:
         for number in range(count):
-            session.add(WebhookDelivery(
-                job_id=job_id, event=WebhookEvent.SUCCEEDED, message_id=f"msg_{job_id}_{number}", body="{}",
-                status=DeliveryStatus.DELIVERED, attempts=1, created_at=minutes_ago(30 - number),
-            ))
+            session.add(
+                WebhookDelivery(
+                    job_id=job_id,
+                    event=WebhookEvent.SUCCEEDED,
+                    message_id=f"msg_{job_id}_{number}",
+                    body="{}",
+                    status=DeliveryStatus.DELIVERED,
+                    attempts=1,
+                    created_at=minutes_ago(30 - number),
+                )
+            )
 
 
 def count_queries(app: Flask, request: Callable[[], TestResponse]) -> tuple[int, TestResponse]:
@@ -104,9 +120,19 @@ def statements_counted(engine: Engine) -> Iterator[list[str]]:
 
 @pytest.mark.parametrize(
     "query",
-    ["status=done", "limit=0", "limit=101", "limit=ten", "cursor=0123456789abcdef0123456789abcdef",
-     # Given empty, or more than once, an argument says nothing clear: refused rather than guessed.
-     "status=", "cursor=", "limit=", "limit=5&limit=6", "status=queued&status=running"],
+    [
+        "status=done",
+        "limit=0",
+        "limit=101",
+        "limit=ten",
+        "cursor=0123456789abcdef0123456789abcdef",
+        # Given empty, or more than once, an argument says nothing clear: refused rather than guessed.
+        "status=",
+        "cursor=",
+        "limit=",
+        "limit=5&limit=6",
+        "status=queued&status=running",
+    ],
 )
 def test_list_refuses_bad_query(client, keys, query):
     assert_error(client.get(f"/v1/jobs?{query}", headers=keys.headers("alice")), 400, "invalid_query")
@@ -125,8 +151,17 @@ def test_admin_key_sees_every_clients_jobs(app, client, keys):
 def test_other_client_gets_404_on_every_job_route_and_does_not_see_it(app, client, keys):
     job_id = submit(client, keys.headers("alice")).get_json()["id"]
     bob = keys.headers("bob")
-    routes = [("get", ""), ("get", "/checkpoints"), ("get", "/events"), ("get", "/result"), ("get", "/preview"),
-              ("get", "/content"), ("get", "/style"), ("post", "/cancel"), ("delete", "")]
+    routes = [
+        ("get", ""),
+        ("get", "/checkpoints"),
+        ("get", "/events"),
+        ("get", "/result"),
+        ("get", "/preview"),
+        ("get", "/content"),
+        ("get", "/style"),
+        ("post", "/cancel"),
+        ("delete", ""),
+    ]
 
     for method, suffix in routes:
         assert_error(getattr(client, method)(f"/v1/jobs/{job_id}{suffix}", headers=bob), 404, "not_found")
@@ -156,15 +191,30 @@ def test_checkpoints_after_an_iteration(app, client, keys):
     later = client.get(f"/v1/jobs/{job_id}/checkpoints?after=20&limit=1", headers=keys.headers("alice")).get_json()
 
     assert [point["iteration"] for point in everything["checkpoints"]] == [10, 20, 30, 40]
-    assert later["checkpoints"] == [{"iteration": 30, "elapsed_s": 3.0, "content": 1 / 30, "style": 2 / 30, "tv": 0.5, "total": 0.6, "scale": 1.0}]
+    assert later["checkpoints"] == [
+        {"iteration": 30, "elapsed_s": 3.0, "content": 1 / 30, "style": 2 / 30, "tv": 0.5, "total": 0.6, "scale": 1.0}
+    ]
     assert_error(client.get(f"/v1/jobs/{job_id}/checkpoints?after=-1", headers=keys.headers("alice")), 400, "invalid_query")
     assert_error(client.get(f"/v1/jobs/{job_id}/checkpoints?after=", headers=keys.headers("alice")), 400, "invalid_query")
     assert_error(client.get(f"/v1/jobs/{job_id}/events?after=", headers=keys.headers("alice")), 400, "invalid_query")
 
 
 def test_running_job_shows_progress_and_losses(app, client, keys):
-    job_id = add_job(app, keys.ids["alice"], status="running", iteration=25, content_loss=1.0, style_loss=2.0,
-                     tv_loss=0.5, total_loss=3.5, elapsed_s=4.0, attempts=1, lease_owner="w1@host", gpu="cuda:0", started_at=minutes_ago(1))
+    job_id = add_job(
+        app,
+        keys.ids["alice"],
+        status="running",
+        iteration=25,
+        content_loss=1.0,
+        style_loss=2.0,
+        tv_loss=0.5,
+        total_loss=3.5,
+        elapsed_s=4.0,
+        attempts=1,
+        lease_owner="w1@host",
+        gpu="cuda:0",
+        started_at=minutes_ago(1),
+    )
 
     job = client.get(f"/v1/jobs/{job_id}", headers=keys.headers("alice")).get_json()
 

@@ -48,7 +48,9 @@ def test_a_key_stored_as_plain_sha256_still_works_and_is_rehashed_at_its_first_u
     # As `styleq keys create` stored keys before migration 0007.
     token = "sq_" + "legacy-key-made-before-0007".ljust(43, "x")
     with session_scope(app.extensions["styleq"].session_factory) as session:
-        legacy = ApiKey(name="old", key_hash=hashlib.sha256(token.encode()).hexdigest(), hash_scheme=KeyHashScheme.SHA256, prefix=token[:10])
+        legacy = ApiKey(
+            name="old", key_hash=hashlib.sha256(token.encode()).hexdigest(), hash_scheme=KeyHashScheme.SHA256, prefix=token[:10]
+        )
         session.add(legacy)
         session.flush()
         key_id = legacy.id
@@ -76,7 +78,10 @@ def test_a_revoked_key_is_refused_at_its_next_request(app: Flask, client: FlaskC
 
     revoke(app, keys.ids["alice"])
 
-    for response in (client.get(f"/v1/jobs/{job_id}", headers=keys.headers("alice")), client.get("/v1/jobs", headers=keys.headers("alice"))):
+    for response in (
+        client.get(f"/v1/jobs/{job_id}", headers=keys.headers("alice")),
+        client.get("/v1/jobs", headers=keys.headers("alice")),
+    ):
         assert_error(response, 401, "invalid_token")
     assert client.get("/v1/jobs", headers=keys.headers("bob")).status_code == 200
 

@@ -65,7 +65,10 @@ def test_wait_and_run_times_are_histograms_of_the_job_rows(app, client, keys):
 
     samples = scrape(client)
 
-    wait = {le: sample(samples, "styleq_job_queue_wait_seconds_bucket", le=le) for le in ("2.5", "5.0", "10.0", "30.0", "600.0", "1800.0", "+Inf")}
+    wait = {
+        le: sample(samples, "styleq_job_queue_wait_seconds_bucket", le=le)
+        for le in ("2.5", "5.0", "10.0", "30.0", "600.0", "1800.0", "+Inf")
+    }
     assert wait == {"2.5": 0, "5.0": 1, "10.0": 1, "30.0": 2, "600.0": 2, "1800.0": 3, "+Inf": 3}
     assert sample(samples, "styleq_job_queue_wait_seconds_count") == 3
     assert sample(samples, "styleq_job_queue_wait_seconds_sum") == pytest.approx(729, abs=0.01)
@@ -114,7 +117,11 @@ def test_webhook_deliveries_are_counted_by_outcome(app, client, keys):
     job_id = add_job(app, keys.ids["alice"], status="succeeded", finished_at=ago(5))
     with session_scope(app.extensions["styleq"].session_factory) as session:
         for number, status in enumerate(("delivered", "delivered", "failed", "pending")):
-            session.add(WebhookDelivery(job_id=job_id, event=WebhookEvent.SUCCEEDED, message_id=f"msg_{number}", body="{}", status=DeliveryStatus(status)))
+            session.add(
+                WebhookDelivery(
+                    job_id=job_id, event=WebhookEvent.SUCCEEDED, message_id=f"msg_{number}", body="{}", status=DeliveryStatus(status)
+                )
+            )
 
     samples = scrape(client)
 
@@ -138,7 +145,11 @@ def test_metrics_need_the_token_when_one_is_set(settings):
 def test_an_unreachable_database_says_so_and_still_answers(tmp_path):
     from shared.settings import Settings
 
-    settings = Settings(data_dir=tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:1/nothing", broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}")
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url="postgresql+psycopg://postgres@127.0.0.1:1/nothing",
+        broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+    )
     app = create_app(settings)
     try:
         samples = scrape(app.test_client())

@@ -32,7 +32,9 @@ def test_openapi_document_describes_exactly_the_routes(app, client):
     scheme = document["components"]["securitySchemes"]["bearer"]
     assert scheme["type"] == "http" and scheme["scheme"] == "bearer" and document["security"] == [{"bearer": []}]
     assert document_operations(document) == route_operations(app)
-    assert {path for path, _ in route_operations(app) if path.startswith("/v1/")} == {path for path in document["paths"] if path.startswith("/v1/")}
+    assert {path for path, _ in route_operations(app) if path.startswith("/v1/")} == {
+        path for path in document["paths"] if path.startswith("/v1/")
+    }
 
 
 def test_openapi_document_gives_every_operation_responses_and_path_parameters(client):
@@ -45,7 +47,10 @@ def test_openapi_document_gives_every_operation_responses_and_path_parameters(cl
             assert named == set(re.findall(r"{(\w+)}", path)), (path, method)
             if path.startswith("/v1/"):
                 assert {"401", "429"} <= set(operation["responses"]), (path, method)
-    assert document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == ["content", "style"]
+    assert document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == [
+        "content",
+        "style",
+    ]
     submit = document["paths"]["/v1/jobs"]["post"]["responses"]
     assert "idempotency_key_reused" in submit["422"]["description"]
     assert "too_many_active_jobs" in submit["429"]["description"] and "Retry-After" in submit["429"]["headers"]

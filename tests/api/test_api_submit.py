@@ -121,7 +121,12 @@ BAD_REQUESTS = {
     "size over the longest side": ({"params": '{"size": [600, 700]}'}, 422, "invalid_params", "long side"),
     "long side over the longest side": ({"params": '{"size": 1000}'}, 422, "invalid_params", "long side"),
     "style scale out of range": ({"params": '{"style_scale": 8}'}, 422, "invalid_params", "style_scale"),
-    "a schedule with automatic scales": ({"params": '{"scales": "auto", "scale_iterations": [1, 299]}'}, 422, "invalid_params", "scale_iterations"),
+    "a schedule with automatic scales": (
+        {"params": '{"scales": "auto", "scale_iterations": [1, 299]}'},
+        422,
+        "invalid_params",
+        "scale_iterations",
+    ),
     "layers of the wrong type": ({"params": '{"style_layers": 5}'}, 422, "invalid_params", "style_layers"),
     "weights as a path": ({"params": '{"weights": "/etc/passwd"}'}, 422, "invalid_params", "weights"),
     "weights as a file name": ({"params": '{"weights": "vgg19.pth"}'}, 422, "invalid_params", "weights"),

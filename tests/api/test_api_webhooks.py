@@ -19,14 +19,17 @@ def settings(settings):
     return settings.model_copy(update={"webhook_allowed_networks": (ip_network("127.0.0.2/32"),)})
 
 
-@pytest.mark.parametrize(("url", "words"), [
-    ("http://10.0.0.1/hook", "10.0.0.1 is a private address"),
-    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
-    ("http://localhost:9/hook", "'localhost' resolves to 127.0.0.1, which is a loopback address"),
-    ("http://[::ffff:127.0.0.1]/hook", "loopback address"),
-    ("gopher://example.com/", "http or https"),
-    ("https://me:pw@example.com/hook", "credentials"),
-])
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("http://10.0.0.1/hook", "10.0.0.1 is a private address"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+        ("http://localhost:9/hook", "'localhost' resolves to 127.0.0.1, which is a loopback address"),
+        ("http://[::ffff:127.0.0.1]/hook", "loopback address"),
+        ("gopher://example.com/", "http or https"),
+        ("https://me:pw@example.com/hook", "credentials"),
+    ],
+)
 def test_a_webhook_url_the_service_will_not_call_is_refused_at_submit_and_nothing_is_stored(client, keys, settings, url, words):
     response = submit(client, keys.headers("alice"), params=PARAMS, fields={"webhook_url": url})
 
@@ -36,7 +39,9 @@ def test_a_webhook_url_the_service_will_not_call_is_refused_at_submit_and_nothin
 
 
 def test_unknown_events_or_events_without_a_url_are_refused(client, keys):
-    unknown = submit(client, keys.headers("alice"), params=PARAMS, fields={"webhook_url": "http://10.0.0.1/", "webhook_events": "running,done"})
+    unknown = submit(
+        client, keys.headers("alice"), params=PARAMS, fields={"webhook_url": "http://10.0.0.1/", "webhook_events": "running,done"}
+    )
     alone = submit(client, keys.headers("alice"), params=PARAMS, fields={"webhook_events": "running"})
 
     assert "done" in assert_error(unknown, 422, "invalid_webhook_events")["message"]
@@ -44,7 +49,12 @@ def test_unknown_events_or_events_without_a_url_are_refused(client, keys):
 
 
 def test_a_job_shows_its_webhook_and_each_delivery(app: Flask, client, keys):
-    response = submit(client, keys.headers("alice"), params=PARAMS, fields={"webhook_url": "http://127.0.0.2:9/hook", "webhook_events": "canceled,running"})
+    response = submit(
+        client,
+        keys.headers("alice"),
+        params=PARAMS,
+        fields={"webhook_url": "http://127.0.0.2:9/hook", "webhook_events": "canceled,running"},
+    )
     assert response.status_code == 202, response.get_data(as_text=True)
     job = response.get_json()
     assert job["webhook"] == {"url": "http://127.0.0.2:9/hook", "events": ["running", "canceled"], "deliveries": []}
@@ -70,7 +80,12 @@ def test_the_webhook_is_part_of_an_idempotent_request(client, keys):
 
 
 def test_running_again_from_the_dashboard_keeps_the_webhook(app: Flask, keys):
-    job = submit(app.test_client(), keys.headers("alice"), params=PARAMS, fields={"webhook_url": "http://127.0.0.2:9/hook", "webhook_events": "succeeded"}).get_json()
+    job = submit(
+        app.test_client(),
+        keys.headers("alice"),
+        params=PARAMS,
+        fields={"webhook_url": "http://127.0.0.2:9/hook", "webhook_events": "succeeded"},
+    ).get_json()
     browser = signed_in(app, keys, "alice")
     page = browser.get(f"/jobs/{job['id']}").get_data(as_text=True)
     token = page.split('name="csrf_token" value="')[1].split('"')[0]

@@ -168,7 +168,7 @@ def test_the_operator_view_is_for_admin_keys(app: Flask, keys):
     assert signed_in(app, keys, "alice").get("/operator").status_code == 403
     page = signed_in(app, keys, "admin").get("/operator").get_data(as_text=True)
     assert "the worker stopped answering" in page and "Queue depth" in page
-    assert re.search(r'Queued <b>1</b>', page) and re.search(r'Failed <b>1</b>', page)
+    assert re.search(r"Queued <b>1</b>", page) and re.search(r"Failed <b>1</b>", page)
 
 
 def test_thumbnails_are_small_jpegs_of_the_clients_own_jobs(app: Flask, keys):
@@ -232,7 +232,11 @@ def test_the_new_job_form_offers_the_style_losses_and_file_formats_and_the_job_p
 
     job_id = add_job(app, keys.ids["alice"], params=resolve_params({"style_loss": "moments", "format": "webp", "quality": 80}).to_dict())
     page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
-    rows = ("<tr><td>Style loss</td><td>feature mean and covariance</td></tr>", "<tr><td>File format</td><td>WebP</td></tr>", "<tr><td>Quality</td><td>80</td></tr>")
+    rows = (
+        "<tr><td>Style loss</td><td>feature mean and covariance</td></tr>",
+        "<tr><td>File format</td><td>WebP</td></tr>",
+        "<tr><td>Quality</td><td>80</td></tr>",
+    )
     for row in rows:
         assert row in page
 
@@ -260,8 +264,10 @@ def test_the_job_page_shows_every_parameter_in_words_and_none_unresolved(app: Fl
         "seed": resolve_params({"preset": "seed"}),
         "lbfgs": resolve_params({"optimizer": "lbfgs", "line_search": "strong_wolfe", "scales": [0.5, 1.0], "size": 640, "format": "jpeg"}),
     }
-    pages = {name: parameter_rows(client.get(f"/jobs/{add_job(app, keys.ids['alice'], params=params.to_dict())}").get_data(as_text=True))
-             for name, params in jobs.items()}
+    pages = {
+        name: parameter_rows(client.get(f"/jobs/{add_job(app, keys.ids['alice'], params=params.to_dict())}").get_data(as_text=True))
+        for name, params in jobs.items()
+    }
 
     for name, rows in pages.items():
         assert rows and all("_" not in label and label[0].isupper() for label in rows), (name, rows)

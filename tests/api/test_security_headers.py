@@ -38,7 +38,9 @@ def assert_browser_headers(response) -> None:
 def app_with_probe(app: Flask) -> Flask:
     """The app with two extra routes: one that fails unexpectedly, one that echoes what the app believes of the request."""
     app.add_url_rule("/probe/fail", "probe_fail", lambda: 1 / 0)
-    app.add_url_rule("/probe/request", "probe_request", lambda: {"scheme": request.scheme, "host": request.host, "client": request.remote_addr})
+    app.add_url_rule(
+        "/probe/request", "probe_request", lambda: {"scheme": request.scheme, "host": request.host, "client": request.remote_addr}
+    )
     return app
 
 
@@ -157,11 +159,17 @@ def test_behind_a_configured_proxy_its_forwarded_headers_are_believed(app: Flask
     # A second app on the same database and data directory (so the same server secret), told of one proxy.
     app = create_app(settings.model_copy(update={"trusted_proxies": 1}))
     try:
-        app.add_url_rule("/probe/request", "probe_request", lambda: {"scheme": request.scheme, "host": request.host, "client": request.remote_addr})
+        app.add_url_rule(
+            "/probe/request", "probe_request", lambda: {"scheme": request.scheme, "host": request.host, "client": request.remote_addr}
+        )
         client = app.test_client()
 
         # Only the last address is the proxy's own; the one before it is whatever the client claimed.
-        assert client.get("/probe/request", headers=HTTPS_PROXY).get_json() == {"scheme": "https", "host": "styleq.example", "client": "203.0.113.9"}
+        assert client.get("/probe/request", headers=HTTPS_PROXY).get_json() == {
+            "scheme": "https",
+            "host": "styleq.example",
+            "client": "203.0.113.9",
+        }
         over_https, over_http = client.get("/signin", headers=HTTPS_PROXY), client.get("/signin")
         assert over_https.headers["Strict-Transport-Security"] == "max-age=31536000"
         assert "Strict-Transport-Security" not in over_http.headers

@@ -205,10 +205,15 @@ def test_the_operator_view_shows_workers_queue_and_failures(open_session, deploy
     alice = deployment.client("alice")
     # One job to keep the worker busy, two waiting behind it.
     running = alice.submit(images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {"size": [48, 72], "iterations": 5000}).json()["id"]
-    waiting = [alice.submit(images_dir / "tubingen.jpg", images_dir / "starry_night.jpg", {"size": [48, 72], "iterations": 200}).json()["id"] for _ in range(2)]
+    waiting = [
+        alice.submit(images_dir / "tubingen.jpg", images_dir / "starry_night.jpg", {"size": [48, 72], "iterations": 200}).json()["id"]
+        for _ in range(2)
+    ]
     alice.wait_for(running, lambda job: job["status"] == "running" and job["iteration"] >= 20, timeout=120)
 
-    failure = record_failure(deployment, running, "out_of_memory", "the picture did not fit in the GPU's memory; submit it again with a smaller size")
+    failure = record_failure(
+        deployment, running, "out_of_memory", "the picture did not fit in the GPU's memory; submit it again with a smaller size"
+    )
 
     page = open_session("ops")
     page.get_by_role("link", name="Operator").click()

@@ -30,9 +30,12 @@ def live(tmp_path_factory) -> Iterator[tuple[str, str]]:
     (root / "models").mkdir()
     (root / "models" / WEIGHTS_FILES["vgg16-caffe"]).write_bytes(b"")  # the API only looks for the file
     environment = {
-        **os.environ, "STYLEQ_DATA_DIR": str(root), "STYLEQ_MODEL_DIR": str(root / "models"),
+        **os.environ,
+        "STYLEQ_DATA_DIR": str(root),
+        "STYLEQ_MODEL_DIR": str(root / "models"),
         # The fuzzer sends thousands of requests a minute with one key: fair use off, or most answers would be 429.
-        "STYLEQ_MAX_REQUESTS_PER_MINUTE": "0", "STYLEQ_MAX_ACTIVE_JOBS": "0",
+        "STYLEQ_MAX_REQUESTS_PER_MINUTE": "0",
+        "STYLEQ_MAX_ACTIVE_JOBS": "0",
     }
     for name in ("STYLEQ_DATABASE_URL", "STYLEQ_BROKER_URL"):
         environment.pop(name, None)
@@ -111,16 +114,37 @@ def test_schemathesis_finds_no_departure_from_the_document(live, tmp_path):
     started = time.monotonic()
     run = subprocess.run(
         [
-            str(schemathesis), "--config-file", str(HERE / "schemathesis.toml"), "run", f"{url}/openapi.json",
-            "--header", f"Authorization: Bearer {key}", "--checks", "all",
+            str(schemathesis),
+            "--config-file",
+            str(HERE / "schemathesis.toml"),
+            "run",
+            f"{url}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {key}",
+            "--checks",
+            "all",
             # A schema cannot say "an image file" or "a cursor this client was given": such schema-valid requests
             # are rightly refused with 400, and the other checks cover those answers.
-            "--exclude-checks", "positive_data_acceptance",
+            "--exclude-checks",
+            "positive_data_acceptance",
             # Bounded: a fixed seed and budget, so the run takes about a minute and finds the same things each time.
-            "--max-examples", "10", "--max-time", "90", "--seed", "20261127", "--no-shrink", "--warnings", "off",
-            "--report", "junit", "--report-dir", str(tmp_path),
+            "--max-examples",
+            "10",
+            "--max-time",
+            "90",
+            "--seed",
+            "20261127",
+            "--no-shrink",
+            "--warnings",
+            "off",
+            "--report",
+            "junit",
+            "--report-dir",
+            str(tmp_path),
         ],
-        capture_output=True, text=True, timeout=400,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
     assert "No issues found" in run.stdout or " passed" in run.stdout

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Drills shaped like tests/integration/test_fault_drills.py's, with its own `record` fixture and no services:
 # one keeps its promise, one breaks it (its time is printed all the same), and one records a time in a fixture's teardown.
-DRILLS = '''
+DRILLS = """
 import pytest
 
 from tests.integration.test_fault_drills import record
@@ -35,7 +35,7 @@ def test_a_drill_that_breaks_its_promise(record):
 
 def test_a_drill_timed_at_teardown(timed_teardown):
     pass
-'''
+"""
 # The suite's own reporting hooks, as tests/conftest.py defines them.
 CONFTEST = "from tests.conftest import pytest_runtest_logreport, pytest_terminal_summary\n"
 
@@ -47,9 +47,23 @@ def test_the_run_prints_each_drill_s_measured_time_in_its_summary(tmp_path, proc
 
     # With the suite's configuration (its markers, warnings as errors, the repository on the path), rooted here.
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "--rootdir", str(tmp_path), "-p", "no:cacheprovider",
-         *processes, str(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-c",
+            str(REPO / "pyproject.toml"),
+            "--rootdir",
+            str(tmp_path),
+            "-p",
+            "no:cacheprovider",
+            *processes,
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
 
     assert "2 passed, 1 failed" in run.stdout or "1 failed, 2 passed" in run.stdout, run.stdout + run.stderr

@@ -67,7 +67,9 @@ def test_one_worker_process_per_gpu_each_pinned_to_its_own(tmp_path, two_gpus):
     database = f"sqlite:///{tmp_path / 'styleq.db'}"
     upgrade_database(database)
     log = (tmp_path / "worker.log").open("wb")
-    launcher = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--gpus", "0,1"], env=environment, stdout=log, stderr=subprocess.STDOUT)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "cli", "worker", "--gpus", "0,1"], env=environment, stdout=log, stderr=subprocess.STDOUT
+    )
     engine = make_engine(database)
     try:
         deadline = time.monotonic() + 120
@@ -132,7 +134,11 @@ def test_two_cpu_workers_on_one_host_are_two_workers_in_the_fleet_each_with_the_
     # The same settings for both, as when an operator copies a worker's service: the second takes the next name and the next port.
     port = two_free_ports()
     environment = {
-        **os.environ, "STYLEQ_DATA_DIR": str(tmp_path), "STYLEQ_SWEEP_EVERY_SECONDS": "1", "STYLEQ_METRICS_PORT": str(port), "STYLEQ_LOG_FORMAT": "text",
+        **os.environ,
+        "STYLEQ_DATA_DIR": str(tmp_path),
+        "STYLEQ_SWEEP_EVERY_SECONDS": "1",
+        "STYLEQ_METRICS_PORT": str(port),
+        "STYLEQ_LOG_FORMAT": "text",
     }
     for name in ("STYLEQ_DATABASE_URL", "STYLEQ_BROKER_URL"):
         environment.pop(name, None)

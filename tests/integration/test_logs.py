@@ -45,18 +45,23 @@ def test_every_log_line_of_a_job_from_the_api_and_the_worker_carries_its_id(serv
         api = json_lines(service.api.output())
         workers = [line for process in service.workers for line in json_lines(process.output())]
         access = [line for line in api if line["logger"] == "gunicorn.access" and line.get("job_id") == job_id]
-        if any(line["path"].endswith("/cancel") for line in access) and any("succeeded in" in line["message"] for line in workers if mentions(line, job_id)):
+        if any(line["path"].endswith("/cancel") for line in access) and any(
+            "succeeded in" in line["message"] for line in workers if mentions(line, job_id)
+        ):
             break
         assert time.monotonic() < deadline, f"missing lines:\n{access}"
         time.sleep(0.2)
 
     about_job = [line for line in api + workers if mentions(line, job_id)]
-    assert about_job and all(line.get("job_id") == job_id for line in about_job), [line for line in about_job if line.get("job_id") != job_id]
+    assert about_job and all(line.get("job_id") == job_id for line in about_job), [
+        line for line in about_job if line.get("job_id") != job_id
+    ]
 
     submit = next(line for line in access if line["method"] == "POST" and line["path"] == "/v1/jobs")
     assert submit["status"] == 202 and submit["key_name"] == "alice" and submit["duration_ms"] > 0 and submit["request_id"]
     assert {(line["method"], line["path"], line["status"]) for line in access} >= {
-        ("GET", f"/v1/jobs/{job_id}", 200), ("POST", f"/v1/jobs/{job_id}/cancel", 409),
+        ("GET", f"/v1/jobs/{job_id}", 200),
+        ("POST", f"/v1/jobs/{job_id}/cancel", 409),
     }
     assert any(line["logger"] == "api.jobs" and "queued" in line["message"] and line["request_id"] == submit["request_id"] for line in api)
 

@@ -68,8 +68,10 @@ def deployment(tmp_path_factory, caffe_weights, models_dir, images_dir) -> Itera
         try:
             flower_port = free_port()
             flower = Process(
-                "flower", [sys.executable, "-m", "celery", "--broker", BROKER, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
-                {**environment, "FLOWER_UNAUTHENTICATED_API": "true"}, logs,
+                "flower",
+                [sys.executable, "-m", "celery", "--broker", BROKER, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
+                {**environment, "FLOWER_UNAUTHENTICATED_API": "true"},
+                logs,
             )
             processes.append(flower)
             api, url = start_api(environment, logs, processes=API_PROCESSES)
@@ -87,7 +89,9 @@ def deployment(tmp_path_factory, caffe_weights, models_dir, images_dir) -> Itera
                 client.submit(images_dir / "tubingen.jpg", images_dir / "starry_night.jpg", {**TINY_JOB, "seed": seed}).json()["id"]
                 for seed in range(4)
             ]
-            long_job = client.submit(images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {**TINY_JOB, "iterations": 2000}).json()["id"]
+            long_job = client.submit(images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {**TINY_JOB, "iterations": 2000}).json()[
+                "id"
+            ]
             client.wait_for(long_job, lambda job: job["status"] == "running" and job["iteration"] >= 10)
             assert client.post(f"/v1/jobs/{long_job}/cancel").status_code == 202
             for job_id in [*job_ids, long_job]:
@@ -157,7 +161,9 @@ def test_metrics_match_the_database_after_the_jobs(deployment):
 
 def test_every_api_process_s_requests_are_counted_whichever_answers(deployment):
     def healthz_count() -> float:
-        return value(scrape(f"{deployment.url}/metrics"), "styleq_http_requests_total", method="GET", endpoint="health.healthz", status="200")
+        return value(
+            scrape(f"{deployment.url}/metrics"), "styleq_http_requests_total", method="GET", endpoint="health.healthz", status="200"
+        )
 
     before = healthz_count()
     for _ in range(30):

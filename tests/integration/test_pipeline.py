@@ -108,7 +108,9 @@ def test_another_clients_key_can_neither_see_nor_touch_a_job(service, images_dir
 
 def test_ten_jobs_at_once_all_finish_each_run_by_exactly_one_worker(service, images_dir):
     def submit(results, index):
-        results[index] = service.alice.submit(images_dir / "tubingen.jpg", images_dir / "starry_night.jpg", {**SMALL_JOB, "iterations": 30, "seed": index})
+        results[index] = service.alice.submit(
+            images_dir / "tubingen.jpg", images_dir / "starry_night.jpg", {**SMALL_JOB, "iterations": 30, "seed": index}
+        )
 
     responses = [None] * 10
     threads = [threading.Thread(target=submit, args=(responses, index)) for index in range(10)]

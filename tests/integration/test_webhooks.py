@@ -36,7 +36,9 @@ def receivers() -> Iterator[Callable[..., Receiver]]:
 @pytest.fixture
 def client_and_secret(service) -> tuple[Client, str]:
     """A new API key, and its webhook secret, as `styleq keys create` prints them."""
-    token, secret = make_key_with_webhook_secret(Settings(database_url=service.database_url, secret_key=SECRET_KEY), f"hooks-{uuid.uuid4().hex[:6]}")
+    token, secret = make_key_with_webhook_secret(
+        Settings(database_url=service.database_url, secret_key=SECRET_KEY), f"hooks-{uuid.uuid4().hex[:6]}"
+    )
     return Client(service.url, token), secret
 
 
@@ -48,7 +50,9 @@ def test_a_receiver_verifies_every_delivery_s_signature_and_timestamp(service, i
     client, secret = client_and_secret
     receiver = receivers()
     response = client.submit(
-        images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", SMALL_JOB,
+        images_dir / "rainier.jpg",
+        images_dir / "autumn-oak.jpg",
+        SMALL_JOB,
         fields={"webhook_url": receiver.url, "webhook_events": "running,checkpoint,succeeded"},
     )
     assert response.status_code == 202, response.text
@@ -69,11 +73,16 @@ def test_a_receiver_verifies_every_delivery_s_signature_and_timestamp(service, i
     assert all(d["attempts"] == 1 and d["last_status_code"] == 204 for d in job["webhook"]["deliveries"])
 
 
-def test_a_receiver_failing_twice_gets_the_event_three_times_and_the_job_records_three_attempts(service, images_dir, client_and_secret, receivers):
+def test_a_receiver_failing_twice_gets_the_event_three_times_and_the_job_records_three_attempts(
+    service, images_dir, client_and_secret, receivers
+):
     client, secret = client_and_secret
     receiver = receivers(answers=[500, 500])
     job_id = client.submit(
-        images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", SMALL_JOB, fields={"webhook_url": receiver.url, "webhook_events": "succeeded"},
+        images_dir / "rainier.jpg",
+        images_dir / "autumn-oak.jpg",
+        SMALL_JOB,
+        fields={"webhook_url": receiver.url, "webhook_events": "succeeded"},
     ).json()["id"]
 
     requests = receiver.wait_for(lambda got: len(got) >= 3)
@@ -95,13 +104,17 @@ def test_a_slow_receiver_does_not_slow_the_job(service, images_dir, client_and_s
     # The two at once, one on each worker: whatever else loads this machine loads both alike.
     plain_id = client.submit(images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", job).json()["id"]
     hooked_id = client.submit(
-        images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {**job, "seed": 1},
+        images_dir / "rainier.jpg",
+        images_dir / "autumn-oak.jpg",
+        {**job, "seed": 1},
         fields={"webhook_url": receiver.url, "webhook_events": "running,checkpoint,succeeded"},
     ).json()["id"]
     plain, hooked = (client.wait_for(job_id, lambda j: j["status"] not in ("queued", "running")) for job_id in (plain_id, hooked_id))
 
     assert plain["status"] == hooked["status"] == "succeeded" and plain["worker"] != hooked["worker"]
-    print(f"\n{service.backend}: job alone {seconds_run(plain):.2f} s, beside it with a receiver taking 5 s a request {seconds_run(hooked):.2f} s")
+    print(
+        f"\n{service.backend}: job alone {seconds_run(plain):.2f} s, beside it with a receiver taking 5 s a request {seconds_run(hooked):.2f} s"
+    )
     # Sent from the job's loop, the running event alone would add 5 s, and each checkpoint event (one a second) 5 more.
     assert seconds_run(hooked) < 1.25 * seconds_run(plain) + 2.0
     running = receiver.wait_for(lambda got: any(b'"job.running"' in r.body for r in got))

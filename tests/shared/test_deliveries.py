@@ -175,7 +175,10 @@ def test_failed_attempts_are_retried_with_growing_waits_until_the_time_allowed_r
 
     claimed = claim(factory, now=now)
     with session_scope(factory) as session:  # the next wait would end past the 60 s allowed
-        assert deliveries.record_attempt(session, claimed, Attempt(status_code=500), now=now + timedelta(seconds=40), **RETRIES) is DeliveryStatus.FAILED
+        assert (
+            deliveries.record_attempt(session, claimed, Attempt(status_code=500), now=now + timedelta(seconds=40), **RETRIES)
+            is DeliveryStatus.FAILED
+        )
     [row] = rows(factory, job_id)
     assert row.status is DeliveryStatus.FAILED and row.attempts == 4 and row.finished_at is not None
     assert claim(factory, now=now + timedelta(hours=1)) is None

@@ -130,7 +130,9 @@ def test_a_palette_gif_with_a_transparent_colour_is_converted_with_that_colour_o
 @pytest.mark.parametrize("kind", ["GIF", "WEBP", "PNG"])
 def test_an_animation_gives_its_first_frame(kind):
     frames = [Image.new("RGB", (8, 8), color) for color in (RED, GREEN, BLUE)]
-    stored = encoded(frames[0], kind, save_all=True, append_images=frames[1:], duration=100, loop=0, **({"lossless": True} if kind == "WEBP" else {}))
+    stored = encoded(
+        frames[0], kind, save_all=True, append_images=frames[1:], duration=100, loop=0, **({"lossless": True} if kind == "WEBP" else {})
+    )
     with Image.open(io.BytesIO(stored)) as image:
         assert getattr(image, "n_frames", 1) == 3
 

@@ -28,7 +28,12 @@ def test_submit_job_stores_both_uploads_and_a_queued_job(factory, storage, owner
 
     assert created
     stored = load(factory, job.id)
-    assert (stored.status, stored.content_sha256, stored.style_hashes, stored.iterations) == (JobStatus.QUEUED, sha(CONTENT), [sha(STYLE)], 50)
+    assert (stored.status, stored.content_sha256, stored.style_hashes, stored.iterations) == (
+        JobStatus.QUEUED,
+        sha(CONTENT),
+        [sha(STYLE)],
+        50,
+    )
     assert storage.upload_path(sha(CONTENT)).read_bytes() == CONTENT and storage.upload_path(sha(STYLE)).read_bytes() == STYLE
 
 
@@ -48,7 +53,9 @@ def test_a_repeated_idempotency_key_returns_the_first_job(factory, storage, owne
     [(b"other content", STYLE, PARAMS), (CONTENT, b"other style", PARAMS), (CONTENT, STYLE, resolve_params({"iterations": 60}))],
     ids=["content", "style", "params"],
 )
-def test_an_idempotency_key_reused_for_another_request_is_refused_and_keeps_none_of_its_files(factory, storage, owners, content, style, params):
+def test_an_idempotency_key_reused_for_another_request_is_refused_and_keeps_none_of_its_files(
+    factory, storage, owners, content, style, params
+):
     with factory() as session:
         first, _ = jobs.submit_job(session, storage, owners["alice"], CONTENT, STYLE, PARAMS, "key-1")
 

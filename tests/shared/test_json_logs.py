@@ -47,8 +47,14 @@ def test_json_lines_carry_the_job_fields_while_the_context_is_open(styleq_loggin
     log.info("after")
 
     before, about, nested, again, after = lines(capsys.readouterr().err)
-    assert before == {"time": before["time"], "level": "INFO", "logger": "styleq.test", "process": before["process"],
-                      "message": "before", "worker": "gpu0@host"}
+    assert before == {
+        "time": before["time"],
+        "level": "INFO",
+        "logger": "styleq.test",
+        "process": before["process"],
+        "message": "before",
+        "worker": "gpu0@host",
+    }
     assert (about["message"], about["job_id"], about["attempt"]) == ("about j1", "j1", 2)
     assert (nested["level"], nested["job_id"], nested["attempt"]) == ("WARNING", "j2", 2)
     assert (again["job_id"], again["iteration"]) == ("j1", 7)

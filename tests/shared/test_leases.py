@@ -93,7 +93,12 @@ def test_sweep_requeues_lost_jobs_gives_up_stalled_ones_and_resends_forgotten_on
     assert result.to_send == sorted([lost, progressing, forgotten])
     assert result.ended == sorted([exhausted, canceled])
     assert [load(factory, job_id).status for job_id in (lost, exhausted, progressing, canceled, forgotten, fresh)] == [
-        "queued", "failed", "queued", "canceled", "queued", "queued",
+        "queued",
+        "failed",
+        "queued",
+        "canceled",
+        "queued",
+        "queued",
     ]
     assert load(factory, exhausted).error_code == "worker_lost"
     assert (load(factory, lost).stalled_attempts, load(factory, progressing).stalled_attempts) == (1, 0)
@@ -172,8 +177,15 @@ def test_a_release_for_a_failing_store_counts_and_ends_the_job_at_the_last_attem
     for attempt in range(1, 4):
         with session_scope(factory) as session:
             leases.claim_job(session, job_id, f"w@a/{attempt}", "cpu", lease_seconds=30)
-            status = leases.release_job(session, job_id, f"w@a/{attempt}", failed=True, max_attempts=3,
-                                        error_code="storage_error", error_message="the result could not be stored")
+            status = leases.release_job(
+                session,
+                job_id,
+                f"w@a/{attempt}",
+                failed=True,
+                max_attempts=3,
+                error_code="storage_error",
+                error_message="the result could not be stored",
+            )
         assert status is (JobStatus.FAILED if attempt == 3 else JobStatus.QUEUED)
     job = load(factory, job_id)
     assert (job.error_code, job.error_message) == ("storage_error", "the result could not be stored")
@@ -186,7 +198,9 @@ def test_the_sweep_releases_at_once_a_lease_held_by_a_dead_process(factory, owne
 
     with session_scope(factory) as session:
         assert leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3).to_send == []
-        assert leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3, dead_owners=["gpu0@a/1"]).to_send == [job_id]
+        assert leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3, dead_owners=["gpu0@a/1"]).to_send == [
+            job_id
+        ]
     assert load(factory, job_id).status is JobStatus.QUEUED
 
 
@@ -223,6 +237,14 @@ def test_a_job_never_sent_is_sent_at_the_next_sweep_after_a_short_grace(factory,
         created = job.created_at
 
     with session_scope(factory) as session:
-        assert leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3, now=created + timedelta(seconds=1)).to_send == []
-        assert leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3,
-                            now=created + timedelta(seconds=leases.NEVER_SENT_GRACE_SECONDS + 1)).to_send == [job_id]
+        assert (
+            leases.sweep(session, lease_seconds=30, requeue_after_seconds=600, max_attempts=3, now=created + timedelta(seconds=1)).to_send
+            == []
+        )
+        assert leases.sweep(
+            session,
+            lease_seconds=30,
+            requeue_after_seconds=600,
+            max_attempts=3,
+            now=created + timedelta(seconds=leases.NEVER_SENT_GRACE_SECONDS + 1),
+        ).to_send == [job_id]

@@ -52,7 +52,10 @@ def test_tiles_hold_what_one_pass_cannot_in_the_memory_that_stays_full_size():
     # 4096 x 4096 needs about 41 GiB in one pass; in tiles, its picture, gradient and moments and one small pass.
     assert not fits_one_pass(4096, 4096, "bf16", 8 * GIB)
     assert fits(4096, 4096, "bf16", 8 * GIB) and not fits(4096, 4096, "bf16", 8 * GIB, tiles=False)
-    assert tiled_peak_bytes(4096, 4096, "bf16") == FIXED_BYTES["bf16"] + RESIDENT_BYTES_PER_PIXEL * 4096**2 + BYTES_PER_PIXEL["bf16"] * MIN_PASS_PIXELS
+    assert (
+        tiled_peak_bytes(4096, 4096, "bf16")
+        == FIXED_BYTES["bf16"] + RESIDENT_BYTES_PER_PIXEL * 4096**2 + BYTES_PER_PIXEL["bf16"] * MIN_PASS_PIXELS
+    )
     assert tiled_peak_bytes(4096, 4096, "auto") == max(tiled_peak_bytes(4096, 4096, known) for known in BYTES_PER_PIXEL)
     assert largest_long_side(1 * GIB, "bf16", 1024, 682) > largest_long_side(1 * GIB, "bf16", 1024, 682, tiles=False)
 
@@ -69,6 +72,10 @@ def test_a_batch_fills_the_free_memory_up_to_its_limit_and_never_falls_under_one
 
     assert batch_capacity(300, 450, "bf16", limit=8, free_bytes=free) == 8
     # The fixed part (workspace, the interpreter's own) is counted once per batch, the pictures' bytes once per job.
-    assert free * HEADROOM / per_job <= batch_capacity(300, 450, "bf16", limit=10_000, free_bytes=free) <= free * HEADROOM / (per_job - FIXED_BYTES["bf16"])
+    assert (
+        free * HEADROOM / per_job
+        <= batch_capacity(300, 450, "bf16", limit=10_000, free_bytes=free)
+        <= free * HEADROOM / (per_job - FIXED_BYTES["bf16"])
+    )
     assert batch_capacity(4096, 4096, "bf16", limit=8, free_bytes=GIB) == 1
     assert batch_capacity(300, 450, "bf16", limit=3, free_bytes=None) == 3

@@ -76,6 +76,13 @@ def test_a_picture_without_styleq_metadata_reads_as_none():
 
 
 def test_the_format_follows_a_file_names_extension_and_a_stored_jobs_params():
-    assert [format_of_path(name) for name in ("a.png", "b.JPG", "c.jpeg", "d.webp", "e.bmp", "f")] == ["png", "jpeg", "jpeg", "webp", None, None]
+    assert [format_of_path(name) for name in ("a.png", "b.JPG", "c.jpeg", "d.webp", "e.bmp", "f")] == [
+        "png",
+        "jpeg",
+        "jpeg",
+        "webp",
+        None,
+        None,
+    ]
     assert job_format({"format": "webp"}).media_type == "image/webp"
     assert job_format({}).file_name == "result.png"  # a job stored before formats existed

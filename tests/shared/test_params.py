@@ -71,7 +71,10 @@ def test_the_smallest_long_side_is_the_first_that_keeps_the_short_side_at_the_mi
 
 
 def test_a_long_side_too_small_for_the_content_is_refused_with_the_smallest_that_works():
-    with pytest.raises(ValueError, match=r"size 16 turns the 48x32 \(width x height\) content into 16x11.*at least 16 pixels on each side \(for layer relu5_1\).*smallest size that works for this content is 24"):
+    with pytest.raises(
+        ValueError,
+        match=r"size 16 turns the 48x32 \(width x height\) content into 16x11.*at least 16 pixels on each side \(for layer relu5_1\).*smallest size that works for this content is 24",
+    ):
         resolve_params({"size": 16}).check_output_size(48, 32)
     resolve_params({"size": 24}).check_output_size(48, 32)
     resolve_params({"size": 16}).check_output_size(32, 32)
@@ -109,7 +112,9 @@ def test_jobs_with_other_colours_never_share_a_batch():
     assert batch_key(resolve_params({"colors": "content"})) != batch_key(resolve_params({}))
 
 
-@pytest.mark.parametrize(("text", "weights"), [("0.7,0.3", (0.7, 0.3)), (" 2 , 1 ", (2.0, 1.0)), ("1", (1.0,)), ("1e-3,1,1,1", (0.001, 1.0, 1.0, 1.0))])
+@pytest.mark.parametrize(
+    ("text", "weights"), [("0.7,0.3", (0.7, 0.3)), (" 2 , 1 ", (2.0, 1.0)), ("1", (1.0,)), ("1e-3,1,1,1", (0.001, 1.0, 1.0, 1.0))]
+)
 def test_style_weights_are_comma_separated_positive_numbers(text, weights):
     assert parse_style_weights(text) == weights
 
@@ -133,7 +138,8 @@ def test_the_shares_of_a_blend_are_its_weights_normalised_and_equal_without_weig
 
 
 @pytest.mark.parametrize(
-    "weights", [[], [1, 2, 3, 4, 5], [0, 1], [-1, 1], [True, 1], ["1", 1], [10**400, 1], "1,1", [[1], 1]],
+    "weights",
+    [[], [1, 2, 3, 4, 5], [0, 1], [-1, 1], [True, 1], ["1", 1], [10**400, 1], "1,1", [[1], 1]],
     ids=["none", "five", "zero", "negative", "a boolean", "a string", "huge", "a string list", "nested"],
 )
 def test_style_weights_outside_one_to_four_positive_numbers_are_refused(weights):

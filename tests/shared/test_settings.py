@@ -27,7 +27,9 @@ def test_fair_use_limits_are_on_by_default_and_zero_switches_them_off(monkeypatc
     assert (load_settings().max_requests_per_minute, load_settings().max_active_jobs) == (0, 0)
 
 
-@pytest.mark.parametrize("broker_url", [None, "sqla+sqlite:////tmp/broker.db", "redis://127.0.0.1:6379/0", "rediss://cache:6380/1", "amqp://guest@rabbit//"])
+@pytest.mark.parametrize(
+    "broker_url", [None, "sqla+sqlite:////tmp/broker.db", "redis://127.0.0.1:6379/0", "rediss://cache:6380/1", "amqp://guest@rabbit//"]
+)
 def test_task_events_for_flower_go_only_through_brokers_that_fan_out(broker_url, tmp_path):
     from kombu import Connection
 

@@ -28,12 +28,27 @@ from shared.webhooks import (
 PUBLIC = AddressPolicy()
 
 
-@pytest.mark.parametrize(("address", "reason"), [
-    ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.0.0.1", "private"), ("172.16.5.4", "private"), ("192.168.1.1", "private"),
-    ("169.254.169.254", "link-local"), ("fe80::1%eth0", "link-local"), ("224.0.0.1", "multicast"), ("ff02::1", "multicast"),
-    ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("240.0.0.1", "private"), ("100.64.0.1", "non-public"),
-    ("::ffff:10.0.0.1", "private"), ("2002:a00:1::", "private"), ("fc00::1", "private"),
-])
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("10.0.0.1", "private"),
+        ("172.16.5.4", "private"),
+        ("192.168.1.1", "private"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1%eth0", "link-local"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("240.0.0.1", "private"),
+        ("100.64.0.1", "non-public"),
+        ("::ffff:10.0.0.1", "private"),
+        ("2002:a00:1::", "private"),
+        ("fc00::1", "private"),
+    ],
+)
 def test_internal_addresses_are_refused_with_what_they_are(address, reason):
     assert address_refusal(address, PUBLIC) == reason
 
@@ -51,19 +66,22 @@ def test_an_allowed_network_or_allow_private_lets_internal_addresses_through():
     assert address_refusal("169.254.169.254", AddressPolicy(allow_private=True)) is None
 
 
-@pytest.mark.parametrize(("url", "words"), [
-    ("http://10.0.0.1/hook", "10.0.0.1 is a private address"),
-    ("http://169.254.169.254/latest/meta-data", "169.254.169.254 is a link-local address"),
-    ("http://localhost:8080/hook", "'localhost' resolves to 127.0.0.1, which is a loopback address"),
-    ("http://[::1]/hook", "::1 is a loopback address"),
-    ("ftp://example.com/hook", "http or https"),
-    ("file:///etc/passwd", "http or https"),
-    ("https://user:secret@example.com/hook", "credentials"),
-    ("http:///hook", "no host"),
-    ("http://example.com:99999/hook", "not a valid URL"),
-    ("http://no-such-host.invalid/hook", "does not resolve"),
-    ("https://example.com/" + "a" * 2000, "longer than 2000"),
-])
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("http://10.0.0.1/hook", "10.0.0.1 is a private address"),
+        ("http://169.254.169.254/latest/meta-data", "169.254.169.254 is a link-local address"),
+        ("http://localhost:8080/hook", "'localhost' resolves to 127.0.0.1, which is a loopback address"),
+        ("http://[::1]/hook", "::1 is a loopback address"),
+        ("ftp://example.com/hook", "http or https"),
+        ("file:///etc/passwd", "http or https"),
+        ("https://user:secret@example.com/hook", "credentials"),
+        ("http:///hook", "no host"),
+        ("http://example.com:99999/hook", "not a valid URL"),
+        ("http://no-such-host.invalid/hook", "does not resolve"),
+        ("https://example.com/" + "a" * 2000, "longer than 2000"),
+    ],
+)
 def test_urls_a_webhook_may_not_call_are_refused_naming_the_problem(url, words):
     with pytest.raises(WebhookRefused) as refused:
         check_url(url, PUBLIC)
@@ -72,7 +90,9 @@ def test_urls_a_webhook_may_not_call_are_refused_naming_the_problem(url, words):
 
 
 def test_a_loopback_url_passes_where_the_network_is_allowed():
-    assert check_url(" http://127.0.0.1:9/hook ", AddressPolicy(allowed_networks=(ip_network("127.0.0.1/32"),))) == "http://127.0.0.1:9/hook"
+    assert (
+        check_url(" http://127.0.0.1:9/hook ", AddressPolicy(allowed_networks=(ip_network("127.0.0.1/32"),))) == "http://127.0.0.1:9/hook"
+    )
 
 
 def test_events_default_to_running_and_the_ends_and_come_back_in_their_order():
@@ -85,7 +105,12 @@ def test_events_default_to_running_and_the_ends_and_come_back_in_their_order():
 
 def test_the_signature_is_the_standard_webhooks_one():
     # The specification's reference libraries' own test vector.
-    secret, message_id, timestamp, body = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, '{"test": 2432232314}'
+    secret, message_id, timestamp, body = (
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        1614265330,
+        '{"test": 2432232314}',
+    )
 
     assert sign(secret, message_id, timestamp, body) == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 

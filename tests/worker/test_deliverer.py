@@ -49,7 +49,9 @@ def resolving(monkeypatch):
 
 
 def delivery(url: str) -> ClaimedDelivery:
-    return ClaimedDelivery(1, 1, "msg_test", '{"type":"job.running"}', url, utcnow() - timedelta(seconds=1), ApiKey(id=1, name="alice"), "j" * 32)
+    return ClaimedDelivery(
+        1, 1, "msg_test", '{"type":"job.running"}', url, utcnow() - timedelta(seconds=1), ApiKey(id=1, name="alice"), "j" * 32
+    )
 
 
 def test_a_delivery_is_signed_and_sent_to_the_host_by_its_name(receiver, resolving):

@@ -16,8 +16,13 @@ from worker.celery_app import RetentionSweeper
 
 
 def test_the_retention_sweeper_removes_an_expired_result_and_marks_its_job(tmp_path, database_url):
-    settings = Settings(data_dir=tmp_path, database_url=database_url, storage_dir=tmp_path / "storage",
-                        sweep_every_seconds=0.05, retention_every_seconds=0.05)
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        storage_dir=tmp_path / "storage",
+        sweep_every_seconds=0.05,
+        retention_every_seconds=0.05,
+    )
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
     with session_scope(factory) as session:

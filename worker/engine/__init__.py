@@ -32,7 +32,25 @@ def build_backbone(weights: LoadedWeights, params: TransferParams, device: torch
 
 
 __all__ = [
-    "ARCHITECTURES", "CONVENTIONS", "Backbone", "Control", "InputConvention", "Progress", "TargetCache", "TransferJob",
-    "TransferResult", "TransferState", "batch_key", "build_backbone", "default_device", "get_convention", "layer_index",
-    "layer_names", "native_bf16", "output_size", "resolve_precision", "transfer", "transfer_batch",
+    "ARCHITECTURES",
+    "CONVENTIONS",
+    "Backbone",
+    "Control",
+    "InputConvention",
+    "Progress",
+    "TargetCache",
+    "TransferJob",
+    "TransferResult",
+    "TransferState",
+    "batch_key",
+    "build_backbone",
+    "default_device",
+    "get_convention",
+    "layer_index",
+    "layer_names",
+    "native_bf16",
+    "output_size",
+    "resolve_precision",
+    "transfer",
+    "transfer_batch",
 ]

@@ -38,9 +38,7 @@ def architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
     for architecture, depths in _BLOCK_DEPTHS.items():
         if len(convolutions) == sum(depths):
             return architecture
-    raise ValueError(
-        f"expected the convolution weights of a torchvision VGG16 (13) or VGG19 (16), found {len(convolutions)}"
-    )
+    raise ValueError(f"expected the convolution weights of a torchvision VGG16 (13) or VGG19 (16), found {len(convolutions)}")
 
 
 _CONSTANTS: dict[tuple[str, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -81,9 +79,7 @@ class InputConvention:
 
 CONVENTIONS = {
     # torchvision's ImageNet models: RGB in [0, 1], normalised by the ImageNet mean and std.
-    "torchvision": InputConvention(
-        "torchvision", bgr=False, scale=1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
-    ),
+    "torchvision": InputConvention("torchvision", bgr=False, scale=1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
     # The original Caffe/Keras VGG release: BGR, 0-255, mean subtracted, no division.
     "caffe": InputConvention("caffe", bgr=True, scale=255.0, mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0)),
 }

@@ -15,11 +15,14 @@ import torch
 
 # ITU-R BT.601 full-range YCbCr, as JPEG and Pillow use it: Y in [0, 1], Cb and Cr centred on 0 (Pillow adds
 # 128/255). Its inverse takes each RGB channel as Y plus some chroma, so swapping Y shifts all three alike.
-RGB_TO_YCBCR = torch.tensor([
-    [0.299, 0.587, 0.114],
-    [-0.168736, -0.331264, 0.5],
-    [0.5, -0.418688, -0.081312],
-], dtype=torch.float64)
+RGB_TO_YCBCR = torch.tensor(
+    [
+        [0.299, 0.587, 0.114],
+        [-0.168736, -0.331264, 0.5],
+        [0.5, -0.418688, -0.081312],
+    ],
+    dtype=torch.float64,
+)
 YCBCR_TO_RGB = torch.linalg.inv(RGB_TO_YCBCR)
 # The smallest variance a style's colours are taken to have along any direction (a standard deviation of
 # about one level in 255): a flat style, grey say, would otherwise have its colour noise blown up without bound.

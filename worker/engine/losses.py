@@ -236,7 +236,9 @@ def root_traces(matrices: torch.Tensor) -> torch.Tensor:
     return _RootTrace.apply(matrices)
 
 
-def moment_losses(features: torch.Tensor, target_means: torch.Tensor, target_covariances: torch.Tensor, target_roots: torch.Tensor) -> torch.Tensor:
+def moment_losses(
+    features: torch.Tensor, target_means: torch.Tensor, target_covariances: torch.Tensor, target_roots: torch.Tensor
+) -> torch.Tensor:
     """Return each picture's squared 2-Wasserstein distance to its target Gaussian, per channel, (N,).
 
     W2^2 = |m - m_t|^2 + tr(S + S_t - 2 (S_t^(1/2) S S_t^(1/2))^(1/2)) for features of mean m and covariance S

@@ -185,7 +185,14 @@ class Objective:
         if cache is not None and key is not None:
             p = self.params
             full_key = (
-                key, tuple(style.shape[-2:]), p.weights, self.backbone.architecture, p.style_layers, self.precision, str(self.device), p.style_loss,
+                key,
+                tuple(style.shape[-2:]),
+                p.weights,
+                self.backbone.architecture,
+                p.style_layers,
+                self.precision,
+                str(self.device),
+                p.style_loss,
             )
             if (found := cache.get(full_key)) is not None:
                 return found
@@ -215,9 +222,7 @@ class Objective:
             each = [self._features(content, self.params.content_layers, from_pixels=True) for content in contents]
             content_targets = [torch.cat([features[name].float() for features in each]) for name in self.params.content_layers]
         self.content_targets = [t.clone() for t in content_targets]
-        self.content_scales = [
-            torch.stack([_energy_scale(one) for one in layer]) for layer in self.content_targets
-        ]
+        self.content_scales = [torch.stack([_energy_scale(one) for one in layer]) for layer in self.content_targets]
         self.set_style_targets(styles)
 
     def set_style_targets(self, styles: Sequence[StyleTargets]) -> None:
@@ -235,8 +240,13 @@ class Objective:
         """Drop every picture's targets but those at `indices` (jobs that left the batch)."""
         index = torch.tensor(list(indices), dtype=torch.long, device=self.device)
         for targets in (
-            self.content_targets, self.content_scales, self.style_grams, self.style_scales,
-            self.style_means, self.style_covariances, self.style_roots,
+            self.content_targets,
+            self.content_scales,
+            self.style_grams,
+            self.style_scales,
+            self.style_means,
+            self.style_covariances,
+            self.style_roots,
         ):
             targets[:] = [t.index_select(0, index) for t in targets]
 
@@ -246,7 +256,7 @@ class Objective:
         # convolutions fill its cores with one picture already, and oneDNN picks kernels by batch size,
         # so there each picture goes through alone and gets exactly the arithmetic of a run alone.
         chunk = image.shape[0] if self.device.type == "cuda" else 1
-        parts = [self._losses(image[start:start + chunk], start) for start in range(0, image.shape[0], chunk)]
+        parts = [self._losses(image[start : start + chunk], start) for start in range(0, image.shape[0], chunk)]
         if len(parts) == 1:
             return parts[0]
         content, style, tv, total = (torch.cat(values) for values in zip(*parts))

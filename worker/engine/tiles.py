@@ -147,12 +147,17 @@ def plan_tiles(size: tuple[int, int], max_pass_pixels: int | None, backbone: Bac
                 break  # more columns only cost more
     if not options:
         smallest = min(height, align + 2 * margin) * min(width, align + 2 * margin)
-        raise ValueError(f"max_pass_pixels must be at least {smallest} for these layers (a tile and its {margin}-pixel margins), got {budget}")
+        raise ValueError(
+            f"max_pass_pixels must be at least {smallest} for these layers (a tile and its {margin}-pixel margins), got {budget}"
+        )
     _, _, row_edges, column_edges = min(options)
     tiles = tuple(
-        Tile(crop=(max(0, top - margin), min(height, bottom + margin), max(0, left - margin), min(width, right + margin)),
-             interior=(top, bottom, left, right))
-        for top, bottom in itertools.pairwise(row_edges) for left, right in itertools.pairwise(column_edges)
+        Tile(
+            crop=(max(0, top - margin), min(height, bottom + margin), max(0, left - margin), min(width, right + margin)),
+            interior=(top, bottom, left, right),
+        )
+        for top, bottom in itertools.pairwise(row_edges)
+        for left, right in itertools.pairwise(column_edges)
     )
     return TilePlan(size=(height, width), tiles=tiles, strides=strides, margin=margin, rows=tuple(row_edges), columns=tuple(column_edges))
 
@@ -165,7 +170,13 @@ class TiledObjective(Objective):
     """
 
     def __init__(
-        self, params: TransferParams, backbone: Backbone, precision: str, device: torch.device, size: tuple[int, int], max_pass_pixels: int,
+        self,
+        params: TransferParams,
+        backbone: Backbone,
+        precision: str,
+        device: torch.device,
+        size: tuple[int, int],
+        max_pass_pixels: int,
     ) -> None:
         super().__init__(params, backbone, precision, device)
         self.max_pass_pixels = max_pass_pixels
@@ -208,8 +219,12 @@ class TiledObjective(Objective):
                     owned.append([tile.owned(features[name], plan.strides[name]).float() for name in layers])
                 # The mean square of the whole target, as `Objective` normalises by: every position is in one interior.
                 self.content_counts = [part.shape[1] * plan.feature_pixels(name) for part, name in zip(owned[0], layers)]
-                scales.append([1 / (sum(parts[i].square().sum() for parts in owned) / count).clamp_min(1e-12)
-                               for i, count in enumerate(self.content_counts)])
+                scales.append(
+                    [
+                        1 / (sum(parts[i].square().sum() for parts in owned) / count).clamp_min(1e-12)
+                        for i, count in enumerate(self.content_counts)
+                    ]
+                )
                 self.tile_contents.append(owned)
         # Outside inference mode, so autograd may save them for the backward pass.
         self.tile_contents = [[[target.clone() for target in parts] for parts in owned] for owned in self.tile_contents]
@@ -222,7 +237,7 @@ class TiledObjective(Objective):
         self.tile_contents = [self.tile_contents[i] for i in indices]
 
     def _losses(self, image: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows = [self._picture_losses(image[offset:offset + 1], first + offset) for offset in range(image.shape[0])]
+        rows = [self._picture_losses(image[offset : offset + 1], first + offset) for offset in range(image.shape[0])]
         content, style, tv, total = (torch.cat(values) for values in zip(*rows))
         return content, style, tv, total
 
@@ -264,7 +279,12 @@ class TiledObjective(Objective):
         return sum(loss * p.style_weight for loss in layer_losses)  # type: ignore[return-value]
 
     def _tile_share(
-        self, crop: torch.Tensor, tile: Tile, slopes: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], row: int,
+        self,
+        crop: torch.Tensor,
+        tile: Tile,
+        slopes: Sequence[torch.Tensor],
+        targets: Sequence[torch.Tensor],
+        row: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return a tile's part of the content loss and the surrogate whose gradient is its part of the style loss's."""
         p, plan = self.params, self.plan
@@ -289,12 +309,19 @@ def _scaled(features: torch.Tensor, pixels: int) -> torch.Tensor:
 
 
 def scale_objective(
-    params: TransferParams, backbone: Backbone, precision: str, device: torch.device, size: tuple[int, int], max_pass_pixels: int | None,
+    params: TransferParams,
+    backbone: Backbone,
+    precision: str,
+    device: torch.device,
+    size: tuple[int, int],
+    max_pass_pixels: int | None,
 ) -> Objective:
     """Return the objective for pictures of `size`: tiled where one pass of the network would take over `max_pass_pixels`."""
     if needs_tiles(size, max_pass_pixels):
         if params.style_loss != "gram":
             # The tiles' exact global gradient is that of a Gram matrix summed over tiles; the moments loss's is not written yet.
-            raise ValueError(f"style_loss {params.style_loss!r} runs in one pass only; this picture needs tiles: use style_loss gram or a smaller size")
+            raise ValueError(
+                f"style_loss {params.style_loss!r} runs in one pass only; this picture needs tiles: use style_loss gram or a smaller size"
+            )
         return TiledObjective(params, backbone, precision, device, size, max_pass_pixels)  # type: ignore[arg-type]
     return Objective(params, backbone, precision, device)

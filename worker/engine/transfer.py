@@ -195,7 +195,7 @@ def _style_size(params: TransferParams, style: Image.Image, content_size: tuple[
     if not params.keep_style_aspect:
         if params.style_scale == 1:
             return content_size
-        grow = params.style_scale ** 0.5
+        grow = params.style_scale**0.5
         height, width = content_size[0] * grow, content_size[1] * grow
     else:
         width, height = style.size
@@ -210,7 +210,9 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=False)
 
 
-def _style_picture(params: TransferParams, picture: Image.Image, size: tuple[int, int], content: torch.Tensor) -> tuple[torch.Tensor, Hashable]:
+def _style_picture(
+    params: TransferParams, picture: Image.Image, size: tuple[int, int], content: torch.Tensor
+) -> tuple[torch.Tensor, Hashable]:
     """Return a style picture at `size` as its targets see it, and what its colours were made from.
 
     With `colors="histogram"` the style takes the colour statistics of `content` (the content at the same scale),
@@ -245,7 +247,9 @@ def _make_optimizer(params: TransferParams, image: torch.Tensor, lr: torch.Tenso
         # One step per iteration, so checkpoints and cancel stay on the same beat as Adam. Without a line
         # search that is one evaluation, which jobs in a batch share; with one, a few, each job's own.
         line_search = None if params.line_search == "none" else params.line_search
-        return torch.optim.LBFGS([image], lr=params.learning_rate, max_iter=1, history_size=params.lbfgs_history, line_search_fn=line_search)
+        return torch.optim.LBFGS(
+            [image], lr=params.learning_rate, max_iter=1, history_size=params.lbfgs_history, line_search_fn=line_search
+        )
     return torch.optim.Adam([image], lr=params.learning_rate)
 
 
@@ -253,7 +257,14 @@ class _Run:
     """One job's side of the loop: its picture, optimiser, schedule, random state and progress."""
 
     def __init__(
-        self, job: TransferJob, backbone: Backbone, content: torch.Tensor, style: torch.Tensor, device: torch.device, *, graphed: bool = False,
+        self,
+        job: TransferJob,
+        backbone: Backbone,
+        content: torch.Tensor,
+        style: torch.Tensor,
+        device: torch.device,
+        *,
+        graphed: bool = False,
     ) -> None:
         params = job.params
         self.params = params
@@ -307,8 +318,10 @@ class _Run:
         self.image = image.requires_grad_(True)
         state = self.optimizer.state_dict()
         if self.params.optimizer == "adam":
-            state["state"] = {key: {name: _resize(value, size) if name.startswith("exp_avg") else value for name, value in moments.items()}
-                              for key, moments in state["state"].items()}
+            state["state"] = {
+                key: {name: _resize(value, size) if name.startswith("exp_avg") else value for name, value in moments.items()}
+                for key, moments in state["state"].items()
+            }
         else:
             state["state"] = {}
         self.optimizer = _make_optimizer(self.params, self.image, self.lr)
@@ -389,16 +402,27 @@ class _Run:
         content, style, tv, total = terms.tolist()
         snapshot = self.picture().clone()
         return Progress(
-            iteration=self.iteration, elapsed_s=self.elapsed(), content=content, style=style, tv=tv, total=total,
-            render=lambda: tensor_to_image(self.shown(snapshot)), capture=self.capture, scale=self.scale,
+            iteration=self.iteration,
+            elapsed_s=self.elapsed(),
+            content=content,
+            style=style,
+            tv=tv,
+            total=total,
+            render=lambda: tensor_to_image(self.shown(snapshot)),
+            capture=self.capture,
+            scale=self.scale,
         )
 
     def result(self) -> TransferResult:
         rgb = self.shown(self.picture())
-        return TransferResult(image=tensor_to_image(rgb), iteration=self.iteration, canceled=self.canceled, state=self.capture(), tensor=rgb.cpu())
+        return TransferResult(
+            image=tensor_to_image(rgb), iteration=self.iteration, canceled=self.canceled, state=self.capture(), tensor=rgb.cpu()
+        )
 
 
-def _optimise(runs: list[_Run], active: list[int], objective: Objective, on_checkpoint: BatchCheckpointCallback | None, *, graphed: bool) -> None:
+def _optimise(
+    runs: list[_Run], active: list[int], objective: Objective, on_checkpoint: BatchCheckpointCallback | None, *, graphed: bool
+) -> None:
     """Iterate the `active` runs until each is done or canceled, calling back at their checkpoints."""
     search = runs[0].params.line_search == "strong_wolfe"
     captured: graphs.CapturedIteration | None = None
@@ -525,7 +549,11 @@ def transfer_batch(
 
 
 def _style_targets(
-    job: TransferJob, objective: Objective, size: tuple[int, int], content: torch.Tensor, cache: TargetCache | None,
+    job: TransferJob,
+    objective: Objective,
+    size: tuple[int, int],
+    content: torch.Tensor,
+    cache: TargetCache | None,
 ) -> StyleTargets:
     """Return the job's style targets at `size`: its one style's, or its styles' blended by their weights.
 
@@ -562,7 +590,12 @@ def transfer(
     """
     callback = None if on_checkpoint is None else (lambda _index, checkpoint: on_checkpoint(checkpoint))
     job = TransferJob(content, style, params, state)
-    return transfer_batch([job], backbone=backbone, device=device, on_checkpoint=callback, target_cache=target_cache, cuda_graphs=cuda_graphs,
-                          max_pass_pixels=max_pass_pixels)[0]
-
-
+    return transfer_batch(
+        [job],
+        backbone=backbone,
+        device=device,
+        on_checkpoint=callback,
+        target_cache=target_cache,
+        cuda_graphs=cuda_graphs,
+        max_pass_pixels=max_pass_pixels,
+    )[0]

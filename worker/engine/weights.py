@@ -211,12 +211,8 @@ def load_spec(spec: WeightsSpec, model_dir: Path) -> LoadedWeights:
         raise WeightsError(f"weights {spec.name!r} are not in {model_dir}; run `styleq weights pull {spec.name}`")
     problem = hash_problem(path, spec.sha256)
     if problem:
-        raise WeightsError(
-            f"weights file {path} is corrupt: {problem}; delete it and run `styleq weights pull {spec.name}`"
-        )
+        raise WeightsError(f"weights file {path} is corrupt: {problem}; delete it and run `styleq weights pull {spec.name}`")
     architecture, state_dict = _features_state_dict(_read_state_dict(path), str(path))
     if architecture != spec.architecture:
-        raise WeightsError(
-            f"weights file {path} holds a {architecture}, not the {spec.architecture} that {spec.name!r} names"
-        )
+        raise WeightsError(f"weights file {path} holds a {architecture}, not the {spec.architecture} that {spec.name!r} names")
     return LoadedWeights(spec.name, architecture, get_convention(spec.convention), state_dict)
