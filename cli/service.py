@@ -33,11 +33,6 @@ def local_key_file(settings: Settings) -> Path:
     return settings.data_dir / "local-api-key"
 
 
-def make_key(settings: Settings, name: str, *, admin: bool = False) -> str:
-    """Create an API key in the configured database and return its secret."""
-    return make_key_with_webhook_secret(settings, name, admin=admin)[0]
-
-
 def make_key_with_webhook_secret(settings: Settings, name: str, *, admin: bool = False) -> tuple[str, str]:
     """Create an API key in the configured database; return its secret and the secret that signs its jobs' webhooks."""
     # Hashed under the same server secret the API loads, so the API recognises it; the workers derive

@@ -55,11 +55,6 @@ def unbind(token: Any) -> None:
     _context.reset(token)
 
 
-def context_fields() -> Mapping[str, Any]:
-    """Return the fields the current context adds to log lines."""
-    return _context.get()
-
-
 def in_this_context(target: Callable[[], None]) -> Callable[[], None]:
     """Return `target` to run in a copy of the current context: a new thread's lines then carry its job's fields."""
     context = copy_context()

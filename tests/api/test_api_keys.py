@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api import create_app
-from cli.service import make_key
+from cli.service import make_key_with_webhook_secret
 from shared.db import session_scope
 from shared.keys import create_api_key, hash_key, revoke_api_key
 from shared.models import ApiKey, KeyHashScheme
@@ -106,11 +106,11 @@ def test_an_open_event_stream_stops_when_its_key_is_revoked(app: Flask, client: 
 
 def test_a_key_made_by_the_cli_works_on_an_api_with_the_same_settings(app: Flask, client: FlaskClient, settings: Settings):
     # Neither sets STYLEQ_SECRET_KEY: both use the one kept in the data directory.
-    token = make_key(settings, "from-the-cli")
+    token, _ = make_key_with_webhook_secret(settings, "from-the-cli")
     assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
     configured = settings.model_copy(update={"secret_key": "set-in-the-environment"})
-    token = make_key(configured, "configured")
+    token, _ = make_key_with_webhook_secret(configured, "configured")
     assert_error(client.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"}), 401, "invalid_token")
     other = create_app(configured)
     try:
