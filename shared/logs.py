@@ -90,13 +90,13 @@ class TextFormatter(logging.Formatter):
         return f"{first} [{fields}]{newline}{rest}"
 
 
-class StandardErrorHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StandardErrorHandler(logging.StreamHandler):
     """A stream handler on whatever `sys.stderr` is when a line is written (click's test runner swaps it)."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> TextIO:
         return sys.stderr
 

@@ -62,7 +62,7 @@ class _Bf16Gram(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, flat: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: torch.autograd.function.FunctionCtx, flat: torch.Tensor) -> torch.Tensor:
         if flat.device.type in MIXED_PRODUCT_DEVICES:
             kept = flat
             products = bf16_products(flat, flat.transpose(1, 2))
@@ -76,7 +76,7 @@ class _Bf16Gram(torch.autograd.Function):
         return products.div_(flat.shape[1] * flat.shape[2])
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         (kept,) = ctx.saved_tensors  # type: ignore[attr-defined]
         symmetric = (grad + grad.transpose(1, 2)) / (kept.shape[1] * kept.shape[2])
         if kept.dtype == torch.bfloat16 and kept.device.type not in MIXED_PRODUCT_DEVICES:
@@ -212,7 +212,7 @@ class _RootTrace(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, matrices: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: torch.autograd.function.FunctionCtx, matrices: torch.Tensor) -> torch.Tensor:
         # Scaled to Frobenius norm 1, every eigenvalue lies in [0, 1], where the iteration converges.
         norms = torch.linalg.matrix_norm(matrices).clamp_min(torch.finfo(matrices.dtype).tiny)
         eye = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device).expand_as(matrices)
@@ -224,7 +224,7 @@ class _RootTrace(torch.autograd.Function):
         return root.diagonal(dim1=-2, dim2=-1).sum(-1) * norms.sqrt()
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         inverse_root, norms = ctx.saved_tensors  # type: ignore[attr-defined]
         # Symmetric in exact arithmetic; averaged with its transpose so rounding leaves no skew part.
         symmetric = (inverse_root + inverse_root.transpose(-2, -1)) / (4 * norms.sqrt()[:, None, None])
