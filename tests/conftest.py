@@ -13,6 +13,7 @@ from torchvision import models
 
 from shared.migrate import upgrade_database
 from tests.databases import copy_database, empty_postgres_database, migrate_template
+from tests.groups import pytest_collection_modifyitems  # noqa: F401 (a hook: pytest finds it here)
 from tests.services import fresh_postgres_database
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,14 +104,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # The recovery times the fault drills measured (tests/integration/test_fault_drills.py), from their test reports.
 _FIGURES: list[str] = []
 _DRILL_TIMES: list[tuple[str, float, float]] = []
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep the tests of one deployment on one xdist worker (`make test` runs two), so each starts its processes once."""
-    for item in items:
-        group = "drills" if "drill" in item.fixturenames else "service" if "service" in item.fixturenames else "browser" if "browser" in str(item.path) else None
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
