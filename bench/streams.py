@@ -167,11 +167,12 @@ def fresh_postgres_database() -> Iterator[str]:
 
 def make_keys(environment: dict[str, str], count: int) -> tuple[list[str], str]:
     """Create `count` non-admin keys and one admin key in the deployment's database; return their secrets."""
-    from cli.service import make_key
+    from cli.service import make_key_with_webhook_secret
     from shared.settings import Settings
 
     settings = Settings(**_settings_fields(environment))
-    return [make_key(settings, f"bench-{index}") for index in range(count)], make_key(settings, "bench-probe", admin=True)
+    keys = [make_key_with_webhook_secret(settings, f"bench-{index}")[0] for index in range(count)]
+    return keys, make_key_with_webhook_secret(settings, "bench-probe", admin=True)[0]
 
 
 def _settings_fields(environment: dict[str, str]) -> dict[str, Any]:
