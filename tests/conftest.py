@@ -122,6 +122,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
         for line in _FIGURES:
             terminalreporter.write_line(line)
     if _DRILL_TIMES:
-        terminalreporter.section("fault drills: measured recovery (default settings)")
+        terminalreporter.section("fault drills: measured recovery (each line names its clocks)")
         for fault, seconds, promise in _DRILL_TIMES:
             terminalreporter.write_line(f"{fault:<70} {seconds:6.1f} s   (promised <= {promise:.0f} s)")

@@ -1,9 +1,16 @@
-"""The fault drills: each fault the README's table lists, on Postgres + Redis with two real workers and the
-default timing settings (30 s leases, a sweep every 15 s, lost messages re-sent after 60 s).
+"""The fault drills: each fault the README's table lists, on Postgres + Redis with two real workers.
+
+Every drill runs under two clocks (the timing settings, given to the API and worker processes as
+STYLEQ_* variables): shortened ones in `make test` (5 s leases, a sweep every 2 s, lost messages re-sent
+after 20 s, database retries for 7.5 s and a 20 s outage), and the defaults in `make test-full` (30 s
+leases, a sweep every 15 s, lost messages re-sent after 60 s, database retries for about a minute and a
+100 s outage), which give the README's fault table. Either way the drills kill real processes and stop the
+real Postgres and Redis; only the clocks, and the jobs that must outlast them, are shorter.
 
 Each drill asserts the promise (nothing lost, nothing run twice, resumed from the last save, within the
-time the table states) and records the time it measured in its test report; tests/conftest.py prints the
-times at the end of the run (tests/integration/test_fault_drill_report.py checks that it does).
+time the table states, worked out from the clocks) and records the time it measured in its test report;
+tests/conftest.py prints the times at the end of the run (tests/integration/test_fault_drill_report.py
+checks that it does).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import pytest
 import redis as redis_client
 
 from shared.migrate import upgrade_database
+from shared.settings import Settings
 from tests.services import (
     Client, PrivatePostgres, PrivateRedis, Process, fresh_postgres_database, make_key, private_servers, start_api, start_worker,
 )
@@ -38,8 +46,76 @@ FINAL = ("succeeded", "failed", "canceled")
 HOST = socket.gethostname()
 
 
+def _default(name: str) -> Any:
+    return Settings.model_fields[name].default
+
+
+@dataclass(frozen=True)
+class Clocks:
+    """The timing settings a drill runs under, and what the table's promises come to under them."""
+
+    name: str
+    lease: float
+    sweep: float
+    requeue: float
+    database_retry_delays: tuple[float, ...]
+    result_write_retry_delays: tuple[float, ...]
+    # How long Postgres stays down: longer than a lease and than a worker's whole retry window, so the
+    # worker gives up the run and the job is resumed by the sweep.
+    outage: float
+
+    def __post_init__(self) -> None:
+        assert self.outage > max(self.lease, sum(self.database_retry_delays)) + 5, f"{self.name}: the outage must outlast the lease and the retries"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """Return the STYLEQ_* variables that set these clocks (none for the defaults)."""
+        if self == DEFAULT:
+            return {}
+        return {
+            "STYLEQ_LEASE_SECONDS": str(self.lease),
+            "STYLEQ_SWEEP_EVERY_SECONDS": str(self.sweep),
+            "STYLEQ_REQUEUE_AFTER_SECONDS": str(self.requeue),
+            "STYLEQ_DATABASE_RETRY_DELAYS": ",".join(map(str, self.database_retry_delays)),
+            "STYLEQ_RESULT_WRITE_RETRY_DELAYS": ",".join(map(str, self.result_write_retry_delays)),
+        }
+
+    # The promises, each the mechanism's worst case plus the time for processes to start, reconnect and claim;
+    # under the defaults they are the README's numbers.
+    @property
+    def takeover(self) -> float:
+        """A lost worker's job running elsewhere: a lease gone stale, a sweep, 15 s (60 s by default)."""
+        return self.lease + self.sweep + 15
+
+    @property
+    def respawn(self) -> float:
+        """A killed pool process's job running again: as `takeover`, but never under 30 s, as it waits for the new
+        pool process to load torch and the weights, whatever the clocks (14 s on the loaded 2-core machine)."""
+        return max(self.takeover, 30)
+
+    @property
+    def lost_message(self) -> float:
+        """A queued job whose message was lost running: re-sent after `requeue`, at a sweep, 15 s (90 s by default)."""
+        return self.requeue + self.sweep + 15
+
+    @property
+    def back(self) -> float:
+        """A job running again after its server is back: the next sweep, 30 s for workers to reconnect (45 s by default)."""
+        return self.sweep + 30
+
+
+DEFAULT = Clocks(
+    "default", _default("lease_seconds"), _default("sweep_every_seconds"), _default("requeue_after_seconds"),
+    _default("database_retry_delays"), _default("result_write_retry_delays"), outage=100,
+)
+# Short enough that the drills take minutes, long enough that a loaded 2-core machine keeps the leases of
+# live workers (heartbeats every 1.25 s) and that two busy jobs outlast the wipe of the broker.
+FAST = Clocks("fast", lease=5, sweep=2, requeue=20, database_retry_delays=(0.5, 1, 2, 4), result_write_retry_delays=(0.5, 1, 2, 4), outage=20)
+
+
 @dataclass
 class Drill:
+    clocks: Clocks
     environment: dict[str, str]
     storage: Path
     logs: Path
@@ -75,6 +151,14 @@ class Drill:
     def wait_final(self, job_id: str, timeout: float = 240) -> dict[str, Any]:
         return self.client.wait_for(job_id, lambda j: j["status"] in FINAL, timeout=timeout)
 
+    def iterations(self, default: int, fast: int) -> int:
+        """Return a job's length: jobs outlast the clocks they are drilled under, so shorter clocks, shorter jobs."""
+        return default if self.clocks == DEFAULT else fast
+
+    def fault(self, fault: str) -> str:
+        """Return the fault's line in the printed summary, naming the clocks it was drilled under."""
+        return f"[{self.clocks.name} clocks] {fault}"
+
 
 @pytest.fixture
 def record(record_property) -> Callable[[str, float, float], None]:
@@ -93,9 +177,10 @@ def whole(iterations: int) -> list[int]:
     return list(range(10, iterations + 1, 10))
 
 
-@pytest.fixture(scope="module")
-def drill(tmp_path_factory, caffe_weights, models_dir) -> Iterator[Drill]:
-    root = tmp_path_factory.mktemp("drills")
+@pytest.fixture(scope="module", params=[pytest.param(FAST, id="fast"), pytest.param(DEFAULT, id="default", marks=pytest.mark.full)])
+def drill(request, tmp_path_factory, caffe_weights, models_dir) -> Iterator[Drill]:
+    clocks: Clocks = request.param
+    root = tmp_path_factory.mktemp(f"drills-{clocks.name}")
     storage = root / "storage"
     storage.mkdir()
     # The storage on a small filesystem of its own, so a drill can fill it (root ignores permissions, not a full disk).
@@ -109,9 +194,10 @@ def drill(tmp_path_factory, caffe_weights, models_dir) -> Iterator[Drill]:
         "OMP_NUM_THREADS": "1",
     }
     for name in list(environment):
-        # Every timing setting at its default: the drills measure what an operator gets.
+        # Every setting at its default but those of the clocks: the default clocks measure what an operator gets.
         if name.startswith("STYLEQ_") and name not in ("STYLEQ_DATA_DIR", "STYLEQ_STORAGE_DIR", "STYLEQ_MODEL_DIR", "STYLEQ_QUEUE"):
             del environment[name]
+    environment.update(clocks.environment)
     # Fair use off, not a timing: the drills poll ten times a second with one non-admin key.
     environment.update(STYLEQ_MAX_REQUESTS_PER_MINUTE="0", STYLEQ_MAX_ACTIVE_JOBS="0")
     (root / "data").mkdir()
@@ -127,7 +213,7 @@ def drill(tmp_path_factory, caffe_weights, models_dir) -> Iterator[Drill]:
             api, url = start_api(environment, logs)
             processes.append(api)
             workers = [start_worker(environment, logs, name, HOST) for name in ("d1", "d2")]
-            drill = Drill(environment, storage, logs, api, workers, Client(url, make_key(database_url, "alice")), mounted, postgres, redis)
+            drill = Drill(clocks, environment, storage, logs, api, workers, Client(url, make_key(database_url, "alice")), mounted, postgres, redis)
             yield drill
         finally:
             postgres.start()
@@ -139,26 +225,28 @@ def drill(tmp_path_factory, caffe_weights, models_dir) -> Iterator[Drill]:
 
 
 def test_a_killed_pool_process_s_job_runs_again_elsewhere_within_a_minute_from_its_last_save(drill, images_dir, record):
-    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 1500})
+    iterations = drill.iterations(1500, 300)
+    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": iterations})
     running = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 100)
     worker, pool_pid = drill.holder(running)
 
     os.kill(pool_pid, signal.SIGKILL)
     killed = time.monotonic()
     drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["attempts"] == 2, timeout=90)
-    record("pool process killed (kill -9)", time.monotonic() - killed, 60)
+    record(drill.fault("pool process killed (kill -9)"), time.monotonic() - killed, drill.clocks.respawn)
 
     done = drill.wait_final(job_id)
     assert (done["status"], done["attempts"]) == ("succeeded", 2)
     # Nothing lost, nothing twice: every checkpoint once, in order; the run went on from its saved state.
-    assert drill.history(job_id) == whole(1500)
+    assert drill.history(job_id) == whole(iterations)
     logs = "".join(w.output() for w in drill.workers)
     assert f"resuming job {job_id} at iteration" in logs and f"resuming job {job_id} at iteration 0" not in logs
     assert drill.states(job_id) == []
 
 
 def test_a_whole_worker_killed_has_its_job_running_on_the_other_within_a_minute(drill, images_dir, record):
-    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 1500})
+    iterations = drill.iterations(1500, 300)
+    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": iterations})
     running = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 100)
     victim, _ = drill.holder(running)
 
@@ -166,18 +254,19 @@ def test_a_whole_worker_killed_has_its_job_running_on_the_other_within_a_minute(
     killed = time.monotonic()
     try:
         resumed = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["attempts"] == 2, timeout=90)
-        record("whole worker killed (kill -9 of the worker and its pool)", time.monotonic() - killed, 60)
+        record(drill.fault("whole worker killed (kill -9 of the worker and its pool)"), time.monotonic() - killed, drill.clocks.takeover)
     finally:
         drill.restart(victim)
 
     assert drill.holder(resumed)[0] is not victim
     done = drill.wait_final(job_id)
     assert (done["status"], done["attempts"]) == ("succeeded", 2)
-    assert drill.history(job_id) == whole(1500)
+    assert drill.history(job_id) == whole(iterations)
 
 
 def test_workers_killed_after_progress_never_use_up_the_attempts(drill, images_dir):
-    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 1200})
+    iterations = drill.iterations(1200, 480)
+    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": iterations})
     for attempt, point in enumerate((170, 270, 320), start=1):
         # Killed at each point, after the attempt saved a state past where it resumed.
         running = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["attempts"] == attempt and j["iteration"] >= point)
@@ -185,7 +274,7 @@ def test_workers_killed_after_progress_never_use_up_the_attempts(drill, images_d
 
     done = drill.wait_final(job_id)
     assert (done["status"], done["attempts"]) == ("succeeded", 4)
-    assert drill.history(job_id) == whole(1200)
+    assert drill.history(job_id) == whole(iterations)
 
 
 def test_a_job_whose_worker_dies_before_saving_anything_three_times_in_a_row_is_stopped(drill, images_dir):
@@ -201,7 +290,8 @@ def test_a_job_whose_worker_dies_before_saving_anything_three_times_in_a_row_is_
 
 
 def test_sigterm_hands_the_running_job_back_and_the_worker_exits_at_once(drill, images_dir, record):
-    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 1500})
+    iterations = drill.iterations(1500, 300)
+    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": iterations})
     running = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 100)
     victim, _ = drill.holder(running)
 
@@ -209,9 +299,10 @@ def test_sigterm_hands_the_running_job_back_and_the_worker_exits_at_once(drill, 
     stopped = time.monotonic()
     try:
         resumed = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["attempts"] == 2, timeout=60)
-        record("worker stopped (SIGTERM, as a deploy does): job running elsewhere", time.monotonic() - stopped, 10)
+        # No clock in it: the job is handed back at its next checkpoint and sent again at once.
+        record(drill.fault("worker stopped (SIGTERM, as a deploy does): job running elsewhere"), time.monotonic() - stopped, 10)
         assert victim.popen.wait(timeout=30) == 0
-        record("worker stopped (SIGTERM): worker exited", time.monotonic() - stopped, 15)
+        record(drill.fault("worker stopped (SIGTERM): worker exited"), time.monotonic() - stopped, 15)
         assert f"job {job_id} handed back to the queue" in victim.output()
     finally:
         drill.restart(victim)
@@ -219,11 +310,12 @@ def test_sigterm_hands_the_running_job_back_and_the_worker_exits_at_once(drill, 
     assert drill.holder(resumed)[0] is not victim
     done = drill.wait_final(job_id)
     assert (done["status"], done["attempts"]) == ("succeeded", 2)
-    assert drill.history(job_id) == whole(1500)
+    assert drill.history(job_id) == whole(iterations)
 
 
 def test_jobs_whose_messages_the_broker_lost_run_within_about_a_minute(drill, images_dir, record):
-    busy = [drill.submit(images_dir, {"size": SMALL, "iterations": 600}) for _ in range(2)]
+    # Two jobs keep both workers busy past the wipe (and end before the lost message is due again).
+    busy = [drill.submit(images_dir, {"size": SMALL, "iterations": drill.iterations(600, 120)}) for _ in range(2)]
     for job_id in busy:
         drill.client.wait_for(job_id, lambda j: j["status"] == "running")
     waiting = drill.submit(images_dir, {"size": SMALL, "iterations": 20})
@@ -231,12 +323,13 @@ def test_jobs_whose_messages_the_broker_lost_run_within_about_a_minute(drill, im
     # Redis loses everything (a restart of a Redis that keeps nothing on disk), the waiting job's message included.
     redis_client.Redis.from_url(drill.redis.url).flushdb()
     wiped = time.monotonic()
+    assert drill.client.job(waiting)["status"] == "queued", "a worker took the job before its message was lost"
     for job_id in busy:
         assert drill.wait_final(job_id)["status"] == "succeeded"
     idle = time.monotonic()
     done = drill.client.wait_for(waiting, lambda j: j["status"] in FINAL, timeout=150)
-    record("broker wiped: a queued job's lost message (from the wipe)", time.monotonic() - wiped, 90)
-    record("broker wiped: ... of which with both workers idle", time.monotonic() - idle, 90)
+    record(drill.fault("broker wiped: a queued job's lost message (from the wipe)"), time.monotonic() - wiped, drill.clocks.lost_message)
+    record(drill.fault("broker wiped: ... of which with both workers idle"), time.monotonic() - idle, drill.clocks.lost_message)
     assert (done["status"], done["attempts"]) == ("succeeded", 1)
 
 
@@ -248,21 +341,22 @@ def test_a_job_accepted_while_redis_is_down_runs_soon_after_it_is_back(drill, im
         drill.redis.start()
     back = time.monotonic()
     done = drill.client.wait_for(job_id, lambda j: j["status"] in FINAL, timeout=120)
-    record("Redis down at submit: job runs after Redis is back", time.monotonic() - back, 45)
+    record(drill.fault("Redis down at submit: job runs after Redis is back"), time.monotonic() - back, drill.clocks.back)
     assert (done["status"], done["attempts"]) == ("succeeded", 1)
 
 
 def test_a_long_database_outage_keeps_the_job_and_the_api_answers_503(drill, images_dir, record):
-    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 1500})
+    iterations = drill.iterations(1500, 400)
+    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": iterations})
     drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 100)
 
     drill.postgres.stop()
     try:
         outage = time.monotonic()
         answers = []
-        while time.monotonic() - outage < 100:  # longer than a worker's whole retry window
+        while time.monotonic() - outage < drill.clocks.outage:  # longer than a worker's whole retry window
             answers.append(drill.client.get(f"/v1/jobs/{job_id}"))
-            time.sleep(10)
+            time.sleep(drill.clocks.outage / 10)
     finally:
         drill.postgres.start()
     back = time.monotonic()
@@ -270,11 +364,11 @@ def test_a_long_database_outage_keeps_the_job_and_the_api_answers_503(drill, ima
     assert {response.status_code for response in answers} == {503}
     assert all(int(response.headers["Retry-After"]) > 0 and response.json()["error"]["code"] == "database_unavailable" for response in answers)
     resumed = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["attempts"] == 2, timeout=90)
-    record("Postgres down 100 s: job running again after it is back", time.monotonic() - back, 45)
+    record(drill.fault(f"Postgres down {drill.clocks.outage:.0f} s: job running again after it is back"), time.monotonic() - back, drill.clocks.back)
     assert resumed["error"] is None
     done = drill.wait_final(job_id)
     assert (done["status"], done["attempts"]) == ("succeeded", 2)
-    assert drill.history(job_id) == whole(1500)
+    assert drill.history(job_id) == whole(iterations)
     assert "to be resumed when it is back" in "".join(w.output() for w in drill.workers)
 
 
@@ -297,7 +391,8 @@ def fill(storage: Path) -> Path:
 def test_a_full_disk_costs_previews_not_the_job_and_a_result_waits_for_space(drill, images_dir):
     if not drill.mounted:
         pytest.skip("needs to mount a small tmpfs (root in a container that allows mount) to fill the storage")
-    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 600})
+    iterations = drill.iterations(600, 240)
+    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": iterations})
     drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 20)
     worker, _ = drill.holder(drill.client.job(job_id))
 
@@ -308,11 +403,11 @@ def test_a_full_disk_costs_previews_not_the_job_and_a_result_waits_for_space(dri
             assert time.monotonic() < deadline, "the result was never tried"
             time.sleep(0.2)
     finally:
-        filler.unlink()  # space again, while the worker retries
+        filler.unlink()  # space again, while the worker retries (for 15 s, or 7.5 under the fast clocks)
 
     done = drill.wait_final(job_id)
     assert (done["status"], done["attempts"]) == ("succeeded", 1)
-    assert drill.history(job_id) == whole(600)
+    assert drill.history(job_id) == whole(iterations)
     assert "No space left on device" in worker.output()
     assert drill.client.get(f"/v1/jobs/{job_id}/result").status_code == 200
 
@@ -320,7 +415,7 @@ def test_a_full_disk_costs_previews_not_the_job_and_a_result_waits_for_space(dri
 def test_a_disk_that_stays_full_fails_the_job_plainly_after_its_attempts(drill, images_dir):
     if not drill.mounted:
         pytest.skip("needs to mount a small tmpfs (root in a container that allows mount) to fill the storage")
-    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 300})
+    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": drill.iterations(300, 120)})
     drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 10)
     filler = fill(drill.storage)
     try:
@@ -348,7 +443,9 @@ def test_deletes_during_checkpoints_leave_no_files(drill, images_dir):
 
 
 def test_a_frozen_worker_that_wakes_up_after_a_takeover_writes_nothing(drill, images_dir, record):
-    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": 3000})
+    # Long enough that the new holder still runs after it got 200 iterations further and the woken process checked in.
+    iterations = drill.iterations(3000, 700)
+    job_id = drill.submit(images_dir, {"size": SMALL, "iterations": iterations})
     running = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 100)
     frozen, pool_pid = drill.holder(running)
 
@@ -356,7 +453,7 @@ def test_a_frozen_worker_that_wakes_up_after_a_takeover_writes_nothing(drill, im
     try:
         stopped = time.monotonic()
         taken = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["attempts"] == 2, timeout=120)
-        record("worker frozen (SIGSTOP): job running elsewhere", time.monotonic() - stopped, 60)
+        record(drill.fault("worker frozen (SIGSTOP): job running elsewhere"), time.monotonic() - stopped, drill.clocks.takeover)
         # The new holder gets well past where the frozen one was and saves newer states.
         drill.client.wait_for(job_id, lambda j: j["iteration"] >= taken["iteration"] + 200, timeout=120)
     finally:
@@ -368,7 +465,7 @@ def test_a_frozen_worker_that_wakes_up_after_a_takeover_writes_nothing(drill, im
     assert "'lost'" in frozen.output()  # the woken run's task ended as lost, having written nothing
     done = drill.wait_final(job_id)
     assert (done["status"], done["attempts"]) == ("succeeded", 2)
-    assert drill.history(job_id) == whole(3000)
+    assert drill.history(job_id) == whole(iterations)
     assert drill.states(job_id) == []
 
 
