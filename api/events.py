@@ -99,11 +99,15 @@ def stream_events(job_id: str) -> Response:
     config = current_app.config
     hub = stream_hub()
     slot = take_stream_slot(hub, key)
+    # The history so far, read in the request's session (the job is already loaded there): a session of the
+    # stream's own cost a connection check-out, its ping and the job again, each a wait on a busy process.
+    history = read_job(db_session(), job.id, after)
     stream = EventStream(
         backends().session_factory,
         hub,
         job.id,
         after,
+        history,
         (key.id, g.get("dashboard_session_id")),
         credentials_check(),
         keepalive_seconds=config["EVENTS_KEEPALIVE_SECONDS"],
@@ -177,6 +181,7 @@ class EventStream:
         hub: StreamHub,
         job_id: str,
         after: int,
+        history: tuple[dict[str, Any] | None, list[dict[str, Any]]],
         check_id: Hashable,
         still_authorised: Callable[[Session], bool],
         *,
@@ -187,6 +192,7 @@ class EventStream:
         self.hub = hub
         self.job_id = job_id
         self.after = after
+        self.history = history
         self.check_id = check_id
         self.still_authorised = still_authorised
         self.keepalive_seconds = keepalive_seconds
@@ -195,9 +201,9 @@ class EventStream:
     def events(self) -> Iterator[str]:
         """Yield the stream's text: status, checkpoints, status changes, then a final status and `end`."""
         started = quiet_since = time.monotonic()
-        # The history so far is this stream's own read; what comes after it, the hub's reads shared with every stream of the job.
-        with session_scope(self.session_factory) as session:
-            job, checkpoints = read_job(session, self.job_id, self.after)
+        # The history so far is this stream's own read (made by the request); what comes after it, the hub's reads
+        # shared with every stream of the job.
+        job, checkpoints = self.history
         if job is None:
             yield format_event("end", {"status": None, "reason": "the job was deleted"}, self.after)
             return
