@@ -14,6 +14,7 @@ from worker.engine import Backbone, build_backbone, get_convention, losses, nati
 from worker.engine.graphs import portable_optimizer_state
 from worker.engine.losses import gram_matrices, style_losses
 from worker.engine.objective import Objective
+from worker.engine.precision import network_precision
 
 
 def test_auto_is_bf16_exactly_where_the_device_computes_it_natively():
@@ -181,16 +182,8 @@ def test_bf16_tracks_fp32_checkpoint_by_checkpoint_on_the_real_weights(caffe_wei
     assert bf16_checkpoints[-1].style < 0.5 * bf16_checkpoints[0].style
 
 
-@pytest.mark.slow
-def test_nothing_overflows_in_bf16_at_2048_pixels(caffe_weights):
-    """A forward and backward pass and the Gram matrices of a 2048 x 2048 picture stay finite in bf16.
-
-    On a CPU without native bf16 (emulated there, many times slower) only the first layer runs: its
-    Gram sums run over the most pixels (4.2 million), the overflow risk this guards.
-    """
-    native = native_bf16("cpu")
-    style_layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1") if native else ("relu1_1",)
-    content_layers = ("relu4_2",) if native else ("relu1_1",)
+def forward_and_backward_at_2048_pixels(caffe_weights, style_layers: tuple[str, ...], content_layers: tuple[str, ...]) -> None:
+    """Run the loss terms, their gradient and the Gram matrices of a 2048 x 2048 picture in bf16; check they are finite."""
     params = resolve_params({"size": [2048, 2048], "precision": "bf16", "style_layers": list(style_layers), "content_layers": list(content_layers)})
     backbone = Backbone("vgg16", caffe_weights.state_dict, caffe_weights.convention, params.layers)
     objective = Objective(params, backbone, "bf16", torch.device("cpu"))
@@ -208,3 +201,38 @@ def test_nothing_overflows_in_bf16_at_2048_pixels(caffe_weights):
     for grams in objective.style_grams:
         assert torch.isfinite(grams).all() and grams.abs().max() > 0
     assert np.isfinite(float(total.sum().detach()))
+
+
+@pytest.mark.slow
+def test_the_first_layers_gram_and_its_gradient_stay_finite_in_bf16_at_2048_pixels(caffe_weights):
+    """The first layer's Gram sums run over the most pixels (4.2 million at 2048 x 2048), the overflow risk this guards.
+
+    Its bf16 features, the Gram's fp32 sums and the gradient back through them to the picture, on the real weights
+    (their activations' size is the point); the whole network at this size is in the full tier.
+    """
+    params = resolve_params({"size": [2048, 2048], "precision": "bf16", "style_layers": ["relu1_1"], "content_layers": ["relu1_1"]})
+    backbone = Backbone("vgg16", caffe_weights.state_dict, caffe_weights.convention, params.layers)
+    objective = Objective(params, backbone, "bf16", torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    # A bright, busy picture: large activations everywhere.
+    target = objective.style_targets(torch.rand(1, 3, 2048, 2048, generator=generator))
+    image = torch.rand(1, 3, 2048, 2048, generator=generator).requires_grad_(True)
+
+    with network_precision("bf16", torch.device("cpu")):
+        features = backbone(objective.network_input(image, from_pixels=True), ["relu1_1"])["relu1_1"]
+    gram = gram_matrices(features)
+    loss = style_losses(features, target.grams[0][None])
+    loss.sum().backward()
+
+    assert features.dtype == torch.bfloat16 and features.shape[-2:] == (2048, 2048)
+    for name, values in {"target": target.grams[0], "gram": gram, "loss": loss, "gradient": image.grad}.items():
+        assert torch.isfinite(values).all() and values.abs().max() > 0, name
+
+
+@pytest.mark.slow
+@pytest.mark.full
+@pytest.mark.skipif(not native_bf16("cpu"), reason="bf16 is emulated on this CPU, many times slower: the first layer's test "
+                                                    "(test_the_first_layers_gram_and_its_gradient_stay_finite_in_bf16_at_2048_pixels) guards it here")
+def test_nothing_overflows_in_bf16_at_2048_pixels_through_the_whole_network(caffe_weights):
+    """The deeper layers' larger activations too: every preset layer's Gram, forward and backward, at 2048 x 2048 (about 10 GB)."""
+    forward_and_backward_at_2048_pixels(caffe_weights, ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), ("relu4_2",))
