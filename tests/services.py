@@ -175,10 +175,11 @@ def make_key(database_url: str, name: str, admin: bool = False) -> str:
 
     It is hashed under SECRET_KEY, the server secret every API that `start_api` starts is given.
     """
-    from cli.service import make_key as create_key
+    from cli.service import make_key_with_webhook_secret
     from shared.settings import Settings
 
-    return create_key(Settings(database_url=database_url, secret_key=SECRET_KEY), name, admin=admin)
+    token, _ = make_key_with_webhook_secret(Settings(database_url=database_url, secret_key=SECRET_KEY), name, admin=admin)
+    return token
 
 
 def free_port() -> int:
