@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from .db import rowcount
 from .models import ApiKey, DeliveryStatus, Job, WebhookDelivery, WebhookEvent, iso_timestamp, utcnow
 
 # The longest wait between two attempts, however many have failed.
@@ -111,7 +112,7 @@ def record_checkpoint(session: Session, job: Job, *, every_seconds: float) -> No
     now = utcnow()
     body = event_body(job, WebhookEvent.CHECKPOINT, now)
     waiting = and_(WebhookDelivery.job_id == job.id, WebhookDelivery.event == WebhookEvent.CHECKPOINT, _waiting(now))
-    if session.execute(update(WebhookDelivery).where(waiting).values(body=body)).rowcount:
+    if rowcount(session.execute(update(WebhookDelivery).where(waiting).values(body=body))):
         return
     last = session.scalar(
         select(func.max(WebhookDelivery.created_at)).where(
@@ -174,15 +175,17 @@ def claim_due(session: Session, *, lease_seconds: float, now: datetime | None = 
     delivery_id = session.scalar(query.with_for_update(skip_locked=True))
     if delivery_id is None:
         return None
-    claimed = session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, due)
-        .values(
-            attempts=WebhookDelivery.attempts + 1,
-            claimed_until=now + timedelta(seconds=lease_seconds),
-            last_attempt_at=now,
+    claimed = rowcount(
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id, due)
+            .values(
+                attempts=WebhookDelivery.attempts + 1,
+                claimed_until=now + timedelta(seconds=lease_seconds),
+                last_attempt_at=now,
+            )
         )
-    ).rowcount
+    )
     if not claimed:
         return None  # another deliverer took it between the two statements (SQLite)
     delivery, url, owner = session.execute(
@@ -192,6 +195,7 @@ def claim_due(session: Session, *, lease_seconds: float, now: datetime | None = 
         .where(WebhookDelivery.id == delivery_id)
         .execution_options(populate_existing=True)
     ).one()
+    assert url is not None  # deliveries are recorded only for jobs with a webhook URL, which never changes after creation
     return ClaimedDelivery(
         delivery.id, delivery.attempts, delivery.message_id, delivery.body, url, delivery.created_at, owner, delivery.job_id
     )
@@ -233,9 +237,11 @@ def record_attempt(
             values.update(status=DeliveryStatus.FAILED, finished_at=now)
         else:
             values.update(status=DeliveryStatus.PENDING, next_attempt_at=next_attempt_at)
-    held = session.execute(
-        update(WebhookDelivery).where(WebhookDelivery.id == claimed.id, WebhookDelivery.attempts == claimed.attempt).values(**values)
-    ).rowcount
+    held = rowcount(
+        session.execute(
+            update(WebhookDelivery).where(WebhookDelivery.id == claimed.id, WebhookDelivery.attempts == claimed.attempt).values(**values)
+        )
+    )
     return values["status"] if held else None
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from . import deliveries, limits
+from .db import rowcount
 from .errors import Conflict, InvalidInput, NotFound, StorageUnavailable, Unprocessable
 from .models import ApiKey, Checkpoint, Job, JobStatus, JobStyle, WebhookEvent, utcnow
 from .params import TransferParams
@@ -59,7 +60,7 @@ def submit_job(
     file behind. A request repeating an idempotency key with the same pictures and parameters gets the
     first job back, and keeps none of its own files.
     """
-    pictures = [content, *_one_or_many(style, bytes)]
+    pictures = [content, *_one_or_many(style)]
     hashes = [hashlib.sha256(data).hexdigest() for data in pictures]
     written = {sha for sha in hashes if not storage.upload_path(sha).is_file()}
     try:
@@ -86,9 +87,9 @@ def submit_job(
     return job, True
 
 
-def _one_or_many(value: T | Sequence[T], kind: type[T]) -> list[T]:
+def _one_or_many(value: T | Sequence[T]) -> list[T]:
     """Return `value` as a list: one style (a picture's bytes, a hash) or several."""
-    return [value] if isinstance(value, kind) else list(value)
+    return [value] if isinstance(value, (str, bytes)) else list(value)
 
 
 def _discard_uploads(session: Session, storage: Storage, hashes: set[str]) -> None:
@@ -146,7 +147,7 @@ def create_job(
             `owner` for other pictures, parameters or webhook.
         LimitExceeded: the new job would make more than `max_active_jobs` of `owner`'s jobs queued or running (0: no limit).
     """
-    style_hashes = _one_or_many(style_sha256, str)
+    style_hashes = _one_or_many(style_sha256)
     try:
         params.check_style_count(len(style_hashes))
     except ValueError as error:
@@ -291,11 +292,13 @@ def request_cancel(session: Session, job: Job) -> Job:
     now = utcnow()
     if job.status.finished:
         raise Conflict(f"job {job.id} has already {job.status}", code="job_finished")
-    ended = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
-        .values(status=JobStatus.CANCELED, cancel_requested=True, finished_at=now)
-    ).rowcount
+    ended = rowcount(
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+            .values(status=JobStatus.CANCELED, cancel_requested=True, finished_at=now)
+        )
+    )
     if ended:
         deliveries.record_events(session, [job.id], WebhookEvent.CANCELED)
     else:

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, SQLColumnExpression, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import deliveries
+from .db import rowcount
 from .models import Checkpoint, Job, JobStatus, WebhookEvent, utcnow
 
 # The most queued jobs a worker looks through for batch-mates: the oldest, so batching never lets a
@@ -39,7 +40,7 @@ def give_up_stalled(session: Session, job_id: str, lease_seconds: float, max_att
     """Fail the job as `worker_lost` if its lease is lost and this was its `max_attempts`-th attempt in a
     row to end without saving anything new; return whether it did. Call before `claim_job`."""
     lost = Job.id == job_id, Job.status == JobStatus.RUNNING, _lost(lease_seconds, dead_owners)
-    gave_up = bool(session.execute(update(Job).where(*lost, _stalled(max_attempts)).values(**_gave_up(max_attempts, utcnow()))).rowcount)
+    gave_up = bool(rowcount(session.execute(update(Job).where(*lost, _stalled(max_attempts)).values(**_gave_up(max_attempts, utcnow())))))
     if gave_up:
         deliveries.record_events(session, [job_id], WebhookEvent.FAILED)
     return gave_up
@@ -105,7 +106,7 @@ def record_batch(session: Session, job_ids: Sequence[str], lease_owner: str, bat
 
 def _claim(session: Session, job_id: str, lease_owner: str, gpu: str, claimable: ColumnElement[bool]) -> Job | None:
     now = utcnow()
-    claimed = session.execute(
+    claimed = rowcount(session.execute(
         update(Job)
         .where(Job.id == job_id, Job.cancel_requested.is_(False), claimable)
         .values(
@@ -115,10 +116,10 @@ def _claim(session: Session, job_id: str, lease_owner: str, gpu: str, claimable:
             stalled_attempts=case((Job.status == JobStatus.RUNNING, _stall_count()), else_=Job.stalled_attempts),
             resumed_iteration=Job.saved_iteration,
         )
-    ).rowcount
+    ))
     if not claimed:
         return None
-    job = session.get(Job, job_id)
+    job = session.get_one(Job, job_id)
     session.refresh(job)
     deliveries.record_event(session, job, WebhookEvent.RUNNING)
     return job
@@ -171,7 +172,7 @@ def record_checkpoints(
 
 def heartbeat(session: Session, job_id: str, lease_owner: str) -> bool:
     """Renew the lease on the job; return False when it is no longer `lease_owner`'s."""
-    return bool(session.execute(update(Job).where(*_held(job_id, lease_owner)).values(heartbeat_at=utcnow())).rowcount)
+    return bool(rowcount(session.execute(update(Job).where(*_held(job_id, lease_owner)).values(heartbeat_at=utcnow()))))
 
 
 def release_job(session: Session, job_id: str, lease_owner: str, *, failed: bool = False, max_attempts: int | None = None,
@@ -187,20 +188,20 @@ def release_job(session: Session, job_id: str, lease_owner: str, *, failed: bool
     held = _held(job_id, lease_owner)
     now = utcnow()
     if failed and max_attempts is not None:
-        gave_up = session.execute(
+        gave_up = rowcount(session.execute(
             update(Job).where(*held, Job.stalled_attempts + 1 >= max_attempts)
             .values(**{**_gave_up(max_attempts, now), "error_code": error_code, "error_message": error_message})
-        ).rowcount
+        ))
         if gave_up:
             deliveries.record_events(session, [job_id], WebhookEvent.FAILED)
             return JobStatus.FAILED
-    released = session.execute(
+    released = rowcount(session.execute(
         update(Job).where(*held).values(
             status=JobStatus.QUEUED, lease_owner=None, gpu=None, enqueued_at=None, heartbeat_at=now,
             stalled_attempts=Job.stalled_attempts + 1 if failed else Job.stalled_attempts,
             saved_iteration=_at_least(Job.saved_iteration, saved_iteration),
         )
-    ).rowcount
+    ))
     return JobStatus.QUEUED if released else None
 
 
@@ -216,7 +217,7 @@ def record_resumed(session: Session, job_id: str, lease_owner: str, iteration: i
     )
 
 
-def _at_least(column: ColumnElement[int], value: int | None) -> ColumnElement[int]:
+def _at_least(column: SQLColumnExpression[int], value: int | None) -> SQLColumnExpression[int]:
     """Return `column` raised to `value` where it is lower (unchanged for None)."""
     return column if value is None else case((column < value, value), else_=column)
 
@@ -226,7 +227,7 @@ def finish_job(session: Session, job_id: str, lease_owner: str, status: JobStatu
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "heartbeat_at": utcnow()}
     if error_code is not None:
         values.update(error_code=error_code, error_message=error_message)
-    finished = bool(session.execute(update(Job).where(*_held(job_id, lease_owner)).values(**values)).rowcount)
+    finished = bool(rowcount(session.execute(update(Job).where(*_held(job_id, lease_owner)).values(**values))))
     if finished:
         deliveries.record_events(session, [job_id], WebhookEvent(status.value))
     return finished

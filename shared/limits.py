@@ -54,7 +54,7 @@ def count_request(session: Session, owner: ApiKey, *, limit: int, now: datetime)
         )
 
 
-def _add_request(session: Session, api_key_id: int, start: datetime) -> ReturningInsert[tuple[int]]:
+def _add_request(session: Session, api_key_id: int, start: datetime) -> ReturningInsert[int]:
     """Return the one atomic upsert that adds a request to the key's window and returns the window's count."""
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     statement = insert(RequestWindow).values(api_key_id=api_key_id, window_start=start, requests=1)
@@ -77,7 +77,7 @@ def check_active_jobs(session: Session, owner: ApiKey, *, limit: int) -> None:
     if limit <= 0 or owner.is_admin:
         return
     session.execute(select(ApiKey.id).where(ApiKey.id == owner.id).with_for_update(key_share=True))
-    active = session.scalar(select(func.count()).select_from(Job).where(Job.owner_id == owner.id, Job.status.in_(ACTIVE)))
+    active = session.execute(select(func.count()).select_from(Job).where(Job.owner_id == owner.id, Job.status.in_(ACTIVE))).scalar_one()
     if active > limit:
         raise LimitExceeded(
             f"this API key already has {limit} jobs queued or running, the most allowed at once; "

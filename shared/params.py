@@ -261,7 +261,7 @@ class TransferParams:
         Raises:
             ValueError: scales still "auto" (see `with_schedule`).
         """
-        if self.scales == AUTO:
+        if isinstance(self.scales, str):  # "auto", the one string scales may be
             raise ValueError('scales "auto" must be resolved for an output size first (with_schedule)')
         return self.scale_iterations if self.scale_iterations is not None else split_iterations(self.iterations, self.scales)
 

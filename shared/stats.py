@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
+from typing import cast
 
-from sqlalchemy import Column, ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, case, func, select
 from sqlalchemy.orm import Session
 
 from .models import Job, JobStatus, utcnow
@@ -68,21 +70,22 @@ def run_time_histograms(session: Session, buckets: Sequence[float] = DURATION_BU
 
 
 def _seconds_between(
-    session: Session, start: Column[datetime] | ColumnElement[datetime], end: Column[datetime] | ColumnElement[datetime]
+    session: Session, start: SQLColumnExpression[datetime | None], end: SQLColumnExpression[datetime | None]
 ) -> ColumnElement[float]:
     """Return SQL for the seconds from `start` to `end`, in the database's own arithmetic."""
     if session.get_bind().dialect.name == "sqlite":
         # SQLite stores the times as text; julianday reads them to about 10 microseconds.
         return (func.julianday(end) - func.julianday(start)) * 86400.0
-    return func.extract("epoch", end - start)
+    # EXTRACT(EPOCH ...) gives fractional seconds; SQLAlchemy types every EXTRACT as an integer.
+    return cast("ColumnElement[float]", func.extract("epoch", end - start))
 
 
-def _histogram_columns(seconds: ColumnElement[float], buckets: Sequence[float]) -> list[ColumnElement[object]]:
+def _histogram_columns(seconds: ColumnElement[float], buckets: Sequence[float]) -> list[SQLColumnExpression[float | Decimal]]:
     counts = [func.coalesce(func.sum(case((seconds <= bound, 1), else_=0)), 0) for bound in buckets]
     return [*counts, func.count(), func.coalesce(func.sum(seconds), 0.0)]
 
 
-def _histogram(row: Sequence[object], buckets: Sequence[float]) -> DurationHistogram:
-    counts = [int(value) for value in row[: len(buckets)]]  # type: ignore[call-overload]
+def _histogram(row: Sequence[float | Decimal], buckets: Sequence[float]) -> DurationHistogram:
+    counts = [int(value) for value in row[: len(buckets)]]
     count, total = row[len(buckets)], row[len(buckets) + 1]
-    return DurationHistogram(tuple(zip(buckets, counts)), int(count), float(total))  # type: ignore[arg-type]
+    return DurationHistogram(tuple(zip(buckets, counts)), int(count), float(total))
