@@ -1,7 +1,14 @@
-"""The open-stream cap across API processes: a killed API process's stream slots come free after STYLEQ_STREAM_SLOT_TTL_SECONDS."""
+"""Event streams under load, and the open-stream cap across API processes.
+
+500 open event streams from 50 keys leave every other request fast and keep a running job's checkpoints
+flowing, on `styleq up` (the embedded SQLite default) and on the compose file's API command with
+Postgres + Redis, over loopback, through bench/streams.py (which prints the same figures for the README).
+A killed API process's stream slots come free after STYLEQ_STREAM_SLOT_TTL_SECONDS.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -11,13 +18,42 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.streams import make_keys, submit
+from bench.streams import make_keys, run, submit
 from shared.migrate import upgrade_database
 from shared.settings import Settings
-from tests.services import REDIS_URL, Process, ensure_redis, free_port
+from tests.services import REDIS_URL, Process, ensure_redis, free_port, fresh_postgres_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+KEYS, STREAMS_PER_KEY, HOLD_SECONDS = 50, 10, 20.0
 SLOT_TTL_SECONDS = 6.0
+
+
+# A load test: it measures answer times, so it runs in the full tier, alone on the machine (`make test-full`);
+# each deployment's run (start, open 500 streams, hold them, stop) is bounded by the timeout.
+@pytest.mark.full
+@pytest.mark.alone
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("backend", ["embedded", "postgres+redis"])
+def test_hundreds_of_streams_leave_other_requests_fast_and_refuse_a_key_past_its_cap(backend, tmp_path, models_dir, caffe_weights):
+    options = {"keys": KEYS, "streams_per_key": STREAMS_PER_KEY, "hold_seconds": HOLD_SECONDS, "model_dir": str(models_dir)}
+    if backend == "embedded":
+        figures = run(backend, tmp_path, **options)
+    else:
+        ensure_redis()
+        with fresh_postgres_database() as database_url:
+            figures = run(backend, tmp_path, database_url=database_url, broker_url=REDIS_URL, **options)
+    shown = json.dumps(figures, indent=1)
+
+    assert figures["streams_answered_200"] == KEYS * STREAMS_PER_KEY and figures["streams_ended_early"] == 0, shown
+    assert figures["streams_failed"] == {}, shown
+    # /healthz, the sign-in page and another client's /v1/jobs, asked all along: every one answered 200 within a second.
+    assert figures["probe_requests"] >= 30 and figures["probe_slow_or_failed"] == [], shown
+    # The running job's streams kept getting checkpoints through the whole hold, up to its last second or so.
+    assert figures["checkpoints_per_running_stream_during_hold_min"] >= 10, shown
+    assert figures["last_checkpoint_age_at_end_max_s"] < 5, shown
+    for refusal in figures["beyond_cap"]:
+        assert refusal["status"] == 429 and refusal["retry_after"] == "30", shown
+        assert json.loads(refusal["body"])["error"]["code"] == "too_many_streams", shown
 
 
 def start_gevent_api(environment: dict[str, str], log_dir: Path, name: str) -> tuple[Process, str]:
