@@ -12,7 +12,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,9 @@ class PrivatePostgres:
         if _port_open(self.port):
             return
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off -c max_connections=200"
-        self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w", "start"])
+        self._as_postgres(
+            [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w", "start"]
+        )
         _wait_for_port(self.port, "the private PostgreSQL")
 
     def stop(self) -> None:
@@ -142,7 +144,8 @@ class PrivateRedis:
             return
         subprocess.run(
             ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         _wait_for_port(self.port, "the private Redis")
 
@@ -216,10 +219,8 @@ class Process:
 
     def kill(self) -> None:
         """Kill the process and all it started, as a crash or an OOM killer would."""
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(self.popen.pid, 9)
-        except ProcessLookupError:
-            pass
         self.popen.wait(30)
 
 
@@ -228,8 +229,24 @@ def start_api(environment: dict[str, str], log_dir: Path, name: str = "api", pro
     port = free_port()
     environment = {**environment, "STYLEQ_SECRET_KEY": SECRET_KEY}
     command = [
-        sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_config", "--bind", f"127.0.0.1:{port}", "--workers", str(processes),
-        "--worker-class", "gthread", "--threads", "16", "--graceful-timeout", "2", "--forwarded-allow-ips", "", "api:create_app()",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:api.gunicorn_config",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(processes),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        "16",
+        "--graceful-timeout",
+        "2",
+        "--forwarded-allow-ips",
+        "",
+        "api:create_app()",
     ]
     process = Process(name, command, environment, log_dir)
     url = f"http://127.0.0.1:{port}"
@@ -272,7 +289,9 @@ class Client:
     def __post_init__(self) -> None:
         self.http.headers["Authorization"] = f"Bearer {self.key}"
 
-    def submit(self, content: Path, style: Path, params: dict[str, Any], fields: dict[str, str] | None = None, **headers: str) -> requests.Response:
+    def submit(
+        self, content: Path, style: Path, params: dict[str, Any], fields: dict[str, str] | None = None, **headers: str
+    ) -> requests.Response:
         """POST a job with `params` and any other form `fields` (a webhook's)."""
         with content.open("rb") as c, style.open("rb") as s:
             data = {"params": json.dumps(params), **(fields or {})}

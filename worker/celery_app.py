@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import threading
+from contextlib import suppress
 from typing import Any
 
 from celery import Celery, signals
@@ -45,6 +46,7 @@ def use_styleq_logging(settings: Settings) -> None:
     A receiver of Celery's `setup_logging` signal makes Celery leave logging alone: it neither adds
     handlers of its own nor redirects standard output (see Celery's "Logging" guide).
     """
+
     def configure(**_: Any) -> None:
         configure_logging(settings, {"worker": settings.worker_node})
         for name in _TASK_LOGGERS:
@@ -119,10 +121,8 @@ def make_celery(settings: Settings) -> Celery:
     def hand_back_running_jobs(**_: Any) -> None:
         consumer = pool_owner.get("consumer")
         for pid in _pool_pids(consumer):
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     return app
 
@@ -156,7 +156,13 @@ class Sweeper(threading.Thread):
             try:
                 with session_scope(session_factory) as session:
                     fleet.report_worker(
-                        session, name, host=socket.gethostname(), gpu=gpu, pid=os.getpid(), starting=starting, device_memory_bytes=memory,
+                        session,
+                        name,
+                        host=socket.gethostname(),
+                        gpu=gpu,
+                        pid=os.getpid(),
+                        starting=starting,
+                        device_memory_bytes=memory,
                     )
                 starting = False
                 sweep_once(self.app, self.settings, session_factory)
@@ -174,8 +180,11 @@ def sweep_once(app: Celery, settings: Settings, session_factory: Any) -> list[st
     host = socket.gethostname()
     with session_scope(session_factory) as session:
         result = leases.sweep(
-            session, lease_seconds=settings.lease_seconds, requeue_after_seconds=settings.requeue_after_seconds,
-            max_attempts=settings.max_attempts, dead_owners=dead_local_owners(leases.local_lease_owners(session, host), host),
+            session,
+            lease_seconds=settings.lease_seconds,
+            requeue_after_seconds=settings.requeue_after_seconds,
+            max_attempts=settings.max_attempts,
+            dead_owners=dead_local_owners(leases.local_lease_owners(session, host), host),
         )
     storage = Storage(settings.storage_path)
     for job_id in result.ended:

@@ -31,15 +31,16 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import math
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import torch
@@ -59,14 +60,24 @@ from shared.settings import Settings
 from shared.storage import Storage
 
 from .engine import (
-    Backbone, Control, Progress, TargetCache, TransferJob, TransferResult, TransferState, batch_key, build_backbone,
-    output_size, resolve_precision, transfer_batch,
+    Backbone,
+    Control,
+    Progress,
+    TargetCache,
+    TransferJob,
+    TransferResult,
+    TransferState,
+    batch_key,
+    build_backbone,
+    output_size,
+    resolve_precision,
+    transfer_batch,
 )
 from .engine.memory import free_device_bytes
 from .engine.tiles import needs_tiles, one_pass_pixels
+from .engine.weights import LoadedWeights, WeightsError, load_weights
 from .liveness import dead_local_owners
 from .metrics import WorkerMetrics
-from .engine.weights import LoadedWeights, WeightsError, load_weights
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -174,8 +185,17 @@ class JobRunner:
     """Runs jobs for one worker process; `run` is what the Celery task calls."""
 
     def __init__(
-        self, settings: Settings, session_factory: sessionmaker[Session], storage: Storage, *, name: str, lease_owner: str,
-        gpu: str, device: torch.device, models: ModelCache, stopping: threading.Event | None = None,
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        storage: Storage,
+        *,
+        name: str,
+        lease_owner: str,
+        gpu: str,
+        device: torch.device,
+        models: ModelCache,
+        stopping: threading.Event | None = None,
         metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
@@ -440,9 +460,12 @@ class JobRunner:
         size = output_size(batch[0].params, batch[0].content)
         try:
             results = transfer_batch(
-                [member.transfer_job() for member in batch], backbone=backbone, device=self.device,
+                [member.transfer_job() for member in batch],
+                backbone=backbone,
+                device=self.device,
                 on_checkpoint=lambda index, checkpoint: self._checkpoint(batch[index], checkpoint, held),
-                target_cache=self.models.targets, max_pass_pixels=self._pass_pixels(batch[0].params, size),
+                target_cache=self.models.targets,
+                max_pass_pixels=self._pass_pixels(batch[0].params, size),
             )
         except torch.OutOfMemoryError:
             if len(batch) == 1:
@@ -482,8 +505,10 @@ class JobRunner:
         last = checkpoint.iteration >= member.params.iterations
         # The first checkpoint shows a picture early; later ones every `preview_every`, time allowing; and a
         # worker told to stop saves where it is, so the job resumes there elsewhere.
-        save = (stopping and not last) or member.checkpoints_seen == 1 or (
-            member.checkpoints_seen % self.settings.preview_every == 0 and now - member.saved_at >= self.settings.preview_min_seconds
+        save = (
+            (stopping and not last)
+            or member.checkpoints_seen == 1
+            or (member.checkpoints_seen % self.settings.preview_every == 0 and now - member.saved_at >= self.settings.preview_min_seconds)
         )
         member.unwritten.append(checkpoint.losses())
         # Rows never lag a saved state (a resumed run starts from its iteration) nor the job's end.
@@ -495,10 +520,17 @@ class JobRunner:
         # The picture and state as they are at this checkpoint, copied off the device; encoded and written later.
         files = (checkpoint.preview(), checkpoint.state()) if save else None
         unwritten, member.unwritten, member.written_at = member.unwritten, [], now
-        held_still = self._transaction(lambda s: leases.record_checkpoints(
-            s, member.job_id, self.lease_owner, unwritten, has_preview=save, saved_iteration=member.saved_iteration,
-            checkpoint_event_seconds=self.settings.webhook_checkpoint_seconds,
-        ))
+        held_still = self._transaction(
+            lambda s: leases.record_checkpoints(
+                s,
+                member.job_id,
+                self.lease_owner,
+                unwritten,
+                has_preview=save,
+                saved_iteration=member.saved_iteration,
+                checkpoint_event_seconds=self.settings.webhook_checkpoint_seconds,
+            )
+        )
         if not held_still:
             # Canceled, deleted or taken over: the job leaves the batch now, and its record says so at once.
             self._wait_for_files(member)
@@ -507,8 +539,9 @@ class JobRunner:
             return Control.STOP
         if files is not None:
             # Only now, with the lease confirmed, do the files change.
-            member.writing = self.file_writer.submit(logs.in_this_context(
-                lambda iteration=checkpoint.iteration: self._write_checkpoint_files(member, iteration, *files)))
+            member.writing = self.file_writer.submit(
+                logs.in_this_context(partial(self._write_checkpoint_files, member, checkpoint.iteration, *files))
+            )
             member.saved_at = now
         self.metrics.record_checkpoint_write(time.monotonic() - now, with_state=False, device=self.device)
         if stopping and not last:
@@ -543,10 +576,18 @@ class JobRunner:
         """Put a held job back in the queue and send it again; after a failed result write this counts as an attempt."""
         self._wait_for_files(member)  # the state it resumes from
         # The database hears of the state just written here: the next attempt resumes from it, and says so.
-        status = self._transaction(lambda s: leases.release_job(
-            s, member.job_id, self.lease_owner, failed=failed_write, max_attempts=self.settings.max_attempts,
-            error_code="storage_error", error_message=STORAGE_FAILURE_MESSAGE, saved_iteration=member.saved_iteration,
-        ))
+        status = self._transaction(
+            lambda s: leases.release_job(
+                s,
+                member.job_id,
+                self.lease_owner,
+                failed=failed_write,
+                max_attempts=self.settings.max_attempts,
+                error_code="storage_error",
+                error_message=STORAGE_FAILURE_MESSAGE,
+                saved_iteration=member.saved_iteration,
+            )
+        )
         held.drop(member.job_id)
         if status is JobStatus.QUEUED:
             log.info("job %s handed back to the queue at iteration %s", member.job_id, member.saved_iteration)
@@ -568,7 +609,12 @@ class JobRunner:
             except FileNotFoundError:
                 break  # deleted meanwhile: the record below says so
             except OSError:
-                log.warning("could not write the result of job %s%s", member.job_id, "" if delay is None else f"; retrying in {delay} s", exc_info=True)
+                log.warning(
+                    "could not write the result of job %s%s",
+                    member.job_id,
+                    "" if delay is None else f"; retrying in {delay} s",
+                    exc_info=True,
+                )
                 if delay is None:
                     self._hand_back(member, held, failed_write=True)
                     return

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import os
 import uuid
-from contextlib import nullcontext
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from shared.migrate import upgrade_database
-from tests.services import Client, PrivatePostgres, PrivateRedis, Process, fresh_postgres_database, make_key, private_servers, start_api, start_worker
+from tests.services import (
+    Client,
+    PrivatePostgres,
+    PrivateRedis,
+    Process,
+    fresh_postgres_database,
+    make_key,
+    private_servers,
+    start_api,
+    start_worker,
+)
+
 
 @dataclass
 class Service:
@@ -81,9 +93,17 @@ def service(request, tmp_path_factory, caffe_weights, models_dir) -> Iterator[Se
                 workers.append(start_worker(environment, logs, f"{request.param[0]}w{index}"))
                 processes.append(workers[-1])
             yield Service(
-                request.param, environment, database, url, api, workers, logs,
-                Client(url, make_key(database, "alice")), Client(url, make_key(database, "bob")),
-                Client(url, make_key(database, "ops", admin=True)), *(servers or (None, None)),
+                request.param,
+                environment,
+                database,
+                url,
+                api,
+                workers,
+                logs,
+                Client(url, make_key(database, "alice")),
+                Client(url, make_key(database, "bob")),
+                Client(url, make_key(database, "ops", admin=True)),
+                *(servers or (None, None)),
             )
         finally:
             for process in {*processes, *workers}:

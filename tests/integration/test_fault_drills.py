@@ -32,7 +32,15 @@ import redis as redis_client
 from shared.migrate import upgrade_database
 from shared.settings import Settings
 from tests.services import (
-    Client, PrivatePostgres, PrivateRedis, Process, fresh_postgres_database, make_key, private_servers, start_api, start_worker,
+    Client,
+    PrivatePostgres,
+    PrivateRedis,
+    Process,
+    fresh_postgres_database,
+    make_key,
+    private_servers,
+    start_api,
+    start_worker,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -65,7 +73,9 @@ class Clocks:
     outage: float
 
     def __post_init__(self) -> None:
-        assert self.outage > max(self.lease, sum(self.database_retry_delays)) + 5, f"{self.name}: the outage must outlast the lease and the retries"
+        assert self.outage > max(self.lease, sum(self.database_retry_delays)) + 5, (
+            f"{self.name}: the outage must outlast the lease and the retries"
+        )
 
     @property
     def environment(self) -> dict[str, str]:
@@ -105,12 +115,19 @@ class Clocks:
 
 
 DEFAULT = Clocks(
-    "default", _default("lease_seconds"), _default("sweep_every_seconds"), _default("requeue_after_seconds"),
-    _default("database_retry_delays"), _default("result_write_retry_delays"), outage=100,
+    "default",
+    _default("lease_seconds"),
+    _default("sweep_every_seconds"),
+    _default("requeue_after_seconds"),
+    _default("database_retry_delays"),
+    _default("result_write_retry_delays"),
+    outage=100,
 )
 # Short enough that the drills take minutes, long enough that a loaded 2-core machine keeps the leases of
 # live workers (heartbeats every 1.25 s) and that two busy jobs outlast the wipe of the broker.
-FAST = Clocks("fast", lease=5, sweep=2, requeue=20, database_retry_delays=(0.5, 1, 2, 4), result_write_retry_delays=(0.5, 1, 2, 4), outage=20)
+FAST = Clocks(
+    "fast", lease=5, sweep=2, requeue=20, database_retry_delays=(0.5, 1, 2, 4), result_write_retry_delays=(0.5, 1, 2, 4), outage=20
+)
 
 
 @dataclass
@@ -213,7 +230,9 @@ def drill(request, tmp_path_factory, caffe_weights, models_dir) -> Iterator[Dril
             api, url = start_api(environment, logs)
             processes.append(api)
             workers = [start_worker(environment, logs, name, HOST) for name in ("d1", "d2")]
-            drill = Drill(clocks, environment, storage, logs, api, workers, Client(url, make_key(database_url, "alice")), mounted, postgres, redis)
+            drill = Drill(
+                clocks, environment, storage, logs, api, workers, Client(url, make_key(database_url, "alice")), mounted, postgres, redis
+            )
             yield drill
         finally:
             postgres.start()
@@ -228,7 +247,7 @@ def test_a_killed_pool_process_s_job_runs_again_elsewhere_within_a_minute_from_i
     iterations = drill.iterations(1500, 300)
     job_id = drill.submit(images_dir, {"size": SMALL, "iterations": iterations})
     running = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["iteration"] >= 100)
-    worker, pool_pid = drill.holder(running)
+    _, pool_pid = drill.holder(running)
 
     os.kill(pool_pid, signal.SIGKILL)
     killed = time.monotonic()
@@ -269,7 +288,10 @@ def test_workers_killed_after_progress_never_use_up_the_attempts(drill, images_d
     job_id = drill.submit(images_dir, {"size": SMALL, "iterations": iterations})
     for attempt, point in enumerate((170, 270, 320), start=1):
         # Killed at each point, after the attempt saved a state past where it resumed.
-        running = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["attempts"] == attempt and j["iteration"] >= point)
+        running = drill.client.wait_for(
+            job_id,
+            lambda j, attempt=attempt, point=point: j["status"] == "running" and j["attempts"] == attempt and j["iteration"] >= point,
+        )
         os.kill(drill.holder(running)[1], signal.SIGKILL)
 
     done = drill.wait_final(job_id)
@@ -280,7 +302,9 @@ def test_workers_killed_after_progress_never_use_up_the_attempts(drill, images_d
 def test_a_job_whose_worker_dies_before_saving_anything_three_times_in_a_row_is_stopped(drill, images_dir):
     job_id = drill.submit(images_dir, {"size": SLOW, "iterations": 500})
     for attempt in (1, 2, 3):
-        running = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["attempts"] == attempt, timeout=90)
+        running = drill.client.wait_for(
+            job_id, lambda j, attempt=attempt: j["status"] == "running" and j["attempts"] == attempt, timeout=90
+        )
         assert running["iteration"] == 0, "the drill was too slow to kill the worker before its first checkpoint"
         os.kill(drill.holder(running)[1], signal.SIGKILL)
 
@@ -362,9 +386,15 @@ def test_a_long_database_outage_keeps_the_job_and_the_api_answers_503(drill, ima
     back = time.monotonic()
 
     assert {response.status_code for response in answers} == {503}
-    assert all(int(response.headers["Retry-After"]) > 0 and response.json()["error"]["code"] == "database_unavailable" for response in answers)
+    assert all(
+        int(response.headers["Retry-After"]) > 0 and response.json()["error"]["code"] == "database_unavailable" for response in answers
+    )
     resumed = drill.client.wait_for(job_id, lambda j: j["status"] == "running" and j["attempts"] == 2, timeout=90)
-    record(drill.fault(f"Postgres down {drill.clocks.outage:.0f} s: job running again after it is back"), time.monotonic() - back, drill.clocks.back)
+    record(
+        drill.fault(f"Postgres down {drill.clocks.outage:.0f} s: job running again after it is back"),
+        time.monotonic() - back,
+        drill.clocks.back,
+    )
     assert resumed["error"] is None
     done = drill.wait_final(job_id)
     assert (done["status"], done["attempts"]) == ("succeeded", 2)

@@ -38,7 +38,9 @@ def test_job_of_a_killed_worker_resumes_elsewhere_from_its_saved_state(service, 
 
 def test_a_coarse_to_fine_job_killed_at_its_middle_scale_resumes_there(service, images_dir):
     schedule = {"scales": [0.5, 0.75, 1], "scale_iterations": [100, 400, 100]}
-    job = service.alice.submit(images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {"size": [64, 96], "iterations": 600, **schedule}).json()
+    job = service.alice.submit(
+        images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {"size": [64, 96], "iterations": 600, **schedule}
+    ).json()
     # Iterations 101 to 500 run at three quarters of the size; by 160 a state has been saved there.
     running = service.alice.wait_for(job["id"], lambda j: j["status"] == "running" and j["iteration"] >= 160)
     node = running["worker"].split("/")[0]
@@ -57,7 +59,9 @@ def test_a_coarse_to_fine_job_killed_at_its_middle_scale_resumes_there(service, 
     assert 100 < resumed["resumed_from"] <= 500 and done["status"] == "succeeded"
     checkpoints = service.alice.get(f"/v1/jobs/{job['id']}/checkpoints?limit=1000").json()["checkpoints"]
     # The history spans the three scales, once each, with no second start at the coarse one.
-    assert [(c["iteration"], c["scale"]) for c in checkpoints] == [(i, 0.5 if i <= 100 else 0.75 if i <= 500 else 1.0) for i in range(10, 601, 10)]
+    assert [(c["iteration"], c["scale"]) for c in checkpoints] == [
+        (i, 0.5 if i <= 100 else 0.75 if i <= 500 else 1.0) for i in range(10, 601, 10)
+    ]
 
 
 def test_a_job_handed_back_by_sigterm_says_it_resumed_where_its_worker_stopped(service, images_dir):
