@@ -493,7 +493,8 @@ def test_a_frozen_worker_that_wakes_up_after_a_takeover_writes_nothing(drill, im
 
     assert min(int(name[6:15]) for name in drill.states(job_id)) >= newest
     assert "'lost'" in frozen.output()  # the woken run's task ended as lost, having written nothing
-    done = drill.wait_final(job_id)
+    # The rest of a 3000-iteration job: 270 s at the default clocks on the loaded 2-core machine, past the usual 240.
+    done = drill.wait_final(job_id, timeout=480)
     assert (done["status"], done["attempts"]) == ("succeeded", 2)
     assert drill.history(job_id) == whole(iterations)
     assert drill.states(job_id) == []
