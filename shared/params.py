@@ -255,15 +255,24 @@ class TransferParams:
         total = math.fsum(weights)
         return tuple(weight / total for weight in weights)
 
-    def iterations_per_scale(self) -> tuple[int, ...]:
-        """Return how many iterations each scale gets: `scale_iterations`, or `iterations` split by `split_iterations`.
+    def resolved_scales(self) -> tuple[float, ...]:
+        """Return the scales, each a fraction of the output size.
 
         Raises:
             ValueError: scales still "auto" (see `with_schedule`).
         """
         if isinstance(self.scales, str):  # "auto", the one string scales may be
             raise ValueError('scales "auto" must be resolved for an output size first (with_schedule)')
-        return self.scale_iterations if self.scale_iterations is not None else split_iterations(self.iterations, self.scales)
+        return self.scales
+
+    def iterations_per_scale(self) -> tuple[int, ...]:
+        """Return how many iterations each scale gets: `scale_iterations`, or `iterations` split by `split_iterations`.
+
+        Raises:
+            ValueError: scales still "auto" (see `with_schedule`).
+        """
+        scales = self.resolved_scales()
+        return self.scale_iterations if self.scale_iterations is not None else split_iterations(self.iterations, scales)
 
     def with_schedule(self, content_width: int, content_height: int) -> TransferParams:
         """Return these parameters with scales "auto" replaced by the schedule for a content picture this size.

@@ -101,6 +101,8 @@ class Backbone(nn.Module):
     for `relu4_4` or `conv4_4` by name and gets exactly that.
     """
 
+    _bf16_copy: nn.Sequential | None  # see the end of __init__
+
     def __init__(
         self, architecture: str, state_dict: Mapping[str, torch.Tensor], convention: InputConvention, layers: Sequence[str]
     ) -> None:

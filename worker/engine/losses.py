@@ -117,7 +117,7 @@ def _bf16_cpu_products() -> Iterator[None]:
         # Nothing to gain where bf16 products would be emulated, and nothing to risk on such a CPU.
         yield
         return
-    settings = torch.backends.mkldnn.matmul
+    settings = torch.backends.mkldnn.matmul  # type: ignore[attr-defined]  # set at import (torch 2.9+), not declared in torch's annotations
     before = settings.fp32_precision
     settings.fp32_precision = "bf16"
     try:

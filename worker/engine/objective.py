@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field, fields
-from functools import cached_property
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property, reduce
+from operator import add
 
 import torch
 from PIL import Image
@@ -78,13 +79,12 @@ class StyleTargets:
         total = math.fsum(weights)
         shares = [weight / total for weight in weights]
 
-        def mix(name: str) -> tuple[torch.Tensor, ...] | None:
-            statistics = [getattr(one, name) for one in targets]
-            if any(layers is None for layers in statistics):
-                return None  # `means` of gram targets
+        def mix(statistics: Sequence[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
             return tuple(sum(share * layer for share, layer in zip(shares, layers)) for layers in zip(*statistics))
 
-        return cls(**{f.name: mix(f.name) for f in fields(cls) if f.init})
+        means = [one.means for one in targets if one.means is not None]
+        # The constructor's fields are the statistics that mix; `means` only where every style has them (gram targets have none).
+        return cls(mix([one.grams for one in targets]), mix(means) if len(means) == len(targets) else None)
 
 
 class TargetCache:
@@ -126,6 +126,17 @@ def image_digest(image: Image.Image) -> str:
     digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
     digest.update(image.tobytes())
     return digest.hexdigest()
+
+
+def sum_tensors(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Return the sum of `terms`, at least one: what `sum` adds, typed as the tensor it is (`sum` starts from the int 0)."""
+    return reduce(add, terms)
+
+
+def picture_size(picture: torch.Tensor) -> tuple[int, int]:
+    """Return the (height, width) of an (N, C, H, W) picture."""
+    height, width = picture.shape[-2:]
+    return height, width
 
 
 def _energy_scale(target: torch.Tensor) -> torch.Tensor:
@@ -207,7 +218,7 @@ class Objective:
         # Outside inference mode, so autograd may save them for the backward pass.
         grams = [g.clone() for g in grams]
         targets = StyleTargets(tuple(grams), tuple(m.clone() for m in means) if moments else None)
-        if full_key is not None:
+        if cache is not None and full_key is not None:
             cache.put(full_key, targets)
         return targets
 
@@ -279,7 +290,7 @@ class Objective:
         if p.normalize_losses:
             contents = [loss * scale[rows] for loss, scale in zip(contents, self.content_scales)]
             styles = [loss * scale[rows] for loss, scale in zip(styles, self.style_scales)]
-        content = sum(loss * p.content_weight for loss in contents)
-        style = sum(loss * p.style_weight for loss in styles)
+        content = sum_tensors(loss * p.content_weight for loss in contents)
+        style = sum_tensors(loss * p.style_weight for loss in styles)
         tv = tv_losses(image) * p.tv_weight
         return content, style, tv, p.style_repeats * style + content + tv

@@ -31,7 +31,7 @@ from shared.params import TransferParams
 
 from .backbone import Backbone
 from .losses import tv_losses
-from .objective import Objective, StyleTargets
+from .objective import Objective, StyleTargets, picture_size, sum_tensors
 
 
 def one_pass_pixels(free_bytes: int | None, precision: str, output_pixels: int, *, headroom: float = HEADROOM) -> int | None:
@@ -185,8 +185,8 @@ class TiledObjective(Objective):
         self.content_counts: list[int] = []  # per content layer: the whole picture's channels x positions
 
     def _plan_for(self, image: torch.Tensor) -> TilePlan:
-        size = tuple(image.shape[-2:])
-        return self.plan if size == self.plan.size else plan_tiles(size, self.max_pass_pixels, self.backbone, self.params.layers)  # type: ignore[arg-type]
+        size = picture_size(image)
+        return self.plan if size == self.plan.size else plan_tiles(size, self.max_pass_pixels, self.backbone, self.params.layers)
 
     def _style_grams(self, style: torch.Tensor) -> list[torch.Tensor]:
         plan = self._plan_for(style)
@@ -198,14 +198,18 @@ class TiledObjective(Objective):
         """Return the Gram matrices of a whole (1, 3, H, W) picture at the style layers, one tile at a time, without gradients."""
         plan = plan or self._plan_for(image)
         layers = self.params.style_layers
-        sums: list[torch.Tensor | int] = [0] * len(layers)
+        sums: list[torch.Tensor] = []
         with torch.no_grad():
-            for tile in plan.tiles:
+            for number, tile in enumerate(plan.tiles):
                 features = self._features(tile.cut(image), layers, from_pixels=from_pixels)
                 for i, name in enumerate(layers):
                     flat = _scaled(tile.owned(features[name], plan.strides[name]), plan.feature_pixels(name))
-                    sums[i] = sums[i] + flat @ flat.T
-        return list(sums)  # type: ignore[arg-type]
+                    gram = flat @ flat.T
+                    if number == 0:
+                        sums.append(gram)
+                    else:
+                        sums[i] = sums[i] + gram
+        return sums
 
     def set_targets(self, contents: Sequence[torch.Tensor], styles: Sequence[StyleTargets]) -> None:
         """Fix the batch's targets: the content pictures' features tile by tile, and one `StyleTargets` per job."""
@@ -221,7 +225,7 @@ class TiledObjective(Objective):
                 self.content_counts = [part.shape[1] * plan.feature_pixels(name) for part, name in zip(owned[0], layers)]
                 scales.append(
                     [
-                        1 / (sum(parts[i].square().sum() for parts in owned) / count).clamp_min(1e-12)
+                        1 / (sum_tensors(parts[i].square().sum() for parts in owned) / count).clamp_min(1e-12)
                         for i, count in enumerate(self.content_counts)
                     ]
                 )
@@ -276,7 +280,7 @@ class TiledObjective(Objective):
         layer_losses = [torch.square(g - t[row]).mean() for g, t in zip(grams, self.style_grams)]
         if p.normalize_losses:
             layer_losses = [loss * scale[row] for loss, scale in zip(layer_losses, self.style_scales)]
-        return sum(loss * p.style_weight for loss in layer_losses)  # type: ignore[return-value]
+        return sum_tensors(loss * p.style_weight for loss in layer_losses)
 
     def _tile_share(
         self,
@@ -317,11 +321,11 @@ def scale_objective(
     max_pass_pixels: int | None,
 ) -> Objective:
     """Return the objective for pictures of `size`: tiled where one pass of the network would take over `max_pass_pixels`."""
-    if needs_tiles(size, max_pass_pixels):
+    if max_pass_pixels is not None and needs_tiles(size, max_pass_pixels):
         if params.style_loss != "gram":
             # The tiles' exact global gradient is that of a Gram matrix summed over tiles; the moments loss's is not written yet.
             raise ValueError(
                 f"style_loss {params.style_loss!r} runs in one pass only; this picture needs tiles: use style_loss gram or a smaller size"
             )
-        return TiledObjective(params, backbone, precision, device, size, max_pass_pixels)  # type: ignore[arg-type]
+        return TiledObjective(params, backbone, precision, device, size, max_pass_pixels)
     return Objective(params, backbone, precision, device)

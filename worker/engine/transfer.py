@@ -9,7 +9,7 @@ import itertools
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torchvision.transforms as T
@@ -20,7 +20,7 @@ from shared.params import OUTPUT_PARAMS, TransferParams, complete_saved_params
 from . import graphs
 from .backbone import Backbone
 from .colors import color_statistics, keep_content_colors, match_color_statistics
-from .objective import Objective, StyleTargets, TargetCache, image_digest
+from .objective import Objective, StyleTargets, TargetCache, image_digest, picture_size
 from .precision import resolve_precision
 from .tiles import TiledObjective, scale_objective
 
@@ -229,15 +229,25 @@ def _style_picture(
 def scale_sizes(params: TransferParams, size: tuple[int, int]) -> list[tuple[int, int]]:
     """Return the (height, width) of each of `params.scales` for an output of `size`."""
     height, width = size
-    return [(min(height, max(MIN_SIDE, round(height * scale))), min(width, max(MIN_SIDE, round(width * scale)))) for scale in params.scales]
+    return [
+        (min(height, max(MIN_SIDE, round(height * scale))), min(width, max(MIN_SIDE, round(width * scale))))
+        for scale in params.resolved_scales()
+    ]
 
 
-def _initial_image(params: TransferParams, content: torch.Tensor, style: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _initial_image(params: TransferParams, content: torch.Tensor, style: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
     if params.init == "content":
         return content.clone()
     if params.init == "style":
+        assert style is not None  # transfer_batch makes the style picture whenever init is "style"
         return T.functional.resize(style, list(content.shape[-2:]), antialias=True).clamp(0, 1)
     return torch.rand(content.shape, generator=generator).to(content.device)
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, closure: Callable[[], torch.Tensor]) -> None:
+    """Step `optimizer` with `closure`, which returns the loss tensor, as torch's own examples' closures do."""
+    # torch annotates the closure as returning a float; its optimisers take the loss tensor too (L-BFGS calls float() on it).
+    optimizer.step(cast("Callable[[], float]", closure))
 
 
 def _make_optimizer(params: TransferParams, image: torch.Tensor, lr: torch.Tensor | None) -> torch.optim.Optimizer:
@@ -261,7 +271,7 @@ class _Run:
         job: TransferJob,
         backbone: Backbone,
         content: torch.Tensor,
-        style: torch.Tensor,
+        style: torch.Tensor | None,
         device: torch.device,
         *,
         graphed: bool = False,
@@ -356,12 +366,12 @@ class _Run:
         # Applied to what is shown, never to what is optimised: the losses and the saved state are those of `colors="style"`.
         if self.params.colors != "content":
             return rgb
-        return keep_content_colors(rgb, image_to_tensor(self.content, tuple(rgb.shape[-2:])).to(rgb.device))
+        return keep_content_colors(rgb, image_to_tensor(self.content, picture_size(rgb)).to(rgb.device))
 
     def step(self, total: torch.Tensor) -> None:
         """Take one optimiser step and clamp; the gradient of this job's `total` is already in `image.grad`."""
         # L-BFGS asks for a closure; the batch's evaluation already happened, so it returns that value.
-        self.optimizer.step(lambda: total)
+        _optimizer_step(self.optimizer, lambda: total)
         self._clamp()
 
     def search_step(self, objective: Objective, row: int) -> torch.Tensor:
@@ -377,7 +387,7 @@ class _Run:
             return terms[-1][0]
 
         with torch.enable_grad():
-            self.optimizer.step(closure)
+            _optimizer_step(self.optimizer, closure)
         self._clamp()
         self.advance()
         return first[0]
@@ -512,7 +522,7 @@ def transfer_batch(
     runs = []
     for job in jobs:
         # A fresh run starts at the first scale; a resumed one's picture already has its scale's size.
-        first = sizes[0] if job.state is None else tuple(job.state.image.shape[-2:])
+        first = sizes[0] if job.state is None else picture_size(job.state.image)
         content = image_to_tensor(job.content, first).to(device)
         # A blend starts from its first style picture.
         style = _style_picture(params, job.style, _style_size(params, job.style, first), content)[0] if params.init == "style" else None
@@ -522,7 +532,7 @@ def transfer_batch(
         # No cuDNN autotuning: on an H100 it tried fp32 algorithms whose workspaces peaked at 8 GiB for a 256x256
         # job, which would upset the batch sizes the worker derives from measured memory per pixel.
         torch.backends.cudnn.allow_tf32 = precision != "fp32"
-    for scale, scale_size, end in zip(params.scales, sizes, ends):
+    for scale, scale_size, end in zip(params.resolved_scales(), sizes, ends):
         # Runs resumed at different iterations may be at different scales: each scale takes those still in it.
         active = [index for index, run in enumerate(runs) if not run.done and run.iteration < end]
         if not active:
@@ -589,7 +599,7 @@ def transfer(
     A scale of more than `max_pass_pixels` pixels is optimised in tiles (`tiles.py`), to the same gradient.
     """
     callback = None if on_checkpoint is None else (lambda _index, checkpoint: on_checkpoint(checkpoint))
-    job = TransferJob(content, style, params, state)
+    job = TransferJob(content, [style] if isinstance(style, Image.Image) else style, params, state)
     return transfer_batch(
         [job],
         backbone=backbone,

@@ -132,7 +132,8 @@ def hash_problem(path: Path, expected: str) -> str | None:
 
 def _expected_shapes(architecture: str) -> dict[str, tuple[int, ...]]:
     widths = (64, 128, 256, 512, 512)  # output channels of every convolution in blocks 1-5
-    shapes, in_channels = {}, 3
+    shapes: dict[str, tuple[int, ...]] = {}
+    in_channels = 3
     for index, layer in enumerate(layer_names(architecture)):
         if layer.startswith("conv"):
             out_channels = widths[int(layer.removeprefix("conv").split("_")[0]) - 1]
