@@ -28,6 +28,7 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,15 @@ from api.security import SECURITY_HEADERS
 from shared.logs import dict_config
 from shared.settings import load_settings
 
-CODES = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed", 431: "headers_too_large", 500: "internal_error", 501: "not_implemented"}
+CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+}
 
 
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
@@ -57,7 +66,7 @@ gunicorn.util.write_error = write_json_error
 class AccessLogger(gunicorn.glogging.Logger):
     """gunicorn's logger, with an access line of named fields instead of Apache's format."""
 
-    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: datetime.timedelta) -> None:
+    def access(self, resp: Any, req: Any, environ: MutableMapping[str, Any], request_time: datetime.timedelta) -> None:
         """Log one answered request."""
         status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
         fields = {

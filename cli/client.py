@@ -31,10 +31,13 @@ class ApiError(Exception):
 
 def read_events(response: requests.Response) -> Iterator[tuple[str, str, str]]:
     """Yield (event, id, data) for each Server-Sent Event in a streaming response."""
-    event, event_id, data = "message", "", []
+    event, event_id = "message", ""
+    data: list[str] = []
     for line in response.iter_lines(decode_unicode=True):
         if line is None:
             continue
+        # Decoded: bytes come only from a response that names no charset, and the API's text/event-stream names utf-8.
+        assert isinstance(line, str)
         if line == "":
             if data:
                 yield event, event_id, "\n".join(data)

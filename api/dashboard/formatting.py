@@ -12,7 +12,8 @@ from shared.params import split_iterations
 from ..payloads import timestamp
 from . import bp
 
-STATUS_LABELS = {
+# Keyed by the statuses, which are strings: a template's plain status name finds its label too.
+STATUS_LABELS: dict[str, str] = {
     JobStatus.QUEUED: "Queued",
     JobStatus.RUNNING: "Running",
     JobStatus.SUCCEEDED: "Succeeded",
@@ -101,10 +102,11 @@ def size(count: int) -> str:
     """Write a number of bytes the way a person would: '812 B', '4.2 MB', '1.07 GB' (powers of 1000, as disks are sold)."""
     if count < 1000:
         return f"{count} B"
+    amount: float = count
     for unit in ("kB", "MB", "GB", "TB"):
-        count /= 1000
-        if count < 1000 or unit == "TB":
-            return f"{count:.3g} {unit}"
+        amount /= 1000
+        if amount < 1000 or unit == "TB":
+            return f"{amount:.3g} {unit}"
     raise AssertionError("unreachable")
 
 

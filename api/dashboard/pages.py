@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from flask import Response, flash, redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response  # what redirect() makes; flask's Response is one
 
 from shared import jobs
 from shared.deliveries import deliveries_of

@@ -6,7 +6,8 @@ import hmac
 import secrets
 from urllib.parse import urlsplit
 
-from flask import Response, abort, flash, g, redirect, render_template, request, session, url_for
+from flask import abort, flash, g, redirect, render_template, request, session, url_for
+from werkzeug.wrappers import Response  # what redirect() makes; flask's Response is one
 
 from shared.errors import Unauthorized
 
