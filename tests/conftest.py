@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -111,8 +112,12 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     # The teardown report carries what the test recorded in its setup, body and teardown alike; the body's
     # report lacks what fixtures add as they finish.
     if report.when == "teardown":
-        _DRILL_TIMES.extend(tuple(value) for name, value in report.user_properties if name == "drill_time")
-        _FIGURES.extend(value for name, value in report.user_properties if name == "figure")
+        value: Any  # as a test recorded it: a drill's (name, seconds, promise), or a figure's line
+        for name, value in report.user_properties:
+            if name == "drill_time":
+                _DRILL_TIMES.append(tuple(value))
+            elif name == "figure":
+                _FIGURES.append(value)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

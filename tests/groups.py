@@ -10,16 +10,17 @@ DEPLOYMENTS = ("drill", "service", "deployment", "live", "api_address", "image")
 
 def parameter_id(definition: pytest.FixtureDef[object], index: int) -> str:
     """Name a parametrised fixture's parameter as the test ids do: its `pytest.param(id=...)`, else a plain value, else its position."""
+    assert definition.params is not None, "only a parametrised fixture's callspec names it"
     parameter = definition.params[index]
-    if getattr(parameter, "id", None):
-        return str(parameter.id)
+    if given := getattr(parameter, "id", None):
+        return str(given)
     return str(parameter) if isinstance(parameter, (str, int)) else str(index)
 
 
 def deployment_group(item: pytest.Item) -> str | None:
     """Name the deployment a test runs against: its fixture's definition, and its backend where the fixture is parametrised."""
     for name in DEPLOYMENTS:
-        definitions = item._fixtureinfo.name2fixturedefs.get(name) if name in item.fixturenames else None  # type: ignore[attr-defined]
+        definitions = item._fixtureinfo.name2fixturedefs.get(name) if name in item.fixturenames else None  # type: ignore[attr-defined]  # pytest keeps a test's fixture definitions only here
         if definitions and definitions[-1].scope in ("module", "session"):
             callspec = getattr(item, "callspec", None)
             backend = f":{parameter_id(definitions[-1], callspec.indices[name])}" if callspec is not None and name in callspec.indices else ""

@@ -21,7 +21,7 @@ RGB_MEAN = (0.485, 0.456, 0.406)
 RGB_STD = (0.229, 0.224, 0.225)
 
 
-def notebook_net(state_dict: dict[str, torch.Tensor], device: torch.device) -> nn.Sequential:
+def notebook_net(state_dict: dict[str, torch.Tensor], device: torch.device | str) -> nn.Sequential:
     """Build the notebook's truncated VGG19 as it does: in-place ReLUs, parameters left trainable."""
     pretrained_net = models.vgg19(weights=None)
     pretrained_net.features.load_state_dict({key.removeprefix("features."): value for key, value in state_dict.items()})

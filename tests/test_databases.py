@@ -31,7 +31,9 @@ def add_key_and_job(url: str) -> int:
 def row_counts(url: str) -> dict[str, int]:
     engine = make_engine(url)
     with engine.connect() as connection:
-        counts = {table.name: connection.scalar(select(func.count()).select_from(table)) for table in Base.metadata.sorted_tables}
+        counts = {
+            table.name: connection.execute(select(func.count()).select_from(table)).scalar_one() for table in Base.metadata.sorted_tables
+        }
     engine.dispose()
     return counts
 

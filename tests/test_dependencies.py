@@ -35,7 +35,7 @@ def top_level(modules: set[str]) -> set[str]:
 def imported_modules(path: Path) -> set[str]:
     """Return the absolute module names `path` imports anywhere in its body (lazy imports too)."""
     package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)

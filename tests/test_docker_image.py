@@ -114,7 +114,11 @@ def world_runnable(executable: Path) -> bool:
 
 def base_python(version: str) -> Path:
     """Return a Python `version` to stand in for the base image's, preferring one the image's user can run."""
-    candidates = [Path(sys._base_executable), Path(f"/usr/bin/python{version}"), Path(f"/usr/local/bin/python{version}")]
+    candidates = [
+        Path(getattr(sys, "_base_executable", sys.executable)),
+        Path(f"/usr/bin/python{version}"),
+        Path(f"/usr/local/bin/python{version}"),
+    ]
     found = []
     for candidate in candidates:
         if not candidate.is_file():

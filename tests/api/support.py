@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import queue
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from werkzeug.test import TestResponse, encode_multipart
 
 from shared.db import session_scope
 from shared.jobs import create_job
-from shared.models import ApiKey, Checkpoint, Job
+from shared.models import ApiKey, Checkpoint, Job, JobStatus
 from shared.params import resolve_params
 from shared.settings import Settings
 
@@ -49,6 +50,7 @@ def image_bytes(color: tuple[int, int, int] = (200, 40, 40), size: tuple[int, in
 
 def huge_png(width: int, height: int) -> bytes:
     """Return a valid 1-bit PNG of `width` x `height` pixels that weighs only kilobytes."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -97,7 +99,14 @@ def assert_error(response: TestResponse, status: int, code: str) -> dict[str, An
 
 
 def assert_refused_storing_nothing(
-    app: Flask, client: FlaskClient, headers: dict[str, str], settings: Settings, submission: dict[str, Any], status: int, code: str, named: str,
+    app: Flask,
+    client: FlaskClient,
+    headers: dict[str, str],
+    settings: Settings,
+    submission: dict[str, Any],
+    status: int,
+    code: str,
+    named: str,
 ) -> None:
     """Check that `submit(**submission)` is refused with this status and code, naming `named`, and adds no job and no file."""
     submit(client, headers)  # one good job, so "nothing new" is not "nothing at all"
@@ -110,9 +119,16 @@ def assert_refused_storing_nothing(
     assert count_jobs(app) == jobs_before and upload_files(settings) == files_before
 
 
+def first_group(pattern: str, text: str, flags: int = 0) -> str:
+    """Return the first group of `pattern`'s first match in `text`; the test fails when nothing matches."""
+    match = re.search(pattern, text, flags)
+    assert match is not None, f"no match for {pattern!r}"
+    return match.group(1)
+
+
 def count_jobs(app: Flask) -> int:
     with session_scope(app.extensions["styleq"].session_factory) as session:
-        return session.scalar(select(func.count()).select_from(Job))
+        return session.execute(select(func.count()).select_from(Job)).scalar_one()
 
 
 def upload_files(settings: Settings) -> list[Path]:
@@ -139,10 +155,10 @@ def broker_messages(settings: Settings) -> list[tuple[str, list[Any]]]:
 def add_job(app: Flask, owner_id: int, *, created_at: datetime | None = None, status: str = "queued", **values: Any) -> str:
     """Insert a job directly, as if submitted at `created_at`; return its id."""
     with session_scope(app.extensions["styleq"].session_factory) as session:
-        owner = session.get(ApiKey, owner_id)
+        owner = session.get_one(ApiKey, owner_id)
         job, _ = create_job(session, owner, resolve_params({"iterations": 100}), "a" * 64, "b" * 64)
         job.created_at = created_at or datetime.now(UTC)
-        job.status = status
+        job.status = JobStatus(status)
         for name, value in values.items():
             setattr(job, name, value)
         return job.id
@@ -160,8 +176,13 @@ def add_checkpoints(app: Flask, job_id: str, iterations: list[int]) -> None:
         for iteration in iterations:
             session.add(
                 Checkpoint(
-                    job_id=job_id, iteration=iteration, elapsed_s=iteration / 10,
-                    content=1.0 / iteration, style=2.0 / iteration, tv=0.5, total=3.0 / iteration + 0.5,
+                    job_id=job_id,
+                    iteration=iteration,
+                    elapsed_s=iteration / 10,
+                    content=1.0 / iteration,
+                    style=2.0 / iteration,
+                    tv=0.5,
+                    total=3.0 / iteration + 0.5,
                 )
             )
 

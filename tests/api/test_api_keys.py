@@ -20,12 +20,12 @@ from tests.api.support import add_checkpoints, add_job, assert_error
 
 def stored_key(app: Flask, key_id: int) -> ApiKey:
     with session_scope(app.extensions["styleq"].session_factory) as session:
-        return session.get(ApiKey, key_id)
+        return session.get_one(ApiKey, key_id)
 
 
 def revoke(app: Flask, key_id: int) -> None:
     with session_scope(app.extensions["styleq"].session_factory) as session:
-        revoke_api_key(session, session.get(ApiKey, key_id))
+        revoke_api_key(session, session.get_one(ApiKey, key_id))
 
 
 def test_the_database_holds_only_an_hmac_of_each_key_under_the_server_secret(app: Flask, keys):
@@ -67,7 +67,7 @@ def test_a_key_stored_as_plain_sha256_still_works_and_is_rehashed_at_its_first_u
 def test_a_plain_sha256_is_not_accepted_in_place_of_a_keyed_hash(app: Flask, client: FlaskClient, keys):
     # A row that says it holds an HMAC is never matched by the plain hash of a token.
     with session_scope(app.extensions["styleq"].session_factory) as session:
-        session.get(ApiKey, keys.ids["bob"]).key_hash = hashlib.sha256(keys.bob.encode()).hexdigest()
+        session.get_one(ApiKey, keys.ids["bob"]).key_hash = hashlib.sha256(keys.bob.encode()).hexdigest()
 
     assert_error(client.get("/v1/jobs", headers=keys.headers("bob")), 401, "invalid_token")
 

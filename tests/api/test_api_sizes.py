@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime, timedelta
 
 from flask import Flask
@@ -11,7 +10,7 @@ from flask import Flask
 from shared import fleet
 from shared.db import session_scope
 from shared.models import Worker
-from tests.api.support import assert_error, count_jobs, image_bytes, submit
+from tests.api.support import assert_error, count_jobs, first_group, image_bytes, submit
 
 CONTENT = image_bytes(size=(48, 32))  # 3:2, so a long side of 600 makes 600x400
 SMALL_DEVICE = 512 * 2**20  # holds about 0.13 megapixels in one pass, about 0.8 in tiles
@@ -23,13 +22,13 @@ def report(app: Flask, name: str, memory: int | None, *, seconds_ago: float = 0)
     with session_scope(app.extensions["styleq"].session_factory) as session:
         fleet.report_worker(session, name, host="host", gpu="cpu", pid=1, starting=True, device_memory_bytes=memory)
         session.flush()
-        session.get(Worker, name).heartbeat_at = datetime.now(UTC) - timedelta(seconds=seconds_ago)
+        session.get_one(Worker, name).heartbeat_at = datetime.now(UTC) - timedelta(seconds=seconds_ago)
 
 
 def largest_named(response) -> int:
     """Return the largest size a refusal names."""
     message = assert_error(response, 422, "too_large_for_memory")["message"]
-    return int(re.search(r"the largest size that fits is (\d+) \(the long side", message)[1])
+    return int(first_group(r"the largest size that fits is (\d+) \(the long side", message))
 
 
 def test_a_job_too_large_for_every_live_worker_even_in_tiles_is_refused_naming_the_largest_size_that_fits(app, client, keys, settings):

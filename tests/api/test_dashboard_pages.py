@@ -20,11 +20,11 @@ from shared.models import ApiKey, Job
 from shared.outputs import encode_result
 from shared.params import TransferParams, resolve_params
 from shared.settings import Settings
-from tests.api.support import Keys, add_job, broker_messages, image_bytes, set_job, submit
+from tests.api.support import Keys, add_job, broker_messages, first_group, image_bytes, set_job, submit
 
 
 def csrf_of(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    return first_group(r'name="csrf_token" value="([^"]+)"', html)
 
 
 def sign_in(client: FlaskClient, token: str, next_page: str = "", **headers: str):
@@ -122,7 +122,7 @@ def test_the_jobs_list_filters_by_status_and_pages(app: Flask, keys):
     first = client.get("/jobs").get_data(as_text=True)
     rows = re.findall(r'<tr data-key="([0-9a-f]{32})"', first)
     assert rows == ids[::-1][:20]
-    older = re.search(r'href="(/jobs\?cursor=[0-9a-f]+)">Older jobs', first).group(1)
+    older = first_group(r'href="(/jobs\?cursor=[0-9a-f]+)">Older jobs', first)
     second = client.get(older).get_data(as_text=True)
     assert re.findall(r'<tr data-key="([0-9a-f]{32})"', second) == ids[::-1][20:]
     assert "Older jobs" not in second and "Newest jobs" in second
@@ -200,7 +200,7 @@ def test_a_thumbnail_shows_the_picture_upright_as_the_worker_decodes_it(app: Fla
 def test_the_new_job_form_offers_every_colour_choice_and_the_job_page_shows_the_chosen_one(app: Flask, keys):
     client = signed_in(app, keys, "alice")
     form = client.get("/jobs/new").get_data(as_text=True)
-    select = re.search(r'<select id="colors" name="colors"[^>]*>(.*?)</select>', form, re.S).group(1)
+    select = first_group(r'<select id="colors" name="colors"[^>]*>(.*?)</select>', form, re.S)
     assert re.findall(r'<option value="(\w+)"', select) == ["style", "content", "histogram"]
     assert '<option value="style" selected>' in select
 
@@ -224,8 +224,8 @@ def test_the_operator_view_shows_the_storage_each_kind_of_file_takes(app: Flask,
 def test_the_new_job_form_offers_the_style_losses_and_file_formats_and_the_job_page_shows_the_chosen_ones(app: Flask, keys):
     client = signed_in(app, keys, "alice")
     form = client.get("/jobs/new").get_data(as_text=True)
-    losses = re.search(r'<select id="style_loss" name="style_loss"[^>]*>(.*?)</select>', form, re.S).group(1)
-    formats = re.search(r'<select id="format" name="format"[^>]*>(.*?)</select>', form, re.S).group(1)
+    losses = first_group(r'<select id="style_loss" name="style_loss"[^>]*>(.*?)</select>', form, re.S)
+    formats = first_group(r'<select id="format" name="format"[^>]*>(.*?)</select>', form, re.S)
     assert re.findall(r'<option value="(\w+)"', losses) == ["gram", "moments"] and '<option value="gram" selected>' in losses
     assert re.findall(r'<option value="(\w+)"', formats) == ["png", "jpeg", "webp"] and '<option value="png" selected>' in formats
     assert re.search(r'<input id="quality" name="quality" type="number"[^>]* min="1" max="100" step="1" value="92"', form)
@@ -247,7 +247,7 @@ def test_the_new_job_form_offers_the_style_losses_and_file_formats_and_the_job_p
 
 def parameter_rows(page: str) -> dict[str, str]:
     """Return the job page's parameters table as {label: value}."""
-    table = re.search(r'<table class="params">(.*?)</table>', page, re.S).group(1)
+    table = first_group(r'<table class="params">(.*?)</table>', page, re.S)
     return dict(re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td></tr>", table))
 
 
@@ -302,7 +302,7 @@ def test_the_job_page_says_an_upload_was_removed_instead_of_showing_a_broken_pic
     client = signed_in(app, keys, "alice")
     storage = app.extensions["styleq"].storage
     with session_scope(app.extensions["styleq"].session_factory) as session:
-        content_sha = session.get(Job, job_id).content_sha256
+        content_sha = session.get_one(Job, job_id).content_sha256
     storage.upload_path(content_sha).unlink()  # as the retention sweep removes it
 
     page = client.get(f"/jobs/{job_id}").get_data(as_text=True)

@@ -20,7 +20,9 @@ COOKIE = "styleq_session"
 def copy_of(app: Flask, client: FlaskClient) -> FlaskClient:
     """Return another browser holding the same cookie, as one that stole or kept a copy would."""
     thief = app.test_client()
-    thief.set_cookie(COOKIE, client.get_cookie(COOKIE).value)
+    cookie = client.get_cookie(COOKIE)
+    assert cookie is not None, "the browser holds no session cookie"
+    thief.set_cookie(COOKIE, cookie.value)
     return thief
 
 
@@ -69,7 +71,7 @@ def test_revoking_the_key_ends_its_sessions_at_their_next_request(app: Flask, ke
     alice, bob = signed_in(app, keys, "alice"), signed_in(app, keys, "bob")
 
     with session_scope(app.extensions["styleq"].session_factory) as session:
-        revoke_api_key(session, session.get(ApiKey, keys.ids["alice"]))
+        revoke_api_key(session, session.get_one(ApiKey, keys.ids["alice"]))
 
     assert not is_signed_in(alice) and is_signed_in(bob)
     ended = {row.key_id: row.ended_at for row in sessions(app)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from flask import Flask, request
@@ -37,7 +38,11 @@ def assert_browser_headers(response) -> None:
 @pytest.fixture
 def app_with_probe(app: Flask) -> Flask:
     """The app with two extra routes: one that fails unexpectedly, one that echoes what the app believes of the request."""
-    app.add_url_rule("/probe/fail", "probe_fail", lambda: 1 / 0)
+
+    def fail() -> NoReturn:
+        raise ZeroDivisionError("division by zero")  # a failure no handler expects
+
+    app.add_url_rule("/probe/fail", "probe_fail", fail)
     app.add_url_rule(
         "/probe/request", "probe_request", lambda: {"scheme": request.scheme, "host": request.host, "client": request.remote_addr}
     )

@@ -63,8 +63,8 @@ def record_failure(deployment, like_job_id: str, code: str, message: str) -> str
     """Add a failed job with the inputs of another, as a worker records a failure; return its id."""
     engine = make_engine(deployment.database_url)
     with session_scope(make_session_factory(engine)) as session:
-        template = session.get(Job, like_job_id)
-        owner = session.get(ApiKey, template.owner_id)
+        template = session.get_one(Job, like_job_id)
+        owner = session.get_one(ApiKey, template.owner_id)
         job, _ = create_job(session, owner, resolve_params(template.params), template.content_sha256, template.style_hashes)
         job.status, job.lease_owner, job.gpu, job.attempts = JobStatus.FAILED, "w1@test/1", "cpu", 1
         job.started_at = job.finished_at = utcnow()

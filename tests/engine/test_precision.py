@@ -168,8 +168,9 @@ def test_bf16_tracks_fp32_checkpoint_by_checkpoint_on_the_real_weights(caffe_wei
     runs = {}
     for precision in ("fp32", "bf16"):
         checkpoints = []
-        result = transfer(rainier, autumn_oak, resolve_params({**values, "precision": precision}), backbone=backbone,
-                          on_checkpoint=checkpoints.append)
+        result = transfer(
+            rainier, autumn_oak, resolve_params({**values, "precision": precision}), backbone=backbone, on_checkpoint=checkpoints.append
+        )
         runs[precision] = result, checkpoints
 
     (fp32, fp32_checkpoints), (bf16, bf16_checkpoints) = runs["fp32"], runs["bf16"]
@@ -184,7 +185,9 @@ def test_bf16_tracks_fp32_checkpoint_by_checkpoint_on_the_real_weights(caffe_wei
 
 def forward_and_backward_at_2048_pixels(caffe_weights, style_layers: tuple[str, ...], content_layers: tuple[str, ...]) -> None:
     """Run the loss terms, their gradient and the Gram matrices of a 2048 x 2048 picture in bf16; check they are finite."""
-    params = resolve_params({"size": [2048, 2048], "precision": "bf16", "style_layers": list(style_layers), "content_layers": list(content_layers)})
+    params = resolve_params(
+        {"size": [2048, 2048], "precision": "bf16", "style_layers": list(style_layers), "content_layers": list(content_layers)}
+    )
     backbone = Backbone("vgg16", caffe_weights.state_dict, caffe_weights.convention, params.layers)
     objective = Objective(params, backbone, "bf16", torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
@@ -196,7 +199,9 @@ def forward_and_backward_at_2048_pixels(caffe_weights, style_layers: tuple[str, 
     content, style, tv, total = objective(image)
     total.sum().backward()
 
-    for name, values in {"content": content, "style": style, "tv": tv, "total": total, "gradient": image.grad}.items():
+    gradient = image.grad
+    assert gradient is not None, "backward() filled no gradient"
+    for name, values in {"content": content, "style": style, "tv": tv, "total": total, "gradient": gradient}.items():
         assert torch.isfinite(values).all(), name
     for grams in objective.style_grams:
         assert torch.isfinite(grams).all() and grams.abs().max() > 0
@@ -231,8 +236,11 @@ def test_the_first_layers_gram_and_its_gradient_stay_finite_in_bf16_at_2048_pixe
 
 @pytest.mark.slow
 @pytest.mark.full
-@pytest.mark.skipif(not native_bf16("cpu"), reason="bf16 is emulated on this CPU, many times slower: the first layer's test "
-                                                    "(test_the_first_layers_gram_and_its_gradient_stay_finite_in_bf16_at_2048_pixels) guards it here")
+@pytest.mark.skipif(
+    not native_bf16("cpu"),
+    reason="bf16 is emulated on this CPU, many times slower: the first layer's test "
+    "(test_the_first_layers_gram_and_its_gradient_stay_finite_in_bf16_at_2048_pixels) guards it here",
+)
 def test_nothing_overflows_in_bf16_at_2048_pixels_through_the_whole_network(caffe_weights):
     """The deeper layers' larger activations too: every preset layer's Gram, forward and backward, at 2048 x 2048 (about 10 GB)."""
     forward_and_backward_at_2048_pixels(caffe_weights, ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), ("relu4_2",))

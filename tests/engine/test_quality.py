@@ -21,7 +21,10 @@ def luminance_correlation(picture: Image.Image, reference: Image.Image) -> float
     what the style image itself scores against the content.
     """
     size = (picture.width // 4, picture.height // 4)
-    a, b = (np.asarray(image.convert("L").resize(size, Image.BILINEAR), dtype=np.float64).ravel() for image in (picture, reference.resize(picture.size)))
+    a, b = (
+        np.asarray(image.convert("L").resize(size, Image.Resampling.BILINEAR), dtype=np.float64).ravel()
+        for image in (picture, reference.resize(picture.size))
+    )
     return float(np.corrcoef(a, b)[0, 1])
 
 
@@ -53,7 +56,9 @@ def test_an_even_blend_of_two_styles_lies_between_them_in_gram_distance_to_each(
 
     oak = transfer(rainier, autumn_oak, params, backbone=backbone).image
     night = transfer(rainier, starry_night, params, backbone=backbone).image
-    blend = transfer(rainier, [autumn_oak, starry_night], resolve_params({"size": 128, "iterations": 80, "style_weights": [0.5, 0.5]}), backbone=backbone).image
+    blend = transfer(
+        rainier, [autumn_oak, starry_night], resolve_params({"size": 128, "iterations": 80, "style_weights": [0.5, 0.5]}), backbone=backbone
+    ).image
 
     for style in (autumn_oak, starry_night):
         to_oak, to_night, to_blend = (gram_distance(picture, style, objective) for picture in (oak, night, blend))

