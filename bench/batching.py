@@ -36,7 +36,7 @@ def run_batch(batch: int, size: tuple[int, int], iterations: int, precision: str
         {"preset": "styleq", "size": list(size), "iterations": iterations, "precision": precision, "checkpoint_every": min(2, iterations)}
     )
     contents, styles = cycle_images(0), cycle_images(1)
-    jobs = [TransferJob(next(contents), next(styles), params) for _ in range(batch)]
+    jobs = [TransferJob(next(contents), [next(styles)], params) for _ in range(batch)]
     stamps: dict[int, float] = {}
 
     def on_checkpoint(index: int, checkpoint) -> None:

@@ -61,15 +61,19 @@ class Measurement:
 
 def load_pair() -> tuple[Image.Image, Image.Image]:
     """Return the seed's content and style pictures."""
-    return tuple(Image.open(IMAGES / name).convert("RGB") for name in ("rainier.jpg", "autumn-oak.jpg"))  # type: ignore[return-value]
+    content, style = (Image.open(IMAGES / name).convert("RGB") for name in ("rainier.jpg", "autumn-oak.jpg"))
+    return content, style
 
 
-def run_job(side: int, precision: str, iterations: int, backbone: Backbone, device: torch.device, pair) -> None:
+def run_job(
+    side: int, precision: str, iterations: int, backbone: Backbone, device: torch.device, pair: tuple[Image.Image, Image.Image]
+) -> None:
     """Run one square job of `side` pixels in `precision` for `iterations` iterations."""
     params = resolve_params(
         {"preset": "styleq", "size": [side, side], "iterations": iterations, "precision": precision, "checkpoint_every": iterations}
     )
-    transfer(*pair, params, backbone=backbone, device=device)
+    content, style = pair
+    transfer(content, style, params, backbone=backbone, device=device)
 
 
 def backbone_bytes(backbone: Backbone) -> int:
@@ -77,7 +81,9 @@ def backbone_bytes(backbone: Backbone) -> int:
     return sum(p.numel() * p.element_size() for p in backbone.parameters())
 
 
-def measure_cuda(sides: list[int], precision: str, iterations: int, backbone: Backbone, device: torch.device, pair) -> list[Measurement]:
+def measure_cuda(
+    sides: list[int], precision: str, iterations: int, backbone: Backbone, device: torch.device, pair: tuple[Image.Image, Image.Image]
+) -> list[Measurement]:
     """Measure each size in this process on CUDA, stopping at the first that runs out of memory."""
     found = []
     for side in sides:

@@ -105,7 +105,8 @@ def to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
 
 def peer_size(content: Image.Image, long_side: int) -> tuple[int, int]:
     """Return the (height, width) neural-style-pt makes of `content` for -image_size, truncating as its preprocess does."""
-    return tuple(int(long_side / max(content.size) * side) for side in (content.height, content.width))  # type: ignore[return-value]
+    height, width = (int(long_side / max(content.size) * side) for side in (content.height, content.width))
+    return height, width
 
 
 def install_peer() -> None:
@@ -184,7 +185,8 @@ def run_peer(content: Path, style: Path, long_side: int, iterations: int, save_e
         open(PEERS / "run" / "peer.log", "w") as log,
         subprocess.Popen(command, cwd=PEERS, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as process,
     ):
-        for line in process.stdout:  # type: ignore[union-attr]
+        assert process.stdout is not None  # stdout=PIPE
+        for line in process.stdout:
             now = time.perf_counter()
             log.write(line)
             if line.startswith("Running optimization"):

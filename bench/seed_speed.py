@@ -22,7 +22,9 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -30,7 +32,7 @@ from PIL import Image
 from bench.common import add_device_argument, device_name, parse_size, pick_device, random_vgg_features, styleq_backbone, synchronize
 from shared.params import TransferParams, resolve_params
 from tests.notebook import Losses, notebook_net, run_notebook
-from worker.engine import Backbone, Control, get_convention, resolve_precision, transfer
+from worker.engine import Backbone, Control, Progress, get_convention, resolve_precision, transfer
 from worker.engine.objective import Objective
 from worker.engine.transfer import image_to_tensor
 
@@ -42,7 +44,7 @@ def run_engine(
     backbone: Backbone, content: Image.Image, style: Image.Image, params: TransferParams, device, *, cuda_graphs: bool = True
 ) -> Losses:
     """Run the engine with `params`, collecting checkpoints as the CLI does, and return the last losses."""
-    checkpoints = []
+    checkpoints: list[Progress] = []
     transfer(content, style, params, backbone=backbone, device=device, on_checkpoint=checkpoints.append, cuda_graphs=cuda_graphs)
     last = checkpoints[-1]
     return last.content, last.style, last.tv, last.total
@@ -54,7 +56,7 @@ def run_engine(
 # scale goes on from there. Tried and dropped at 100x150: faster-decaying Adam schedules and L-BFGS (lr
 # 0.2, 0.5, 1.0; with a strong Wolfe line search) took as many iterations as the notebook's own schedule
 # or diverged (L-BFGS at lr 1: the style term weighs 1e4); bf16 alone ends a hair above the fp32 loss.
-FAST_SEED = {"precision": "auto", "scales": [0.5, 1.0]}
+FAST_SEED: dict[str, Any] = {"precision": "auto", "scales": [0.5, 1.0]}
 
 
 def fast_seed_params(size: tuple[int, int], iterations: int) -> TransferParams:
@@ -75,7 +77,9 @@ def time_to_loss(
     Returns the seconds it took (None if never reached within `params.iterations`), the iteration it
     stopped at, and the fp32 seed objective there. Time spent on the fp32 evaluations is not counted.
     """
-    exact = Objective(resolve_params({"preset": "seed", "size": list(params.size)}), backbone, "fp32", device)
+    size = params.size
+    assert isinstance(size, tuple), "time_to_loss needs an explicit (height, width) size: the seed objective is measured at it"
+    exact = Objective(resolve_params({"preset": "seed", "size": list(size)}), backbone, "fp32", device)
     reached: list[tuple[float, int, float]] = []
     excluded = 0.0
     started = time.perf_counter()
@@ -94,8 +98,8 @@ def time_to_loss(
         excluded += time.perf_counter() - now
         return Control.STOP if total <= target else Control.CONTINUE
 
-    contents = image_to_tensor(content, params.size).to(device)
-    styles = image_to_tensor(style, params.size).to(device)
+    contents = image_to_tensor(content, size).to(device)
+    styles = image_to_tensor(style, size).to(device)
     transfer(content, style, params, backbone=backbone, device=device, on_checkpoint=check)
     seconds, iteration, total = reached[-1]
     return (seconds if total <= target else None), iteration, total
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     seed_backbone = Backbone("vgg19", vgg19, get_convention("torchvision"), seed.layers).to(device)
     styleq_network = styleq_backbone(styleq, device)
     precision = resolve_precision(styleq.precision, device)
-    runs = {
+    runs: dict[str, Callable[[int], Losses]] = {
         "notebook": lambda n: as_written(lambda: run_notebook(net, content, style, args.size, n, device)),
         "seed fp32": lambda n: run_engine(seed_backbone, content, style, replace(seed, iterations=n), device),
         "seed bf16": lambda n: run_engine(seed_backbone, content, style, replace(seed, iterations=n, precision="bf16"), device),
@@ -164,8 +168,8 @@ def main(argv: list[str] | None = None) -> None:
             styleq_network, content, style, replace(styleq, iterations=n), device, cuda_graphs=False
         )
     for run in runs.values():
-        timed(lambda run=run: run(WARMUP_ITERATIONS), device)  # allocator, cuDNN/oneDNN kernel choice
-    results = {name: timed(lambda run=run: run(args.iterations), device) for name, run in runs.items()}
+        timed(partial(run, WARMUP_ITERATIONS), device)  # allocator, cuDNN/oneDNN kernel choice
+    results = {name: timed(partial(run, args.iterations), device) for name, run in runs.items()}
 
     per_iteration = {name: seconds / args.iterations for name, (seconds, _) in results.items()}
     height, width = args.size
@@ -190,15 +194,15 @@ def main(argv: list[str] | None = None) -> None:
     timed(lambda: as_written(lambda: run_notebook(net, content, style, args.size, args.quality_iterations, device, readings)), device)
     _, target, notebook_seconds = readings[-1]
     fast = fast_seed_params(args.size, args.quality_iterations)
-    seconds, iteration, reached = time_to_loss(seed_backbone, content, style, fast, target, device)
+    fast_seconds, iteration, reached = time_to_loss(seed_backbone, content, style, fast, target, device)
     speed = ", ".join(
         f"{name}={value} ({resolve_precision(value, device) if name == 'precision' else value})" for name, value in FAST_SEED.items()
     )
     print(f"\ntime to the notebook's {args.quality_iterations}-iteration loss ({target:.6g}), seed objective:")
     print(f"{'loop':<16} {'seconds':>10} {'iterations':>11} {'loss':>12} {'this/notebook':>14}")
     print(f"{'notebook':<16} {notebook_seconds:>10.2f} {args.quality_iterations:>11} {target:>12.6g} {1:>13.3f}x")
-    shown = f"{seconds:>10.2f}" if seconds is not None else f"{'not reached':>10}"
-    ratio = f"{seconds / notebook_seconds:>13.3f}x" if seconds is not None else f"{'-':>14}"
+    shown = f"{fast_seconds:>10.2f}" if fast_seconds is not None else f"{'not reached':>10}"
+    ratio = f"{fast_seconds / notebook_seconds:>13.3f}x" if fast_seconds is not None else f"{'-':>14}"
     print(f"{'styleq way':<16} {shown} {iteration:>11} {reached:>12.6g} {ratio}")
     print(f"styleq way: the seed preset with {speed}; iterations per scale {list(fast.iterations_per_scale())}")
 

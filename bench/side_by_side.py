@@ -23,7 +23,9 @@ def side_by_side(pictures: list[Image.Image], labels: list[str] | None = None) -
     if labels is not None and len(labels) != len(pictures):
         raise ValueError(f"{len(labels)} labels for {len(pictures)} pictures")
     height = pictures[0].height
-    scaled = [p if p.height == height else p.resize((round(p.width * height / p.height), height), Image.LANCZOS) for p in pictures]
+    scaled = [
+        p if p.height == height else p.resize((round(p.width * height / p.height), height), Image.Resampling.LANCZOS) for p in pictures
+    ]
     caption = CAPTION_HEIGHT if labels else 0
     row = Image.new("RGB", (sum(p.width for p in scaled) + GAP * (len(scaled) - 1), height + caption), "white")
     draw = ImageDraw.Draw(row)

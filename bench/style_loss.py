@@ -73,8 +73,10 @@ def main() -> None:
         picture = content.clone().requires_grad_(True)
         style_term = objective(picture)[1]
         style_term.sum().backward()
+        gradient = picture.grad
+        assert gradient is not None  # backward() just filled it
         print(
-            f"{loss:8} style term {float(style_term.detach()):9.4g} at the content picture, its gradient's norm {float(picture.grad.norm()):.4g}"
+            f"{loss:8} style term {float(style_term.detach()):9.4g} at the content picture, its gradient's norm {float(gradient.norm()):.4g}"
         )
 
 
