@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     settings = settings or load_settings()
     app = Flask(__name__, static_folder=None)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's DefaultJSONProvider has it; app.json is typed as the base provider
     app.config.update(
         # The content and up to MAX_STYLES style images of at most max_upload_bytes each, plus the form fields
         # and multipart framing: a bigger body is refused (413) before any of it is read.
@@ -73,5 +73,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics.init_app(app, resources.session_factory, resources.storage_usage)
     # The browser dashboard at `/`, and the secret its session cookie (also accepted by /v1) is signed with.
     dashboard.init_app(app, secret_key)
-    app.wsgi_app = events.StreamOpenGate(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = events.StreamOpenGate(app.wsgi_app)  # type: ignore[method-assign]  # middleware, wrapped as Flask documents
     return app

@@ -42,7 +42,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         # Each proxy appends to these headers; only the last `trusted_proxies` values are its own,
         # anything before them came from the client and is ignored.
         count = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)  # type: ignore[method-assign]  # middleware, as Flask documents
     app.after_request(add_security_headers)
 
 

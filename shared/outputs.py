@@ -84,8 +84,8 @@ def encode_result(image: Image.Image, params: TransferParams, *, weights: str | 
 def read_metadata(source: bytes | str | os.PathLike[str]) -> dict[str, Any] | None:
     """Return the metadata `encode_result` wrote into a result file, or None where there is none."""
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-        if image.format == "PNG":
-            description = image.text.get("Description")  # type: ignore[attr-defined]
+        if isinstance(image, PngImagePlugin.PngImageFile):
+            description = image.text.get("Description")
         else:
             description = image.getexif().get(ExifTags.Base.ImageDescription)
     if not description:

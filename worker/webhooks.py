@@ -51,7 +51,7 @@ def guarded_session(policy: AddressPolicy) -> requests.Session:
             name = self._dns_host
             self._dns_host = public_address(name, self.port, policy)
             try:
-                return super()._new_conn()  # type: ignore[misc]
+                return super()._new_conn()  # type: ignore[misc]  # a mixin: urllib3's connection class after it in the MRO has it
             finally:
                 self._dns_host = name
 

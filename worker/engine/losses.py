@@ -77,7 +77,7 @@ class _Bf16Gram(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
-        (kept,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        (kept,) = ctx.saved_tensors  # type: ignore[attr-defined]  # the backward context has it; torch's FunctionCtx annotation does not
         symmetric = (grad + grad.transpose(1, 2)) / (kept.shape[1] * kept.shape[2])
         if kept.dtype == torch.bfloat16 and kept.device.type not in MIXED_PRODUCT_DEVICES:
             return _sliced_gram_backward(kept, symmetric)
@@ -117,7 +117,7 @@ def _bf16_cpu_products() -> Iterator[None]:
         # Nothing to gain where bf16 products would be emulated, and nothing to risk on such a CPU.
         yield
         return
-    settings = torch.backends.mkldnn.matmul  # type: ignore[attr-defined]  # set at import (torch 2.9+), not declared in torch's annotations
+    settings = torch.backends.mkldnn.matmul  # type: ignore[attr-defined]  # set when torch.backends.mkldnn is imported; absent from its annotations
     before = settings.fp32_precision
     settings.fp32_precision = "bf16"
     try:
@@ -225,7 +225,7 @@ class _RootTrace(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
-        inverse_root, norms = ctx.saved_tensors  # type: ignore[attr-defined]
+        inverse_root, norms = ctx.saved_tensors  # type: ignore[attr-defined]  # as in _Bf16Gram.backward
         # Symmetric in exact arithmetic; averaged with its transpose so rounding leaves no skew part.
         symmetric = (inverse_root + inverse_root.transpose(-2, -1)) / (4 * norms.sqrt()[:, None, None])
         return grad[:, None, None] * symmetric

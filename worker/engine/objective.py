@@ -56,12 +56,16 @@ class StyleTargets:
         scale = _energy_scale if self.means is None else _moment_scale
         object.__setattr__(self, "scales", tuple(scale(gram) for gram in self.grams))
 
+    def moment_means(self) -> tuple[torch.Tensor, ...]:
+        """Return each layer's channel means, which only targets for the moments loss have."""
+        if self.means is None:
+            raise ValueError("these style targets have no means: they were made for style_loss='gram'")
+        return self.means
+
     @cached_property
     def gaussians(self) -> tuple[Gaussian, ...]:
         """Return each layer's target Gaussian for the moments loss (computed once per targets, in fp64)."""
-        if self.means is None:
-            raise ValueError("these style targets have no means: they were made for style_loss='gram'")
-        return tuple(_gaussian(gram, mean) for gram, mean in zip(self.grams, self.means))
+        return tuple(_gaussian(gram, mean) for gram, mean in zip(self.grams, self.moment_means()))
 
     @classmethod
     def blend(cls, targets: Sequence[StyleTargets], weights: Sequence[float]) -> StyleTargets:
@@ -242,7 +246,7 @@ class Objective:
         self.style_grams = [torch.stack([style.grams[i] for style in styles]) for i in layers]
         self.style_scales = [torch.stack([style.scales[i] for style in styles]) for i in layers]
         if self.params.style_loss == "moments":
-            self.style_means = [torch.stack([style.means[i] for style in styles]) for i in layers]  # type: ignore[index]
+            self.style_means = [torch.stack([style.moment_means()[i] for style in styles]) for i in layers]
             gaussians = [[style.gaussians[i] for style in styles] for i in layers]
             self.style_covariances = [torch.stack([g.covariance for g in layer]) for layer in gaussians]
             self.style_roots = [torch.stack([g.root for g in layer]) for layer in gaussians]
