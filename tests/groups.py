@@ -23,7 +23,9 @@ def deployment_group(item: pytest.Item) -> str | None:
         definitions = item._fixtureinfo.name2fixturedefs.get(name) if name in item.fixturenames else None  # type: ignore[attr-defined]  # pytest keeps a test's fixture definitions only here
         if definitions and definitions[-1].scope in ("module", "session"):
             callspec = getattr(item, "callspec", None)
-            backend = f":{parameter_id(definitions[-1], callspec.indices[name])}" if callspec is not None and name in callspec.indices else ""
+            backend = (
+                f":{parameter_id(definitions[-1], callspec.indices[name])}" if callspec is not None and name in callspec.indices else ""
+            )
             # The defining conftest's folder or test module: tests/browser and tests/integration/test_monitoring.py both name theirs `deployment`.
             group = f"{definitions[-1].baseid}::{name}{backend}"
             # xdist reads the group after the last '@' of a node id only when no ']' follows it.

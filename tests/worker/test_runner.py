@@ -11,7 +11,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 import torch
 from PIL import ExifTags, Image
@@ -78,7 +77,16 @@ def submit(factory, storage: Storage, images_dir: Path, pictures=("rainier.jpg",
 
 def make_runner(settings, factory, storage, vgg16_random, lease_owner="gpu0@host/1") -> JobRunner:
     name = lease_owner.split("/")[0]
-    return JobRunner(settings, factory, storage, name=name, lease_owner=lease_owner, gpu="cpu", device=torch.device("cpu"), models=RandomModels(vgg16_random))
+    return JobRunner(
+        settings,
+        factory,
+        storage,
+        name=name,
+        lease_owner=lease_owner,
+        gpu="cpu",
+        device=torch.device("cpu"),
+        models=RandomModels(vgg16_random),
+    )
 
 
 def picture(path: Path) -> Image.Image:
@@ -128,7 +136,9 @@ class CountingStorage(Storage):
         return super().save_state(job_id, iteration, data)
 
 
-def test_checkpoints_that_come_fast_reach_the_database_together_and_save_states_sparingly(tmp_path, factory, images_dir, vgg16_random, monkeypatch):
+def test_checkpoints_that_come_fast_reach_the_database_together_and_save_states_sparingly(
+    tmp_path, factory, images_dir, vgg16_random, monkeypatch
+):
     storage = CountingStorage(tmp_path / "storage")
     job_id = submit(factory, storage, images_dir, iterations=60)
     writes: list[list[int]] = []
@@ -151,7 +161,9 @@ def test_checkpoints_that_come_fast_reach_the_database_together_and_save_states_
     assert storage.writes["preview.jpg"] == storage.writes["state"] == 1
 
 
-def test_the_optimisation_goes_on_while_a_checkpoints_preview_and_state_are_written(tmp_path, factory, images_dir, vgg16_random, monkeypatch):
+def test_the_optimisation_goes_on_while_a_checkpoints_preview_and_state_are_written(
+    tmp_path, factory, images_dir, vgg16_random, monkeypatch
+):
     storage = Storage(tmp_path / "storage")
     job_id = submit(factory, storage, images_dir)
     # Only the first checkpoint saves (and the last is always recorded), so one write is in flight.
@@ -226,7 +238,9 @@ def test_a_job_of_a_lost_worker_resumes_from_its_saved_state(settings, factory, 
     params = resolve_params(PARAMS)
     backbone = RandomModels(vgg16_random).backbone(params)
     # The lost worker got to iteration 20, saved its state, and stopped answering.
-    first_half = transfer(rainier, autumn_oak, params, backbone=backbone, on_checkpoint=lambda c: Control.STOP if c.iteration == 20 else None)
+    first_half = transfer(
+        rainier, autumn_oak, params, backbone=backbone, on_checkpoint=lambda c: Control.STOP if c.iteration == 20 else None
+    )
     state_path = storage.job_path(job_id, "state.pt")
     state_path.parent.mkdir(parents=True)
     torch.save(first_half.state.to_dict(), state_path)
@@ -245,11 +259,15 @@ def test_a_job_of_a_lost_worker_resumes_from_its_saved_state(settings, factory, 
     assert picture(storage.job_path(job_id, "result.png")).tobytes() == whole.image.tobytes()
 
 
-def test_a_state_saved_before_style_losses_and_formats_existed_still_resumes(settings, factory, storage, images_dir, vgg16_random, rainier, autumn_oak):
+def test_a_state_saved_before_style_losses_and_formats_existed_still_resumes(
+    settings, factory, storage, images_dir, vgg16_random, rainier, autumn_oak
+):
     job_id = submit(factory, storage, images_dir)
     params = resolve_params(PARAMS)
     backbone = RandomModels(vgg16_random).backbone(params)
-    first_half = transfer(rainier, autumn_oak, params, backbone=backbone, on_checkpoint=lambda c: Control.STOP if c.iteration == 20 else None)
+    first_half = transfer(
+        rainier, autumn_oak, params, backbone=backbone, on_checkpoint=lambda c: Control.STOP if c.iteration == 20 else None
+    )
     state = first_half.state.to_dict()
     state["params"] = {name: value for name, value in state["params"].items() if name not in ("style_loss", "format", "quality")}
     storage.make_job_dir(job_id)
@@ -297,7 +315,9 @@ class BrokenModels(RandomModels):
 
 def test_an_unexpected_crash_is_recorded_plainly_logged_in_detail_then_raised(settings, factory, storage, images_dir, vgg16_random, caplog):
     job_id = submit(factory, storage, images_dir)
-    runner = JobRunner(settings, factory, storage, name="w", lease_owner="w/1", gpu="cpu", device=torch.device("cpu"), models=BrokenModels(vgg16_random))
+    runner = JobRunner(
+        settings, factory, storage, name="w", lease_owner="w/1", gpu="cpu", device=torch.device("cpu"), models=BrokenModels(vgg16_random)
+    )
 
     with pytest.raises(RuntimeError, match="device-side assert"):
         runner.run(job_id)
@@ -324,8 +344,14 @@ def alone(images_dir, pictures, vgg16_random, max_pass_pixels=None, **overrides)
     params = resolve_params({**PARAMS, **overrides})
     content, *styles = (Image.open(images_dir / name).convert("RGB") for name in pictures)
     history = []
-    result = transfer(content, styles, params, backbone=RandomModels(vgg16_random).backbone(params), on_checkpoint=lambda c: history.append(c.losses()),
-                      max_pass_pixels=max_pass_pixels)
+    result = transfer(
+        content,
+        styles,
+        params,
+        backbone=RandomModels(vgg16_random).backbone(params),
+        on_checkpoint=lambda c: history.append(c.losses()),
+        max_pass_pixels=max_pass_pixels,
+    )
     return result.image, history
 
 
@@ -357,7 +383,9 @@ def test_matching_queued_jobs_run_as_one_batch_each_with_its_own_history_and_the
         assert storage.state_path(job_id) is None
 
 
-def test_a_job_blending_two_styles_runs_through_the_worker_in_a_batch_with_a_job_of_one_style(tmp_path, factory, storage, images_dir, vgg16_random):
+def test_a_job_blending_two_styles_runs_through_the_worker_in_a_batch_with_a_job_of_one_style(
+    tmp_path, factory, storage, images_dir, vgg16_random
+):
     blend_pictures = ("rainier.jpg", "autumn-oak.jpg", "the_scream.jpg")
     blend = submit(factory, storage, images_dir, blend_pictures, style_weights=[0.7, 0.3], iterations=20)
     single = submit(factory, storage, images_dir, PAIRS[0], seed=1, iterations=20)
@@ -560,7 +588,9 @@ def test_a_coarse_to_fine_job_records_the_scale_of_each_checkpoint(settings, fac
     assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "succeeded"
 
     with session_scope(factory) as session:
-        rows = session.execute(select(Checkpoint.iteration, Checkpoint.scale).where(Checkpoint.job_id == job_id).order_by(Checkpoint.iteration)).all()
+        rows = session.execute(
+            select(Checkpoint.iteration, Checkpoint.scale).where(Checkpoint.job_id == job_id).order_by(Checkpoint.iteration)
+        ).all()
     assert [tuple(row) for row in rows] == [(10, 0.5), (20, 0.5), (30, 1.0), (40, 1.0)]
     assert picture(storage.job_path(job_id, "result.png")).size == (96, 64)
 
@@ -588,8 +618,17 @@ def test_a_worker_told_to_stop_saves_hands_the_job_back_and_another_resumes_it_e
     stopper.stopping = stopping
     job_id = submit(factory, storage, images_dir)
     sent: list[str] = []
-    first = JobRunner(settings, factory, stopper, name="w1", lease_owner="w1@host/1", gpu="cpu", device=torch.device("cpu"),
-                      models=RandomModels(vgg16_random), stopping=stopping)
+    first = JobRunner(
+        settings,
+        factory,
+        stopper,
+        name="w1",
+        lease_owner="w1@host/1",
+        gpu="cpu",
+        device=torch.device("cpu"),
+        models=RandomModels(vgg16_random),
+        stopping=stopping,
+    )
 
     assert first.run(job_id, resend=sent.append) == "handed_back"
 
@@ -612,8 +651,17 @@ def test_a_message_that_arrives_as_the_worker_stops_is_sent_on_untouched(setting
     stopping = threading.Event()
     stopping.set()
     sent: list[str] = []
-    runner = JobRunner(settings, factory, storage, name="w1", lease_owner="w1@host/1", gpu="cpu", device=torch.device("cpu"),
-                       models=RandomModels(vgg16_random), stopping=stopping)
+    runner = JobRunner(
+        settings,
+        factory,
+        storage,
+        name="w1",
+        lease_owner="w1@host/1",
+        gpu="cpu",
+        device=torch.device("cpu"),
+        models=RandomModels(vgg16_random),
+        stopping=stopping,
+    )
 
     assert runner.run(job_id, resend=sent.append) == "handed_back"
     assert sent == [job_id] and (load(factory, job_id).status, load(factory, job_id).attempts) == ("queued", 0)
@@ -666,7 +714,9 @@ def test_a_result_that_cannot_be_written_is_retried_then_requeued_and_the_job_fa
     assert storage.state_path(job_id) is None
 
 
-def test_a_database_gone_for_good_interrupts_the_run_without_failing_the_job(settings, factory, storage, images_dir, vgg16_random, monkeypatch):
+def test_a_database_gone_for_good_interrupts_the_run_without_failing_the_job(
+    settings, factory, storage, images_dir, vgg16_random, monkeypatch
+):
     from sqlalchemy.exc import OperationalError
 
     settings = settings.model_copy(update={"database_retry_delays": (0, 0)})
@@ -724,7 +774,9 @@ def submit_bytes(factory, storage: Storage, content: bytes, style: bytes, **over
     """Store a pair of uploads as given and queue a job for them; return its id."""
     with session_scope(factory) as session:
         owner, _ = create_api_key(session, "alice", secret="worker-tests")
-        job, _ = jobs.create_job(session, owner, resolve_params({**PARAMS, **overrides}), storage.save_upload(content), storage.save_upload(style))
+        job, _ = jobs.create_job(
+            session, owner, resolve_params({**PARAMS, **overrides}), storage.save_upload(content), storage.save_upload(style)
+        )
         return job.id
 
 
@@ -742,9 +794,19 @@ def test_a_batch_mate_stored_sideways_joins_by_its_upright_size(tmp_path, factor
     upright = io.BytesIO()
     Image.open(images_dir / "tubingen.jpg").convert("RGB").resize((96, 64)).save(upright, "JPEG")
     first = submit_bytes(factory, storage, upright.getvalue(), style, size=48, iterations=2)
-    sideways = submit_bytes(factory, storage, stored_sideways(images_dir, "rainier.jpg", 8, Image.Transpose.ROTATE_270), style, size=48, iterations=2, seed=3)
+    sideways = submit_bytes(
+        factory, storage, stored_sideways(images_dir, "rainier.jpg", 8, Image.Transpose.ROTATE_270), style, size=48, iterations=2, seed=3
+    )
     # Stored landscape, but its EXIF note turns it portrait: 32x48 upright, not the batch's 48x32.
-    turned_away = submit_bytes(factory, storage, stored_sideways(images_dir, "rainier.jpg", 6, Image.Transpose.FLIP_LEFT_RIGHT), style, size=48, iterations=2, seed=4)
+    turned_away = submit_bytes(
+        factory,
+        storage,
+        stored_sideways(images_dir, "rainier.jpg", 6, Image.Transpose.FLIP_LEFT_RIGHT),
+        style,
+        size=48,
+        iterations=2,
+        seed=4,
+    )
 
     assert make_runner(batch_settings(tmp_path), factory, storage, vgg16_random).run(first) == "succeeded"
 
@@ -752,7 +814,9 @@ def test_a_batch_mate_stored_sideways_joins_by_its_upright_size(tmp_path, factor
     assert load(factory, turned_away).status == "queued"
 
 
-def test_a_long_side_the_network_cannot_take_fails_plainly_naming_the_smallest_that_works(settings, factory, storage, images_dir, vgg16_random):
+def test_a_long_side_the_network_cannot_take_fails_plainly_naming_the_smallest_that_works(
+    settings, factory, storage, images_dir, vgg16_random
+):
     # Queued before the API refused such sizes: 16 on rainier's long side leaves its short side 11 pixels.
     job_id = submit(factory, storage, images_dir, size=16)
 
@@ -772,7 +836,9 @@ def test_an_upload_cut_short_fails_as_invalid_image_naming_its_role(settings, fa
     assert job.error_code == "invalid_image" and job.error_message.startswith("the style image is damaged or incomplete")
 
 
-def test_a_job_naming_weights_the_worker_does_not_hold_fails_without_a_download(settings, factory, storage, images_dir, tmp_path, monkeypatch):
+def test_a_job_naming_weights_the_worker_does_not_hold_fails_without_a_download(
+    settings, factory, storage, images_dir, tmp_path, monkeypatch
+):
     from worker import downloads
 
     def no_download(*_args, **_kwargs):
@@ -781,8 +847,16 @@ def test_a_job_naming_weights_the_worker_does_not_hold_fails_without_a_download(
     monkeypatch.setattr(downloads, "pull_weights", no_download)
     monkeypatch.setattr(downloads, "pull_spec", no_download)
     job_id = submit(factory, storage, images_dir, weights="vgg19")
-    runner = JobRunner(settings, factory, storage, name="w", lease_owner="w/1", gpu="cpu", device=torch.device("cpu"),
-                       models=ModelCache(tmp_path / "empty-models", torch.device("cpu")))
+    runner = JobRunner(
+        settings,
+        factory,
+        storage,
+        name="w",
+        lease_owner="w/1",
+        gpu="cpu",
+        device=torch.device("cpu"),
+        models=ModelCache(tmp_path / "empty-models", torch.device("cpu")),
+    )
 
     assert runner.run(job_id) == "failed"
 
@@ -808,4 +882,6 @@ def test_the_runner_counts_iterations_checkpoint_writes_and_memory_for_its_metri
     # The first checkpoint saves a state (preview_every=2, no minimum time), and the last one is always written.
     assert with_state >= 1 and with_state + without >= 2
     assert registry.get_sample_value("styleq_checkpoint_write_seconds_sum", {"worker": "gpu0@host", "with_state": "true"}) > 0
-    assert registry.get_sample_value("styleq_worker_device_memory_bytes", {"worker": "gpu0@host", "device": "cpu", "kind": "rss"}) > 10_000_000
+    assert (
+        registry.get_sample_value("styleq_worker_device_memory_bytes", {"worker": "gpu0@host", "device": "cpu", "kind": "rss"}) > 10_000_000
+    )
