@@ -131,12 +131,12 @@ class Settings(BaseSettings):
     # The port on which each worker process serves its own metrics (iterations, device memory,
     # checkpoint writes); unset, workers serve none. `styleq worker` gives its N-th GPU this port + N.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    # Webhooks: each delivery attempt may take this long (the spec recommends 15 to 30 s); failed ones
-    # are tried again after `webhook_backoff_seconds`, doubling each time (at most an hour apart), until
-    # `webhook_retry_for_seconds` after the event; then the delivery is recorded as failed.
     # The address that port is bound on: the loopback by default, so a bare host shows its workers'
     # figures to no one else; a container sets 0.0.0.0 so Prometheus on the compose network reaches it.
     metrics_host: str = "127.0.0.1"
+    # Webhooks: each delivery attempt may take this long (the spec recommends 15 to 30 s); failed ones
+    # are tried again after `webhook_backoff_seconds`, doubling each time (at most an hour apart), until
+    # `webhook_retry_for_seconds` after the event; then the delivery is recorded as failed.
     webhook_timeout_seconds: float = Field(default=15.0, gt=0)
     webhook_retry_for_seconds: float = Field(default=86400.0, ge=0)
     webhook_backoff_seconds: float = Field(default=5.0, gt=0)
