@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install up demo test test-full weights browser clean
+.PHONY: install up demo test test-full lint weights browser clean
 
 # Test processes for `make test`: more than this 2-core machine's cores, as most of its tests wait on real
 # services, workers and jobs rather than compute (measured in the README's Tests section).
@@ -39,8 +39,18 @@ browser:
 
 # Everything that checks behaviour, with the fault drills' clocks shortened through settings; not the tests
 # marked `full` (nor `alone`, which are part of that tier): those run in `make test-full`.
+# Before the tests, the linter, the one code format and the type checker over the whole tree; the tests
+# run even when they complain, so one run reports everything, and either failing fails `make test`.
 test: install browser
-	$(PYTEST) -n $(TEST_PROCESSES) --dist loadgroup -m "not full and not alone" --durations=25
+	status=0; \
+	$(MAKE) --no-print-directory lint || status=$$?; \
+	$(PYTEST) -n $(TEST_PROCESSES) --dist loadgroup -m "not full and not alone" --durations=25 || status=$$?; \
+	exit $$status
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The tests marked `full`: the fault drills at the real default timings (which give the README's fault table)
 # and the large-output tests. Two processes (--dist loadgroup), then the tests that time a job on the whole

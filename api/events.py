@@ -130,7 +130,9 @@ def stream_hub() -> StreamHub:
     hub = current_app.extensions.get(HUB_EXTENSION)
     if hub is None:
         hub = current_app.extensions[HUB_EXTENSION] = StreamHub(
-            backends().session_factory, make_stream_slots(backends().settings), poll_seconds=current_app.config["EVENTS_POLL_SECONDS"],
+            backends().session_factory,
+            make_stream_slots(backends().settings),
+            poll_seconds=current_app.config["EVENTS_POLL_SECONDS"],
         )
     return hub
 

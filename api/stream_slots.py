@@ -132,7 +132,11 @@ class SqliteSlots:
             self._retrying(lambda: connection.execute("PRAGMA journal_mode=WAL"))
             # No fsync per slot: a machine crash loses at most slots, which its API processes' restart frees anyway.
             connection.execute("PRAGMA synchronous=OFF")
-            self._retrying(lambda: connection.execute("CREATE TABLE IF NOT EXISTS stream_slots (member TEXT PRIMARY KEY, key_id INTEGER NOT NULL, expires REAL NOT NULL)"))
+            self._retrying(
+                lambda: connection.execute(
+                    "CREATE TABLE IF NOT EXISTS stream_slots (member TEXT PRIMARY KEY, key_id INTEGER NOT NULL, expires REAL NOT NULL)"
+                )
+            )
             self._retrying(lambda: connection.execute("CREATE INDEX IF NOT EXISTS stream_slots_key ON stream_slots (key_id)"))
             self.connection = connection
         return self.connection

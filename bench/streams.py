@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -117,7 +118,9 @@ def compose_api_command(port: int) -> list[str]:
 
 
 @contextmanager
-def deployment(backend: str, root: Path, environment: dict[str, str], database_url: str | None = None, broker_url: str | None = None) -> Iterator[Deployment]:
+def deployment(
+    backend: str, root: Path, environment: dict[str, str], database_url: str | None = None, broker_url: str | None = None
+) -> Iterator[Deployment]:
     """Run `styleq up` (embedded) or the compose API command and a CPU worker (postgres+redis); stop them after."""
     port = free_port()
     environment = {**environment, "STYLEQ_DATA_DIR": str(root / "data"), "STYLEQ_QUEUE": f"styleq-bench-{uuid.uuid4().hex[:8]}"}
@@ -143,10 +146,8 @@ def deployment(backend: str, root: Path, environment: dict[str, str], database_u
         yield running
     finally:
         for process in processes:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it ended already
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             process.wait(30)
 
 
@@ -187,8 +188,11 @@ def submit(url: str, key: str, params: dict[str, Any]) -> str:
     """Submit the seed pair with `params`; return the job's id."""
     with (IMAGES / "rainier.jpg").open("rb") as content, (IMAGES / "autumn-oak.jpg").open("rb") as style:
         response = requests.post(
-            f"{url}/v1/jobs", headers={"Authorization": f"Bearer {key}"}, files={"content": content, "style": style},
-            data={"params": json.dumps(params)}, timeout=60,
+            f"{url}/v1/jobs",
+            headers={"Authorization": f"Bearer {key}"},
+            files={"content": content, "style": style},
+            data={"params": json.dumps(params)},
+            timeout=60,
         )
     response.raise_for_status()
     return response.json()["id"]
@@ -217,8 +221,11 @@ async def open_stream(url: str, key: str, job_id: str, result: StreamResult, sto
         return
     connected = time.monotonic()
     try:
-        writer.write((f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-                      "Accept: text/event-stream\r\n\r\n").encode())
+        writer.write(
+            (
+                f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nAccept: text/event-stream\r\n\r\n"
+            ).encode()
+        )
         await writer.drain()
         result.sent_after_connect = time.monotonic() - connected
         status_line = await reader.readline()
@@ -284,8 +291,11 @@ async def hold(url: str, keys: list[str], admin_key: str, job_ids: list[str], st
     prober = asyncio.ensure_future(probe(url, admin_key, probe_stop, samples))
     results = [[StreamResult() for _ in range(streams_per_key)] for _ in keys]
     opened = time.monotonic()
-    tasks = [asyncio.ensure_future(open_stream(url, key, job_id, result, stop))
-             for key, job_id, key_results in zip(keys, job_ids, results) for result in key_results]
+    tasks = [
+        asyncio.ensure_future(open_stream(url, key, job_id, result, stop))
+        for key, job_id, key_results in zip(keys, job_ids, results)
+        for result in key_results
+    ]
     # Opened: every stream answered its status line (the held ones then wait for `stop`).
     while any(result.status == 0 and result.error is None for key_results in results for result in key_results):
         if time.monotonic() - opened > 120:
@@ -308,7 +318,11 @@ async def hold(url: str, keys: list[str], admin_key: str, job_ids: list[str], st
     lags = [result.sent_after_connect for result in flat if result.sent_after_connect is not None]
     failed_lags = [result.sent_after_connect for result in flat if result.error and result.sent_after_connect is not None]
     # Each slow or failed probe: what, how long, its status, when (seconds after the streams began to open), any error.
-    late = [(path, round(seconds, 3), status, round(at - opened, 1), error) for path, seconds, status, at, error in samples if seconds >= 1.0 or status != 200]
+    late = [
+        (path, round(seconds, 3), status, round(at - opened, 1), error)
+        for path, seconds, status, at, error in samples
+        if seconds >= 1.0 or status != 200
+    ]
     return {
         "streams": len(flat),
         "keys": len(keys),
@@ -326,19 +340,35 @@ async def hold(url: str, keys: list[str], admin_key: str, job_ids: list[str], st
         "probe_slow_or_failed": late,
         "running_job_streams": len(running),
         "checkpoints_per_running_stream_min": min(len(result.checkpoints) for result in running),
-        "checkpoints_per_running_stream_during_hold_min": min(sum(held_from <= at <= held_until for at in result.checkpoints) for result in running),
-        "last_checkpoint_age_at_end_max_s": round(max(held_until - (result.checkpoints[-1] if result.checkpoints else opened) for result in running), 2),
+        "checkpoints_per_running_stream_during_hold_min": min(
+            sum(held_from <= at <= held_until for at in result.checkpoints) for result in running
+        ),
+        "last_checkpoint_age_at_end_max_s": round(
+            max(held_until - (result.checkpoints[-1] if result.checkpoints else opened) for result in running), 2
+        ),
         "beyond_cap": [{"status": result.status, "retry_after": result.retry_after, "body": result.body} for result in refused],
     }
 
 
-def run(backend: str, root: Path, *, keys: int, streams_per_key: int, hold_seconds: float, model_dir: str | None = None,
-        database_url: str | None = None, broker_url: str | None = None) -> dict[str, Any]:
+def run(
+    backend: str,
+    root: Path,
+    *,
+    keys: int,
+    streams_per_key: int,
+    hold_seconds: float,
+    model_dir: str | None = None,
+    database_url: str | None = None,
+    broker_url: str | None = None,
+) -> dict[str, Any]:
     """Start the deployment, hold keys x streams_per_key streams, and return the figures."""
     raise_file_limit(4 * keys * streams_per_key + 1024)
     environment = {
-        **os.environ, "OMP_NUM_THREADS": "1", "STYLEQ_MAX_STREAMS_PER_KEY": str(streams_per_key),
-        "STYLEQ_MAX_REQUESTS_PER_MINUTE": "0", "STYLEQ_LOG_LEVEL": "WARNING",
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "STYLEQ_MAX_STREAMS_PER_KEY": str(streams_per_key),
+        "STYLEQ_MAX_REQUESTS_PER_MINUTE": "0",
+        "STYLEQ_LOG_LEVEL": "WARNING",
     }
     if model_dir:
         environment["STYLEQ_MODEL_DIR"] = model_dir

@@ -29,7 +29,9 @@ BATCH_CANDIDATES = 64
 NEVER_SENT_GRACE_SECONDS = 5.0
 
 
-def claim_job(session: Session, job_id: str, lease_owner: str, gpu: str, lease_seconds: float, *, dead_owners: Sequence[str] = ()) -> Job | None:
+def claim_job(
+    session: Session, job_id: str, lease_owner: str, gpu: str, lease_seconds: float, *, dead_owners: Sequence[str] = ()
+) -> Job | None:
     """Lease the job to `lease_owner` if it is queued, or running on a lease gone stale or held by one of
     `dead_owners` (processes known to have died); None if someone else has it."""
     claimable = or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, _lost(lease_seconds, dead_owners)))
@@ -59,7 +61,10 @@ def _stalled(max_attempts: int) -> ColumnElement[bool]:
 
 def _gave_up(max_attempts: int, now: datetime) -> dict[str, Any]:
     return {
-        "status": JobStatus.FAILED, "finished_at": now, "stalled_attempts": Job.stalled_attempts + 1, "error_code": "worker_lost",
+        "status": JobStatus.FAILED,
+        "finished_at": now,
+        "stalled_attempts": Job.stalled_attempts + 1,
+        "error_code": "worker_lost",
         "error_message": f"the workers running this job stopped {max_attempts} times in a row without getting further; the job was given up",
     }
 
@@ -99,24 +104,33 @@ def claim_batch_mates(session: Session, job_ids: Sequence[str], lease_owner: str
 def record_batch(session: Session, job_ids: Sequence[str], lease_owner: str, batch_id: str | None) -> None:
     """Record on each of the jobs `lease_owner` holds that they run together, as batch `batch_id`."""
     session.execute(
-        update(Job).where(Job.id.in_(list(job_ids)), Job.lease_owner == lease_owner, Job.status == JobStatus.RUNNING)
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.lease_owner == lease_owner, Job.status == JobStatus.RUNNING)
         .values(batch_size=len(job_ids), batch_id=batch_id)
     )
 
 
 def _claim(session: Session, job_id: str, lease_owner: str, gpu: str, claimable: ColumnElement[bool]) -> Job | None:
     now = utcnow()
-    claimed = rowcount(session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.cancel_requested.is_(False), claimable)
-        .values(
-            status=JobStatus.RUNNING, lease_owner=lease_owner, gpu=gpu, heartbeat_at=now, attempts=Job.attempts + 1,
-            started_at=func.coalesce(Job.started_at, now), batch_size=1, batch_id=None,
-            # Taking over a lost lease ends the attempt that held it: it counts as stalled if it saved nothing.
-            stalled_attempts=case((Job.status == JobStatus.RUNNING, _stall_count()), else_=Job.stalled_attempts),
-            resumed_iteration=Job.saved_iteration,
+    claimed = rowcount(
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.cancel_requested.is_(False), claimable)
+            .values(
+                status=JobStatus.RUNNING,
+                lease_owner=lease_owner,
+                gpu=gpu,
+                heartbeat_at=now,
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now),
+                batch_size=1,
+                batch_id=None,
+                # Taking over a lost lease ends the attempt that held it: it counts as stalled if it saved nothing.
+                stalled_attempts=case((Job.status == JobStatus.RUNNING, _stall_count()), else_=Job.stalled_attempts),
+                resumed_iteration=Job.saved_iteration,
+            )
         )
-    ))
+    )
     if not claimed:
         return None
     job = session.get_one(Job, job_id)
@@ -139,8 +153,14 @@ def record_checkpoint(session: Session, job_id: str, lease_owner: str, values: d
 
 
 def record_checkpoints(
-    session: Session, job_id: str, lease_owner: str, checkpoints: Sequence[dict[str, Any]], *, has_preview: bool = False,
-    saved_iteration: int | None = None, checkpoint_event_seconds: float = 0.0,
+    session: Session,
+    job_id: str,
+    lease_owner: str,
+    checkpoints: Sequence[dict[str, Any]],
+    *,
+    has_preview: bool = False,
+    saved_iteration: int | None = None,
+    checkpoint_event_seconds: float = 0.0,
 ) -> bool:
     """Store consecutive checkpoints (oldest first) in one transaction; the job's progress is the last one's.
 
@@ -175,8 +195,17 @@ def heartbeat(session: Session, job_id: str, lease_owner: str) -> bool:
     return bool(rowcount(session.execute(update(Job).where(*_held(job_id, lease_owner)).values(heartbeat_at=utcnow()))))
 
 
-def release_job(session: Session, job_id: str, lease_owner: str, *, failed: bool = False, max_attempts: int | None = None,
-                error_code: str | None = None, error_message: str | None = None, saved_iteration: int | None = None) -> JobStatus | None:
+def release_job(
+    session: Session,
+    job_id: str,
+    lease_owner: str,
+    *,
+    failed: bool = False,
+    max_attempts: int | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    saved_iteration: int | None = None,
+) -> JobStatus | None:
     """Hand a job `lease_owner` holds back to the queue (a worker shutting down, storage failing); return its new status.
 
     The job is marked unsent, so the sweeper sends it if the caller cannot. With `failed`, the attempt
@@ -188,20 +217,31 @@ def release_job(session: Session, job_id: str, lease_owner: str, *, failed: bool
     held = _held(job_id, lease_owner)
     now = utcnow()
     if failed and max_attempts is not None:
-        gave_up = rowcount(session.execute(
-            update(Job).where(*held, Job.stalled_attempts + 1 >= max_attempts)
-            .values(**{**_gave_up(max_attempts, now), "error_code": error_code, "error_message": error_message})
-        ))
+        gave_up = rowcount(
+            session.execute(
+                update(Job)
+                .where(*held, Job.stalled_attempts + 1 >= max_attempts)
+                .values(**{**_gave_up(max_attempts, now), "error_code": error_code, "error_message": error_message})
+            )
+        )
         if gave_up:
             deliveries.record_events(session, [job_id], WebhookEvent.FAILED)
             return JobStatus.FAILED
-    released = rowcount(session.execute(
-        update(Job).where(*held).values(
-            status=JobStatus.QUEUED, lease_owner=None, gpu=None, enqueued_at=None, heartbeat_at=now,
-            stalled_attempts=Job.stalled_attempts + 1 if failed else Job.stalled_attempts,
-            saved_iteration=_at_least(Job.saved_iteration, saved_iteration),
+    released = rowcount(
+        session.execute(
+            update(Job)
+            .where(*held)
+            .values(
+                status=JobStatus.QUEUED,
+                lease_owner=None,
+                gpu=None,
+                enqueued_at=None,
+                heartbeat_at=now,
+                stalled_attempts=Job.stalled_attempts + 1 if failed else Job.stalled_attempts,
+                saved_iteration=_at_least(Job.saved_iteration, saved_iteration),
+            )
         )
-    ))
+    )
     return JobStatus.QUEUED if released else None
 
 
@@ -212,7 +252,8 @@ def record_resumed(session: Session, job_id: str, lease_owner: str, iteration: i
     (one written just before its worker died, whose checkpoint record never came), and it is the one resumed.
     """
     session.execute(
-        update(Job).where(*_held(job_id, lease_owner))
+        update(Job)
+        .where(*_held(job_id, lease_owner))
         .values(resumed_iteration=iteration, saved_iteration=_at_least(Job.saved_iteration, iteration))
     )
 
@@ -222,7 +263,9 @@ def _at_least(column: SQLColumnExpression[int], value: int | None) -> SQLColumnE
     return column if value is None else case((column < value, value), else_=column)
 
 
-def finish_job(session: Session, job_id: str, lease_owner: str, status: JobStatus, *, error_code: str | None = None, error_message: str | None = None) -> bool:
+def finish_job(
+    session: Session, job_id: str, lease_owner: str, status: JobStatus, *, error_code: str | None = None, error_message: str | None = None
+) -> bool:
     """Record the end of a run that `lease_owner` still holds; return False when it no longer held it."""
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "heartbeat_at": utcnow()}
     if error_code is not None:
@@ -242,7 +285,12 @@ class SweepResult:
 
 
 def sweep(
-    session: Session, *, lease_seconds: float, requeue_after_seconds: float, max_attempts: int, dead_owners: Sequence[str] = (),
+    session: Session,
+    *,
+    lease_seconds: float,
+    requeue_after_seconds: float,
+    max_attempts: int,
+    dead_owners: Sequence[str] = (),
     now: datetime | None = None,
 ) -> SweepResult:
     """Recover jobs from lost workers and lost messages.
@@ -264,7 +312,8 @@ def sweep(
     retried = session.scalars(select(Job.id).where(*lost)).all()
     if retried:
         session.execute(
-            update(Job).where(Job.id.in_(retried), *lost)
+            update(Job)
+            .where(Job.id.in_(retried), *lost)
             .values(status=JobStatus.QUEUED, lease_owner=None, gpu=None, stalled_attempts=_stall_count())
         )
     waiting = now - timedelta(seconds=requeue_after_seconds)

@@ -5,12 +5,7 @@ from __future__ import annotations
 import socket
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, Literal
-
-import platformdirs
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import Field, NonNegativeFloat, field_validator
@@ -125,6 +120,7 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         return value.upper() if info.field_name == "log_level" else value.lower()
+
     # When set, `GET /metrics` asks for `Authorization: Bearer <this>`; unset, it answers anyone who can
     # reach the API (it shows counts, worker and device names: no job, key or picture).
     metrics_token: str | None = None

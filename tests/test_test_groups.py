@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A project whose conftest takes the grouping hook tests/conftest.py takes (tests/groups.py), with deployment fixtures named as the real ones are.
 CONFTEST = "from tests.groups import pytest_collection_modifyitems  # noqa: F401 (the hook under test)\n"
-TESTS = '''
+TESTS = """
 import pytest
 
 @pytest.fixture(scope="session", params=["embedded", "postgres+redis"])
@@ -35,7 +35,7 @@ def test_in_a_drill(drill, n):
 @pytest.mark.parametrize("n", range(8))
 def test_on_no_deployment(n):
     pass
-'''
+"""
 
 
 def test_each_deployment_s_tests_run_on_one_worker_in_a_group_of_their_own(tmp_path):
@@ -46,7 +46,11 @@ def test_each_deployment_s_tests_run_on_one_worker_in_a_group_of_their_own(tmp_p
 
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-n", "3", "--dist", "loadgroup", "-v", "-p", "no:cacheprovider", str(tmp_path)],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
     assert run.returncode == 0, run.stdout + run.stderr
@@ -58,6 +62,10 @@ def test_each_deployment_s_tests_run_on_one_worker_in_a_group_of_their_own(tmp_p
             workers[node.rpartition("@")[2]].add(worker)
         else:
             ungrouped += 1
-    assert set(workers) == {"test_deployments.py::service:embedded", "test_deployments.py::service:postgres+redis", "test_deployments.py::drill:fast"}, run.stdout
+    assert set(workers) == {
+        "test_deployments.py::service:embedded",
+        "test_deployments.py::service:postgres+redis",
+        "test_deployments.py::drill:fast",
+    }, run.stdout
     assert all(len(on) == 1 for on in workers.values()), dict(workers)
     assert ungrouped == 8, run.stdout

@@ -65,7 +65,9 @@ def keys(app: Flask) -> Keys:
     """Two clients and an admin, each with its own API key."""
     resources = app.extensions["styleq"]
     with session_scope(resources.session_factory) as session:
-        made = {name: create_api_key(session, name, secret=resources.secret_key, is_admin=name == "admin") for name in ("alice", "bob", "admin")}
+        made = {
+            name: create_api_key(session, name, secret=resources.secret_key, is_admin=name == "admin") for name in ("alice", "bob", "admin")
+        }
         ids = {name: key.id for name, (key, _) in made.items()}
     tokens = {name: token for name, (_, token) in made.items()}
     return Keys(tokens["alice"], tokens["bob"], tokens["admin"], ids)

@@ -41,7 +41,12 @@ def test_stream_of_a_finished_job_sends_status_checkpoints_final_status_and_end(
     events, _ = read_stream(client, f"/v1/jobs/{job_id}/events", keys.headers("alice"))
 
     assert [(event, event_id) for event, event_id, _ in events] == [
-        ("status", 0), ("checkpoint", 10), ("checkpoint", 20), ("checkpoint", 30), ("status", 30), ("end", 30),
+        ("status", 0),
+        ("checkpoint", 10),
+        ("checkpoint", 20),
+        ("checkpoint", 30),
+        ("status", 30),
+        ("end", 30),
     ]
     assert events[0][2]["id"] == job_id
     assert events[1][2] == {"iteration": 10, "elapsed_s": 1.0, "content": 0.1, "style": 0.2, "tv": 0.5, "total": 0.8, "scale": 1.0}
@@ -87,7 +92,11 @@ def test_stream_follows_a_running_job_as_checkpoints_land(app, client, keys):
 
     statuses = [data["status"] for event, _, data in events if event == "status"]
     assert statuses == ["queued", "running", "succeeded"]
-    assert [(event, event_id) for event, event_id, _ in events if event != "status"] == [("checkpoint", 10), ("checkpoint", 20), ("end", 20)]
+    assert [(event, event_id) for event, event_id, _ in events if event != "status"] == [
+        ("checkpoint", 10),
+        ("checkpoint", 20),
+        ("end", 20),
+    ]
     assert events[-1][0] == "end"
     assert ": keep-alive" in comments
 

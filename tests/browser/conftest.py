@@ -63,7 +63,11 @@ def deployment(tmp_path_factory, caffe_weights, models_dir) -> Iterator[Deployme
     logs.mkdir()
     api, url = start_api(environment, logs)
     worker = start_worker(environment, logs, "bw1")
-    keys = {"alice": make_key(database_url, "alice"), "bob": make_key(database_url, "bob"), "ops": make_key(database_url, "ops", admin=True)}
+    keys = {
+        "alice": make_key(database_url, "alice"),
+        "bob": make_key(database_url, "bob"),
+        "ops": make_key(database_url, "ops", admin=True),
+    }
     try:
         yield Deployment(url, data_dir, database_url, api, worker, keys)
     finally:

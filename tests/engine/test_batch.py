@@ -29,8 +29,7 @@ def three_jobs(pictures, **overrides):
     """Three jobs with their own pictures and seeds and the same parameters otherwise."""
     count = len(pictures)
     return [
-        TransferJob(pictures[i % count], pictures[(i + 1) % count], resolve_params({**VALUES, "seed": i, **overrides}))
-        for i in range(3)
+        TransferJob(pictures[i % count], pictures[(i + 1) % count], resolve_params({**VALUES, "seed": i, **overrides})) for i in range(3)
     ]
 
 
@@ -81,8 +80,9 @@ def test_a_job_canceled_mid_batch_leaves_and_the_others_are_undisturbed(pictures
 
 def test_a_resumed_job_and_a_fresh_one_share_a_batch(pictures, backbone):
     first, second, _ = three_jobs(pictures)
-    halfway = transfer(first.content, first.style, first.params, backbone=backbone,
-                       on_checkpoint=lambda c: Control.STOP if c.iteration == 10 else None)
+    halfway = transfer(
+        first.content, first.style, first.params, backbone=backbone, on_checkpoint=lambda c: Control.STOP if c.iteration == 10 else None
+    )
     first.state = halfway.state
 
     results = transfer_batch([first, second], backbone=backbone)

@@ -91,7 +91,14 @@ def test_a_statistic_added_to_the_targets_blends_the_same_way_and_derived_fields
 
 @pytest.mark.parametrize(
     ("weights", "named"),
-    [([1], "one weight per style"), ([1, 2, 3], "one weight per style"), ([1, 0], "positive"), ([1, -2], "positive"), ([1, float("nan")], "positive"), ([1, float("inf")], "positive")],
+    [
+        ([1], "one weight per style"),
+        ([1, 2, 3], "one weight per style"),
+        ([1, 0], "positive"),
+        ([1, -2], "positive"),
+        ([1, float("nan")], "positive"),
+        ([1, float("inf")], "positive"),
+    ],
     ids=["too few", "too many", "zero", "negative", "nan", "infinite"],
 )
 def test_blend_weights_must_be_one_positive_number_per_style(weights, named):

@@ -89,8 +89,12 @@ def test_content_colours_change_what_is_shown_not_what_is_optimised(rainier, aut
         kept_checkpoints.append(checkpoint)
         previews.append(checkpoint.preview())
 
-    styled = transfer(rainier, autumn_oak, resolve_params({**SMALL, "colors": "style"}), backbone=backbone, on_checkpoint=styled_checkpoints.append)
-    kept = transfer(rainier, autumn_oak, resolve_params({**SMALL, "colors": "content"}), backbone=backbone, on_checkpoint=keep_checkpoint_and_preview)
+    styled = transfer(
+        rainier, autumn_oak, resolve_params({**SMALL, "colors": "style"}), backbone=backbone, on_checkpoint=styled_checkpoints.append
+    )
+    kept = transfer(
+        rainier, autumn_oak, resolve_params({**SMALL, "colors": "content"}), backbone=backbone, on_checkpoint=keep_checkpoint_and_preview
+    )
 
     assert [c.losses() | {"elapsed_s": 0} for c in kept_checkpoints] == [c.losses() | {"elapsed_s": 0} for c in styled_checkpoints]
     assert torch.equal(kept.state.image, styled.state.image)

@@ -51,8 +51,10 @@ def test_a_1024_pixel_job_runs_coarse_to_fine_in_minutes_and_ends_on_a_lower_sty
 ):
     if not native_bf16("cpu"):
         # In fp32 the job runs several times as long (FP32_1024_SECONDS), and this test twice that: half an hour.
-        pytest.skip(f"the {MINUTES_FOR_1024}-minute bar is for a CPU with native bf16 (AVX-512 BF16 or AMX); this one computes "
-                    f"fp32 only, where the same job took {FP32_1024_SECONDS} s (`python -m bench.large --size 1024`)")
+        pytest.skip(
+            f"the {MINUTES_FOR_1024}-minute bar is for a CPU with native bf16 (AVX-512 BF16 or AMX); this one computes "
+            f"fp32 only, where the same job took {FP32_1024_SECONDS} s (`python -m bench.large --size 1024`)"
+        )
     params = resolve_params({"size": 1024}).with_schedule(*rainier.size)
     assert len(params.scales) >= 3, params.scales  # the styleq preset's automatic schedule, written out
 
@@ -65,7 +67,10 @@ def test_a_1024_pixel_job_runs_coarse_to_fine_in_minutes_and_ends_on_a_lower_sty
     one_scale_params = resolve_params({"size": 1024, "scales": [1.0], "iterations": 5000, "checkpoint_every": 1})
     one_scale_started = time.perf_counter()
     one_scale = transfer(
-        rainier, autumn_oak, one_scale_params, backbone=backbone,
+        rainier,
+        autumn_oak,
+        one_scale_params,
+        backbone=backbone,
         on_checkpoint=lambda c: Control.STOP if time.perf_counter() - one_scale_started >= seconds else None,
     )
 
@@ -75,14 +80,19 @@ def test_a_1024_pixel_job_runs_coarse_to_fine_in_minutes_and_ends_on_a_lower_sty
     objective = Objective(params, backbone, "fp32", torch.device("cpu"))
     ours, theirs = (gram_distance(result.image, autumn_oak, objective) for result in (coarse_to_fine, one_scale))
 
-    record_property("figure", f"1024 px coarse-to-fine ({os.cpu_count()} cores): {seconds:.0f} s for {list(params.iterations_per_scale())} "
-                              f"iterations at scales {list(params.scales)}, full-size style loss {ours:.4g}; one scale in the same time: "
-                              f"{one_scale.iteration} iterations, {theirs:.4g} ({ours / theirs:.2f}x)")
+    record_property(
+        "figure",
+        f"1024 px coarse-to-fine ({os.cpu_count()} cores): {seconds:.0f} s for {list(params.iterations_per_scale())} "
+        f"iterations at scales {list(params.scales)}, full-size style loss {ours:.4g}; one scale in the same time: "
+        f"{one_scale.iteration} iterations, {theirs:.4g} ({ours / theirs:.2f}x)",
+    )
     height, width = params.output_size(*rainier.size)
     assert coarse_to_fine.image.size == (width, height) and seconds < MINUTES_FOR_1024 * 60, seconds
     assert sorted(set(scales_seen)) == list(params.scales) and scales_seen == sorted(scales_seen)
-    assert ours < theirs, (f"coarse-to-fine {ours:.4g} in {seconds:.0f} s ({params.iterations} iterations) against one scale "
-                           f"{theirs:.4g} in {one_scale.iteration} iterations")
+    assert ours < theirs, (
+        f"coarse-to-fine {ours:.4g} in {seconds:.0f} s ({params.iterations} iterations) against one scale "
+        f"{theirs:.4g} in {one_scale.iteration} iterations"
+    )
 
 
 def border_energy(picture: Image.Image, rows: tuple[int, ...], columns: tuple[int, ...]) -> tuple[float, float]:
@@ -130,20 +140,23 @@ def check_tiles_leave_no_seams_and_the_style_loss_of_one_pass(
     # differs most along the borders, within 16 pixels of them.
     near_borders = np.zeros((height, width), dtype=bool)
     for edge in plan.rows[1:-1]:
-        near_borders[edge - 16:edge + 16, :] = True
+        near_borders[edge - 16 : edge + 16, :] = True
     for edge in plan.columns[1:-1]:
-        near_borders[:, edge - 16:edge + 16] = True
+        near_borders[:, edge - 16 : edge + 16] = True
     at_borders, elsewhere = difference[near_borders].mean(), difference[~near_borders].mean()
     objective = Objective(params, backbone, "fp32", torch.device("cpu"))
     ours, theirs = (gram_distance(result.image, autumn_oak, objective) for result in (tiled, untiled))
-    record_property("figure", f"{long_side} px in {len(plan.tiles)} tiles: gradient energy across the tile borders {border / rest:.3f}x the rest's "
-                              f"({border_in_one_pass / rest_in_one_pass:.3f}x on the same lines in one pass), mean difference from one pass "
-                              f"{difference.mean() * 255:.3f} levels of 255 ({at_borders / elsewhere:.2f}x that within 16 px of the borders), "
-                              f"style loss {ours:.4g} against {theirs:.4g} ({ours / theirs - 1:+.2%})")
+    record_property(
+        "figure",
+        f"{long_side} px in {len(plan.tiles)} tiles: gradient energy across the tile borders {border / rest:.3f}x the rest's "
+        f"({border_in_one_pass / rest_in_one_pass:.3f}x on the same lines in one pass), mean difference from one pass "
+        f"{difference.mean() * 255:.3f} levels of 255 ({at_borders / elsewhere:.2f}x that within 16 px of the borders), "
+        f"style loss {ours:.4g} against {theirs:.4g} ({ours / theirs - 1:+.2%})",
+    )
     assert border / rest <= 1.02 * border_in_one_pass / rest_in_one_pass, (border, rest, border_in_one_pass, rest_in_one_pass)
     # The measure sees a seam of two levels of 255 between the tiles' columns, far under what per-tile targets leave.
     seamed = np.asarray(untiled.image, dtype=np.int16).copy()
-    seamed[:, plan.columns[1]:] = np.clip(seamed[:, plan.columns[1]:] + 2, 0, 255)
+    seamed[:, plan.columns[1] :] = np.clip(seamed[:, plan.columns[1] :] + 2, 0, 255)
     seamed_border, seamed_rest = border_energy(Image.fromarray(seamed.astype(np.uint8)), plan.rows, plan.columns)
     assert seamed_border / seamed_rest > 1.02 * border_in_one_pass / rest_in_one_pass
     assert difference.mean() < 1 / 255, difference.mean()
@@ -162,10 +175,18 @@ def test_a_512_pixel_picture_made_in_four_tiles_has_no_seams_and_the_style_loss_
 
 
 @pytest.mark.full
-def test_a_2048_pixel_picture_made_in_tiles_has_no_seams_and_the_style_loss_of_one_pass(rainier, autumn_oak, backbone, tmp_path_factory, record_property):
+def test_a_2048_pixel_picture_made_in_tiles_has_no_seams_and_the_style_loss_of_one_pass(
+    rainier, autumn_oak, backbone, tmp_path_factory, record_property
+):
     # A device of 4 GiB: by the memory model, a 2048 px picture does not fit one pass there. The pass size comes
     # from the memory model here, and the pictures are as large as the README's tiling figures.
     height, width = resolve_params({"size": 2048}).output_size(*rainier.size)
     check_tiles_leave_no_seams_and_the_style_loss_of_one_pass(
-        rainier, autumn_oak, backbone, tmp_path_factory.mktemp("tiles"), record_property, 2048, one_pass_pixels(4 << 30, "bf16", height * width)
+        rainier,
+        autumn_oak,
+        backbone,
+        tmp_path_factory.mktemp("tiles"),
+        record_property,
+        2048,
+        one_pass_pixels(4 << 30, "bf16", height * width),
     )

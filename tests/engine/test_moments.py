@@ -34,9 +34,13 @@ def gram_and_mean(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def targets_of(maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Return the three target tensors of `moment_losses` for each picture of `maps`, stacked (N, ...)."""
-    fields = [gram_and_mean(maps[i:i + 1]) for i in range(maps.shape[0])]
+    fields = [gram_and_mean(maps[i : i + 1]) for i in range(maps.shape[0])]
     gaussians = [_gaussian(gram, mean) for gram, mean in fields]
-    return torch.stack([mean for _, mean in fields]), torch.stack([g.covariance for g in gaussians]), torch.stack([g.root for g in gaussians])
+    return (
+        torch.stack([mean for _, mean in fields]),
+        torch.stack([g.covariance for g in gaussians]),
+        torch.stack([g.root for g in gaussians]),
+    )
 
 
 def test_features_at_their_own_statistics_are_at_distance_zero():
@@ -73,7 +77,7 @@ def test_a_batch_gives_each_picture_the_loss_it_gets_alone():
 
     together = moment_losses(maps, *targets)
 
-    alone = torch.cat([moment_losses(maps[i:i + 1], *(t[i:i + 1] for t in targets)) for i in range(3)])
+    alone = torch.cat([moment_losses(maps[i : i + 1], *(t[i : i + 1] for t in targets)) for i in range(3)])
     torch.testing.assert_close(together, alone, rtol=1e-6, atol=0)
     assert len(set(together.tolist())) == 3
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
-from shared.params import COARSE_LONG_SIDE, MIN_SCALE_SHARE, MAX_SCALE_STEP, ONE_PASS_LONG_SIDE, auto_scales, resolve_params
+from shared.params import COARSE_LONG_SIDE, MAX_SCALE_STEP, MIN_SCALE_SHARE, ONE_PASS_LONG_SIDE, auto_scales, resolve_params
 from worker.engine import Backbone, Control, TransferJob, get_convention, transfer, transfer_batch
 from worker.engine.transfer import _style_size, scale_sizes
 
@@ -47,7 +49,9 @@ def test_the_fine_scale_starts_from_the_coarse_result_and_lowers_the_loss(rainie
 
 def test_one_scale_is_the_run_it_always_was(rainier, autumn_oak, seed_backbone):
     plain, plain_checkpoints = run(rainier, autumn_oak, seed_backbone, {**C2F, "scales": [1], "scale_iterations": None})
-    old, old_checkpoints = run(rainier, autumn_oak, seed_backbone, {key: value for key, value in C2F.items() if not key.startswith("scale")})
+    old, old_checkpoints = run(
+        rainier, autumn_oak, seed_backbone, {key: value for key, value in C2F.items() if not key.startswith("scale")}
+    )
 
     assert [c.total for c in plain_checkpoints] == [c.total for c in old_checkpoints]
     assert all(c.scale == 1 for c in plain_checkpoints)
@@ -74,8 +78,13 @@ def test_a_run_stopped_anywhere_resumes_exactly_across_scales(rainier, autumn_oa
     whole, whole_checkpoints = whole_runs(values)
     params = resolve_params(values)
     first: list = []
-    stopped = transfer(rainier, autumn_oak, params, backbone=seed_backbone,
-                       on_checkpoint=lambda c: (first.append(c), Control.STOP if c.iteration == stop_at else None)[1])
+    stopped = transfer(
+        rainier,
+        autumn_oak,
+        params,
+        backbone=seed_backbone,
+        on_checkpoint=lambda c: (first.append(c), Control.STOP if c.iteration == stop_at else None)[1],
+    )
     rest: list = []
     resumed = transfer(rainier, autumn_oak, params, backbone=seed_backbone, state=stopped.state, on_checkpoint=rest.append)
 
@@ -88,8 +97,11 @@ def test_a_coarse_to_fine_batch_equals_its_runs_alone(rainier, autumn_oak, image
     tubingen = Image.open(images_dir / "tubingen.jpg").convert("RGB")
     params = [resolve_params({**C2F, "seed": seed}) for seed in range(2)]
     batched: dict[int, list] = {0: [], 1: []}
-    results = transfer_batch([TransferJob(rainier, autumn_oak, params[0]), TransferJob(tubingen, autumn_oak, params[1])],
-                             backbone=seed_backbone, on_checkpoint=lambda index, c: batched[index].append(c))
+    results = transfer_batch(
+        [TransferJob(rainier, autumn_oak, params[0]), TransferJob(tubingen, autumn_oak, params[1])],
+        backbone=seed_backbone,
+        on_checkpoint=lambda index, c: batched[index].append(c),
+    )
     for index, content in enumerate((rainier, tubingen)):
         alone, checkpoints = run(content, autumn_oak, seed_backbone, params[index].to_dict())
         assert [c.total for c in batched[index]] == [c.total for c in checkpoints]
@@ -115,7 +127,7 @@ def test_without_scale_iterations_the_coarse_scales_get_most_of_them():
         ({"scales": []}, 'scales must be "auto" or a list of 1 to 8'),
         ({"scales": "half"}, 'scales must be "auto" or a list'),
         ({"scales": "auto", "scale_iterations": [10, 10]}, "scale_iterations needs explicit scales"),
-        ({"scales": ["half", 1]}, "scales must be \"auto\" or a list"),
+        ({"scales": ["half", 1]}, 'scales must be "auto" or a list'),
         ({"scales": [0.5, 1], "scale_iterations": [10]}, "scale_iterations must be a list of 2"),
         ({"scales": [0.5, 1], "iterations": 30, "scale_iterations": [10, 10]}, "must add up to iterations"),
         ({"scales": [0.5, 1], "iterations": 30, "scale_iterations": [30, 0]}, "positive integers"),
@@ -139,7 +151,7 @@ def test_above_it_the_schedule_starts_near_320_pixels_and_grows_at_most_twofold_
 
     assert scales[-1] == 1 and len(scales) >= 2
     assert sides[0] == pytest.approx(COARSE_LONG_SIDE, abs=1)
-    steps = [b / a for a, b in zip(scales, scales[1:])]
+    steps = [b / a for a, b in itertools.pairwise(scales)]
     assert all(1 < step <= MAX_SCALE_STEP + 1e-3 for step in steps)
     # The fewest steps that do it, all about the same.
     assert max(steps) / min(steps) < 1.01 and COARSE_LONG_SIDE * MAX_SCALE_STEP ** (len(steps) - 1) < long_side
@@ -174,8 +186,14 @@ def test_with_fewer_iterations_than_scales_the_coarsest_scales_go():
 def test_an_automatic_run_is_the_run_of_its_written_schedule(rainier, autumn_oak, vgg16_random):
     # The schedule is the point, not the network: the two shallowest style layers make each step about 5x cheaper,
     # and the schedule (320 px first at 520 px, the iterations split) is decided by the output's size either way.
-    values = {"size": 520, "iterations": 4, "checkpoint_every": 1, "precision": "fp32", "style_layers": ["relu1_1", "relu2_1"],
-              "content_layers": ["relu2_1"]}
+    values = {
+        "size": 520,
+        "iterations": 4,
+        "checkpoint_every": 1,
+        "precision": "fp32",
+        "style_layers": ["relu1_1", "relu2_1"],
+        "content_layers": ["relu2_1"],
+    }
     backbone = Backbone("vgg16", vgg16_random, get_convention("caffe"), resolve_params(values).layers)
     written = resolve_params(values).with_schedule(*rainier.size)
     automatic, automatic_checkpoints = run(rainier, autumn_oak, backbone, values)
@@ -204,5 +222,5 @@ def test_the_style_is_seen_at_style_scale_times_the_contents_area_at_every_scale
 
 @pytest.mark.parametrize("style_scale", [0.2, 4.5])
 def test_a_style_scale_out_of_its_range_is_refused(style_scale):
-    with pytest.raises(ValueError, match="style_scale must be a number from 0.25 to 4"):
+    with pytest.raises(ValueError, match=r"style_scale must be a number from 0\.25 to 4"):
         resolve_params({"style_scale": style_scale})

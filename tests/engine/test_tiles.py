@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
 
+from shared.memory import BYTES_PER_PIXEL
 from shared.params import resolve_params
 from worker.engine import Backbone, Control, get_convention, transfer
-from shared.memory import BYTES_PER_PIXEL
 from worker.engine.objective import Objective
 from worker.engine.tiles import MIN_PASS_PIXELS, TiledObjective, needs_tiles, one_pass_pixels, plan_tiles
 from worker.engine.transfer import image_to_tensor
@@ -18,8 +17,15 @@ STYLEQ = resolve_params({"precision": "fp32"})
 SIZE, BUDGET = (224, 320), 50_000
 # Runs with layers up to relu4_2 (48-pixel margins), so small pictures make several tiles: a coarse scale in one
 # pass, then the full size, 128 x 192, in 2 x 2 tiles of at most 16,200 pixels.
-TILED_RUN = {"size": [128, 192], "iterations": 6, "checkpoint_every": 1, "scales": [0.5, 1], "scale_iterations": [3, 3], "precision": "fp32",
-             "style_layers": ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]}
+TILED_RUN = {
+    "size": [128, 192],
+    "iterations": 6,
+    "checkpoint_every": 1,
+    "scales": [0.5, 1],
+    "scale_iterations": [3, 3],
+    "precision": "fp32",
+    "style_layers": ["relu1_1", "relu2_1", "relu3_1", "relu4_1"],
+}
 TILED_BUDGET = 16_200
 
 
@@ -37,7 +43,12 @@ def test_tiles_own_every_pixel_once_stay_within_the_budget_and_are_smaller_at_th
         owners[top:bottom, left:right] += 1
         assert tile.pixels <= 512 * 1024
         # The crop reaches the margin past every inner edge of the interior, and stops at the picture's edges.
-        assert tile.crop == (max(0, top - plan.margin), min(1364, bottom + plan.margin), max(0, left - plan.margin), min(2048, right + plan.margin))
+        assert tile.crop == (
+            max(0, top - plan.margin),
+            min(1364, bottom + plan.margin),
+            max(0, left - plan.margin),
+            min(2048, right + plan.margin),
+        )
     assert bool((owners == 1).all())
     # relu5_1 is 16 pixels a step and reads 73 pixels past its own: 80-pixel margins, inner edges on multiples of 16.
     assert plan.margin == 80 and all(edge % 16 == 0 for edge in plan.rows[1:-1] + plan.columns[1:-1])
@@ -77,9 +88,9 @@ def test_the_tiled_losses_and_gradient_are_the_untiled_ones_borders_included(bac
     # One global style target: the gradient is the untiled one everywhere, at the borders between tiles too.
     border = torch.zeros(SIZE, dtype=torch.bool)
     for edge in tiled.plan.rows[1:-1]:
-        border[edge - 8:edge + 8, :] = True
+        border[edge - 8 : edge + 8, :] = True
     for edge in tiled.plan.columns[1:-1]:
-        border[:, edge - 8:edge + 8] = True
+        border[:, edge - 8 : edge + 8] = True
     scale = untiled_gradient.abs().max()
     assert (tiled_gradient - untiled_gradient).abs().max() < 1e-4 * scale
     assert (tiled_gradient - untiled_gradient)[..., border].abs().max() < 1e-4 * scale
@@ -93,8 +104,15 @@ def shallow_backbone(vgg16_random) -> Backbone:
 
 def run(content, style, backbone, max_pass_pixels, values=TILED_RUN, **kwargs):
     checkpoints = []
-    result = transfer(content, style, resolve_params(values), backbone=backbone, on_checkpoint=checkpoints.append,
-                      max_pass_pixels=max_pass_pixels, **kwargs)
+    result = transfer(
+        content,
+        style,
+        resolve_params(values),
+        backbone=backbone,
+        on_checkpoint=checkpoints.append,
+        max_pass_pixels=max_pass_pixels,
+        **kwargs,
+    )
     return result, checkpoints
 
 
@@ -120,8 +138,14 @@ def test_a_run_in_tiles_makes_the_picture_of_a_run_in_one_pass(shallow_backbone,
 def test_a_tiled_run_stopped_anywhere_resumes_exactly(shallow_backbone, rainier, autumn_oak, tiled_run, stop_at):
     whole, whole_checkpoints = tiled_run
     first: list = []
-    stopped = transfer(rainier, autumn_oak, resolve_params(TILED_RUN), backbone=shallow_backbone, max_pass_pixels=TILED_BUDGET,
-                       on_checkpoint=lambda c: (first.append(c), Control.STOP if c.iteration == stop_at else None)[1])
+    stopped = transfer(
+        rainier,
+        autumn_oak,
+        resolve_params(TILED_RUN),
+        backbone=shallow_backbone,
+        max_pass_pixels=TILED_BUDGET,
+        on_checkpoint=lambda c: (first.append(c), Control.STOP if c.iteration == stop_at else None)[1],
+    )
     resumed, rest = run(rainier, autumn_oak, shallow_backbone, TILED_BUDGET, state=stopped.state)
 
     assert stopped.canceled and stopped.state.image.shape[-2:] == ((64, 96) if stop_at == 3 else (128, 192))

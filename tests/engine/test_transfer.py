@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def test_checkpoints_arrive_every_ten_iterations_with_growing_elapsed_time(raini
     _, checkpoints = run(rainier, autumn_oak, seed_backbone, {"preset": "seed", **SMALL})
 
     assert [c.iteration for c in checkpoints] == [10, 20, 30]
-    assert all(later.elapsed_s > earlier.elapsed_s > 0 for earlier, later in zip(checkpoints, checkpoints[1:]))
+    assert all(later.elapsed_s > earlier.elapsed_s > 0 for earlier, later in itertools.pairwise(checkpoints))
     for checkpoint in checkpoints:
         # The total counts the style term ten times, as the notebook's `10 * styles_l` does.
         assert checkpoint.total == pytest.approx(10 * checkpoint.style + checkpoint.content + checkpoint.tv, rel=1e-5)
@@ -69,7 +70,9 @@ def test_callback_asking_to_stop_cancels_at_that_checkpoint(rainier, autumn_oak,
         seen.append(checkpoint.iteration)
         return Control.STOP if checkpoint.iteration == 20 else Control.CONTINUE
 
-    result = transfer(rainier, autumn_oak, resolve_params({"preset": "seed", **SMALL}), backbone=seed_backbone, on_checkpoint=stop_at_twenty)
+    result = transfer(
+        rainier, autumn_oak, resolve_params({"preset": "seed", **SMALL}), backbone=seed_backbone, on_checkpoint=stop_at_twenty
+    )
 
     assert seen == [10, 20]
     assert result.canceled and result.iteration == 20 and result.state.iteration == 20
@@ -118,7 +121,9 @@ def test_resuming_with_other_parameters_is_refused(rainier, autumn_oak, seed_bac
     first, _ = run(rainier, autumn_oak, seed_backbone, {"preset": "seed", **SMALL})
 
     with pytest.raises(ValueError, match="other parameters"):
-        transfer(rainier, autumn_oak, resolve_params({"preset": "seed", **SMALL, "tv_weight": 1.0}), backbone=seed_backbone, state=first.state)
+        transfer(
+            rainier, autumn_oak, resolve_params({"preset": "seed", **SMALL, "tv_weight": 1.0}), backbone=seed_backbone, state=first.state
+        )
 
 
 def test_resuming_a_finished_run_returns_at_once(rainier, autumn_oak, seed_backbone):

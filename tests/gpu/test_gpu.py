@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 from shared.migrate import upgrade_database
-from shared.settings import load_settings
 from shared.params import resolve_params
+from shared.settings import load_settings
+from worker.downloads import load_or_pull
 from worker.engine import Backbone, Control, TransferJob, get_convention, resolve_precision, transfer, transfer_batch
 from worker.engine.losses import gram_matrices
-from worker.downloads import load_or_pull
 from worker.engine.weights import is_pulled
 
 pytestmark = [
@@ -108,7 +108,9 @@ def test_the_gram_of_bf16_features_on_tensor_cores_and_its_gradient_match_fp64()
     # The GPU's own bf16 x bf16 -> fp32 products (tests/engine/test_precision.py checks the same arithmetic widened on a CPU).
     generator = torch.Generator().manual_seed(0)
     shape = (2, 64, 150, 225)
-    features = (torch.randn(shape, generator=generator) * 50).relu().to(torch.bfloat16).to(DEVICE).contiguous(memory_format=torch.channels_last)
+    features = (
+        (torch.randn(shape, generator=generator) * 50).relu().to(torch.bfloat16).to(DEVICE).contiguous(memory_format=torch.channels_last)
+    )
     target = gram_matrices((torch.randn(shape, generator=generator) * 50).relu().to(DEVICE))
     exact = features.double().requires_grad_(True)
     exact_gram = torch.bmm(exact.flatten(2), exact.flatten(2).transpose(1, 2)) / exact[0].numel()
@@ -129,10 +131,14 @@ def test_the_gram_of_bf16_features_on_tensor_cores_and_its_gradient_match_fp64()
 def test_a_batch_of_three_equals_three_separate_runs(backbone, images_dir):
     contents = [Image.open(images_dir / name).convert("RGB") for name in ("rainier.jpg", "tubingen.jpg", "shipwreck.jpg")]
     styles = [Image.open(images_dir / name).convert("RGB") for name in ("autumn-oak.jpg", "starry_night.jpg", "the_scream.jpg")]
-    params = [resolve_params({"size": [64, 96], "iterations": 8, "checkpoint_every": 2, "precision": "fp32", "seed": seed}) for seed in range(3)]
+    params = [
+        resolve_params({"size": [64, 96], "iterations": 8, "checkpoint_every": 2, "precision": "fp32", "seed": seed}) for seed in range(3)
+    ]
     batched: dict[int, list] = {index: [] for index in range(3)}
     results = transfer_batch(
-        [TransferJob(c, s, p) for c, s, p in zip(contents, styles, params)], backbone=backbone, device=DEVICE,
+        [TransferJob(c, s, p) for c, s, p in zip(contents, styles, params)],
+        backbone=backbone,
+        device=DEVICE,
         on_checkpoint=lambda index, checkpoint: batched[index].append(checkpoint),
     )
     for index in range(3):
@@ -163,8 +169,13 @@ def test_cuda_graph_replays_give_the_losses_of_eager_iterations(backbone, rainie
     found = {}
     for graphs in (False, True):
         checkpoints: list = []
-        transfer_batch([TransferJob(rainier, autumn_oak, params)], backbone=backbone, device=DEVICE, cuda_graphs=graphs,
-                       on_checkpoint=lambda _index, checkpoint: checkpoints.append(checkpoint))
+        transfer_batch(
+            [TransferJob(rainier, autumn_oak, params)],
+            backbone=backbone,
+            device=DEVICE,
+            cuda_graphs=graphs,
+            on_checkpoint=lambda _index, checkpoint, into=checkpoints: into.append(checkpoint),
+        )
         found[graphs] = checkpoints
     assert [c.iteration for c in found[True]] == [c.iteration for c in found[False]] == list(range(5, 41, 5))
     # The same kernels in the same order; cuDNN's algorithm choice may differ between the two, nothing else.
@@ -176,10 +187,18 @@ def test_a_graphed_run_stopped_midway_resumes_on_the_gpu_and_its_state_loads_on_
     whole: list = []
     transfer(rainier, autumn_oak, params, backbone=backbone, device=DEVICE, on_checkpoint=whole.append)
     first: list = []
-    stopped = transfer(rainier, autumn_oak, params, backbone=backbone, device=DEVICE,
-                       on_checkpoint=lambda c: (first.append(c), Control.STOP if c.iteration == 20 else Control.CONTINUE)[1])
+    stopped = transfer(
+        rainier,
+        autumn_oak,
+        params,
+        backbone=backbone,
+        device=DEVICE,
+        on_checkpoint=lambda c: (first.append(c), Control.STOP if c.iteration == 20 else Control.CONTINUE)[1],
+    )
     assert stopped.canceled and stopped.state.iteration == 20
-    assert all(not isinstance(group["lr"], torch.Tensor) and not group.get("capturable") for group in stopped.state.optimizer["param_groups"])
+    assert all(
+        not isinstance(group["lr"], torch.Tensor) and not group.get("capturable") for group in stopped.state.optimizer["param_groups"]
+    )
     rest: list = []
     transfer(rainier, autumn_oak, params, backbone=backbone, device=DEVICE, state=stopped.state, on_checkpoint=rest.append)
     assert [c.iteration for c in first + rest] == list(range(5, 41, 5))
@@ -199,8 +218,12 @@ def test_a_job_canceled_in_a_graphed_batch_leaves_the_others_as_they_run_alone(b
         batched[index].append(checkpoint)
         return Control.STOP if index == 1 and checkpoint.iteration == 10 else Control.CONTINUE
 
-    results = transfer_batch([TransferJob(c, autumn_oak, p) for c, p in zip(contents, params)], backbone=backbone, device=DEVICE,
-                             on_checkpoint=cancel_the_middle_job_at_ten)
+    results = transfer_batch(
+        [TransferJob(c, autumn_oak, p) for c, p in zip(contents, params)],
+        backbone=backbone,
+        device=DEVICE,
+        on_checkpoint=cancel_the_middle_job_at_ten,
+    )
     assert results[1].canceled and results[1].iteration == 10
     for index in (0, 2):
         alone: list = []
@@ -224,7 +247,9 @@ def test_a_worker_pinned_to_gpu_0_runs_a_job_whose_record_names_the_gpu(tmp_path
     from tests.services import Client, Process, make_key, start_api
 
     environment = {
-        **os.environ, "STYLEQ_DATA_DIR": str(tmp_path / "data"), "STYLEQ_MODEL_DIR": str(weights_dir),
+        **os.environ,
+        "STYLEQ_DATA_DIR": str(tmp_path / "data"),
+        "STYLEQ_MODEL_DIR": str(weights_dir),
         "STYLEQ_QUEUE": f"styleq-gpu-test-{uuid.uuid4().hex[:8]}",
     }
     for name in ("STYLEQ_DATABASE_URL", "STYLEQ_BROKER_URL"):

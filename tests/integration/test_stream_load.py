@@ -60,8 +60,24 @@ def start_gevent_api(environment: dict[str, str], log_dir: Path, name: str) -> t
     """Start the API as `styleq up` does (gunicorn's gevent worker) on a free loopback port; return it and its URL."""
     port = free_port()
     command = [
-        sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_config", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-        "--worker-class", "gevent", "--worker-connections", "100", "--graceful-timeout", "2", "--forwarded-allow-ips", "", "api:create_app()",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:api.gunicorn_config",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--worker-class",
+        "gevent",
+        "--worker-connections",
+        "100",
+        "--graceful-timeout",
+        "2",
+        "--forwarded-allow-ips",
+        "",
+        "api:create_app()",
     ]
     process, url = Process(name, command, environment, log_dir), f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -86,9 +102,13 @@ def stream_status(url: str, key: str, job_id: str) -> tuple[int, requests.Respon
 def test_a_killed_api_process_frees_its_stream_slots_after_their_expiry(store, tmp_path, models_dir, caffe_weights):
     environment = {
         **{name: value for name, value in os.environ.items() if not name.startswith("STYLEQ_")},
-        "STYLEQ_DATA_DIR": str(tmp_path / "data"), "STYLEQ_MODEL_DIR": str(models_dir), "STYLEQ_SECRET_KEY": "styleq-tests-slots",
-        "STYLEQ_MAX_STREAMS_PER_KEY": "1", "STYLEQ_STREAM_SLOT_TTL_SECONDS": str(SLOT_TTL_SECONDS),
-        "STYLEQ_MAX_REQUESTS_PER_MINUTE": "0", "STYLEQ_QUEUE": f"styleq-slots-{uuid.uuid4().hex[:8]}",
+        "STYLEQ_DATA_DIR": str(tmp_path / "data"),
+        "STYLEQ_MODEL_DIR": str(models_dir),
+        "STYLEQ_SECRET_KEY": "styleq-tests-slots",
+        "STYLEQ_MAX_STREAMS_PER_KEY": "1",
+        "STYLEQ_STREAM_SLOT_TTL_SECONDS": str(SLOT_TTL_SECONDS),
+        "STYLEQ_MAX_REQUESTS_PER_MINUTE": "0",
+        "STYLEQ_QUEUE": f"styleq-slots-{uuid.uuid4().hex[:8]}",
     }
     if store == "redis":
         ensure_redis()
