@@ -337,11 +337,31 @@ def test_sigterm_hands_the_running_job_back_and_the_worker_exits_at_once(drill, 
     assert drill.history(job_id) == whole(iterations)
 
 
+def keep_both_workers_busy(drill: Drill, images_dir: Path, iterations: int, timeout: float = 180) -> list[str]:
+    """Submit jobs until two run at once, each with at least half its iterations ahead; return every job submitted.
+
+    A worker whose pool process is new (the drill before restarts one) first loads torch and the weights, so the
+    other worker's job may end before the second starts; a free worker would then take the next job at once.
+    """
+    submitted: list[str] = []
+    running: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = {job_id: drill.client.job(job_id) for job_id in submitted}
+        running = [job_id for job_id, job in jobs.items() if job["status"] == "running" and job["iteration"] < iterations // 2]
+        if len(running) == 2:
+            return submitted
+        unfinished = [job_id for job_id, job in jobs.items() if job["status"] not in FINAL]
+        if len(unfinished) < 2:
+            submitted.append(drill.submit(images_dir, {"size": SMALL, "iterations": iterations}))
+        if time.monotonic() > deadline:
+            pytest.fail(f"two jobs never ran at once: {jobs}")
+        time.sleep(0.1)
+
+
 def test_jobs_whose_messages_the_broker_lost_run_within_about_a_minute(drill, images_dir, record):
     # Two jobs keep both workers busy past the wipe (and end before the lost message is due again).
-    busy = [drill.submit(images_dir, {"size": SMALL, "iterations": drill.iterations(600, 120)}) for _ in range(2)]
-    for job_id in busy:
-        drill.client.wait_for(job_id, lambda j: j["status"] == "running")
+    busy = keep_both_workers_busy(drill, images_dir, drill.iterations(600, 120))
     waiting = drill.submit(images_dir, {"size": SMALL, "iterations": 20})
 
     # Redis loses everything (a restart of a Redis that keeps nothing on disk), the waiting job's message included.
