@@ -224,8 +224,13 @@ class Process:
         self.popen.wait(30)
 
 
-def start_api(environment: dict[str, str], log_dir: Path, name: str = "api", processes: int = 1) -> tuple[Process, str]:
-    """Start the API under gunicorn, `processes` worker processes, on a free port (with SECRET_KEY) and wait until it answers; return it and its URL."""
+def start_api(
+    environment: dict[str, str], log_dir: Path, name: str = "api", processes: int = 1, worker_class: str = "gthread"
+) -> tuple[Process, str]:
+    """Start the API under gunicorn, `processes` worker processes, on a free port (with SECRET_KEY) and wait until it answers; return it and its URL.
+
+    `worker_class` "gevent" serves it as `styleq up` and compose do (an open event stream holds no thread).
+    """
     port = free_port()
     environment = {**environment, "STYLEQ_SECRET_KEY": SECRET_KEY}
     command = [
@@ -239,9 +244,8 @@ def start_api(environment: dict[str, str], log_dir: Path, name: str = "api", pro
         "--workers",
         str(processes),
         "--worker-class",
-        "gthread",
-        "--threads",
-        "16",
+        worker_class,
+        *(["--worker-connections", "100"] if worker_class == "gevent" else ["--threads", "16"]),
         "--graceful-timeout",
         "2",
         "--forwarded-allow-ips",
@@ -250,10 +254,10 @@ def start_api(environment: dict[str, str], log_dir: Path, name: str = "api", pro
     ]
     process = Process(name, command, environment, log_dir)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while True:
         try:
-            if requests.get(f"{url}/healthz", timeout=1).ok:
+            if requests.get(f"{url}/healthz", timeout=2).ok:
                 return process, url
         except requests.RequestException:
             pass
