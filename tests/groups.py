@@ -26,8 +26,11 @@ def deployment_group(item: pytest.Item) -> str | None:
             backend = (
                 f":{parameter_id(definitions[-1], callspec.indices[name])}" if callspec is not None and name in callspec.indices else ""
             )
-            # The defining conftest's folder or test module: tests/browser and tests/integration/test_monitoring.py both name theirs `deployment`.
-            group = f"{definitions[-1].baseid}::{name}{backend}"
+            # A module-scoped fixture starts one deployment per test module, wherever it is defined (the drill modules
+            # share tests/integration's `drill`); a session-scoped one, one per definition: the defining conftest's
+            # folder or test module (tests/browser and tests/integration/test_monitoring.py both name theirs `deployment`).
+            where = item.nodeid.partition("::")[0] if definitions[-1].scope == "module" else definitions[-1].baseid
+            group = f"{where}::{name}{backend}"
             # xdist reads the group after the last '@' of a node id only when no ']' follows it.
             assert "@" not in group and "]" not in group, f"xdist cannot read the group name {group!r}"
             return group

@@ -198,7 +198,8 @@ class Process:
     def __init__(self, name: str, command: list[str], environment: dict[str, str], log_dir: Path) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
-        self.log = self.log_path.open("wb")
+        # Appended to: a process restarted under the same name (a drill's victim) keeps its predecessor's lines for the reader.
+        self.log = self.log_path.open("ab")
         self.popen = subprocess.Popen(command, env=environment, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:

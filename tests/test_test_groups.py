@@ -12,7 +12,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # A project whose conftest takes the grouping hook tests/conftest.py takes (tests/groups.py), with deployment fixtures named as the real ones are.
-CONFTEST = "from tests.groups import pytest_collection_modifyitems  # noqa: F401 (the hook under test)\n"
+CONFTEST = """
+import pytest
+
+from tests.groups import pytest_collection_modifyitems  # noqa: F401 (the hook under test)
+
+
+# Module-scoped and defined once for several test modules, as tests/integration's `drill` is: a deployment per module.
+@pytest.fixture(scope="module", params=[pytest.param(object(), id="fast")])
+def drill(request):
+    return request.param
+"""
+# Two more modules of drills, each taking the conftest's module-scoped fixture.
+DRILLS = """
+import pytest
+
+@pytest.mark.parametrize("n", range(4))
+def test_in_a_drill(drill, n):
+    pass
+"""
 TESTS = """
 import pytest
 
@@ -42,6 +60,8 @@ def test_each_deployment_s_tests_run_on_one_worker_in_a_group_of_their_own(tmp_p
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "test_deployments.py").write_text(TESTS)
+    (tmp_path / "test_worker_drills.py").write_text(DRILLS)
+    (tmp_path / "test_server_drills.py").write_text(DRILLS)
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
 
     run = subprocess.run(
@@ -66,6 +86,8 @@ def test_each_deployment_s_tests_run_on_one_worker_in_a_group_of_their_own(tmp_p
         "test_deployments.py::service:embedded",
         "test_deployments.py::service:postgres+redis",
         "test_deployments.py::drill:fast",
+        "test_worker_drills.py::drill:fast",
+        "test_server_drills.py::drill:fast",
     }, run.stdout
     assert all(len(on) == 1 for on in workers.values()), dict(workers)
     assert ungrouped == 8, run.stdout

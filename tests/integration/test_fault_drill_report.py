@@ -11,12 +11,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Drills shaped like tests/integration/test_fault_drills.py's, with its own `record` fixture and no services:
+# Drills shaped like the fault drills, with their `record` fixture (tests/integration/drills.py) and no services:
 # one keeps its promise, one breaks it (its time is printed all the same), and one records a time in a fixture's teardown.
 DRILLS = """
 import pytest
 
-from tests.integration.test_fault_drills import record
+from tests.integration.drills import record
 
 
 @pytest.fixture
