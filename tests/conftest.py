@@ -102,7 +102,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-# The recovery times the fault drills measured (tests/integration/test_fault_drills.py), from their test reports.
+# The recovery times the fault drills measured (tests/integration/test_fault_drills_*.py), from their test reports.
 _FIGURES: list[str] = []
 _DRILL_TIMES: list[tuple[str, float, float]] = []
 

@@ -198,8 +198,10 @@ class Process:
     def __init__(self, name: str, command: list[str], environment: dict[str, str], log_dir: Path) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
-        # Appended to: a process restarted under the same name (a drill's victim) keeps its predecessor's lines for the reader.
-        self.log = self.log_path.open("ab")
+        # A process restarted under the same name (a drill's victim) leaves its predecessor's log beside its own, numbered.
+        if self.log_path.exists():
+            self.log_path.rename(log_dir / f"{name}.{len(list(log_dir.glob(f'{name}.*.log'))) + 1}.log")
+        self.log = self.log_path.open("wb")
         self.popen = subprocess.Popen(command, env=environment, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:
