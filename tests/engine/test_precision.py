@@ -11,18 +11,43 @@ import torch
 from shared.params import resolve_params
 from tests.conftest import random_vgg_state
 from worker.engine import Backbone, build_backbone, get_convention, losses, native_bf16, resolve_precision, transfer
+from worker.engine import precision as precisions
 from worker.engine.graphs import portable_optimizer_state
 from worker.engine.losses import gram_matrices, style_losses
 from worker.engine.objective import Objective
 from worker.engine.precision import network_precision
 
 
-def test_auto_is_bf16_exactly_where_the_device_computes_it_natively():
-    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16("cpu") else "fp32")
+def test_auto_is_bf16_exactly_where_the_device_computes_it_natively_and_faster():
+    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16("cpu") and precisions._cpu_bf16_is_faster() else "fp32")
     assert resolve_precision("fp32", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, auto"):
         resolve_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize(
+    ("native", "bf16_seconds", "fp32_seconds", "chosen"),
+    [(True, 0.5, 1.0, "bf16"), (True, 1.3, 1.0, "fp32"), (True, 0.95, 1.0, "fp32"), (False, 0.5, 1.0, "fp32")],
+    ids=["native and twice as fast", "native and slower", "native and about even", "emulated"],
+)
+def test_on_a_cpu_auto_takes_bf16_only_where_it_is_native_and_clearly_faster(monkeypatch, native, bf16_seconds, fp32_seconds, chosen):
+    monkeypatch.setattr(precisions, "native_bf16", lambda device: native)
+    monkeypatch.setattr(precisions, "_timed_rounds", lambda: [(bf16_seconds, fp32_seconds)] * 5)
+    # This process's own timing is cached; the check runs uncached against the timings above.
+    monkeypatch.setattr(precisions, "_cpu_bf16_is_faster", precisions._cpu_bf16_is_faster.__wrapped__)
+
+    assert precisions.resolve_precision("auto", "cpu") == chosen
+    assert precisions.resolve_precision("fp32", "cpu") == "fp32" and precisions.resolve_precision("bf16", "cpu") == "bf16"
+
+
+def test_the_cpu_timing_times_both_precisions_and_is_taken_once_per_process():
+    rounds = precisions._timed_rounds(rounds=2)
+    assert len(rounds) == 2 and all(bf16 > 0 and fp32 > 0 for bf16, fp32 in rounds)
+
+    first = precisions._cpu_bf16_is_faster()
+    hits = precisions._cpu_bf16_is_faster.cache_info().hits
+    assert precisions._cpu_bf16_is_faster() is first and precisions._cpu_bf16_is_faster.cache_info().hits == hits + 1
 
 
 def test_presets_keep_the_seed_exact_and_let_styleq_choose():

@@ -1,13 +1,27 @@
-"""Which arithmetic the network runs in: fp32, or bf16 where the device computes it natively."""
+"""Which arithmetic the network runs in: fp32, or bf16 where the device computes it natively and faster."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
+import logging
+import statistics
+import time
 from collections.abc import Iterator
 
 import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "auto")
+# A CPU's bf16 must beat fp32 by this much in the timing for `auto` to choose it: where the two are about even,
+# fp32's exact arithmetic wins.
+BF16_MARGIN = 0.9
+# The convolutions the timing runs, forward and backward to the input: (channels, side) of VGG16's first,
+# third and fourth blocks at a small picture's sizes, each 3x3 as the network's.
+_PROBE_LAYERS = ((64, 128), (256, 32), (512, 16))
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -31,8 +45,63 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return "bf16" if bf16_pays(device) else "fp32"
     return precision
+
+
+def bf16_pays(device: torch.device | str) -> bool:
+    """Tell whether `auto` runs the network in bf16 on `device`: a CUDA GPU with native bf16; a CPU with native bf16 where it is faster.
+
+    A CPU's native bf16 is not always the faster: AVX-512 BF16 on an AMD Zen 4 ran a job about twice as fast as
+    fp32, on an Intel Xeon (family 6, model 207, no AMX) 1.2-1.4x slower at every size from 32x48 to 300x450
+    (`python -m bench.precision`). So on a CPU it is timed once per process (`_cpu_bf16_is_faster`).
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return native_bf16(device) and _cpu_bf16_is_faster()
+    return native_bf16(device)
+
+
+@functools.cache
+def _cpu_bf16_is_faster() -> bool:
+    """Tell whether bf16 beat fp32 by `BF16_MARGIN` in the medians of `_timed_rounds`: once per process, about a second."""
+    bf16_seconds, fp32_seconds = (statistics.median(times) for times in zip(*_timed_rounds()))
+    faster = bf16_seconds < BF16_MARGIN * fp32_seconds
+    log.info(
+        "bf16 convolutions took %.2fx fp32's on this CPU: auto precision is %s", bf16_seconds / fp32_seconds, "bf16" if faster else "fp32"
+    )
+    return faster
+
+
+def _timed_rounds(rounds: int = 5) -> list[tuple[float, float]]:
+    """Time a few of VGG16's convolutions, forward and backward to the input, in bf16 (channels-last, as the backbone runs them) and in fp32.
+
+    Returns (bf16 seconds, fp32 seconds) for each round, on the threads torch has now. The two alternate, so a
+    machine busy with something else slows both alike.
+    """
+    generator = torch.Generator().manual_seed(0)
+    layers = [
+        (nn.Conv2d(channels, channels, 3, padding=1), torch.randn(1, channels, side, side, generator=generator))
+        for channels, side in _PROBE_LAYERS
+    ]
+    bf16_layers = [
+        (
+            copy.deepcopy(conv).to(torch.bfloat16).to(memory_format=torch.channels_last),
+            picture.to(torch.bfloat16).to(memory_format=torch.channels_last),
+        )
+        for conv, picture in layers
+    ]
+
+    def seconds(bf16: bool) -> float:
+        started = time.perf_counter()
+        for conv, picture in bf16_layers if bf16 else layers:
+            picture = picture.detach().requires_grad_(True)
+            conv(picture).float().square().sum().backward()
+        return time.perf_counter() - started
+
+    for bf16 in (True, False, True, False):  # the kernels are chosen and built on first use
+        seconds(bf16)
+    return [(seconds(True), seconds(False)) for _ in range(rounds)]
 
 
 @contextlib.contextmanager
