@@ -37,12 +37,12 @@ def test_job_of_a_killed_worker_resumes_elsewhere_from_its_saved_state(service, 
 
 
 def test_a_coarse_to_fine_job_killed_at_its_middle_scale_resumes_there(service, images_dir):
-    schedule = {"scales": [0.5, 0.75, 1], "scale_iterations": [100, 400, 100]}
+    schedule = {"scales": [0.5, 0.75, 1], "scale_iterations": [40, 160, 40]}
     job = service.alice.submit(
-        images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {"size": [64, 96], "iterations": 600, **schedule}
+        images_dir / "rainier.jpg", images_dir / "autumn-oak.jpg", {"size": [64, 96], "iterations": 240, **schedule}
     ).json()
-    # Iterations 101 to 500 run at three quarters of the size; by 160 a state has been saved there.
-    running = service.alice.wait_for(job["id"], lambda j: j["status"] == "running" and j["iteration"] >= 160)
+    # Iterations 41 to 200 run at three quarters of the size; by 80 a state has been saved there (every 20 iterations).
+    running = service.alice.wait_for(job["id"], lambda j: j["status"] == "running" and j["iteration"] >= 80)
     node = running["worker"].split("/")[0]
     victim = next(worker for worker in service.workers if node.startswith(f"{worker.name}@"))
 
@@ -54,13 +54,13 @@ def test_a_coarse_to_fine_job_killed_at_its_middle_scale_resumes_there(service, 
         victim.stop()
         service.workers[service.workers.index(victim)] = start_worker(service.environment, service.log_dir, victim.name)
 
-    assert running["iteration"] < 500, "the drill was too slow to kill the worker at the middle scale"
+    assert running["iteration"] < 200, "the drill was too slow to kill the worker at the middle scale"
     # At the middle scale: where the state the killed worker wrote last was (possibly after `running` was seen).
-    assert 100 < resumed["resumed_from"] <= 500 and done["status"] == "succeeded"
+    assert 40 < resumed["resumed_from"] <= 200 and done["status"] == "succeeded"
     checkpoints = service.alice.get(f"/v1/jobs/{job['id']}/checkpoints?limit=1000").json()["checkpoints"]
     # The history spans the three scales, once each, with no second start at the coarse one.
     assert [(c["iteration"], c["scale"]) for c in checkpoints] == [
-        (i, 0.5 if i <= 100 else 0.75 if i <= 500 else 1.0) for i in range(10, 601, 10)
+        (i, 0.5 if i <= 40 else 0.75 if i <= 200 else 1.0) for i in range(10, 241, 10)
     ]
 
 
