@@ -26,11 +26,11 @@ STOPPING = threading.Event()
 def stop_on_sigterm() -> Iterator[None]:
     """While the block runs a job, SIGTERM asks it to hand back instead of killing the process.
 
-    Between jobs the pool's own handler stays, so an idle pool process still exits at once. A job
-    starts only while the worker is not shutting down (it stops taking messages first), so each
-    starts with the flag clear.
+    Between jobs the pool's own handler stays, so an idle pool process still exits at once. The flag,
+    once set, stays set: a worker shutting down may still hand its pool a message (the embedded broker's
+    transport did, the message of the very job just handed back), and the runner sends such a job back at
+    once instead of running it to the end in a worker that is meant to exit.
     """
-    STOPPING.clear()
     previous = signal.signal(signal.SIGTERM, lambda *_: STOPPING.set())
     try:
         yield
