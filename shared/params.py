@@ -464,10 +464,12 @@ def _poolings_before(layer: str) -> int:
     return block if layer.startswith("pool") else block - 1
 
 
-def auto_scales(height: int, width: int, minimum_side: int, iterations: int | None = None) -> tuple[float, ...]:
+def auto_scales(
+    height: int, width: int, minimum_side: int, iterations: int | None = None, first_long_side: int = COARSE_LONG_SIDE
+) -> tuple[float, ...]:
     """Return the coarse-to-fine scales for an output of (height, width): one pass when it is small.
 
-    The first scale is about COARSE_LONG_SIDE pixels on the long side (more where the short side would fall
+    The first scale is about `first_long_side` pixels on the long side (more where the short side would fall
     under what the network's deepest layer needs, `minimum_side`, or under MIN_SCALE_SIDE); each next scale is at
     most MAX_SCALE_STEP times larger, in equal steps, up to 1. With fewer `iterations` than scales, the
     coarsest go, so every scale gets one.
@@ -475,7 +477,7 @@ def auto_scales(height: int, width: int, minimum_side: int, iterations: int | No
     long, short = max(height, width), min(height, width)
     if long <= ONE_PASS_LONG_SIDE:
         return (1.0,)
-    first = min(1.0, max(COARSE_LONG_SIDE / long, max(minimum_side, MIN_SCALE_SIDE) / short, MIN_SCALE))
+    first = min(1.0, max(first_long_side / long, max(minimum_side, MIN_SCALE_SIDE) / short, MIN_SCALE))
     steps = math.ceil(math.log(1 / first) / math.log(MAX_SCALE_STEP) - 1e-9)
     # Equal ratios from the first scale to 1: the steps are as even as the fewest of them allows.
     ratio = (1 / first) ** (1 / steps) if steps else 1.0

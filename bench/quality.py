@@ -1,0 +1,414 @@
+"""Pictures at size judged by content and style: every pair of the handed-out images, at every size, each method.
+
+    .venv/bin/python -m bench.quality [--sizes 450,1024] [--large-size 2048] [--large-pairs 2]
+        [--methods default,one-pass,previous,nst-multires] [--contents a.jpg,b.jpg] [--styles c.jpg,d.jpg]
+        [--pairs N] [--iterations N] [--peer-iterations 500,200] [--output DIR] [--device auto|cpu|cuda]
+
+Pairs: every content photo x every style picture of ../shared/images (their roles read from its SOURCES.md, or
+given by --contents and --styles). Each pair is made at every --sizes long side, and the first --large-pairs
+pairs (taken so that each photo comes up in turn) also at --large-size. Methods:
+- `default`: the `styleq` preset as a job gets it (only the size given): its automatic schedule at every size;
+- `one-pass`: one scale at full size, stopped when the default has run as long on the same pair and size (only
+  where the default itself is more than one pass);
+- `first-512`: a candidate schedule: a first scale about 512 px long, a whole job at one pass's size that
+  settles the picture, with 80 % of the iterations; the finer scales (at most 2x a step) share the rest evenly;
+- `previous`: the automatic schedule before issue 23 (a first scale about 320 px long, iterations in inverse
+  proportion to each scale's pixels), given as explicit `scales` and `scale_iterations`;
+- `nst-multires`: neural-style-pt (PyPI neural-style==0.5.7, fp32, its defaults) as its users make large
+  pictures: a first run at 512 px, then its result as `-init image -init_image` at the size (--peer-iterations
+  sets each run's iterations; only at sizes above 512; CPU only).
+
+Two measures of each picture at its own size, on the real vgg16-caffe weights in fp32, whatever the job's own
+loss settings (so a method cannot win by changing what it is measured with):
+- content distance: |F(x) - F(c)|^2 / |F(c)|^2 at relu4_2, with c the photo resized to the picture's size
+  (lower keeps more of the photo);
+- style distance: the sum over relu1_1..relu5_1 of |G(x) - G(s)|^2 / |G(s)|^2 (G the Gram matrix, s the style
+  picture at the picture's area in its own proportions), divided by the same sum for the photo itself: 1.0 is
+  unstyled, lower is more stylised.
+Prints one table for all the pictures with each one's wall time, then the issue's checks (each large default
+against its own 450 px picture and against one pass in the same time; the default against nst-multires), and
+writes each picture and one contact sheet per method (pairs down, sizes across) into --output.
+Needs `styleq weights pull vgg16-caffe`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from bench.common import IMAGES, ROOT, add_device_argument, device_name, pick_device, synchronize
+from bench.peers import PEER_OUT, PEERS, install_peer, run_peer, write_peer_model
+from shared.params import TransferParams, auto_scales, resolve_params, split_iterations
+from shared.settings import load_settings
+from worker.downloads import load_or_pull
+from worker.engine import Backbone, Control, build_backbone, transfer
+from worker.engine.losses import gram
+from worker.engine.transfer import image_to_tensor
+from worker.engine.weights import LoadedWeights
+
+CONTENT_LAYER = "relu4_2"
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+METHODS = ("default", "one-pass", "first-512", "previous", "nst-multires")
+# The schedule before issue 23: a first scale about this many pixels on the long side.
+PREVIOUS_FIRST_LONG_SIDE = 320
+# The candidate schedule: a first scale about as large as a one-pass picture, which gets this share of the iterations.
+CANDIDATE_FIRST_LONG_SIDE = 512
+CANDIDATE_FIRST_SHARE = 0.8
+# neural-style-pt's first run of its multi-resolution recipe, on the long side.
+PEER_FIRST_SIZE = 512
+THUMBNAIL_HEIGHT = 320
+
+
+@dataclass
+class Picture:
+    """One method's picture of one pair at one size, and how it measures."""
+
+    content: str
+    style: str
+    size: int
+    method: str
+    seconds: float
+    iterations: int
+    content_distance: float
+    style_distance: float
+    path: str
+
+    @property
+    def pair(self) -> str:
+        return f"{Path(self.content).stem} x {Path(self.style).stem}"
+
+
+class Judge:
+    """The two measures, on fp32 VGG16 features of a picture at its own size."""
+
+    def __init__(self, weights: LoadedWeights, device: torch.device) -> None:
+        self.device = device
+        self.layers = (CONTENT_LAYER, *STYLE_LAYERS)
+        self.backbone = Backbone(weights.architecture, weights.state_dict, weights.convention, self.layers).to(device).eval()
+
+    @torch.no_grad()
+    def features(self, picture: Image.Image, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        rgb = image_to_tensor(picture, size).to(self.device)
+        return {name: value.float() for name, value in self.backbone(self.backbone.convention.normalize(rgb), self.layers).items()}
+
+    def _style_sum(self, found: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> float:
+        return sum(float((gram(found[name]) - target).square().sum() / target.square().sum()) for name, target in targets.items())
+
+    def measure(self, picture: Image.Image, content: Image.Image, style: Image.Image) -> tuple[float, float]:
+        """Return (content distance, style distance) of `picture` for its pair, at the picture's size."""
+        size = (picture.height, picture.width)
+        scale = (picture.width * picture.height / (style.width * style.height)) ** 0.5
+        style_size = (max(32, round(style.height * scale)), max(32, round(style.width * scale)))
+        ours, photo = self.features(picture, size), self.features(content, size)
+        targets = {name: gram(value) for name, value in self.features(style, style_size).items() if name in STYLE_LAYERS}
+        found, expected = ours[CONTENT_LAYER], photo[CONTENT_LAYER]
+        content_distance = float((found - expected).square().sum() / expected.square().sum())
+        style_distance = self._style_sum(ours, targets) / self._style_sum(photo, targets)
+        return content_distance, style_distance
+
+
+def image_roles(folder: Path) -> tuple[list[str], list[str]]:
+    """Return the content photos and the style pictures of `folder`, from the role column of its SOURCES.md table."""
+    sources = folder / "SOURCES.md"
+    if not sources.is_file():
+        raise SystemExit(f"{sources} not found: name the pictures with --contents and --styles")
+    contents: list[str] = []
+    styles: list[str] = []
+    for line in sources.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and (folder / cells[0]).is_file():
+            role = cells[1].lower()
+            (contents if role.startswith("content") else styles if role.startswith("style") else []).append(cells[0])
+    return contents, styles
+
+
+def previous_schedule(params: TransferParams, content: Image.Image) -> dict[str, object]:
+    """Return the scales and iterations the automatic schedule gave before issue 23, as explicit parameters."""
+    height, width = params.output_size(*content.size)
+    scales = auto_scales(height, width, params.minimum_side, params.iterations, first_long_side=PREVIOUS_FIRST_LONG_SIDE)
+    if len(scales) == 1:
+        return {"scales": [1.0]}
+    return {"scales": list(scales), "scale_iterations": list(split_iterations(params.iterations, scales))}
+
+
+def candidate_schedule(params: TransferParams, content: Image.Image) -> dict[str, object]:
+    """Return the `first-512` schedule for this output, as explicit parameters."""
+    height, width = params.output_size(*content.size)
+    scales = auto_scales(height, width, params.minimum_side, params.iterations, first_long_side=CANDIDATE_FIRST_LONG_SIDE)
+    if len(scales) == 1:
+        return {"scales": [1.0]}
+    finer = len(scales) - 1
+    first = min(params.iterations - finer, max(1, round(params.iterations * CANDIDATE_FIRST_SHARE)))
+    rest, extra = divmod(params.iterations - first, finer)
+    return {"scales": list(scales), "scale_iterations": [first, *(rest + (index < extra) for index in range(finer))]}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, weights: LoadedWeights, device: torch.device) -> None:
+        self.args = args
+        self.weights = weights
+        self.device = device
+        self.judge = Judge(weights, device)
+        self.output: Path = args.output
+        self.pictures: list[Picture] = []
+
+    def _engine(
+        self, values: dict[str, object], content: Image.Image, style: Image.Image, stop_after: float | None = None
+    ) -> tuple[Image.Image, float, int]:
+        params = resolve_params(values).with_schedule(*content.size)
+        backbone = build_backbone(self.weights, params, self.device)
+        started = time.perf_counter()
+
+        def on_checkpoint(_progress: object) -> Control | None:
+            return Control.STOP if stop_after is not None and time.perf_counter() - started >= stop_after else None
+
+        synchronize(self.device)
+        started = time.perf_counter()
+        result = transfer(content, style, params, backbone=backbone, device=self.device, on_checkpoint=on_checkpoint)
+        synchronize(self.device)
+        return result.image, time.perf_counter() - started, result.iteration
+
+    def _peer(self, content: Path, style: Path, size: int) -> tuple[Image.Image, float, int]:
+        first, second = self.args.peer_iterations
+        threads = torch.get_num_threads()
+        started = time.perf_counter()
+        run_peer(content, style, PEER_FIRST_SIZE, first, first, threads, [])
+        start_picture = PEERS / "run" / f"start-{PEER_FIRST_SIZE}.png"
+        shutil.copy(PEERS / PEER_OUT, start_picture)
+        run_peer(content, style, size, second, second, threads, ["-init", "image", "-init_image", str(start_picture)])
+        seconds = time.perf_counter() - started
+        return Image.open(PEERS / PEER_OUT).convert("RGB"), seconds, first + second
+
+    def make(self, content_name: str, style_name: str, size: int) -> None:
+        images: Path = self.args.images
+        content, style = (Image.open(images / name).convert("RGB") for name in (content_name, style_name))
+        default_values: dict[str, object] = {"size": size, **({"iterations": self.args.iterations} if self.args.iterations else {})}
+        default_params = resolve_params(default_values).with_schedule(*content.size)
+        one_pass_default = len(default_params.resolved_scales()) == 1
+        runs: list[tuple[str, Callable[[], tuple[Image.Image, float, int]]]] = []
+        if "default" in self.args.methods:
+            runs.append(("default", lambda: self._engine(default_values, content, style)))
+        if "one-pass" in self.args.methods and not one_pass_default:
+            # As many iterations as fit in the default's time: a bound far above what it reaches.
+            one_pass = {"size": size, "scales": [1.0], "iterations": 20_000}
+            runs.append(
+                ("one-pass", lambda: self._engine(one_pass, content, style, stop_after=self._seconds(content_name, style_name, size)))
+            )
+        if "first-512" in self.args.methods and not one_pass_default:
+            candidate = {**default_values, **candidate_schedule(resolve_params(default_values), content)}
+            runs.append(("first-512", lambda: self._engine(candidate, content, style)))
+        if "previous" in self.args.methods and not one_pass_default:
+            previous = {**default_values, **previous_schedule(resolve_params(default_values), content)}
+            runs.append(("previous", lambda: self._engine(previous, content, style)))
+        if "nst-multires" in self.args.methods and size > PEER_FIRST_SIZE and self.device.type == "cpu":
+            runs.append(("nst-multires", lambda: self._peer((images / content_name).resolve(), (images / style_name).resolve(), size)))
+        for method, run in runs:
+            picture, seconds, iterations = run()
+            path = self.output / f"{Path(content_name).stem}-{Path(style_name).stem}-{size}-{method}.png"
+            picture.save(path)
+            content_distance, style_distance = self.judge.measure(picture, content, style)
+            made = Picture(content_name, style_name, size, method, seconds, iterations, content_distance, style_distance, path.name)
+            self.pictures.append(made)
+            print(
+                f"{made.pair:<28} {size:>5} {method:<13} {seconds:8.1f} s {iterations:6d} its  content {content_distance:.3f}  style {style_distance:.3f}",
+                flush=True,
+            )
+            (self.output / "pictures.json").write_text(json.dumps([asdict(p) for p in self.pictures], indent=1))
+
+    def _seconds(self, content: str, style: str, size: int) -> float:
+        return self.find(content, style, size, "default").seconds
+
+    def find(self, content: str, style: str, size: int, method: str) -> Picture:
+        return next(p for p in self.pictures if (p.content, p.style, p.size, p.method) == (content, style, size, method))
+
+
+def contact_sheets(pictures: list[Picture], output: Path, images: Path) -> list[Path]:
+    """Write one sheet per method: a row per pair (photo, style, then each size's picture), each at one height."""
+    sheets = []
+    pairs = list(dict.fromkeys((p.content, p.style) for p in pictures))
+    sizes = sorted({p.size for p in pictures})
+
+    def thumbnail(path: Path) -> Image.Image:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        return image.resize((max(1, round(image.width * THUMBNAIL_HEIGHT / image.height)), THUMBNAIL_HEIGHT), Image.Resampling.LANCZOS)
+
+    for method in dict.fromkeys(p.method for p in pictures):
+        rows = []
+        for content, style in pairs:
+            cells = [thumbnail(images / content), thumbnail(images / style)]
+            for size in sizes:
+                made = [p for p in pictures if (p.content, p.style, p.size, p.method) == (content, style, size, method)]
+                cells.append(thumbnail(output / made[0].path) if made else Image.new("RGB", (THUMBNAIL_HEIGHT, THUMBNAIL_HEIGHT), "white"))
+            rows.append(cells)
+        columns = [max(row[i].width for row in rows) for i in range(len(rows[0]))]
+        title = 24
+        sheet = Image.new("RGB", (sum(columns) + 8 * len(columns), title + len(rows) * (THUMBNAIL_HEIGHT + 8)), "white")
+        draw = ImageDraw.Draw(sheet)
+        headings = ["photo", "style", *(f"{size} px" for size in sizes)]
+        x = 0
+        for heading, width in zip(headings, columns):
+            draw.text((x + 4, 6), f"{method}: {heading}" if heading.endswith("px") else heading, fill="black")
+            x += width + 8
+        for index, row in enumerate(rows):
+            x = 0
+            for cell, width in zip(row, columns):
+                sheet.paste(cell, (x, title + index * (THUMBNAIL_HEIGHT + 8)))
+                x += width + 8
+        path = output / f"sheet-{method}.jpg"
+        sheet.save(path, quality=88)
+        sheets.append(path)
+    return sheets
+
+
+def report(pictures: list[Picture], small: int) -> list[str]:
+    """Return the issue's checks: each larger picture of a schedule against the default's own `small` px picture and one pass in the default's time; the peer.
+
+    Only the default's failures count in the last line; the other schedules are shown to compare.
+    """
+    lines = []
+    by = {(p.content, p.style, p.size, p.method): p for p in pictures}
+    failures = 0
+    for size, method in itertools.product(sorted({p.size for p in pictures if p.size > small}), ("default", "first-512", "previous")):
+        defaults = [p for p in pictures if p.size == size and p.method == method]
+        if not defaults:
+            continue
+        lines.append(f"{method} at {size} px ({len(defaults)} pairs):")
+        one_pass_styles, default_styles = [], []
+        for ours in defaults:
+            own = by.get((ours.content, ours.style, small, "default"))
+            one = by.get((ours.content, ours.style, size, "one-pass"))
+            checks = []
+            if own is not None:
+                checks += [
+                    (
+                        "content <= 1.05x its 450 px",
+                        ours.content_distance <= 1.05 * own.content_distance,
+                        ours.content_distance / own.content_distance,
+                    ),
+                    ("style <= 1.1x its 450 px", ours.style_distance <= 1.1 * own.style_distance, ours.style_distance / own.style_distance),
+                ]
+            if one is not None:
+                checks.append(
+                    (
+                        "content <= 1.05x one pass",
+                        ours.content_distance <= 1.05 * one.content_distance,
+                        ours.content_distance / one.content_distance,
+                    )
+                )
+                one_pass_styles.append(one.style_distance)
+                default_styles.append(ours.style_distance)
+            failures += sum(not passed for _, passed, _ in checks) if method == "default" else 0
+            lines.append(
+                f"  {ours.pair:<28} " + "; ".join(f"{name}: {ratio:.3f} {'ok' if passed else 'NO'}" for name, passed, ratio in checks)
+            )
+        if one_pass_styles:
+            better = statistics.mean(default_styles) < statistics.mean(one_pass_styles)
+            failures += not better and method == "default"
+            lines.append(
+                f"  mean style: {method} {statistics.mean(default_styles):.3f}, one pass in the same time {statistics.mean(one_pass_styles):.3f}: "
+                f"{'ok' if better else 'NO'}"
+            )
+        peers = [
+            (ours, by[(ours.content, ours.style, size, "nst-multires")])
+            for ours in defaults
+            if (ours.content, ours.style, size, "nst-multires") in by
+        ]
+        if peers:
+            means = {
+                name: (statistics.mean(getattr(o, name) for o, _ in peers), statistics.mean(getattr(t, name) for _, t in peers))
+                for name in ("content_distance", "style_distance", "seconds")
+            }
+            ahead = all(ours < theirs for ours, theirs in means.values())
+            failures += not ahead and method == "default"
+            lines.append(
+                f"  against nst-multires ({len(peers)} pairs), {method} / peer: "
+                + ", ".join(f"{name} {ours:.3f} / {theirs:.3f}" for name, (ours, theirs) in means.items())
+                + f": {'ok' if ahead else 'NO'}"
+            )
+    lines.append(f"{failures} check(s) of the default failed")
+    return lines
+
+
+def parse_names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=Path, default=IMAGES, help="the pictures' folder (default ../shared/images)")
+    parser.add_argument("--contents", type=parse_names, help="content photos (default: SOURCES.md's content role)")
+    parser.add_argument("--styles", type=parse_names, help="style pictures (default: SOURCES.md's style role)")
+    parser.add_argument("--pairs", type=int, help="only the first N pairs")
+    parser.add_argument("--sizes", type=lambda t: [int(v) for v in t.split(",")], default=[450, 1024], help="long sides for every pair")
+    parser.add_argument("--large-size", type=int, default=2048, help="the long side for --large-pairs pairs (0: none)")
+    parser.add_argument("--large-pairs", type=int, default=2)
+    parser.add_argument("--methods", type=parse_names, default=list(METHODS), help=f"any of {', '.join(METHODS)}")
+    parser.add_argument(
+        "--peer-iterations",
+        type=lambda t: tuple(int(v) for v in t.split(",")),
+        default=(500, 200),
+        help="nst-multires: its 512 px run, then at size",
+    )
+    parser.add_argument("--iterations", type=int, help="each job's iterations (default the preset's: 300); small for a smoke run")
+    parser.add_argument("--output", type=Path, help="where the pictures and sheets go (default bench/results/quality-DATE)")
+    add_device_argument(parser)
+    args = parser.parse_args(argv)
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    device = pick_device(parser, args.device)
+    contents, styles = image_roles(args.images)
+    contents, styles = args.contents or contents, args.styles or styles
+    pairs = [(c, s) for c in contents for s in styles][: args.pairs]
+    if not pairs:
+        parser.error("no pairs: give --contents and --styles")
+    # Each photo in turn, with a different style each time.
+    large = [(contents[i % len(contents)], styles[i % len(styles)]) for i in range(args.large_pairs)] if args.large_size else []
+    args.output = args.output or ROOT / "bench" / "results" / f"quality-{time.strftime('%Y-%m-%d-%H%M')}"
+    args.output.mkdir(parents=True, exist_ok=True)
+
+    weights = load_or_pull("vgg16-caffe", load_settings().models_path)
+    if "nst-multires" in args.methods:
+        PEERS.mkdir(parents=True, exist_ok=True)
+        install_peer()
+        write_peer_model(weights)
+    print(
+        f"{device_name(device)}, torch threads {torch.get_num_threads()}; {len(pairs)} pairs at {args.sizes}, {len(large)} at {args.large_size}"
+    )
+    print(f"methods: {', '.join(args.methods)}; pictures in {args.output}")
+    bench = Bench(args, weights, device)
+    for size in args.sizes:
+        for content, style in pairs:
+            bench.make(content, style, size)
+    for content, style in large:
+        bench.make(content, style, args.large_size)
+
+    small = min(args.sizes)
+    print()
+    header = f"{'pair':<28} {'size':>5} {'method':<13} {'seconds':>8} {'iterations':>10} {'content':>8} {'style':>7}"
+    print(header)
+    print("-" * len(header))
+    for p in sorted(bench.pictures, key=lambda p: (p.size, p.method, p.content, p.style)):
+        print(
+            f"{p.pair:<28} {p.size:>5} {p.method:<13} {p.seconds:8.1f} {p.iterations:>10} {p.content_distance:8.3f} {p.style_distance:7.3f}"
+        )
+    print()
+    for line in report(bench.pictures, small):
+        print(line)
+    for sheet in contact_sheets(bench.pictures, args.output, args.images):
+        print(f"contact sheet: {sheet}")
+
+
+if __name__ == "__main__":
+    main()

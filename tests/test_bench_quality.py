@@ -1,0 +1,107 @@
+"""The quality bench (bench/quality.py): its two measures mean what its table says, and a whole run makes every picture and sheet."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from bench.quality import Judge, image_roles, report
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_photo_itself_is_unstyled_and_the_style_picture_is_all_style(rainier, autumn_oak, caffe_weights):
+    judge = Judge(caffe_weights, torch.device("cpu"))
+    photo = rainier.resize((240, 160))
+
+    content, style = judge.measure(photo, photo, autumn_oak)
+    # The photo at another resampling is near itself; the style picture in the photo's shape is far from the
+    # photo's features and near the style's statistics.
+    resampled_content, resampled_style = judge.measure(photo, rainier, autumn_oak)
+    painting_content, painting_style = judge.measure(autumn_oak.resize((240, 160)), rainier, autumn_oak)
+
+    assert content == pytest.approx(0, abs=1e-6) and style == pytest.approx(1.0)
+    assert resampled_content < 0.05 and resampled_style == pytest.approx(1.0, abs=0.05)
+    assert painting_content > 0.5 and painting_style < 0.5
+
+
+def test_the_pairs_are_every_photo_with_every_painting_of_the_handed_out_images(images_dir):
+    contents, styles = image_roles(images_dir)
+
+    assert {"rainier.jpg", "tubingen.jpg"} <= set(contents) and {"autumn-oak.jpg", "starry_night.jpg", "the_scream.jpg"} <= set(styles)
+    assert not set(contents) & set(styles)
+
+
+# Four 520 px jobs and their measures on the real network: about two minutes here, so in the full tier.
+@pytest.mark.full
+def test_a_run_measures_every_method_s_picture_and_checks_the_default_against_its_450_px_picture_and_one_pass(
+    tmp_path, images_dir, caffe_weights, models_dir
+):
+    environment = {**os.environ, "STYLEQ_MODEL_DIR": str(models_dir), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.quality",
+            "--contents",
+            "rainier.jpg",
+            "--styles",
+            "autumn-oak.jpg",
+            "--sizes",
+            "64,520",
+            "--large-size",
+            "0",
+            "--iterations",
+            "4",
+            "--methods",
+            "default,one-pass,first-512,previous",
+            "--output",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    assert run.returncode == 0, run.stderr
+    pictures = json.loads((tmp_path / "pictures.json").read_text())
+    # One pass at 64 px; at 520 px the default and both explicit schedules are coarse-to-fine, with one pass beside them.
+    assert sorted((p["size"], p["method"]) for p in pictures) == [
+        (64, "default"),
+        (520, "default"),
+        (520, "first-512"),
+        (520, "one-pass"),
+        (520, "previous"),
+    ]
+    for picture in pictures:
+        with Image.open(tmp_path / picture["path"]) as made:
+            assert made.size[0] == picture["size"]
+        assert picture["content_distance"] >= 0 and picture["style_distance"] > 0
+    assert "default at 520 px (1 pairs):" in run.stdout and "check(s) of the default failed" in run.stdout
+    assert {path.name for path in tmp_path.glob("sheet-*.jpg")} == {
+        f"sheet-{m}.jpg" for m in ("default", "one-pass", "first-512", "previous")
+    }
+
+
+def test_the_report_fails_a_default_that_loses_the_photo_at_size():
+    from bench.quality import Picture
+
+    def made(size: int, method: str, content: float, style: float) -> Picture:
+        return Picture("a.jpg", "b.jpg", size, method, 1.0, 10, content, style, "x.png")
+
+    kept = [made(450, "default", 1.0, 0.2), made(1024, "default", 1.02, 0.21), made(1024, "one-pass", 1.0, 0.3)]
+    lost = [made(450, "default", 1.0, 0.2), made(1024, "default", 1.5, 0.3), made(1024, "one-pass", 1.0, 0.28)]
+
+    assert report(kept, 450)[-1] == "0 check(s) of the default failed"
+    assert report(lost, 450)[-1] == "4 check(s) of the default failed"
