@@ -175,7 +175,6 @@ class Bench:
     ) -> tuple[Image.Image, float, int]:
         params = resolve_params(values).with_schedule(*content.size)
         backbone = build_backbone(self.weights, params, self.device)
-        started = time.perf_counter()
 
         def on_checkpoint(_progress: object) -> Control | None:
             return Control.STOP if stop_after is not None and time.perf_counter() - started >= stop_after else None
@@ -210,7 +209,10 @@ class Bench:
             # As many iterations as fit in the default's time: a bound far above what it reaches.
             one_pass = {"size": size, "scales": [1.0], "iterations": 20_000}
             runs.append(
-                ("one-pass", lambda: self._engine(one_pass, content, style, stop_after=self._seconds(content_name, style_name, size)))
+                (
+                    "one-pass",
+                    lambda: self._engine(one_pass, content, style, stop_after=self.find(content_name, style_name, size, "default").seconds),
+                )
             )
         if "first-512" in self.args.methods and not one_pass_default:
             candidate = {**default_values, **candidate_schedule(resolve_params(default_values), content)}
@@ -232,9 +234,6 @@ class Bench:
                 flush=True,
             )
             (self.output / "pictures.json").write_text(json.dumps([asdict(p) for p in self.pictures], indent=1))
-
-    def _seconds(self, content: str, style: str, size: int) -> float:
-        return self.find(content, style, size, "default").seconds
 
     def find(self, content: str, style: str, size: int, method: str) -> Picture:
         return next(p for p in self.pictures if (p.content, p.style, p.size, p.method) == (content, style, size, method))

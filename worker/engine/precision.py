@@ -53,8 +53,8 @@ def bf16_pays(device: torch.device | str) -> bool:
     """Tell whether `auto` runs the network in bf16 on `device`: a CUDA GPU with native bf16; a CPU with native bf16 where it is faster.
 
     A CPU's native bf16 is not always the faster: AVX-512 BF16 on an AMD Zen 4 ran a job about twice as fast as
-    fp32, on an Intel Xeon (family 6, model 207, no AMX) 1.2-1.4x slower at every size from 32x48 to 300x450
-    (`python -m bench.precision`). So on a CPU it is timed once per process (`_cpu_bf16_is_faster`).
+    fp32; on an Intel Xeon (family 6, model 207, no AMX) 1.20-1.34x slower from 32x48 to 150x225 and about even at
+    300x450 (`python -m bench.precision_speed`). So on a CPU it is timed once per process (`_cpu_bf16_is_faster`).
     """
     device = torch.device(device)
     if device.type == "cpu":
