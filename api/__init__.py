@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from shared.retention import StorageUsage
     from shared.secret_key import load_secret_key
     from shared.settings import load_settings
-    from shared.storage import Storage
+    from shared.storage import open_storage
 
     from . import auth, dashboard, errors, events, files, health, jobs, limits, openapi, request_context, security
     from .backends import EXTENSION, Backends, close_session
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     engine = make_engine(settings.database)
     secret_key = load_secret_key(settings)
-    storage = Storage(settings.storage_path)
+    storage = open_storage(settings)
     resources = app.extensions[EXTENSION] = Backends(
         settings=settings,
         secret_key=secret_key,

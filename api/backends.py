@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.retention import StorageUsage
 from shared.settings import Settings
-from shared.storage import Storage
+from shared.storage import Store
 
 from .queue import JobQueue
 
@@ -26,7 +26,7 @@ class Backends:
     secret_key: str
     engine: Engine
     session_factory: sessionmaker[Session]
-    storage: Storage
+    storage: Store
     queue: JobQueue
     # The bytes each kind of file takes in storage (the operator view; /metrics), counted at most once a minute.
     storage_usage: StorageUsage

@@ -20,6 +20,7 @@ from shared.errors import (
     Unauthorized,
     Unprocessable,
 )
+from shared.storage import StoreUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,12 @@ def handle_database_unavailable(error: OperationalError) -> Response:
     return response
 
 
+def handle_storage_unreachable(error: StoreUnreachable) -> Response:
+    """Answer 503 storage_unavailable with Retry-After while the object store does not answer: nothing was lost, the client tries again."""
+    log.error("object store unreachable: %s", error)
+    return handle_styleq_error(StorageUnavailable("the service's storage is unreachable for a moment; try again shortly"))
+
+
 def handle_unexpected(error: Exception) -> Response:
     """Log an unexpected error with its traceback and answer 500 without details."""
     if isinstance(error, HTTPException):
@@ -104,4 +111,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(StyleqError, handle_styleq_error)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(OperationalError, handle_database_unavailable)
+    app.register_error_handler(StoreUnreachable, handle_storage_unreachable)
     app.register_error_handler(Exception, handle_unexpected)

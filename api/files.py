@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
+from typing import IO
 
 from flask import Blueprint, Response, send_file
-from PIL import Image
 
 from shared import jobs
 from shared.errors import Conflict, Gone, NotFound
+from shared.images import MEDIA_TYPE_BYTES, media_type
 from shared.models import Job, JobStatus
 from shared.outputs import job_format
 from shared.params import style_roles
+from shared.storage import OpenedFile
 
 from .auth import current_key
 from .backends import backends, db_session
@@ -31,24 +33,34 @@ def show_result(job_id: str) -> Response:
             code="result_expired",
         )
     output = job_format(job.params)
-    path = backends().storage.job_path(job.id, output.file_name)
-    return send_job_file(path, output.media_type, IMMUTABLE, not_ready(job, "result"), download_name=f"{job.id}.{output.extension}")
+    storage = backends().storage
+    download_name = f"{job.id}.{output.extension}"
+    try:
+        opened = storage.open_job_file(job.id, output.file_name)
+    except FileNotFoundError:
+        raise Conflict(not_ready(job, "result"), code="not_ready") from None
+    return send_stored(opened, output.media_type, IMMUTABLE, download_name=download_name)
 
 
 @bp.get("/jobs/<job_id>/preview")
 def show_preview(job_id: str) -> Response:
     """Send the latest preview (JPEG), which the worker replaces as the job runs; 410 once the retention sweep has removed it."""
     job = own_job(job_id)
-    path = backends().storage.job_path(job.id, "preview.jpg")
-    # A job's first checkpoint always writes a preview: a finished job that had one and has none now had it removed.
-    if job.status.finished and job.iteration > 0 and not path.is_file():
-        raise Gone(
-            removed(f"the preview of job {job.id}", "previews", "keep_previews_days", "their job ends")
-            + ("; the finished picture is at its result" if job.status is JobStatus.SUCCEEDED and job.result_expired_at is None else ""),
-            code="preview_expired",
-        )
+    try:
+        opened = backends().storage.open_job_file(job.id, "preview.jpg")
+    except FileNotFoundError:
+        # A job's first checkpoint always writes a preview: a finished job that had one and has none now had it removed.
+        if job.status.finished and job.iteration > 0:
+            raise Gone(
+                removed(f"the preview of job {job.id}", "previews", "keep_previews_days", "their job ends")
+                + (
+                    "; the finished picture is at its result" if job.status is JobStatus.SUCCEEDED and job.result_expired_at is None else ""
+                ),
+                code="preview_expired",
+            ) from None
+        raise Conflict(not_ready(job, "preview"), code="not_ready") from None
     # no-cache with an ETag: the client revalidates every time and gets 304 until a new preview lands.
-    return send_job_file(path, "image/jpeg", "no-cache", not_ready(job, "preview"))
+    return send_stored(opened, "image/jpeg", "no-cache")
 
 
 @bp.get("/jobs/<job_id>/content")
@@ -91,15 +103,28 @@ def not_ready(job: Job, name: str) -> str:
     return f"job {job.id} ended {job.status} and has no {name}"
 
 
-def send_job_file(path: Path, mimetype: str, cache_control: str, missing: str, *, download_name: str | None = None) -> Response:
-    """Send one of a job's files with an ETag, or 409 not_ready while the worker has not written it.
+def send_stored(
+    opened: OpenedFile, mimetype: str, cache_control: str, *, etag: str | None = None, download_name: str | None = None
+) -> Response:
+    """Stream an opened stored file with its ETag (the store's version tag unless `etag` is given), answering 304 where the client has it.
 
     A `download_name` is the file name a browser saves it under (Content-Disposition: inline; filename=...).
+    A file in a local directory is sent by its path (byte ranges, sendfile); an object's body is streamed as it comes.
     """
-    try:
-        response = send_file(path, mimetype=mimetype, conditional=True, etag=True, download_name=download_name)
-    except FileNotFoundError:
-        raise Conflict(missing, code="not_ready") from None
+    if opened.path is not None:
+        opened.stream.close()
+        response = send_file(opened.path, mimetype=mimetype, conditional=True, etag=etag or True, download_name=download_name)
+    else:
+        response = send_file(
+            opened.stream,
+            mimetype=mimetype,
+            conditional=True,
+            etag=etag or opened.etag,
+            last_modified=opened.modified,
+            download_name=download_name,
+        )
+        if response.status_code == 200:
+            response.content_length = opened.size
     return with_cache_control(response, cache_control)
 
 
@@ -109,18 +134,18 @@ def send_upload(job: Job, sha256: str, role: str) -> Response:
     Raises:
         Gone: the upload is no longer stored (uploads go only by the retention sweep while their job's row stays).
     """
-    path = backends().storage.upload_path(sha256)
     try:
-        with Image.open(path) as image:
-            mimetype = Image.MIME.get(image.format or "", "application/octet-stream")
-        response = send_file(path, mimetype=mimetype, conditional=True, etag=sha256)
+        opened = backends().storage.open_upload(sha256)
     except FileNotFoundError:
         raise Gone(
             removed(f"the {role} image of job {job.id}", "uploads", "keep_uploads_days", "the last job using them ends")
             + "; submit the job again with the image to run it anew",
             code="upload_expired",
         ) from None
-    return with_cache_control(response, IMMUTABLE)
+    # The format is in the upload's first bytes, read ahead of the rest of the stream and put back in front of it.
+    head = opened.stream.read(MEDIA_TYPE_BYTES)
+    opened.stream = io.BufferedReader(_Prefixed(head, opened.stream))
+    return send_stored(opened, media_type(head), IMMUTABLE, etag=sha256)
 
 
 def removed(what: str, kind: str, setting: str, after: str) -> str:
@@ -136,3 +161,29 @@ def with_cache_control(response: Response, value: str) -> Response:
     response.headers["Cache-Control"] = value
     response.headers.pop("Expires", None)
     return response
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream of `head` then the rest of `rest`: a stream whose first bytes were read ahead, whole again."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        super().__init__()
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]  # RawIOBase types it as a WriteableBuffer
+        if self._head:
+            count = min(len(buffer), len(self._head))
+            buffer[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._rest.close()
+        super().close()

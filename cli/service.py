@@ -22,7 +22,7 @@ from shared.models import ApiKey
 from shared.retention import RetentionPolicy, find_expired, remove_expired
 from shared.secret_key import load_secret_key
 from shared.settings import Settings, load_settings
-from shared.storage import Storage
+from shared.storage import open_storage
 from shared.webhooks import ROTATION_GRACE, webhook_secret
 
 from .database import checked_url, database_problem, opened_database
@@ -339,7 +339,7 @@ def gc(older_than: timedelta | None, dry_run: bool) -> None:
     if not policy.removes_anything:
         click.echo("every STYLEQ_KEEP_*_DAYS is 0 (keep for ever): nothing to remove; --older-than 30d sets an age", err=True)
         return
-    storage = Storage(settings.storage_path)
+    storage = open_storage(settings)
     with opened_database(settings.database) as session_factory:
         now = datetime.now(UTC)
         with session_scope(session_factory) as session:

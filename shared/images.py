@@ -96,6 +96,20 @@ def image_size(source: ImageSource) -> tuple[int, int]:
         return (height, width) if _orientation(image) in _SWAPS_SIDES else (width, height)
 
 
+# How many of a file's first bytes `media_type` needs: every format's signature fits in them.
+MEDIA_TYPE_BYTES = 16
+
+
+def media_type(head: bytes) -> str:
+    """Return the media type of a picture from its first MEDIA_TYPE_BYTES bytes, as PIL's format plugins recognise them."""
+    Image.init()
+    for name in IMAGE_FORMATS:
+        accept = Image.OPEN[name][1]
+        if accept is not None and accept(head):
+            return Image.MIME.get(name, "application/octet-stream")
+    return "application/octet-stream"
+
+
 def _readable(source: ImageSource) -> io.BytesIO | str | os.PathLike[str]:
     return io.BytesIO(source) if isinstance(source, bytes) else source
 

@@ -24,7 +24,7 @@ from .db import rowcount
 from .errors import Conflict, InvalidInput, NotFound, StorageUnavailable, Unprocessable
 from .models import ApiKey, Checkpoint, Job, JobStatus, JobStyle, WebhookEvent, utcnow
 from .params import TransferParams
-from .storage import Storage
+from .storage import Store
 from .webhooks import Subscription
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def new_job_id() -> str:
 
 def submit_job(
     session: Session,
-    storage: Storage,
+    storage: Store,
     owner: ApiKey,
     content: bytes,
     style: bytes | Sequence[bytes],
@@ -62,9 +62,10 @@ def submit_job(
     """
     pictures = [content, *_one_or_many(style)]
     hashes = [hashlib.sha256(data).hexdigest() for data in pictures]
-    written = {sha for sha in hashes if not storage.upload_path(sha).is_file()}
+    written: set[str] = set()
     try:
         try:
+            written = {sha for sha in hashes if not storage.has_upload(sha)}
             for data in pictures:
                 storage.save_upload(data)
         except OSError as error:
@@ -82,8 +83,12 @@ def submit_job(
         _discard_uploads(session, storage, written)
         return job, False
     # A delete that saw these uploads unused just before our commit may have removed them since.
-    for data in pictures:
-        storage.save_upload(data)
+    try:
+        for data in pictures:
+            storage.save_upload(data)
+    except OSError:
+        # The job is committed and its pictures were stored a moment ago; a worker that finds one gone fails it as input_missing.
+        log.warning("could not store the uploads of job %s again after its commit", job.id, exc_info=True)
     return job, True
 
 
@@ -92,7 +97,7 @@ def _one_or_many(value: T | Sequence[T]) -> list[T]:
     return [value] if isinstance(value, (str, bytes)) else list(value)
 
 
-def _discard_uploads(session: Session, storage: Storage, hashes: set[str]) -> None:
+def _discard_uploads(session: Session, storage: Store, hashes: set[str]) -> None:
     """Remove the uploads among `hashes` that no job uses."""
     try:
         for sha in hashes:
@@ -307,7 +312,7 @@ def request_cancel(session: Session, job: Job) -> Job:
     return job
 
 
-def delete_job(session: Session, storage: Storage, job: Job) -> None:
+def delete_job(session: Session, storage: Store, job: Job) -> None:
     """Delete the job, its checkpoints and files, and the uploads no other job uses; commits.
 
     A running job is first asked to stop: its worker stops at its next checkpoint, or when it finds the row gone.

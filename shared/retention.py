@@ -10,8 +10,8 @@ does ended within its retention. A removed result keeps its job's row, marked `r
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .db import session_scope
 from .models import Job, JobStatus, JobStyle, utcnow
 from .settings import Settings
-from .storage import Storage, StoredFile
+from .storage import Store, StoredFile
 
 log = logging.getLogger(__name__)
 # The kinds `storage_usage` counts, in the order they are reported.
@@ -92,7 +92,7 @@ class _JobEnd:
     ended_at: datetime | None  # None while the job is live
 
 
-def find_expired(session: Session, storage: Storage, policy: RetentionPolicy, *, now: datetime | None = None) -> list[Removal]:
+def find_expired(session: Session, storage: Store, policy: RetentionPolicy, *, now: datetime | None = None) -> list[Removal]:
     """Return the files past their retention, uploads first, each kind in order of owner and path (nothing is removed)."""
     now = now or utcnow()
     files = [file for file in storage.walk() if file.kind != "other" and policy.keeps(file.kind) is not None]
@@ -103,8 +103,8 @@ def find_expired(session: Session, storage: Storage, policy: RetentionPolicy, *,
     newest = _newest_uses(session, {file.owner for file in uploads})
     expired += [file for file in uploads if _upload_expired(file, newest.get(file.owner, _NO_USE), policy, now)]
     order = {"upload": 0, "result": 1, "preview": 2, "state": 3}
-    expired.sort(key=lambda file: (order[file.kind], file.owner, str(file.path)))
-    return [Removal(file.kind, file.owner, str(file.path), file.size) for file in expired]
+    expired.sort(key=lambda file: (order[file.kind], file.owner, file.path))
+    return [Removal(file.kind, file.owner, file.path, file.size) for file in expired]
 
 
 def _job_file_expired(file: StoredFile, end: _JobEnd | None, policy: RetentionPolicy, now: datetime) -> bool:
@@ -176,7 +176,7 @@ def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
 
 def remove_expired(
     session_factory: sessionmaker[Session],
-    storage: Storage,
+    storage: Store,
     removals: Sequence[Removal],
     policy: RetentionPolicy,
     *,
@@ -200,7 +200,7 @@ def remove_expired(
                 continue
         else:
             try:
-                os.unlink(removal.path)
+                storage.remove_file(removal.path)
             except FileNotFoundError:
                 removal = replace(removal, size=0)  # gone already (another worker's sweep)
             except OSError:  # storage refusing one file must not stop the others; the next sweep tries again
@@ -219,7 +219,7 @@ def _owner_field(removal: Removal) -> dict[str, Any]:
 
 
 def _remove_upload(
-    session_factory: sessionmaker[Session], storage: Storage, removal: Removal, policy: RetentionPolicy, now: datetime
+    session_factory: sessionmaker[Session], storage: Store, removal: Removal, policy: RetentionPolicy, now: datetime
 ) -> bool:
     """Remove an upload unless a job took it up since it was judged; return whether it was removed.
 
@@ -228,15 +228,13 @@ def _remove_upload(
     again in a new transaction: a job committed before that is seen and the file goes back; one
     committed after it writes the file anew itself.
     """
-    path = storage.upload_path(removal.owner)
-    aside = path.with_name(f".{path.name}.{os.getpid()}.expiring")
     try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return False  # removed meanwhile (by another sweep, or a job's delete)
+        aside = storage.set_aside_upload(removal.owner)
     except OSError:
-        log.warning("could not remove %s", path, exc_info=True)
+        log.warning("could not remove %s", removal.path, exc_info=True)
         return False
+    if aside is None:
+        return False  # removed meanwhile (by another sweep, or a job's delete)
     keep = policy.uploads
     try:
         with session_scope(session_factory) as session:
@@ -244,16 +242,17 @@ def _remove_upload(
         # Unused still: it was judged by its age already; used: by the last job's end, as before.
         still_expired = keep is not None and not use.live and (use.last is None or use.last < now - keep)
     except BaseException:
-        os.rename(aside, path)
+        storage.restore_upload(removal.owner, aside)
         raise
     if not still_expired:
-        os.rename(aside, path)
+        storage.restore_upload(removal.owner, aside)
         return False
-    aside.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        storage.remove_file(aside)
     return True
 
 
-def sweep_retention(session_factory: sessionmaker[Session], storage: Storage, policy: RetentionPolicy) -> list[Removal]:
+def sweep_retention(session_factory: sessionmaker[Session], storage: Store, policy: RetentionPolicy) -> list[Removal]:
     """Remove every file past its retention now; return what was removed."""
     now = utcnow()
     with session_scope(session_factory) as session:
@@ -261,7 +260,7 @@ def sweep_retention(session_factory: sessionmaker[Session], storage: Storage, po
     return remove_expired(session_factory, storage, removals, policy, now=now)
 
 
-def storage_usage(storage: Storage) -> dict[str, int]:
+def storage_usage(storage: Store) -> dict[str, int]:
     """Return the bytes each kind of file takes in storage: uploads, results, previews, states and other (temporary files)."""
     usage = dict.fromkeys(USAGE_KINDS, 0)
     for file in storage.walk():
@@ -272,7 +271,7 @@ def storage_usage(storage: Storage) -> dict[str, int]:
 class StorageUsage:
     """`storage_usage`, walked at most once every `max_age_seconds`: for pages polled every few seconds and metrics scrapes."""
 
-    def __init__(self, storage: Storage, max_age_seconds: float = 60.0) -> None:
+    def __init__(self, storage: Store, max_age_seconds: float = 60.0) -> None:
         self.storage = storage
         self.max_age_seconds = max_age_seconds
         self._lock = threading.Lock()

@@ -27,7 +27,7 @@ from shared.logs import configure_logging
 from shared.retention import RetentionPolicy, sweep_retention
 from shared.secret_key import load_secret_key
 from shared.settings import Settings
-from shared.storage import Storage
+from shared.storage import open_storage
 
 from .devices import device_memory_bytes
 from .liveness import dead_local_owners
@@ -186,9 +186,10 @@ def sweep_once(app: Celery, settings: Settings, session_factory: Any) -> list[st
             max_attempts=settings.max_attempts,
             dead_owners=dead_local_owners(leases.local_lease_owners(session, host), host),
         )
-    storage = Storage(settings.storage_path)
-    for job_id in result.ended:
-        storage.delete_states(job_id)  # ended for good: they will not resume
+    if result.ended:
+        storage = open_storage(settings)
+        for job_id in result.ended:
+            storage.delete_states(job_id)  # ended for good: they will not resume
     job_ids = result.to_send
 
     def send(job_id: str) -> None:
@@ -213,7 +214,7 @@ class RetentionSweeper(threading.Thread):
     def run(self) -> None:
         engine = make_engine(self.settings.database)
         session_factory = make_session_factory(engine)
-        storage = Storage(self.settings.storage_path)
+        storage = open_storage(self.settings)
         policy = RetentionPolicy.from_settings(self.settings)
         # The first pass waits a sweep's time, so that a worker starts taking jobs first.
         wait = self.settings.sweep_every_seconds

@@ -12,7 +12,7 @@ import torch
 
 from shared.db import make_engine, make_session_factory
 from shared.settings import Settings
-from shared.storage import Storage
+from shared.storage import open_storage
 
 from .engine import default_device
 from .runner import JobRunner, ModelCache
@@ -47,7 +47,7 @@ def job_runner(settings: Settings) -> JobRunner:
         _runner = JobRunner(
             settings,
             make_session_factory(make_engine(settings.database)),
-            Storage(settings.storage_path),
+            open_storage(settings),
             name=settings.worker_node,
             # The pid makes the lease this process's own, even if a restarted worker reuses the name.
             lease_owner=f"{settings.worker_node}/{os.getpid()}",

@@ -57,7 +57,7 @@ from shared.models import Job, JobStatus
 from shared.outputs import FORMATS, encode_result
 from shared.params import AUTO, TransferParams, resolve_params, style_roles
 from shared.settings import Settings
-from shared.storage import Storage
+from shared.storage import Store
 
 from .engine import (
     Backbone,
@@ -188,7 +188,7 @@ class JobRunner:
         self,
         settings: Settings,
         session_factory: sessionmaker[Session],
-        storage: Storage,
+        storage: Store,
         *,
         name: str,
         lease_owner: str,
@@ -444,7 +444,7 @@ class JobRunner:
         # A long-side size gives each picture the shape of its upright content, and scales "auto" follow the output
         # size: read the content's size from the upload's header.
         try:
-            content_size = image_size(self.storage.upload_path(job.content_sha256))
+            content_size = image_size(self.storage.read_upload(job.content_sha256))
         except OSError:
             return False  # its own run records why
         return batch_key(params.with_schedule(*content_size)) == key and params.output_size(*content_size) == size
@@ -637,21 +637,20 @@ class JobRunner:
             log.warning("could not remove the saved states of job %s", job_id, exc_info=True)
 
     def _open(self, sha256: str, role: str) -> Image.Image:
-        path = self.storage.upload_path(sha256)
         try:
             # Decoded as the API decoded it at submit, so a picture it accepted decodes here the same way.
-            return decode_image(path, role=role)
+            return decode_image(self.storage.read_upload(sha256), role=role)
         except FileNotFoundError:
             raise JobFailure("input_missing", f"the {role} image is no longer in storage; submit the job again") from None
         except InvalidImage as error:
             raise JobFailure("invalid_image", error.message) from None
 
     def _saved_state(self, job_id: str, params: TransferParams) -> TransferState | None:
-        path = self.storage.state_path(job_id)
-        if path is None:
+        data = self.storage.load_state(job_id)
+        if data is None:
             return None
         try:
-            state = TransferState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+            state = TransferState.from_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
         except Exception:  # a damaged state only costs the progress it held
             log.warning("ignoring unreadable saved state of job %s", job_id, exc_info=True)
             return None

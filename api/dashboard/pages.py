@@ -98,7 +98,7 @@ def show_job(job_id: str) -> str:
 def removed_uploads(job: Job) -> set[str]:
     """Return the hashes of the job's uploads no longer in storage (the retention sweep removed them): the page says so instead of a broken picture."""
     storage = backends().storage
-    return {sha for sha in (job.content_sha256, *job.style_hashes) if not storage.upload_path(sha).is_file()}
+    return {sha for sha in (job.content_sha256, *job.style_hashes) if not storage.has_upload(sha)}
 
 
 def result_precision(job: Job) -> str | None:
@@ -106,8 +106,8 @@ def result_precision(job: Job) -> str | None:
     if job.status != JobStatus.SUCCEEDED or job.result_expired_at is not None:
         return None
     try:
-        # Only the file's header is read: the metadata comes before the picture's data.
-        metadata = read_metadata(backends().storage.job_path(job.id, job_format(job.params).file_name))
+        # The metadata is in the file's header; the whole file is read, as an object store serves it whole.
+        metadata = read_metadata(backends().storage.read_job_file(job.id, job_format(job.params).file_name))
     except OSError:  # missing or unreadable: the page then says what "auto" means instead
         return None
     precision = (metadata or {}).get("precision")
@@ -144,7 +144,7 @@ def rerun_job(job_id: str) -> Response:
     session, key, resources = db_session(), current_key(), backends()
     original = jobs.get_job(session, key, job_id)
     try:
-        content, *styles = (resources.storage.upload_path(sha).read_bytes() for sha in (original.content_sha256, *original.style_hashes))
+        content, *styles = (resources.storage.read_upload(sha) for sha in (original.content_sha256, *original.style_hashes))
         params = read_params(
             MultiDict({"params": json.dumps(original.params)}),
             {},

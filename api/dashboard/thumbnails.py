@@ -6,7 +6,7 @@ import hashlib
 import io
 import threading
 from collections import OrderedDict
-from pathlib import Path
+from collections.abc import Callable
 
 from flask import Response, send_file
 
@@ -14,6 +14,7 @@ from shared import jobs
 from shared.errors import NotFound
 from shared.images import decode_image
 from shared.outputs import job_format
+from shared.storage import OpenedFile
 
 from ..auth import current_key
 from ..backends import backends, db_session
@@ -22,7 +23,7 @@ from . import bp
 
 THUMBNAIL_PIXELS = 160  # the long side: sharp at 80 CSS pixels on a 2x screen
 CACHE_ENTRIES = 512
-_cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+_cache: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -32,16 +33,16 @@ def show_thumbnail(job_id: str, name: str) -> Response:
     job = jobs.get_job(db_session(), current_key(), job_id)
     db_session().rollback()
     storage = backends().storage
-    sources = {
-        "content": storage.upload_path(job.content_sha256),
-        "style": storage.upload_path(job.style_hashes[0]),
-        "preview": storage.job_path(job.id, "preview.jpg"),
-        "result": storage.job_path(job.id, job_format(job.params).file_name),
+    sources: dict[str, Callable[[], OpenedFile]] = {
+        "content": lambda: storage.open_upload(job.content_sha256),
+        "style": lambda: storage.open_upload(job.style_hashes[0]),
+        "preview": lambda: storage.open_job_file(job.id, "preview.jpg"),
+        "result": lambda: storage.open_job_file(job.id, job_format(job.params).file_name),
     }
     if name not in sources:
         raise NotFound(f"no thumbnail {name!r}; expected one of {', '.join(sources)}")
     try:
-        data, etag = thumbnail(sources[name])
+        data, etag = thumbnail(f"{job.id}/{name}", sources[name]())
     except FileNotFoundError:
         raise NotFound(f"job {job.id} has no {name} image (yet)") from None
     response = send_file(io.BytesIO(data), mimetype="image/jpeg", etag=etag, conditional=True)
@@ -49,18 +50,19 @@ def show_thumbnail(job_id: str, name: str) -> Response:
     return with_cache_control(response, "no-cache" if name == "preview" else IMMUTABLE)
 
 
-def thumbnail(path: Path) -> tuple[bytes, str]:
-    """Return a JPEG thumbnail of the image at `path` and its ETag, made once per version of the file."""
-    stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
+def thumbnail(name: str, opened: OpenedFile) -> tuple[bytes, str]:
+    """Return a JPEG thumbnail of the opened file (the job's `name`) and its ETag, made once per version of the file."""
+    key = (name, opened.etag, opened.size)
     etag = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key], etag
+    with opened.stream:
+        with _cache_lock:
+            if key in _cache:
+                _cache.move_to_end(key)
+                return _cache[key], etag
+        source = opened.stream.read()
     # Decoded as the worker decodes it (upright, 16-bit scaled, alpha on white), so the thumbnail shows what runs;
     # a JPEG decodes at a fraction of its size. The upload was checked against the pixel limit when it came in.
-    small = decode_image(path, max_pixels=None, reduce_to=THUMBNAIL_PIXELS)
+    small = decode_image(source, max_pixels=None, reduce_to=THUMBNAIL_PIXELS)
     small.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=82)
