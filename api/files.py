@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 from typing import IO
 
-from flask import Blueprint, Response, send_file
+from flask import Blueprint, Response, redirect, send_file
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from shared import jobs
 from shared.errors import Conflict, Gone, NotFound
@@ -23,7 +24,7 @@ IMMUTABLE = "private, max-age=86400, immutable"
 
 
 @bp.get("/jobs/<job_id>/result")
-def show_result(job_id: str) -> Response:
+def show_result(job_id: str) -> WerkzeugResponse:
     """Send the finished picture in the job's format (PNG, JPEG or WebP), named `<job id>.<extension>`; 410 once the retention sweep has removed it."""
     job = own_job(job_id)
     if job.result_expired_at is not None:
@@ -33,8 +34,15 @@ def show_result(job_id: str) -> Response:
             code="result_expired",
         )
     output = job_format(job.params)
-    storage = backends().storage
+    storage, seconds = backends().storage, backends().settings.result_url_seconds
     download_name = f"{job.id}.{output.extension}"
+    if seconds and storage.has_job_file(job.id, output.file_name):
+        url = storage.presigned_url(job.id, output.file_name, seconds=seconds, media_type=output.media_type, download_name=download_name)
+        if url is not None:
+            # The store serves the bytes; the redirect itself must not outlive the URL, so no cache keeps it.
+            moved = redirect(url, 307)
+            moved.headers["Cache-Control"] = "no-store"
+            return moved
     try:
         opened = storage.open_job_file(job.id, output.file_name)
     except FileNotFoundError:

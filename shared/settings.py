@@ -32,6 +32,14 @@ class Settings(BaseSettings):
     # everything a deployment owns, and production sets the two URLs. The weights are the user's cache.
     model_dir: Path = Field(default_factory=_default_model_dir)
     storage_dir: Path | None = None
+    # S3-compatible object storage instead of the directory: `s3://bucket/prefix`, with the endpoint and
+    # credentials boto3 reads (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, or a
+    # profile or instance role). Hosts that share no disk (a worker per GPU host) all point here; a worker
+    # then keeps only its weights cache on its own disk. The bucket must exist.
+    storage_url: str | None = Field(default=None, pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
+    # With object storage, GET /v1/jobs/{id}/result answers 307 with a presigned URL valid this many
+    # seconds, so result bytes never pass through the API; 0 streams them through the API as from a directory.
+    result_url_seconds: int = Field(default=0, ge=0, le=7 * 24 * 3600)
     database_url: str | None = None
     broker_url: str | None = None
     # The name a worker process reports in the fleet and leases its jobs under (with its pid); unset

@@ -153,7 +153,12 @@ class Store(Protocol):
 
 
 def open_storage(settings: Settings) -> Store:
-    """Return the store `settings` name: the storage directory."""
+    """Return the store `settings` name: S3-compatible object storage for an `s3://` storage URL, else the directory."""
+    if settings.storage_url is not None:
+        # Imported only here: boto3 loads for deployments that use object storage, never for the embedded default.
+        from .object_storage import ObjectStorage
+
+        return ObjectStorage.from_url(settings.storage_url)
     return Storage(settings.storage_path)
 
 

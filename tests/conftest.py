@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from torchvision import models
 from shared.migrate import upgrade_database
 from tests.databases import copy_database, empty_postgres_database, migrate_template
 from tests.groups import pytest_collection_modifyitems  # noqa: F401 (a hook: pytest finds it here)
-from tests.services import fresh_postgres_database
+from tests.services import TEST_BUCKET, fresh_postgres_database, seaweedfs_environment
 
 REPO = Path(__file__).resolve().parents[1]
 # The test tensors are tiny: one thread beats two that contend with each other and with the worker
@@ -100,6 +101,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url = request.getfixturevalue("postgres_url")
     empty_postgres_database(url)
     return url
+
+
+@pytest.fixture(scope="session")
+def s3_environment() -> dict[str, str]:
+    """The variables that point boto3 at the machine's shared SeaweedFS, started when it is not running."""
+    return seaweedfs_environment()
+
+
+@pytest.fixture(params=["directory", "s3"])
+def storage_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """A store for one test: None (the storage directory the test's settings name), or a key prefix of its own in the
+    shared SeaweedFS's bucket, with this process's environment pointing boto3 there."""
+    if request.param == "directory":
+        return None
+    for name, value in request.getfixturevalue("s3_environment").items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{TEST_BUCKET}/test-{uuid.uuid4().hex}"
 
 
 # The recovery times the fault drills measured (tests/integration/test_fault_drills_*.py), from their test reports.

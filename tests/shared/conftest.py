@@ -1,4 +1,5 @@
-"""The service layer on a real database (`database_url`: SQLite and Postgres) and a storage folder, with no app or worker."""
+"""The service layer on a real database (`database_url`: SQLite and Postgres) and a real store (`storage_url`: a folder and
+SeaweedFS's S3), with no app or worker."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from shared.jobs import create_job
 from shared.keys import create_api_key
 from shared.models import ApiKey, Job
 from shared.params import resolve_params
-from shared.storage import Storage
+from shared.settings import Settings
+from shared.storage import Store, open_storage
 
 # The server secret the service-layer tests hash keys under.
 SECRET_KEY = "service-layer-tests"
@@ -27,8 +29,9 @@ def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
 
 
 @pytest.fixture
-def storage(tmp_path: Path) -> Storage:
-    return Storage(tmp_path / "storage")
+def storage(tmp_path: Path, storage_url: str | None) -> Store:
+    """The test's store, as `open_storage` makes it from the settings: a folder of its own, or a key prefix of its own in SeaweedFS."""
+    return open_storage(Settings(data_dir=tmp_path, storage_url=storage_url))
 
 
 @pytest.fixture

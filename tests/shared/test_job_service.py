@@ -34,7 +34,7 @@ def test_submit_job_stores_both_uploads_and_a_queued_job(factory, storage, owner
         [sha(STYLE)],
         50,
     )
-    assert storage.upload_path(sha(CONTENT)).read_bytes() == CONTENT and storage.upload_path(sha(STYLE)).read_bytes() == STYLE
+    assert storage.read_upload(sha(CONTENT)) == CONTENT and storage.read_upload(sha(STYLE)) == STYLE
 
 
 def test_a_repeated_idempotency_key_returns_the_first_job(factory, storage, owners):
@@ -45,7 +45,7 @@ def test_a_repeated_idempotency_key_returns_the_first_job(factory, storage, owne
         again_id = again.id
 
     assert not created and again_id == first.id
-    assert storage.upload_path(sha(CONTENT)).exists() and storage.upload_path(sha(STYLE)).exists()
+    assert storage.has_upload(sha(CONTENT)) and storage.has_upload(sha(STYLE))
 
 
 @pytest.mark.parametrize(
@@ -63,8 +63,8 @@ def test_an_idempotency_key_reused_for_another_request_is_refused_and_keeps_none
         jobs.submit_job(session, storage, owners["alice"], content, style, params, "key-1")
 
     assert refused.value.code == "idempotency_key_reused" and first.id in refused.value.message
-    assert not storage.upload_path(sha(b"other content")).exists() and not storage.upload_path(sha(b"other style")).exists()
-    assert storage.upload_path(sha(CONTENT)).exists()
+    assert not storage.has_upload(sha(b"other content")) and not storage.has_upload(sha(b"other style"))
+    assert storage.has_upload(sha(CONTENT))
     with factory() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 1
 
@@ -77,7 +77,7 @@ def test_a_submission_that_fails_leaves_no_new_file(factory, storage, owners, mo
     with factory() as session, pytest.raises(RuntimeError):
         jobs.submit_job(session, storage, owners["alice"], CONTENT, STYLE, PARAMS)
 
-    assert not storage.upload_path(sha(CONTENT)).exists() and not storage.upload_path(sha(STYLE)).exists()
+    assert not storage.has_upload(sha(CONTENT)) and not storage.has_upload(sha(STYLE))
 
 
 def test_enqueue_job_sends_the_id_then_records_when(factory, owners):
@@ -123,6 +123,6 @@ def test_delete_job_removes_its_row_files_and_the_uploads_no_other_job_uses(fact
     with factory() as session:
         jobs.delete_job(session, storage, session.get(Job, doomed.id))
 
-    assert load(factory, doomed.id) is None and not storage.job_path(doomed.id, "result.png").exists()
-    assert not storage.upload_path(sha(b"another content")).exists()
-    assert storage.upload_path(sha(STYLE)).exists() and load(factory, shared_style.id) is not None
+    assert load(factory, doomed.id) is None and not storage.has_job_file(doomed.id, "result.png")
+    assert not storage.has_upload(sha(b"another content"))
+    assert storage.has_upload(sha(STYLE)) and load(factory, shared_style.id) is not None
