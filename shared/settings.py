@@ -79,7 +79,11 @@ class Settings(BaseSettings):
     # them (about a minute) the database counts as down: the run stops, and the sweep resumes the job when it is back.
     database_retry_delays: Annotated[tuple[NonNegativeFloat, ...], NoDecode] = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
     # The waits between tries of writing a result; past them the job goes back to the queue (a failed attempt).
+    # A store that does not answer at all (an object store down) is waited for longer, `storage_retry_delays`.
     result_write_retry_delays: Annotated[tuple[NonNegativeFloat, ...], NoDecode] = (1.0, 2.0, 4.0, 8.0)
+    # The waits between a worker's tries of reading or writing an object store that does not answer; past them
+    # (about a minute) a job goes back to the queue, uncounted, until the store is back.
+    storage_retry_delays: Annotated[tuple[NonNegativeFloat, ...], NoDecode] = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
     # The worker saves a preview and its resumable state every this many checkpoints, and no more often
     # than every `preview_min_seconds` (on a GPU a checkpoint can come every few milliseconds).
     preview_every: int = Field(default=5, ge=1)
@@ -153,7 +157,7 @@ class Settings(BaseSettings):
     webhook_allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
     webhook_allow_private: bool = False
 
-    @field_validator("database_retry_delays", "result_write_retry_delays", mode="before")
+    @field_validator("database_retry_delays", "result_write_retry_delays", "storage_retry_delays", mode="before")
     @classmethod
     def _split_delays(cls, value: Any) -> Any:
         # Comma-separated, as an operator would write them; empty means no retry at all.

@@ -18,7 +18,11 @@ Faults, and what a run does about them:
 - a preview or a state cannot be written: logged, and the run goes on; a result cannot be written:
   retried (`Settings.result_write_retry_delays`), then the job goes back to the queue (and fails after `max_attempts` such tries);
 - files are written only after the checkpoint's database write confirms the lease, so a canceled,
-  deleted or taken-over job gets no late files.
+  deleted or taken-over job gets no late files;
+- the store (an object store) does not answer through `Settings.storage_retry_delays`: a claim is left
+  for the sweeper to send again, a job whose inputs or state cannot be read goes back to the queue, and a
+  finished job whose result cannot be written goes back to it too, none of them counted as a failed attempt
+  (the store's outage is not the job's fault); previews and states missed meanwhile only cost progress.
 
 A checkpoint's preview and state are copied off the device in the loop, then encoded and written by a
 thread of their own while the optimisation goes on (on an H100 the service's work inside the loop, these
@@ -57,7 +61,7 @@ from shared.models import Job, JobStatus
 from shared.outputs import FORMATS, encode_result
 from shared.params import AUTO, TransferParams, resolve_params, style_roles
 from shared.settings import Settings
-from shared.storage import Store
+from shared.storage import Store, StoreUnreachable
 
 from .engine import (
     Backbone,
@@ -88,6 +92,10 @@ STORAGE_FAILURE_MESSAGE = "the service could not store this job's files; it was 
 
 class DatabaseDown(Exception):
     """The database stayed unreachable through every retry: the run stops and leaves the job to the sweeper."""
+
+
+class StoreDown(Exception):
+    """The store stayed unreachable through every retry: the jobs held go back to the queue, uncounted."""
 
 
 class JobFailure(Exception):
@@ -235,12 +243,24 @@ class JobRunner:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _from_store(self, step: Callable[[], T]) -> T:
+        """Run a step that reads or writes the store, retrying while it does not answer; StoreDown after `storage_retry_delays`."""
+        for delay in (*self.settings.storage_retry_delays, None):
+            try:
+                return step()
+            except StoreUnreachable as error:
+                if delay is None:
+                    raise StoreDown(str(error)) from error
+                log.warning("the store does not answer, retrying in %s s: %s", delay, error)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
     def run(self, job_id: str, resend: Callable[[str], None] | None = None) -> str:
         """Claim and run the job, with any batch-mates; return what became of it.
 
         One of 'succeeded', 'canceled', 'failed', 'skipped' (another worker has it, or it ended),
         'lost' (taken over meanwhile), 'handed_back' (back in the queue: the worker is stopping, or
-        storage failed) or 'interrupted' (the database went away; the sweeper resumes it). `resend`
+        storage failed) or 'interrupted' (the database or the store went away; the sweeper resumes it). `resend`
         sends a job's message to the broker again, for jobs handed back. Every line logged meanwhile
         carries the job's id and this worker's name, and once it is claimed, the attempt.
         """
@@ -252,7 +272,12 @@ class JobRunner:
         if self.stopping.is_set():
             self._send_again(job_id)  # this message arrived as the worker stops: another worker takes it
             return "handed_back"
-        job, gave_up = self._transaction(lambda s: self._claim(s, job_id))
+        try:
+            job, gave_up = self._from_store(lambda: self._transaction(lambda s: self._claim(s, job_id)))
+        except StoreDown:
+            # The claim was rolled back with its failed marker write: the job is queued, and the sweeper sends it again.
+            log.error("the store is unreachable; leaving job %s queued for the sweeper to send again", job_id, exc_info=True)
+            return "interrupted"
         if gave_up:
             self._remove_states(job_id)
             return "failed"
@@ -273,6 +298,15 @@ class JobRunner:
             # Only the job itself is held yet: its failures come before any batch-mate is claimed.
             self._finish(job_id, JobStatus.FAILED, failure.code, failure.message)
             outcome = "failed"
+        except StoreDown:
+            # Inputs or a state that cannot be read: back to the queue, uncounted; the sweeper sends them when it next runs.
+            log.error("the store is unreachable; handing jobs %s back to the queue", ", ".join(held.ids()), exc_info=True)
+            for held_id in held.ids():
+                try:
+                    self._transaction(partial(leases.release_job, job_id=held_id, lease_owner=self.lease_owner))
+                except DatabaseDown:
+                    log.error("could not hand job %s back; the sweeper will find its lease stale", held_id)
+            return "handed_back"
         except DatabaseDown:
             # Nothing can be recorded now; the leases go stale and the sweeper resumes the jobs from their saved states.
             log.error("the database is unreachable; leaving jobs %s to be resumed when it is back", ", ".join(held.ids()), exc_info=True)
@@ -604,10 +638,16 @@ class JobRunner:
         data = encode_result(result.image, member.params, precision=resolve_precision(member.params.precision, self.device))
         for delay in (*self.settings.result_write_retry_delays, None):
             try:
-                self.storage.write_job_file(member.job_id, FORMATS[member.params.format].file_name, data, create=False)
+                self._from_store(
+                    lambda: self.storage.write_job_file(member.job_id, FORMATS[member.params.format].file_name, data, create=False)
+                )
                 break
             except FileNotFoundError:
                 break  # deleted meanwhile: the record below says so
+            except StoreDown:
+                log.warning("the store is unreachable; job %s goes back to the queue to finish once it answers", member.job_id)
+                self._hand_back(member, held)
+                return
             except OSError:
                 log.warning(
                     "could not write the result of job %s%s",
@@ -639,14 +679,14 @@ class JobRunner:
     def _open(self, sha256: str, role: str) -> Image.Image:
         try:
             # Decoded as the API decoded it at submit, so a picture it accepted decodes here the same way.
-            return decode_image(self.storage.read_upload(sha256), role=role)
+            return decode_image(self._from_store(lambda: self.storage.read_upload(sha256)), role=role)
         except FileNotFoundError:
             raise JobFailure("input_missing", f"the {role} image is no longer in storage; submit the job again") from None
         except InvalidImage as error:
             raise JobFailure("invalid_image", error.message) from None
 
     def _saved_state(self, job_id: str, params: TransferParams) -> TransferState | None:
-        data = self.storage.load_state(job_id)
+        data = self._from_store(lambda: self.storage.load_state(job_id))
         if data is None:
             return None
         try:

@@ -23,7 +23,7 @@ from shared.models import Checkpoint, Job, utcnow
 from shared.outputs import read_metadata
 from shared.params import resolve_params
 from shared.settings import Settings
-from shared.storage import Storage
+from shared.storage import Storage, StoreUnreachable
 from worker import liveness
 from worker import runner as runner_module
 from worker.engine import Backbone, Control, get_convention, resolve_precision, transfer
@@ -885,3 +885,61 @@ def test_the_runner_counts_iterations_checkpoint_writes_and_memory_for_its_metri
     assert (
         registry.get_sample_value("styleq_worker_device_memory_bytes", {"worker": "gpu0@host", "device": "cpu", "kind": "rss"}) > 10_000_000
     )
+
+
+class OutageStorage(Storage):
+    """Storage that does not answer, as an object store that is down, for the operations (or job files) named in `down`."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.down: set[str] = set()
+
+    def _answer(self, operation: str) -> None:
+        if operation in self.down:
+            raise StoreUnreachable(f"the test's store is down for {operation}")
+
+    def make_job_dir(self, job_id: str) -> None:
+        self._answer("make_job_dir")
+        super().make_job_dir(job_id)
+
+    def read_upload(self, sha256: str) -> bytes:
+        self._answer("read_upload")
+        return super().read_upload(sha256)
+
+    def write_job_file(self, job_id: str, name: str, data: bytes, *, create: bool = True) -> Path:
+        self._answer(name)
+        return super().write_job_file(job_id, name, data, create=create)
+
+
+def test_a_job_the_store_cannot_give_its_inputs_goes_back_to_the_queue_uncounted(tmp_path, factory, images_dir, vgg16_random):
+    settings = Settings(data_dir=tmp_path, preview_every=2, preview_min_seconds=0, storage_retry_delays="0,0")
+    storage = OutageStorage(tmp_path / "storage")
+    job_id = submit(factory, storage, images_dir)
+    runner = make_runner(settings, factory, storage, vgg16_random)
+
+    storage.down = {"make_job_dir"}
+    assert runner.run(job_id) == "interrupted"  # the claim went with its marker: the sweeper sends the job again
+    assert (load(factory, job_id).status, load(factory, job_id).attempts) == ("queued", 0)
+    storage.down = {"read_upload"}
+    assert runner.run(job_id) == "handed_back"
+    job = load(factory, job_id)
+    assert (job.status, job.lease_owner, job.enqueued_at, job.stalled_attempts) == ("queued", None, None, 0)
+
+    storage.down = set()
+    assert runner.run(job_id) == "succeeded"
+
+
+def test_a_finished_job_whose_result_the_store_cannot_take_goes_back_and_ends_from_its_last_state_once_it_answers(
+    tmp_path, factory, images_dir, vgg16_random
+):
+    settings = Settings(data_dir=tmp_path, preview_every=2, preview_min_seconds=0, storage_retry_delays="0,0")
+    storage = OutageStorage(tmp_path / "storage")
+    job_id = submit(factory, storage, images_dir, iterations=40)
+    storage.down = {"result.png"}
+    assert make_runner(settings, factory, storage, vgg16_random).run(job_id) == "handed_back"
+    job = load(factory, job_id)
+    assert (job.status, job.stalled_attempts, job.saved_iteration) == ("queued", 0, 40)
+
+    storage.down = set()
+    assert make_runner(settings, factory, storage, vgg16_random, lease_owner="gpu1@host/2").run(job_id) == "succeeded"
+    assert load(factory, job_id).resumed_iteration == 40 and storage.has_job_file(job_id, "result.png")
