@@ -197,7 +197,7 @@ class SeaweedFS:
         self.daemon = daemon
         self.root = root or Path(tempfile.mkdtemp(prefix="styleq-seaweedfs-"))
         self.root.mkdir(parents=True, exist_ok=True)
-        self.s3_port = s3_port or free_port()
+        self.s3_port = s3_port or _free_port_with_grpc()
         # The master, volume and filer servers, each with its gRPC port at +10000, as SeaweedFS assumes by default.
         self.ports = {name: _free_port_with_grpc() for name in ("master", "volume", "filer")}
         self.endpoint = f"http://127.0.0.1:{self.s3_port}"
