@@ -1,4 +1,5 @@
-"""`styleq gc`: what `--dry-run` lists is exactly what a run then removes, and nothing a live job needs goes.
+"""`styleq gc`: what `--dry-run` lists is exactly what a run then removes, and nothing a live job needs goes; over a
+directory and over object storage.
 
 A storage directory and a database (SQLite and Postgres) hold jobs backdated 60 days: ended ones
 whose files have outlived the default retention (results 30 days, previews 7, states 2, uploads 30),
@@ -8,6 +9,8 @@ and a queued and a running job with old uploads, saved states and previews that 
 from __future__ import annotations
 
 import os
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +24,9 @@ from shared.jobs import create_job
 from shared.keys import create_api_key
 from shared.models import Job, JobStatus
 from shared.params import resolve_params
-from shared.storage import Storage
+from shared.settings import load_settings
+from shared.storage import Storage, open_storage
+from tests.services import TEST_BUCKET
 
 NOW = datetime.now(UTC)
 LONG_AGO = NOW - timedelta(days=60)
@@ -167,4 +172,48 @@ def test_older_than_applies_one_age_to_every_kind_and_refuses_a_bad_age(storage,
     assert {tuple(line.split("\t")[:2]) for line in lines} == {("upload", sha), ("result", job_id)}
     refused = CliRunner().invoke(main, ["gc", "--older-than", "soon"])
     assert refused.exit_code == 2 and "not a positive age" in refused.output
+    engine.dispose()
+
+
+def test_gc_removes_what_outlived_its_retention_from_object_storage_and_spares_a_live_job(
+    tmp_path, database_url, monkeypatch, s3_environment
+):
+    """The same sweep over SeaweedFS's S3, whose objects cannot be backdated: every kind kept 1 s, and 2 s waited."""
+    for name, value in s3_environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("STYLEQ_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("STYLEQ_DATABASE_URL", database_url)
+    monkeypatch.setenv("STYLEQ_STORAGE_URL", f"s3://{TEST_BUCKET}/gc-{uuid.uuid4().hex}")
+    storage = open_storage(load_settings())
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    with session_scope(factory) as session:
+        owner, _ = create_api_key(session, "alice", secret="gc-tests")
+    done_content, running_content = storage.save_upload(b"done"), storage.save_upload(b"running")
+    with session_scope(factory) as session:
+        done, _ = create_job(session, owner, resolve_params({"iterations": 100}), done_content, done_content)
+        running, _ = create_job(session, owner, resolve_params({"iterations": 100}), running_content, running_content)
+        done.status, done.finished_at = JobStatus.SUCCEEDED, NOW
+        running.status, running.started_at, running.lease_owner, running.heartbeat_at = JobStatus.RUNNING, NOW, "gpu0@host/1", NOW
+        done_id, running_id = done.id, running.id
+    for job_id in (done_id, running_id):
+        storage.make_job_dir(job_id)
+        storage.write_job_file(job_id, "preview.jpg", b"p" * 100, create=False)
+        storage.save_state(job_id, 50, b"s" * 500)
+    storage.write_job_file(done_id, "result.png", b"r" * 1000, create=False)
+    time.sleep(2)
+
+    planned, _ = listed(gc("--dry-run", "--older-than", "1s"))
+    removed, (_, count, removed_bytes, _) = listed(gc("--older-than", "1s"))
+
+    assert planned == removed and count == "4 files" and int(removed_bytes) == len("done") + 1000 + 100 + 500
+    assert {tuple(line.split("\t")[:2]) for line in removed} == {
+        ("upload", done_content),
+        ("result", done_id),
+        ("preview", done_id),
+        ("state", done_id),
+    }
+    assert all(line.split("\t")[3].startswith(storage.location) for line in removed)
+    assert storage.has_upload(running_content) and storage.load_state(running_id) == b"s" * 500
+    assert storage.has_job_file(running_id, "preview.jpg") and not storage.has_job_file(done_id, "result.png")
     engine.dispose()
