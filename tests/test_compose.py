@@ -22,6 +22,8 @@ from tests.services import ensure_redis, free_port
 REPO = Path(__file__).resolve().parents[1]
 # The package's `docker-compose` script exits 0 whatever Compose said, so the binary it wraps is called.
 COMPOSE = Path(compose.__file__).parent / "docker-compose"
+# The two secrets an operator puts in `.env`: the service's own, and the object store's key.
+SECRETS = {"STYLEQ_SECRET_KEY": "x" * 64, "STYLEQ_S3_SECRET": "s" * 64}
 
 
 def run_compose(compose_file: Path, *arguments: str, tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
@@ -34,7 +36,7 @@ def run_compose(compose_file: Path, *arguments: str, tmp_path: Path, **variables
 
 
 def test_compose_accepts_the_file(tmp_path):
-    said = run_compose(REPO / "docker-compose.yml", "config", "--quiet", tmp_path=tmp_path, STYLEQ_SECRET_KEY="x" * 64)
+    said = run_compose(REPO / "docker-compose.yml", "config", "--quiet", tmp_path=tmp_path, **SECRETS)
 
     assert said.returncode == 0, said.stderr
 
@@ -45,17 +47,19 @@ def test_compose_refuses_a_broken_file(tmp_path):
     (tmp_path / "docker-compose.yml").write_text(yaml.safe_dump(broken))
     (tmp_path / "prometheus.yml").write_text((REPO / "prometheus.yml").read_text())
 
-    said = run_compose(tmp_path / "docker-compose.yml", "config", "--quiet", tmp_path=tmp_path, STYLEQ_SECRET_KEY="x" * 64)
+    said = run_compose(tmp_path / "docker-compose.yml", "config", "--quiet", tmp_path=tmp_path, **SECRETS)
 
     assert said.returncode != 0
     assert "nowhere" in said.stderr
 
 
-def test_compose_refuses_to_start_without_the_secret_key(tmp_path):
-    said = run_compose(REPO / "docker-compose.yml", "config", "--quiet", tmp_path=tmp_path)
+@pytest.mark.parametrize("missing", ["STYLEQ_SECRET_KEY", "STYLEQ_S3_SECRET"])
+def test_compose_refuses_to_start_without_either_secret(tmp_path, missing):
+    others = {name: value for name, value in SECRETS.items() if name != missing}
+    said = run_compose(REPO / "docker-compose.yml", "config", "--quiet", tmp_path=tmp_path, **others)
 
     assert said.returncode != 0
-    assert "STYLEQ_SECRET_KEY" in said.stderr
+    assert missing in said.stderr
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +103,7 @@ def test_api_is_gunicorn_on_the_app_factory_after_migration(services):
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
 
 
-def test_each_worker_reserves_its_own_gpu_and_shares_the_image_volume(services):
+def test_each_worker_reserves_its_own_gpu_and_mounts_no_shared_volume(services):
     workers = {name: service for name, service in services.items() if name.startswith("worker")}
     assert len(workers) >= 2
 
@@ -111,14 +115,28 @@ def test_each_worker_reserves_its_own_gpu_and_shares_the_image_volume(services):
         assert worker["command"][:2] == ["styleq", "worker"], name
         assert "healthcheck" in worker, name
         assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
-        assert any(volume.startswith("images:") for volume in worker["volumes"]), name
+        assert worker["depends_on"]["store-bucket"]["condition"] == "service_completed_successfully", name
+        # Files live in the object store: a worker can run on any host that reaches it.
+        assert not worker.get("volumes"), name
     assert len(reserved) == len(set(reserved)), "two workers share a GPU"
-    assert any(volume.startswith("images:") for volume in services["api"]["volumes"])
+    assert not services["api"].get("volumes")
 
 
-def test_every_styleq_service_points_at_postgres_and_redis(services):
+def test_the_object_store_keeps_its_data_on_a_volume_reports_health_and_takes_only_styleqs_key(services):
+    store = services["seaweedfs"]
+
+    assert store["image"].startswith("chrislusf/seaweedfs:") and "-s3" in store["command"]
+    assert any(volume.endswith(":/data") for volume in store["volumes"]) and "-dir=/data" in store["command"]
+    assert "/healthz" in " ".join(store["healthcheck"]["test"])
+    assert store["environment"]["AWS_SECRET_ACCESS_KEY"].startswith("${STYLEQ_S3_SECRET:?")
+    assert "ensure_bucket" in " ".join(services["store-bucket"]["command"])
+
+
+def test_every_styleq_service_points_at_postgres_redis_and_the_object_store(services):
     for name in ("migrate", "api", "worker-gpu0", "worker-gpu1"):
         settings = environment(services[name])
+        assert settings["STYLEQ_STORAGE_URL"].startswith("s3://") and settings["AWS_ENDPOINT_URL"] == "http://seaweedfs:8333", name
+        assert settings["AWS_SECRET_ACCESS_KEY"] == services["seaweedfs"]["environment"]["AWS_SECRET_ACCESS_KEY"], name
         assert settings["STYLEQ_DATABASE_URL"].startswith("postgresql+psycopg://"), name
         assert settings["STYLEQ_BROKER_URL"].startswith("redis://redis:"), name
         # Every API container signs dashboard cookies with one secret, which compose refuses to start without.
