@@ -61,6 +61,7 @@ def imported_modules(path: Path) -> set[str]:
         "secret_key",
         "fleet",
         "storage",
+        "object_storage",
         "params",
         "migrate",
         "errors",
@@ -84,6 +85,13 @@ def test_the_api_loads_neither_torch_nor_the_worker_nor_the_cli():
     loaded = top_level(modules_after("import api; api.create_app"))
 
     assert not loaded & {"torch", "worker", "cli"}
+
+
+def test_boto3_loads_only_where_a_deployment_uses_object_storage():
+    # A directory's deployment (the embedded default) never pays for boto3's import, nor needs it installed to work.
+    loaded = top_level(modules_after("import api, shared.storage, shared.retention, shared.jobs, worker.runner; api.create_app"))
+
+    assert not loaded & {"boto3", "botocore"}
 
 
 def test_gunicorn_s_config_leaves_prometheus_client_for_the_processes_it_forks():
