@@ -425,6 +425,11 @@ PATHS: dict[str, Any] = {
                     RESULT_MIMETYPES,
                     "private, max-age=86400, immutable",
                 ),
+                "307": {
+                    "description": "With object storage and STYLEQ_RESULT_URL_SECONDS set: the result is at a presigned URL of the "
+                    "store, valid that many seconds, which serves the same bytes and headers; follow the redirect.",
+                    "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+                },
                 **NOT_MODIFIED,
                 "409": _error("not_ready."),
                 "410": _error("result_expired: the result was removed when its retention ended; the job's record stays."),
@@ -587,7 +592,9 @@ DOCUMENT: dict[str, Any] = {
             "UriTooLong": _error("uri_too_long: the request line is over 4094 bytes."),
             "HeadersTooLarge": _error("headers_too_large: a header is over 8190 bytes, or there are over 100."),
             "Unavailable": {
-                **_error("database_unavailable (or storage_unavailable on submit): try again after Retry-After seconds."),
+                **_error(
+                    "database_unavailable, or storage_unavailable (the storage refused a write, or the object store does not answer): try again after Retry-After seconds."
+                ),
                 "headers": {"Retry-After": RETRY_AFTER},
             },
             "MethodNotAllowed": {
