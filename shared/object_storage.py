@@ -239,7 +239,8 @@ class ObjectStorage:
             return False
         key = self._key(job_key(job_id, state_name(iteration)))
         self._write_unless_deleted(job_id, key, data)
-        if self._states(job_id)[-1][0] > iteration:
+        after = self._states(job_id)
+        if after and after[-1][0] > iteration:
             # A newer state landed meanwhile (its writer listed before this one wrote): this one is stale.
             self._delete(key)
             return False
