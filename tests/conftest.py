@@ -18,6 +18,8 @@ from tests.databases import copy_database, empty_postgres_database, migrate_temp
 from tests.groups import pytest_collection_modifyitems  # noqa: F401 (a hook: pytest finds it here)
 from tests.services import TEST_BUCKET, fresh_postgres_database, seaweedfs_environment
 
+# The second copies of tests that only `make test-full` runs are marked there (tests/tiers.py).
+pytest_plugins = ["tests.tiers"]
 REPO = Path(__file__).resolve().parents[1]
 # The test tensors are tiny: one thread beats two that contend with each other and with the worker
 # processes that the integration tests start on this 2-core machine.
