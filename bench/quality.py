@@ -7,14 +7,13 @@
 Pairs: every content photo x every style picture of ../shared/images (their roles read from its SOURCES.md, or
 given by --contents and --styles). Each pair is made at every --sizes long side, and the first --large-pairs
 pairs (taken so that each photo comes up in turn) also at --large-size. Methods:
-- `default`: the `styleq` preset as a job gets it (only the size given): its automatic schedule at every size;
+- `default`: the `styleq` preset as a job gets it (only the size given): its automatic schedule at every size
+  (above 512 px: a first scale 512 px long that settles the look, then scales twice as large that sharpen it,
+  the photo's own detail added at each and its content weighed more there);
 - `one-pass`: one scale at full size, stopped when the default has run as long on the same pair and size (only
   where the default itself is more than one pass);
-- `first-512`: a candidate schedule: a first scale about 512 px long, a whole job at one pass's size that
-  settles the picture, with 80 % of the iterations; the finer scales (at most 2x a step) share the rest evenly;
-  the content weight twice the preset's;
 - `previous`: the automatic schedule before issue 23 (a first scale about 320 px long, iterations in inverse
-  proportion to each scale's pixels), given as explicit `scales` and `scale_iterations`;
+  proportion to each scale's pixels, no photo detail, one content weight), given as explicit parameters;
 - `nst-multires`: neural-style-pt (PyPI neural-style==0.5.7, fp32, its defaults) as its users make large
   pictures: a first run at 512 px, then its result as `-init image -init_image` at the size (--peer-iterations
   sets each run's iterations; only at sizes above 512; CPU only).
@@ -59,15 +58,9 @@ from worker.engine.weights import LoadedWeights
 
 CONTENT_LAYER = "relu4_2"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-METHODS = ("default", "one-pass", "first-512", "previous", "nst-multires")
+METHODS = ("default", "one-pass", "previous", "nst-multires")
 # The schedule before issue 23: a first scale about this many pixels on the long side.
 PREVIOUS_FIRST_LONG_SIDE = 320
-# The candidate schedule: a first scale about as large as a one-pass picture, which gets this share of the iterations,
-# with the content weight this many times the preset's (on 2026-12-06 it kept more of the photo at 1024 px than one
-# pass in the same time, at the style of the 450 px picture; README, "Quality at size").
-CANDIDATE_FIRST_LONG_SIDE = 512
-CANDIDATE_FIRST_SHARE = 0.8
-CANDIDATE_CONTENT_WEIGHT = 2.0
 # neural-style-pt's first run of its multi-resolution recipe, on the long side.
 PEER_FIRST_SIZE = 512
 THUMBNAIL_HEIGHT = 320
@@ -142,22 +135,11 @@ def previous_schedule(params: TransferParams, content: Image.Image) -> dict[str,
     scales = auto_scales(height, width, params.minimum_side, params.iterations, first_long_side=PREVIOUS_FIRST_LONG_SIDE)
     if len(scales) == 1:
         return {"scales": [1.0]}
-    return {"scales": list(scales), "scale_iterations": list(split_iterations(params.iterations, scales))}
-
-
-def candidate_schedule(params: TransferParams, content: Image.Image) -> dict[str, object]:
-    """Return the `first-512` schedule for this output, as explicit parameters."""
-    height, width = params.output_size(*content.size)
-    scales = auto_scales(height, width, params.minimum_side, params.iterations, first_long_side=CANDIDATE_FIRST_LONG_SIDE)
-    if len(scales) == 1:
-        return {"scales": [1.0]}
-    finer = len(scales) - 1
-    first = min(params.iterations - finer, max(1, round(params.iterations * CANDIDATE_FIRST_SHARE)))
-    rest, extra = divmod(params.iterations - first, finer)
     return {
         "scales": list(scales),
-        "scale_iterations": [first, *(rest + (index < extra) for index in range(finer))],
-        "content_weight": params.content_weight * CANDIDATE_CONTENT_WEIGHT,
+        "scale_iterations": list(split_iterations(params.iterations, scales)),
+        "photo_detail": False,
+        "fine_content_factor": 1.0,
     }
 
 
@@ -214,9 +196,6 @@ class Bench:
                     lambda: self._engine(one_pass, content, style, stop_after=self.find(content_name, style_name, size, "default").seconds),
                 )
             )
-        if "first-512" in self.args.methods and not one_pass_default:
-            candidate = {**default_values, **candidate_schedule(resolve_params(default_values), content)}
-            runs.append(("first-512", lambda: self._engine(candidate, content, style)))
         if "previous" in self.args.methods and not one_pass_default:
             previous = {**default_values, **previous_schedule(resolve_params(default_values), content)}
             runs.append(("previous", lambda: self._engine(previous, content, style)))
@@ -286,7 +265,7 @@ def report(pictures: list[Picture], small: int) -> list[str]:
     lines = []
     by = {(p.content, p.style, p.size, p.method): p for p in pictures}
     failures = 0
-    for size, method in itertools.product(sorted({p.size for p in pictures if p.size > small}), ("default", "first-512", "previous")):
+    for size, method in itertools.product(sorted({p.size for p in pictures if p.size > small}), ("default", "previous")):
         defaults = [p for p in pictures if p.size == size and p.method == method]
         if not defaults:
             continue

@@ -144,6 +144,16 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
     type=float,
     help=f"The style image's area against the picture's ({_range_help('style_scale')}; below 1: larger strokes).",
 )
+@click.option(
+    "--photo-detail/--no-photo-detail",
+    default=None,
+    help="Coarse-to-fine: start each finer scale from the enlarged picture plus the photo's detail it lacks (the styleq preset's).",
+)
+@click.option(
+    "--fine-content-factor",
+    type=float,
+    help=f"Coarse-to-fine: the content weight at every scale after the first, times --content-weight ({_range_help('fine_content_factor')}; styleq: 3).",
+)
 @click.option("--checkpoint-every", type=int, help="Iterations between loss checkpoints (default 10).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option(
@@ -185,6 +195,8 @@ def transfer_command(
         params.check_output_size(*content_image.size)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--size") from None
+    # The automatic schedule written out for this photo, so the progress bar counts the iterations it runs.
+    params = params.with_schedule(*content_image.size)
 
     settings = load_settings()
     if params.weights in REGISTRY and not is_pulled(params.weights, settings.models_path):

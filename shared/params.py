@@ -31,6 +31,8 @@ RANGES: dict[str, tuple[float, float]] = {
     # The style picture's area as a multiple of the content's at each scale: below 1 its strokes and textures
     # come out larger in the result, above 1 smaller (the network sees the style picture shrunk or enlarged).
     "style_scale": (0.25, 4.0),
+    # Coarse-to-fine: the content weight at every scale after the first, as a multiple of content_weight.
+    "fine_content_factor": (0.0, 100.0),
     # JPEG and WebP quality (Pillow's scale); a PNG result is lossless and ignores it.
     "quality": (1, 100),
 }
@@ -66,6 +68,8 @@ SAVED_STATE_DEFAULTS: dict[str, Any] = {
     "style_loss": "gram",
     "format": "png",
     "quality": 92,
+    "photo_detail": False,
+    "fine_content_factor": 1.0,
 }
 # The weights registry's names and files (worker/engine/weights.py REGISTRY), so the API can refuse anything
 # else (a client must never name a file path), and weights an operator has not pulled, without importing the engine.
@@ -95,9 +99,18 @@ MIN_SCALE = 0.05
 MIN_SCALE_SHARE = 0.05
 # The automatic schedule (scales="auto"): one pass for an output up to ONE_PASS_LONG_SIDE pixels on its long side;
 # above, a first scale about COARSE_LONG_SIDE pixels long, then scales growing by at most MAX_SCALE_STEP each.
+# The first scale is a whole one-pass picture: it settles the look, as a 450 px job does. Started at 320 px, the
+# schedule lost what was a few pixels there (a lodge, arcades) and painted the style's objects at the size of
+# buildings (issue 23; README, "Quality at size"); the finer scales only sharpen (see `photo_detail`).
 ONE_PASS_LONG_SIDE = 512
-COARSE_LONG_SIDE = 320
+COARSE_LONG_SIDE = 512
 MAX_SCALE_STEP = 2.0
+# With scales "auto", a job's `iterations` are a one-pass job's budget: the first scale gets FIRST_SCALE_SHARE of
+# them and each finer scale a third of that (300: 120 at 512 px, then 40 at 1024 and 40 at 2048), and the job's
+# iterations are their sum. An iteration at twice the size costs four, so the finer scales get few: a 1024 px job
+# costs about 70 full-size iterations, the previous schedule's 63 (bench/quality.py measured the pictures).
+FIRST_SCALE_SHARE = 0.4
+FINER_SCALE_SHARE = FIRST_SCALE_SHARE / 3
 # The fewest pixels the short side of a coarse scale may have (the engine enlarges smaller ones to it).
 MIN_SCALE_SIDE = 32
 AUTO = "auto"
@@ -156,6 +169,14 @@ class TransferParams:
     style_loss: str = "gram"
     format: str = "png"
     quality: int = 92
+    # Coarse-to-fine: on entering a finer scale, add to the enlarged picture the photo's detail that the coarser
+    # scale could not hold (the photo at the new size minus its own enlarged coarser copy), so the finer scale
+    # starts from the photo's edges rather than a blur, and its few iterations go to styling them.
+    photo_detail: bool = False
+    # Coarse-to-fine: the content weight at every scale after the first is this many times `content_weight`. The
+    # first scale settles the look; at the finer ones the content layer sees the photo's smaller shapes, which the
+    # style would otherwise paint over in the few iterations they get (bench/quality.py, README "Quality at size").
+    fine_content_factor: float = 1.0
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -184,7 +205,7 @@ class TransferParams:
                 raise ValueError(
                     f"{name} must be a non-empty list of layer names like relu4_2, got {list(layers) if isinstance(layers, tuple) else layers!r}"
                 )
-        for name in ("normalize_losses", "keep_style_aspect"):
+        for name in ("normalize_losses", "keep_style_aspect", "photo_detail"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self._check_scales()
@@ -274,18 +295,27 @@ class TransferParams:
         scales = self.resolved_scales()
         return self.scale_iterations if self.scale_iterations is not None else split_iterations(self.iterations, scales)
 
+    def at_scale(self, position: int) -> TransferParams:
+        """Return the parameters the losses of the scale at `position` (0: the first) use: `fine_content_factor` after the first."""
+        if position == 0 or self.fine_content_factor == 1:
+            return self
+        return dataclasses.replace(self, content_weight=self.content_weight * self.fine_content_factor)
+
     def with_schedule(self, content_width: int, content_height: int) -> TransferParams:
         """Return these parameters with scales "auto" replaced by the schedule for a content picture this size.
 
-        The scales and the iterations of each are written out (`auto_scales`, `split_iterations`), so a job's
-        stored parameters, its saved states and its page show the schedule it runs; explicit scales stay as given.
+        The scales and the iterations of each are written out (`auto_scales`, `auto_scale_iterations`), with
+        `iterations` their sum, so a job's stored parameters, its saved states and its page show the schedule it
+        runs; explicit scales stay as given.
         """
         if self.scales != AUTO:
             return self
         height, width = self.output_size(content_width, content_height)
         scales = auto_scales(height, width, self.minimum_side, self.iterations)
-        counts = None if len(scales) == 1 else split_iterations(self.iterations, scales)
-        return dataclasses.replace(self, scales=scales, scale_iterations=counts)
+        if len(scales) == 1:
+            return dataclasses.replace(self, scales=scales, scale_iterations=None)
+        counts = auto_scale_iterations(self.iterations, len(scales))
+        return dataclasses.replace(self, scales=scales, scale_iterations=counts, iterations=sum(counts))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the parameters as a JSON-ready dict."""
@@ -394,6 +424,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         keep_style_aspect=True,
         precision="auto",
         scales=AUTO,
+        photo_detail=True,
+        fine_content_factor=3.0,
     ),
 }
 DEFAULT_PRESET = "styleq"
@@ -483,6 +515,14 @@ def auto_scales(
     ratio = (1 / first) ** (1 / steps) if steps else 1.0
     scales = (*(round(ratio ** -(steps - index), 4) for index in range(steps)), 1.0)
     return scales[-min(MAX_SCALES, iterations or MAX_SCALES) :]
+
+
+def auto_scale_iterations(iterations: int, count: int) -> tuple[int, ...]:
+    """Return the iterations of each of `count` automatic scales for a job of `iterations`: FIRST_SCALE_SHARE of
+    them at the first, FINER_SCALE_SHARE at each finer one, at least one each."""
+    first = max(1, round(iterations * FIRST_SCALE_SHARE))
+    finer = max(1, round(iterations * FINER_SCALE_SHARE))
+    return (first, *(finer for _ in range(count - 1)))
 
 
 def split_iterations(iterations: int, scales: tuple[float, ...]) -> tuple[int, ...]:

@@ -63,7 +63,7 @@ def test_a_run_measures_every_method_s_picture_and_checks_the_default_against_it
             "--iterations",
             "4",
             "--methods",
-            "default,one-pass,first-512,previous",
+            "default,one-pass,previous",
             "--output",
             str(tmp_path),
         ],
@@ -76,11 +76,10 @@ def test_a_run_measures_every_method_s_picture_and_checks_the_default_against_it
 
     assert run.returncode == 0, run.stderr
     pictures = json.loads((tmp_path / "pictures.json").read_text())
-    # One pass at 64 px; at 520 px the default and both explicit schedules are coarse-to-fine, with one pass beside them.
+    # One pass at 64 px; at 520 px the default and the previous schedule are coarse-to-fine, with one pass beside them.
     assert sorted((p["size"], p["method"]) for p in pictures) == [
         (64, "default"),
         (520, "default"),
-        (520, "first-512"),
         (520, "one-pass"),
         (520, "previous"),
     ]
@@ -89,9 +88,7 @@ def test_a_run_measures_every_method_s_picture_and_checks_the_default_against_it
             assert made.size[0] == picture["size"]
         assert picture["content_distance"] >= 0 and picture["style_distance"] > 0
     assert "default at 520 px (1 pairs):" in run.stdout and "check(s) of the default failed" in run.stdout
-    assert {path.name for path in tmp_path.glob("sheet-*.jpg")} == {
-        f"sheet-{m}.jpg" for m in ("default", "one-pass", "first-512", "previous")
-    }
+    assert {path.name for path in tmp_path.glob("sheet-*.jpg")} == {f"sheet-{m}.jpg" for m in ("default", "one-pass", "previous")}
 
 
 def test_the_report_fails_a_default_that_loses_the_photo_at_size():

@@ -49,6 +49,8 @@ PARAM_LABELS = {
     "image_space": "Optimised in",
     "normalize_losses": "Normalised losses",
     "keep_style_aspect": "Keep style aspect",
+    "photo_detail": "Photo detail on enlarging",
+    "fine_content_factor": "Content weight factor at finer scales",
     "checkpoint_every": "Checkpoint every",
     "format": "File format",
     "quality": "Quality",

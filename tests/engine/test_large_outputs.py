@@ -56,7 +56,7 @@ def test_a_1024_pixel_job_runs_coarse_to_fine_in_minutes_and_ends_on_a_lower_sty
             f"here `auto` runs fp32, where the same job took {FP32_1024_SECONDS} s on an AVX2 CPU (`python -m bench.large --size 1024`)"
         )
     params = resolve_params({"size": 1024}).with_schedule(*rainier.size)
-    assert len(params.scales) >= 3, params.scales  # the styleq preset's automatic schedule, written out
+    assert len(params.scales) >= 2, params.scales  # the styleq preset's automatic schedule, written out
 
     scales_seen: list[float] = []
     started = time.perf_counter()

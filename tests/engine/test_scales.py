@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
-from shared.params import COARSE_LONG_SIDE, MAX_SCALE_STEP, MIN_SCALE_SHARE, ONE_PASS_LONG_SIDE, auto_scales, resolve_params
+from shared.params import COARSE_LONG_SIDE, MAX_SCALE_STEP, ONE_PASS_LONG_SIDE, auto_scale_iterations, auto_scales, resolve_params
 from worker.engine import Backbone, Control, TransferJob, get_convention, transfer, transfer_batch
-from worker.engine.transfer import _style_size, scale_sizes
+from worker.engine.transfer import _style_size, image_to_tensor, scale_sizes
 
 C2F = {"preset": "seed", "size": [64, 96], "iterations": 30, "checkpoint_every": 5, "scales": [0.5, 1], "scale_iterations": [20, 10]}
 
@@ -145,7 +145,7 @@ def test_the_automatic_schedule_is_one_pass_up_to_512_pixels(long_side):
 
 
 @pytest.mark.parametrize("long_side", [513, 600, 768, 1024, 1536, 2048, 3000, 4096])
-def test_above_it_the_schedule_starts_near_320_pixels_and_grows_at_most_twofold_a_step(long_side):
+def test_above_it_the_schedule_starts_at_a_one_pass_pictures_size_and_grows_at_most_twofold_a_step(long_side):
     scales = auto_scales(long_side * 3 // 4, long_side, 16)
     sides = [round(long_side * scale) for scale in scales]
 
@@ -169,12 +169,17 @@ def test_the_styleq_preset_chooses_its_schedule_from_the_output_size_and_the_see
     assert styleq.scales == "auto" and seed.scales == (1.0,)
     written = styleq.with_schedule(1024, 768)  # a 4:3 content
     assert written.scales == auto_scales(768, 1024, 16) and len(written.scale_iterations) == len(written.scales)
-    # About the same time at each scale: the coarsest, the cheapest, gets the most iterations; none under 5 % of them.
-    assert sum(written.scale_iterations) == 300 and written.scale_iterations[0] == max(written.scale_iterations)
-    assert min(written.scale_iterations) >= 300 * MIN_SCALE_SHARE
+    # The first scale, a one-pass picture that settles the look, gets 40 % of the budget; each finer one a third of
+    # that, to sharpen it. The job's iterations are what it runs.
+    assert written.scale_iterations == (120, 40) and written.iterations == 160
     assert resolve_params(written.to_dict()) == written  # stored and read back, as a job's parameters are
     assert seed.with_schedule(1024, 768) == seed and resolve_params({"size": 400}).with_schedule(400, 300).scales == (1.0,)
     assert resolve_params({"size": 1024, "scales": [0.5, 1]}).with_schedule(1024, 768).scale_iterations is None
+
+
+@pytest.mark.parametrize(("iterations", "scales", "counts"), [(300, 3, (120, 40, 40)), (100, 2, (40, 13)), (3, 2, (1, 1)), (1, 2, (1, 1))])
+def test_each_automatic_scale_gets_its_share_of_the_budget_and_at_least_one_iteration(iterations, scales, counts):
+    assert auto_scale_iterations(iterations, scales) == counts
 
 
 def test_with_fewer_iterations_than_scales_the_coarsest_scales_go():
@@ -185,10 +190,10 @@ def test_with_fewer_iterations_than_scales_the_coarsest_scales_go():
 
 def test_an_automatic_run_is_the_run_of_its_written_schedule(rainier, autumn_oak, vgg16_random):
     # The schedule is the point, not the network: the two shallowest style layers make each step about 5x cheaper,
-    # and the schedule (320 px first at 520 px, the iterations split) is decided by the output's size either way.
+    # and the schedule (512 px first at 520 px, the iterations shared) is decided by the output's size either way.
     values = {
         "size": 520,
-        "iterations": 4,
+        "iterations": 8,
         "checkpoint_every": 1,
         "precision": "fp32",
         "style_layers": ["relu1_1", "relu2_1"],
@@ -199,7 +204,7 @@ def test_an_automatic_run_is_the_run_of_its_written_schedule(rainier, autumn_oak
     automatic, automatic_checkpoints = run(rainier, autumn_oak, backbone, values)
     explicit, explicit_checkpoints = run(rainier, autumn_oak, backbone, written.to_dict())
 
-    assert written.scales == (round(320 / 520, 4), 1.0)
+    assert written.scales == (round(512 / 520, 4), 1.0) and written.scale_iterations == (3, 1)
     assert [c.scale for c in automatic_checkpoints] == [c.scale for c in explicit_checkpoints] == [written.scales[0]] * 3 + [1.0]
     assert [c.total for c in automatic_checkpoints] == [c.total for c in explicit_checkpoints]
     torch.testing.assert_close(automatic.tensor, explicit.tensor, rtol=0, atol=0)
@@ -224,3 +229,55 @@ def test_the_style_is_seen_at_style_scale_times_the_contents_area_at_every_scale
 def test_a_style_scale_out_of_its_range_is_refused(style_scale):
     with pytest.raises(ValueError, match=r"style_scale must be a number from 0\.25 to 4"):
         resolve_params({"style_scale": style_scale})
+
+
+# A learning rate so small that each scale's picture stays where that scale started it.
+STILL = {
+    "size": [64, 96],
+    "iterations": 2,
+    "scales": [0.5, 1],
+    "scale_iterations": [1, 1],
+    "learning_rate": 1e-6,
+    "checkpoint_every": 1,
+    "precision": "fp32",
+    "style_layers": ["relu1_1", "relu2_1"],
+    "content_layers": ["relu2_1"],
+}
+
+
+@pytest.fixture(scope="module")
+def shallow_backbone(vgg16_random) -> Backbone:
+    return Backbone("vgg16", vgg16_random, get_convention("caffe"), resolve_params(STILL).layers)
+
+
+def test_with_photo_detail_a_finer_scale_starts_from_the_enlarged_picture_plus_what_the_photo_holds_beyond_it(
+    rainier, autumn_oak, shallow_backbone
+):
+    photo = image_to_tensor(rainier, (64, 96))
+    blurred = torch.nn.functional.interpolate(image_to_tensor(rainier, (32, 48)), size=(64, 96), mode="bilinear")
+
+    with_detail, _ = run(rainier, autumn_oak, shallow_backbone, {**STILL, "photo_detail": True})
+    without, _ = run(rainier, autumn_oak, shallow_backbone, {**STILL, "photo_detail": False})
+
+    # From the photo at the coarse scale: with its detail added back, the fine scale starts from the photo itself.
+    torch.testing.assert_close(with_detail.tensor, photo, atol=1e-3, rtol=0)
+    torch.testing.assert_close(without.tensor, blurred, atol=1e-3, rtol=0)
+    assert (photo - blurred).abs().mean() > 0.01  # the photo has detail the coarse copy lacks
+
+
+def test_the_styleq_preset_adds_the_photos_detail_and_weighs_it_at_finer_scales_and_the_seed_does_neither():
+    styleq, seed = resolve_params({}), resolve_params({"preset": "seed"})
+
+    assert styleq.photo_detail and styleq.fine_content_factor == 3
+    assert not seed.photo_detail and seed.fine_content_factor == 1
+
+
+def test_the_fine_content_factor_weighs_the_content_at_every_scale_after_the_first(rainier, autumn_oak, shallow_backbone):
+    # Without the photo's detail, so the fine scale starts away from the photo and has a content loss to weigh.
+    _, plain = run(rainier, autumn_oak, shallow_backbone, {**STILL, "photo_detail": False, "fine_content_factor": 1.0})
+    _, weighted = run(rainier, autumn_oak, shallow_backbone, {**STILL, "photo_detail": False, "fine_content_factor": 3.0})
+
+    assert [c.scale for c in plain] == [c.scale for c in weighted] == [0.5, 1] and plain[1].content > 1e-3
+    assert weighted[0].content == pytest.approx(plain[0].content, rel=1e-5)
+    assert weighted[1].content == pytest.approx(3 * plain[1].content, rel=1e-3)
+    assert weighted[1].style == pytest.approx(plain[1].style, rel=1e-3)

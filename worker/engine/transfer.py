@@ -309,6 +309,15 @@ class _Run:
     def done(self) -> bool:
         return self.canceled or self.iteration >= self.params.iterations
 
+    def _photo_detail(self, coarse: tuple[int, int], fine: tuple[int, int]) -> torch.Tensor:
+        """Return what the photo at `fine` holds beyond its `coarse` copy enlarged, in the picture's own space."""
+        device = self.image.device
+        sharp, blurred = image_to_tensor(self.content, fine).to(device), _resize(image_to_tensor(self.content, coarse).to(device), fine)
+        if self.params.image_space == "network":
+            # The normalisation is affine per channel, so the difference of normalised pictures is the detail there.
+            sharp, blurred = self.backbone.convention.normalize(sharp), self.backbone.convention.normalize(blurred)
+        return sharp - blurred
+
     @property
     def scale_done(self) -> bool:
         return self.canceled or self.iteration >= self.scale_end
@@ -320,9 +329,12 @@ class _Run:
         history belongs to the old size and starts again. The schedule and step count go on.
         """
         self.scale, self.scale_end = scale, end
-        if tuple(self.image.shape[-2:]) == tuple(size):
+        previous = (int(self.image.shape[-2]), int(self.image.shape[-1]))
+        if previous == tuple(size):
             return
         image = _resize(self.image.detach(), size)
+        if self.params.photo_detail:
+            image = image + self._photo_detail(previous, size)
         if self.params.image_space == "pixels":
             image = image.clamp(0, 1)
         self.image = image.requires_grad_(True)
@@ -532,12 +544,12 @@ def transfer_batch(
         # No cuDNN autotuning: on an H100 it tried fp32 algorithms whose workspaces peaked at 8 GiB for a 256x256
         # job, which would upset the batch sizes the worker derives from measured memory per pixel.
         torch.backends.cudnn.allow_tf32 = precision != "fp32"
-    for scale, scale_size, end in zip(params.resolved_scales(), sizes, ends):
+    for position, (scale, scale_size, end) in enumerate(zip(params.resolved_scales(), sizes, ends)):
         # Runs resumed at different iterations may be at different scales: each scale takes those still in it.
         active = [index for index, run in enumerate(runs) if not run.done and run.iteration < end]
         if not active:
             continue
-        objective = scale_objective(params, backbone, precision, device, scale_size, max_pass_pixels)
+        objective = scale_objective(params.at_scale(position), backbone, precision, device, scale_size, max_pass_pixels)
         tiled = isinstance(objective, TiledObjective)
         contents, styles = [], []
         for index in active:
