@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
             iterations = ITERATIONS[min(3, max(1, round((height * width / 3000) ** 0.25)))]
             seconds = {}
             for precision in ("bf16", "fp32"):
-                values = {"size": [height, width], "precision": precision}
+                # One scale at the size asked: above 512 px the automatic schedule would time a mix of smaller scales.
+                values = {"size": [height, width], "precision": precision, "scales": [1.0]}
                 params = resolve_params({**values, "iterations": iterations})
                 backbone = build_backbone(weights, params)
                 transfer(content, style, resolve_params({**values, "iterations": 10}), backbone=backbone)  # warm-up
