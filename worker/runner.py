@@ -98,6 +98,19 @@ class StoreDown(Exception):
     """The store stayed unreachable through every retry: the jobs held go back to the queue, uncounted."""
 
 
+def _retrying(step: Callable[[], T], delays: Sequence[float], transient: type[Exception], down: type[Exception], what: str) -> T:
+    """Run `step`, trying again after each of `delays` while it raises `transient`; then raise `down` from the last error."""
+    for delay in (*delays, None):
+        try:
+            return step()
+        except transient as error:
+            if delay is None:
+                raise down(str(error)) from error
+            log.warning("%s, retrying in %s s", what, delay, exc_info=True)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 class JobFailure(Exception):
     """A failure the user can act on: recorded with its code and message, not as a crash."""
 
@@ -232,28 +245,17 @@ class JobRunner:
 
         The waits between tries are `delays`, else the settings' `database_retry_delays`.
         """
-        for delay in (*(self.settings.database_retry_delays if delays is None else delays), None):
-            try:
-                with session_scope(self.session_factory) as session:
-                    return step(session)
-            except OperationalError as error:
-                if delay is None:
-                    raise DatabaseDown(str(error)) from error
-                log.warning("database unreachable, retrying in %s s", delay, exc_info=True)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+
+        def in_session() -> T:
+            with session_scope(self.session_factory) as session:
+                return step(session)
+
+        waits = self.settings.database_retry_delays if delays is None else delays
+        return _retrying(in_session, waits, OperationalError, DatabaseDown, "the database is unreachable")
 
     def _from_store(self, step: Callable[[], T]) -> T:
         """Run a step that reads or writes the store, retrying while it does not answer; StoreDown after `storage_retry_delays`."""
-        for delay in (*self.settings.storage_retry_delays, None):
-            try:
-                return step()
-            except StoreUnreachable as error:
-                if delay is None:
-                    raise StoreDown(str(error)) from error
-                log.warning("the store does not answer, retrying in %s s: %s", delay, error)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        return _retrying(step, self.settings.storage_retry_delays, StoreUnreachable, StoreDown, "the store does not answer")
 
     def run(self, job_id: str, resend: Callable[[str], None] | None = None) -> str:
         """Claim and run the job, with any batch-mates; return what became of it.

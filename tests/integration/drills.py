@@ -131,6 +131,13 @@ FAST = Clocks(
 )
 
 
+def submit_pair(client: Client, images_dir: Path, params: dict[str, Any]) -> str:
+    """Submit the drills' photo and style with `params`; return the accepted job's id."""
+    response = client.submit(images_dir / PICTURES[0], images_dir / PICTURES[1], params)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
 @dataclass
 class Drill:
     clocks: Clocks
@@ -146,9 +153,7 @@ class Drill:
     redis: PrivateRedis
 
     def submit(self, images_dir: Path, params: dict[str, Any]) -> str:
-        response = self.client.submit(images_dir / PICTURES[0], images_dir / PICTURES[1], params)
-        assert response.status_code == 202, response.text
-        return response.json()["id"]
+        return submit_pair(self.client, images_dir, params)
 
     def holder(self, job: dict[str, Any]) -> tuple[Process, int]:
         """Return the worker running `job` and the pid of its pool process (the lease owner is `name@host/pid`)."""

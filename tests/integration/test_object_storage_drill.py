@@ -25,7 +25,7 @@ import requests
 from PIL import Image
 
 from shared.migrate import upgrade_database
-from tests.integration.drills import FAST, FINAL, PICTURES, SMALL, whole
+from tests.integration.drills import FAST, FINAL, PICTURES, SMALL, submit_pair, whole
 from tests.services import Client, Process, SeaweedFS, fresh_postgres_database, make_key, private_servers, start_api, start_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -47,9 +47,7 @@ class Hosts:
     logs: Path
 
     def submit(self, images_dir: Path, params: dict[str, Any]) -> str:
-        response = self.client.submit(images_dir / PICTURES[0], images_dir / PICTURES[1], params)
-        assert response.status_code == 202, response.text
-        return response.json()["id"]
+        return submit_pair(self.client, images_dir, params)
 
     def wait_final(self, job_id: str, timeout: float = 300) -> dict[str, Any]:
         return self.client.wait_for(job_id, lambda j: j["status"] in FINAL, timeout=timeout)
