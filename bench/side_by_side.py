@@ -1,4 +1,4 @@
-"""Put pictures side by side, in the order given, with white gaps: how the README's gallery pictures are joined.
+"""Put pictures side by side, in the order given, with white gaps: how docs/GALLERY.md's pictures are joined.
 
     .venv/bin/python -m bench.side_by_side OUT.png A.png B.png [C.png ...] [--labels "a,b,c"]
 

@@ -1,7 +1,7 @@
 """On the real ImageNet VGG16: large pictures by coarse-to-fine, and pictures past one pass made in tiles without seams.
 
 `make test` makes a 512 px picture in forced tiles; `make test-full` (the `full` marker) adds the timed 1024 px job
-and the 2048 px tiling, at the sizes the README's figures are for. All run in the precision the `styleq` preset picks
+and the 2048 px tiling, at the sizes docs/ENGINE.md's figures are for. All run in the precision the `styleq` preset picks
 for this machine ("auto": bf16 on a CPU whose AVX-512 BF16 or AMX is faster than fp32), as a worker here would.
 """
 
@@ -191,7 +191,7 @@ def test_a_2048_pixel_picture_made_in_tiles_has_no_seams_and_the_style_loss_of_o
     rainier, autumn_oak, backbone, tmp_path_factory, record_property
 ):
     # A device of 4 GiB: by the memory model, a 2048 px picture does not fit one pass there. The pass size comes
-    # from the memory model here, and the pictures are as large as the README's tiling figures.
+    # from the memory model here, and the pictures are as large as docs/ENGINE.md's tiling figures.
     height, width = resolve_params({"size": 2048}).output_size(*rainier.size)
     check_tiles_leave_no_seams_and_the_style_loss_of_one_pass(
         rainier,

@@ -2,7 +2,7 @@
 
 500 open event streams from 50 keys leave every other request fast and keep a running job's checkpoints
 flowing, on `styleq up` (the embedded SQLite default) and on the compose file's API command with
-Postgres + Redis, over loopback, through bench/streams.py (which prints the same figures for the README).
+Postgres + Redis, over loopback, through bench/streams.py (which prints the same figures for docs/PERFORMANCE.md).
 A killed API process's stream slots come free after STYLEQ_STREAM_SLOT_TTL_SECONDS.
 """
 
