@@ -1,4 +1,4 @@
-"""The copies that only the full tier runs are real tests, each listed in the README, and the other copy stays in `make test`."""
+"""The copies that only the full tier runs are real tests, each listed in docs/TESTS.md, and the other copy stays in `make test`."""
 
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ def test_each_full_tier_copy_names_a_test_of_its_module_and_says_why(node_id):
     assert len(FULL_TIER_COPIES[node_id]) > 20, "say why the other copy is enough for make test"
 
 
-def test_the_readme_lists_every_copy_that_only_the_full_tier_runs():
-    readme = (REPO / "README.md").read_text()
+def test_the_tests_page_lists_every_copy_that_only_the_full_tier_runs():
+    page = (REPO / "docs" / "TESTS.md").read_text()
 
-    missing = [node_id for node_id in FULL_TIER_COPIES if node_id.split("::", 1)[1] not in readme]
-    assert not missing, f"README's Tests section does not list {missing}"
+    missing = [node_id for node_id in FULL_TIER_COPIES if node_id.split("::", 1)[1] not in page]
+    assert not missing, f"docs/TESTS.md does not list {missing}"
 
 
 def test_no_test_loses_both_of_its_copies_to_the_full_tier():

@@ -1,7 +1,7 @@
 """The second copies that only the full tier runs: a test parametrised over two backends whose subject is not the backend.
 
 `make test` runs each such test once, on the backend named in the test's id that stays; `make test-full` runs the
-other copy too. The README's Tests section lists them (tests/test_tiers.py checks that it does and that each entry
+other copy too. docs/TESTS.md lists them (tests/test_tiers.py checks that it does and that each entry
 names a real test). A copy whose subject is the backend itself (a broker's redelivery, a database's outage, the
 embedded transport's shutdown) stays in both tiers.
 """

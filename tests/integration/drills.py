@@ -1,4 +1,4 @@
-"""The fault drills' deployment, clocks and helpers: each fault the README's table lists, on Postgres + Redis with two real workers.
+"""The fault drills' deployment, clocks and helpers: each fault docs/SERVICE.md's table lists, on Postgres + Redis with two real workers.
 
 The drills are in two modules, each with a deployment of its own so the two run side by side under xdist:
 test_fault_drills_workers.py (workers killed, stopped, frozen) and test_fault_drills_servers.py (the broker,
@@ -9,7 +9,7 @@ Every drill runs under two clocks (the timing settings, given to the API and wor
 STYLEQ_* variables): shortened ones in `make test` (5 s leases, a sweep every 2 s, lost messages re-sent
 after 20 s, database retries for 7.5 s and a 20 s outage), and the defaults in `make test-full` (30 s
 leases, a sweep every 15 s, lost messages re-sent after 60 s, database retries for about a minute and a
-100 s outage), which give the README's fault table. Either way the drills kill real processes and stop the
+100 s outage), which give docs/SERVICE.md's fault table. Either way the drills kill real processes and stop the
 real Postgres and Redis; only the clocks, and the jobs that must outlast them, are shorter.
 
 Each drill asserts the promise (nothing lost, nothing run twice, resumed from the last save, within the
@@ -92,7 +92,7 @@ class Clocks:
         }
 
     # The promises, each the mechanism's worst case plus the time for processes to start, reconnect and claim;
-    # under the defaults they are the README's numbers.
+    # under the defaults they are docs/SERVICE.md's numbers.
     @property
     def takeover(self) -> float:
         """A lost worker's job running elsewhere: a lease gone stale, a sweep, 15 s (60 s by default)."""
