@@ -7,7 +7,7 @@ import functools
 import itertools
 import platform
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -36,6 +36,9 @@ _BYTE_UNITS = {
     "gib": 2**30,
     "tib": 2**40,
 }
+# Iterations a steady rate leaves out: oneDNN builds its kernels over about a job's first dozen iterations, and cuDNN
+# chooses algorithms and the engine captures its CUDA graph in the first few (`python -m bench.overhead` shows each).
+STEADY_FROM = 20
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +99,19 @@ def parse_bytes(text: str) -> int:
     if not match or match[2].lower() not in _BYTE_UNITS:
         raise argparse.ArgumentTypeError(f"expected an amount like 80GiB or 16G, got {text!r}")
     return int(float(match[1]) * _BYTE_UNITS[match[2].lower()])
+
+
+def steady_rate(readings: Mapping[int, float], start: int = STEADY_FROM) -> tuple[float, int]:
+    """Return the seconds per iteration from the first reading at or after iteration `start` to the last, and where it began.
+
+    `readings` map iterations to seconds on one clock (checkpoints, say). A run too short to have a reading at or
+    after `start` before its last is timed from its first reading instead: the caller says so.
+    """
+    last = max(readings)
+    begin = min((iteration for iteration in readings if start <= iteration < last), default=min(readings))
+    if begin == last:
+        raise ValueError(f"a rate needs two readings, got one at iteration {last}")
+    return (readings[last] - readings[begin]) / (last - begin), begin
 
 
 def gib(value: float) -> str:

@@ -6,7 +6,9 @@ neural-style-pt is installed with `pip install --no-deps --target bench/.peers/s
 its own CLI in a subprocess, CPU only (-gpu c), its defaults otherwise (L-BFGS, random init), on the project's
 `vgg16-caffe` weights rewritten in its layout. Both tools save a picture every --save-every iterations; the bench
 scores every picture with one measure (the styleq preset's normalised Gram style loss, fp32, same VGG16) and
-reports seconds per iteration after a warm-up and the time each tool takes to reach a style-loss threshold.
+reports the steady seconds per iteration (from the first picture at or after iteration 20 to the last: model load,
+targets and the first 20 iterations, where oneDNN builds its kernels, left out) and, apart, the time each tool takes
+from the start of its loop to reach a style-loss threshold.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+from bench.common import STEADY_FROM, steady_rate
 from shared.params import TransferParams, resolve_params
 from shared.settings import load_settings
 from worker import engine
@@ -57,7 +60,7 @@ class Run:
     scores: dict[int, tuple[float, float]] = field(default_factory=dict)  # iteration -> (style, content)
 
     def seconds_per_iteration(self, warmup: int, clock: str = "times") -> float:
-        """Return the mean seconds per iteration after `warmup` iterations (startup, model load, kernel choice)."""
+        """Return the mean seconds per iteration after `warmup` iterations (startup, model load, kernel choice), which must have a reading."""
         readings: dict[int, float] = getattr(self, clock)
         last = max(readings)
         return (readings[last] - readings[warmup]) / (last - warmup)
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--style", type=Path, default=IMAGES / "autumn-oak.jpg")
     parser.add_argument("--size", type=int, default=450, help="long side in pixels, the peer's -image_size (default 450)")
     parser.add_argument("--iterations", type=int, default=60, help="iterations for each tool (default 60: ~6 minutes on 2 idle cores)")
-    parser.add_argument("--save-every", type=int, default=5, help="iterations between saved pictures; also the warm-up (default 5)")
+    parser.add_argument("--save-every", type=int, default=5, help="iterations between saved pictures (default 5)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads for both (default all)")
     parser.add_argument("--threshold", type=float, help="style loss to reach (default: the higher of the two final ones, so both reach it)")
     parser.add_argument("--peer-args", default="", help="extra neural-style-pt flags, e.g. '-init image'")
@@ -283,19 +286,29 @@ def main(argv: list[str] | None = None) -> None:
         f"measure: styleq's normalised style loss (x{params.style_weight:g}) on vgg16-caffe, fp32, of each saved 8-bit picture; "
         f"threshold {threshold:.4g}"
     )
+    # The steady rate from styleq's first picture at or after iteration STEADY_FROM; the peer reads every iteration.
+    _, start = steady_rate(ours.times)
+    steady = (
+        f"the steady rate: model load, targets and the first {start} iterations (oneDNN's kernel warm-up) left out"
+        if start >= STEADY_FROM
+        else f"NOT the steady rate: too short a run to leave out the first {STEADY_FROM} iterations (oneDNN's kernel warm-up)"
+    )
     print(
-        f"s/iteration: wall; CPU s/it: the process's user+system seconds, all threads; both over iterations "
-        f"{args.save_every}..{args.iterations}, so model load, targets and warm-up stay out"
+        f"s/iteration: wall; CPU s/it: the process's user+system seconds, all threads; both over iterations {start}..{args.iterations}, {steady}"
+    )
+    print(
+        "time to threshold: the whole run so far, warm-up included: styleq from its transfer call (its targets included), "
+        "neural-style-pt from its 'Running optimization' line (after its targets)"
     )
     header = f"{'tool':<16} {'s/iteration':>11} {'ratio':>6} {'CPU s/it':>8} {'ratio':>6} {'style loss':>10} {'content loss':>12} {'time to threshold':>22} {'ratio':>6}"
     print(header)
     print("-" * len(header))
-    base_speed = ours.seconds_per_iteration(args.save_every)
-    base_cpu = ours.seconds_per_iteration(args.save_every, "cpu")
+    base_speed = ours.seconds_per_iteration(start)
+    base_cpu = ours.seconds_per_iteration(start, "cpu")
     reached = ours.first_at_or_below(threshold)
     for run in runs:
-        speed = run.seconds_per_iteration(args.save_every)
-        cpu = run.seconds_per_iteration(args.save_every, "cpu")
+        speed = run.seconds_per_iteration(start)
+        cpu = run.seconds_per_iteration(start, "cpu")
         final_style, final_content = run.scores[max(run.scores)]
         hit = run.first_at_or_below(threshold)
         when = f"{run.times[hit]:.1f} s (it {hit})" if hit is not None else f"not in {args.iterations} its"

@@ -4,7 +4,10 @@
 
 Two measures, each side by side with the notebook in the same run:
 - seconds per iteration: the notebook's loop as written, the `seed` preset in fp32 and in bf16, and the
-  `styleq` preset (VGG16, Caffe convention, its own precision), each after a warm-up;
+  `styleq` preset (VGG16, Caffe convention, its own precision), each the steady rate: after a warm-up job, one
+  job of 20 + --iterations iterations, timed between its readings at iteration 20 and at its last (the first 20,
+  where oneDNN builds its kernels and a GPU captures its graph, left out; `bench.overhead` shows them). That
+  job's whole seconds, preprocessing, targets and its first 20 iterations included, are shown apart;
 - time to quality: the notebook runs its 500 iterations; the engine then optimises the same seed
   objective its fastest way (`FAST_SEED`: the `seed` preset coarse-to-fine in the device's best precision) until that
   objective, evaluated in fp32 on the picture at a checkpoint, is no higher than the notebook's after
@@ -29,7 +32,17 @@ from typing import Any
 import torch
 from PIL import Image
 
-from bench.common import add_device_argument, device_name, parse_size, pick_device, random_vgg_features, styleq_backbone, synchronize
+from bench.common import (
+    STEADY_FROM,
+    add_device_argument,
+    device_name,
+    parse_size,
+    pick_device,
+    random_vgg_features,
+    steady_rate,
+    styleq_backbone,
+    synchronize,
+)
 from shared.params import TransferParams, resolve_params
 from tests.notebook import Losses, notebook_net, run_notebook
 from worker.engine import Backbone, Control, Progress, get_convention, resolve_precision, transfer
@@ -41,11 +54,23 @@ WARMUP_ITERATIONS = 3
 
 
 def run_engine(
-    backbone: Backbone, content: Image.Image, style: Image.Image, params: TransferParams, device, *, cuda_graphs: bool = True
+    backbone: Backbone,
+    content: Image.Image,
+    style: Image.Image,
+    params: TransferParams,
+    device,
+    *,
+    cuda_graphs: bool = True,
+    times: dict[int, float] | None = None,
 ) -> Losses:
-    """Run the engine with `params`, collecting checkpoints as the CLI does, and return the last losses."""
+    """Run the engine with `params`, collecting checkpoints as the CLI does, and return the last losses.
+
+    `times`, when given, receives each checkpoint's iteration and seconds since the run began.
+    """
     checkpoints: list[Progress] = []
     transfer(content, style, params, backbone=backbone, device=device, on_checkpoint=checkpoints.append, cuda_graphs=cuda_graphs)
+    if times is not None:
+        times.update((checkpoint.iteration, checkpoint.elapsed_s) for checkpoint in checkpoints)
     last = checkpoints[-1]
     return last.content, last.style, last.tv, last.total
 
@@ -111,6 +136,16 @@ def as_written(run: Callable[[], Losses]) -> Losses:
     return run()
 
 
+def run_notebook_timed(
+    net, content: Image.Image, style: Image.Image, size: tuple[int, int], iterations: int, device, times: dict[int, float]
+) -> Losses:
+    """Run the notebook as written, putting each of its readings' iteration and seconds since the call into `times`."""
+    readings: list[tuple[int, float, float]] = []
+    losses = as_written(lambda: run_notebook(net, content, style, size, iterations, device, readings))
+    times.update((iteration, seconds) for iteration, _, seconds in readings)
+    return losses
+
+
 def timed(run: Callable[[], Losses], device: torch.device) -> tuple[float, Losses]:
     """Return the wall-clock seconds of `run()` (with CUDA work finished on both sides) and its result."""
     synchronize(device)
@@ -124,7 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     """Time the loops and print seconds per iteration, ratios, final losses and time to the notebook's loss."""
     parser = argparse.ArgumentParser(prog="python -m bench.seed_speed", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--size", type=parse_size, default=(300, 450), help="HEIGHTxWIDTH (default 300x450, the notebook's)")
-    parser.add_argument("--iterations", type=int, default=20, help="iterations timed for each loop's speed (default 20)")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=20,
+        help=f"iterations timed for each loop's steady rate, after its first {STEADY_FROM} (default 20)",
+    )
     parser.add_argument(
         "--quality-iterations", type=int, default=500, help="the notebook's iterations for the time to quality (default 500, its own)"
     )
@@ -153,37 +193,55 @@ def main(argv: list[str] | None = None) -> None:
     seed_backbone = Backbone("vgg19", vgg19, get_convention("torchvision"), seed.layers).to(device)
     styleq_network = styleq_backbone(styleq, device)
     precision = resolve_precision(styleq.precision, device)
-    runs: dict[str, Callable[[int], Losses]] = {
-        "notebook": lambda n: as_written(lambda: run_notebook(net, content, style, args.size, n, device)),
-        "seed fp32": lambda n: run_engine(seed_backbone, content, style, replace(seed, iterations=n), device),
-        "seed bf16": lambda n: run_engine(seed_backbone, content, style, replace(seed, iterations=n, precision="bf16"), device),
-        f"styleq ({precision})": lambda n: run_engine(styleq_network, content, style, replace(styleq, iterations=n), device),
+    # Each run takes its iterations and a dict that receives its readings: iteration -> seconds since it began.
+    runs: dict[str, Callable[[int, dict[int, float]], Losses]] = {
+        "notebook": lambda n, times: run_notebook_timed(net, content, style, args.size, n, device, times),
+        "seed fp32": lambda n, times: run_engine(seed_backbone, content, style, replace(seed, iterations=n), device, times=times),
+        "seed bf16": lambda n, times: run_engine(
+            seed_backbone, content, style, replace(seed, iterations=n, precision="bf16"), device, times=times
+        ),
+        f"styleq ({precision})": lambda n, times: run_engine(
+            styleq_network, content, style, replace(styleq, iterations=n), device, times=times
+        ),
     }
     if device.type == "cuda":
         # What the captured CUDA graphs bring: the same loops, each kernel launched from Python.
-        runs["seed bf16 eager"] = lambda n: run_engine(
-            seed_backbone, content, style, replace(seed, iterations=n, precision="bf16"), device, cuda_graphs=False
+        runs["seed bf16 eager"] = lambda n, times: run_engine(
+            seed_backbone, content, style, replace(seed, iterations=n, precision="bf16"), device, cuda_graphs=False, times=times
         )
-        runs["styleq eager"] = lambda n: run_engine(
-            styleq_network, content, style, replace(styleq, iterations=n), device, cuda_graphs=False
+        runs["styleq eager"] = lambda n, times: run_engine(
+            styleq_network, content, style, replace(styleq, iterations=n), device, cuda_graphs=False, times=times
         )
     for run in runs.values():
-        timed(partial(run, WARMUP_ITERATIONS), device)  # allocator, cuDNN/oneDNN kernel choice
-    results = {name: timed(partial(run, args.iterations), device) for name, run in runs.items()}
+        timed(partial(run, WARMUP_ITERATIONS, {}), device)  # allocator, cuDNN/oneDNN kernel choice, as a worker's earlier job
+    job_iterations = STEADY_FROM + args.iterations
+    results: dict[str, tuple[float, Losses]] = {}
+    per_iteration: dict[str, float] = {}
+    for name, run in runs.items():
+        times: dict[int, float] = {}
+        results[name] = timed(partial(run, job_iterations, times), device)
+        per_iteration[name], start = steady_rate(times)
+        assert start == STEADY_FROM, f"{name} has no reading at iteration {STEADY_FROM}: {sorted(times)}"
 
-    per_iteration = {name: seconds / args.iterations for name, (seconds, _) in results.items()}
     height, width = args.size
     print(f"device: {device_name(device)}; bf16 native here: {resolve_precision('auto', device) == 'bf16'}")
-    print(f"size {height}x{width}, {args.iterations} iterations each, after a {WARMUP_ITERATIONS}-iteration warm-up")
+    print(f"size {height}x{width}; each loop: a {WARMUP_ITERATIONS}-iteration warm-up job, then a timed job of {job_iterations} iterations")
+    print(
+        f"s/iteration: the steady rate, over iterations {STEADY_FROM + 1}..{job_iterations} of the timed job (its first {STEADY_FROM}, "
+        "where oneDNN builds its kernels and a GPU captures its graph, left out)"
+    )
     print(
         f"{'loop':<16} {'s/iteration':>12} {'whole job s':>12} {'notebook/this':>14} {'content':>12} {'style':>12} {'tv':>12} {'total':>12}"
     )
     for name, (seconds, losses) in results.items():
-        ratio = per_iteration["notebook"] / per_iteration[name]
+        speedup = per_iteration["notebook"] / per_iteration[name]
         print(
-            f"{name:<16} {per_iteration[name]:>12.5f} {seconds:>12.3f} {ratio:>13.2f}x " + " ".join(f"{value:>12.6g}" for value in losses)
+            f"{name:<16} {per_iteration[name]:>12.5f} {seconds:>12.3f} {speedup:>13.2f}x " + " ".join(f"{value:>12.6g}" for value in losses)
         )
-    print("whole job s: the timed run of all its iterations, preprocessing and targets included (the engine time of such a job)")
+    print(
+        f"whole job s: the timed job of {job_iterations} iterations whole, preprocessing, targets and its first {STEADY_FROM} "
+        "iterations included (the engine time of such a job); losses at its end"
+    )
     theirs, ours = results["notebook"][1], results["seed fp32"][1]
     difference = max(abs(a - b) / max(abs(a), 1e-30) for a, b in zip(theirs, ours))
     print(f"largest relative difference, notebook vs seed fp32: {difference:.2e}")
