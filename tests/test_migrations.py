@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
+from collections.abc import Iterator
 
+import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -14,16 +17,45 @@ from shared.db import make_engine, make_session_factory
 from shared.keys import authenticate, hash_key
 from shared.migrate import alembic_config, upgrade_database
 from shared.models import Base, Job, JobStyle, KeyHashScheme
-from tests.services import fresh_postgres_database
+from tests.services import POSTGRES_ADMIN_URL, fresh_postgres_database
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def database(request, tmp_path):
+def empty_database(request, tmp_path):
+    """A database no migration has run on."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'jobs.db'}"
         return
     with fresh_postgres_database() as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def migrated_postgres() -> Iterator[str]:
+    """A Postgres database migrated from empty to the newest revision, for this module's tests to copy; none connects to it."""
+    with fresh_postgres_database() as url:
+        upgrade_database(url)
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path):
+    """A database of its own for one test, migrated from empty to the newest revision: a copy of one migrated once.
+
+    That migrating from empty builds the models' schema is test_the_migrations_build_the_schema_the_models_describe's.
+    """
+    if request.param == "sqlite":
+        yield request.getfixturevalue("migrated_sqlite")(tmp_path / "jobs.db")
+        return
+    template = request.getfixturevalue("migrated_postgres")
+    name = f"styleq_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template.rsplit("/", 1)[1]}"')
+    try:
+        yield f"{template.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def differences(url: str) -> list:
@@ -43,14 +75,13 @@ def job_columns(url: str) -> set[str]:
         engine.dispose()
 
 
-def test_the_migrations_build_the_schema_the_models_describe(database):
-    upgrade_database(database)
+def test_the_migrations_build_the_schema_the_models_describe(empty_database):
+    upgrade_database(empty_database)
 
-    assert differences(database) == []
+    assert differences(empty_database) == []
 
 
 def test_the_batch_columns_come_and_go_with_their_migration(database):
-    upgrade_database(database)
     command.downgrade(alembic_config(database), "0002")
     assert {"batch_size", "batch_id"}.isdisjoint(job_columns(database))
 
@@ -59,7 +90,6 @@ def test_the_batch_columns_come_and_go_with_their_migration(database):
 
 
 def test_the_lease_owner_column_is_the_old_worker_column_renamed_with_its_values(database):
-    upgrade_database(database)
     command.downgrade(alembic_config(database), "0003")
     engine = make_engine(database)
     with engine.begin() as connection:
@@ -90,7 +120,6 @@ def test_the_lease_owner_column_is_the_old_worker_column_renamed_with_its_values
 
 
 def test_the_request_counts_table_comes_and_goes_with_its_migration(database):
-    upgrade_database(database)
     command.downgrade(alembic_config(database), "0007")
     engine = make_engine(database)
     try:
@@ -104,7 +133,6 @@ def test_the_request_counts_table_comes_and_goes_with_its_migration(database):
 
 def test_keys_from_before_0007_are_marked_plain_sha256_and_still_authenticate(database):
     token = "sq_" + "a-key-made-before-0007".ljust(43, "x")
-    upgrade_database(database)
     command.downgrade(alembic_config(database), "0006")
     engine = make_engine(database)
     with engine.begin() as connection:
@@ -132,7 +160,6 @@ def test_keys_from_before_0007_are_marked_plain_sha256_and_still_authenticate(da
 
 
 def test_the_dashboard_sessions_and_hash_scheme_come_and_go_with_0007(database):
-    upgrade_database(database)
     command.downgrade(alembic_config(database), "0006")
     engine = make_engine(database)
     try:
@@ -146,7 +173,6 @@ def test_the_dashboard_sessions_and_hash_scheme_come_and_go_with_0007(database):
 
 
 def test_the_webhook_columns_and_deliveries_come_and_go_with_0009(database):
-    upgrade_database(database)
     command.downgrade(alembic_config(database), "0008")
     engine = make_engine(database)
     try:
@@ -174,7 +200,6 @@ def test_the_webhook_columns_and_deliveries_come_and_go_with_0009(database):
 
 
 def test_jobs_from_before_0010_keep_their_one_style_as_the_first_of_their_styles_and_get_it_back_on_downgrade(database):
-    upgrade_database(database)
     command.downgrade(alembic_config(database), "0009")
     engine = make_engine(database)
     with engine.begin() as connection:
