@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from flask import Flask
 from PIL import Image
 
-from tests.api.conftest import MAX_UPLOAD_BYTES
+from api import create_app
+from shared.db import session_scope
+from shared.keys import create_api_key
+from shared.settings import Settings
+from tests.api.conftest import MAX_UPLOAD_BYTES, installed_models
 from tests.api.support import (
     assert_error,
     assert_refused_storing_nothing,
@@ -41,6 +47,44 @@ def test_repeated_style_fields_make_one_job_that_blends_them_by_their_weights(ap
     assert broker_messages(settings) == [("styleq.run_job", [job["id"]])]
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def shared(request, tmp_path_factory) -> Iterator[tuple[Flask, Settings]]:
+    """One app, and its settings, for the tests that look only at what their own requests did, each with a key of its own.
+
+    As the `app` fixture's, on a migrated database (a copy of the session's SQLite one, or the session's Postgres one),
+    with fair use at its defaults; made once per module and backend rather than once per test.
+    """
+    folder = tmp_path_factory.mktemp("shared-app")
+    if request.param == "sqlite":
+        database = request.getfixturevalue("migrated_sqlite")(folder / "styleq.db")
+    else:
+        database = request.getfixturevalue("postgres_url")
+    settings = Settings(
+        data_dir=folder,
+        database_url=database,
+        broker_url=f"sqla+sqlite:///{folder / 'broker.db'}",
+        storage_dir=folder / "storage",
+        queue="styleq.test",
+        max_upload_bytes=MAX_UPLOAD_BYTES,
+        max_size=640,
+        max_iterations=1000,
+        model_dir=installed_models(folder / "models"),
+    )
+    app = create_app(settings)
+    app.config.update(TESTING=True)
+    yield app, settings
+    app.extensions["styleq"].close()
+
+
+@pytest.fixture
+def own_key(shared) -> dict[str, str]:
+    """The headers of a new key on the shared app: no earlier test's jobs count against its fair use."""
+    resources = shared[0].extensions["styleq"]
+    with session_scope(resources.session_factory) as session:
+        _, token = create_api_key(session, f"case-{uuid.uuid4().hex[:8]}", secret=resources.secret_key)
+    return {"Authorization": f"Bearer {token}"}
+
+
 def client_with(app: Flask, keys):
     """A client sending alice's key with every request, for reading files."""
     client = app.test_client()
@@ -59,8 +103,8 @@ def client_with(app: Flask, keys):
     ],
     ids=["weights normalised", "equal shares by default", "weights in params", "one style", "one style with a weight"],
 )
-def test_each_style_gets_its_share_of_the_blend(client, keys, styles, fields, params, shares, stored):
-    response = submit(client, keys.headers("alice"), style=[OAK, NIGHT, SCREAM][:styles], fields=fields, params=params)
+def test_each_style_gets_its_share_of_the_blend(shared, own_key, styles, fields, params, shares, stored):
+    response = submit(shared[0].test_client(), own_key, style=[OAK, NIGHT, SCREAM][:styles], fields=fields, params=params)
 
     assert response.status_code == 202, response.get_data(as_text=True)
     job = response.get_json()
@@ -141,8 +185,10 @@ BAD_BLENDS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_BLENDS), ids=list(BAD_BLENDS))
-def test_a_bad_blend_is_refused_naming_the_problem_and_leaves_nothing_behind(app, client, keys, settings, case):
-    assert_refused_storing_nothing(app, client, keys.headers("alice"), settings, *BAD_BLENDS[case])
+def test_a_bad_blend_is_refused_naming_the_problem_and_leaves_nothing_behind(shared, own_key, case):
+    # It counts the jobs and files before and after the refused request: the earlier tests' stay out of it.
+    app, settings = shared
+    assert_refused_storing_nothing(app, app.test_client(), own_key, settings, *BAD_BLENDS[case])
 
 
 def test_the_request_limit_takes_the_content_and_four_styles_each_near_the_upload_limit(app, client, keys, settings):
