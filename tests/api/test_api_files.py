@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import pytest
 import requests
+from flask import Flask
+from flask.testing import FlaskClient
 from PIL import Image
 
+from api import create_app
+from shared.db import session_scope
+from shared.keys import create_api_key
 from shared.object_storage import ObjectStorage
 from shared.outputs import FORMATS, encode_result, read_metadata
 from shared.params import resolve_params
 from shared.retention import RetentionPolicy, sweep_retention
 from shared.settings import Settings
-from tests.api.support import add_job, assert_error, image_bytes, set_job, submit
-from tests.services import free_port
+from tests.api.conftest import MAX_UPLOAD_BYTES, installed_models
+from tests.api.support import Keys, add_job, assert_error, image_bytes, set_job, submit
+from tests.services import TEST_BUCKET, free_port
 
 
 @pytest.fixture
@@ -26,7 +35,71 @@ def settings(settings: Settings, storage_url: str | None) -> Settings:
     return settings.model_copy(update={"storage_url": storage_url})
 
 
-def test_result_is_not_ready_until_written_then_served_with_etag(app, client, keys):
+BACKENDS = [("sqlite", "directory"), ("sqlite", "s3"), ("postgres", "directory"), ("postgres", "s3")]
+
+
+@pytest.fixture(scope="module", params=BACKENDS, ids=["-".join(backend) for backend in BACKENDS])
+def shared_app(request, tmp_path_factory) -> Iterator[tuple[Flask, str | None]]:
+    """One app, and its store's URL, per database and store, for the tests that look only at their own job's files.
+
+    As the `app` fixture's: a migrated database (a copy of the session's SQLite one, or the session's Postgres one),
+    and the storage directory or a prefix of its own in the shared SeaweedFS (boto3 takes the environment's endpoint
+    and credentials when the app makes its client; they are set only for that).
+    """
+    database, store = request.param
+    folder = tmp_path_factory.mktemp("shared-app")
+    storage_url = f"s3://{TEST_BUCKET}/test-{uuid.uuid4().hex}" if store == "s3" else None
+    if database == "sqlite":
+        database_url = request.getfixturevalue("migrated_sqlite")(folder / "styleq.db")
+    else:
+        database_url = request.getfixturevalue("postgres_url")
+    settings = Settings(
+        data_dir=folder,
+        database_url=database_url,
+        broker_url=f"sqla+sqlite:///{folder / 'broker.db'}",
+        storage_dir=folder / "storage",
+        storage_url=storage_url,
+        queue="styleq.test",
+        max_upload_bytes=MAX_UPLOAD_BYTES,
+        max_size=640,
+        max_iterations=1000,
+        model_dir=installed_models(folder / "models"),
+    )
+    with pytest.MonkeyPatch.context() as environment:
+        if storage_url is not None:
+            for name, value in request.getfixturevalue("s3_environment").items():
+                environment.setenv(name, value)
+        app = create_app(settings)
+    app.config.update(TESTING=True)
+    yield app, storage_url
+    app.extensions["styleq"].close()
+
+
+class Shared(NamedTuple):
+    app: Flask
+    client: FlaskClient
+    keys: Keys
+    storage_url: str | None
+
+
+@pytest.fixture
+def shared(shared_app) -> Shared:
+    """The shared app with a client and keys of this test's own, so no earlier test's jobs are its."""
+    app, storage_url = shared_app
+    resources = app.extensions["styleq"]
+    suffix = uuid.uuid4().hex[:8]
+    with session_scope(resources.session_factory) as session:
+        made = {
+            name: create_api_key(session, f"{name}-{suffix}", secret=resources.secret_key, is_admin=name == "admin")
+            for name in ("alice", "bob", "admin")
+        }
+        ids = {name: key.id for name, (key, _) in made.items()}
+    tokens = {name: token for name, (_, token) in made.items()}
+    return Shared(app, app.test_client(), Keys(tokens["alice"], tokens["bob"], tokens["admin"], ids), storage_url)
+
+
+def test_result_is_not_ready_until_written_then_served_with_etag(shared):
+    app, client, keys, _ = shared
     alice = keys.headers("alice")
     job_id = submit(client, alice).get_json()["id"]
     error = assert_error(client.get(f"/v1/jobs/{job_id}/result", headers=alice), 409, "not_ready")
@@ -45,7 +118,8 @@ def test_result_is_not_ready_until_written_then_served_with_etag(app, client, ke
         assert response.status_code == 304 and response.data == b""
 
 
-def test_preview_is_not_ready_until_written_then_revalidated_every_time(app, client, keys):
+def test_preview_is_not_ready_until_written_then_revalidated_every_time(shared):
+    app, client, keys, _ = shared
     alice = keys.headers("alice")
     job_id = submit(client, alice).get_json()["id"]
     assert_error(client.get(f"/v1/jobs/{job_id}/preview", headers=alice), 409, "not_ready")
@@ -58,7 +132,8 @@ def test_preview_is_not_ready_until_written_then_revalidated_every_time(app, cli
         assert response.headers["Cache-Control"] == "no-cache" and response.headers["ETag"]
 
 
-def test_uploads_are_served_with_their_sniffed_type(client, keys):
+def test_uploads_are_served_with_their_sniffed_type(shared):
+    _, client, keys, _ = shared
     alice = keys.headers("alice")
     content, style = image_bytes((1, 2, 3), kind="JPEG"), image_bytes((4, 5, 6), kind="PNG")
     job_id = submit(client, alice, content=content, style=style).get_json()["id"]
@@ -116,7 +191,8 @@ def test_a_preview_and_uploads_removed_by_retention_are_410_gone_like_the_result
 
 
 @pytest.mark.parametrize("format_", ["png", "jpeg", "webp"])
-def test_a_result_is_served_in_its_jobs_format_under_its_own_file_name(app, client, keys, format_):
+def test_a_result_is_served_in_its_jobs_format_under_its_own_file_name(shared, format_):
+    app, client, keys, _ = shared
     alice = keys.headers("alice")
     job_id = submit(client, alice, params=json.dumps({"format": format_, "quality": 80})).get_json()["id"]
     params = resolve_params({"format": format_, "quality": 80})
@@ -134,7 +210,8 @@ def test_a_result_is_served_in_its_jobs_format_under_its_own_file_name(app, clie
         assert read_metadata(response.data)["params"] == params.to_dict()
 
 
-def test_a_job_stored_before_formats_existed_serves_its_png(app, client, keys):
+def test_a_job_stored_before_formats_existed_serves_its_png(shared):
+    app, client, keys, _ = shared
     alice = keys.headers("alice")
     params = resolve_params({}).to_dict()
     for name in ("format", "quality", "style_loss"):
@@ -147,8 +224,9 @@ def test_a_job_stored_before_formats_existed_serves_its_png(app, client, keys):
         assert response.headers["Content-Disposition"] == f"inline; filename={job_id}.png"
 
 
-def test_a_result_in_object_storage_is_a_redirect_to_a_short_lived_presigned_url_where_set(app, client, keys, storage_url):
-    app.extensions["styleq"].settings.result_url_seconds = 60
+def test_a_result_in_object_storage_is_a_redirect_to_a_short_lived_presigned_url_where_set(shared, monkeypatch):
+    app, client, keys, storage_url = shared
+    monkeypatch.setattr(app.extensions["styleq"].settings, "result_url_seconds", 60)  # for this test only: the app is shared
     alice = keys.headers("alice")
     job_id = submit(client, alice).get_json()["id"]
     assert_error(client.get(f"/v1/jobs/{job_id}/result", headers=alice), 409, "not_ready")
