@@ -32,7 +32,9 @@ def luminance_correlation(picture: Image.Image, reference: Image.Image) -> float
 def test_default_preset_styles_tubingen_like_starry_night(images_dir, caffe_weights, tmp_path_factory):
     content = Image.open(images_dir / "tubingen.jpg").convert("RGB")
     style = Image.open(images_dir / "starry_night.jpg").convert("RGB")
-    params = resolve_params({"size": 128, "iterations": 100, "checkpoint_every": 1})
+    # 112 px and 60 iterations (under half of 128 px and 100's pixel-iterations): measured, the style loss at 0.071 of the
+    # start's, the layout correlation 0.952 against the style's own 0.475 (at 128 px and 100: 0.061, 0.953 and 0.463).
+    params = resolve_params({"size": 112, "iterations": 60, "checkpoint_every": 1})
     assert params.weights == "vgg16-caffe"
 
     checkpoints = []
@@ -50,14 +52,16 @@ def test_default_preset_styles_tubingen_like_starry_night(images_dir, caffe_weig
 @pytest.mark.slow
 def test_an_even_blend_of_two_styles_lies_between_them_in_gram_distance_to_each(rainier, autumn_oak, images_dir, caffe_weights):
     starry_night = Image.open(images_dir / "starry_night.jpg").convert("RGB")
-    params = resolve_params({"size": 128, "iterations": 80})
+    # 96 px and 20 iterations (a seventh of 128 px and 80's pixel-iterations): measured, the blend lies 0.30 and 0.32 of the
+    # way from the nearer single-style run to the farther, to the oak and to the starry night (at 128 px and 80: 0.27 each).
+    params = resolve_params({"size": 96, "iterations": 20})
     backbone = build_backbone(caffe_weights, params)
     objective = Objective(params, backbone, "fp32", torch.device("cpu"))
 
     oak = transfer(rainier, autumn_oak, params, backbone=backbone).image
     night = transfer(rainier, starry_night, params, backbone=backbone).image
     blend = transfer(
-        rainier, [autumn_oak, starry_night], resolve_params({"size": 128, "iterations": 80, "style_weights": [0.5, 0.5]}), backbone=backbone
+        rainier, [autumn_oak, starry_night], resolve_params({"size": 96, "iterations": 20, "style_weights": [0.5, 0.5]}), backbone=backbone
     ).image
 
     for style in (autumn_oak, starry_night):
