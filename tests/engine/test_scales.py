@@ -13,7 +13,13 @@ from shared.params import COARSE_LONG_SIDE, MAX_SCALE_STEP, ONE_PASS_LONG_SIDE, 
 from worker.engine import Backbone, Control, TransferJob, get_convention, transfer, transfer_batch
 from worker.engine.transfer import _style_size, image_to_tensor, scale_sizes
 
-C2F = {"preset": "seed", "size": [64, 96], "iterations": 30, "checkpoint_every": 5, "scales": [0.5, 1], "scale_iterations": [20, 10]}
+# Four iterations at half the size, two at the full size, a checkpoint after each: every test of exact runs (one
+# scale, resumes, batches) sees checkpoints on both scales and the change between them.
+C2F = {"preset": "seed", "size": [64, 96], "iterations": 6, "checkpoint_every": 1, "scales": [0.5, 1], "scale_iterations": [4, 2]}
+# The fine scale's loss first rises for about six steps (Adam's running moments, enlarged, meet the finer scale's
+# losses), so a run that shows it falling needs ten steps there; and twenty at the coarse scale move the picture far
+# enough from the photo (0.11 on average, measured) that a fine scale started from the photo would fail its check.
+TEN_FINE_STEPS = {**C2F, "iterations": 30, "checkpoint_every": 5, "scale_iterations": [20, 10]}
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +36,14 @@ def run(content, style, backbone, values, **kwargs):
 def test_each_checkpoint_records_its_scale_and_its_preview_has_that_scale_size(rainier, autumn_oak, seed_backbone):
     result, checkpoints = run(rainier, autumn_oak, seed_backbone, C2F)
 
-    assert [(c.iteration, c.scale) for c in checkpoints] == [(5, 0.5), (10, 0.5), (15, 0.5), (20, 0.5), (25, 1), (30, 1)]
+    assert [(c.iteration, c.scale) for c in checkpoints] == [(1, 0.5), (2, 0.5), (3, 0.5), (4, 0.5), (5, 1), (6, 1)]
     assert checkpoints[0].preview().size == (48, 32)
     assert checkpoints[-1].preview().size == (96, 64)
     assert result.image.size == (96, 64)
 
 
 def test_the_fine_scale_starts_from_the_coarse_result_and_lowers_the_loss(rainier, autumn_oak, seed_backbone):
-    _, checkpoints = run(rainier, autumn_oak, seed_backbone, C2F)
+    _, checkpoints = run(rainier, autumn_oak, seed_backbone, TEN_FINE_STEPS)
     coarse_end, fine = checkpoints[3], checkpoints[4:]
 
     enlarged = torch.nn.functional.interpolate(to_tensor(coarse_end.preview())[None], size=(64, 96), mode="bilinear")
@@ -71,7 +77,7 @@ def whole_runs(rainier, autumn_oak, seed_backbone):
     return whole_run
 
 
-@pytest.mark.parametrize("stop_at", [10, 20, 25], ids=["inside-the-coarse-scale", "at-the-scale-change", "inside-the-fine-scale"])
+@pytest.mark.parametrize("stop_at", [2, 4, 5], ids=["inside-the-coarse-scale", "at-the-scale-change", "inside-the-fine-scale"])
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
 def test_a_run_stopped_anywhere_resumes_exactly_across_scales(rainier, autumn_oak, seed_backbone, whole_runs, stop_at, optimizer):
     values = {**C2F, "optimizer": optimizer, "learning_rate": 0.3 if optimizer == "adam" else 0.5}
@@ -189,23 +195,24 @@ def test_with_fewer_iterations_than_scales_the_coarsest_scales_go():
 
 
 def test_an_automatic_run_is_the_run_of_its_written_schedule(rainier, autumn_oak, vgg16_random):
-    # The schedule is the point, not the network: the two shallowest style layers make each step about 5x cheaper,
-    # and the schedule (512 px first at 520 px, the iterations shared) is decided by the output's size either way.
+    # The schedule is the point, not the network: the first layer alone, for content and style, makes each step many
+    # times cheaper, and the schedule (512 px first at 520 px, the iterations shared) is decided by the output's size
+    # either way (the smallest side relu1_1 needs is the 16 pixels every output needs). Two iterations: one a scale.
     values = {
         "size": 520,
-        "iterations": 4,
+        "iterations": 2,
         "checkpoint_every": 1,
         "precision": "fp32",
-        "style_layers": ["relu1_1", "relu2_1"],
-        "content_layers": ["relu2_1"],
+        "style_layers": ["relu1_1"],
+        "content_layers": ["relu1_1"],
     }
     backbone = Backbone("vgg16", vgg16_random, get_convention("caffe"), resolve_params(values).layers)
     written = resolve_params(values).with_schedule(*rainier.size)
     automatic, automatic_checkpoints = run(rainier, autumn_oak, backbone, values)
     explicit, explicit_checkpoints = run(rainier, autumn_oak, backbone, written.to_dict())
 
-    assert written.scales == (round(512 / 520, 4), 1.0) and written.scale_iterations == (2, 1)
-    assert [c.scale for c in automatic_checkpoints] == [c.scale for c in explicit_checkpoints] == [written.scales[0]] * 2 + [1.0]
+    assert written.scales == (round(512 / 520, 4), 1.0) and written.scale_iterations == (1, 1)
+    assert [c.scale for c in automatic_checkpoints] == [c.scale for c in explicit_checkpoints] == [written.scales[0], 1.0]
     assert [c.total for c in automatic_checkpoints] == [c.total for c in explicit_checkpoints]
     torch.testing.assert_close(automatic.tensor, explicit.tensor, rtol=0, atol=0)
     assert automatic.state.params == written.to_dict()  # the saved state names the schedule it ran
