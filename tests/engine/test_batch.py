@@ -8,7 +8,8 @@ import torch
 from shared.params import resolve_params
 from worker.engine import Backbone, Control, TargetCache, TransferJob, get_convention, transfer, transfer_batch
 
-VALUES = {"size": [24, 32], "iterations": 20, "checkpoint_every": 5, "precision": "fp32"}
+# Four checkpoints, two iterations apart: a batch and its jobs alone compared at each, a job leaving at the second.
+VALUES = {"size": [24, 32], "iterations": 8, "checkpoint_every": 2, "precision": "fp32"}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_three_jobs_batched_equal_three_runs_alone(pictures, backbone):
 
     for index, job in enumerate(jobs):
         single, single_checkpoints = alone(job, backbone)
-        assert [c.iteration for c in checkpoints[index]] == [5, 10, 15, 20]
+        assert [c.iteration for c in checkpoints[index]] == [2, 4, 6, 8]
         assert_same_run(results[index], checkpoints[index], single, single_checkpoints)
     # Distinct jobs really made distinct pictures.
     assert not torch.equal(results[0].tensor, results[1].tensor)
@@ -65,13 +66,13 @@ def test_a_job_canceled_mid_batch_leaves_and_the_others_are_undisturbed(pictures
     jobs = three_jobs(pictures)
     checkpoints: dict[int, list] = {0: [], 1: [], 2: []}
 
-    def cancel_the_middle_job_at_ten(index, checkpoint):
+    def cancel_the_middle_job_at_four(index, checkpoint):
         checkpoints[index].append(checkpoint)
-        return Control.STOP if index == 1 and checkpoint.iteration == 10 else Control.CONTINUE
+        return Control.STOP if index == 1 and checkpoint.iteration == 4 else Control.CONTINUE
 
-    results = transfer_batch(jobs, backbone=backbone, on_checkpoint=cancel_the_middle_job_at_ten)
+    results = transfer_batch(jobs, backbone=backbone, on_checkpoint=cancel_the_middle_job_at_four)
 
-    assert results[1].canceled and results[1].iteration == 10 and [c.iteration for c in checkpoints[1]] == [5, 10]
+    assert results[1].canceled and results[1].iteration == 4 and [c.iteration for c in checkpoints[1]] == [2, 4]
     for index in (0, 2):
         single, single_checkpoints = alone(jobs[index], backbone)
         assert not results[index].canceled
@@ -81,7 +82,7 @@ def test_a_job_canceled_mid_batch_leaves_and_the_others_are_undisturbed(pictures
 def test_a_resumed_job_and_a_fresh_one_share_a_batch(pictures, backbone):
     first, second, _ = three_jobs(pictures)
     halfway = transfer(
-        first.content, first.style, first.params, backbone=backbone, on_checkpoint=lambda c: Control.STOP if c.iteration == 10 else None
+        first.content, first.style, first.params, backbone=backbone, on_checkpoint=lambda c: Control.STOP if c.iteration == 4 else None
     )
     first.state = halfway.state
 
@@ -89,7 +90,7 @@ def test_a_resumed_job_and_a_fresh_one_share_a_batch(pictures, backbone):
 
     whole, _ = alone(TransferJob(first.content, first.style, first.params), backbone)
     torch.testing.assert_close(results[0].tensor, whole.tensor, rtol=1e-5, atol=1e-5)
-    assert [result.iteration for result in results] == [20, 20]
+    assert [result.iteration for result in results] == [8, 8]
 
 
 def test_jobs_with_other_parameters_cannot_share_a_batch(pictures, backbone):
