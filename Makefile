@@ -39,12 +39,15 @@ browser:
 
 # Everything that checks behaviour, with the fault drills' clocks shortened through settings; not the tests
 # marked `full` (nor `alone`, which are part of that tier): those run in `make test-full`.
-# Before the tests, the linter, the one code format and the type checker over the whole tree; the tests
-# run even when they complain, so one run reports everything, and either failing fails `make test`.
+# Beside the tests, the linter, the one code format and the type checker over the whole tree (about 25 s of one
+# core, which the tests' waiting leaves free), their report printed after the tests'; either failing fails
+# `make test`, and one run reports both.
 test: install browser
 	status=0; \
-	$(MAKE) --no-print-directory lint || status=$$?; \
+	$(MAKE) --no-print-directory lint > $(VENV)/lint.log 2>&1 & lint=$$!; \
 	$(PYTEST) -n $(TEST_PROCESSES) --dist loadgroup -m "not full and not alone" --durations=25 || status=$$?; \
+	wait $$lint || status=$$?; \
+	echo "--- make lint:"; cat $(VENV)/lint.log; \
 	exit $$status
 
 lint: install
