@@ -18,9 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch==2.14.1 and torchvision==0.29.1 are pinned in pyproject.toml; pip takes them from the local disk here.
-	# --no-compile: Python compiles a module's bytecode the first time it is imported, so pip need not compile
-	# all of torch's (about 40 s of a fresh install here) for the few modules a process imports.
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
