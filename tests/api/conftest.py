@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -26,16 +27,22 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     Fair use stays at its defaults (per key: 300 requests a minute, 10 jobs queued or running), which
     no test here comes near; tests/api/test_api_limits.py sets small limits of its own.
     """
+    return api_settings(tmp_path, database_url)
+
+
+def api_settings(folder: Path, database_url: str, **overrides: Any) -> Settings:
+    """The API tests' settings: everything in `folder` (storage, an SQLite-backed broker, pulled models) on `database_url`."""
     return Settings(
-        data_dir=tmp_path,
+        data_dir=folder,
         database_url=database_url,
-        broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
-        storage_dir=tmp_path / "storage",
+        broker_url=f"sqla+sqlite:///{folder / 'broker.db'}",
+        storage_dir=folder / "storage",
         queue="styleq.test",
         max_upload_bytes=MAX_UPLOAD_BYTES,
         max_size=640,
         max_iterations=1000,
-        model_dir=installed_models(tmp_path / "models"),
+        model_dir=installed_models(folder / "models"),
+        **overrides,
     )
 
 

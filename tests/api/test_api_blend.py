@@ -16,7 +16,7 @@ from api import create_app
 from shared.db import session_scope
 from shared.keys import create_api_key
 from shared.settings import Settings
-from tests.api.conftest import MAX_UPLOAD_BYTES, installed_models
+from tests.api.conftest import MAX_UPLOAD_BYTES, api_settings
 from tests.api.support import (
     assert_error,
     assert_refused_storing_nothing,
@@ -59,17 +59,7 @@ def shared(request, tmp_path_factory) -> Iterator[tuple[Flask, Settings]]:
         database = request.getfixturevalue("migrated_sqlite")(folder / "styleq.db")
     else:
         database = request.getfixturevalue("postgres_url")
-    settings = Settings(
-        data_dir=folder,
-        database_url=database,
-        broker_url=f"sqla+sqlite:///{folder / 'broker.db'}",
-        storage_dir=folder / "storage",
-        queue="styleq.test",
-        max_upload_bytes=MAX_UPLOAD_BYTES,
-        max_size=640,
-        max_iterations=1000,
-        model_dir=installed_models(folder / "models"),
-    )
+    settings = api_settings(folder, database)
     app = create_app(settings)
     app.config.update(TESTING=True)
     yield app, settings

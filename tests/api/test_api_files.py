@@ -24,7 +24,7 @@ from shared.outputs import FORMATS, encode_result, read_metadata
 from shared.params import resolve_params
 from shared.retention import RetentionPolicy, sweep_retention
 from shared.settings import Settings
-from tests.api.conftest import MAX_UPLOAD_BYTES, installed_models
+from tests.api.conftest import api_settings
 from tests.api.support import Keys, add_job, assert_error, image_bytes, set_job, submit
 from tests.services import TEST_BUCKET, free_port
 
@@ -53,18 +53,7 @@ def shared_app(request, tmp_path_factory) -> Iterator[tuple[Flask, str | None]]:
         database_url = request.getfixturevalue("migrated_sqlite")(folder / "styleq.db")
     else:
         database_url = request.getfixturevalue("postgres_url")
-    settings = Settings(
-        data_dir=folder,
-        database_url=database_url,
-        broker_url=f"sqla+sqlite:///{folder / 'broker.db'}",
-        storage_dir=folder / "storage",
-        storage_url=storage_url,
-        queue="styleq.test",
-        max_upload_bytes=MAX_UPLOAD_BYTES,
-        max_size=640,
-        max_iterations=1000,
-        model_dir=installed_models(folder / "models"),
-    )
+    settings = api_settings(folder, database_url, storage_url=storage_url)
     with pytest.MonkeyPatch.context() as environment:
         if storage_url is not None:
             for name, value in request.getfixturevalue("s3_environment").items():
