@@ -104,6 +104,18 @@ def make_celery(settings: Settings) -> Celery:
         with stop_on_sigterm():
             return job_runner(task.app.conf.styleq_settings).run(job_id, resend=resend)
 
+    def warm_up() -> None:
+        from .process import warm_up  # torch is imported here, in the pool process's thread
+
+        warm_up(settings)
+
+    def warm_pool_process(**_: Any) -> None:
+        # In a thread: Celery kills a pool process whose start takes over 4 s, and torch's import alone may.
+        threading.Thread(target=warm_up, name="styleq-warm-up", daemon=True).start()
+
+    # Sent in each new pool process (after fork; never in the parent, which must not start CUDA).
+    signals.worker_process_init.connect(warm_pool_process, weak=False, dispatch_uid="styleq-warm-pool-process")
+
     pool_owner: dict[str, Any] = {}
 
     @signals.worker_ready.connect(weak=False)

@@ -1,10 +1,12 @@
-"""What one worker process builds once, lazily, after fork: the database engine, storage and the models."""
+"""What one worker process builds once after fork (in a warm-up thread, or at its first job): the database engine, storage and the models."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,7 +19,10 @@ from shared.storage import open_storage
 from .engine import default_device
 from .runner import JobRunner, ModelCache
 
+log = logging.getLogger(__name__)
 _runner: JobRunner | None = None
+# The warm-up thread and the first task may both ask for the runner: one is built.
+_runner_lock = threading.Lock()
 # Set by SIGTERM in the pool process while a job runs (see celery_app): its jobs go back to the queue at their next checkpoint.
 STOPPING = threading.Event()
 
@@ -41,19 +46,36 @@ def stop_on_sigterm() -> Iterator[None]:
 def job_runner(settings: Settings) -> JobRunner:
     """Return this process's runner, built on first use (never in the parent, so CUDA starts after fork)."""
     global _runner
-    if _runner is None:
-        device = default_device()
-        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        _runner = JobRunner(
-            settings,
-            make_session_factory(make_engine(settings.database)),
-            open_storage(settings),
-            name=settings.worker_node,
-            # The pid makes the lease this process's own, even if a restarted worker reuses the name.
-            lease_owner=f"{settings.worker_node}/{os.getpid()}",
-            gpu=gpu,
-            device=device,
-            models=ModelCache(settings.models_path, device),
-            stopping=STOPPING,
-        )
-    return _runner
+    with _runner_lock:
+        if _runner is None:
+            device = default_device()
+            gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+            _runner = JobRunner(
+                settings,
+                make_session_factory(make_engine(settings.database)),
+                open_storage(settings),
+                name=settings.worker_node,
+                # The pid makes the lease this process's own, even if a restarted worker reuses the name.
+                lease_owner=f"{settings.worker_node}/{os.getpid()}",
+                gpu=gpu,
+                device=device,
+                models=ModelCache(settings.models_path, device),
+                stopping=STOPPING,
+            )
+        return _runner
+
+
+def warm_up(settings: Settings) -> None:
+    """Build what a job needs before the first one arrives: the runner (torch, the database, the store), the default
+    preset's backbone and, on a CPU, the choice of precision.
+
+    Run in a thread of each new pool process (celery_app), so that a worker's first job, or a lost worker's job
+    taken over, claims at once instead of after torch's import (seconds on a loaded machine) and starts its
+    iterations on loaded weights. A failure here is logged and left for the first job to meet and report.
+    """
+    started = time.monotonic()
+    try:
+        job_runner(settings).warm_up()
+        log.info("pool process ready for jobs in %.1f s (torch, the default backbone, the precision)", time.monotonic() - started)
+    except Exception:
+        log.warning("warming up the pool process failed; the first job builds what it needs", exc_info=True)

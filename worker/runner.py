@@ -59,7 +59,7 @@ from shared.images import decode_image, image_size
 from shared.memory import batch_capacity
 from shared.models import Job, JobStatus
 from shared.outputs import FORMATS, encode_result
-from shared.params import AUTO, TransferParams, resolve_params, style_roles
+from shared.params import AUTO, TransferParams, installed_weights, resolve_params, style_roles
 from shared.settings import Settings
 from shared.storage import Store, StoreUnreachable
 
@@ -130,17 +130,20 @@ class ModelCache:
     backbones: dict[tuple[str, tuple[str, ...]], Backbone] = field(default_factory=dict)
     # Style targets by upload hash: a service sees the same styles again and again.
     targets: TargetCache = field(default_factory=TargetCache)
+    # The pool process's warm-up thread and its first job may load at once: one loads, the other waits.
+    loading: threading.Lock = field(default_factory=threading.Lock)
 
     def backbone(self, params: TransferParams) -> Backbone:
         """Return the backbone for `params`, loading its weights from the model directory (never fetching them)."""
         key = (params.weights, params.layers)
-        if key not in self.backbones:
-            if params.weights not in self.weights:
-                # Only weights an operator pulled (`styleq weights pull`): a job never makes a worker download.
-                self.weights[params.weights] = load_weights(params.weights, self.model_dir)
-            # One backbone per layer set is enough: a service sees few distinct presets.
-            self.backbones[key] = build_backbone(self.weights[params.weights], params, self.device)
-        return self.backbones[key]
+        with self.loading:
+            if key not in self.backbones:
+                if params.weights not in self.weights:
+                    # Only weights an operator pulled (`styleq weights pull`): a job never makes a worker download.
+                    self.weights[params.weights] = load_weights(params.weights, self.model_dir)
+                # One backbone per layer set is enough: a service sees few distinct presets.
+                self.backbones[key] = build_backbone(self.weights[params.weights], params, self.device)
+            return self.backbones[key]
 
 
 @dataclass
@@ -239,6 +242,13 @@ class JobRunner:
         self._resend: Callable[[str], None] | None = None
         # Encodes and writes checkpoints' previews and states off the optimisation loop's thread.
         self.file_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-files")
+
+    def warm_up(self) -> None:
+        """Load the default preset's backbone and choose its precision, as its first job would (see process.warm_up)."""
+        params = resolve_params()
+        if params.weights in installed_weights(self.settings.models_path):
+            self.models.backbone(params)
+        resolve_precision(params.precision, self.device)
 
     def _transaction(self, step: Callable[[Session], T], delays: Sequence[float] | None = None) -> T:
         """Run `step` in its own transaction, retrying while the database is briefly unreachable; DatabaseDown after.
