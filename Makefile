@@ -1,4 +1,4 @@
-# The two commands of the README: `make up` (set up everything, run the service) and `make test`;
+# The README's two commands: `make up` (set up everything, run the service) and `make test`;
 # `make test-full` adds the tests at the real default timings and the timed large jobs (CI runs both: .ci/run).
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 .PHONY: install up demo test test-full lint weights browser clean
 
 # Test processes for `make test`: more than this 2-core machine's cores, as most of its tests wait on real
-# services, workers and jobs rather than compute (measured in the README's Tests section).
+# services, workers and jobs rather than compute (measured in docs/TESTS.md).
 TEST_PROCESSES ?= 4
 # Runs pytest with the given arguments; pytest's exit 5 ("no tests collected") fails the tier and says so,
 # since a tier that selects nothing has lost its tests (a marker renamed, a path moved).
@@ -55,7 +55,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The tests marked `full`: the fault drills at the real default timings (which give the README's fault table)
+# The tests marked `full`: the fault drills at the real default timings (which give docs/SERVICE.md's fault table)
 # and the large-output tests. Two processes (--dist loadgroup), then the tests that time a job on the whole
 # machine (marked `alone`), one at a time, with every core. Both parts run; either failing fails it.
 test-full: install browser

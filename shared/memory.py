@@ -9,7 +9,7 @@ output), or the forward pass that computes the style targets, under `inference_m
 (`STYLE_BYTES_PER_PIXEL` of the style picture, `style_scale` times the output's area). A coarse-to-fine job
 peaks at its full-size scale: what the coarse scales leave behind (their last picture, a few Gram matrices)
 is within the fit's error. The coefficients are least-squares fits of
-`.venv/bin/python -m bench.memory` (see the README's memory table for the command and the machine).
+`.venv/bin/python -m bench.memory` (see docs/PERFORMANCE.md, "Memory", for the command and the machine).
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ MIN_SCALE_SHARE = 0.05
 # above, a first scale about COARSE_LONG_SIDE pixels long, then scales growing by at most MAX_SCALE_STEP each.
 # The first scale is a whole one-pass picture: it settles the look, as a 450 px job does. Started at 320 px, the
 # schedule lost what was a few pixels there (a lodge, arcades) and painted the style's objects at the size of
-# buildings (issue 23; README, "Quality at size"); the finer scales only sharpen (see `photo_detail`).
+# buildings (issue 23; docs/QUALITY.md); the finer scales only sharpen (see `photo_detail`).
 ONE_PASS_LONG_SIDE = 512
 COARSE_LONG_SIDE = 512
 MAX_SCALE_STEP = 2.0
@@ -109,8 +109,8 @@ MAX_SCALE_STEP = 2.0
 # them and each finer scale FINER_SCALE_SHARE (300: 180 at 512 px, then 40 at 1024 and 40 at 2048), and the job's
 # iterations are their sum. An iteration at twice the size costs four, so the finer scales get few: a 1024 px job
 # costs about 85 full-size iterations (253 s on 2 AVX-512 BF16 cores, where the schedule before took 241 s). With
-# 120 at the first scale The Scream's palette was not settled (style 1.5x the 450 px picture's; README, "Quality at
-# size"); with 180, 1.17x.
+# 120 at the first scale The Scream's palette was not settled (style 1.5x the 450 px picture's; docs/QUALITY.md); with 180,
+# 1.17x.
 FIRST_SCALE_SHARE = 0.6
 FINER_SCALE_SHARE = 2 / 15
 # The fewest pixels the short side of a coarse scale may have (the engine enlarges smaller ones to it).
@@ -177,7 +177,7 @@ class TransferParams:
     photo_detail: bool = False
     # Coarse-to-fine: the content weight at every scale after the first is this many times `content_weight`. The
     # first scale settles the look; at the finer ones the content layer sees the photo's smaller shapes, which the
-    # style would otherwise paint over in the few iterations they get (bench/quality.py, README "Quality at size").
+    # style would otherwise paint over in the few iterations they get (bench/quality.py, docs/QUALITY.md).
     fine_content_factor: float = 1.0
     preset: str = field(default="custom", compare=False)
 

@@ -23,7 +23,7 @@ def _default_model_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    """Configuration of every styleq process; each field is documented in the README's table."""
+    """Configuration of every styleq process; each field is documented in docs/OPERATIONS.md, "Every setting"."""
 
     model_config = SettingsConfigDict(env_prefix="STYLEQ_", extra="ignore")
 

@@ -189,7 +189,7 @@ def test_a_state_saved_before_colours_existed_resumes_with_the_styles_colours(ra
 
 
 @pytest.mark.slow
-def test_on_the_real_network_the_colours_hold_as_the_readme_states(rainier, autumn_oak, caffe_weights):
+def test_on_the_real_network_the_colours_hold_as_the_engine_docs_state(rainier, autumn_oak, caffe_weights):
     values = {"size": [64, 96], "iterations": 60}
     backbone = build_backbone(caffe_weights, resolve_params(values))
     kept, histogram = (

@@ -142,7 +142,7 @@ class Backbone(nn.Module):
         Channels-last is the layout cuDNN's tensor cores and oneDNN's bf16 kernels want. fp32 stays in the layout
         the notebook runs in, because the layout picks the convolution algorithm: channels-last fp32 sums in
         another order and the seed's losses drift from the notebook's (3.5e-3 relative after 30 iterations at
-        64x96), while on this project's CPU it is no faster (README, "No wasted work").
+        64x96), while on this project's CPU it is no faster (docs/ENGINE.md, "No wasted work").
         """
         return torch.channels_last if bf16 else torch.contiguous_format
 

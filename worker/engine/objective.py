@@ -22,7 +22,7 @@ from .precision import network_precision
 # Under `normalize_losses`, a moments loss is its distance over the style's mean channel energy E|x|^2 / C, times
 # this: the factor that lets the default preset's style_weight pull about as hard as with Gram matrices. At the
 # content picture, where a run starts, the style term's gradient is then 0.7 to 1.4 times the Gram loss's on
-# real VGG16 (bench/style_loss.py); README's gallery shows the two pictures side by side.
+# real VGG16 (bench/style_loss.py); docs/GALLERY.md shows the two pictures side by side.
 MOMENT_SCALE = 2.0
 
 
