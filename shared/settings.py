@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     # tiles, alone. Unset means per device: what a GPU's free memory holds by the model of worker/engine/memory.py;
     # no limit on a CPU (its workers share the host's memory, which no one process can budget).
     max_pass_pixels: int | None = Field(default=None, ge=256 * 256)
+    # The CPU threads each worker's network runs on (torch's intra-op threads). Unset means torch's default, every
+    # core: right for one CPU worker per host, or a GPU worker. Several CPU workers on one host should share the
+    # cores out (2 workers on 8 cores: 4 each): more threads than cores busy-wait against each other.
+    worker_threads: int | None = Field(default=None, ge=1)
     # How long a worker holds its first job waiting for batch-mates to arrive; 0 takes only those already queued.
     batch_wait_seconds: float = Field(default=0.0, ge=0)
     # Signs the dashboard's session cookies and keys the stored hashes of API keys, so the API and

@@ -21,25 +21,20 @@ def fresh_process(monkeypatch):
     precision._cpu_bf16_is_faster.cache_clear()
 
 
-def test_warming_up_loads_the_default_presets_backbone_and_chooses_its_precision(fresh_process, tmp_path, models_dir, caffe_weights):
+def test_warming_up_loads_the_default_presets_backbone_and_chooses_its_precision_for_the_first_job(
+    fresh_process, tmp_path, models_dir, caffe_weights
+):
     settings = Settings(data_dir=tmp_path, model_dir=models_dir)
 
     process.warm_up(settings)
 
-    runner = process.job_runner(settings)
+    runner = process.job_runner(settings)  # what the first job's task gets: the runner the warm-up built
     default = resolve_params()
     assert list(runner.models.backbones) == [(default.weights, default.layers)]
+    assert runner.models.backbone(default) is runner.models.backbones[(default.weights, default.layers)]
     assert runner.device == torch.device("cpu") and runner.lease_owner.startswith(settings.worker_node + "/")
     if precision.native_bf16("cpu"):
         assert precision._cpu_bf16_is_faster.cache_info().currsize == 1  # timed once, now, not at the first job
-
-
-def test_the_first_job_gets_the_runner_the_warm_up_built(fresh_process, tmp_path, models_dir, caffe_weights):
-    settings = Settings(data_dir=tmp_path, model_dir=models_dir)
-    process.warm_up(settings)
-    warmed = process.job_runner(settings)
-
-    assert process.job_runner(settings) is warmed and warmed.models.backbone(resolve_params()) is warmed.models.backbone(resolve_params())
 
 
 def test_without_pulled_weights_the_warm_up_builds_the_runner_and_leaves_the_weights_to_the_first_job(fresh_process, tmp_path):
@@ -48,3 +43,12 @@ def test_without_pulled_weights_the_warm_up_builds_the_runner_and_leaves_the_wei
     process.warm_up(settings)
 
     assert process.job_runner(settings).models.backbones == {}
+
+
+def test_a_worker_runs_its_network_on_the_threads_its_settings_give(fresh_process, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        process.job_runner(Settings(data_dir=tmp_path, model_dir=tmp_path / "no-models", worker_threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
