@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from worker.engine.losses import content_loss, gram, style_loss, tv_loss
+from worker.engine.losses import content_loss, gram, gram_matrices, style_loss, tv_loss
 
 
 def feature_map() -> torch.Tensor:
@@ -85,3 +85,18 @@ def test_style_loss_pulls_only_the_features_towards_the_target_gram():
     expected = torch.tensor([[[[0.09375, 0.15625], [0.28125, 0.40625]], [[-0.03125, -0.0625], [-0.09375, -0.125]]]])
     torch.testing.assert_close(features.grad, expected)
     assert target_gram.grad is None
+
+
+def test_the_fp32_gram_backward_is_the_gradient_autograd_takes_of_its_forward():
+    # One product, (dG + dG^T) F / (C P), where autograd takes two and adds them: the same gradient to rounding.
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 16, 6, 7, generator=generator).requires_grad_(True)
+    target = torch.randn(2, 16, 16, generator=generator)
+    (gram_matrices(features) - target).square().sum().backward()
+    assert features.grad is not None
+    ours, features.grad = features.grad, None
+    flat = features.reshape(2, 16, -1)
+    (torch.bmm(flat, flat.transpose(1, 2)) / (16 * 42) - target).square().sum().backward()
+
+    torch.testing.assert_close(ours, features.grad, rtol=1e-5, atol=1e-6)
+    assert ours.shape == features.shape and ours.is_contiguous()

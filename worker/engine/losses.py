@@ -27,8 +27,26 @@ def gram_matrices(features: torch.Tensor) -> torch.Tensor:
     flat = features.reshape(batch, channels, -1)
     if features.dtype == torch.bfloat16:
         return _Bf16Gram.apply(flat)
-    flat = flat.float()
-    return torch.bmm(flat, flat.transpose(1, 2)) / (channels * flat.shape[-1])
+    return _Fp32Gram.apply(flat.float())
+
+
+class _Fp32Gram(torch.autograd.Function):
+    """The Gram matrices of fp32 features, (N, C, P) -> (N, C, C), with a one-product backward.
+
+    Autograd's backward of F F^T takes two products, one per operand, and adds them; dF = S F with
+    S = (dG + dG^T) / (C P) is one product, a third less of a Gram's arithmetic and no sum of two feature maps.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, flat: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(flat)
+        return torch.bmm(flat, flat.transpose(1, 2)).div_(flat.shape[1] * flat.shape[2])
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (flat,) = ctx.saved_tensors  # type: ignore[attr-defined]  # as in _Bf16Gram.backward
+        symmetric = (grad + grad.transpose(1, 2)) / (flat.shape[1] * flat.shape[2])
+        return torch.bmm(symmetric, flat)
 
 
 # Devices where torch multiplies bf16 matrices into an fp32 result directly (`bmm(..., out_dtype=torch.float32)`,
