@@ -102,7 +102,8 @@ def make_celery(settings: Settings) -> Celery:
             task.app.send_task(jobs.RUN_JOB_TASK, args=[handed_back], queue=settings.queue)
 
         with stop_on_sigterm():
-            return job_runner(task.app.conf.styleq_settings).run(job_id, resend=resend)
+            # The bare word: Celery's "succeeded in" line shows the task's result by its repr.
+            return job_runner(task.app.conf.styleq_settings).run(job_id, resend=resend).value
 
     def warm_up() -> None:
         from .process import warm_up  # torch is imported here, in the pool process's thread

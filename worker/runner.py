@@ -33,6 +33,7 @@ once it is on disk, and a job is finished, handed back or resumed only after its
 
 from __future__ import annotations
 
+import enum
 import io
 import logging
 import math
@@ -98,6 +99,22 @@ class StoreDown(Exception):
     """The store stayed unreachable through every retry: the jobs held go back to the queue, uncounted."""
 
 
+class RunOutcome(enum.StrEnum):
+    """What became of a job a worker was given: the Celery task's result, and a batch-mate's log line."""
+
+    SUCCEEDED = "succeeded"
+    CANCELED = "canceled"
+    FAILED = "failed"
+    # Another worker has it, or it ended, was canceled, deleted or taken into a batch: nothing was run.
+    SKIPPED = "skipped"
+    # Taken over by another worker meanwhile (this one's lease went stale).
+    LOST = "lost"
+    # Back in the queue: the worker is stopping, or the store failed.
+    HANDED_BACK = "handed_back"
+    # The database or the store went away mid-run; the sweeper resumes the job when they are back.
+    INTERRUPTED = "interrupted"
+
+
 def _retrying(step: Callable[[], T], delays: Sequence[float], transient: type[Exception], down: type[Exception], what: str) -> T:
     """Run `step`, trying again after each of `delays` while it raises `transient`; then raise `down` from the last error."""
     for delay in (*delays, None):
@@ -159,7 +176,7 @@ class _Member:
     state: TransferState | None
     attempt: int
     checkpoints_seen: int = 0
-    outcome: str | None = None
+    outcome: RunOutcome | None = None
     # The iteration of the last state written to storage (set by the file-writing thread): the database learns it at its next write.
     saved_iteration: int | None = None
     # The preview and state being written now, if any.
@@ -267,38 +284,35 @@ class JobRunner:
         """Run a step that reads or writes the store, retrying while it does not answer; StoreDown after `storage_retry_delays`."""
         return _retrying(step, self.settings.storage_retry_delays, StoreUnreachable, StoreDown, "the store does not answer")
 
-    def run(self, job_id: str, resend: Callable[[str], None] | None = None) -> str:
-        """Claim and run the job, with any batch-mates; return what became of it.
+    def run(self, job_id: str, resend: Callable[[str], None] | None = None) -> RunOutcome:
+        """Claim and run the job, with any batch-mates; return what became of it (`RunOutcome`).
 
-        One of 'succeeded', 'canceled', 'failed', 'skipped' (another worker has it, or it ended),
-        'lost' (taken over meanwhile), 'handed_back' (back in the queue: the worker is stopping, or
-        storage failed) or 'interrupted' (the database or the store went away; the sweeper resumes it). `resend`
-        sends a job's message to the broker again, for jobs handed back. Every line logged meanwhile
+        `resend` sends a job's message to the broker again, for jobs handed back. Every line logged meanwhile
         carries the job's id and this worker's name, and once it is claimed, the attempt.
         """
         with logs.log_context(job_id=job_id, worker=self.name):
             return self._run(job_id, resend)
 
-    def _run(self, job_id: str, resend: Callable[[str], None] | None) -> str:
+    def _run(self, job_id: str, resend: Callable[[str], None] | None) -> RunOutcome:
         self._resend = resend
         if self.stopping.is_set():
             self._send_again(job_id)  # this message arrived as the worker stops: another worker takes it
-            return "handed_back"
+            return RunOutcome.HANDED_BACK
         try:
             job, gave_up = self._from_store(lambda: self._transaction(lambda s: self._claim(s, job_id)))
         except StoreDown:
             # The claim was rolled back with its failed marker write: the job is queued, and the sweeper sends it again.
             log.error("the store is unreachable; leaving job %s queued for the sweeper to send again", job_id, exc_info=True)
-            return "interrupted"
+            return RunOutcome.INTERRUPTED
         if gave_up:
             self._remove_states(job_id)
-            return "failed"
+            return RunOutcome.FAILED
         if job is None:
-            return "skipped"  # another worker has it, or it ended, was canceled, deleted or taken into a batch
+            return RunOutcome.SKIPPED  # another worker has it, or it ended, was canceled, deleted or taken into a batch
         with logs.log_context(attempt=job.attempts):
             return self._run_and_record(job)
 
-    def _run_and_record(self, job: Job) -> str:
+    def _run_and_record(self, job: Job) -> RunOutcome:
         """Run a claimed job and record its end, however it ends."""
         job_id = job.id
         log.info("running job %s (attempt %d)", job_id, job.attempts)
@@ -309,7 +323,7 @@ class JobRunner:
         except JobFailure as failure:
             # Only the job itself is held yet: its failures come before any batch-mate is claimed.
             self._finish(job_id, JobStatus.FAILED, failure.code, failure.message)
-            outcome = "failed"
+            outcome = RunOutcome.FAILED
         except StoreDown:
             # Inputs or a state that cannot be read: back to the queue, uncounted; the sweeper sends them when it next runs.
             log.error("the store is unreachable; handing jobs %s back to the queue", ", ".join(held.ids()), exc_info=True)
@@ -318,11 +332,11 @@ class JobRunner:
                     self._transaction(partial(leases.release_job, job_id=held_id, lease_owner=self.lease_owner))
                 except DatabaseDown:
                     log.error("could not hand job %s back; the sweeper will find its lease stale", held_id)
-            return "handed_back"
+            return RunOutcome.HANDED_BACK
         except DatabaseDown:
             # Nothing can be recorded now; the leases go stale and the sweeper resumes the jobs from their saved states.
             log.error("the database is unreachable; leaving jobs %s to be resumed when it is back", ", ".join(held.ids()), exc_info=True)
-            return "interrupted"
+            return RunOutcome.INTERRUPTED
         except BaseException as error:
             # The one catch-all: record a plain account for the user, the detail for the operator, then let Celery see the crash.
             code = "out_of_memory" if isinstance(error, torch.OutOfMemoryError) else "internal_error"
@@ -372,7 +386,7 @@ class JobRunner:
             except DatabaseDown:
                 log.warning("job %s is back in the queue; the sweeper will send it", job_id)
 
-    def _run_claimed(self, job: Job, held: _Leases) -> str:
+    def _run_claimed(self, job: Job, held: _Leases) -> RunOutcome:
         leader = self._prepare(job)
         try:
             backbone = self.models.backbone(leader.params)
@@ -394,7 +408,7 @@ class JobRunner:
                 self._wait_for_files(member)
         for mate in batch[1:]:
             log.info("batch-mate %s of job %s %s", mate.job_id, leader.job_id, mate.outcome)
-        return leader.outcome or "lost"
+        return leader.outcome or RunOutcome.LOST
 
     def _prepare(self, job: Job) -> _Member:
         """Read a claimed job's parameters, pictures and saved state, or raise the JobFailure that ends it."""
@@ -580,7 +594,7 @@ class JobRunner:
         if not held_still:
             # Canceled, deleted or taken over: the job leaves the batch now, and its record says so at once.
             self._wait_for_files(member)
-            member.outcome = "canceled" if self._finish(member.job_id, JobStatus.CANCELED) else "lost"
+            member.outcome = RunOutcome.CANCELED if self._finish(member.job_id, JobStatus.CANCELED) else RunOutcome.LOST
             held.drop(member.job_id)
             return Control.STOP
         if files is not None:
@@ -637,13 +651,13 @@ class JobRunner:
         held.drop(member.job_id)
         if status is JobStatus.QUEUED:
             log.info("job %s handed back to the queue at iteration %s", member.job_id, member.saved_iteration)
-            member.outcome = "handed_back"
+            member.outcome = RunOutcome.HANDED_BACK
             self._send_again(member.job_id)
         elif status is JobStatus.FAILED:
             self._remove_states(member.job_id)
-            member.outcome = "failed"
+            member.outcome = RunOutcome.FAILED
         else:
-            member.outcome = "lost"
+            member.outcome = RunOutcome.LOST
 
     def _succeed(self, member: _Member, result: TransferResult, held: _Leases) -> None:
         self._wait_for_files(member)  # before its states are removed, so none comes back after
@@ -673,7 +687,7 @@ class JobRunner:
                 time.sleep(delay)
         ended = self._finish(member.job_id, JobStatus.SUCCEEDED)
         held.drop(member.job_id)
-        member.outcome = "succeeded" if ended else "lost"
+        member.outcome = RunOutcome.SUCCEEDED if ended else RunOutcome.LOST
 
     def _finish(self, job_id: str, status: JobStatus, code: str | None = None, message: str | None = None) -> bool:
         """Record the job's end if this worker still holds it; a job that has ended will not resume, so its saved states go."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import threading
@@ -27,7 +28,7 @@ from shared.storage import Storage, StoreUnreachable
 from worker import liveness
 from worker import runner as runner_module
 from worker.engine import Backbone, Control, get_convention, resolve_precision, transfer
-from worker.runner import JobRunner, ModelCache
+from worker.runner import JobRunner, ModelCache, RunOutcome
 
 PARAMS = {"size": [24, 32], "iterations": 40}
 
@@ -943,3 +944,9 @@ def test_a_finished_job_whose_result_the_store_cannot_take_goes_back_and_ends_fr
     storage.down = set()
     assert make_runner(settings, factory, storage, vgg16_random, lease_owner="gpu1@host/2").run(job_id) == "succeeded"
     assert load(factory, job_id).resumed_iteration == 40 and storage.has_job_file(job_id, "result.png")
+
+
+def test_a_runs_outcome_is_one_of_its_named_values_and_reaches_celerys_json_as_the_plain_word():
+    # The task returns it; Celery's result backend and its log lines have always shown the bare word.
+    assert {outcome.value for outcome in RunOutcome} == {"succeeded", "canceled", "failed", "skipped", "lost", "handed_back", "interrupted"}
+    assert json.dumps(RunOutcome.HANDED_BACK) == '"handed_back"' and f"{RunOutcome.LOST}" == "lost"
