@@ -20,6 +20,7 @@ from contextlib import suppress
 from typing import Any
 
 from celery import Celery, signals
+from celery.worker import state as worker_state
 
 from shared import fleet, jobs, leases
 from shared.db import make_engine, make_session_factory, session_scope
@@ -132,6 +133,11 @@ def make_celery(settings: Settings) -> Celery:
 
     @signals.worker_shutting_down.connect(weak=False)
     def hand_back_running_jobs(**_: Any) -> None:
+        # Only a pool holding a job needs telling; an idle one stops with the pool. Signalled while it was still
+        # starting, an idle pool process died of it, the pool started another mid-shutdown, and the worker hung
+        # (a worker stopped within a second of "ready": tests/integration/test_launcher.py).
+        if not (worker_state.active_requests or worker_state.reserved_requests):
+            return
         consumer = pool_owner.get("consumer")
         for pid in _pool_pids(consumer):
             with suppress(ProcessLookupError):

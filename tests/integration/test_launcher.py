@@ -15,6 +15,7 @@ import requests
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.fleet import list_workers
 from shared.migrate import upgrade_database
+from tests.services import start_worker
 from worker.launcher import NoSuchGpu, node_name, visible_gpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -177,3 +178,23 @@ def test_two_cpu_workers_on_one_host_are_two_workers_in_the_fleet_each_with_the_
     assert len(moved) == 1 and f"serves its metrics on port {port + 1}" in moved[0], logs
     # A CPU worker's device is the host: the API plans job sizes by its RAM.
     assert set(workers.values()) == {os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
+
+
+def test_a_worker_stopped_the_moment_it_is_ready_exits_at_once_and_cleanly(tmp_path, models_dir, caffe_weights):
+    # Its pool process is still starting (importing torch, loading the weights): SIGTERM'd then, it died, the pool
+    # started another mid-shutdown, and the worker hung for good. Idle pool processes are now left to stop with the pool.
+    database = f"sqlite:///{tmp_path / 'styleq.db'}"
+    upgrade_database(database)
+    environment = {**os.environ, "STYLEQ_DATA_DIR": str(tmp_path), "STYLEQ_MODEL_DIR": str(models_dir), "STYLEQ_LOG_FORMAT": "text"}
+    for name in ("STYLEQ_DATABASE_URL", "STYLEQ_BROKER_URL"):
+        environment.pop(name, None)
+    worker = start_worker(environment, tmp_path, "cpu")
+    try:
+        worker.popen.send_signal(signal.SIGTERM)
+        code = worker.popen.wait(timeout=60)
+    finally:
+        worker.kill()
+        worker.log.close()
+
+    output = worker.log_path.read_text(errors="replace")
+    assert code == 0 and "Traceback" not in output, output[-3000:]
