@@ -106,14 +106,14 @@ def make_celery(settings: Settings) -> Celery:
             # The bare word: Celery's "succeeded in" line shows the task's result by its repr.
             return job_runner(task.app.conf.styleq_settings).run(job_id, resend=resend).value
 
-    def warm_up() -> None:
-        from .process import warm_up  # torch is imported here, in the pool process's thread
+    def warm_up_in_thread() -> None:
+        from . import process  # torch is imported here, in the pool process's warm-up thread
 
-        warm_up(settings)
+        process.warm_up(settings)
 
     def warm_pool_process(**_: Any) -> None:
         # In a thread: Celery kills a pool process whose start takes over 4 s, and torch's import alone may.
-        threading.Thread(target=warm_up, name="styleq-warm-up", daemon=True).start()
+        threading.Thread(target=warm_up_in_thread, name="styleq-warm-up", daemon=True).start()
 
     # Sent in each new pool process (after fork; never in the parent, which must not start CUDA).
     signals.worker_process_init.connect(warm_pool_process, weak=False, dispatch_uid="styleq-warm-pool-process")

@@ -95,6 +95,17 @@ def reserve_name(name: str, lock_dir: Path | None = None, *, fleet: str = "") ->
     raise RuntimeError(f"a thousand workers named {name} run on this host already")
 
 
+def limit_cpu_threads(settings: Settings) -> None:
+    """Give the pool processes `settings.worker_threads` CPU threads, if set, through the variables torch reads at import.
+
+    This process never imports torch; its pool processes do, after fork, and OpenMP and MKL read these then, for
+    every thread. `torch.set_num_threads` would not do: called from the pool process's warm-up thread, it holds for
+    that thread alone, not for the one that runs the jobs.
+    """
+    if settings.worker_threads is not None:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(settings.worker_threads)
+
+
 def run_worker(settings: Settings, name: str, loglevel: str | None = None) -> None:
     """Run one Celery worker in this process, under a name no other worker on this host has, until it is told to stop.
 
@@ -103,6 +114,7 @@ def run_worker(settings: Settings, name: str, loglevel: str | None = None) -> No
     reserved = reserve_name(name, fleet=settings.database)
     settings = settings.model_copy(update={"worker_name": reserved, **({"log_level": loglevel.upper()} if loglevel else {})})
     use_styleq_logging(settings)
+    limit_cpu_threads(settings)
     if reserved != name:
         log.warning("another worker on this host is named %s; this one is %s", name, reserved)
     # Before the app is built and the pool forks: the pool process records into the folder this makes.

@@ -48,8 +48,6 @@ def job_runner(settings: Settings) -> JobRunner:
     global _runner
     with _runner_lock:
         if _runner is None:
-            if settings.worker_threads is not None:
-                torch.set_num_threads(settings.worker_threads)
             device = default_device()
             gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
             _runner = JobRunner(

@@ -3,6 +3,10 @@ taken over) claims at once instead of after torch's import and the weights' load
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -45,10 +49,16 @@ def test_without_pulled_weights_the_warm_up_builds_the_runner_and_leaves_the_wei
     assert process.job_runner(settings).models.backbones == {}
 
 
-def test_a_worker_runs_its_network_on_the_threads_its_settings_give(fresh_process, tmp_path):
-    before = torch.get_num_threads()
-    try:
-        process.job_runner(Settings(data_dir=tmp_path, model_dir=tmp_path / "no-models", worker_threads=1))
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+def test_a_workers_pool_processes_run_every_thread_on_the_cpu_threads_its_settings_give():
+    # As a pool process after fork: the worker set the variables, then torch is imported; the job's thread and the
+    # warm-up's both see the count (torch.set_num_threads in the warm-up thread held for that thread alone).
+    script = (
+        "from shared.settings import Settings; from worker.launcher import limit_cpu_threads;"
+        "limit_cpu_threads(Settings(worker_threads=1)); import threading, torch; seen = [];"
+        "thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads())); thread.start(); thread.join();"
+        "print(torch.get_num_threads(), seen[0])"
+    )
+    environment = {name: value for name, value in os.environ.items() if name not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, check=True, timeout=120)
+
+    assert done.stdout.split() == ["1", "1"]
