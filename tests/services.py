@@ -444,9 +444,8 @@ def start_worker(environment: dict[str, str], log_dir: Path, name: str, host: st
     Named for this machine's real host name, a worker sees when another one's process on it has died. It
     has the API's server secret (SECRET_KEY), from which it derives the keys' webhook signing secrets.
     """
-    # One thread each unless told otherwise: the tests start several workers beside their own processes on two
-    # cores, where torch's default (a thread per core, each) has threads busy-waiting against each other.
-    environment = {"STYLEQ_WORKER_THREADS": "1", **environment, "STYLEQ_SECRET_KEY": SECRET_KEY}
+    # torch's default threads (a thread per core): one each made `make test` slower on the 2-core machine (docs/TESTS.md).
+    environment = {**environment, "STYLEQ_SECRET_KEY": SECRET_KEY}
     process = Process(name, [sys.executable, "-m", "worker", "--name", f"{name}@{host}"], environment, log_dir)
     deadline = time.monotonic() + 120
     while "ready." not in process.output():
