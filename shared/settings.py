@@ -203,13 +203,18 @@ class Settings(BaseSettings):
         return self.worker_name or socket.gethostname()
 
     @property
+    def broker_is_embedded(self) -> bool:
+        """Tell whether the broker is the embedded one (kombu's SQLAlchemy transport), not a server."""
+        return self.broker.startswith(("sqla+", "sqlalchemy+"))
+
+    @property
     def broker_sends_events(self) -> bool:
         """Tell whether Celery's monitoring events (Flower's view of tasks) can travel through the broker.
 
         kombu's SQLAlchemy transport (the embedded default) keeps exchange bindings in each process's
         memory and has no fanout: an event a worker publishes reaches no other process, so it is not sent.
         """
-        return not self.broker.startswith(("sqla+", "sqlalchemy+"))
+        return not self.broker_is_embedded
 
     def batch_limit(self, *, gpu: bool) -> int:
         """Return the most jobs one worker optimises at once: the setting, else 8 on a GPU and 1 on a CPU."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -11,9 +12,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from kombu import Queue
+from sqlalchemy.exc import IntegrityError
 
 from shared.logs import uses_json
 from shared.settings import Settings
@@ -133,6 +136,8 @@ def run_worker(settings: Settings, name: str, loglevel: str | None = None) -> No
                 reserved,
                 port,
             )
+    if settings.broker_is_embedded:
+        declare_queue(settings)
     if metrics_folder is None:
         os.environ.pop(METRICS_FOLDER, None)  # a folder named for the API is not this worker's: count in memory, unread
     app = make_celery(settings)
@@ -163,19 +168,42 @@ def run_worker(settings: Settings, name: str, loglevel: str | None = None) -> No
             remove_metrics_folder(metrics_folder)
 
 
-def declare_queue(settings: Settings) -> None:
-    """Create the job queue once, before the workers start.
+def declare_queue(settings: Settings, attempts: int = 3) -> None:
+    """Create the job queue, once, before a worker consumes from it.
 
-    Workers started together would each create it, and in the embedded (SQLite) broker the second
-    insert of the same queue fails and takes its worker down.
+    On the embedded broker, workers started together each insert the queue's row. kombu's lock against that is
+    per process: the insert that loses fails with an IntegrityError that Celery calls unrecoverable, taking its
+    worker down, and one that finds the file locked is rolled back without a word. So the workers of one
+    embedded broker on this host declare it one at a time (a lock file named for the broker), and a declaration
+    that loses to another process (the API publishing) tries again and finds the row.
     """
     app = make_celery(settings)
+    with _one_at_a_time(settings.broker) if settings.broker_is_embedded else contextlib.nullcontext():
+        for attempt in range(1, attempts + 1):
+            try:
+                with app.connection_for_write() as connection:
+                    connection.ensure_connection(max_retries=3)
+                    Queue(settings.queue).bind(connection.default_channel).declare()
+                return
+            except IntegrityError:  # another process created the queue between kombu's look and its insert
+                if attempt == attempts:
+                    log.warning("could not declare the queue %s before starting the worker", settings.queue, exc_info=True)
+            except Exception:  # the workers retry on their own; this only spares them a race
+                log.warning("could not declare the queue %s before starting the worker", settings.queue, exc_info=True)
+                return
+
+
+@contextlib.contextmanager
+def _one_at_a_time(broker: str) -> Iterator[None]:
+    """Hold a lock file named for `broker`, shared by every process of this user on this host."""
+    folder = Path(tempfile.gettempdir()) / f"styleq-broker-locks-{os.getuid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder / f"{hashlib.sha256(broker.encode()).hexdigest()[:16]}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        with app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=3)
-            Queue(settings.queue).bind(connection.default_channel).declare()
-    except Exception:  # the workers retry on their own; this only spares them a race
-        log.warning("could not declare the queue %s before starting the workers", settings.queue, exc_info=True)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def launch(settings: Settings, gpus: list[str], loglevel: str | None = None) -> int:

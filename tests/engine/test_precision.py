@@ -40,13 +40,27 @@ def test_on_a_cpu_auto_takes_bf16_only_where_it_is_native_and_clearly_faster(mon
     assert precisions.resolve_precision("fp32", "cpu") == "fp32" and precisions.resolve_precision("bf16", "cpu") == "bf16"
 
 
-def test_the_cpu_timing_times_both_precisions_and_is_taken_once_per_process():
-    rounds = precisions._timed_rounds(rounds=2)
-    assert len(rounds) == 2 and all(bf16 > 0 and fp32 > 0 for bf16, fp32 in rounds)
+def test_the_cpu_timing_times_both_precisions():
+    # One round (after the passes that build the kernels): where bf16 is emulated, each pass is seconds.
+    rounds = precisions._timed_rounds(rounds=1)
+    assert len(rounds) == 1 and all(bf16 > 0 and fp32 > 0 for bf16, fp32 in rounds)
 
-    first = precisions._cpu_bf16_is_faster()
-    hits = precisions._cpu_bf16_is_faster.cache_info().hits
-    assert precisions._cpu_bf16_is_faster() is first and precisions._cpu_bf16_is_faster.cache_info().hits == hits + 1
+
+def test_the_cpu_timing_is_taken_once_per_process(monkeypatch):
+    timings: list[int] = []
+
+    def timed_rounds() -> list[tuple[float, float]]:
+        timings.append(1)
+        return [(0.5, 1.0)] * 5
+
+    monkeypatch.setattr(precisions, "_timed_rounds", timed_rounds)
+    precisions._cpu_bf16_is_faster.cache_clear()
+    try:
+        assert precisions._cpu_bf16_is_faster() is precisions._cpu_bf16_is_faster() is True
+        assert len(timings) == 1
+    finally:
+        # The next caller in this process times this CPU for real.
+        precisions._cpu_bf16_is_faster.cache_clear()
 
 
 def test_presets_keep_the_seed_exact_and_let_styleq_choose():
