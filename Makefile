@@ -42,7 +42,13 @@ browser:
 # Beside the tests, the linter, the one code format and the type checker over the whole tree (about 25 s of one
 # core, which the tests' waiting leaves free), their report printed after the tests'; either failing fails
 # `make test`, and one run reports both.
-test: install browser
+# Chromium's apt install (on a fresh machine) runs beside the venv's pip install: mostly waits on the network and
+# the disk, the two together take little more than the longer one.
+test:
+	$(MAKE) --no-print-directory browser > artifacts-browser-install.log 2>&1 & browser=$$!; \
+	$(MAKE) --no-print-directory install; installed=$$?; \
+	wait $$browser || { cat artifacts-browser-install.log; echo "error: make browser failed" >&2; exit 1; }; \
+	rm -f artifacts-browser-install.log; exit $$installed
 	status=0; \
 	$(MAKE) --no-print-directory lint > $(VENV)/lint.log 2>&1 & lint=$$!; \
 	$(PYTEST) -n $(TEST_PROCESSES) --dist loadgroup -m "not full and not alone" --durations=25 || status=$$?; \
