@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 from bench.common import IMAGES, add_device_argument, device_name, gib, pick_device, synchronize
+from bench.style_distance import gram_distance
 from shared.params import resolve_params
 from shared.settings import load_settings
-from tests.style_distance import gram_distance
 from worker.downloads import load_or_pull
 from worker.engine import Control, build_backbone, transfer
 from worker.engine.objective import Objective

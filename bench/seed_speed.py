@@ -43,8 +43,8 @@ from bench.common import (
     styleq_backbone,
     synchronize,
 )
+from bench.notebook import Losses, notebook_net, run_notebook
 from shared.params import TransferParams, resolve_params
-from tests.notebook import Losses, notebook_net, run_notebook
 from worker.engine import Backbone, Control, Progress, get_convention, resolve_precision, transfer
 from worker.engine.objective import Objective
 from worker.engine.transfer import image_to_tensor

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 from bench.common import IMAGES, add_device_argument, device_name, parse_size, pick_device, synchronize
+from bench.wasserstein import exact_distance
 from shared.params import resolve_params
 from shared.settings import load_settings
-from tests.wasserstein import exact_distance
 from worker.downloads import load_or_pull
 from worker.engine import build_backbone
 from worker.engine.losses import moment_losses

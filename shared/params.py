@@ -113,7 +113,8 @@ MAX_SCALE_STEP = 2.0
 # 1.17x.
 FIRST_SCALE_SHARE = 0.6
 FINER_SCALE_SHARE = 2 / 15
-# The fewest pixels the short side of a coarse scale may have (the engine enlarges smaller ones to it).
+# The fewest pixels the short side of a coarse scale may have (the engine enlarges smaller ones to it): VGG's fifth
+# block still sees a few pixels there.
 MIN_SCALE_SIDE = 32
 AUTO = "auto"
 _LAYER_NAME = re.compile(r"^(conv|relu)[1-5]_[1-4]$|^pool[1-5]$")

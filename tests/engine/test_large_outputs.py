@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.style_distance import gram_distance
 from shared.params import resolve_params
-from tests.style_distance import gram_distance
 from worker.engine import Control, build_backbone, resolve_precision, transfer
 from worker.engine.objective import Objective, StyleTargets, TargetCache
 from worker.engine.tiles import one_pass_pixels, plan_tiles

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.wasserstein import exact_distance
 from shared.params import PRESETS, resolve_params
-from tests.wasserstein import exact_distance
 from worker.engine import Backbone, Control, TargetCache, get_convention, transfer
 from worker.engine.losses import RIDGE, RIDGE_FLOOR, feature_moments, moment_losses, root_traces
 from worker.engine.objective import Objective, StyleTargets, _gaussian

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.style_distance import gram_distance
 from shared.params import resolve_params
-from tests.style_distance import gram_distance
 from worker.engine import build_backbone, transfer
 from worker.engine.objective import Objective
 

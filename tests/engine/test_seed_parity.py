@@ -16,8 +16,8 @@ import safetensors.torch
 import torch
 from PIL import Image
 
+from bench.notebook import notebook_net, postprocess, run_notebook
 from shared.params import TransferParams, resolve_params
-from tests.notebook import notebook_net, postprocess, run_notebook
 from worker.engine import Backbone, Progress, TargetCache, build_backbone, get_convention, transfer
 from worker.engine.weights import load_weights
 from worker.runner import ModelCache
@@ -43,7 +43,7 @@ class NotebookRun:
 
 @pytest.fixture(scope="module")
 def notebook(rainier, autumn_oak, vgg19_random) -> NotebookRun:
-    """Run the notebook's code (tests/notebook.py) once for this module."""
+    """Run the notebook's code (bench/notebook.py) once for this module."""
     history: list[tuple[int, float, float, float, float]] = []
     final: list[torch.Tensor] = []
 

@@ -15,7 +15,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from shared.params import OUTPUT_PARAMS, TransferParams, complete_saved_params
+from shared.params import MIN_SCALE_SIDE, OUTPUT_PARAMS, TransferParams, complete_saved_params
 
 from . import graphs
 from .backbone import Backbone
@@ -23,9 +23,6 @@ from .colors import color_statistics, keep_content_colors, match_color_statistic
 from .objective import Objective, StyleTargets, TargetCache, image_digest, picture_size
 from .precision import resolve_precision
 from .tiles import TiledObjective, scale_objective
-
-# The smallest side a coarse scale is given: VGG's fifth block still sees a few pixels there.
-MIN_SIDE = 32
 
 
 class Control(enum.Enum):
@@ -230,7 +227,7 @@ def scale_sizes(params: TransferParams, size: tuple[int, int]) -> list[tuple[int
     """Return the (height, width) of each of `params.scales` for an output of `size`."""
     height, width = size
     return [
-        (min(height, max(MIN_SIDE, round(height * scale))), min(width, max(MIN_SIDE, round(width * scale))))
+        (min(height, max(MIN_SCALE_SIDE, round(height * scale))), min(width, max(MIN_SCALE_SIDE, round(width * scale))))
         for scale in params.resolved_scales()
     ]
 
