@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,11 @@ from shared.images import decode_image
 from shared.outputs import encode_result, format_of_path
 from shared.params import AUTO, CHOICES, PRESETS, RANGES, parse_size, resolve_params, style_roles
 from shared.settings import load_settings
-from worker import report
 from worker.downloads import load_or_pull
 from worker.engine import CONVENTIONS, Progress, build_backbone, default_device, transfer
 from worker.engine.weights import REGISTRY, WeightsError, is_pulled
 
+from . import report
 from .client import output_format
 from .options import check_style_count, style_images
 from .pulling import pull_with_progress_bar
@@ -189,6 +190,8 @@ def transfer_command(
         _check_output(history, "--history", {".csv", ".json"})
     if plot is not None:
         _check_output(plot, "--plot", {".png"})
+        if importlib.util.find_spec("matplotlib") is None:
+            raise click.UsageError("--plot needs matplotlib, which this install left out: pip install 'styleq[plot]'")
     content_image = open_image(content, "content")
     style_images = [open_image(path, role) for path, role in zip(styles, style_roles(len(styles)))]
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -318,6 +319,17 @@ def test_plot_writes_a_png(inputs, vgg16_file, out):
     assert_succeeded(result)
     with Image.open(out / "losses.png") as plot:
         assert plot.format == "PNG"
+
+
+def test_plot_without_matplotlib_installed_says_how_to_get_it_and_runs_nothing(inputs, vgg16_file, out, monkeypatch):
+    # An install without the `plot` extra: matplotlib is not to be found.
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "matplotlib" else find_spec(name, *args))
+
+    result = small_transfer(inputs, vgg16_file, out / "picture.png", "--plot", out / "losses.png")
+
+    assert result.exit_code == 2 and "--plot needs matplotlib" in result.output and "styleq[plot]" in result.output
+    assert list(out.iterdir()) == []
 
 
 def test_seed_preset_runs_on_a_vgg19_file(inputs, vgg19_file, out):
