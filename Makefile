@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 	# torch==2.14.1 and torchvision==0.29.1 are pinned in pyproject.toml; pip takes them from the local disk here.
 	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
 	# Bytecode, written once here and read by every process after (which may run with PYTHONDONTWRITEBYTECODE set):
-	# everything but the large packages of which little is imported (torch, sympy, networkx, onnx, and pip's own),
-	# whose modules in use the import after it compiles. pip's compile of everything made the install 150 s on the
+	# everything but the large packages of which little is imported (torch, sympy, networkx, onnx, fontTools, and the
+	# installers pip and setuptools), whose modules in use the import after it compiles. pip's compile of everything made the install 150 s on the
 	# 2-core machine; this way it takes about 105 s, and the tests run as fast (docs/TESTS.md).
 	$(BIN)/python -m compileall -q -j 0 -x '/site-packages/(torch|sympy|networkx|onnx|pip|setuptools|fontTools)/' \
 		"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" api worker shared cli bench tests > /dev/null

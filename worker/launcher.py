@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from kombu import Queue
+from kombu import Connection, Queue
 from sqlalchemy.exc import IntegrityError
 
 from shared.logs import uses_json
@@ -81,9 +81,7 @@ def reserve_name(name: str, lock_dir: Path | None = None, *, fleet: str = "") ->
     workers report to): workers of two services on one host may share a name.
     """
     base, at, host = name.partition("@")
-    fleet_folder = hashlib.sha256(fleet.encode()).hexdigest()[:16]
-    # One folder per user: a folder another user made (mode 0755) would refuse this user's lock files.
-    folder = lock_dir or Path(tempfile.gettempdir()) / f"styleq-worker-names-{os.getuid()}" / fleet_folder
+    folder = lock_dir or _lock_folder("worker-names") / _digest(fleet)
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(1, 1000):
         candidate = f"{base if index == 1 else f'{base}-{index}'}{at}{host}"
@@ -96,6 +94,19 @@ def reserve_name(name: str, lock_dir: Path | None = None, *, fleet: str = "") ->
         _held_names.append(descriptor)
         return candidate
     raise RuntimeError(f"a thousand workers named {name} run on this host already")
+
+
+def _lock_folder(purpose: str) -> Path:
+    """Return this user's folder of lock files for `purpose` on this host.
+
+    One folder per user: a folder another user made (mode 0755) would refuse this user's lock files.
+    """
+    return Path(tempfile.gettempdir()) / f"styleq-{purpose}-{os.getuid()}"
+
+
+def _digest(text: str) -> str:
+    """Name a lock file or folder for `text` (a database or broker URL) without writing the URL itself."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def limit_cpu_threads(settings: Settings) -> None:
@@ -177,11 +188,11 @@ def declare_queue(settings: Settings, attempts: int = 3) -> None:
     embedded broker on this host declare it one at a time (a lock file named for the broker), and a declaration
     that loses to another process (the API publishing) tries again and finds the row.
     """
-    app = make_celery(settings)
+    # A bare connection, not a Celery app: building one in the worker's process would connect its signal handlers twice.
     with _one_at_a_time(settings.broker) if settings.broker_is_embedded else contextlib.nullcontext():
         for attempt in range(1, attempts + 1):
             try:
-                with app.connection_for_write() as connection:
+                with Connection(settings.broker) as connection:
                     connection.ensure_connection(max_retries=3)
                     Queue(settings.queue).bind(connection.default_channel).declare()
                 return
@@ -196,9 +207,9 @@ def declare_queue(settings: Settings, attempts: int = 3) -> None:
 @contextlib.contextmanager
 def _one_at_a_time(broker: str) -> Iterator[None]:
     """Hold a lock file named for `broker`, shared by every process of this user on this host."""
-    folder = Path(tempfile.gettempdir()) / f"styleq-broker-locks-{os.getuid()}"
+    folder = _lock_folder("broker-locks")
     folder.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(folder / f"{hashlib.sha256(broker.encode()).hexdigest()[:16]}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    descriptor = os.open(folder / f"{_digest(broker)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
@@ -213,7 +224,7 @@ def launch(settings: Settings, gpus: list[str], loglevel: str | None = None) -> 
             os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
         run_worker(settings, node_name(gpus[0] if gpus else None), loglevel)
         return 0
-    declare_queue(settings)
+    # Each worker declares the job queue itself as it starts (run_worker), one at a time on the embedded broker.
     children = []
     for index, gpu in enumerate(gpus):
         environment = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}

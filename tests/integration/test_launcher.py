@@ -12,13 +12,13 @@ import time
 
 import pytest
 import requests
+from kombu import Connection
 
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.fleet import list_workers
 from shared.migrate import upgrade_database
 from shared.settings import Settings
 from tests.services import start_worker
-from worker.celery_app import make_celery
 from worker.launcher import NoSuchGpu, declare_queue, node_name, visible_gpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -217,7 +217,7 @@ def test_workers_starting_together_on_a_fresh_embedded_broker_all_find_the_queue
         def start(settings: Settings = settings, barrier=barrier) -> None:
             barrier.wait()
             declare_queue(settings)
-            with make_celery(settings).connection_for_write() as connection:
+            with Connection(settings.broker) as connection:
                 connection.default_channel.queue_declare(settings.queue)
 
         processes = [context.Process(target=start) for _ in range(starters)]
