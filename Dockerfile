@@ -13,7 +13,7 @@ COPY cli cli
 COPY worker worker
 COPY shared shared
 COPY migrations migrations
-# Editable, so `styleq db upgrade` finds migrations/ beside shared/ (a plain install leaves it behind).
+# Editable: the package `styleq` runs from the folders COPY put in /app (a plain install would copy them a second time).
 # Flower for compose's `monitoring` profile.
 RUN pip install -e . "flower>=2.0"
 # The service's folders: model weights baked into the image, and the data directory (the secret key when

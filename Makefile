@@ -25,7 +25,9 @@ $(STAMP): pyproject.toml
 	# 2-core machine; this way it takes about 105 s, and the tests run as fast (docs/TESTS.md).
 	$(BIN)/python -m compileall -q -j 0 -x '/site-packages/(torch|sympy|networkx|onnx|pip|setuptools|fontTools)/' \
 		"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" api worker shared cli bench tests > /dev/null
-	$(BIN)/python -c "import sys; sys.dont_write_bytecode = False; import torch, torchvision, worker.engine, worker.process"
+	$(BIN)/python -c "import sys; sys.dont_write_bytecode = False; import torch, torchvision, styleq.worker.engine, styleq.worker.process"
+	# The import hook's map (styleq.api -> api/, ...) as links, for mypy, which cannot follow the hook (pyproject.toml).
+	mkdir -p $(VENV)/import-root/styleq && for folder in api cli worker shared; do ln -sfn ../../../$$folder $(VENV)/import-root/styleq/$$folder; done
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from flask import Flask
 
-    from shared.settings import Settings
+    from styleq.shared.adapters.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -18,12 +18,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     # at import, which block a whole gevent process; loaded here, in the patched worker, none does.
     from flask import Blueprint, Flask
 
-    from shared.db import make_engine, make_session_factory
-    from shared.params import MAX_STYLES
-    from shared.retention import StorageUsage
-    from shared.secret_key import load_secret_key
-    from shared.settings import load_settings
-    from shared.storage import open_storage
+    from styleq.shared.adapters.db import make_engine, make_session_factory
+    from styleq.shared.adapters.secret_key import load_secret_key
+    from styleq.shared.adapters.settings import load_settings
+    from styleq.shared.adapters.storage import open_storage
+    from styleq.shared.domain.params import MAX_STYLES
+    from styleq.shared.service.retention import StorageUsage
 
     from . import auth, dashboard, errors, events, files, health, jobs, limits, openapi, request_context, security
     from .backends import EXTENSION, Backends, close_session

@@ -9,10 +9,10 @@ from flask import g, request, session
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import Forbidden
 
-from shared.dashboard_sessions import end_dashboard_session, signed_in_key, start_dashboard_session
-from shared.errors import Unauthorized
-from shared.keys import authenticate, key_is_live
-from shared.models import ApiKey
+from styleq.shared.adapters.models import ApiKey
+from styleq.shared.domain.errors import Unauthorized
+from styleq.shared.service.dashboard_sessions import end_dashboard_session, signed_in_key, start_dashboard_session
+from styleq.shared.service.keys import authenticate, key_is_live
 
 from .backends import backends, db_session
 

@@ -8,9 +8,9 @@ from flask import current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.retention import StorageUsage
-from shared.settings import Settings
-from shared.storage import Store
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.adapters.storage import Store
+from styleq.shared.service.retention import StorageUsage
 
 from .queue import JobQueue
 
@@ -22,7 +22,7 @@ class Backends:
     """The settings of one app and the back ends it talks to, built by the factory and kept on `app.extensions`."""
 
     settings: Settings
-    # Signs the session cookies and keys the stored hashes of API keys (see shared.secret_key).
+    # Signs the session cookies and keys the stored hashes of API keys (see shared.adapters.secret_key).
     secret_key: str
     engine: Engine
     session_factory: sessionmaker[Session]

@@ -9,7 +9,8 @@ from flask import Flask, Response, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import (
+from styleq.shared.adapters.storage import StoreUnreachable
+from styleq.shared.domain.errors import (
     Conflict,
     Gone,
     InvalidInput,
@@ -20,7 +21,6 @@ from shared.errors import (
     Unauthorized,
     Unprocessable,
 )
-from shared.storage import StoreUnreachable
 
 log = logging.getLogger(__name__)
 

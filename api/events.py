@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import jobs
-from shared.db import session_scope
-from shared.errors import InvalidInput, LimitExceeded
-from shared.models import ApiKey
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import ApiKey
+from styleq.shared.domain.errors import InvalidInput, LimitExceeded
+from styleq.shared.service import jobs
 
 from .auth import credentials_check, current_key
 from .backends import backends, close_session, db_session

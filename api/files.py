@@ -8,13 +8,13 @@ from typing import IO
 from flask import Blueprint, Response, redirect, send_file
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from shared import jobs
-from shared.errors import Conflict, Gone, NotFound
-from shared.images import MEDIA_TYPE_BYTES, media_type
-from shared.models import Job, JobStatus
-from shared.outputs import job_format
-from shared.params import style_roles
-from shared.storage import OpenedFile
+from styleq.shared.adapters.images import MEDIA_TYPE_BYTES, media_type
+from styleq.shared.adapters.models import Job, JobStatus
+from styleq.shared.adapters.outputs import job_format
+from styleq.shared.adapters.storage import OpenedFile
+from styleq.shared.domain.errors import Conflict, Gone, NotFound
+from styleq.shared.domain.params import style_roles
+from styleq.shared.service import jobs
 
 from .auth import current_key
 from .backends import backends, db_session

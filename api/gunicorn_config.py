@@ -1,6 +1,6 @@
-"""gunicorn settings for the API (`gunicorn -c python:api.gunicorn_config 'api:create_app()'`).
+"""gunicorn settings for the API (`gunicorn -c python:styleq.api.gunicorn_config 'styleq.api:create_app()'`).
 
-Logging: gunicorn's own lines and its access log go through styleq's one handler (`shared.logs`, JSON
+Logging: gunicorn's own lines and its access log go through styleq's one handler (`shared.adapters.logs`, JSON
 lines unless standard error is a terminal), and each access line carries named fields: method,
 path, status, duration, the request id, the API key's name and the job the request concerns, as the
 app left them in the request's environ (`api.request_context`).
@@ -35,10 +35,10 @@ from typing import Any
 import gunicorn.glogging
 import gunicorn.util
 
-from api.request_context import JOB_ID, KEY_NAME, REQUEST_ID
-from api.security import SECURITY_HEADERS
-from shared.logs import dict_config
-from shared.settings import load_settings
+from styleq.api.request_context import JOB_ID, KEY_NAME, REQUEST_ID
+from styleq.api.security import SECURITY_HEADERS
+from styleq.shared.adapters.logs import dict_config
+from styleq.shared.adapters.settings import load_settings
 
 CODES = {
     400: "bad_request",
@@ -92,7 +92,7 @@ class AccessLogger(gunicorn.glogging.Logger):
 # loaded 2-core host, each client's request written within 0.01 s of its connect). Idle connections
 # cost a greenlet each, so a longer wait is cheap; it still ends a client that never sends its request.
 keepalive = 10
-logger_class = "api.gunicorn_config.AccessLogger"
+logger_class = "styleq.api.gunicorn_config.AccessLogger"
 # gunicorn applies this in the master and the workers it forks; it also turns the access log on.
 logconfig_dict = dict_config(load_settings())
 _METRICS_FOLDER = "PROMETHEUS_MULTIPROC_DIR"

@@ -6,8 +6,8 @@ import logging
 
 from flask import Blueprint, Response, jsonify, request
 
-from shared import jobs
-from shared.errors import InvalidInput
+from styleq.shared.domain.errors import InvalidInput
+from styleq.shared.service import jobs
 
 from .auth import current_key
 from .backends import backends, db_session

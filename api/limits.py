@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared import limits
-from shared.models import utcnow
+from styleq.shared.adapters.models import utcnow
+from styleq.shared.service import limits
 
 from .auth import current_key
 from .backends import backends, db_session

@@ -23,12 +23,12 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import stats
-from shared.db import session_scope
-from shared.deliveries import delivery_counts
-from shared.errors import Unauthorized
-from shared.models import JobStatus
-from shared.retention import StorageUsage
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import JobStatus
+from styleq.shared.domain.errors import Unauthorized
+from styleq.shared.service import stats
+from styleq.shared.service.deliveries import delivery_counts
+from styleq.shared.service.retention import StorageUsage
 
 from .backends import backends
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from shared.models import DeliveryStatus, JobStatus
-from shared.outputs import FORMATS
-from shared.params import MAX_STYLE_WEIGHT, MAX_STYLES
-from shared.webhooks import DEFAULT_EVENTS, EVENTS, MAX_URL_LENGTH
+from styleq.shared.adapters.models import DeliveryStatus, JobStatus
+from styleq.shared.adapters.outputs import FORMATS
+from styleq.shared.domain.params import MAX_STYLE_WEIGHT, MAX_STYLES
+from styleq.shared.service.webhooks import DEFAULT_EVENTS, EVENTS, MAX_URL_LENGTH
 
 from .auth import CSRF_HEADER
 from .jobs import MAX_CHECKPOINT_AFTER, MAX_CHECKPOINTS_PAGE, MAX_JOBS_PAGE
@@ -46,7 +46,7 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "description": "The job's id.", "schema": {"type": "string"}}
 # The types an upload may have, served back as they came.
 UPLOAD_MIMETYPES = ["image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff"]
-# The types a result may have: one per `format` (shared/outputs.py FORMATS).
+# The types a result may have: one per `format` (shared/adapters/outputs.py FORMATS).
 RESULT_MIMETYPES = [output.media_type for output in FORMATS.values()]
 # Every /v1 operation needs a key, and counts against the key's requests per minute.
 AUTH = {"401": {"$ref": REF + "responses/Unauthorized"}, "429": {"$ref": REF + "responses/TooManyRequests"}}

@@ -7,11 +7,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared.deliveries import deliveries_of_jobs, job_summary
-from shared.jobs import queue_positions
-from shared.models import Checkpoint, DeliveryStatus, Job, WebhookDelivery
-from shared.models import iso_timestamp as timestamp
-from shared.params import resolve_params
+from styleq.shared.adapters.models import Checkpoint, DeliveryStatus, Job, WebhookDelivery
+from styleq.shared.adapters.models import iso_timestamp as timestamp
+from styleq.shared.domain.params import resolve_params
+from styleq.shared.service.deliveries import deliveries_of_jobs, job_summary
+from styleq.shared.service.jobs import queue_positions
 
 JOB_LINKS = ("checkpoints", "events", "result", "preview", "cancel", "content", "style")
 

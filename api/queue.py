@@ -6,8 +6,8 @@ import threading
 
 from celery import Celery
 
-from shared.jobs import RUN_JOB_TASK
-from shared.settings import Settings
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.service.jobs import RUN_JOB_TASK
 
 
 class JobQueue:

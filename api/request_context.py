@@ -14,7 +14,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from shared import logs
+from styleq.shared.adapters import logs
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # What the access line reads from the request's environ.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, Response, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from shared.settings import Settings
+from styleq.shared.adapters.settings import Settings
 
 # Scripts, styles and everything else only from this site's own files: no inline script or style
 # attribute runs, so markup injected into a page stays inert. Pictures may also be the blob: URLs

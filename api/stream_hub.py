@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import jobs
-from shared.db import session_scope
-from shared.models import Checkpoint, Job
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import Checkpoint, Job
+from styleq.shared.service import jobs
 
 from .payloads import checkpoint_payload, job_payload, job_payloads
 from .stream_slots import StreamSlots

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from shared.settings import Settings
+from styleq.shared.adapters.settings import Settings
 
 T = TypeVar("T")
 # How long to wait for the other API processes' write on streams.db before giving up on a slot.

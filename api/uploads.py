@@ -9,11 +9,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
-from shared import fleet
-from shared.errors import InvalidInput
-from shared.images import decode_image
-from shared.memory import HEADROOM, fits, job_peak_bytes, largest_long_side, tiled_peak_bytes
-from shared.params import (
+from styleq.shared.adapters.images import decode_image
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.domain.errors import InvalidInput
+from styleq.shared.domain.memory import HEADROOM, fits, job_peak_bytes, largest_long_side, tiled_peak_bytes
+from styleq.shared.domain.params import (
     MAX_STYLES,
     WEIGHTS_NAMES,
     TransferParams,
@@ -23,8 +23,8 @@ from shared.params import (
     resolve_params,
     style_roles,
 )
-from shared.settings import Settings
-from shared.webhooks import AddressPolicy, Subscription, check_url, parse_events
+from styleq.shared.service import fleet
+from styleq.shared.service.webhooks import AddressPolicy, Subscription, check_url, parse_events
 
 from .errors import TooLarge, Unprocessable
 
@@ -95,7 +95,7 @@ def read_image(name: str, file: FileStorage, max_bytes: int) -> UploadedImage:
 
 
 def check_image(name: str, data: bytes) -> UploadedImage:
-    """Decode `data` as the worker will (shared.images.decode_image), refusing what it cannot decode.
+    """Decode `data` as the worker will (shared.adapters.images.decode_image), refusing what it cannot decode.
 
     Raises:
         InvalidImage: an empty file, a foreign format, a damaged or truncated picture, too many pixels.

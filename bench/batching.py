@@ -20,9 +20,9 @@ import time
 import torch
 
 from bench.common import add_device_argument, cycle_images, device_name, parse_ints, parse_size, pick_device, styleq_backbone, synchronize
-from shared.params import resolve_params
-from worker.engine import TransferJob, resolve_precision, transfer_batch
-from worker.engine.graphs import WARMUP_ITERATIONS as GRAPH_WARMUP
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import TransferJob, resolve_precision, transfer_batch
+from styleq.worker.engine.graphs import WARMUP_ITERATIONS as GRAPH_WARMUP
 
 WARMUP_ITERATIONS = 4
 # Checkpoints before this iteration are not timed: the eager iterations before a CUDA graph is captured, and the capture.

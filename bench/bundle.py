@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import IMAGES, ROOT
-from shared.settings import load_settings
+from styleq.shared.adapters.settings import load_settings
 
 CARRY_LIMIT = 64 * 2**20
 # The service's needs that the lent machines' image lacks (device/KINDS.md lists what it has), by distribution name.

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from torchvision.models import vgg
 
-from shared.params import TransferParams
-from shared.params import parse_size as shared_parse_size
-from worker.engine import Backbone, get_convention
+from styleq.shared.domain.params import TransferParams
+from styleq.shared.domain.params import parse_size as shared_parse_size
+from styleq.worker.engine import Backbone, get_convention
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT.parent / "shared" / "images"

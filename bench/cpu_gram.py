@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from bench.common import IMAGES, device_name, parse_size, styleq_backbone
-from shared.params import resolve_params
-from worker.engine import losses, native_bf16, transfer
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import losses, native_bf16, transfer
 
 SHORT_RUN = 3
 

@@ -23,12 +23,12 @@ from PIL import Image
 
 from bench.common import IMAGES, add_device_argument, device_name, gib, pick_device, synchronize
 from bench.style_distance import gram_distance
-from shared.params import resolve_params
-from shared.settings import load_settings
-from worker.downloads import load_or_pull
-from worker.engine import Control, build_backbone, transfer
-from worker.engine.objective import Objective
-from worker.engine.tiles import needs_tiles, one_pass_pixels, plan_tiles
+from styleq.shared.adapters.settings import load_settings
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.downloads import load_or_pull
+from styleq.worker.engine import Control, build_backbone, transfer
+from styleq.worker.engine.objective import Objective
+from styleq.worker.engine.tiles import needs_tiles, one_pass_pixels, plan_tiles
 
 
 def peak_memory(device: torch.device) -> float:

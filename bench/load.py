@@ -22,8 +22,8 @@ from pathlib import Path
 
 import requests
 
-from shared.migrate import upgrade_database
-from shared.params import WEIGHTS_FILES
+from styleq.shared.adapters.migrate import upgrade_database
+from styleq.shared.domain.params import WEIGHTS_FILES
 from tests.services import REDIS_URL, SECRET_KEY, ensure_redis, free_port, fresh_postgres_database, make_key
 
 IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
@@ -71,7 +71,7 @@ def main() -> None:
                 "-m",
                 "gunicorn",
                 "-c",
-                "python:api.gunicorn_config",
+                "python:styleq.api.gunicorn_config",
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--workers",
@@ -82,7 +82,7 @@ def main() -> None:
                 str(arguments.threads),
                 "--log-level",
                 "warning",
-                "api:create_app()",
+                "styleq.api:create_app()",
             ],
             env=environment,
             stdout=subprocess.DEVNULL,

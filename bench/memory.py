@@ -35,8 +35,8 @@ import torch
 from PIL import Image
 
 from bench.common import IMAGES, add_device_argument, device_name, gib, parse_bytes, parse_ints, pick_device, styleq_backbone, synchronize
-from shared.params import resolve_params
-from worker.engine import Backbone, transfer
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import Backbone, transfer
 
 CPU_MEMORY_DEFAULT = 16 * 2**30
 # Iterations per measurement. bf16 on a CPU without AVX-512 BF16 or AMX is emulated and slow, and one

@@ -42,13 +42,13 @@ import torch
 from PIL import Image
 
 from bench.common import IMAGES, STEADY_FROM, add_device_argument, device_name, parse_size, pick_device, random_vgg_features, synchronize
-from shared.params import PRESETS, TransferParams, resolve_params
-from shared.settings import load_settings
-from worker.downloads import load_or_pull
-from worker.engine import Backbone, build_backbone, get_convention, native_bf16, transfer
-from worker.engine.objective import Objective
-from worker.engine.transfer import image_to_tensor
-from worker.engine.weights import LoadedWeights, is_pulled, registry_spec
+from styleq.shared.adapters.settings import load_settings
+from styleq.shared.domain.params import PRESETS, TransferParams, resolve_params
+from styleq.worker.downloads import load_or_pull
+from styleq.worker.engine import Backbone, build_backbone, get_convention, native_bf16, transfer
+from styleq.worker.engine.objective import Objective
+from styleq.worker.engine.transfer import image_to_tensor
+from styleq.worker.engine.weights import LoadedWeights, is_pulled, registry_spec
 
 # The warm-up window the issue asks about: a job's first 30 iterations.
 WINDOW = 30

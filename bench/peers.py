@@ -28,12 +28,12 @@ import torchvision.transforms as T
 from PIL import Image
 
 from bench.common import STEADY_FROM, steady_rate
-from shared.params import TransferParams, resolve_params
-from shared.settings import load_settings
-from worker import engine
-from worker.engine import Backbone, Progress, build_backbone, transfer
-from worker.engine.losses import content_loss, gram, style_loss
-from worker.engine.weights import LoadedWeights, load_weights
+from styleq.shared.adapters.settings import load_settings
+from styleq.shared.domain.params import TransferParams, resolve_params
+from styleq.worker import engine
+from styleq.worker.engine import Backbone, Progress, build_backbone, transfer
+from styleq.worker.engine.losses import content_loss, gram, style_loss
+from styleq.worker.engine.weights import LoadedWeights, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT.parent / "shared" / "images"

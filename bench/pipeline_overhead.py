@@ -36,11 +36,11 @@ import torch
 from PIL import Image
 
 from bench.common import IMAGES, device_name, parse_size, synchronize
-from shared.migrate import upgrade_database
-from shared.params import resolve_params
-from shared.settings import load_settings
-from worker.downloads import load_or_pull
-from worker.engine import build_backbone, default_device, transfer
+from styleq.shared.adapters.migrate import upgrade_database
+from styleq.shared.adapters.settings import load_settings
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.downloads import load_or_pull
+from styleq.worker.engine import build_backbone, default_device, transfer
 
 WEIGHTS = "vgg16-caffe"
 CALIBRATION_ITERATIONS = 10

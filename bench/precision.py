@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from bench.common import IMAGES, add_device_argument, device_name, parse_size, pick_device, synchronize
-from shared.params import resolve_params
-from shared.settings import load_settings
-from worker.downloads import load_or_pull
-from worker.engine import build_backbone, transfer
+from styleq.shared.adapters.settings import load_settings
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.downloads import load_or_pull
+from styleq.worker.engine import build_backbone, transfer
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 from bench.common import IMAGES, device_name, parse_ints, parse_size
-from shared.params import resolve_params
-from shared.settings import load_settings
-from worker.downloads import load_or_pull
-from worker.engine import build_backbone, resolve_precision, transfer
+from styleq.shared.adapters.settings import load_settings
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.downloads import load_or_pull
+from styleq.worker.engine import build_backbone, resolve_precision, transfer
 
 # Iterations timed at each size: about the same seconds at each.
 ITERATIONS = {1: 100, 2: 60, 3: 30}

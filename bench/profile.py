@@ -15,8 +15,8 @@ from PIL import Image
 from torch.profiler import ProfilerActivity, profile
 
 from bench.common import IMAGES, add_device_argument, device_name, parse_size, pick_device, styleq_backbone, synchronize
-from shared.params import resolve_params
-from worker.engine import resolve_precision, transfer
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import resolve_precision, transfer
 
 
 def main(argv: list[str] | None = None) -> None:

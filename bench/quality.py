@@ -48,13 +48,13 @@ from PIL import Image, ImageDraw
 
 from bench.common import IMAGES, ROOT, add_device_argument, device_name, pick_device, synchronize
 from bench.peers import PEER_OUT, PEERS, install_peer, run_peer, write_peer_model
-from shared.params import TransferParams, auto_scales, resolve_params, split_iterations
-from shared.settings import load_settings
-from worker.downloads import load_or_pull
-from worker.engine import Backbone, Control, build_backbone, transfer
-from worker.engine.losses import gram
-from worker.engine.transfer import image_to_tensor
-from worker.engine.weights import LoadedWeights
+from styleq.shared.adapters.settings import load_settings
+from styleq.shared.domain.params import TransferParams, auto_scales, resolve_params, split_iterations
+from styleq.worker.downloads import load_or_pull
+from styleq.worker.engine import Backbone, Control, build_backbone, transfer
+from styleq.worker.engine.losses import gram
+from styleq.worker.engine.transfer import image_to_tensor
+from styleq.worker.engine.weights import LoadedWeights
 
 CONTENT_LAYER = "relu4_2"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")

@@ -44,10 +44,10 @@ from bench.common import (
     synchronize,
 )
 from bench.notebook import Losses, notebook_net, run_notebook
-from shared.params import TransferParams, resolve_params
-from worker.engine import Backbone, Control, Progress, get_convention, resolve_precision, transfer
-from worker.engine.objective import Objective
-from worker.engine.transfer import image_to_tensor
+from styleq.shared.domain.params import TransferParams, resolve_params
+from styleq.worker.engine import Backbone, Control, Progress, get_convention, resolve_precision, transfer
+from styleq.worker.engine.objective import Objective
+from styleq.worker.engine.transfer import image_to_tensor
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 WARMUP_ITERATIONS = 3

@@ -130,16 +130,16 @@ def deployment(
     logs: list[Path] = []
     if backend == "embedded":
         logs.append(root / "up.log")
-        processes.append(_spawn([sys.executable, "-m", "cli", "up", "--port", str(port), "--gpus", "none"], environment, logs[-1]))
+        processes.append(_spawn([sys.executable, "-m", "styleq.cli", "up", "--port", str(port), "--gpus", "none"], environment, logs[-1]))
     else:
         assert database_url and broker_url
         environment.update(STYLEQ_DATABASE_URL=database_url, STYLEQ_BROKER_URL=broker_url, STYLEQ_SECRET_KEY="styleq-bench-secret")
-        from shared.migrate import upgrade_database
+        from styleq.shared.adapters.migrate import upgrade_database
 
         upgrade_database(database_url)
         logs += [root / "api.log", root / "worker.log"]
         processes.append(_spawn(compose_api_command(port), environment, logs[0]))
-        processes.append(_spawn([sys.executable, "-m", "cli", "worker", "--gpus", "none"], environment, logs[1]))
+        processes.append(_spawn([sys.executable, "-m", "styleq.cli", "worker", "--gpus", "none"], environment, logs[1]))
     running = Deployment(f"http://127.0.0.1:{port}", environment, processes, logs)
     try:
         _wait_healthy(running)
@@ -168,8 +168,8 @@ def fresh_postgres_database() -> Iterator[str]:
 
 def make_keys(environment: dict[str, str], count: int) -> tuple[list[str], str]:
     """Create `count` non-admin keys and one admin key in the deployment's database; return their secrets."""
-    from cli.service import make_key_with_webhook_secret
-    from shared.settings import Settings
+    from styleq.cli.service import make_key_with_webhook_secret
+    from styleq.shared.adapters.settings import Settings
 
     settings = Settings(**_settings_fields(environment))
     keys = [make_key_with_webhook_secret(settings, f"bench-{index}")[0] for index in range(count)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from worker.engine.objective import Objective
-from worker.engine.transfer import image_to_tensor
+from styleq.worker.engine.objective import Objective
+from styleq.worker.engine.transfer import image_to_tensor
 
 
 def gram_distance(picture: Image.Image, style: Image.Image, objective: Objective) -> float:

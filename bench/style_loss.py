@@ -20,13 +20,13 @@ from PIL import Image
 
 from bench.common import IMAGES, add_device_argument, device_name, parse_size, pick_device, synchronize
 from bench.wasserstein import exact_distance
-from shared.params import resolve_params
-from shared.settings import load_settings
-from worker.downloads import load_or_pull
-from worker.engine import build_backbone
-from worker.engine.losses import moment_losses
-from worker.engine.objective import Objective, _gaussian
-from worker.engine.transfer import image_to_tensor
+from styleq.shared.adapters.settings import load_settings
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.downloads import load_or_pull
+from styleq.worker.engine import build_backbone
+from styleq.worker.engine.losses import moment_losses
+from styleq.worker.engine.objective import Objective, _gaussian
+from styleq.worker.engine.transfer import image_to_tensor
 
 
 def main() -> None:

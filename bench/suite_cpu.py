@@ -21,7 +21,7 @@ from pathlib import Path
 PROC = Path("/proc")
 # The kinds, by what a process's command line holds; the first that matches names it.
 KINDS = (
-    (" -m worker", "worker"),
+    (" -m styleq.worker", "worker"),
     ("gunicorn", "gunicorn"),
     ("chromium", "chromium"),
     ("postgres", "postgres"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from worker.engine.losses import RIDGE, RIDGE_FLOOR
+from styleq.worker.engine.losses import RIDGE, RIDGE_FLOOR
 
 
 def gaussian(features: torch.Tensor, *, ridge: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,14 +18,14 @@ log = logging.getLogger(__name__)
 
 # Importing subcommands lazily keeps `styleq --help` fast and free of torch.
 _SUBCOMMANDS = {
-    "transfer": ("cli.engine:transfer_command", "Paint CONTENT in the style of STYLE, here, with a progress bar."),
-    "weights": ("cli.engine:weights", "Fetch and list the VGG weights the engine runs on."),
-    "worker": ("cli.service:worker_command", "Run job workers: one process per GPU."),
-    "up": ("cli.service:up", "Set everything up and run the API and a worker until Ctrl-C."),
-    "db": ("cli.service:db", "Manage the job database."),
-    "keys": ("cli.service:keys", "Manage API keys."),
-    "submit": ("cli.client:submit", "Submit a job to a styleq API and follow it."),
-    "gc": ("cli.service:gc", "Remove results, previews, states and uploads past their retention."),
+    "transfer": ("styleq.cli.engine:transfer_command", "Paint CONTENT in the style of STYLE, here, with a progress bar."),
+    "weights": ("styleq.cli.engine:weights", "Fetch and list the VGG weights the engine runs on."),
+    "worker": ("styleq.cli.service:worker_command", "Run job workers: one process per GPU."),
+    "up": ("styleq.cli.service:up", "Set everything up and run the API and a worker until Ctrl-C."),
+    "db": ("styleq.cli.service:db", "Manage the job database."),
+    "keys": ("styleq.cli.service:keys", "Manage API keys."),
+    "submit": ("styleq.cli.client:submit", "Submit a job to a styleq API and follow it."),
+    "gc": ("styleq.cli.service:gc", "Remove results, previews, states and uploads past their retention."),
 }
 
 
@@ -74,8 +74,8 @@ def main() -> None:
     """Neural style transfer: run it here, or as a job service."""
     from pydantic import ValidationError
 
-    from shared.logs import configure_logging
-    from shared.settings import load_settings
+    from styleq.shared.adapters.logs import configure_logging
+    from styleq.shared.adapters.settings import load_settings
 
     try:
         settings = load_settings()

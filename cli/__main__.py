@@ -1,5 +1,5 @@
-"""`python -m cli ARGS`: the `styleq` command without the console script (how `styleq up` starts its worker)."""
+"""`python -m styleq.cli ARGS`: the `styleq` command without the console script (how `styleq up` starts its worker)."""
 
-from cli import main
+from styleq.cli import main
 
 main(prog_name="styleq")

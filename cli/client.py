@@ -15,9 +15,9 @@ import click
 import requests
 from tqdm import tqdm
 
-from shared.outputs import EXTENSIONS, format_of_path
-from shared.params import CHOICES, parse_size
-from shared.settings import load_settings
+from styleq.shared.adapters.outputs import EXTENSIONS, format_of_path
+from styleq.shared.adapters.settings import load_settings
+from styleq.shared.domain.params import CHOICES, parse_size
 
 from .options import check_style_count, style_images
 from .service import local_key_file

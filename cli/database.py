@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import make_engine, make_session_factory
+from styleq.shared.adapters.db import make_engine, make_session_factory
 
 
 def shown_url(url: str) -> str:
@@ -37,7 +37,7 @@ def check_migrated(engine: Engine, url: str) -> None:
     """Refuse a database whose schema is not the one this styleq's migrations end at, saying how to fix it."""
     from alembic.script import ScriptDirectory
 
-    from shared.migrate import alembic_config
+    from styleq.shared.adapters.migrate import alembic_config
 
     # Alembic's own table read directly: its MigrationContext would log two lines of its own on every command.
     with engine.connect() as connection:

@@ -9,14 +9,14 @@ from typing import Any
 import click
 from PIL import Image
 
-from shared.errors import InvalidImage
-from shared.images import decode_image
-from shared.outputs import encode_result, format_of_path
-from shared.params import AUTO, CHOICES, PRESETS, RANGES, parse_size, resolve_params, style_roles
-from shared.settings import load_settings
-from worker.downloads import load_or_pull
-from worker.engine import CONVENTIONS, Progress, build_backbone, default_device, transfer
-from worker.engine.weights import REGISTRY, WeightsError, is_pulled
+from styleq.shared.adapters.images import decode_image
+from styleq.shared.adapters.outputs import encode_result, format_of_path
+from styleq.shared.adapters.settings import load_settings
+from styleq.shared.domain.errors import InvalidImage
+from styleq.shared.domain.params import AUTO, CHOICES, PRESETS, RANGES, parse_size, resolve_params, style_roles
+from styleq.worker.downloads import load_or_pull
+from styleq.worker.engine import CONVENTIONS, Progress, build_backbone, default_device, transfer
+from styleq.worker.engine.weights import REGISTRY, WeightsError, is_pulled
 
 from . import report
 from .client import output_format

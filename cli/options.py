@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from shared.params import MAX_STYLES, parse_style_weights
+from styleq.shared.domain.params import MAX_STYLES, parse_style_weights
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -11,8 +11,8 @@ from tqdm import tqdm
 def pull_with_progress_bar(name: str, model_dir: Path, *, force: bool = False, url: str | None = None, quiet: bool = False) -> Path:
     """Fetch registry weights `name` into `model_dir` with a progress bar of the download; fail in one line."""
     # Imported here: torch and onnx come with it, and `styleq up` needs them only when weights are missing.
-    from worker.downloads import pull_weights
-    from worker.engine.weights import WeightsError
+    from styleq.worker.downloads import pull_weights
+    from styleq.worker.engine.weights import WeightsError
 
     click.echo(f"Fetching weights {name!r} into {model_dir} (once; later runs reuse them)...", err=True)
     # Made at the first news of the download: torchvision's downloads draw torch's own bar instead.

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from worker.engine import Progress
+from styleq.worker.engine import Progress
 
 HISTORY_FIELDS = ("iteration", "elapsed_s", "content", "style", "tv", "total", "scale")
 

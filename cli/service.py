@@ -14,16 +14,16 @@ import click
 import requests
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.db import session_scope
-from shared.errors import Conflict, NotFound
-from shared.keys import PREFIX_LENGTH, create_api_key, find_api_key, list_api_keys, revoke_api_key, rotate_webhook_secret
-from shared.migrate import upgrade_database
-from shared.models import ApiKey
-from shared.retention import RetentionPolicy, find_expired, remove_expired
-from shared.secret_key import load_secret_key
-from shared.settings import Settings, load_settings
-from shared.storage import open_storage
-from shared.webhooks import ROTATION_GRACE, webhook_secret
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.migrate import upgrade_database
+from styleq.shared.adapters.models import ApiKey
+from styleq.shared.adapters.secret_key import load_secret_key
+from styleq.shared.adapters.settings import Settings, load_settings
+from styleq.shared.adapters.storage import open_storage
+from styleq.shared.domain.errors import Conflict, NotFound
+from styleq.shared.service.keys import PREFIX_LENGTH, create_api_key, find_api_key, list_api_keys, revoke_api_key, rotate_webhook_secret
+from styleq.shared.service.retention import RetentionPolicy, find_expired, remove_expired
+from styleq.shared.service.webhooks import ROTATION_GRACE, webhook_secret
 
 from .database import checked_url, database_problem, opened_database
 
@@ -153,7 +153,7 @@ def pull_default_weights(settings: Settings) -> None:
 
     Here, before the worker starts, because a worker never downloads: it runs what the model directory holds.
     """
-    from shared.params import DEFAULT_PRESET, PRESETS, installed_weights
+    from styleq.shared.domain.params import DEFAULT_PRESET, PRESETS, installed_weights
 
     default = str(PRESETS[DEFAULT_PRESET]["weights"])
     if default not in installed_weights(settings.models_path):
@@ -207,7 +207,7 @@ def up(host: str, port: int, gpus: str, api_workers: int) -> None:
             "-m",
             "gunicorn",
             "-c",
-            "python:api.gunicorn_config",
+            "python:styleq.api.gunicorn_config",
             "--bind",
             f"{host}:{port}",
             "--workers",
@@ -228,10 +228,10 @@ def up(host: str, port: int, gpus: str, api_workers: int) -> None:
             # STYLEQ_TRUSTED_PROXIES, so a local client cannot pass for HTTPS.
             "--forwarded-allow-ips",
             "",
-            "api:create_app()",
+            "styleq.api:create_app()",
         ]
     )
-    worker = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--gpus", gpus])
+    worker = subprocess.Popen([sys.executable, "-m", "styleq.cli", "worker", "--gpus", gpus])
     processes = [api, worker]
 
     def stop() -> None:
@@ -285,14 +285,14 @@ def _wait_or_escalate(api: subprocess.Popen[bytes], worker: subprocess.Popen[byt
 )
 def worker_command(gpus: str, loglevel: str | None) -> None:
     """Run job workers: one process per GPU, pinned with CUDA_VISIBLE_DEVICES, one job at a time each."""
-    from worker.launcher import launch
+    from styleq.worker.launcher import launch
 
     raise SystemExit(launch(load_settings(), checked_gpus(gpus), loglevel))
 
 
 def checked_gpus(spec: str) -> list[str]:
     """Return the GPU indices `--gpus` names, refusing a malformed list, or a GPU this machine does not have, in one line."""
-    from worker.launcher import NoSuchGpu, visible_gpus
+    from styleq.worker.launcher import NoSuchGpu, visible_gpus
 
     try:
         return visible_gpus(spec)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from shared.db import make_engine
-from shared.models import Base
-from shared.settings import load_settings
+from styleq.shared.adapters.db import make_engine
+from styleq.shared.adapters.models import Base
+from styleq.shared.adapters.settings import load_settings
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or load_settings().database

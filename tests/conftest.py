@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torchvision import models
 
-from shared.migrate import upgrade_database
+from styleq.shared.adapters.migrate import upgrade_database
 from tests.databases import copy_database, empty_postgres_database, migrate_template
 from tests.groups import pytest_collection_modifyitems  # noqa: F401 (a hook: pytest finds it here)
 from tests.services import TEST_BUCKET, fresh_postgres_database, seaweedfs_environment
@@ -51,8 +51,8 @@ def caffe_weights(models_dir, tmp_path_factory):
     The test processes of one run (pytest-xdist's, which share the parent of their base temporary folders) pull
     it once, under a lock, into a folder of the run; each links the file into its own model directory.
     """
-    from worker.downloads import load_or_pull, pull_weights
-    from worker.engine.weights import weights_path
+    from styleq.worker.downloads import load_or_pull, pull_weights
+    from styleq.worker.engine.weights import weights_path
 
     base = tmp_path_factory.getbasetemp()
     run_models = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "pulled-models"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from shared.db import make_engine
-from shared.migrate import upgrade_database
+from styleq.shared.adapters.db import make_engine
+from styleq.shared.adapters.migrate import upgrade_database
 
 
 def migrate_template(path: Path) -> Path:

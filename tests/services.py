@@ -347,8 +347,8 @@ def make_key(database_url: str, name: str, admin: bool = False) -> str:
 
     It is hashed under SECRET_KEY, the server secret every API that `start_api` starts is given.
     """
-    from cli.service import make_key_with_webhook_secret
-    from shared.settings import Settings
+    from styleq.cli.service import make_key_with_webhook_secret
+    from styleq.shared.adapters.settings import Settings
 
     token, _ = make_key_with_webhook_secret(Settings(database_url=database_url, secret_key=SECRET_KEY), name, admin=admin)
     return token
@@ -410,7 +410,7 @@ def start_api(
         "-m",
         "gunicorn",
         "-c",
-        "python:api.gunicorn_config",
+        "python:styleq.api.gunicorn_config",
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
@@ -422,7 +422,7 @@ def start_api(
         "2",
         "--forwarded-allow-ips",
         "",
-        "api:create_app()",
+        "styleq.api:create_app()",
     ]
     process = Process(name, command, environment, log_dir)
     url = f"http://127.0.0.1:{port}"
@@ -446,7 +446,7 @@ def start_worker(environment: dict[str, str], log_dir: Path, name: str, host: st
     """
     # torch's default threads (a thread per core): one each made `make test` slower on the 2-core machine (docs/TESTS.md).
     environment = {**environment, "STYLEQ_SECRET_KEY": SECRET_KEY}
-    process = Process(name, [sys.executable, "-m", "worker", "--name", f"{name}@{host}"], environment, log_dir)
+    process = Process(name, [sys.executable, "-m", "styleq.worker", "--name", f"{name}@{host}"], environment, log_dir)
     deadline = time.monotonic() + 120
     while "ready." not in process.output():
         if not process.alive() or time.monotonic() > deadline:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bench.overhead import SCENARIOS, JobTiming, steady_row, steady_table, warmup_jobs, warmup_ratios, warmup_table
-from worker.engine import get_convention
-from worker.engine.weights import LoadedWeights
+from styleq.worker.engine import get_convention
+from styleq.worker.engine.weights import LoadedWeights
 
 SIZE, NEW_SIZE = (32, 48), (40, 48)
 CPU = torch.device("cpu")

@@ -10,8 +10,8 @@ from bench.suite_cpu import Seen, by_kind, kind_of
 
 
 def test_processes_are_named_by_kind_and_a_workers_children_are_its_pool():
-    assert kind_of("/venv/bin/python -m worker --name w1@test") == "worker"
-    assert kind_of("/venv/bin/python -m gunicorn -c python:api.gunicorn_config") == "gunicorn"
+    assert kind_of("/venv/bin/python -m styleq.worker --name w1@test") == "worker"
+    assert kind_of("/venv/bin/python -m gunicorn -c python:styleq.api.gunicorn_config") == "gunicorn"
     assert kind_of("/usr/bin/redis-server 127.0.0.1:6379") == "redis"
     seen = {
         ("10", "1"): Seen("worker", "1", 3.0),

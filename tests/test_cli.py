@@ -18,13 +18,13 @@ from click.testing import CliRunner, Result
 from PIL import ExifTags, Image
 from torchvision.models import vgg
 
-from cli import main
-from cli.client import _job_params
-from shared.db import make_engine, make_session_factory
-from shared.keys import authenticate
-from shared.outputs import read_metadata
-from shared.secret_key import load_secret_key
-from shared.settings import Settings
+from styleq.cli import main
+from styleq.cli.client import _job_params
+from styleq.shared.adapters.db import make_engine, make_session_factory
+from styleq.shared.adapters.outputs import read_metadata
+from styleq.shared.adapters.secret_key import load_secret_key
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.service.keys import authenticate
 
 HISTORY_HEADER = ["iteration", "elapsed_s", "content", "style", "tv", "total", "scale"]
 
@@ -526,7 +526,7 @@ def test_keys_list_of_an_empty_database_says_how_to_make_one(service_database):
 
 
 def test_keys_create_shows_the_key_s_webhook_secret_once_beside_the_key(service_database, data_dir):
-    from shared.webhooks import webhook_secret
+    from styleq.shared.service.webhooks import webhook_secret
 
     result = styleq("keys", "create", "--name", "hooks")
 
@@ -537,9 +537,9 @@ def test_keys_create_shows_the_key_s_webhook_secret_once_beside_the_key(service_
 
 
 def test_rotating_a_key_s_webhook_secret_prints_the_new_one_and_the_old_one_signs_for_a_day(service_database, data_dir):
-    from shared.keys import find_api_key
-    from shared.models import utcnow
-    from shared.webhooks import signing_secrets, webhook_secret
+    from styleq.shared.adapters.models import utcnow
+    from styleq.shared.service.keys import find_api_key
+    from styleq.shared.service.webhooks import signing_secrets, webhook_secret
 
     token = styleq("keys", "create", "--name", "hooks").stdout.strip()
 

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from styleq.cli import main
 from tests.services import free_port, fresh_postgres_database
 
 STYLEQ = [str(Path(sys.executable).with_name("styleq"))]

@@ -98,7 +98,7 @@ def test_migrate_runs_once_after_postgres_is_healthy(services):
 def test_api_is_gunicorn_on_the_app_factory_after_migration(services):
     api = services["api"]
 
-    assert api["command"][0] == "gunicorn" and api["command"][-1] == "api:create_app()"
+    assert api["command"][0] == "gunicorn" and api["command"][-1] == "styleq.api:create_app()"
     assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
 

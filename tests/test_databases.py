@@ -5,12 +5,12 @@ from __future__ import annotations
 from alembic.script import ScriptDirectory
 from sqlalchemy import func, select, text
 
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.jobs import create_job
-from shared.keys import create_api_key
-from shared.migrate import alembic_config
-from shared.models import Base
-from shared.params import resolve_params
+from styleq.shared.adapters.db import make_engine, make_session_factory, session_scope
+from styleq.shared.adapters.migrate import alembic_config
+from styleq.shared.adapters.models import Base
+from styleq.shared.domain.params import resolve_params
+from styleq.shared.service.jobs import create_job
+from styleq.shared.service.keys import create_api_key
 from tests.databases import empty_postgres_database
 
 SECRET_KEY = "database-fixture-tests"

@@ -1,11 +1,15 @@
-"""The layering, stated and checked: each room imports only the rooms below it.
+"""The layering, stated and checked by folder: each room imports only the rooms below it.
 
     cli ──> api ──> shared        (the command line drives everything; nothing imports cli)
      │               ^   ^
      └──> worker ────┘   │        (api never imports worker: jobs go to it by task name)
-            └─> worker.engine ──> shared.params only (pure torch otherwise)
+            └─> worker.engine ──> shared.domain only (pure torch otherwise)
 
-`shared` knows no web, queue, command line or torch; the engine's loading path fetches nothing.
+    shared.service ──> shared.adapters ──> shared.domain (standard library only)
+
+Everything is imported as `styleq.<folder>` (pyproject.toml maps the folders). `shared` knows no web, queue,
+command line or torch; the engine's loading path fetches nothing. A module added to a folder is checked by its
+folder's rule with no list to update.
 """
 
 from __future__ import annotations
@@ -18,64 +22,66 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT = {"api", "cli", "shared", "worker"}
+# The folders installed under `styleq`, by their folder names (the top-level names they must never be imported by).
+FOLDERS = ("api", "cli", "shared", "worker")
+PROJECT = {f"styleq.{folder}" for folder in FOLDERS}
+SHARED_ROOMS = ("domain", "adapters", "service")
 # The statements run once, in one interpreter, for every test of this module: keep them on one xdist worker.
 pytestmark = pytest.mark.xdist_group("test_dependencies")
 
-SHARED_MODULES = [
-    "settings",
-    "db",
-    "models",
-    "jobs",
-    "leases",
-    "keys",
-    "dashboard_sessions",
-    "secret_key",
-    "fleet",
-    "storage",
-    "object_storage",
-    "params",
-    "migrate",
-    "errors",
-    "images",
-    "outputs",
-    "memory",
-    "logs",
-    "retention",
-    "stats",
-    "webhooks",
-    "deliveries",
-]
+
+def module_name(path: Path) -> str:
+    """Return the name `path` is imported by: `styleq.shared.service.jobs` for shared/service/jobs.py, `tests.x` for tests/x.py."""
+    parts = path.relative_to(REPO).with_suffix("").parts
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return ".".join(("styleq", *parts) if parts[0] in (*FOLDERS, "migrations") else parts)
+
+
+def project_files(*folders: str) -> list[Path]:
+    return sorted(path for folder in folders for path in (REPO / folder).rglob("*.py") if ".peers" not in path.parts)
+
+
+def module_level_third_party(path: Path) -> tuple[str, ...]:
+    """Return the third-party modules `path` imports at its top level (not lazily, not for type checking), in order."""
+    names: list[str] = []
+    for node in ast.parse(path.read_text()).body:
+        modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            modules = [node.module]
+        names += [
+            name for name in modules if name.split(".")[0] not in {*sys.stdlib_module_names, "styleq", "__future__"} and name not in names
+        ]
+    return tuple(names)
+
+
+SHARED_MODULES = [module_name(path) for room in SHARED_ROOMS for path in project_files(f"shared/{room}") if path.stem != "__init__"]
 # What each statement's process has imported before it runs (in this order): third-party packages the statement
 # imports anyway, so that the modules it leaves loaded are exactly those of a fresh interpreter (see `loaded`).
-SQL = ("sqlalchemy",)
-ORM = (*SQL, "sqlalchemy.orm")
-ORM_SETTINGS = (*ORM, "pydantic_settings")
+# For a module of shared/, the third-party modules it imports at its top level, read from its source.
 SETTINGS = ("pydantic_settings",)
+ORM_SETTINGS = ("sqlalchemy", "sqlalchemy.orm", *SETTINGS)
 TORCH = ("torch", "torchvision.models")
-PRELOADS = {
-    "migrate": SQL,
-    **dict.fromkeys(["db", "models", "leases", "keys", "dashboard_sessions", "fleet", "stats", "deliveries"], ORM),
-    **dict.fromkeys(["jobs", "retention", "webhooks"], ORM_SETTINGS),
-    **dict.fromkeys(["settings", "secret_key", "logs"], SETTINGS),
-}
-SHOWN_HELP = "import contextlib, io\nfrom cli import main\nwith contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n    main(['--help'])"
+SHOWN_HELP = "import contextlib, io\nfrom styleq.cli import main\nwith contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n    main(['--help'])"
 STATEMENTS: dict[str, tuple[tuple[str, ...], str]] = {
-    **{f"shared.{module}": (PRELOADS.get(module, ()), f"import shared.{module}") for module in SHARED_MODULES},
-    "api": ((), "import api; api.create_app"),
+    **{
+        module: (module_level_third_party(REPO / (module.removeprefix("styleq.").replace(".", "/") + ".py")), f"import {module}")
+        for module in SHARED_MODULES
+    },
+    "api": ((), "import styleq.api; styleq.api.create_app"),
     "storage everywhere": (
         (*TORCH, *ORM_SETTINGS),
-        "import api, shared.storage, shared.retention, shared.jobs, worker.runner; api.create_app",
+        "import styleq.api, styleq.shared.adapters.storage, styleq.shared.service.retention, styleq.shared.service.jobs, styleq.worker.runner; styleq.api.create_app",
     ),
-    "gunicorn config": (SETTINGS, "import api.gunicorn_config"),
+    "gunicorn config": (SETTINGS, "import styleq.api.gunicorn_config"),
     "worker": (
         (*TORCH, *ORM_SETTINGS),
-        "import worker.celery_app, worker.launcher, worker.process, worker.runner, worker.downloads, worker.webhooks",
+        "import styleq.worker.celery_app, styleq.worker.launcher, styleq.worker.process, styleq.worker.runner, styleq.worker.downloads, styleq.worker.webhooks",
     ),
-    "worker main process": (ORM_SETTINGS, "import worker.launcher, worker.celery_app, worker.metrics"),
-    "engine": (TORCH, "import worker.engine, worker.engine.weights"),
-    "weights": (TORCH, "import worker.engine.weights"),
+    "worker main process": (ORM_SETTINGS, "import styleq.worker.launcher, styleq.worker.celery_app, styleq.worker.metrics"),
+    "engine": (TORCH, "import styleq.worker.engine, styleq.worker.engine.weights"),
+    "weights": (TORCH, "import styleq.worker.engine.weights"),
     "styleq --help": ((), SHOWN_HELP),
+    "nothing": ((), "pass"),
 }
 
 # Runs in a fresh interpreter: argv[1] the folder for the answers, then (preloads, statement) pairs. Each statement runs
@@ -146,7 +152,7 @@ def loaded(tmp_path_factory) -> dict[str, set[str] | str]:
     """
     folder = tmp_path_factory.mktemp("modules")
     for preloads, _ in STATEMENTS.values():
-        assert not {name.split(".")[0] for name in preloads} & PROJECT
+        assert not [name for name in preloads if name.split(".")[0] in {"styleq", *FOLDERS}]
     pairs = [part for preloads, code in STATEMENTS.values() for part in (",".join(preloads), code)]
     subprocess.run([sys.executable, "-c", FORKING_RUNNER, str(folder), *pairs], check=True, cwd=REPO)
     answers: dict[str, set[str] | str] = {}
@@ -169,17 +175,22 @@ def modules_after(loaded: dict[str, set[str] | str], name: str) -> set[str]:
 
 
 def loaded_of(loaded: dict[str, set[str] | str], name: str, packages: set[str]) -> set[str]:
-    """Return which of `packages` the statement `name` loads (by top-level name): the test's failure names them."""
-    return top_level(modules_after(loaded, name)) & packages
+    """Return which of `packages` the statement `name` loads (by `room`): the test's failure names them."""
+    return {room(module) for module in modules_after(loaded, name)} & packages
 
 
-def top_level(modules: set[str]) -> set[str]:
-    return {name.split(".")[0] for name in modules}
+def room(module: str) -> str:
+    """Return the package a module is judged by: `styleq.api` for the project's (`styleq.shared.domain` in shared/), else its top level."""
+    parts = module.split(".")
+    if parts[0] != "styleq":
+        return parts[0]
+    return ".".join(parts[:3] if parts[1:2] == ["shared"] and parts[2:3] and parts[2] in SHARED_ROOMS else parts[:2])
 
 
 def imported_modules(path: Path) -> set[str]:
     """Return the absolute module names `path` imports anywhere in its body (lazy imports too)."""
-    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    module = module_name(path)
+    package = module if path.stem == "__init__" else module.rpartition(".")[0]
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -193,13 +204,60 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+def project_imports(path: Path) -> set[str]:
+    """Return the project modules `path` imports, by the package each is judged by (`room`)."""
+    return {room(name) for name in imported_modules(path) if name.startswith("styleq.")} - {"styleq"}
+
+
 @pytest.mark.parametrize("module", SHARED_MODULES)
 def test_shared_loads_neither_flask_celery_click_nor_torch(loaded, module):
-    assert loaded_of(loaded, f"shared.{module}", {"flask", "celery", "click", "torch", "api", "worker", "cli"}) == set()
+    assert loaded_of(loaded, module, {"flask", "celery", "click", "torch", "styleq.api", "styleq.worker", "styleq.cli"}) == set()
+
+
+@pytest.mark.parametrize("path", project_files("shared/domain"), ids=lambda path: path.name)
+def test_the_domain_imports_only_the_standard_library(loaded, path):
+    imported = {name.split(".")[0] for name in imported_modules(path)} - {"__future__"}
+    module = module_name(path)
+
+    assert imported - set(sys.stdlib_module_names) <= {"styleq"} and project_imports(path) <= {"styleq.shared.domain"}
+    if path.stem != "__init__":
+        # Beyond what a bare interpreter has loaded: the standard library and the domain only.
+        added = modules_after(loaded, module) - modules_after(loaded, "nothing")
+        assert {name for name in added if name.split(".")[0] not in sys.stdlib_module_names} <= {"styleq", "styleq.shared"} | {
+            name for name in added if name.startswith("styleq.shared.domain")
+        }
+
+
+@pytest.mark.parametrize("path", project_files("shared/adapters"), ids=lambda path: path.name)
+def test_the_adapters_import_of_the_project_only_the_domain_and_each_other(path):
+    assert project_imports(path) <= {"styleq.shared.domain", "styleq.shared.adapters"}
+
+
+@pytest.mark.parametrize("path", project_files("shared/service"), ids=lambda path: path.name)
+def test_the_service_imports_of_the_project_only_shared(path):
+    assert project_imports(path) <= {"styleq.shared.domain", "styleq.shared.adapters", "styleq.shared.service"}
+
+
+def test_shared_is_its_three_rooms_and_nothing_beside_them():
+    beside = sorted(path.name for path in (REPO / "shared").iterdir() if path.name not in {*SHARED_ROOMS, "__init__.py", "__pycache__"})
+
+    assert beside == []
+
+
+@pytest.mark.parametrize("folder", ["api", "cli", "shared", "worker", "bench", "tests", "migrations"])
+def test_nothing_imports_a_folder_by_its_bare_name(folder):
+    # From the repository's root `import api` would still find the folder, as a second copy of every module beside
+    # `styleq.api`'s (two registries, two settings caches): every import names the installed package.
+    bare = {
+        str(path.relative_to(REPO)): sorted(name for name in imported_modules(path) if name.split(".")[0] in FOLDERS)
+        for path in project_files(folder)
+    }
+
+    assert {path: names for path, names in bare.items() if names} == {}
 
 
 def test_the_api_loads_neither_torch_nor_the_worker_nor_the_cli(loaded):
-    assert loaded_of(loaded, "api", {"torch", "worker", "cli"}) == set()
+    assert loaded_of(loaded, "api", {"torch", "styleq.worker", "styleq.cli"}) == set()
 
 
 def test_boto3_loads_only_where_a_deployment_uses_object_storage(loaded):
@@ -208,13 +266,13 @@ def test_boto3_loads_only_where_a_deployment_uses_object_storage(loaded):
 
 
 def test_gunicorn_s_config_leaves_prometheus_client_for_the_processes_it_forks(loaded):
-    # gunicorn's master imports the `api` package with `api.gunicorn_config`; prometheus_client chooses its
+    # gunicorn's master imports the `styleq.api` package with `styleq.api.gunicorn_config`; prometheus_client chooses its
     # storage at import, and a choice made there, before the config sets the folder, would hold in every process.
     assert loaded_of(loaded, "gunicorn config", {"prometheus_client"}) == set()
 
 
 def test_the_worker_loads_neither_flask_nor_the_api_nor_the_cli(loaded):
-    assert loaded_of(loaded, "worker", {"flask", "api", "cli"}) == set()
+    assert loaded_of(loaded, "worker", {"flask", "styleq.api", "styleq.cli"}) == set()
 
 
 def test_the_worker_s_main_process_leaves_prometheus_client_for_after_its_metrics_folder_is_set(loaded):
@@ -223,40 +281,51 @@ def test_the_worker_s_main_process_leaves_prometheus_client_for_after_its_metric
     assert loaded_of(loaded, "worker main process", {"prometheus_client", "torch"}) == set()
 
 
-def test_the_engine_imports_from_the_project_only_shared_params_and_the_memory_model(loaded):
+def test_the_engine_imports_of_the_project_only_the_domain(loaded):
     engine = modules_after(loaded, "engine")
-    written = set().union(*(imported_modules(path) for path in (REPO / "worker" / "engine").glob("*.py")))
+    written = set().union(*(imported_modules(path) for path in project_files("worker/engine")))
 
     def outside_the_engine(names: set[str]) -> set[str]:
-        return {name for name in names if name.split(".")[0] in PROJECT and not name.startswith("worker.engine")} - {"worker", "shared"}
+        return {room(name) for name in names if name.startswith("styleq.") and not name.startswith("styleq.worker.engine")} - {
+            "styleq",
+            "styleq.worker",
+            "styleq.shared",
+        }
 
     # The memory model is pure arithmetic the API also plans sizes by; tiling sizes its passes by it.
-    assert outside_the_engine(engine) == outside_the_engine(written) == {"shared.params", "shared.memory"}
-    # ... and hands none of it on: callers take parameters from shared.params, by one path.
-    import shared.params
-    import worker.engine
+    assert outside_the_engine(engine) == outside_the_engine(written) == {"styleq.shared.domain"}
+    # ... and hands none of it on: callers take parameters from styleq.shared.domain.params, by one path.
+    from styleq.shared.domain import params
+    from styleq.worker import engine as engine_package
 
-    assert not {name for name in vars(shared.params) if not name.startswith("_")} & set(vars(worker.engine)) - {"annotations", "torch"}
-    assert loaded_of(loaded, "engine", {"flask", "celery", "sqlalchemy", "click", "api", "cli"}) == set()
+    assert not {name for name in vars(params) if not name.startswith("_")} & set(vars(engine_package)) - {"annotations", "torch"}
+    assert loaded_of(loaded, "engine", {"flask", "celery", "sqlalchemy", "click", "styleq.api", "styleq.cli"}) == set()
 
 
 def test_loading_weights_fetches_nothing(loaded):
     written = imported_modules(REPO / "worker" / "engine" / "weights.py")
 
-    assert not written & {"onnx", "subprocess", "urllib.request", "http.client", "shared.storage"}
+    assert not written & {"onnx", "subprocess", "urllib.request", "http.client", "styleq.shared.adapters.storage"}
     assert loaded_of(loaded, "weights", {"onnx"}) == set()
 
 
 def test_nothing_imports_the_cli():
     importers = [
-        path.relative_to(REPO)
-        for package in PROJECT - {"cli"}
-        for path in (REPO / package).rglob("*.py")
-        if any(name.split(".")[0] == "cli" for name in imported_modules(path))
+        str(path.relative_to(REPO))
+        for folder in set(FOLDERS) - {"cli"}
+        for path in project_files(folder)
+        if "styleq.cli" in project_imports(path)
     ]
 
     assert importers == []
 
 
 def test_styleq_help_loads_no_torch(loaded):
-    assert loaded_of(loaded, "styleq --help", {"torch", "flask", "celery", "sqlalchemy", "api", "worker"}) == set()
+    assert loaded_of(loaded, "styleq --help", {"torch", "flask", "celery", "sqlalchemy", "styleq.api", "styleq.worker"}) == set()
+
+
+def test_the_architecture_page_maps_every_room():
+    rooms = {str(path.parent.relative_to(REPO)) for folder in (*FOLDERS, "migrations") for path in (REPO / folder).rglob("__init__.py")}
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+
+    assert sorted(room for room in rooms if f"`{room}/`" not in text) == []

@@ -306,7 +306,12 @@ def test_the_image_runs_the_cli_from_its_own_copy(image):
     assert "worker" in said.stdout and "weights" in said.stdout
 
     where = image.run(
-        ["python", "-c", "import api, cli, shared, worker; print('\\n'.join(m.__file__ for m in (api, cli, shared, worker)))"]
+        [
+            "python",
+            "-c",
+            "import styleq.api, styleq.cli, styleq.shared, styleq.worker, styleq.migrations;"
+            "print('\\n'.join(m.__file__ for m in (styleq.api, styleq.cli, styleq.shared, styleq.worker, styleq.migrations)))",
+        ]
     )
     assert where.returncode == 0, where.stderr
     for path in where.stdout.split():
@@ -324,7 +329,7 @@ def test_the_image_holds_the_default_weights_readable_by_its_user(image):
         [
             "python",
             "-c",
-            "from worker.engine.weights import load_weights; import os; load_weights('vgg16-caffe', os.environ['STYLEQ_MODEL_DIR'])",
+            "from styleq.worker.engine.weights import load_weights; import os; load_weights('vgg16-caffe', os.environ['STYLEQ_MODEL_DIR'])",
         ]
     )
     assert loaded.returncode == 0, loaded.stderr

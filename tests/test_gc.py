@@ -18,14 +18,14 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
-from cli import main
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.jobs import create_job
-from shared.keys import create_api_key
-from shared.models import Job, JobStatus
-from shared.params import resolve_params
-from shared.settings import load_settings
-from shared.storage import Storage, open_storage
+from styleq.cli import main
+from styleq.shared.adapters.db import make_engine, make_session_factory, session_scope
+from styleq.shared.adapters.models import Job, JobStatus
+from styleq.shared.adapters.settings import load_settings
+from styleq.shared.adapters.storage import Storage, open_storage
+from styleq.shared.domain.params import resolve_params
+from styleq.shared.service.jobs import create_job
+from styleq.shared.service.keys import create_api_key
 from tests.services import TEST_BUCKET
 
 NOW = datetime.now(UTC)

@@ -13,10 +13,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from shared.db import make_engine, make_session_factory
-from shared.keys import authenticate, hash_key
-from shared.migrate import alembic_config, upgrade_database
-from shared.models import Base, Job, JobStyle, KeyHashScheme
+from styleq.shared.adapters.db import make_engine, make_session_factory
+from styleq.shared.adapters.migrate import alembic_config, upgrade_database
+from styleq.shared.adapters.models import Base, Job, JobStyle, KeyHashScheme
+from styleq.shared.service.keys import authenticate, hash_key
 from tests.services import POSTGRES_ADMIN_URL, fresh_postgres_database
 
 

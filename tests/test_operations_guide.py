@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.migrate import upgrade_database
-from shared.settings import Settings
+from styleq.shared.adapters.migrate import upgrade_database
+from styleq.shared.adapters.settings import Settings
 from tests.services import fresh_postgres_database
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_every_command_block_of_the_guide_runs(tmp_path):
         }
         # The default SQLite database beside it, and the secret key that making the first key leaves in the data
         # directory (none is set): made here as `styleq keys create --name operator` makes it, without a process.
-        from cli.service import make_key_with_webhook_secret
+        from styleq.cli.service import make_key_with_webhook_secret
 
         upgrade_database(f"sqlite:///{data_dir / 'styleq.db'}")
         make_key_with_webhook_secret(

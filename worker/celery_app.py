@@ -22,13 +22,13 @@ from typing import Any
 from celery import Celery, signals
 from celery.worker import state as worker_state
 
-from shared import fleet, jobs, leases
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.logs import configure_logging
-from shared.retention import RetentionPolicy, sweep_retention
-from shared.secret_key import load_secret_key
-from shared.settings import Settings
-from shared.storage import open_storage
+from styleq.shared.adapters.db import make_engine, make_session_factory, session_scope
+from styleq.shared.adapters.logs import configure_logging
+from styleq.shared.adapters.secret_key import load_secret_key
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.adapters.storage import open_storage
+from styleq.shared.service import fleet, jobs, leases
+from styleq.shared.service.retention import RetentionPolicy, sweep_retention
 
 from .devices import device_memory_bytes
 from .liveness import dead_local_owners
@@ -42,7 +42,7 @@ _TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 
 def use_styleq_logging(settings: Settings) -> None:
-    """Log through `shared.logs` in this worker process and its pool processes, every line naming the worker.
+    """Log through `shared.adapters.logs` in this worker process and its pool processes, every line naming the worker.
 
     A receiver of Celery's `setup_logging` signal makes Celery leave logging alone: it neither adds
     handlers of its own nor redirects standard output (see Celery's "Logging" guide).

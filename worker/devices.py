@@ -6,7 +6,7 @@ import logging
 import os
 import subprocess
 
-from shared.settings import Settings
+from styleq.shared.adapters.settings import Settings
 
 log = logging.getLogger(__name__)
 

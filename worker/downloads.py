@@ -22,7 +22,7 @@ import onnx.numpy_helper
 import safetensors.torch
 import torch
 
-from shared.storage import write_atomically
+from styleq.shared.adapters.storage import write_atomically
 
 from .engine.backbone import layer_names
 from .engine.weights import (

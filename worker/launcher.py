@@ -18,8 +18,8 @@ from pathlib import Path
 from kombu import Connection, Queue
 from sqlalchemy.exc import IntegrityError
 
-from shared.logs import uses_json
-from shared.settings import Settings
+from styleq.shared.adapters.logs import uses_json
+from styleq.shared.adapters.settings import Settings
 
 from .celery_app import make_celery, use_styleq_logging
 from .metrics import METRICS_FOLDER, remove_metrics_folder, serve_metrics
@@ -137,7 +137,7 @@ def run_worker(settings: Settings, name: str, loglevel: str | None = None) -> No
         try:
             metrics_folder, port = serve_metrics(settings.metrics_port, host=settings.metrics_host)
         except OSError as error:
-            # One line (SystemExit prints it), from `styleq worker` and from `python -m worker` alike.
+            # One line (SystemExit prints it), from `styleq worker` and from `python -m styleq.worker` alike.
             raise SystemExit(f"styleq worker {reserved}: cannot serve metrics on port {settings.metrics_port} or above: {error}") from None
         if port != settings.metrics_port:
             # As the name took a suffix: a second worker on this host still runs, and says where to scrape it.
@@ -230,7 +230,7 @@ def launch(settings: Settings, gpus: list[str], loglevel: str | None = None) -> 
         environment = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
         if settings.metrics_port is not None:
             environment["STYLEQ_METRICS_PORT"] = str(settings.metrics_port + index)  # a port each, on one host
-        command = [sys.executable, "-m", "worker", "--name", node_name(gpu), *(["--loglevel", loglevel] if loglevel else [])]
+        command = [sys.executable, "-m", "styleq.worker", "--name", node_name(gpu), *(["--loglevel", loglevel] if loglevel else [])]
         children.append(subprocess.Popen(command, env=environment))
 
     def forward(signum: int, _frame: object) -> None:

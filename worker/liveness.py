@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from shared import leases
+from styleq.shared.service import leases
 
 
 def process_alive(pid: int) -> bool:

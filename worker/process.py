@@ -12,9 +12,9 @@ from contextlib import contextmanager
 
 import torch
 
-from shared.db import make_engine, make_session_factory
-from shared.settings import Settings
-from shared.storage import open_storage
+from styleq.shared.adapters.db import make_engine, make_session_factory
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.adapters.storage import open_storage
 
 from .engine import default_device
 from .runner import JobRunner, ModelCache

@@ -53,16 +53,17 @@ from PIL import Image
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import fleet, jobs, leases, logs
-from shared.db import session_scope
-from shared.errors import InvalidImage
-from shared.images import decode_image, image_size
-from shared.memory import batch_capacity
-from shared.models import Job, JobStatus
-from shared.outputs import FORMATS, encode_result
-from shared.params import AUTO, TransferParams, installed_weights, resolve_params, style_roles
-from shared.settings import Settings
-from shared.storage import Store, StoreUnreachable
+from styleq.shared.adapters import logs
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.images import decode_image, image_size
+from styleq.shared.adapters.models import Job, JobStatus
+from styleq.shared.adapters.outputs import FORMATS, encode_result
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.adapters.storage import Store, StoreUnreachable
+from styleq.shared.domain.errors import InvalidImage
+from styleq.shared.domain.memory import batch_capacity
+from styleq.shared.domain.params import AUTO, TransferParams, installed_weights, resolve_params, style_roles
+from styleq.shared.service import fleet, jobs, leases
 
 from .engine import (
     Backbone,

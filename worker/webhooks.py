@@ -1,8 +1,8 @@
-"""The deliverer: threads in each worker's main process that send the webhook outbox (`shared.deliveries`).
+"""The deliverer: threads in each worker's main process that send the webhook outbox (`shared.service.deliveries`).
 
 They never touch a running job: the pool process only writes delivery rows, and these threads claim
 due rows, POST them, signed, and record what came of it. Connections go only to addresses
-`shared.webhooks` allows, checked as each one is made (a name cannot resolve to a public address for
+`shared.service.webhooks` allows, checked as each one is made (a name cannot resolve to a public address for
 the check and an internal one for the connection), with no redirects and no proxies from the environment.
 """
 
@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from shared import deliveries, logs
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.models import utcnow
-from shared.settings import Settings
-from shared.webhooks import AddressPolicy, WebhookRefused, public_address, signature_header, signing_secrets
+from styleq.shared.adapters import logs
+from styleq.shared.adapters.db import make_engine, make_session_factory, session_scope
+from styleq.shared.adapters.models import utcnow
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.service import deliveries
+from styleq.shared.service.webhooks import AddressPolicy, WebhookRefused, public_address, signature_header, signing_secrets
 
 log = logging.getLogger(__name__)
 # Threads per worker process: one receiver that is slow or down delays the others' deliveries only so much.
@@ -116,7 +117,7 @@ def deliver_one(session_factory: sessionmaker[Session], http: requests.Session, 
         claimed = deliveries.claim_due(session, lease_seconds=timeout + CLAIM_MARGIN_SECONDS)
     if claimed is None:
         return False
-    # Every line about this delivery, its failure's included, names the job it is about (shared/logs.py adds the field).
+    # Every line about this delivery, its failure's included, names the job it is about (shared/adapters/logs.py adds the field).
     with logs.log_context(job_id=claimed.job_id):
         attempt = send(http, claimed, signing_secrets(server_secret, claimed.owner, utcnow()), timeout)
         with session_scope(session_factory) as session:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared.models import Job, JobStatus, utcnow
-from shared.outputs import job_format
-from shared.params import split_iterations
+from styleq.shared.adapters.models import Job, JobStatus, utcnow
+from styleq.shared.adapters.outputs import job_format
+from styleq.shared.domain.params import split_iterations
 
 from ..payloads import timestamp
 from . import bp
@@ -64,7 +64,7 @@ APPLIES_WHEN = {
     "quality": lambda params: params.get("format", "png") != "png",  # a PNG is lossless
     "scale_iterations": lambda params: isinstance(params.get("scales"), list) and len(params["scales"]) > 1,
 }
-# The choices whose stored names are not a person's words, in words (shared/params.py CHOICES explains each).
+# The choices whose stored names are not a person's words, in words (shared/domain/params.py CHOICES explains each).
 CHOICE_WORDS = {
     "optimizer": {"adam": "Adam", "lbfgs": "L-BFGS"},
     "line_search": {"none": "none (each step as it comes)", "strong_wolfe": "strong Wolfe"},

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 from flask import abort, render_template
 
-from shared import fleet
-from shared.models import utcnow
+from styleq.shared.adapters.models import utcnow
+from styleq.shared.service import fleet
 
 from ..auth import current_key
 from ..backends import backends, db_session

@@ -9,13 +9,13 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response  # what redirect() makes; flask's Response is one
 
-from shared import jobs
-from shared.deliveries import deliveries_of
-from shared.errors import InvalidInput, StyleqError
-from shared.models import Job, JobStatus
-from shared.outputs import job_format, read_metadata
-from shared.params import CHOICES, DEFAULT_PRESET, MAX_STYLE_WEIGHT, MAX_STYLES, PRESETS, RANGES, resolve_params
-from shared.webhooks import DEFAULT_EVENTS, AddressPolicy, Subscription, check_url
+from styleq.shared.adapters.models import Job, JobStatus
+from styleq.shared.adapters.outputs import job_format, read_metadata
+from styleq.shared.domain.errors import InvalidInput, StyleqError
+from styleq.shared.domain.params import CHOICES, DEFAULT_PRESET, MAX_STYLE_WEIGHT, MAX_STYLES, PRESETS, RANGES, resolve_params
+from styleq.shared.service import jobs
+from styleq.shared.service.deliveries import deliveries_of
+from styleq.shared.service.webhooks import DEFAULT_EVENTS, AddressPolicy, Subscription, check_url
 
 from ..auth import current_key
 from ..backends import backends, db_session

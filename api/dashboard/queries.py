@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from shared.models import ApiKey, Job, JobStatus
+from styleq.shared.adapters.models import ApiKey, Job, JobStatus
 
 
 def _visible(query: Select, owner: ApiKey) -> Select:

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from flask import abort, flash, g, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response  # what redirect() makes; flask's Response is one
 
-from shared.errors import Unauthorized
+from styleq.shared.domain.errors import Unauthorized
 
 from .. import auth
 from ..auth import authenticate_token, session_key, sign_in

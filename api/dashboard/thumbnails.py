@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 from flask import Response, send_file
 
-from shared import jobs
-from shared.errors import NotFound
-from shared.images import decode_image
-from shared.outputs import job_format
-from shared.storage import OpenedFile
+from styleq.shared.adapters.images import decode_image
+from styleq.shared.adapters.outputs import job_format
+from styleq.shared.adapters.storage import OpenedFile
+from styleq.shared.domain.errors import NotFound
+from styleq.shared.service import jobs
 
 from ..auth import current_key
 from ..backends import backends, db_session

@@ -10,11 +10,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api import create_app
-from shared.db import session_scope
-from shared.keys import create_api_key
-from shared.params import WEIGHTS_FILES
-from shared.settings import Settings
+from styleq.api import create_app
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.domain.params import WEIGHTS_FILES
+from styleq.shared.service.keys import create_api_key
 from tests.api.support import Keys
 
 MAX_UPLOAD_BYTES = 64 * 1024

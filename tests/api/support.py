@@ -19,11 +19,11 @@ from sqlalchemy import func, select, update
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import TestResponse, encode_multipart
 
-from shared.db import session_scope
-from shared.jobs import create_job
-from shared.models import ApiKey, Checkpoint, Job, JobStatus
-from shared.params import resolve_params
-from shared.settings import Settings
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import ApiKey, Checkpoint, Job, JobStatus
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.domain.params import resolve_params
+from styleq.shared.service.jobs import create_job
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,10 +12,10 @@ import pytest
 from flask import Flask
 from PIL import Image
 
-from api import create_app
-from shared.db import session_scope
-from shared.keys import create_api_key
-from shared.settings import Settings
+from styleq.api import create_app
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.service.keys import create_api_key
 from tests.api.conftest import MAX_UPLOAD_BYTES, api_settings
 from tests.api.support import (
     assert_error,

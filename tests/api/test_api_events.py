@@ -6,8 +6,8 @@ import json
 import threading
 import time
 
-from api.stream_hub import read_job, read_jobs
-from shared.db import session_scope
+from styleq.api.stream_hub import read_job, read_jobs
+from styleq.shared.adapters.db import session_scope
 from tests.api.support import add_checkpoints, add_job, assert_error, set_job
 from tests.api.test_api_jobs import statements_counted
 

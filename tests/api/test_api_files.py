@@ -16,14 +16,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
-from api import create_app
-from shared.db import session_scope
-from shared.keys import create_api_key
-from shared.object_storage import ObjectStorage
-from shared.outputs import FORMATS, encode_result, read_metadata
-from shared.params import resolve_params
-from shared.retention import RetentionPolicy, sweep_retention
-from shared.settings import Settings
+from styleq.api import create_app
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.object_storage import ObjectStorage
+from styleq.shared.adapters.outputs import FORMATS, encode_result, read_metadata
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.domain.params import resolve_params
+from styleq.shared.service.keys import create_api_key
+from styleq.shared.service.retention import RetentionPolicy, sweep_retention
 from tests.api.conftest import api_settings
 from tests.api.support import Keys, add_job, assert_error, image_bytes, set_job, submit
 from tests.services import TEST_BUCKET, free_port

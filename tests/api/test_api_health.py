@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api import create_app
+from styleq.api import create_app
 
 
 def test_healthz_answers_without_touching_anything(client):
@@ -33,7 +33,7 @@ def test_readyz_is_503_naming_the_broker_when_it_is_down(settings):
 
 
 def test_readyz_is_503_naming_the_database_when_it_is_down(tmp_path):
-    from shared.settings import Settings
+    from styleq.shared.adapters.settings import Settings
 
     settings = Settings(
         data_dir=tmp_path,
@@ -52,7 +52,7 @@ def test_readyz_is_503_naming_the_database_when_it_is_down(tmp_path):
 
 
 def test_every_request_that_needs_the_database_is_503_with_retry_after_while_it_is_down(tmp_path):
-    from shared.settings import Settings
+    from styleq.shared.adapters.settings import Settings
 
     settings = Settings(
         data_dir=tmp_path,

@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import ExifTags, Image
 
-from shared.images import IMAGE_FORMATS
+from styleq.shared.adapters.images import IMAGE_FORMATS
 from tests.api.support import assert_error, count_jobs, image_bytes, submit, upload_files
 
 

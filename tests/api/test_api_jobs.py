@@ -12,8 +12,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.test import TestResponse
 
-from shared.db import session_scope
-from shared.models import DeliveryStatus, WebhookDelivery, WebhookEvent
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import DeliveryStatus, WebhookDelivery, WebhookEvent
 from tests.api.support import (
     add_checkpoints,
     add_job,

@@ -9,12 +9,12 @@ import time
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api import create_app
-from cli.service import make_key_with_webhook_secret
-from shared.db import session_scope
-from shared.keys import create_api_key, hash_key, revoke_api_key
-from shared.models import ApiKey, KeyHashScheme
-from shared.settings import Settings
+from styleq.api import create_app
+from styleq.cli.service import make_key_with_webhook_secret
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import ApiKey, KeyHashScheme
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.service.keys import create_api_key, hash_key, revoke_api_key
 from tests.api.support import add_checkpoints, add_job, assert_error
 
 

@@ -9,8 +9,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api import create_app
-from shared.settings import Settings
+from styleq.api import create_app
+from styleq.shared.adapters.settings import Settings
 from tests.api.support import assert_error, count_jobs, image_bytes, set_job, submit, upload_files
 
 REQUESTS_PER_MINUTE = 5
@@ -41,7 +41,7 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr("api.limits.utcnow", clock)
+    monkeypatch.setattr("styleq.api.limits.utcnow", clock)
     return clock
 
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api import create_app
-from shared.db import session_scope
-from shared.models import DeliveryStatus, WebhookDelivery, WebhookEvent
+from styleq.api import create_app
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import DeliveryStatus, WebhookDelivery, WebhookEvent
 from tests.api.support import add_job, assert_error
 
 
@@ -143,7 +143,7 @@ def test_metrics_need_the_token_when_one_is_set(settings):
 
 
 def test_an_unreachable_database_says_so_and_still_answers(tmp_path):
-    from shared.settings import Settings
+    from styleq.shared.adapters.settings import Settings
 
     settings = Settings(
         data_dir=tmp_path,

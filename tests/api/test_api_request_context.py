@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from shared.logs import configure_logging
+from styleq.shared.adapters.logs import configure_logging
 from tests.api.support import submit
 
 
@@ -32,7 +32,7 @@ def test_lines_logged_for_a_submission_and_a_cancel_name_the_job_and_the_request
     logging.getLogger("styleq.test").info("between requests")
 
     queued, cancel, between = log_lines()
-    assert (queued["logger"], queued["job_id"], queued["request_id"]) == ("api.jobs", job_id, submitted.headers["X-Request-ID"])
+    assert (queued["logger"], queued["job_id"], queued["request_id"]) == ("styleq.api.jobs", job_id, submitted.headers["X-Request-ID"])
     assert "queued" in queued["message"] and "canceled" in cancel["message"]
     assert (cancel["job_id"], cancel["request_id"]) == (job_id, canceled.headers["X-Request-ID"])
     assert submitted.headers["X-Request-ID"] != canceled.headers["X-Request-ID"]

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from flask import Flask
 
-from shared import fleet
-from shared.db import session_scope
-from shared.models import Worker
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import Worker
+from styleq.shared.service import fleet
 from tests.api.support import assert_error, count_jobs, first_group, image_bytes, submit
 
 CONTENT = image_bytes(size=(48, 32))  # 3:2, so a long side of 600 makes 600x400
@@ -97,7 +97,7 @@ def test_the_automatic_schedule_is_written_into_the_job_at_submit(client, keys):
 
     assert small["params"]["scales"] == [1.0] and small["params"]["scale_iterations"] is None
     # 640 px: a first scale 512 px long that settles the look with most of the budget, then the full size; the job's
-    # iterations are what its scales get (shared.params.auto_scale_iterations).
+    # iterations are what its scales get (shared.domain.params.auto_scale_iterations).
     assert large["params"]["scales"] == [0.8, 1.0]
     first, last = large["params"]["scale_iterations"]
     assert first > last and large["params"]["iterations"] == first + last

@@ -8,7 +8,7 @@ import logging
 import pytest
 from sqlalchemy import event
 
-from shared.jobs import RUN_JOB_TASK
+from styleq.shared.service.jobs import RUN_JOB_TASK
 from tests.api.conftest import MAX_UPLOAD_BYTES
 from tests.api.support import (
     assert_error,
@@ -94,7 +94,7 @@ def test_an_idempotency_key_reused_for_another_request_is_refused_and_stores_not
 def test_submit_succeeds_and_leaves_job_queued_when_broker_is_down(app, client, keys, settings, caplog):
     settings.broker_url = "redis://127.0.0.1:1/0"
 
-    with caplog.at_level(logging.WARNING, logger="api.jobs"):
+    with caplog.at_level(logging.WARNING, logger="styleq.api.jobs"):
         response = submit(client, keys.headers("alice"))
 
     assert response.status_code == 202
@@ -218,7 +218,7 @@ def test_weights_the_operator_has_not_pulled_are_refused_at_submit(app, client, 
     assert count_jobs(app) == 0 and upload_files(settings) == [] and broker_messages(settings) == []
 
     # Once pulled, the same job is accepted.
-    from shared.params import WEIGHTS_FILES
+    from styleq.shared.domain.params import WEIGHTS_FILES
 
     (settings.models_path / WEIGHTS_FILES["vgg16"]).write_bytes(b"")
     assert submit(client, keys.headers("alice"), params=json.dumps({"weights": "vgg16"})).status_code == 202

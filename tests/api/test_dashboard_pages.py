@@ -13,13 +13,13 @@ from flask.testing import FlaskClient
 from PIL import ExifTags, Image
 from sqlalchemy import update
 
-from api import create_app
-from api.dashboard.formatting import PARAM_LABELS, SHOWN_WITH_INPUTS
-from shared.db import session_scope
-from shared.models import ApiKey, Job
-from shared.outputs import encode_result
-from shared.params import TransferParams, resolve_params
-from shared.settings import Settings
+from styleq.api import create_app
+from styleq.api.dashboard.formatting import PARAM_LABELS, SHOWN_WITH_INPUTS
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import ApiKey, Job
+from styleq.shared.adapters.outputs import encode_result
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.domain.params import TransferParams, resolve_params
 from tests.api.support import Keys, add_job, broker_messages, first_group, image_bytes, set_job, submit
 
 

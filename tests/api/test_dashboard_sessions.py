@@ -8,10 +8,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
-from api.auth import SESSION_LIFETIME
-from shared.db import session_scope
-from shared.keys import revoke_api_key
-from shared.models import ApiKey, DashboardSession
+from styleq.api.auth import SESSION_LIFETIME
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import ApiKey, DashboardSession
+from styleq.shared.service.keys import revoke_api_key
 from tests.api.test_dashboard_pages import csrf_of, signed_in
 
 COOKIE = "styleq_session"

@@ -10,8 +10,8 @@ import pytest
 from flask import Flask, request
 from flask.testing import FlaskClient
 
-from api import create_app
-from shared.settings import Settings
+from styleq.api import create_app
+from styleq.shared.adapters.settings import Settings
 from tests.api.support import add_checkpoints, add_job, set_job
 from tests.api.test_dashboard_pages import csrf_of, sign_in, signed_in
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.migrate import upgrade_database
+from styleq.shared.adapters.migrate import upgrade_database
 from tests.services import Client, Process, make_key, start_api, start_worker
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.jobs import create_job
-from shared.models import ApiKey, Job, JobStatus, utcnow
-from shared.params import resolve_params
+from styleq.shared.adapters.db import make_engine, make_session_factory, session_scope
+from styleq.shared.adapters.models import ApiKey, Job, JobStatus, utcnow
+from styleq.shared.domain.params import resolve_params
+from styleq.shared.service.jobs import create_job
 from tests.browser.conftest import screenshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]

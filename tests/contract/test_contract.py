@@ -16,8 +16,8 @@ import jsonschema_rs
 import pytest
 import requests
 
-from shared.migrate import upgrade_database
-from shared.params import WEIGHTS_FILES
+from styleq.shared.adapters.migrate import upgrade_database
+from styleq.shared.domain.params import WEIGHTS_FILES
 from tests.services import Client, Process, make_key, start_api
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -8,10 +8,10 @@ import torchvision.transforms as T
 from torch import nn
 from torchvision import models
 
-from shared.params import resolve_params
-from worker.engine import Backbone, build_backbone, get_convention, layer_index, layer_names
-from worker.engine.backbone import architecture_from_state_dict
-from worker.engine.weights import LoadedWeights
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import Backbone, build_backbone, get_convention, layer_index, layer_names
+from styleq.worker.engine.backbone import architecture_from_state_dict
+from styleq.worker.engine.weights import LoadedWeights
 
 KINDS = {"conv": nn.Conv2d, "relu": nn.ReLU, "pool": nn.MaxPool2d}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shared.params import resolve_params
-from worker.engine import Backbone, Control, TargetCache, TransferJob, get_convention, transfer, transfer_batch
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import Backbone, Control, TargetCache, TransferJob, get_convention, transfer, transfer_batch
 
 # Four checkpoints, two iterations apart: a batch and its jobs alone compared at each, a job leaving at the second.
 VALUES = {"size": [24, 32], "iterations": 8, "checkpoint_every": 2, "precision": "fp32"}

@@ -9,9 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.params import resolve_params
-from worker.engine import Backbone, Control, TargetCache, TransferJob, TransferState, batch_key, get_convention, transfer, transfer_batch
-from worker.engine.objective import StyleTargets
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import (
+    Backbone,
+    Control,
+    TargetCache,
+    TransferJob,
+    TransferState,
+    batch_key,
+    get_convention,
+    transfer,
+    transfer_batch,
+)
+from styleq.worker.engine.objective import StyleTargets
 
 TINY = {"size": [24, 32], "iterations": 10, "checkpoint_every": 5, "precision": "fp32"}
 

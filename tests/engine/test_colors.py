@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.params import resolve_params
-from worker.engine import Backbone, Control, TargetCache, TransferState, build_backbone, get_convention, transfer
-from worker.engine.colors import color_statistics, keep_content_colors, match_color_statistics, rgb_to_ycbcr, ycbcr_to_rgb
-from worker.engine.transfer import image_to_tensor, tensor_to_image
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import Backbone, Control, TargetCache, TransferState, build_backbone, get_convention, transfer
+from styleq.worker.engine.colors import color_statistics, keep_content_colors, match_color_statistics, rgb_to_ycbcr, ycbcr_to_rgb
+from styleq.worker.engine.transfer import image_to_tensor, tensor_to_image
 
 SMALL = {"size": [24, 32], "iterations": 10, "learning_rate": 0.1, "checkpoint_every": 5, "precision": "fp32"}
 # What "the same colours" means, in levels of 255: the mean absolute Cb and Cr difference from the content.

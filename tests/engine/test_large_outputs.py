@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from bench.style_distance import gram_distance
-from shared.params import resolve_params
-from worker.engine import Control, build_backbone, resolve_precision, transfer
-from worker.engine.objective import Objective, StyleTargets, TargetCache
-from worker.engine.tiles import one_pass_pixels, plan_tiles
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import Control, build_backbone, resolve_precision, transfer
+from styleq.worker.engine.objective import Objective, StyleTargets, TargetCache
+from styleq.worker.engine.tiles import one_pass_pixels, plan_tiles
 
 # The 2048 px test (full tier) took 793 s on one thread of a 2-core CPU without AVX-512 (fp32): room to spare on a slower one.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from worker.engine.losses import content_loss, gram, gram_matrices, style_loss, tv_loss
+from styleq.worker.engine.losses import content_loss, gram, gram_matrices, style_loss, tv_loss
 
 
 def feature_map() -> torch.Tensor:

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from bench.wasserstein import exact_distance
-from shared.params import PRESETS, resolve_params
-from worker.engine import Backbone, Control, TargetCache, get_convention, transfer
-from worker.engine.losses import RIDGE, RIDGE_FLOOR, feature_moments, moment_losses, root_traces
-from worker.engine.objective import Objective, StyleTargets, _gaussian
+from styleq.shared.domain.params import PRESETS, resolve_params
+from styleq.worker.engine import Backbone, Control, TargetCache, get_convention, transfer
+from styleq.worker.engine.losses import RIDGE, RIDGE_FLOOR, feature_moments, moment_losses, root_traces
+from styleq.worker.engine.objective import Objective, StyleTargets, _gaussian
 
 SMALL = {"size": [24, 32], "iterations": 10, "learning_rate": 0.1, "checkpoint_every": 5, "precision": "fp32"}
 # The moments loss costs a few 512x512 matrix products per deep layer and step, whatever the picture's size: the
@@ -185,7 +185,7 @@ def test_gram_is_every_presets_style_loss_and_moments_paint_another_picture(rain
 
 
 def test_the_target_cache_keeps_gram_and_moments_targets_apart(autumn_oak, backbone):
-    from worker.engine.transfer import image_to_tensor
+    from styleq.worker.engine.transfer import image_to_tensor
 
     cache = TargetCache()
     style = image_to_tensor(autumn_oak, (24, 32))
@@ -219,8 +219,8 @@ def w2_per_layer(backbone: Backbone, picture: torch.Tensor, reference: torch.Ten
 
 @pytest.mark.slow
 def test_on_real_weights_moments_bring_the_pictures_feature_statistics_to_the_styles(rainier, autumn_oak, caffe_weights):
-    from worker.engine import build_backbone
-    from worker.engine.transfer import image_to_tensor
+    from styleq.worker.engine import build_backbone
+    from styleq.worker.engine.transfer import image_to_tensor
 
     # Each step costs about a second whatever the picture's size (the square roots at the two 512-channel layers), so
     # few steps of a larger learning rate than the preset's 0.02: measured, at 12 steps of 0.1, the style loss at

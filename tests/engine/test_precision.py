@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from shared.params import resolve_params
-from worker.engine import Backbone, build_backbone, get_convention, losses, native_bf16, resolve_precision, transfer
-from worker.engine import precision as precisions
-from worker.engine.graphs import portable_optimizer_state
-from worker.engine.losses import gram_matrices, style_losses
-from worker.engine.objective import Objective
-from worker.engine.precision import network_precision
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import Backbone, build_backbone, get_convention, losses, native_bf16, resolve_precision, transfer
+from styleq.worker.engine import precision as precisions
+from styleq.worker.engine.graphs import portable_optimizer_state
+from styleq.worker.engine.losses import gram_matrices, style_losses
+from styleq.worker.engine.objective import Objective
+from styleq.worker.engine.precision import network_precision
 
 
 def test_auto_is_bf16_exactly_where_the_device_computes_it_natively_and_faster():

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from bench.style_distance import gram_distance
-from shared.params import resolve_params
-from worker.engine import build_backbone, transfer
-from worker.engine.objective import Objective
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import build_backbone, transfer
+from styleq.worker.engine.objective import Objective
 
 
 def luminance_correlation(picture: Image.Image, reference: Image.Image) -> float:

@@ -9,9 +9,16 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
-from shared.params import COARSE_LONG_SIDE, MAX_SCALE_STEP, ONE_PASS_LONG_SIDE, auto_scale_iterations, auto_scales, resolve_params
-from worker.engine import Backbone, Control, TransferJob, get_convention, transfer, transfer_batch
-from worker.engine.transfer import _style_size, image_to_tensor, scale_sizes
+from styleq.shared.domain.params import (
+    COARSE_LONG_SIDE,
+    MAX_SCALE_STEP,
+    ONE_PASS_LONG_SIDE,
+    auto_scale_iterations,
+    auto_scales,
+    resolve_params,
+)
+from styleq.worker.engine import Backbone, Control, TransferJob, get_convention, transfer, transfer_batch
+from styleq.worker.engine.transfer import _style_size, image_to_tensor, scale_sizes
 
 # Four iterations at half the size, two at the full size, a checkpoint after each: every test of exact runs (one
 # scale, resumes, batches) sees checkpoints on both scales and the change between them.

@@ -1,4 +1,4 @@
-"""The smallest output `shared.params` allows is the smallest the network runs at: the API can refuse the rest without torch."""
+"""The smallest output `shared.domain.params` allows is the smallest the network runs at: the API can refuse the rest without torch."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 from PIL import Image
 
-from shared.params import resolve_params
-from worker.engine import Backbone, get_convention, transfer
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import Backbone, get_convention, transfer
 
 CONTENT = Image.new("RGB", (48, 32), (120, 160, 200))  # 3:2, so a long side leaves a short side of two thirds
 STYLE = Image.new("RGB", (40, 40), (200, 90, 40))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shared.memory import BYTES_PER_PIXEL
-from shared.params import resolve_params
-from worker.engine import Backbone, Control, get_convention, transfer
-from worker.engine.objective import Objective
-from worker.engine.tiles import MIN_PASS_PIXELS, TiledObjective, needs_tiles, one_pass_pixels, plan_tiles
-from worker.engine.transfer import image_to_tensor
+from styleq.shared.domain.memory import BYTES_PER_PIXEL
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import Backbone, Control, get_convention, transfer
+from styleq.worker.engine.objective import Objective
+from styleq.worker.engine.tiles import MIN_PASS_PIXELS, TiledObjective, needs_tiles, one_pass_pixels, plan_tiles
+from styleq.worker.engine.transfer import image_to_tensor
 
 STYLEQ = resolve_params({"precision": "fp32"})
 # 192x192 in passes of at most 30,976 pixels (the least the 80-pixel margins allow): 2 x 2 tiles, so the gradient crosses

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.params import resolve_params
-from worker.engine import Backbone, Control, TransferState, get_convention, transfer
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.engine import Backbone, Control, TransferState, get_convention, transfer
 
 SMALL = {"size": [24, 32], "iterations": 30}
 

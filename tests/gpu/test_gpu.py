@@ -16,13 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.migrate import upgrade_database
-from shared.params import resolve_params
-from shared.settings import load_settings
-from worker.downloads import load_or_pull
-from worker.engine import Backbone, Control, TransferJob, get_convention, resolve_precision, transfer, transfer_batch
-from worker.engine.losses import gram_matrices
-from worker.engine.weights import is_pulled
+from styleq.shared.adapters.migrate import upgrade_database
+from styleq.shared.adapters.settings import load_settings
+from styleq.shared.domain.params import resolve_params
+from styleq.worker.downloads import load_or_pull
+from styleq.worker.engine import Backbone, Control, TransferJob, get_convention, resolve_precision, transfer, transfer_batch
+from styleq.worker.engine.losses import gram_matrices
+from styleq.worker.engine.weights import is_pulled
 
 pytestmark = [
     pytest.mark.gpu,
@@ -259,7 +259,7 @@ def test_a_worker_pinned_to_gpu_0_runs_a_job_whose_record_names_the_gpu(tmp_path
     upgrade_database(database)
     api, url = start_api(environment, tmp_path)
     # As an operator starts it: the launcher pins the process to GPU 0 with CUDA_VISIBLE_DEVICES.
-    worker = Process("worker", [sys.executable, "-m", "cli", "worker", "--gpus", "0"], environment, tmp_path)
+    worker = Process("worker", [sys.executable, "-m", "styleq.cli", "worker", "--gpus", "0"], environment, tmp_path)
     log = ""
     try:
         deadline = time.monotonic() + 120

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.migrate import upgrade_database
+from styleq.shared.adapters.migrate import upgrade_database
 from tests.integration.drills import drill, record  # noqa: F401 (the fault drills' fixtures: one deployment per drill module)
 from tests.services import (
     Client,

@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from shared.migrate import upgrade_database
-from shared.settings import Settings
+from styleq.shared.adapters.migrate import upgrade_database
+from styleq.shared.adapters.settings import Settings
 from tests.services import (
     Client,
     PrivatePostgres,

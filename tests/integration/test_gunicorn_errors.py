@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from api.security import SECURITY_HEADERS
+from styleq.api.security import SECURITY_HEADERS
 from tests.services import Process, start_api
 
 pytestmark = pytest.mark.timeout(120)

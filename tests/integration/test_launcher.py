@@ -14,12 +14,12 @@ import pytest
 import requests
 from kombu import Connection
 
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.fleet import list_workers
-from shared.migrate import upgrade_database
-from shared.settings import Settings
+from styleq.shared.adapters.db import make_engine, make_session_factory, session_scope
+from styleq.shared.adapters.migrate import upgrade_database
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.service.fleet import list_workers
+from styleq.worker.launcher import NoSuchGpu, declare_queue, node_name, visible_gpus
 from tests.services import start_worker
-from worker.launcher import NoSuchGpu, declare_queue, node_name, visible_gpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 # nvidia-smi as a machine with two GPUs answers the two questions styleq asks it (which GPUs, how much memory):
@@ -72,7 +72,7 @@ def test_one_worker_process_per_gpu_each_pinned_to_its_own(tmp_path, two_gpus):
     upgrade_database(database)
     log = (tmp_path / "worker.log").open("wb")
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "cli", "worker", "--gpus", "0,1"], env=environment, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "styleq.cli", "worker", "--gpus", "0,1"], env=environment, stdout=log, stderr=subprocess.STDOUT
     )
     engine = make_engine(database)
     try:
@@ -95,9 +95,9 @@ def test_one_worker_process_per_gpu_each_pinned_to_its_own(tmp_path, two_gpus):
 
 
 def test_a_name_another_live_process_on_this_host_holds_gets_a_suffix(tmp_path):
-    from worker.launcher import reserve_name
+    from styleq.worker.launcher import reserve_name
 
-    holding = f"import sys, pathlib; from worker.launcher import reserve_name; print(reserve_name('cpu@box', pathlib.Path({str(tmp_path)!r})), flush=True); sys.stdin.read()"
+    holding = f"import sys, pathlib; from styleq.worker.launcher import reserve_name; print(reserve_name('cpu@box', pathlib.Path({str(tmp_path)!r})), flush=True); sys.stdin.read()"
     with subprocess.Popen([sys.executable, "-c", holding], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
         assert holder.stdout.readline().strip() == "cpu@box"
         assert reserve_name("cpu@box", tmp_path) == "cpu-2@box"
@@ -108,10 +108,10 @@ def test_a_name_another_live_process_on_this_host_holds_gets_a_suffix(tmp_path):
 
 
 def test_workers_of_two_services_on_one_host_may_share_a_name(tmp_path):
-    from worker.launcher import reserve_name
+    from styleq.worker.launcher import reserve_name
 
     first, second = f"sqlite:///{tmp_path}/one.db", f"sqlite:///{tmp_path}/two.db"
-    holding = f"import sys; from worker.launcher import reserve_name; print(reserve_name('cpu@box', fleet={first!r}), flush=True); sys.stdin.read()"
+    holding = f"import sys; from styleq.worker.launcher import reserve_name; print(reserve_name('cpu@box', fleet={first!r}), flush=True); sys.stdin.read()"
     with subprocess.Popen([sys.executable, "-c", holding], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
         assert holder.stdout.readline().strip() == "cpu@box"
         assert reserve_name("cpu@box", fleet=second) == "cpu@box"
@@ -150,7 +150,9 @@ def test_two_cpu_workers_on_one_host_are_two_workers_in_the_fleet_each_with_the_
     upgrade_database(database)
     logs = [(tmp_path / f"worker{index}.log").open("wb") for index in (1, 2)]
     launchers = [
-        subprocess.Popen([sys.executable, "-m", "cli", "worker", "--gpus", "none"], env=environment, stdout=log, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [sys.executable, "-m", "styleq.cli", "worker", "--gpus", "none"], env=environment, stdout=log, stderr=subprocess.STDOUT
+        )
         for log in logs
     ]
     engine = make_engine(database)

@@ -63,7 +63,9 @@ def test_every_log_line_of_a_job_from_the_api_and_the_worker_carries_its_id(serv
         ("GET", f"/v1/jobs/{job_id}", 200),
         ("POST", f"/v1/jobs/{job_id}/cancel", 409),
     }
-    assert any(line["logger"] == "api.jobs" and "queued" in line["message"] and line["request_id"] == submit["request_id"] for line in api)
+    assert any(
+        line["logger"] == "styleq.api.jobs" and "queued" in line["message"] and line["request_id"] == submit["request_id"] for line in api
+    )
 
     # Another worker may log about the job too (its sweeper sending it again, a duplicate message skipped), under its own name.
     ran = [line for line in workers if line.get("job_id") == job_id]

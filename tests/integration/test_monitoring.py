@@ -17,10 +17,10 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.migrate import upgrade_database
-from shared.models import Job
-from shared.stats import DURATION_BUCKETS
+from styleq.shared.adapters.db import make_engine, make_session_factory, session_scope
+from styleq.shared.adapters.migrate import upgrade_database
+from styleq.shared.adapters.models import Job
+from styleq.shared.service.stats import DURATION_BUCKETS
 from tests.services import REDIS_URL, Client, Process, ensure_redis, free_port, fresh_postgres_database, make_key, start_api, start_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

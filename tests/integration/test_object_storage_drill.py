@@ -24,7 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
-from shared.migrate import upgrade_database
+from styleq.shared.adapters.migrate import upgrade_database
 from tests.integration.drills import FAST, FINAL, PICTURES, SMALL, submit_pair, whole
 from tests.services import Client, Process, SeaweedFS, fresh_postgres_database, make_key, private_servers, start_api, start_worker
 

@@ -11,8 +11,8 @@ import requests
 from celery import Celery
 from PIL import Image
 
-from cli.client import StyleqClient, read_events
-from shared.settings import Settings
+from styleq.cli.client import StyleqClient, read_events
+from styleq.shared.adapters.settings import Settings
 from tests.services import Client
 
 FINISHED = {"succeeded", "failed", "canceled"}

@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from bench.streams import make_keys, run, submit
-from shared.migrate import upgrade_database
-from shared.settings import Settings
+from styleq.shared.adapters.migrate import upgrade_database
+from styleq.shared.adapters.settings import Settings
 from tests.services import REDIS_URL, SECRET_KEY, ensure_redis, fresh_postgres_database, start_api
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

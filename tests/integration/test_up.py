@@ -14,13 +14,13 @@ import pytest
 import requests
 from PIL import Image
 
-from shared.params import WEIGHTS_FILES
+from styleq.shared.domain.params import WEIGHTS_FILES
 from tests.conftest import REPO
 from tests.receivers import Receiver, verify
 from tests.services import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
-STYLEQ = [sys.executable, "-m", "cli"]
+STYLEQ = [sys.executable, "-m", "styleq.cli"]
 
 
 def pip_cache_dir() -> str | None:

@@ -11,8 +11,8 @@ from datetime import datetime
 import pytest
 import standardwebhooks
 
-from cli.service import make_key_with_webhook_secret
-from shared.settings import Settings
+from styleq.cli.service import make_key_with_webhook_secret
+from styleq.shared.adapters.settings import Settings
 from tests.receivers import Receiver, verify
 from tests.services import SECRET_KEY, Client
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.jobs import create_job
-from shared.keys import create_api_key
-from shared.models import ApiKey, Job
-from shared.params import resolve_params
-from shared.settings import Settings
-from shared.storage import Store, open_storage
+from styleq.shared.adapters.db import make_engine, make_session_factory, session_scope
+from styleq.shared.adapters.models import ApiKey, Job
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.adapters.storage import Store, open_storage
+from styleq.shared.domain.params import resolve_params
+from styleq.shared.service.jobs import create_job
+from styleq.shared.service.keys import create_api_key
 
 # The server secret the service-layer tests hash keys under.
 SECRET_KEY = "service-layer-tests"

@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from shared import deliveries, jobs, leases
-from shared.db import session_scope
-from shared.deliveries import Attempt
-from shared.models import DeliveryStatus, Job, JobStatus, WebhookDelivery, utcnow
-from shared.webhooks import Subscription
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import DeliveryStatus, Job, JobStatus, WebhookDelivery, utcnow
+from styleq.shared.service import deliveries, jobs, leases
+from styleq.shared.service.deliveries import Attempt
+from styleq.shared.service.webhooks import Subscription
 from tests.shared.conftest import add_job
 
 CHECKPOINT = {"iteration": 10, "elapsed_s": 1.0, "content": 1.0, "style": 2.0, "tv": 0.5, "total": 3.5}
@@ -206,7 +206,7 @@ def test_the_counts_by_status_cover_every_job(factory, owners):
 
 
 def test_an_idempotent_retry_must_name_the_same_webhook(factory, owners):
-    from shared.params import resolve_params
+    from styleq.shared.domain.params import resolve_params
 
     params, hook = resolve_params({"iterations": 10}), Subscription("http://hooks.example/a", ("succeeded",))
     with session_scope(factory) as session:

@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import ExifTags, Image, ImageOps
 
-from shared.errors import InvalidImage
-from shared.images import BACKGROUND, IMAGE_FORMATS, decode_image, image_size
+from styleq.shared.adapters.images import BACKGROUND, IMAGE_FORMATS, decode_image, image_size
+from styleq.shared.domain.errors import InvalidImage
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
 

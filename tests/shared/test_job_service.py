@@ -7,11 +7,11 @@ import hashlib
 import pytest
 from sqlalchemy import func, select
 
-from shared import jobs
-from shared.db import session_scope
-from shared.errors import InvalidInput, Unprocessable
-from shared.models import Job, JobStatus
-from shared.params import resolve_params
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import Job, JobStatus
+from styleq.shared.domain.errors import InvalidInput, Unprocessable
+from styleq.shared.domain.params import resolve_params
+from styleq.shared.service import jobs
 from tests.shared.conftest import add_job, load
 
 PARAMS = resolve_params({"iterations": 50})

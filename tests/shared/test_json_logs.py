@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from shared.logs import configure_logging, in_this_context, log_context, uses_json
-from shared.settings import Settings
+from styleq.shared.adapters.logs import configure_logging, in_this_context, log_context, uses_json
+from styleq.shared.adapters.settings import Settings
 
 log = logging.getLogger("styleq.test")
 

@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import pytest
 
-from shared.dashboard_sessions import signed_in_key, start_dashboard_session
-from shared.db import session_scope
-from shared.errors import Conflict, NotFound
-from shared.keys import authenticate, create_api_key, find_api_key, key_is_live, revoke_api_key
-from shared.models import ApiKey
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import ApiKey
+from styleq.shared.domain.errors import Conflict, NotFound
+from styleq.shared.service.dashboard_sessions import signed_in_key, start_dashboard_session
+from styleq.shared.service.keys import authenticate, create_api_key, find_api_key, key_is_live, revoke_api_key
 from tests.shared.conftest import SECRET_KEY
 
 LIFETIME = timedelta(hours=12)

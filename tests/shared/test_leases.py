@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from shared import jobs, leases
-from shared.db import session_scope
-from shared.models import Job, JobStatus, utcnow
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import Job, JobStatus, utcnow
+from styleq.shared.service import jobs, leases
 from tests.shared.conftest import add_job, load
 
 CHECKPOINT = {"iteration": 10, "elapsed_s": 1.0, "content": 1.0, "style": 2.0, "tv": 0.5, "total": 3.5}

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from shared import jobs, limits
-from shared.errors import LimitExceeded
-from shared.models import JobStatus, RequestWindow
-from shared.params import resolve_params
+from styleq.shared.adapters.models import JobStatus, RequestWindow
+from styleq.shared.domain.errors import LimitExceeded
+from styleq.shared.domain.params import resolve_params
+from styleq.shared.service import jobs, limits
 from tests.shared.conftest import add_job
 
 NOON = datetime(2026, 11, 28, 12, 0, 15, tzinfo=UTC)

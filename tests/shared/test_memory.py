@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.memory import (
+from styleq.shared.domain.memory import (
     BYTES_PER_PIXEL,
     FIXED_BYTES,
     HEADROOM,
@@ -17,7 +17,7 @@ from shared.memory import (
     largest_long_side,
     tiled_peak_bytes,
 )
-from shared.params import long_side_output
+from styleq.shared.domain.params import long_side_output
 
 GIB = 2**30
 

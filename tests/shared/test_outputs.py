@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from shared.outputs import FORMATS, encode_result, format_of_path, job_format, read_metadata
-from shared.params import CHOICES, resolve_params
-from shared.storage import RESULT_FILES, Storage
+from styleq.shared.adapters.outputs import FORMATS, encode_result, format_of_path, job_format, read_metadata
+from styleq.shared.adapters.storage import RESULT_FILES, Storage
+from styleq.shared.domain.params import CHOICES, resolve_params
 
 
 def gradient_picture() -> Image.Image:

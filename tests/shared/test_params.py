@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from shared.params import (
+from styleq.shared.domain.params import (
     CHOICES,
     DEFAULT_PRESET,
     MAX_STYLES,
@@ -23,8 +23,8 @@ from shared.params import (
     resolve_params,
     smallest_long_side,
 )
-from worker.engine import batch_key
-from worker.engine.weights import DEFAULT_WEIGHTS, REGISTRY
+from styleq.worker.engine import batch_key
+from styleq.worker.engine.weights import DEFAULT_WEIGHTS, REGISTRY
 
 
 def test_the_weight_names_the_api_accepts_are_the_registrys():

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from shared.db import session_scope
-from shared.jobs import create_job
-from shared.models import JobStatus
-from shared.object_storage import ObjectStorage
-from shared.params import resolve_params
-from shared.retention import RetentionPolicy, find_expired, remove_expired, storage_usage
-from shared.storage import Storage
+from styleq.shared.adapters.db import session_scope
+from styleq.shared.adapters.models import JobStatus
+from styleq.shared.adapters.object_storage import ObjectStorage
+from styleq.shared.adapters.storage import Storage
+from styleq.shared.domain.params import resolve_params
+from styleq.shared.service.jobs import create_job
+from styleq.shared.service.retention import RetentionPolicy, find_expired, remove_expired, storage_usage
 from tests.shared.conftest import add_job
 
 NOW = datetime.now(UTC)

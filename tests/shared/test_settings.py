@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from shared.settings import Settings, load_settings
+from styleq.shared.adapters.settings import Settings, load_settings
 
 
 def test_the_worker_name_comes_from_styleq_worker_name_else_the_host(monkeypatch):

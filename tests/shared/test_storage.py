@@ -9,8 +9,8 @@ import threading
 import pytest
 import requests
 
-from shared.object_storage import ObjectStorage
-from shared.storage import Storage, Store, StoreUnreachable
+from styleq.shared.adapters.object_storage import ObjectStorage
+from styleq.shared.adapters.storage import Storage, Store, StoreUnreachable
 from tests.services import free_port
 
 JOB = "0123456789abcdef0123456789abcdef"

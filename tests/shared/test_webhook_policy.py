@@ -9,9 +9,9 @@ from ipaddress import ip_network
 import pytest
 import standardwebhooks
 
-from shared.errors import Unprocessable
-from shared.models import ApiKey, utcnow
-from shared.webhooks import (
+from styleq.shared.adapters.models import ApiKey, utcnow
+from styleq.shared.domain.errors import Unprocessable
+from styleq.shared.service.webhooks import (
     DEFAULT_EVENTS,
     ROTATION_GRACE,
     AddressPolicy,

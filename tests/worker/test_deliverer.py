@@ -11,16 +11,16 @@ from ipaddress import ip_network
 import pytest
 from pythonjsonlogger.json import JsonFormatter
 
-from shared import jobs
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.deliveries import ClaimedDelivery, deliveries_of
-from shared.keys import create_api_key
-from shared.models import ApiKey, DeliveryStatus, Job, utcnow
-from shared.params import resolve_params
-from shared.settings import Settings
-from shared.webhooks import AddressPolicy, Subscription, webhook_secret
+from styleq.shared.adapters.db import make_engine, make_session_factory, session_scope
+from styleq.shared.adapters.models import ApiKey, DeliveryStatus, Job, utcnow
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.domain.params import resolve_params
+from styleq.shared.service import jobs
+from styleq.shared.service.deliveries import ClaimedDelivery, deliveries_of
+from styleq.shared.service.keys import create_api_key
+from styleq.shared.service.webhooks import AddressPolicy, Subscription, webhook_secret
+from styleq.worker.webhooks import deliver_one, guarded_session, send
 from tests.receivers import Receiver, verify
-from worker.webhooks import deliver_one, guarded_session, send
 
 LOOPBACK = AddressPolicy(allowed_networks=(ip_network("127.0.0.1/32"),))
 SECRET = webhook_secret("server secret", 1, 1)
@@ -144,7 +144,7 @@ def test_a_failed_attempt_s_log_line_names_the_job(database_url, receiver, caplo
         job_id = job.id
 
     try:
-        with caplog.at_level(logging.INFO, logger="worker.webhooks"):
+        with caplog.at_level(logging.INFO, logger="styleq.worker.webhooks"):
             assert deliver_one(factory, guarded_session(AddressPolicy.from_settings(settings)), settings, "server secret") is True
     finally:
         refusing.close()

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from shared.settings import Settings
-from worker.devices import device_memory_bytes
+from styleq.shared.adapters.settings import Settings
+from styleq.worker.devices import device_memory_bytes
 
 
 def test_a_cpu_worker_reports_the_hosts_memory_unless_the_setting_says_otherwise(tmp_path):

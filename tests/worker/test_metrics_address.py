@@ -31,7 +31,7 @@ def serve_in_a_process(port: int, *host_argument: str) -> subprocess.Popen[str]:
     arguments = f", host={host_argument[0]!r}" if host_argument else ""
     code = textwrap.dedent(f"""
         import sys, time
-        from worker.metrics import serve_metrics
+        from styleq.worker.metrics import serve_metrics
         folder, port = serve_metrics({port}{arguments})
         print(port, flush=True)
         time.sleep(60)

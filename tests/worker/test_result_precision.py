@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shared.outputs import read_metadata
+from styleq.shared.adapters.outputs import read_metadata
+from styleq.worker.engine import resolve_precision
 from tests.worker.test_runner import database, factory, make_runner, settings, storage, submit  # noqa: F401 (fixtures)
-from worker.engine import resolve_precision
 
 
 @pytest.mark.parametrize("asked", ["auto", "fp32"])

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.jobs import create_job
-from shared.keys import create_api_key
-from shared.models import Job, JobStatus
-from shared.params import resolve_params
-from shared.settings import Settings
-from shared.storage import Storage
-from worker.celery_app import RetentionSweeper
+from styleq.shared.adapters.db import make_engine, make_session_factory, session_scope
+from styleq.shared.adapters.models import Job, JobStatus
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.adapters.storage import Storage
+from styleq.shared.domain.params import resolve_params
+from styleq.shared.service.jobs import create_job
+from styleq.shared.service.keys import create_api_key
+from styleq.worker.celery_app import RetentionSweeper
 
 
 def test_the_retention_sweeper_removes_an_expired_result_and_marks_its_job(tmp_path, database_url):

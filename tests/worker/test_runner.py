@@ -17,18 +17,18 @@ import torch
 from PIL import ExifTags, Image
 from sqlalchemy import select
 
-from shared import jobs, leases
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.keys import create_api_key
-from shared.models import Checkpoint, Job, utcnow
-from shared.outputs import read_metadata
-from shared.params import resolve_params
-from shared.settings import Settings
-from shared.storage import Storage, StoreUnreachable
-from worker import liveness
-from worker import runner as runner_module
-from worker.engine import Backbone, Control, get_convention, resolve_precision, transfer
-from worker.runner import JobRunner, ModelCache, RunOutcome
+from styleq.shared.adapters.db import make_engine, make_session_factory, session_scope
+from styleq.shared.adapters.models import Checkpoint, Job, utcnow
+from styleq.shared.adapters.outputs import read_metadata
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.adapters.storage import Storage, StoreUnreachable
+from styleq.shared.domain.params import resolve_params
+from styleq.shared.service import jobs, leases
+from styleq.shared.service.keys import create_api_key
+from styleq.worker import liveness
+from styleq.worker import runner as runner_module
+from styleq.worker.engine import Backbone, Control, get_convention, resolve_precision, transfer
+from styleq.worker.runner import JobRunner, ModelCache, RunOutcome
 
 PARAMS = {"size": [24, 32], "iterations": 40}
 
@@ -521,7 +521,7 @@ def test_a_worker_waits_for_batch_mates_only_until_the_batch_is_full(tmp_path, f
 def test_a_batch_out_of_memory_goes_on_in_halves_each_from_its_saved_state(
     tmp_path, factory, storage, images_dir, vgg16_random, monkeypatch, caplog
 ):
-    caplog.set_level(logging.INFO, logger="worker.runner")
+    caplog.set_level(logging.INFO, logger="styleq.worker.runner")
     real_transfer_batch = runner_module.transfer_batch
 
     def transfer_batch_that_runs_out_of_memory(jobs_, *, on_checkpoint, **options):
@@ -840,7 +840,7 @@ def test_an_upload_cut_short_fails_as_invalid_image_naming_its_role(settings, fa
 def test_a_job_naming_weights_the_worker_does_not_hold_fails_without_a_download(
     settings, factory, storage, images_dir, tmp_path, monkeypatch
 ):
-    from worker import downloads
+    from styleq.worker import downloads
 
     def no_download(*_args, **_kwargs):
         raise AssertionError("a worker must never download weights for a job")

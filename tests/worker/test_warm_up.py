@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from shared.params import resolve_params
-from shared.settings import Settings
-from worker import process
-from worker.engine import precision
+from styleq.shared.adapters.settings import Settings
+from styleq.shared.domain.params import resolve_params
+from styleq.worker import process
+from styleq.worker.engine import precision
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_a_workers_pool_processes_run_every_thread_on_the_cpu_threads_its_settin
     # As a pool process after fork: the worker set the variables, then torch is imported; the job's thread and the
     # warm-up's both see the count (torch.set_num_threads in the warm-up thread held for that thread alone).
     script = (
-        "from shared.settings import Settings; from worker.launcher import limit_cpu_threads;"
+        "from styleq.shared.adapters.settings import Settings; from styleq.worker.launcher import limit_cpu_threads;"
         "limit_cpu_threads(Settings(worker_threads=1)); import threading, torch; seen = [];"
         "thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads())); thread.start(); thread.join();"
         "print(torch.get_num_threads(), seen[0])"

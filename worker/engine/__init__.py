@@ -1,6 +1,6 @@
 """The style-transfer engine: pure torch, no Flask, Celery, SQL, files or environment.
 
-Its one import from the project is `shared.params` (standard library only), which the API shares so
+Its one import from the project is `shared.domain.params` (standard library only), which the API shares so
 both validate alike; take `TransferParams` and `resolve_params` from there, not from here.
 """
 
@@ -16,7 +16,7 @@ from .precision import native_bf16, resolve_precision
 from .transfer import Control, Progress, TransferJob, TransferResult, TransferState, batch_key, output_size, transfer, transfer_batch
 
 if TYPE_CHECKING:
-    from shared.params import TransferParams
+    from styleq.shared.domain.params import TransferParams
 
     from .weights import LoadedWeights
 

@@ -1,4 +1,4 @@
-"""How much memory a device has: what the worker plans its batches by (the model of a job's needs is `shared/memory.py`)."""
+"""How much memory a device has: what the worker plans its batches by (the model of a job's needs is `shared/domain/memory.py`)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from operator import add
 import torch
 from PIL import Image
 
-from shared.params import TransferParams
+from styleq.shared.domain.params import TransferParams
 
 from .backbone import Backbone
 from .losses import content_losses, gram_matrices, moment_losses, style_losses, tv_losses, with_ridge

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shared.memory import BYTES_PER_PIXEL, FIXED_BYTES, HEADROOM, MIN_PASS_PIXELS, RESIDENT_BYTES_PER_PIXEL
-from shared.params import TransferParams
+from styleq.shared.domain.memory import BYTES_PER_PIXEL, FIXED_BYTES, HEADROOM, MIN_PASS_PIXELS, RESIDENT_BYTES_PER_PIXEL
+from styleq.shared.domain.params import TransferParams
 
 from .backbone import Backbone
 from .losses import tv_losses

@@ -15,7 +15,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from shared.params import MIN_SCALE_SIDE, OUTPUT_PARAMS, TransferParams, complete_saved_params
+from styleq.shared.domain.params import MIN_SCALE_SIDE, OUTPUT_PARAMS, TransferParams, complete_saved_params
 
 from . import graphs
 from .backbone import Backbone

@@ -15,7 +15,7 @@ import safetensors.torch
 import torch
 from torchvision import models
 
-from shared.params import DEFAULT_PRESET, PRESETS
+from styleq.shared.domain.params import DEFAULT_PRESET, PRESETS
 
 from .backbone import CONVENTIONS, InputConvention, architecture_from_state_dict, get_convention, layer_names
 

@@ -17,9 +17,9 @@ from datetime import datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from urllib.parse import urlsplit
 
-from .errors import Unprocessable
-from .models import ApiKey, WebhookEvent
-from .settings import Settings
+from ..adapters.models import ApiKey, WebhookEvent
+from ..adapters.settings import Settings
+from ..domain.errors import Unprocessable
 
 EVENTS = tuple(event.value for event in WebhookEvent)
 # What a job names no events for: each run starting and the end, not the checkpoints (many, and chatty).
@@ -28,7 +28,7 @@ MAX_URL_LENGTH = 2000
 # Room for every event name and then some; longer is a mistake, not a list.
 MAX_EVENTS_LENGTH = 200
 SECRET_PREFIX = "whsec_"
-# Keys the server secret for this one use, as shared.keys does for the hashes of API keys.
+# Keys the server secret for this one use, as shared.service.keys does for the hashes of API keys.
 SECRET_PURPOSE = b"styleq webhook signing secret v1"
 # After a rotation the previous secret signs too, for this long: receivers switch with no delivery refused
 # (the spec's zero-downtime rotation: one signature per secret, space-separated).

@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from .models import ApiKey, DashboardSession, utcnow
+from ..adapters.models import ApiKey, DashboardSession, utcnow
 
 
 def start_dashboard_session(session: Session, key: ApiKey, *, lifetime: timedelta) -> DashboardSession:

@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import ExifTags, Image, PngImagePlugin
 
-from .params import TransferParams
+from ..domain.params import TransferParams
 
 SOFTWARE = "styleq"
 
@@ -33,7 +33,7 @@ class OutputFormat:
 
     @property
     def file_name(self) -> str:
-        """Return the name of a job's result file in this format (one of shared/storage.py RESULT_FILES)."""
+        """Return the name of a job's result file in this format (one of shared/adapters/storage.py RESULT_FILES)."""
         return f"result.{self.extension}"
 
 

@@ -2,7 +2,7 @@
 
 A deployment keeps its files in one store, chosen by `Settings.storage_url` (`open_storage`): a local
 directory (`Storage`, the embedded default, shared by every process on the host or mounted everywhere)
-or S3-compatible object storage (`shared.object_storage.ObjectStorage`), which hosts that share no disk
+or S3-compatible object storage (`shared.adapters.object_storage.ObjectStorage`), which hosts that share no disk
 reach alike. Both keep the same promises, which tests/shared/test_storage.py states once for both:
 
 - uploads are stored once, by content hash; results, previews and states by job id, at names built here
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _STATE = re.compile(r"^state-([0-9]{9})\.pt$")
-# The result in each of its formats (shared/outputs.py FORMATS): a job has one of them.
+# The result in each of its formats (shared/adapters/outputs.py FORMATS): a job has one of them.
 RESULT_FILES = ("result.png", "result.jpg", "result.webp")
 PREVIEW_FILE = "preview.jpg"
 # The one unnumbered state, which versions before numbered states wrote.

@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from .models import Worker, utcnow
+from ..adapters.models import Worker, utcnow
 
 
 def report_worker(

@@ -12,7 +12,7 @@ import warnings
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from .errors import InvalidImage
+from ..domain.errors import InvalidImage
 
 # Formats a browser or camera produces; anything else (EPS, PSD, ...) is refused before it is decoded.
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")

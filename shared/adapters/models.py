@@ -85,7 +85,7 @@ class ApiKey(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
-    # The key's webhook signing secret is derived from the server secret and these (shared.webhooks):
+    # The key's webhook signing secret is derived from the server secret and these (shared.service.webhooks):
     # rotating it counts the version up, and the previous one still signs for a while after.
     webhook_secret_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     webhook_secret_rotated_at: Mapped[datetime | None] = mapped_column(default=None)

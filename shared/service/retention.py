@@ -22,10 +22,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .db import session_scope
-from .models import Job, JobStatus, JobStyle, utcnow
-from .settings import Settings
-from .storage import Store, StoredFile
+from ..adapters.db import session_scope
+from ..adapters.models import Job, JobStatus, JobStyle, utcnow
+from ..adapters.settings import Settings
+from ..adapters.storage import Store, StoredFile
 
 log = logging.getLogger(__name__)
 # The kinds `storage_usage` counts, in the order they are reported.
@@ -224,7 +224,7 @@ def _remove_upload(
     """Remove an upload unless a job took it up since it was judged; return whether it was removed.
 
     A submission that finds its picture already stored keeps the file as it is, and writes it again
-    after its commit (`shared.jobs.submit_job`). So the upload is first moved aside, then judged
+    after its commit (`shared.service.jobs.submit_job`). So the upload is first moved aside, then judged
     again in a new transaction: a job committed before that is seen and the file goes back; one
     committed after it writes the file anew itself.
     """

@@ -10,8 +10,8 @@ import secrets
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from .errors import Conflict, NotFound
-from .models import ApiKey, DashboardSession, KeyHashScheme, utcnow
+from ..adapters.models import ApiKey, DashboardSession, KeyHashScheme, utcnow
+from ..domain.errors import Conflict, NotFound
 
 KEY_PREFIX = "sq_"
 # How many of a key's first characters are kept in the clear, to tell keys apart in listings.
@@ -109,7 +109,7 @@ def revoke_api_key(session: Session, key: ApiKey) -> bool:
 
 
 def rotate_webhook_secret(session: Session, key: ApiKey) -> None:
-    """Give the key a new webhook signing secret (shared.webhooks.webhook_secret of its next version); the old one signs too for a while."""
+    """Give the key a new webhook signing secret (shared.service.webhooks.webhook_secret of its next version); the old one signs too for a while."""
     key.webhook_secret_version += 1
     key.webhook_secret_rotated_at = utcnow()
     session.flush()

@@ -2,7 +2,7 @@
 
 Each function works in the caller's session and leaves committing to it, except `submit_job` and
 `enqueue_job`, whose files and broker message must be ordered around a commit. The database is the
-source of truth: a broker message carries only a job id. The workers' side is `shared.leases`.
+source of truth: a broker message carries only a job id. The workers' side is `shared.service.leases`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from ..adapters.db import rowcount
+from ..adapters.models import ApiKey, Checkpoint, Job, JobStatus, JobStyle, WebhookEvent, utcnow
+from ..adapters.storage import Store
+from ..domain.errors import Conflict, InvalidInput, NotFound, StorageUnavailable, Unprocessable
+from ..domain.params import TransferParams
 from . import deliveries, limits
-from .db import rowcount
-from .errors import Conflict, InvalidInput, NotFound, StorageUnavailable, Unprocessable
-from .models import ApiKey, Checkpoint, Job, JobStatus, JobStyle, WebhookEvent, utcnow
-from .params import TransferParams
-from .storage import Store
 from .webhooks import Subscription
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     # "gram": the squared difference of Gram matrices (the seed). "moments": the squared 2-Wasserstein distance
     # between Gaussians of the features' mean and covariance (worker/engine/losses.py moment_losses).
     "style_loss": ("gram", "moments"),
-    # The result file's format (shared/outputs.py); the picture itself is the same in each.
+    # The result file's format (shared/adapters/outputs.py); the picture itself is the same in each.
     "format": ("png", "jpeg", "webp"),
 }
 # Parameters that decide only how the result is written, not the picture: jobs differing in them share a batch.

@@ -14,8 +14,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
-from .errors import LimitExceeded
-from .models import ApiKey, Job, JobStatus, RequestWindow
+from ..adapters.models import ApiKey, Job, JobStatus, RequestWindow
+from ..domain.errors import LimitExceeded
 
 WINDOW = timedelta(minutes=1)
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)

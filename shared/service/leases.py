@@ -3,7 +3,7 @@
 A running job is leased to one worker process: `Job.lease_owner` names it (`node/pid`) and
 `Job.heartbeat_at` says when it last showed life. Every state change is a conditional UPDATE, so two
 workers (or a worker and the sweeper) racing on one job cannot both win. Each change a job's
-webhook reports adds its delivery in the same transaction (`shared.deliveries`).
+webhook reports adds its delivery in the same transaction (`shared.service.deliveries`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, SQLColumnExpression, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from ..adapters.db import rowcount
+from ..adapters.models import Checkpoint, Job, JobStatus, WebhookEvent, utcnow
 from . import deliveries
-from .db import rowcount
-from .models import Checkpoint, Job, JobStatus, WebhookEvent, utcnow
 
 # The most queued jobs a worker looks through for batch-mates: the oldest, so batching never lets a
 # job jump far ahead of the queue.

@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from .db import rowcount
-from .models import ApiKey, DeliveryStatus, Job, WebhookDelivery, WebhookEvent, iso_timestamp, utcnow
+from ..adapters.db import rowcount
+from ..adapters.models import ApiKey, DeliveryStatus, Job, WebhookDelivery, WebhookEvent, iso_timestamp, utcnow
 
 # The longest wait between two attempts, however many have failed.
 MAX_BACKOFF_SECONDS = 3600.0

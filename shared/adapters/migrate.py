@@ -1,13 +1,15 @@
-"""Apply the Alembic migrations in `migrations/` to a database."""
+"""Apply the Alembic migrations in `migrations/` (the package `styleq.migrations`) to a database."""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 
-MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+# Found as the package it is installed as, so a plain (non-editable) install finds the copy it carries.
+MIGRATIONS = Path(str(resources.files("styleq.migrations")))
 
 
 def alembic_config(database_url: str) -> Config:

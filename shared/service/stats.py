@@ -1,6 +1,6 @@
 """The numbers `/metrics` reports about jobs, read from the database at the moment it is asked.
 
-Every figure is an aggregate over the `jobs` table (webhook deliveries: `shared.deliveries.delivery_counts`), so what
+Every figure is an aggregate over the `jobs` table (webhook deliveries: `shared.service.deliveries.delivery_counts`), so what
 Prometheus sees is exactly what the database holds, whichever worker or API process made the rows.
 """
 
@@ -15,7 +15,7 @@ from typing import cast
 from sqlalchemy import ColumnElement, SQLColumnExpression, case, func, select
 from sqlalchemy.orm import Session
 
-from .models import Job, JobStatus, utcnow
+from ..adapters.models import Job, JobStatus, utcnow
 
 # Seconds: a job waits from well under a second (an idle fleet) to hours (a long queue), and runs
 # from seconds (a small picture on a GPU) to an hour or more (a large one on a CPU).
