@@ -30,7 +30,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .queue import JobQueue
 
     settings = settings or load_settings()
-    app = Flask(__name__, static_folder=None)
+    # The instance folder is the data directory, said outright: Flask's own guess walks the package's parents, and
+    # `styleq` is a namespace package whose editable install has no folder of its own (the guess fails there).
+    app = Flask(__name__, static_folder=None, instance_path=str(settings.data_dir.absolute()))
     app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's DefaultJSONProvider has it; app.json is typed as the base provider
     app.config.update(
         # The content and up to MAX_STYLES style images of at most max_upload_bytes each, plus the form fields

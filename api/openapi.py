@@ -1,23 +1,91 @@
-"""The OpenAPI 3.1 description of the API, written by hand and checked against the routes by a test."""
+"""The OpenAPI 3.1 description of the API, checked against the routes by a test; a job's parameters are described from their specs."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
+from pydantic.json_schema import models_json_schema
 
-from styleq.shared.adapters.models import DeliveryStatus, JobStatus
+from styleq.shared.adapters.models import JobStatus
 from styleq.shared.adapters.outputs import FORMATS
-from styleq.shared.domain.params import MAX_STYLE_WEIGHT, MAX_STYLES
+from styleq.shared.domain.params import (
+    DEFAULT_PRESET,
+    MAX_SCALES,
+    MAX_STYLE_WEIGHT,
+    MAX_STYLES,
+    PRESETS,
+    Parameter,
+    parameters,
+    resolve_params,
+)
+from styleq.shared.service.job_json import WebhookEventBody
 from styleq.shared.service.webhooks import DEFAULT_EVENTS, EVENTS, MAX_URL_LENGTH
 
 from .auth import CSRF_HEADER
 from .jobs import MAX_CHECKPOINT_AFTER, MAX_CHECKPOINTS_PAGE, MAX_JOBS_PAGE
+from .payloads import DOCUMENTED
 
 bp = Blueprint("openapi", __name__)
 
 JSON = "application/json"
 REF = "#/components/"
+
+
+def _numbers(kind: str, parameter: Parameter) -> dict[str, Any]:
+    spec = parameter.spec
+    bounds = {"minimum": spec.low, "maximum": spec.high} if spec.low is not None and spec.high is not None else {}
+    return {"type": kind, **bounds}
+
+
+# The JSON schema of a parameter of each kind (its annotation in TransferParams), before its description and default.
+KIND_SCHEMAS = {
+    "int": lambda parameter: _numbers("integer", parameter),
+    "float": lambda parameter: _numbers("number", parameter),
+    "bool": lambda _: {"type": "boolean"},
+    "str": lambda parameter: {"type": "string", **({"enum": list(parameter.spec.choices)} if parameter.spec.choices else {})},
+    "tuple[int, int] | int": lambda parameter: {
+        "oneOf": [_numbers("integer", parameter), {"type": "array", "items": _numbers("integer", parameter), "minItems": 2, "maxItems": 2}]
+    },
+    "tuple[str, ...]": lambda _: {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "string", "pattern": "^(conv|relu)[1-5]_[1-4]$|^pool[1-5]$"},
+    },
+    "tuple[float, ...] | str": lambda _: {
+        "oneOf": [{"const": "auto"}, {"type": "array", "minItems": 1, "maxItems": MAX_SCALES, "items": {"type": "number"}}]
+    },
+    "tuple[int, ...] | None": lambda _: {"type": ["array", "null"], "items": {"type": "integer", "minimum": 1}},
+    "tuple[float, ...] | None": lambda _: {"type": ["array", "null"], "items": {"type": "number", "exclusiveMinimum": 0}},
+}
+
+
+def params_schema() -> dict[str, Any]:
+    """Return the schema of a job's parameters: every one with its kind, bounds or choices, description and default (the default preset's).
+
+    Made when asked, from the parameters' specs (shared/domain/params.py), so a parameter added there is described here.
+    """
+    defaults = resolve_params({"preset": DEFAULT_PRESET}).to_dict()
+    properties: dict[str, Any] = {}
+    for parameter in parameters():
+        schema = {"enum": list(PRESETS)} if parameter.name == "preset" else KIND_SCHEMAS[parameter.kind](parameter)
+        properties[parameter.name] = {**schema, "description": parameter.spec.description, "default": defaults[parameter.name]}
+    return {
+        "type": "object",
+        "description": (
+            "A preset and the parameters that override it. Each is checked against its bounds here and, for a submission, against "
+            "the service's limits (output size, iterations, device memory); a job's own shows its coarse-to-fine schedule written out."
+        ),
+        "properties": properties,
+    }
+
+
+def model_schemas() -> dict[str, Any]:
+    """Return the components of the models the API serialises (api/payloads.py, a webhook's body), each described once there."""
+    _, schemas = models_json_schema(
+        [(model, "serialization") for model in (*DOCUMENTED, WebhookEventBody)], ref_template=REF + "schemas/{model}"
+    )
+    return dict(schemas["$defs"])
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -65,149 +133,8 @@ def _job_operation(summary: str, responses: dict[str, Any], parameters: list[dic
     return {"summary": summary, "parameters": [JOB_ID, *(parameters or [])], "responses": {**responses, **AUTH, **UNKNOWN}}
 
 
-_LOSSES = {"content": {"type": "number"}, "style": {"type": "number"}, "tv": {"type": "number"}, "total": {"type": "number"}}
-_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+# Described by hand: what no model serialises (a health answer's open checks, the event stream's events).
 SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {
-                    "code": {"type": "string", "description": "Stable machine-readable code, e.g. invalid_params."},
-                    "message": {"type": "string", "description": "What went wrong, for a person."},
-                },
-            }
-        },
-    },
-    "Job": {
-        "type": "object",
-        "required": ["id", "status", "params", "progress", "iteration", "iterations", "attempts", "created_at", "links"],
-        "properties": {
-            "id": {"type": "string"},
-            "status": {"type": "string", "enum": [status.value for status in JobStatus]},
-            "params": {
-                "type": "object",
-                "description": "The resolved transfer parameters, with the coarse-to-fine schedule written out (scales, scale_iterations).",
-            },
-            "styles": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": MAX_STYLES,
-                "description": "The style images in the order given (several for a blend).",
-                "items": {
-                    "type": "object",
-                    "required": ["weight", "link"],
-                    "properties": {
-                        "weight": {
-                            "type": "number",
-                            "exclusiveMinimum": 0,
-                            "maximum": 1,
-                            "description": "Its share of the blend; the shares sum to 1.",
-                        },
-                        "link": {"type": "string", "description": "Where to download it: /v1/jobs/{job_id}/styles/{index}."},
-                    },
-                },
-            },
-            "progress": {"type": "number", "minimum": 0, "maximum": 1},
-            "iteration": {"type": "integer"},
-            "iterations": {"type": "integer"},
-            "losses": {"oneOf": [{"type": "object", "properties": _LOSSES}, {"type": "null"}]},
-            "elapsed_s": {"type": ["number", "null"]},
-            "attempts": {"type": "integer"},
-            "batch_size": {
-                "type": ["integer", "null"],
-                "description": "How many jobs the worker optimised together when it last started this one (1: alone); null until it starts.",
-            },
-            "batch_id": {"type": ["string", "null"], "description": "Shared by the jobs of that batch; null when it ran alone."},
-            "worker": {"type": ["string", "null"]},
-            "resumed_from": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "The iteration of the saved state the current attempt resumed from (a worker lost or stopped); 0 when it started afresh.",
-            },
-            "gpu": {"type": ["string", "null"]},
-            "error": {"oneOf": [{"$ref": REF + "schemas/Error/properties/error"}, {"type": "null"}]},
-            "cancel_requested": {"type": "boolean"},
-            "queue_position": {"type": ["integer", "null"], "description": "1 for the next job to run; null unless queued."},
-            "created_at": {"type": "string", "format": "date-time"},
-            "started_at": _NULLABLE_TIME,
-            "finished_at": _NULLABLE_TIME,
-            "result_expired_at": {
-                **_NULLABLE_TIME,
-                "description": "When the result was removed, its retention over (STYLEQ_KEEP_RESULTS_DAYS); the result then answers 410.",
-            },
-            "webhook": {"oneOf": [{"$ref": REF + "schemas/Webhook"}, {"type": "null"}]},
-            "links": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-    },
-    "Webhook": {
-        "type": "object",
-        "description": "Where the job's events are POSTed, which, and the latest 20 deliveries, newest first.",
-        "required": ["url", "events", "deliveries"],
-        "properties": {
-            "url": {"type": "string"},
-            "events": {"type": "array", "items": {"type": "string", "enum": list(EVENTS)}},
-            "deliveries": {"type": "array", "items": {"$ref": REF + "schemas/WebhookDelivery"}},
-        },
-    },
-    "WebhookDelivery": {
-        "type": "object",
-        "required": ["id", "event", "status", "attempts", "created_at"],
-        "properties": {
-            "id": {"type": "string", "description": "The webhook-id header: the same on every attempt."},
-            "event": {"type": "string", "enum": list(EVENTS)},
-            "status": {"type": "string", "enum": [status.value for status in DeliveryStatus]},
-            "attempts": {"type": "integer", "minimum": 0},
-            "last_status_code": {"type": ["integer", "null"], "description": "The receiver's HTTP status at the last attempt."},
-            "last_error": {"type": ["string", "null"]},
-            "next_attempt_at": {**_NULLABLE_TIME, "description": "When it is tried next, while pending."},
-            "created_at": {"type": "string", "format": "date-time"},
-            "last_attempt_at": _NULLABLE_TIME,
-            "finished_at": {**_NULLABLE_TIME, "description": "When it was delivered or given up."},
-        },
-    },
-    # The body of each webhook delivery (see `webhooks` below).
-    "WebhookEvent": {
-        "type": "object",
-        "required": ["type", "timestamp", "data"],
-        "properties": {
-            "type": {"type": "string", "enum": [f"job.{event}" for event in EVENTS]},
-            "timestamp": {
-                "type": "string",
-                "format": "date-time",
-                "description": "When the event happened (webhook-timestamp says when it was sent).",
-            },
-            "data": {
-                "type": "object",
-                "description": "The job as it was then: id, status, progress, iteration, iterations, losses, elapsed_s, attempts, error, "
-                "created_at, started_at, finished_at, and links (self, result).",
-            },
-        },
-    },
-    "JobPage": {
-        "type": "object",
-        "properties": {
-            "jobs": {"type": "array", "items": {"$ref": REF + "schemas/Job"}},
-            "next_cursor": {"type": ["string", "null"], "description": "Pass as ?cursor= for the next page."},
-        },
-    },
-    "Checkpoint": {
-        "type": "object",
-        "required": ["iteration", "elapsed_s", "content", "style", "tv", "total", "scale"],
-        "properties": {
-            "iteration": {"type": "integer"},
-            "elapsed_s": {"type": "number"},
-            **_LOSSES,
-            "scale": {"type": "number", "description": "The fraction of the output size the picture had (coarse-to-fine); 1 in one pass."},
-        },
-    },
-    "CheckpointList": {
-        "type": "object",
-        "properties": {"checkpoints": {"type": "array", "items": {"$ref": REF + "schemas/Checkpoint"}}},
-    },
     "Health": {
         "type": "object",
         "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}, "checks": {"type": "object"}},
@@ -275,6 +202,7 @@ SUBMIT = {
                         "params": {
                             "type": "string",
                             "contentMediaType": JSON,
+                            "contentSchema": {"$ref": REF + "schemas/TransferParams"},
                             "description": (
                                 'A JSON object: a preset and overrides, e.g. {"preset": "seed", "size": [300, 450]}, '
                                 '{"style_loss": "moments"} or {"format": "webp", "quality": 90}.'
@@ -572,7 +500,7 @@ DOCUMENT: dict[str, Any] = {
                         "description": "v1,<base64>; for a day after the key's secret is rotated, a second one by the old secret, space-separated.",
                     },
                 ],
-                "requestBody": {"required": True, "content": {JSON: {"schema": {"$ref": REF + "schemas/WebhookEvent"}}}},
+                "requestBody": {"required": True, "content": {JSON: {"schema": {"$ref": REF + "schemas/WebhookEventBody"}}}},
                 "responses": {"2XX": {"description": "Delivered."}},
             }
         }
@@ -609,4 +537,6 @@ DOCUMENT: dict[str, Any] = {
 @bp.get("/openapi.json")
 def show_document() -> Response:
     """Send the OpenAPI document."""
-    return jsonify(DOCUMENT)
+    components = DOCUMENT["components"]
+    schemas = {**model_schemas(), **components["schemas"], "TransferParams": params_schema()}
+    return jsonify({**DOCUMENT, "components": {**components, "schemas": schemas}})

@@ -17,9 +17,8 @@ from tqdm import tqdm
 
 from styleq.shared.adapters.outputs import EXTENSIONS, format_of_path
 from styleq.shared.adapters.settings import load_settings
-from styleq.shared.domain.params import CHOICES, parse_size
 
-from .options import check_style_count, style_images
+from .options import check_style_count, parameter_options, style_images
 from .service import local_key_file
 
 FINISHED = {"succeeded", "failed", "canceled"}
@@ -169,9 +168,7 @@ def _api_key(key: str | None) -> str:
     raise click.UsageError(f"no API key: pass --key, set STYLEQ_API_KEY, or run `styleq up` (it keeps one in {path})")
 
 
-def _job_params(
-    params_json: str | None, preset: str | None, size: str | None, output: Path | None = None, **overrides: Any
-) -> dict[str, Any]:
+def _job_params(params_json: str | None, preset: str | None, output: Path | None = None, **overrides: Any) -> dict[str, Any]:
     """Merge --params with the options that override it; the result's format follows -o's extension unless set."""
     try:
         params = json.loads(params_json) if params_json else {}
@@ -182,11 +179,6 @@ def _job_params(
     if preset:
         params["preset"] = preset
     params.update({name: value for name, value in overrides.items() if value is not None})
-    if size:
-        try:
-            params["size"] = parse_size(size)
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="--size") from None
     if output is not None:
         params.update(output_format(output, params.get("format")))
     return params
@@ -229,23 +221,11 @@ def _follow_with_bar(client: StyleqClient, job: dict[str, Any], quiet: bool) -> 
 @click.option("--key", envvar="STYLEQ_API_KEY", help="API key (default: $STYLEQ_API_KEY, else the one `styleq up` made).")
 @click.option("--params", "params_json", help='Job parameters as JSON, e.g. \'{"preset": "seed", "iterations": 100}\'.')
 @click.option("--preset", help="Preset name (styleq, seed).")
-@click.option("--size", help="HEIGHTxWIDTH like 300x450, or the long side.")
-@click.option("--iterations", type=int)
-@click.option("--colors", type=click.Choice(CHOICES["colors"]), help="style (default), content (keep the content's colours) or histogram.")
 @click.option("--webhook-url", help="POST the job's events here, signed (Standard Webhooks) with the key's webhook secret.")
 @click.option(
     "--webhook-events", help="Which, comma-separated: running, checkpoint, succeeded, failed, canceled (default: all but checkpoint)."
 )
-@click.option("--style-scale", type=float, help="The style image's area against the picture's (0.25 to 4; below 1: larger strokes).")
-@click.option(
-    "--style-loss",
-    type=click.Choice(CHOICES["style_loss"]),
-    help="gram (default) or moments (match each layer's feature mean and covariance).",
-)
-@click.option(
-    "--format", "format_", type=click.Choice(CHOICES["format"]), help="The result's file format (default png, or what -o ends in)."
-)
-@click.option("--quality", type=int, help="JPEG and WebP quality, 1 to 100 (default 92).")
+@parameter_options
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option(
     "-o",
@@ -262,18 +242,12 @@ def submit(
     key: str | None,
     params_json: str | None,
     preset: str | None,
-    size: str | None,
-    iterations: int | None,
-    colors: str | None,
     webhook_url: str | None,
     webhook_events: str | None,
-    style_scale: float | None,
-    style_loss: str | None,
-    format_: str | None,
-    quality: int | None,
     wait: bool,
     output: Path | None,
     quiet: bool,
+    **options: Any,
 ) -> None:
     """Submit a style-transfer job of one STYLE image or a blend of several; print its id (and with --wait, follow it and save the result)."""
     check_style_count(len(styles), style_weights)
@@ -281,18 +255,7 @@ def submit(
         raise click.UsageError("--output needs --wait")
     if webhook_events and not webhook_url:
         raise click.UsageError("--webhook-events needs --webhook-url")
-    params = _job_params(
-        params_json,
-        preset,
-        size,
-        output,
-        iterations=iterations,
-        colors=colors,
-        style_scale=style_scale,
-        style_loss=style_loss,
-        format=format_,
-        quality=quality,
-    )
+    params = _job_params(params_json, preset, output, **options)
     client = StyleqClient(url, _api_key(key))
     try:
         job = client.submit(content, styles, params, style_weights, webhook_url=webhook_url, webhook_events=webhook_events)

@@ -13,53 +13,17 @@ from styleq.shared.adapters.images import decode_image
 from styleq.shared.adapters.outputs import encode_result, format_of_path
 from styleq.shared.adapters.settings import load_settings
 from styleq.shared.domain.errors import InvalidImage
-from styleq.shared.domain.params import AUTO, CHOICES, PRESETS, RANGES, parse_size, resolve_params, style_roles
+from styleq.shared.domain.params import PRESETS, resolve_params, style_roles
 from styleq.worker.downloads import load_or_pull
 from styleq.worker.engine import CONVENTIONS, Progress, build_backbone, default_device, transfer
 from styleq.worker.engine.weights import REGISTRY, WeightsError, is_pulled
 
 from . import report
 from .client import output_format
-from .options import check_style_count, style_images
+from .options import check_style_count, parameter_options, style_images
 from .pulling import pull_with_progress_bar
 
 _OUTPUT_FORMATS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-def _range_help(name: str) -> str:
-    low, high = RANGES[name]
-    return f"{low:g} to {high:g}"
-
-
-def _parse_size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | int | None:
-    if value is None:
-        return None
-    try:
-        return parse_size(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-
-
-def _parse_layers(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
-    return None if value is None else [layer.strip() for layer in value.split(",") if layer.strip()]
-
-
-def _parse_numbers(kind: type) -> Any:
-    def parse(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list | None:
-        if value is None:
-            return None
-        try:
-            return [kind(part) for part in value.split(",") if part.strip()]
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated {'numbers' if kind is float else 'whole numbers'}, got {value!r}") from None
-
-    return parse
-
-
-def _parse_scales(ctx: click.Context, param: click.Parameter, value: str | None) -> list | str | None:
-    if value is not None and value.strip().lower() == AUTO:
-        return AUTO
-    return _parse_numbers(float)(ctx, param, value)
 
 
 def open_image(path: Path, role: str) -> Image.Image:
@@ -96,66 +60,8 @@ def _check_output(path: Path, option: str, suffixes: set[str]) -> None:
     show_default=True,
     help="Starting values of every parameter: 'seed' is the notebook exactly.",
 )
-@click.option("--weights", help="Registry weights (see `styleq weights list`) or a .pth/.safetensors file. Default: the preset's.")
 @click.option("--convention", type=click.Choice(sorted(CONVENTIONS)), help="Input convention of a weights file (default torchvision).")
-@click.option("--size", callback=_parse_size, help="HEIGHTxWIDTH like 300x450, or one number: the long side, aspect kept.")
-@click.option("--iterations", type=int, help=f"Optimisation steps ({_range_help('iterations')}).")
-@click.option("--lr", "learning_rate", type=float, help=f"Learning rate ({_range_help('learning_rate')}).")
-@click.option("--optimizer", type=click.Choice(CHOICES["optimizer"]))
-@click.option("--lbfgs-history", type=int, help=f"Past steps L-BFGS keeps ({_range_help('lbfgs_history')}).")
-@click.option(
-    "--precision", type=click.Choice(CHOICES["precision"]), help="Network arithmetic: auto is bf16 where the device has it natively."
-)
-@click.option("--init", type=click.Choice(CHOICES["init"]), help="Start from the content image, the style image or noise.")
-@click.option("--seed", type=int, help="Random seed (noise init).")
-@click.option(
-    "--colors",
-    type=click.Choice(CHOICES["colors"]),
-    help="style: the style's colours (default); content: keep the content's; histogram: the style recoloured to the content's palette first.",
-)
-@click.option(
-    "--style-loss",
-    type=click.Choice(CHOICES["style_loss"]),
-    help="gram: Gram matrices (default); moments: each style layer's feature mean and covariance.",
-)
-@click.option(
-    "--format",
-    "format",
-    type=click.Choice(CHOICES["format"]),
-    help="png, jpeg or webp (default: what --output ends in); the parameters are written inside it.",
-)
-@click.option("--quality", type=int, help=f"JPEG and WebP quality ({_range_help('quality')}, default 92).")
-@click.option("--content-weight", type=float)
-@click.option("--style-weight", type=float)
-@click.option("--tv-weight", type=float, help="Total-variation (smoothness) weight.")
-@click.option("--content-layers", callback=_parse_layers, help="Comma-separated layer names, e.g. relu4_2.")
-@click.option("--style-layers", callback=_parse_layers, help="Comma-separated layer names, e.g. relu1_1,relu2_1.")
-@click.option(
-    "--scales",
-    callback=_parse_scales,
-    help="Coarse-to-fine: fractions of the output size, rising to 1, e.g. 0.5,1; or auto (the styleq preset's: one pass up to 512 px).",
-)
-@click.option(
-    "--scale-iterations",
-    callback=_parse_numbers(int),
-    help="Iterations at each scale, adding up to --iterations (default: most at the coarse ones).",
-)
-@click.option(
-    "--style-scale",
-    type=float,
-    help=f"The style image's area against the picture's ({_range_help('style_scale')}; below 1: larger strokes).",
-)
-@click.option(
-    "--photo-detail/--no-photo-detail",
-    default=None,
-    help="Coarse-to-fine: start each finer scale from the enlarged picture plus the photo's detail it lacks (the styleq preset's).",
-)
-@click.option(
-    "--fine-content-factor",
-    type=float,
-    help=f"Coarse-to-fine: the content weight at every scale after the first, times --content-weight ({_range_help('fine_content_factor')}; styleq: 3).",
-)
-@click.option("--checkpoint-every", type=int, help="Iterations between loss checkpoints (default 10).")
+@parameter_options
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option(
     "--max-pass-pixels",

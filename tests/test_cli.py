@@ -169,7 +169,7 @@ def test_an_unknown_colors_value_is_refused_naming_the_choices(inputs, vgg16_fil
 
 
 def test_submit_passes_colors_with_the_other_parameter_flags():
-    assert _job_params('{"iterations": 5}', None, "300x450", colors="histogram") == {
+    assert _job_params('{"iterations": 5}', None, size=(300, 450), colors="histogram") == {
         "iterations": 5,
         "size": (300, 450),
         "colors": "histogram",
@@ -177,15 +177,15 @@ def test_submit_passes_colors_with_the_other_parameter_flags():
 
 
 def test_submit_passes_the_style_loss_format_and_quality_and_takes_the_format_from_the_output_name(tmp_path):
-    assert _job_params(None, None, None, style_loss="moments", format="jpeg", quality=80) == {
+    assert _job_params(None, None, style_loss="moments", format="jpeg", quality=80) == {
         "style_loss": "moments",
         "format": "jpeg",
         "quality": 80,
     }
-    assert _job_params(None, None, None, tmp_path / "out.webp") == {"format": "webp"}
-    assert _job_params('{"format": "jpeg"}', None, None, tmp_path / "out.JPG") == {"format": "jpeg"}
+    assert _job_params(None, None, tmp_path / "out.webp") == {"format": "webp"}
+    assert _job_params('{"format": "jpeg"}', None, tmp_path / "out.JPG") == {"format": "jpeg"}
     with pytest.raises(click.BadParameter, match=r"out.png is not a webp file name: with format webp it should end in .webp"):
-        _job_params(None, None, None, tmp_path / "out.png", format="webp")
+        _job_params(None, None, tmp_path / "out.png", format="webp")
 
 
 def test_style_loss_moments_from_the_command_line(inputs, vgg16_file, out):

@@ -7,7 +7,7 @@ from typing import Any
 
 from styleq.shared.adapters.models import Job, JobStatus, utcnow
 from styleq.shared.adapters.outputs import job_format
-from styleq.shared.domain.params import split_iterations
+from styleq.shared.domain.params import Spec, parameters, split_iterations
 
 from ..payloads import timestamp
 from . import bp
@@ -20,41 +20,6 @@ STATUS_LABELS: dict[str, str] = {
     JobStatus.FAILED: "Failed",
     JobStatus.CANCELED: "Canceled",
 }
-# The parameters as the job page lists them, in this order, with a person's words for each.
-PARAM_LABELS = {
-    "preset": "Preset",
-    "weights": "Network weights",
-    "size": "Size",
-    "iterations": "Iterations",
-    "optimizer": "Optimizer",
-    "lbfgs_history": "L-BFGS history",
-    "line_search": "Line search",
-    "learning_rate": "Learning rate",
-    "lr_decay_step": "Decay every",
-    "lr_decay_gamma": "Decay factor",
-    "content_weight": "Content weight",
-    "style_weight": "Style weight",
-    "tv_weight": "TV weight",
-    "style_repeats": "Style repeats",
-    "colors": "Colours from",
-    "style_scale": "Style scale",
-    "scales": "Scales",
-    "scale_iterations": "Iterations per scale",
-    "precision": "Precision",
-    "style_loss": "Style loss",
-    "content_layers": "Content layers",
-    "style_layers": "Style layers",
-    "init": "Start from",
-    "seed": "Random seed",
-    "image_space": "Optimised in",
-    "normalize_losses": "Normalised losses",
-    "keep_style_aspect": "Keep style aspect",
-    "photo_detail": "Photo detail on enlarging",
-    "fine_content_factor": "Content weight factor at finer scales",
-    "checkpoint_every": "Checkpoint every",
-    "format": "File format",
-    "quality": "Quality",
-}
 # Parameters the job page shows elsewhere: each style's share of a blend, under its picture.
 SHOWN_WITH_INPUTS = {"style_weights"}
 # Parameters that change nothing for some jobs, and the test that tells whether they matter: the page leaves them out.
@@ -64,22 +29,6 @@ APPLIES_WHEN = {
     "quality": lambda params: params.get("format", "png") != "png",  # a PNG is lossless
     "scale_iterations": lambda params: isinstance(params.get("scales"), list) and len(params["scales"]) > 1,
 }
-# The choices whose stored names are not a person's words, in words (shared/domain/params.py CHOICES explains each).
-CHOICE_WORDS = {
-    "optimizer": {"adam": "Adam", "lbfgs": "L-BFGS"},
-    "line_search": {"none": "none (each step as it comes)", "strong_wolfe": "strong Wolfe"},
-    "colors": {
-        "style": "the style image",
-        "content": "the content image",
-        "histogram": "the content image (the style recoloured to its palette)",
-    },
-    "init": {"content": "the content image", "style": "the style image", "noise": "noise"},
-    "image_space": {"network": "the network's input", "pixels": "pixels"},
-    "style_loss": {"gram": "Gram matrices", "moments": "feature mean and covariance"},
-    "format": {"png": "PNG", "jpeg": "JPEG", "webp": "WebP"},
-}
-# Counts of iterations, written with their unit.
-ITERATION_COUNTS = {"lr_decay_step", "checkpoint_every"}
 # What "auto" precision is until a worker has run the job (worker/engine/precision.py resolve_precision).
 AUTOMATIC_PRECISION = "automatic (bf16 where the worker's device supports it, else fp32)"
 
@@ -177,22 +126,21 @@ def params_rows(params: dict[str, Any], precision: str | None = None) -> list[tu
 
     `precision` is what the job ran in ("fp32" or "bf16") where a worker recorded it: it says what "auto" became.
     """
+    specs = {parameter.name: parameter.spec for parameter in parameters() if parameter.name not in SHOWN_WITH_INPUTS}
     known = [
-        (label, _param_named(name, params, precision))
-        for name, label in PARAM_LABELS.items()
+        (spec.label, _param_named(name, spec, params, precision))
+        for name, spec in specs.items()
         if name in params and APPLIES_WHEN.get(name, lambda _: True)(params)
     ]
     # Parameters of a later version than this page knows: their names, and their values where set.
     extra = [
-        (name, param(value))
-        for name, value in params.items()
-        if name not in PARAM_LABELS and name not in SHOWN_WITH_INPUTS and value is not None
+        (name, param(value)) for name, value in params.items() if name not in specs and name not in SHOWN_WITH_INPUTS and value is not None
     ]
     # An unset value means "decided elsewhere": written out where it can be, left out where not, never shown as None.
     return [(label, value) for label, value in known if value is not None] + extra
 
 
-def _param_named(name: str, params: dict[str, Any], precision: str | None) -> str | None:
+def _param_named(name: str, spec: Spec, params: dict[str, Any], precision: str | None) -> str | None:
     """Write one parameter in words: choices as words, counts with their unit, unset values as what they come to."""
     value = params[name]
     if name == "precision" and value == "auto":
@@ -206,10 +154,8 @@ def _param_named(name: str, params: dict[str, Any], precision: str | None) -> st
     if name == "scale_iterations":
         counts = value if value is not None else split_iterations(params["iterations"], tuple(params["scales"]))
         return ", ".join(str(item) for item in counts)  # never a [height, width] size, however many
-    if name == "lbfgs_history" and isinstance(value, int):
-        return f"{value} steps"
-    if name in ITERATION_COUNTS and isinstance(value, int):
-        return f"{value} iterations"
-    if name in CHOICE_WORDS and isinstance(value, str):
-        return CHOICE_WORDS[name].get(value, value)
+    if spec.unit and isinstance(value, int):
+        return f"{value} {spec.unit}"
+    if spec.choices and isinstance(value, str):
+        return spec.words_for(value)
     return None if value is None else param(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from flask import flash, redirect, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
@@ -12,7 +13,7 @@ from werkzeug.wrappers import Response  # what redirect() makes; flask's Respons
 from styleq.shared.adapters.models import Job, JobStatus
 from styleq.shared.adapters.outputs import job_format, read_metadata
 from styleq.shared.domain.errors import InvalidInput, StyleqError
-from styleq.shared.domain.params import CHOICES, DEFAULT_PRESET, MAX_STYLE_WEIGHT, MAX_STYLES, PRESETS, RANGES, resolve_params
+from styleq.shared.domain.params import DEFAULT_PRESET, MAX_STYLE_WEIGHT, MAX_STYLES, PRESETS, parameters, resolve_params
 from styleq.shared.service import jobs
 from styleq.shared.service.deliveries import deliveries_of
 from styleq.shared.service.webhooks import DEFAULT_EVENTS, AddressPolicy, Subscription, check_url
@@ -26,29 +27,46 @@ from . import bp, formatting, thumbnails  # noqa: F401 (formatting and thumbnail
 from .queries import owner_names, status_counts
 
 PAGE_SIZE = 20
-# The form's words for each of CHOICES["colors"], in its order.
-COLOR_CHOICES = tuple(
-    zip(
-        CHOICES["colors"],
-        (
-            "The style image's colours",
-            "The content image's colours",
-            "The style, recoloured to the content's palette",
-        ),
-        strict=True,
-    )
-)
-STYLE_LOSS_CHOICES = tuple(
-    zip(
-        CHOICES["style_loss"],
-        (
-            "Gram matrices (the classic look)",
-            "Feature mean and covariance",
-        ),
-        strict=True,
-    )
-)
-FORMAT_CHOICES = tuple(zip(CHOICES["format"], ("PNG (lossless)", "JPEG", "WebP"), strict=True))
+# How the form offers a parameter, by its kind (its annotation in TransferParams): kinds not here are not offered
+# on the form (size has its own two fields; style shares come with the style pictures).
+FORM_CONTROLS = {
+    "int": {"control": "number", "step": "1", "inputmode": "numeric"},
+    "float": {"control": "number", "step": "any", "inputmode": "decimal"},
+    "str": {"control": "select"},
+    "bool": {"control": "checkbox"},
+    # "auto", or fractions rising to 1, comma-separated (the API checks the rest).
+    "tuple[float, ...] | str": {"control": "scales", "pattern": r"\s*(auto|[0-9.]+(\s*,\s*[0-9.]+)*)\s*"},
+    "tuple[str, ...]": {"control": "names", "pattern": r"\s*[a-z0-9_]+(\s*,\s*[a-z0-9_]+)*\s*"},
+}
+
+
+def form_fields(max_iterations: int) -> list[dict[str, Any]]:
+    """Return the new-job form's fields, one per parameter whose spec puts it on the form, in the specs' order.
+
+    Each has its name, label, section ("main" or "more"), control and bounds; a number's bounds are written
+    before its hint where they are a person's numbers (iterations: this service's own limit).
+    """
+    fields = []
+    for parameter in parameters():
+        spec = parameter.spec
+        if spec.form is None or (parameter.kind not in FORM_CONTROLS) or (parameter.kind == "str" and not spec.choices):
+            continue
+        low, high = spec.low, (min(max_iterations, spec.high or max_iterations) if parameter.name == "iterations" else spec.high)
+        # Bounds a person reads at a glance (not a learning rate's 1e-06, nor a weight's "at least 0").
+        bounds = f"{low:g} to {high:g}" if low is not None and high is not None and (low == 0 or low >= 0.01) and high <= 1e5 else ""
+        fields.append(
+            {
+                "name": parameter.name,
+                "label": spec.label,
+                "section": spec.form,
+                **FORM_CONTROLS[parameter.kind],
+                "min": low,
+                "max": high,
+                "choices": [(choice, spec.words_for(choice)) for choice in spec.choices],
+                "hint": ": ".join(part for part in (bounds, spec.hint) if part),
+            }
+        )
+    return fields
 
 
 @bp.get("/")
@@ -119,22 +137,22 @@ def new_job() -> str:
     """Show the form that submits a job (the page's script sends it to POST /v1/jobs)."""
     settings = backends().settings
     presets = {name: resolve_params({"preset": name}).to_dict() for name in PRESETS}
+    ranges = {parameter.name: (parameter.spec.low, parameter.spec.high) for parameter in parameters() if parameter.spec.high is not None}
+    max_iterations = min(settings.max_iterations, int(ranges["iterations"][1] or settings.max_iterations))
     limits = {
         "max_size": settings.max_size,
-        "max_iterations": min(settings.max_iterations, int(RANGES["iterations"][1])),
+        "max_iterations": max_iterations,
         "max_upload_bytes": settings.max_upload_bytes,
-        "ranges": RANGES,
+        "ranges": ranges,
     }
     return render_template(
         "new_job.html",
         presets=presets,
         limits=limits,
+        fields=form_fields(max_iterations),
         default_preset=DEFAULT_PRESET,
-        color_choices=COLOR_CHOICES,
         max_styles=MAX_STYLES,
         max_style_weight=MAX_STYLE_WEIGHT,
-        style_loss_choices=STYLE_LOSS_CHOICES,
-        format_choices=FORMAT_CHOICES,
     )
 
 

@@ -5,9 +5,11 @@
   "use strict";
 
   const { api } = window.styleq;
-  const { presets, limits } = JSON.parse(document.getElementById("form-data").textContent);
+  const { presets, limits, fields: formFields } = JSON.parse(document.getElementById("form-data").textContent);
   const form = document.getElementById("new-job");
-  const fields = ["iterations", "style_weight", "colors", "style_loss", "content_weight", "tv_weight", "learning_rate", "init", "style_scale", "scales", "seed", "format", "quality"];
+  // The parameters the form offers, each with its control (pages.py form_fields, from the parameters' specs).
+  const fields = formFields.map((field) => field.name);
+  const controls = Object.fromEntries(formFields.map((field) => [field.name, field.control]));
   const height = document.getElementById("height");
   const width = document.getElementById("width");
   const keepAspect = document.getElementById("keep-aspect");
@@ -145,7 +147,11 @@
     const size = Array.isArray(preset.size) ? preset.size : [preset.size, preset.size];
     height.value = size[0];
     width.value = size[1];
-    for (const field of fields) document.getElementById(field).value = Array.isArray(preset[field]) ? preset[field].join(", ") : preset[field];
+    for (const field of fields) {
+      const element = document.getElementById(field);
+      if (controls[field] === "checkbox") element.checked = Boolean(preset[field]);
+      else element.value = Array.isArray(preset[field]) ? preset[field].join(", ") : preset[field];
+    }
     const help = document.querySelector("[data-preset-help]");
     help.textContent = help.getAttribute(`data-${name}`) || "";
     followAspect();
@@ -163,12 +169,16 @@
     const values = { preset: document.getElementById("preset").value, size: [Number(height.value), Number(width.value)] };
     for (const field of fields) {
       const element = document.getElementById(field);
-      if (field === "scales") {
+      const text = element.value.trim();
+      if (controls[field] === "scales") {
         // "auto", or a list of fractions: the API checks that they rise to 1.
-        const text = element.value.trim();
-        values.scales = text === "auto" ? "auto" : text.split(",").map(Number);
+        values[field] = text === "auto" ? "auto" : text.split(",").map(Number);
+      } else if (controls[field] === "names") {
+        values[field] = text.split(",").map((name) => name.trim()).filter(Boolean);
+      } else if (controls[field] === "checkbox") {
+        values[field] = element.checked;
       } else {
-        values[field] = element.tagName === "SELECT" ? element.value : Number(element.value);
+        values[field] = controls[field] === "select" ? element.value : Number(element.value);
       }
     }
     return values;

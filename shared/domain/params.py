@@ -14,47 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Inclusive numeric ranges of every numeric parameter; the API and CLI validate against the same table.
-RANGES: dict[str, tuple[float, float]] = {
-    "size": (16, 4096),
-    "iterations": (1, 20000),
-    "learning_rate": (1e-6, 1e3),
-    "lr_decay_step": (1, 20000),
-    "lr_decay_gamma": (0.01, 1.0),
-    "content_weight": (0.0, 1e12),
-    "style_weight": (0.0, 1e12),
-    "tv_weight": (0.0, 1e12),
-    "style_repeats": (1, 100),
-    "seed": (0, 2**63 - 1),
-    "checkpoint_every": (1, 20000),
-    "lbfgs_history": (1, 1000),
-    # The style picture's area as a multiple of the content's at each scale: below 1 its strokes and textures
-    # come out larger in the result, above 1 smaller (the network sees the style picture shrunk or enlarged).
-    "style_scale": (0.25, 4.0),
-    # Coarse-to-fine: the content weight at every scale after the first, as a multiple of content_weight.
-    "fine_content_factor": (0.0, 100.0),
-    # JPEG and WebP quality (Pillow's scale); a PNG result is lossless and ignores it.
-    "quality": (1, 100),
-}
-CHOICES: dict[str, tuple[str, ...]] = {
-    "optimizer": ("adam", "lbfgs"),
-    "init": ("content", "style", "noise"),
-    "image_space": ("network", "pixels"),
-    # "auto": bf16 where the device computes it natively (CUDA with bf16, CPUs with AMX or AVX-512 BF16), else fp32.
-    "precision": ("fp32", "bf16", "auto"),
-    # L-BFGS only: "strong_wolfe" searches along each step for a sufficient decrease (a few evaluations per
-    # step, each job of a batch on its own); "none" takes the step as it comes (one evaluation, shared by a batch).
-    "line_search": ("none", "strong_wolfe"),
-    # "style": the result takes the style's colours (the seed). "content": the result keeps the content's colours
-    # (its luminance recombined with the content's chroma). "histogram": the style picture is given the content's
-    # colour statistics before its targets are computed, so its textures arrive in the content's palette.
-    "colors": ("style", "content", "histogram"),
-    # "gram": the squared difference of Gram matrices (the seed). "moments": the squared 2-Wasserstein distance
-    # between Gaussians of the features' mean and covariance (worker/engine/losses.py moment_losses).
-    "style_loss": ("gram", "moments"),
-    # The result file's format (shared/adapters/outputs.py); the picture itself is the same in each.
-    "format": ("png", "jpeg", "webp"),
-}
 # Parameters that decide only how the result is written, not the picture: jobs differing in them share a batch.
 OUTPUT_PARAMS = ("format", "quality")
 # The values of parameters added after some states were saved, as those states ran: a saved state that names
@@ -121,83 +80,344 @@ _LAYER_NAME = re.compile(r"^(conv|relu)[1-5]_[1-4]$|^pool[1-5]$")
 
 
 @dataclass(frozen=True)
+class Spec:
+    """One transfer parameter as every surface shows it: the one place it is described, bounded and offered.
+
+    `TransferParams` gives each of its fields one (`param`); from them come the checks of `TransferParams`, the
+    API's OpenAPI description of `params`, the command line's options, the new-job form's fields and the job page's
+    rows. A parameter added as a field with its spec appears, checked, in all of them.
+    """
+
+    # A person's words for it: the job page's row and the form's label.
+    label: str
+    # What it does, in a sentence or two: the API document and the command line's --help.
+    description: str
+    # Inclusive bounds of a number (of each number, for a list of them).
+    low: float | None = None
+    high: float | None = None
+    # The values a string may take, and a person's words for each (the form's options, the job page's values).
+    choices: tuple[str, ...] = ()
+    words: tuple[str, ...] = ()
+    # The command-line flag, when not --<name with dashes>; "" when the command line sets it another way.
+    option: str | None = None
+    # Where the new-job form offers it: "main" (always shown) or "more" (under More settings); None: not on the form.
+    form: str | None = None
+    # The form's line under the field.
+    hint: str = ""
+    # The unit the job page writes a count in ("iterations").
+    unit: str = ""
+
+    def bounds(self) -> str:
+        """Return the bounds in words: "1 to 100", or "at least 0" where the top is out of a person's reach; "" for none."""
+        if self.low is None or self.high is None:
+            return ""
+        return f"at least {self.low:g}" if self.high >= 1e9 else f"{self.low:g} to {self.high:g}"
+
+    def words_for(self, value: str) -> str:
+        """Return a person's words for one of `choices` (the value itself where it has none)."""
+        return dict(zip(self.choices, self.words)).get(value, value) if self.words else value
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A field of `TransferParams` with its spec: `kind` is its annotation as written ("int", "tuple[float, ...] | str")."""
+
+    name: str
+    kind: str
+    spec: Spec
+    # The value when neither the preset nor the caller gives one; MISSING where every preset must.
+    default: Any
+
+    @property
+    def option(self) -> str:
+        return self.spec.option if self.spec.option is not None else "--" + self.name.replace("_", "-")
+
+
+def param(spec: Spec, default: Any = dataclasses.MISSING) -> Any:
+    """Declare a field of `TransferParams` with its `spec` (and its default, where the presets may leave it out).
+
+    A field added later needs its value as states saved before it ran with in `SAVED_STATE_DEFAULTS`, where that
+    differs from `default`.
+    """
+    return field(default=default, metadata={"spec": spec})
+
+
+def parameters(params_class: type | None = None) -> tuple[Parameter, ...]:
+    """Return every transfer parameter with its spec, in the order the job page lists them (the preset first)."""
+    fields = dataclasses.fields(params_class or TransferParams)
+    found = tuple(Parameter(one.name, _written(one.type), one.metadata["spec"], one.default) for one in fields if "spec" in one.metadata)
+    return tuple(sorted(found, key=lambda parameter: parameter.name != "preset"))
+
+
+def _written(annotation: Any) -> str:
+    """Return an annotation as written: a string already where annotations are postponed, `float` for the class float."""
+    if isinstance(annotation, str):
+        return annotation
+    return annotation.__name__ if annotation in (int, float, str, bool) else str(annotation)
+
+
+@dataclass(frozen=True)
 class TransferParams:
     """Everything that decides the picture a transfer makes, apart from the two input images and the weights."""
 
-    weights: str
+    weights: str = param(
+        Spec(
+            "Network weights",
+            f"The VGG weights the network runs on: {', '.join(WEIGHTS_NAMES)} (`styleq weights list`); the command line also "
+            "takes a .pth or .safetensors file.",
+        )
+    )
     # (height, width) exactly, like the seed's (300, 450), or an int: the long side, aspect kept.
-    size: tuple[int, int] | int
-    iterations: int
-    optimizer: str
-    learning_rate: float
-    lr_decay_step: int
-    lr_decay_gamma: float
-    content_layers: tuple[str, ...]
-    style_layers: tuple[str, ...]
-    content_weight: float
-    style_weight: float
-    tv_weight: float
+    size: tuple[int, int] | int = param(
+        Spec(
+            "Size",
+            "The output's [height, width] in pixels (HEIGHTxWIDTH like 300x450 on the command line), or one number: its long "
+            "side, the content's aspect kept.",
+            low=16,
+            high=4096,
+        )
+    )
+    iterations: int = param(
+        Spec(
+            "Iterations",
+            "Optimisation steps; with scales auto, a one-pass job's budget, which the schedule shares out.",
+            low=1,
+            high=20000,
+            form="main",
+        )
+    )
+    optimizer: str = param(Spec("Optimizer", "The optimiser: Adam, or L-BFGS.", choices=("adam", "lbfgs"), words=("Adam", "L-BFGS")))
+    learning_rate: float = param(
+        Spec("Learning rate", "Adam's step size (L-BFGS's first step).", low=1e-6, high=1e3, option="--lr", form="more")
+    )
+    lr_decay_step: int = param(
+        Spec(
+            "Decay every",
+            "Iterations between multiplications of the learning rate by lr_decay_gamma.",
+            low=1,
+            high=20000,
+            unit="iterations",
+        )
+    )
+    lr_decay_gamma: float = param(
+        Spec("Decay factor", "What the learning rate is multiplied by every lr_decay_step iterations.", low=0.01, high=1.0)
+    )
+    content_layers: tuple[str, ...] = param(
+        Spec(
+            "Content layers",
+            "The network layers whose features the picture keeps from the content, e.g. relu4_2 (comma-separated on the command line).",
+        )
+    )
+    style_layers: tuple[str, ...] = param(
+        Spec("Style layers", "The network layers whose statistics the picture takes from the style, e.g. relu1_1,relu2_1.")
+    )
+    content_weight: float = param(Spec("Content weight", "The weight of the content loss.", low=0.0, high=1e12, form="more"))
+    style_weight: float = param(
+        Spec(
+            "Style weight",
+            "The weight of the style loss: higher paints more style, less photo.",
+            low=0.0,
+            high=1e12,
+            form="main",
+            hint="Higher paints more style, less photo",
+        )
+    )
+    tv_weight: float = param(
+        Spec(
+            "TV weight",
+            "The weight of total variation, which smooths the picture.",
+            low=0.0,
+            high=1e12,
+            form="more",
+            hint="Smooths the picture",
+        )
+    )
     # How many times the style term enters the total: the seed's `10 * styles_l` repeats a list.
-    style_repeats: int
-    init: str
-    seed: int
+    style_repeats: int = param(
+        Spec("Style repeats", "How many times the style term enters the total (the seed notebook's 10).", low=1, high=100)
+    )
+    init: str = param(
+        Spec(
+            "Start from",
+            "What the picture starts as: the content image, the style image, or noise.",
+            choices=("content", "style", "noise"),
+            words=("the content image", "the style image", "noise"),
+            form="more",
+        )
+    )
+    seed: int = param(
+        Spec("Random seed", "The seed of the noise (init noise) and of everything random.", low=0, high=2**63 - 1, form="more")
+    )
     # "network": optimise the normalised network input, unclamped (the seed). "pixels": optimise RGB
     # in [0, 1] and clamp after every step, so the picture never leaves the valid range.
-    image_space: str
+    image_space: str = param(
+        Spec(
+            "Optimised in",
+            "network: the normalised network input, unclamped (the seed notebook); pixels: RGB in [0, 1], clamped after every step.",
+            choices=("network", "pixels"),
+            words=("the network's input", "pixels"),
+        )
+    )
     # Divide each layer's loss by its target's mean square, so one set of weights suits every backbone
     # (Caffe activations are ~250x torchvision's) and every layer counts alike.
-    normalize_losses: bool
+    normalize_losses: bool = param(
+        Spec("Normalised losses", "Divide each layer's loss by its target's mean square, so one set of weights suits every network.")
+    )
     # Resize the style image to the content's area keeping its own aspect ratio, instead of stretching
     # it to the content's exact shape as the seed does.
-    keep_style_aspect: bool
-    checkpoint_every: int = 10
+    keep_style_aspect: bool = param(
+        Spec(
+            "Keep style aspect",
+            "Resize the style image to the content's area keeping its aspect, rather than stretching it to the content's shape.",
+        )
+    )
+    checkpoint_every: int = param(
+        Spec("Checkpoint every", "Iterations between loss checkpoints (and saved states).", low=1, high=20000, unit="iterations"), 10
+    )
     # The arithmetic of the network: Gram matrices, losses, the picture and the optimiser stay fp32 in every case.
-    precision: str = "fp32"
+    # "auto": bf16 where the device computes it natively (CUDA with bf16, CPUs with AMX or AVX-512 BF16), else fp32.
+    precision: str = param(
+        Spec(
+            "Precision",
+            "The network's arithmetic: auto is bf16 where the device computes it natively, else fp32; losses stay fp32.",
+            choices=("fp32", "bf16", "auto"),
+        ),
+        "fp32",
+    )
     # How many past steps L-BFGS keeps to shape its next one.
-    lbfgs_history: int = 100
-    line_search: str = "none"
+    lbfgs_history: int = param(
+        Spec("L-BFGS history", "How many past steps L-BFGS keeps to shape its next one.", low=1, high=1000, unit="steps"), 100
+    )
+    # L-BFGS only: "strong_wolfe" searches along each step for a sufficient decrease (a few evaluations per
+    # step, each job of a batch on its own); "none" takes the step as it comes (one evaluation, shared by a batch).
+    line_search: str = param(
+        Spec(
+            "Line search",
+            "L-BFGS only: strong_wolfe searches each step for a sufficient decrease; none takes it as it comes.",
+            choices=("none", "strong_wolfe"),
+            words=("none (each step as it comes)", "strong Wolfe"),
+        ),
+        "none",
+    )
     # Coarse-to-fine: the picture is optimised at each of these fractions of the output size in turn (ascending,
     # the last 1), each scale starting from the previous one's result enlarged. (1.0,) is one pass at full size;
     # "auto" chooses them from the output size (`auto_scales`), see `with_schedule`.
-    scales: tuple[float, ...] | str = (1.0,)
+    scales: tuple[float, ...] | str = param(
+        Spec(
+            "Scales",
+            "Coarse to fine: fractions of the output size rising to 1 (e.g. 0.5,1), painted at each in turn; or auto (one pass up to "
+            "512 px, then from about 512 px up).",
+            form="more",
+            hint="auto (by the size), or fractions of the size rising to 1, e.g. 0.5, 1: painted at each in turn, coarse to fine",
+        ),
+        (1.0,),
+    )
     # Iterations at each scale, adding up to `iterations`; None splits them by `split_iterations`.
-    scale_iterations: tuple[int, ...] | None = None
-    colors: str = "style"
-    # Several style pictures: each one's share of the blended style targets, in the pictures' order, any positive
+    scale_iterations: tuple[int, ...] | None = param(
+        Spec("Iterations per scale", "Iterations at each scale, adding up to iterations (default: shared out by the schedule)."), None
+    )
+    # "style": the result takes the style's colours (the seed). "content": the result keeps the content's colours
+    # (its luminance recombined with the content's chroma). "histogram": the style picture is given the content's
+    # colour statistics before its targets are computed, so its textures arrive in the content's palette.
+    colors: str = param(
+        Spec(
+            "Colours from",
+            "style: the style's colours; content: keep the content's (its luminance with the content's chroma); histogram: the "
+            "style recoloured to the content's palette first.",
+            choices=("style", "content", "histogram"),
+            words=("the style image", "the content image", "the content image (the style recoloured to its palette)"),
+            form="main",
+            hint="Keep the photo's colours, or paint with the style image's",
+        ),
+        "style",
+    )
+    # Several style pictures: each one's share of the blend, in the pictures' order, any positive
     # numbers (normalised to sum 1 when mixed). None gives every picture the same share (and one picture all of it).
     # Not to be confused with `style_weight`, the weight of the style loss against the content loss.
-    style_weights: tuple[float, ...] | None = None
-    # The style picture is seen at this multiple of the content's area (at every scale): RANGES["style_scale"].
-    style_scale: float = 1.0
-    style_loss: str = "gram"
-    format: str = "png"
-    quality: int = 92
+    style_weights: tuple[float, ...] | None = param(
+        Spec(
+            "Style shares",
+            f"With several style pictures (up to {MAX_STYLES}): each one's share of the blend, in their order (default: equal shares).",
+            option="",
+        ),
+        None,
+    )
+    # The style picture is seen at this multiple of the content's area (at every scale): below 1 its strokes and
+    # textures come out larger in the result, above 1 smaller (the network sees the style picture shrunk or enlarged).
+    style_scale: float = param(
+        Spec(
+            "Style scale",
+            "The style image's area against the picture's: below 1 paints larger strokes.",
+            low=0.25,
+            high=4.0,
+            form="more",
+            hint="the style image's area against the picture's; below 1 paints larger strokes",
+        ),
+        1.0,
+    )
+    # "gram": the squared difference of Gram matrices (the seed). "moments": the squared 2-Wasserstein distance
+    # between Gaussians of the features' mean and covariance (worker/engine/losses.py moment_losses).
+    style_loss: str = param(
+        Spec(
+            "Style measured by",
+            "gram: Gram matrices (the seed notebook); moments: each style layer's feature mean and covariance.",
+            choices=("gram", "moments"),
+            words=("Gram matrices", "feature mean and covariance"),
+            form="main",
+            hint="How the picture's textures are compared with the style image's",
+        ),
+        "gram",
+    )
+    # The result file's format (shared/adapters/outputs.py); the picture itself is the same in each.
+    format: str = param(
+        Spec(
+            "File format",
+            "The result's file format; the parameters are written inside it.",
+            choices=("png", "jpeg", "webp"),
+            words=("PNG (lossless)", "JPEG", "WebP"),
+            form="more",
+        ),
+        "png",
+    )
+    # JPEG and WebP quality (Pillow's scale); a PNG result is lossless and ignores it.
+    quality: int = param(
+        Spec("Quality", "JPEG and WebP quality (a PNG is lossless).", low=1, high=100, form="more", hint="JPEG and WebP only"), 92
+    )
     # Coarse-to-fine: on entering a finer scale, add to the enlarged picture the photo's detail that the coarser
     # scale could not hold (the photo at the new size minus its own enlarged coarser copy), so the finer scale
     # starts from the photo's edges rather than a blur, and its few iterations go to styling them.
-    photo_detail: bool = False
+    photo_detail: bool = param(
+        Spec(
+            "Photo detail on enlarging",
+            "Coarse to fine: start each finer scale from the enlarged picture plus the photo's detail it lacks.",
+        ),
+        False,
+    )
     # Coarse-to-fine: the content weight at every scale after the first is this many times `content_weight`. The
     # first scale settles the look; at the finer ones the content layer sees the photo's smaller shapes, which the
     # style would otherwise paint over in the few iterations they get (bench/quality.py, docs/QUALITY.md).
-    fine_content_factor: float = 1.0
-    preset: str = field(default="custom", compare=False)
+    fine_content_factor: float = param(
+        Spec(
+            "Content weight factor at finer scales",
+            "Coarse to fine: the content weight at every scale after the first, as a multiple of content_weight.",
+            low=0.0,
+            high=100.0,
+        ),
+        1.0,
+    )
+    preset: str = field(
+        default="custom",
+        compare=False,
+        metadata={"spec": Spec("Preset", "The starting values of every parameter: seed is the notebook exactly.", option="")},
+    )
 
     def __post_init__(self) -> None:
-        for name, (low, high) in RANGES.items():
-            values = self.size if name == "size" and isinstance(self.size, tuple) else (getattr(self, name),)
-            for value in values:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                    raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
-        for name in ("iterations", "lr_decay_step", "style_repeats", "seed", "checkpoint_every", "lbfgs_history", "quality"):
-            if not isinstance(getattr(self, name), int):
-                raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        for parameter in parameters(type(self)):
+            self._check(parameter)
         if isinstance(self.size, tuple) and (len(self.size) != 2 or not all(isinstance(v, int) for v in self.size)):
             raise ValueError(f"size must be [height, width] in pixels or one integer (the long side), got {self.size!r}")
         if not isinstance(self.size, (tuple, int)):
             raise ValueError(f"size must be [height, width] in pixels or one integer (the long side), got {self.size!r}")
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("content_layers", "style_layers"):
             layers = getattr(self, name)
             if (
@@ -208,15 +428,26 @@ class TransferParams:
                 raise ValueError(
                     f"{name} must be a non-empty list of layer names like relu4_2, got {list(layers) if isinstance(layers, tuple) else layers!r}"
                 )
-        for name in ("normalize_losses", "keep_style_aspect", "photo_detail"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self._check_scales()
         self._check_style_weights()
         if self.line_search != "none" and self.optimizer != "lbfgs":
             raise ValueError(f"line_search {self.line_search!r} needs optimizer lbfgs, got {self.optimizer!r}")
         if not isinstance(self.weights, str) or not self.weights:
             raise ValueError("weights must name registry weights or a weights file")
+
+    def _check(self, parameter: Parameter) -> None:
+        """Refuse a value outside its spec's bounds or choices, or not of its kind (the checks a spec says; the shapes of lists below)."""
+        name, spec, value = parameter.name, parameter.spec, getattr(self, parameter.name)
+        if spec.low is not None and spec.high is not None:
+            for number in value if name == "size" and isinstance(value, tuple) else (value,):
+                if isinstance(number, bool) or not isinstance(number, (int, float)) or not spec.low <= number <= spec.high:
+                    raise ValueError(f"{name} must be a number from {spec.low:g} to {spec.high:g}, got {number!r}")
+        if parameter.kind == "int" and not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        if parameter.kind == "bool" and not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        if spec.choices and value not in spec.choices:
+            raise ValueError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}")
 
     def _check_scales(self) -> None:
         scales, counts = self.scales, self.scale_iterations
@@ -380,6 +611,15 @@ class TransferParams:
                 f"give size as [height, width] instead, e.g. [{max(minimum, height)}, {max(minimum, width)}]"
             )
         raise ValueError(f"{made}, but {needs}: the smallest size that works for this content is {smallest}")
+
+
+# Inclusive numeric ranges and allowed strings, by parameter name: read from the specs, for callers that want a table.
+RANGES: dict[str, tuple[float, float]] = {
+    parameter.name: (parameter.spec.low, parameter.spec.high)
+    for parameter in parameters()
+    if parameter.spec.low is not None and parameter.spec.high is not None
+}
+CHOICES: dict[str, tuple[str, ...]] = {parameter.name: parameter.spec.choices for parameter in parameters() if parameter.spec.choices}
 
 
 PRESETS: dict[str, dict[str, Any]] = {

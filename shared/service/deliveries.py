@@ -7,7 +7,6 @@ never waits for a receiver. Each function works in the caller's session and leav
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from ..adapters.db import rowcount
 from ..adapters.models import ApiKey, DeliveryStatus, Job, WebhookDelivery, WebhookEvent, iso_timestamp, utcnow
+from .job_json import WebhookEventBody, summary_fields
 
 # The longest wait between two attempts, however many have failed.
 MAX_BACKOFF_SECONDS = 3600.0
@@ -29,31 +29,13 @@ LAST_ERROR_LENGTH = 500
 FINAL_EVENTS = (WebhookEvent.SUCCEEDED, WebhookEvent.FAILED, WebhookEvent.CANCELED)
 
 
-def job_summary(job: Job) -> dict[str, Any]:
-    """Return the job's state as its webhook events carry it (the API's job JSON holds it too)."""
-    losses = None
-    if job.total_loss is not None:
-        losses = {"content": job.content_loss, "style": job.style_loss, "tv": job.tv_loss, "total": job.total_loss}
-    return {
-        "id": job.id,
-        "status": job.status.value,
-        "progress": job.progress,
-        "iteration": job.iteration,
-        "iterations": job.iterations,
-        "losses": losses,
-        "elapsed_s": job.elapsed_s,
-        "attempts": job.attempts,
-        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
-        "created_at": iso_timestamp(job.created_at),
-        "started_at": iso_timestamp(job.started_at),
-        "finished_at": iso_timestamp(job.finished_at),
-    }
-
-
 def event_body(job: Job, event: WebhookEvent, at: datetime) -> str:
     """Return the JSON body of the event, minified, as it is signed and sent."""
-    data = {**job_summary(job), "links": {"self": f"/v1/jobs/{job.id}", "result": f"/v1/jobs/{job.id}/result"}}
-    return json.dumps({"type": f"job.{event.value}", "timestamp": iso_timestamp(at), "data": data}, separators=(",", ":"))
+    links = {"self": f"/v1/jobs/{job.id}", "result": f"/v1/jobs/{job.id}/result"}
+    body = WebhookEventBody.model_validate(
+        {"type": f"job.{event.value}", "timestamp": iso_timestamp(at), "data": {**summary_fields(job), "links": links}}
+    )
+    return body.model_dump_json()
 
 
 def subscribed(job: Job, event: WebhookEvent) -> bool:

@@ -189,3 +189,18 @@ def add_checkpoints(app: Flask, job_id: str, iterations: list[int]) -> None:
 
 def minutes_ago(minutes: int) -> datetime:
     return datetime.now(UTC) - timedelta(minutes=minutes)
+
+
+def csrf_of(html: str) -> str:
+    return first_group(r'name="csrf_token" value="([^"]+)"', html)
+
+
+def sign_in(client: FlaskClient, token: str, next_page: str = "", **headers: str):
+    form = client.get("/signin").get_data(as_text=True)
+    return client.post("/signin", data={"csrf_token": csrf_of(form), "key": token, "next": next_page}, headers=headers)
+
+
+def signed_in(app: Flask, keys: Keys, name: str) -> FlaskClient:
+    client = app.test_client()
+    assert sign_in(client, getattr(keys, name)).status_code == 302
+    return client

@@ -14,22 +14,13 @@ from PIL import ExifTags, Image
 from sqlalchemy import update
 
 from styleq.api import create_app
-from styleq.api.dashboard.formatting import PARAM_LABELS, SHOWN_WITH_INPUTS
+from styleq.api.dashboard.formatting import SHOWN_WITH_INPUTS
 from styleq.shared.adapters.db import session_scope
 from styleq.shared.adapters.models import ApiKey, Job
 from styleq.shared.adapters.outputs import encode_result
 from styleq.shared.adapters.settings import Settings
-from styleq.shared.domain.params import TransferParams, resolve_params
-from tests.api.support import Keys, add_job, broker_messages, first_group, image_bytes, set_job, submit
-
-
-def csrf_of(html: str) -> str:
-    return first_group(r'name="csrf_token" value="([^"]+)"', html)
-
-
-def sign_in(client: FlaskClient, token: str, next_page: str = "", **headers: str):
-    form = client.get("/signin").get_data(as_text=True)
-    return client.post("/signin", data={"csrf_token": csrf_of(form), "key": token, "next": next_page}, headers=headers)
+from styleq.shared.domain.params import TransferParams, parameters, resolve_params
+from tests.api.support import add_job, broker_messages, csrf_of, first_group, image_bytes, set_job, sign_in, signed_in, submit
 
 
 def read(client: FlaskClient, path: str) -> bytes:
@@ -37,12 +28,6 @@ def read(client: FlaskClient, path: str) -> bytes:
     with client.get(path) as response:
         assert response.status_code == 200, response.status_code
         return response.data
-
-
-def signed_in(app: Flask, keys: Keys, name: str) -> FlaskClient:
-    client = app.test_client()
-    assert sign_in(client, getattr(keys, name)).status_code == 302
-    return client
 
 
 def test_the_session_secret_is_made_once_private_and_shared(settings: Settings):
@@ -233,7 +218,7 @@ def test_the_new_job_form_offers_the_style_losses_and_file_formats_and_the_job_p
     job_id = add_job(app, keys.ids["alice"], params=resolve_params({"style_loss": "moments", "format": "webp", "quality": 80}).to_dict())
     page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     rows = (
-        "<tr><td>Style loss</td><td>feature mean and covariance</td></tr>",
+        "<tr><td>Style measured by</td><td>feature mean and covariance</td></tr>",
         "<tr><td>File format</td><td>WebP</td></tr>",
         "<tr><td>Quality</td><td>80</td></tr>",
     )
@@ -253,8 +238,10 @@ def parameter_rows(page: str) -> dict[str, str]:
 
 def test_every_parameter_has_a_label_in_words():
     fields = {field.name for field in dataclasses.fields(TransferParams)}
-    assert fields == set(PARAM_LABELS) | SHOWN_WITH_INPUTS
-    assert all(re.fullmatch(r"[A-Z][A-Za-z -]+", label) for label in PARAM_LABELS.values())
+    labels = {parameter.name: parameter.spec.label for parameter in parameters()}
+
+    assert fields == set(labels) and SHOWN_WITH_INPUTS <= fields
+    assert all(re.fullmatch(r"[A-Z][A-Za-z -]+", label) for label in labels.values())
 
 
 def test_the_job_page_shows_every_parameter_in_words_and_none_unresolved(app: Flask, keys):
