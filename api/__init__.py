@@ -10,6 +10,31 @@ if TYPE_CHECKING:
     from styleq.shared.adapters.settings import Settings
 
 
+def gunicorn_command(bind: str, workers: int, worker_class: str, *options: str) -> list[str]:
+    """Return the command that serves the API under gunicorn with styleq's gunicorn config (`api/gunicorn_config.py`).
+
+    The one way it is started: by `styleq up`, the tests' deployments and the benchmarks alike; `options` are more of
+    gunicorn's own.
+    """
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:styleq.api.gunicorn_config",
+        "--bind",
+        bind,
+        "--workers",
+        str(workers),
+        "--worker-class",
+        worker_class,
+        *options,
+        "styleq.api:create_app()",
+    ]
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app for `settings` (read from STYLEQ_* variables when not given); nothing connects yet."""
     # Imported here, not with the package: gunicorn's master imports this package to read its config

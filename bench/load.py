@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import requests
 
+from styleq.api import gunicorn_command
 from styleq.shared.adapters.migrate import upgrade_database
 from styleq.shared.domain.params import WEIGHTS_FILES
 from tests.services import REDIS_URL, SECRET_KEY, ensure_redis, free_port, fresh_postgres_database, make_key
@@ -66,24 +66,12 @@ def main() -> None:
         key = make_key(database, "load")
         port = free_port()
         api = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "python:styleq.api.gunicorn_config",
-                "--bind",
+            gunicorn_command(
                 f"127.0.0.1:{port}",
-                "--workers",
-                str(arguments.gunicorn_workers),
-                "--worker-class",
+                arguments.gunicorn_workers,
                 "gthread",
-                "--threads",
-                str(arguments.threads),
-                "--log-level",
-                "warning",
-                "styleq.api:create_app()",
-            ],
+                *("--threads", str(arguments.threads), "--log-level", "warning"),
+            ),
             env=environment,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

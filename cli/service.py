@@ -14,6 +14,7 @@ import click
 import requests
 from sqlalchemy.exc import SQLAlchemyError
 
+from styleq.api import gunicorn_command
 from styleq.shared.adapters.db import session_scope
 from styleq.shared.adapters.migrate import upgrade_database
 from styleq.shared.adapters.models import ApiKey
@@ -201,35 +202,17 @@ def up(host: str, port: int, gpus: str, api_workers: int) -> None:
         click.echo(f"Local admin API key: in {key_file}")
 
     url = f"http://{host}:{port}"
+    # gevent: an open event stream is a greenlet waiting on the process's one poller, not a thread, so hundreds of
+    # them leave every other request its turn (see api.stream_hub). gunicorn itself believes X-Forwarded-Proto from
+    # 127.0.0.1; only the app decides that, from STYLEQ_TRUSTED_PROXIES, so a local client cannot pass for HTTPS.
     api = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:styleq.api.gunicorn_config",
-            "--bind",
+        gunicorn_command(
             f"{host}:{port}",
-            "--workers",
-            str(api_workers),
-            # gevent: an open event stream is a greenlet waiting on the process's one poller, not a thread,
-            # so hundreds of them leave every other request its turn (see api.stream_hub).
-            "--worker-class",
+            api_workers,
             "gevent",
-            "--worker-connections",
-            "1000",
-            "--timeout",
-            "120",
-            "--graceful-timeout",
-            "5",
-            "--access-logfile",
-            "-",
-            # gunicorn itself believes X-Forwarded-Proto from 127.0.0.1; only the app decides that, from
-            # STYLEQ_TRUSTED_PROXIES, so a local client cannot pass for HTTPS.
-            "--forwarded-allow-ips",
-            "",
-            "styleq.api:create_app()",
-        ]
+            *("--worker-connections", "1000", "--timeout", "120", "--graceful-timeout", "5"),
+            *("--access-logfile", "-", "--forwarded-allow-ips", ""),
+        )
     )
     worker = subprocess.Popen([sys.executable, "-m", "styleq.cli", "worker", "--gpus", gpus])
     processes = [api, worker]

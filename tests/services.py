@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import requests
 
+from styleq.api import gunicorn_command
+
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379"
 # The server secret of every API the tests start, and so of the keys `make_key` hashes for them.
@@ -405,25 +407,13 @@ def start_api(
     """
     port = free_port()
     environment = {**environment, "STYLEQ_SECRET_KEY": SECRET_KEY}
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        "python:styleq.api.gunicorn_config",
-        "--bind",
+    command = gunicorn_command(
         f"127.0.0.1:{port}",
-        "--workers",
-        str(processes),
-        "--worker-class",
+        processes,
         worker_class,
         *(["--worker-connections", "100"] if worker_class == "gevent" else ["--threads", "16"]),
-        "--graceful-timeout",
-        "2",
-        "--forwarded-allow-ips",
-        "",
-        "styleq.api:create_app()",
-    ]
+        *("--graceful-timeout", "2", "--forwarded-allow-ips", ""),
+    )
     process = Process(name, command, environment, log_dir)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90

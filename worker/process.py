@@ -17,7 +17,8 @@ from styleq.shared.adapters.settings import Settings
 from styleq.shared.adapters.storage import open_storage
 
 from .engine import default_device
-from .runner import JobRunner, ModelCache
+from .model_cache import ModelCache
+from .runner import JobRunner
 
 log = logging.getLogger(__name__)
 _runner: JobRunner | None = None

@@ -24,29 +24,27 @@ Faults, and what a run does about them:
   finished job whose result cannot be written goes back to it too, none of them counted as a failed attempt
   (the store's outage is not the job's fault); previews and states missed meanwhile only cost progress.
 
-A checkpoint's preview and state are copied off the device in the loop, then encoded and written by a
-thread of their own while the optimisation goes on (on an H100 the service's work inside the loop, these
-writes with it, was 3.9 % of a 600x900 job; a 20 MB state's write and fsync took 140 ms on a development
-machine's disk). A job has at most one such write in flight; the database learns of a saved state only
-once it is on disk, and a job is finished, handed back or resumed only after its writes are done.
+The runner is the story; its parts live beside it: `batching` (which jobs join a batch, batch and pass sizes),
+`checkpoints` (when to write rows and save files, and the thread that writes them), `model_cache` (weights and
+networks kept across jobs) and `retries` (the one retry loop). A job is finished, handed back or resumed only
+after its checkpoint files are written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import io
 import logging
-import math
 import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -55,49 +53,39 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from styleq.shared.adapters import logs
 from styleq.shared.adapters.db import session_scope
-from styleq.shared.adapters.images import decode_image, image_size
+from styleq.shared.adapters.images import decode_image
 from styleq.shared.adapters.models import Job, JobStatus
 from styleq.shared.adapters.outputs import FORMATS, encode_result
 from styleq.shared.adapters.settings import Settings
 from styleq.shared.adapters.storage import Store, StoreUnreachable
 from styleq.shared.domain.errors import InvalidImage
-from styleq.shared.domain.memory import batch_capacity
-from styleq.shared.domain.params import AUTO, TransferParams, installed_weights, resolve_params, style_roles
+from styleq.shared.domain.params import TransferParams, installed_weights, resolve_params, style_roles
 from styleq.shared.service import fleet, jobs, leases
 
+from .batching import BatchPlanner
+from .checkpoints import CheckpointLog, CheckpointWriter, SavedFiles
 from .engine import (
     Backbone,
     Control,
     Progress,
-    TargetCache,
     TransferJob,
     TransferResult,
     TransferState,
-    batch_key,
-    build_backbone,
     output_size,
     resolve_precision,
     transfer_batch,
 )
-from .engine.memory import free_device_bytes
-from .engine.tiles import needs_tiles, one_pass_pixels
-from .engine.weights import LoadedWeights, WeightsError, load_weights
+from .engine.weights import WeightsError
 from .liveness import dead_local_owners
 from .metrics import WorkerMetrics
+from .model_cache import ModelCache
+from .retries import DatabaseDown, ResultNotWritten, StoreDown, retrying
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # How often a worker waiting for batch-mates (`batch_wait_seconds`) looks for them again.
 BATCH_POLL_SECONDS = 0.5
 STORAGE_FAILURE_MESSAGE = "the service could not store this job's files; it was tried again and then given up"
-
-
-class DatabaseDown(Exception):
-    """The database stayed unreachable through every retry: the run stops and leaves the job to the sweeper."""
-
-
-class StoreDown(Exception):
-    """The store stayed unreachable through every retry: the jobs held go back to the queue, uncounted."""
 
 
 class RunOutcome(enum.StrEnum):
@@ -116,19 +104,6 @@ class RunOutcome(enum.StrEnum):
     INTERRUPTED = "interrupted"
 
 
-def _retrying(step: Callable[[], T], delays: Sequence[float], transient: type[Exception], down: type[Exception], what: str) -> T:
-    """Run `step`, trying again after each of `delays` while it raises `transient`; then raise `down` from the last error."""
-    for delay in (*delays, None):
-        try:
-            return step()
-        except transient as error:
-            if delay is None:
-                raise down(str(error)) from error
-            log.warning("%s, retrying in %s s", what, delay, exc_info=True)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
 class JobFailure(Exception):
     """A failure the user can act on: recorded with its code and message, not as a crash."""
 
@@ -136,32 +111,6 @@ class JobFailure(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-@dataclass
-class ModelCache:
-    """Weights and backbones loaded once per worker process (after fork), kept across jobs."""
-
-    model_dir: Any
-    device: torch.device
-    weights: dict[str, LoadedWeights] = field(default_factory=dict)
-    backbones: dict[tuple[str, tuple[str, ...]], Backbone] = field(default_factory=dict)
-    # Style targets by upload hash: a service sees the same styles again and again.
-    targets: TargetCache = field(default_factory=TargetCache)
-    # The pool process's warm-up thread and its first job may load at once: one loads, the other waits.
-    loading: threading.Lock = field(default_factory=threading.Lock)
-
-    def backbone(self, params: TransferParams) -> Backbone:
-        """Return the backbone for `params`, loading its weights from the model directory (never fetching them)."""
-        key = (params.weights, params.layers)
-        with self.loading:
-            if key not in self.backbones:
-                if params.weights not in self.weights:
-                    # Only weights an operator pulled (`styleq weights pull`): a job never makes a worker download.
-                    self.weights[params.weights] = load_weights(params.weights, self.model_dir)
-                # One backbone per layer set is enough: a service sees few distinct presets.
-                self.backbones[key] = build_backbone(self.weights[params.weights], params, self.device)
-            return self.backbones[key]
 
 
 @dataclass
@@ -176,18 +125,15 @@ class _Member:
     style_hashes: list[str]
     state: TransferState | None
     attempt: int
-    checkpoints_seen: int = 0
     outcome: RunOutcome | None = None
-    # The iteration of the last state written to storage (set by the file-writing thread): the database learns it at its next write.
-    saved_iteration: int | None = None
-    # The preview and state being written now, if any.
-    writing: Future[None] | None = None
-    # Checkpoints not yet in the database, and when it and the saved state were last written (monotonic seconds).
-    unwritten: list[dict[str, Any]] = field(default_factory=list)
-    written_at: float = field(default_factory=time.monotonic)
-    saved_at: float = -math.inf
+    checkpoints: CheckpointLog = field(default_factory=CheckpointLog)
+    # Its preview and state: the write in flight, and the last state on disk (the database learns it at its next write).
+    files: SavedFiles = field(init=False)
     # The iteration up to which this run's work is counted in the worker's metrics (a resumed run starts at its state's).
     counted_iteration: int = 0
+
+    def __post_init__(self) -> None:
+        self.files = SavedFiles(self.job_id)
 
     def transfer_job(self) -> TransferJob:
         """Return the job as the engine takes it."""
@@ -252,14 +198,13 @@ class JobRunner:
         self.gpu = gpu
         self.device = device
         self.models = models
-        # The batch sizes that ran out of memory here, by output size and precision: later batches stay below.
-        self.batch_ceilings: dict[tuple[tuple[int, int], str], int] = {}
+        self.batching = BatchPlanner(settings, storage, device, self._transaction)
         # Set when the worker is told to stop: running jobs go back to the queue at their next checkpoint.
         self.stopping = stopping or threading.Event()
         self.metrics = metrics or WorkerMetrics(name, gpu)
         self._resend: Callable[[str], None] | None = None
         # Encodes and writes checkpoints' previews and states off the optimisation loop's thread.
-        self.file_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-files")
+        self.files = CheckpointWriter(storage, self.metrics, device)
 
     def warm_up(self) -> None:
         """Load the default preset's backbone and choose its precision, as its first job would (see process.warm_up)."""
@@ -279,11 +224,11 @@ class JobRunner:
                 return step(session)
 
         waits = self.settings.database_retry_delays if delays is None else delays
-        return _retrying(in_session, waits, OperationalError, DatabaseDown, "the database is unreachable")
+        return retrying(in_session, waits, OperationalError, DatabaseDown, "the database is unreachable")
 
     def _from_store(self, step: Callable[[], T]) -> T:
         """Run a step that reads or writes the store, retrying while it does not answer; StoreDown after `storage_retry_delays`."""
-        return _retrying(step, self.settings.storage_retry_delays, StoreUnreachable, StoreDown, "the store does not answer")
+        return retrying(step, self.settings.storage_retry_delays, StoreUnreachable, StoreDown, "the store does not answer")
 
     def run(self, job_id: str, resend: Callable[[str], None] | None = None) -> RunOutcome:
         """Claim and run the job, with any batch-mates; return what became of it (`RunOutcome`).
@@ -406,7 +351,7 @@ class JobRunner:
         finally:
             # A run that ends in an exception may still be writing: its files must be down before the job fails or is resumed.
             for member in batch:
-                self._wait_for_files(member)
+                self.files.wait(member.files)
         for mate in batch[1:]:
             log.info("batch-mate %s of job %s %s", mate.job_id, leader.job_id, mate.outcome)
         return leader.outcome or RunOutcome.LOST
@@ -440,11 +385,11 @@ class JobRunner:
     def _take_mates(self, leader: _Member, held: _Leases) -> list[_Member]:
         """Claim queued jobs that can share the leader's batch, waiting up to `batch_wait_seconds` for more."""
         size = output_size(leader.params, leader.content)
-        room = self._batch_capacity(leader.params, size) - 1
+        room = self.batching.capacity(leader.params, size) - 1
         deadline = time.monotonic() + self.settings.batch_wait_seconds
         mates: list[_Member] = []
         while room > 0:
-            for job in self._claim_mates(leader.params, size, room):
+            for job in self.batching.claim_mates(leader.params, size, room, self.lease_owner, self.gpu):
                 held.add(job.id)
                 with logs.log_context(job_id=job.id, attempt=job.attempts):
                     try:
@@ -459,56 +404,6 @@ class JobRunner:
                 break
             time.sleep(min(BATCH_POLL_SECONDS, left))
         return mates
-
-    def _batch_capacity(self, params: TransferParams, size: tuple[int, int]) -> int:
-        """Return how many jobs of `params` and output `size` to optimise at once here."""
-        limit = self.settings.batch_limit(gpu=self.device.type == "cuda")
-        if limit <= 1 or needs_tiles(size, self._pass_pixels(params, size)):
-            return 1  # a tiled job runs alone: its passes already take what the device holds
-        precision = resolve_precision(params.precision, self.device)
-        limit = min(limit, self.batch_ceilings.get((size, precision), limit))
-        if self.device.type == "cuda":
-            # Blocks the allocator keeps cached are free for a batch, but the driver counts them as used.
-            torch.cuda.empty_cache()
-        return batch_capacity(size[0], size[1], precision, limit=limit, free_bytes=free_device_bytes(self.device))
-
-    def _pass_pixels(self, params: TransferParams, size: tuple[int, int]) -> int | None:
-        """Return the most pixels one pass of the network may take here: the setting, else what the device's free memory holds."""
-        if self.settings.max_pass_pixels is not None:
-            return self.settings.max_pass_pixels
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()  # blocks the allocator keeps cached are free for the job, but the driver counts them as used
-        precision = resolve_precision(params.precision, self.device)
-        return one_pass_pixels(free_device_bytes(self.device), precision, size[0] * size[1])
-
-    def _claim_mates(self, params: TransferParams, size: tuple[int, int], room: int) -> list[Job]:
-        candidates = self._transaction(lambda s: leases.batch_candidates(s))
-        key = batch_key(params)
-        chosen = [job.id for job in candidates if self._fits(job, key, size)][:room]
-        if not chosen:
-            return []
-        mates = self._transaction(lambda s: leases.claim_batch_mates(s, chosen, self.lease_owner, self.gpu))
-        for mate in mates:
-            self.storage.make_job_dir(mate.id)
-        return mates
-
-    def _fits(self, job: Job, key: dict[str, Any], size: tuple[int, int]) -> bool:
-        """Tell whether a queued job can join a batch of parameters `key` and output `size`."""
-        try:
-            params = resolve_params(job.params)
-        except ValueError:
-            return False  # its own run records why
-        if params.scales != AUTO and batch_key(params) != key:
-            return False
-        if isinstance(params.size, tuple) and params.scales != AUTO:
-            return params.size == size
-        # A long-side size gives each picture the shape of its upright content, and scales "auto" follow the output
-        # size: read the content's size from the upload's header.
-        try:
-            content_size = image_size(self.storage.read_upload(job.content_sha256))
-        except OSError:
-            return False  # its own run records why
-        return batch_key(params.with_schedule(*content_size)) == key and params.output_size(*content_size) == size
 
     def _record_batch(self, batch: list[_Member]) -> None:
         ids = [member.job_id for member in batch]
@@ -526,7 +421,7 @@ class JobRunner:
                 device=self.device,
                 on_checkpoint=lambda index, checkpoint: self._checkpoint(batch[index], checkpoint, held),
                 target_cache=self.models.targets,
-                max_pass_pixels=self._pass_pixels(batch[0].params, size),
+                max_pass_pixels=self.batching.pass_pixels(batch[0].params, size),
             )
         except torch.OutOfMemoryError:
             if len(batch) == 1:
@@ -539,16 +434,14 @@ class JobRunner:
                         self._succeed(member, result, held)
             return
         # Here, past the handler, the failed attempt's tensors are free.
-        self.batch_ceilings[(size, resolve_precision(batch[0].params.precision, self.device))] = max(1, len(batch) // 2)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        self.batching.ran_out_of_memory(batch[0].params, size, len(batch))
         going = [member for member in batch if member.outcome is None]
         half = (len(going) + 1) // 2
         for part in (going[:half], going[half:]):
             if part:
                 for member in part:
                     with member.log_context():
-                        self._wait_for_files(member)
+                        self.files.wait(member.files)
                         member.state = self._saved_state(member.job_id, member.params)
                 self._record_batch(part)
                 self._optimise(part, backbone, held)
@@ -558,29 +451,20 @@ class JobRunner:
             return self._record_checkpoint(member, checkpoint, held)
 
     def _record_checkpoint(self, member: _Member, checkpoint: Progress, held: _Leases) -> Control:
-        member.checkpoints_seen += 1
         self.metrics.count_iterations(checkpoint.iteration - member.counted_iteration)
         member.counted_iteration = checkpoint.iteration
         now = time.monotonic()
         stopping = self.stopping.is_set()
         last = checkpoint.iteration >= member.params.iterations
-        # The first checkpoint shows a picture early; later ones every `preview_every`, time allowing; and a
-        # worker told to stop saves where it is, so the job resumes there elsewhere.
-        save = (
-            (stopping and not last)
-            or member.checkpoints_seen == 1
-            or (member.checkpoints_seen % self.settings.preview_every == 0 and now - member.saved_at >= self.settings.preview_min_seconds)
-        )
-        member.unwritten.append(checkpoint.losses())
-        # Rows never lag a saved state (a resumed run starts from its iteration) nor the job's end.
-        if not (save or last or now - member.written_at >= self.settings.checkpoint_flush_seconds):
+        save, write = member.checkpoints.add(checkpoint, self.settings, now=now, stopping=stopping, last=last)
+        if not write:
             return Control.CONTINUE
         if save or last:
             # One write in flight a job, in order; the record then names the state on disk (at the last, the one the job leaves).
-            self._wait_for_files(member)
+            self.files.wait(member.files)
         # The picture and state as they are at this checkpoint, copied off the device; encoded and written later.
         files = (checkpoint.preview(), checkpoint.state()) if save else None
-        unwritten, member.unwritten, member.written_at = member.unwritten, [], now
+        unwritten = member.checkpoints.take_rows(now)
         held_still = self._transaction(
             lambda s: leases.record_checkpoints(
                 s,
@@ -588,54 +472,29 @@ class JobRunner:
                 self.lease_owner,
                 unwritten,
                 has_preview=save,
-                saved_iteration=member.saved_iteration,
+                saved_iteration=member.files.saved_iteration,
                 checkpoint_event_seconds=self.settings.webhook_checkpoint_seconds,
             )
         )
         if not held_still:
             # Canceled, deleted or taken over: the job leaves the batch now, and its record says so at once.
-            self._wait_for_files(member)
+            self.files.wait(member.files)
             member.outcome = RunOutcome.CANCELED if self._finish(member.job_id, JobStatus.CANCELED) else RunOutcome.LOST
             held.drop(member.job_id)
             return Control.STOP
         if files is not None:
             # Only now, with the lease confirmed, do the files change.
-            member.writing = self.file_writer.submit(
-                logs.in_this_context(partial(self._write_checkpoint_files, member, checkpoint.iteration, *files))
-            )
-            member.saved_at = now
+            self.files.submit(member.files, checkpoint.iteration, *files)
+            member.checkpoints.saved_at = now
         self.metrics.record_checkpoint_write(time.monotonic() - now, with_state=False, device=self.device)
         if stopping and not last:
             self._hand_back(member, held)
             return Control.STOP
         return Control.CONTINUE
 
-    def _write_checkpoint_files(self, member: _Member, iteration: int, preview: Image.Image, state: TransferState) -> None:
-        """Encode and write a preview and a saved state; failing to is logged, and the job goes on (it only costs progress on a crash)."""
-        started = time.monotonic()
-        try:
-            self.storage.write_job_file(member.job_id, "preview.jpg", _jpeg(preview), create=False)
-            if self.storage.save_state(member.job_id, iteration, _state_bytes(state)):
-                member.saved_iteration = iteration
-                self.metrics.record_checkpoint_write(time.monotonic() - started, with_state=True, device=self.device)
-        except FileNotFoundError:
-            log.info("job %s was deleted; its files are not written", member.job_id)
-        except OSError:
-            log.warning("could not write the preview or state of job %s at iteration %d; going on", member.job_id, iteration, exc_info=True)
-
-    def _wait_for_files(self, member: _Member) -> None:
-        """Wait until the job's preview and state being written, if any, are on disk (or failed to be: logged)."""
-        writing, member.writing = member.writing, None
-        if writing is None:
-            return
-        try:
-            writing.result()
-        except Exception:  # a preview that cannot be encoded only costs the preview
-            log.warning("could not write the preview or state of job %s", member.job_id, exc_info=True)
-
     def _hand_back(self, member: _Member, held: _Leases, *, failed_write: bool = False) -> None:
         """Put a held job back in the queue and send it again; after a failed result write this counts as an attempt."""
-        self._wait_for_files(member)  # the state it resumes from
+        self.files.wait(member.files)  # the state it resumes from
         # The database hears of the state just written here: the next attempt resumes from it, and says so.
         status = self._transaction(
             lambda s: leases.release_job(
@@ -646,12 +505,12 @@ class JobRunner:
                 max_attempts=self.settings.max_attempts,
                 error_code="storage_error",
                 error_message=STORAGE_FAILURE_MESSAGE,
-                saved_iteration=member.saved_iteration,
+                saved_iteration=member.files.saved_iteration,
             )
         )
         held.drop(member.job_id)
         if status is JobStatus.QUEUED:
-            log.info("job %s handed back to the queue at iteration %s", member.job_id, member.saved_iteration)
+            log.info("job %s handed back to the queue at iteration %s", member.job_id, member.files.saved_iteration)
             member.outcome = RunOutcome.HANDED_BACK
             self._send_again(member.job_id)
         elif status is JobStatus.FAILED:
@@ -661,31 +520,31 @@ class JobRunner:
             member.outcome = RunOutcome.LOST
 
     def _succeed(self, member: _Member, result: TransferResult, held: _Leases) -> None:
-        self._wait_for_files(member)  # before its states are removed, so none comes back after
+        self.files.wait(member.files)  # before its states are removed, so none comes back after
         data = encode_result(result.image, member.params, precision=resolve_precision(member.params.precision, self.device))
-        for delay in (*self.settings.result_write_retry_delays, None):
-            try:
+
+        def write_result() -> None:
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: the record below says so
                 self._from_store(
                     lambda: self.storage.write_job_file(member.job_id, FORMATS[member.params.format].file_name, data, create=False)
                 )
-                break
-            except FileNotFoundError:
-                break  # deleted meanwhile: the record below says so
-            except StoreDown:
-                log.warning("the store is unreachable; job %s goes back to the queue to finish once it answers", member.job_id)
-                self._hand_back(member, held)
-                return
-            except OSError:
-                log.warning(
-                    "could not write the result of job %s%s",
-                    member.job_id,
-                    "" if delay is None else f"; retrying in {delay} s",
-                    exc_info=True,
-                )
-                if delay is None:
-                    self._hand_back(member, held, failed_write=True)
-                    return
-                time.sleep(delay)
+
+        try:
+            retrying(
+                write_result,
+                self.settings.result_write_retry_delays,
+                OSError,
+                ResultNotWritten,
+                f"could not write the result of job {member.job_id}",
+            )
+        except StoreDown:
+            log.warning("the store is unreachable; job %s goes back to the queue to finish once it answers", member.job_id)
+            self._hand_back(member, held)
+            return
+        except ResultNotWritten:
+            log.warning("could not write the result of job %s; it goes back to the queue", member.job_id, exc_info=True)
+            self._hand_back(member, held, failed_write=True)
+            return
         ended = self._finish(member.job_id, JobStatus.SUCCEEDED)
         held.drop(member.job_id)
         member.outcome = RunOutcome.SUCCEEDED if ended else RunOutcome.LOST
@@ -748,15 +607,3 @@ class JobRunner:
         finally:
             stop.set()
             thread.join()
-
-
-def _jpeg(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
-
-
-def _state_bytes(state: TransferState) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state.to_dict(), buffer)
-    return buffer.getvalue()

@@ -20,7 +20,7 @@ from bench.notebook import notebook_net, postprocess, run_notebook
 from styleq.shared.domain.params import TransferParams, resolve_params
 from styleq.worker.engine import Backbone, Progress, TargetCache, build_backbone, get_convention, transfer
 from styleq.worker.engine.weights import load_weights
-from styleq.worker.runner import ModelCache
+from styleq.worker.model_cache import ModelCache
 
 # Small, so the notebook and the four engine runs compared with it stay cheap, and no smaller: at 32x48 an AMD EPYC
 # (AVX-512) ended the engine's content loss 1.1e-4 from the notebook's at iteration 30 (one ulp at iteration 10,

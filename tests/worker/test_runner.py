@@ -28,7 +28,8 @@ from styleq.shared.service.keys import create_api_key
 from styleq.worker import liveness
 from styleq.worker import runner as runner_module
 from styleq.worker.engine import Backbone, Control, get_convention, resolve_precision, transfer
-from styleq.worker.runner import JobRunner, ModelCache, RunOutcome
+from styleq.worker.model_cache import ModelCache
+from styleq.worker.runner import JobRunner, RunOutcome
 
 PARAMS = {"size": [24, 32], "iterations": 40}
 
@@ -543,7 +544,7 @@ def test_a_batch_out_of_memory_goes_on_in_halves_each_from_its_saved_state(
     # Halves of two and one ran out of memory or ran alone; every job ended alone.
     assert [load(factory, job_id).batch_size for job_id in ids] == [1, 1, 1]
     # Keyed by size and the precision the jobs ran in: `auto` is bf16 on a CPU with native bf16, fp32 elsewhere.
-    assert runner.batch_ceilings == {((24, 32), resolve_precision("auto", "cpu")): 1}
+    assert runner.batching.ceilings == {((24, 32), resolve_precision("auto", "cpu")): 1}
     for job_id, pictures, index in zip(ids, PAIRS, range(3)):
         # Resumed from its state saved at iteration 10: the same history, once each, and the same picture as alone.
         assert f"resuming job {job_id} at iteration 10" in caplog.messages
