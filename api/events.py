@@ -19,6 +19,7 @@ from styleq.shared.service import jobs
 
 from .auth import credentials_check, current_key
 from .backends import backends, close_session, db_session
+from .documented import JSON, REF, described, error, job_operation, query
 from .jobs import query_argument
 from .stream_hub import StreamHub, read_job
 from .stream_slots import make_stream_slots
@@ -93,6 +94,62 @@ class FirstThenRest:
 
 
 @bp.get("/jobs/<job_id>/events")
+@described(
+    job_operation(
+        "Follow the job as Server-Sent Events: status, checkpoint (id = iteration), status changes, end. A stream whose key is "
+        "revoked (or whose dashboard session ends) stops at once without `end`; reconnecting then gets 401.",
+        {
+            "200": {
+                "description": (
+                    "An event stream. Each event is `event: status|checkpoint|end`, `id: <iteration>` and a `data:` line holding "
+                    "a JSON object: StatusEvent, CheckpointEvent or EndEvent. The first status event carries `retry:`; "
+                    "lines starting with `:` are keep-alives. The server closes the stream after a while; reconnect with Last-Event-ID."
+                ),
+                "content": {
+                    "text/event-stream": {
+                        # One event of the stream, as its fields: `data` holds the JSON object x-event-schemas describes.
+                        "schema": {
+                            "type": "object",
+                            "required": ["event", "data"],
+                            "properties": {
+                                "event": {"type": "string", "enum": ["status", "checkpoint", "end"]},
+                                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                                "retry": {"type": "integer", "minimum": 0},
+                                "data": {
+                                    "type": "string",
+                                    "contentMediaType": JSON,
+                                    "contentSchema": {
+                                        "anyOf": [
+                                            {"$ref": REF + "schemas/StatusEvent"},
+                                            {"$ref": REF + "schemas/CheckpointEvent"},
+                                            {"$ref": REF + "schemas/EndEvent"},
+                                        ]
+                                    },
+                                },
+                            },
+                        },
+                        "x-event-schemas": {
+                            "status": {"$ref": REF + "schemas/StatusEvent"},
+                            "checkpoint": {"$ref": REF + "schemas/CheckpointEvent"},
+                            "end": {"$ref": REF + "schemas/EndEvent"},
+                        },
+                    }
+                },
+            },
+            "400": error("invalid_query."),
+        },
+        [
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "description": "Resume after this iteration.",
+                "schema": {"type": "integer", "minimum": 0},
+            },
+            query("after", "Send checkpoints past this iteration.", {"type": "integer", "minimum": 0}),
+        ],
+    )
+)
 def stream_events(job_id: str) -> Response:
     """Stream the job's status and checkpoints until it finishes, resuming after Last-Event-ID or ?after=."""
     key = current_key()

@@ -10,7 +10,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from styleq.shared.adapters.images import MEDIA_TYPE_BYTES, media_type
 from styleq.shared.adapters.models import Job, JobStatus
-from styleq.shared.adapters.outputs import job_format
+from styleq.shared.adapters.outputs import FORMATS, job_format
 from styleq.shared.adapters.storage import OpenedFile
 from styleq.shared.domain.errors import Conflict, Gone, NotFound
 from styleq.shared.domain.params import style_roles
@@ -18,12 +18,44 @@ from styleq.shared.service import jobs
 
 from .auth import current_key
 from .backends import backends, db_session
+from .documented import NOT_MODIFIED, described, error, image, job_operation
 
 bp = Blueprint("files", __name__)
+# The types an upload may have, served back as they came.
+UPLOAD_MIMETYPES = ["image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff"]
+# The types a result may have: one per `format` (shared/adapters/outputs.py FORMATS).
+RESULT_MIMETYPES = [output.media_type for output in FORMATS.values()]
+# An upload's answers: it, or 410 once the retention sweep has removed it (the job's record stays).
+UPLOAD_RESPONSES = {
+    "200": image("The upload, in its own format.", UPLOAD_MIMETYPES, "private, max-age=86400, immutable"),
+    **NOT_MODIFIED,
+    "410": error("upload_expired: the upload was removed when its retention ended (after the last job using it); the job's record stays."),
+}
 IMMUTABLE = "private, max-age=86400, immutable"
 
 
 @bp.get("/jobs/<job_id>/result")
+@described(
+    job_operation(
+        "Download the finished picture.",
+        {
+            "200": image(
+                "The result, in the job's `format` (png, jpeg or webp), with Content-Disposition naming it `<job id>.png`, "
+                "`.jpg` or `.webp`; the job's parameters are inside it as JSON (PNG tEXt `Description`, EXIF ImageDescription).",
+                RESULT_MIMETYPES,
+                "private, max-age=86400, immutable",
+            ),
+            "307": {
+                "description": "With object storage and STYLEQ_RESULT_URL_SECONDS set: the result is at a presigned URL of the "
+                "store, valid that many seconds, which serves the same bytes and headers; follow the redirect.",
+                "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+            },
+            **NOT_MODIFIED,
+            "409": error("not_ready."),
+            "410": error("result_expired: the result was removed when its retention ended; the job's record stays."),
+        },
+    )
+)
 def show_result(job_id: str) -> WerkzeugResponse:
     """Send the finished picture in the job's format (PNG, JPEG or WebP), named `<job id>.<extension>`; 410 once the retention sweep has removed it."""
     job = own_job(job_id)
@@ -51,6 +83,17 @@ def show_result(job_id: str) -> WerkzeugResponse:
 
 
 @bp.get("/jobs/<job_id>/preview")
+@described(
+    job_operation(
+        "Download the latest preview of a running job.",
+        {
+            "200": image("The preview.", ["image/jpeg"], "no-cache"),
+            **NOT_MODIFIED,
+            "409": error("not_ready."),
+            "410": error("preview_expired: the job ended and its preview was removed when its retention ended; the job's record stays."),
+        },
+    )
+)
 def show_preview(job_id: str) -> Response:
     """Send the latest preview (JPEG), which the worker replaces as the job runs; 410 once the retention sweep has removed it."""
     job = own_job(job_id)
@@ -72,6 +115,7 @@ def show_preview(job_id: str) -> Response:
 
 
 @bp.get("/jobs/<job_id>/content")
+@described(job_operation("Download the uploaded content image.", UPLOAD_RESPONSES))
 def show_content(job_id: str) -> Response:
     """Send the uploaded content image; 410 once the retention sweep has removed it."""
     job = own_job(job_id)
@@ -79,6 +123,7 @@ def show_content(job_id: str) -> Response:
 
 
 @bp.get("/jobs/<job_id>/style")
+@described(job_operation("Download the uploaded style image (the first of a blend).", UPLOAD_RESPONSES))
 def show_style(job_id: str) -> Response:
     """Send the uploaded style image (the first, for a blend of several); 410 once the retention sweep has removed it."""
     job = own_job(job_id)
@@ -86,6 +131,21 @@ def show_style(job_id: str) -> Response:
 
 
 @bp.get("/jobs/<job_id>/styles/<int:index>")
+@described(
+    job_operation(
+        "Download one of the job's uploaded style images, counted from 0 in the order given (the job's `styles`).",
+        UPLOAD_RESPONSES,
+        [
+            {
+                "name": "index",
+                "in": "path",
+                "required": True,
+                "description": "The style's place, from 0.",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        ],
+    )
+)
 def show_blended_style(job_id: str, index: int) -> Response:
     """Send one of the job's uploaded style images, counted from 0 in the order given."""
     job = own_job(job_id)

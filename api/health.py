@@ -9,6 +9,7 @@ from kombu import Connection
 from sqlalchemy import text
 
 from .backends import backends
+from .documented import described, json_body
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
@@ -16,12 +17,20 @@ BROKER_TIMEOUT_SECONDS = 2.0
 
 
 @bp.get("/healthz")
+@described({"summary": "Liveness.", "security": [], "responses": {"200": json_body("Up.", "Health")}})
 def healthz() -> Response:
     """Answer that the process is up, touching nothing else."""
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@described(
+    {
+        "summary": "Readiness: the database and the broker answer.",
+        "security": [],
+        "responses": {"200": json_body("Ready.", "Health"), "503": json_body("Not ready; checks names the failing one.", "Health")},
+    }
+)
 def readyz() -> tuple[Response, int]:
     """Answer 200 when the database and the broker both answer, else 503 naming the one that failed."""
     checks = {"database": check_database(), "broker": check_broker()}

@@ -31,6 +31,7 @@ from styleq.shared.service.deliveries import delivery_counts
 from styleq.shared.service.retention import StorageUsage
 
 from .backends import backends
+from .documented import described, error
 
 bp = Blueprint("metrics", __name__)
 log = logging.getLogger(__name__)
@@ -118,6 +119,20 @@ def _buckets(histogram: stats.DurationHistogram) -> list[tuple[str, float]]:
 
 
 @bp.get("/metrics")
+@described(
+    {
+        "summary": "Figures for Prometheus: jobs by status, the queue, wait and run times, storage, requests.",
+        "description": "No API key; when STYLEQ_METRICS_TOKEN is set, `Authorization: Bearer <that token>` instead.",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "The Prometheus text format, version 0.0.4.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            "401": error("invalid_token: STYLEQ_METRICS_TOKEN is set and the request did not send it."),
+        },
+    }
+)
 def show_metrics() -> Response:
     """Send every figure in the Prometheus text format (with `Authorization: Bearer <STYLEQ_METRICS_TOKEN>` when that is set)."""
     token = backends().settings.metrics_token

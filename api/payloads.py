@@ -16,7 +16,7 @@ from styleq.shared.adapters.models import Checkpoint as CheckpointRow
 from styleq.shared.adapters.models import DeliveryStatus, WebhookDelivery, WebhookEvent
 from styleq.shared.adapters.models import Job as JobRow
 from styleq.shared.adapters.models import iso_timestamp as timestamp
-from styleq.shared.domain.params import MAX_STYLES, resolve_params
+from styleq.shared.domain.params import DEFAULT_PRESET, MAX_SCALES, MAX_STYLES, PRESETS, Parameter, parameters, resolve_params
 from styleq.shared.service.deliveries import deliveries_of_jobs
 from styleq.shared.service.job_json import JobError, JobSummary, Timestamp, summary_fields
 from styleq.shared.service.jobs import queue_positions
@@ -116,6 +116,54 @@ class Error(BaseModel):
     """Every error's body."""
 
     error: JobError
+
+
+def _numbers(kind: str, parameter: Parameter) -> dict[str, Any]:
+    spec = parameter.spec
+    bounds = {"minimum": spec.low, "maximum": spec.high} if spec.low is not None and spec.high is not None else {}
+    return {"type": kind, **bounds}
+
+
+# The JSON schema of a parameter of each kind (its annotation in TransferParams), before its description and default.
+KIND_SCHEMAS = {
+    "int": lambda parameter: _numbers("integer", parameter),
+    "float": lambda parameter: _numbers("number", parameter),
+    "bool": lambda _: {"type": "boolean"},
+    "str": lambda parameter: {"type": "string", **({"enum": list(parameter.spec.choices)} if parameter.spec.choices else {})},
+    "tuple[int, int] | int": lambda parameter: {
+        "oneOf": [_numbers("integer", parameter), {"type": "array", "items": _numbers("integer", parameter), "minItems": 2, "maxItems": 2}]
+    },
+    "tuple[str, ...]": lambda _: {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "string", "pattern": "^(conv|relu)[1-5]_[1-4]$|^pool[1-5]$"},
+    },
+    "tuple[float, ...] | str": lambda _: {
+        "oneOf": [{"const": "auto"}, {"type": "array", "minItems": 1, "maxItems": MAX_SCALES, "items": {"type": "number"}}]
+    },
+    "tuple[int, ...] | None": lambda _: {"type": ["array", "null"], "items": {"type": "integer", "minimum": 1}},
+    "tuple[float, ...] | None": lambda _: {"type": ["array", "null"], "items": {"type": "number", "exclusiveMinimum": 0}},
+}
+
+
+def params_schema() -> dict[str, Any]:
+    """Return the schema of a job's parameters: every one with its kind, bounds or choices, description and default (the default preset's).
+
+    Made when asked, from the parameters' specs (shared/domain/params.py), so a parameter added there is described here.
+    """
+    defaults = resolve_params({"preset": DEFAULT_PRESET}).to_dict()
+    properties: dict[str, Any] = {}
+    for parameter in parameters():
+        schema = {"enum": list(PRESETS)} if parameter.name == "preset" else KIND_SCHEMAS[parameter.kind](parameter)
+        properties[parameter.name] = {**schema, "description": parameter.spec.description, "default": defaults[parameter.name]}
+    return {
+        "type": "object",
+        "description": (
+            "A preset and the parameters that override it. Each is checked against its bounds here and, for a submission, against "
+            "the service's limits (output size, iterations, device memory); a job's own shows its coarse-to-fine schedule written out."
+        ),
+        "properties": properties,
+    }
 
 
 # The models the document describes (`openapi.model_schemas`); their parts are described with them.
