@@ -43,7 +43,6 @@ IMAGES = ROOT.parent / "shared" / "images"
 # Tiny and long: checkpoints every few iterations for longer than any hold.
 RUNNING_JOB = {"size": [32, 48], "iterations": 5000, "checkpoint_every": 2}
 WAITING_JOB = {"size": [32, 48], "iterations": 10}
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass
@@ -149,21 +148,6 @@ def deployment(
             with contextlib.suppress(ProcessLookupError):  # it ended already
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
-
-
-@contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """Create an empty database on the local server and drop it afterwards; yield its SQLAlchemy URL."""
-    import psycopg
-
-    name = f"styleq_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def make_keys(environment: dict[str, str], count: int) -> tuple[list[str], str]:
@@ -395,6 +379,9 @@ def main() -> None:
         if arguments.backend == "embedded":
             figures = run("embedded", root, **options)
         else:
+            # The tests' harness makes the database (tests/services.py, which the other deployment benchmarks use too).
+            from tests.services import fresh_postgres_database
+
             with fresh_postgres_database() as database_url:
                 figures = run("postgres+redis", root, database_url=database_url, broker_url=arguments.redis, **options)
         print(json.dumps(figures, indent=2))
