@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -16,8 +17,6 @@ def gunicorn_command(bind: str, workers: int, worker_class: str, *options: str) 
     The one way it is started: by `styleq up`, the tests' deployments and the benchmarks alike; `options` are more of
     gunicorn's own.
     """
-    import sys
-
     return [
         sys.executable,
         "-m",

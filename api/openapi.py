@@ -4,6 +4,7 @@ their specs; by hand only what nothing else says (the event stream's events, the
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -19,6 +20,7 @@ from .payloads import DOCUMENTED, params_schema
 bp = Blueprint("openapi", __name__)
 
 
+@functools.cache
 def model_schemas() -> dict[str, Any]:
     """Return the components of the models the API serialises (api/payloads.py, a webhook's body), each described once there."""
     _, schemas = models_json_schema(
@@ -135,5 +137,6 @@ DOCUMENT: dict[str, Any] = {
 def show_document() -> Response:
     """Send the OpenAPI document."""
     components = DOCUMENT["components"]
+    # The parameters' schema is made each time: it follows their specs (and a test's added one).
     schemas = {**model_schemas(), **components["schemas"], "TransferParams": params_schema()}
     return jsonify({**DOCUMENT, "paths": paths(), "components": {**components, "schemas": schemas}})

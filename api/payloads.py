@@ -16,7 +16,7 @@ from styleq.shared.adapters.models import Checkpoint as CheckpointRow
 from styleq.shared.adapters.models import DeliveryStatus, WebhookDelivery, WebhookEvent
 from styleq.shared.adapters.models import Job as JobRow
 from styleq.shared.adapters.models import iso_timestamp as timestamp
-from styleq.shared.domain.params import DEFAULT_PRESET, MAX_SCALES, MAX_STYLES, PRESETS, Parameter, parameters, resolve_params
+from styleq.shared.domain.params import DEFAULT_PRESET, LAYER_NAME, MAX_SCALES, MAX_STYLES, PRESETS, Parameter, parameters, resolve_params
 from styleq.shared.service.deliveries import deliveries_of_jobs
 from styleq.shared.service.job_json import JobError, JobSummary, Timestamp, summary_fields
 from styleq.shared.service.jobs import queue_positions
@@ -136,7 +136,7 @@ KIND_SCHEMAS = {
     "tuple[str, ...]": lambda _: {
         "type": "array",
         "minItems": 1,
-        "items": {"type": "string", "pattern": "^(conv|relu)[1-5]_[1-4]$|^pool[1-5]$"},
+        "items": {"type": "string", "pattern": LAYER_NAME.pattern},
     },
     "tuple[float, ...] | str": lambda _: {
         "oneOf": [{"const": "auto"}, {"type": "array", "minItems": 1, "maxItems": MAX_SCALES, "items": {"type": "number"}}]
@@ -239,5 +239,6 @@ def styles_payload(job: JobRow, location: str) -> list[dict[str, Any]]:
 
 
 def checkpoint_payload(checkpoint: CheckpointRow) -> dict[str, Any]:
-    """Return one checkpoint's losses."""
-    return Checkpoint.model_validate(checkpoint, from_attributes=True).model_dump(mode="json")
+    """Return one checkpoint's losses, by the model's fields: read straight off the row (numbers, as the model says), as the
+    checkpoint list and every event stream send many of them."""
+    return {name: getattr(checkpoint, name) for name in Checkpoint.model_fields}

@@ -51,7 +51,7 @@ def form_fields(max_iterations: int) -> list[dict[str, Any]]:
         spec = parameter.spec
         if spec.form is None or (parameter.kind not in FORM_CONTROLS) or (parameter.kind == "str" and not spec.choices):
             continue
-        low, high = spec.low, (min(max_iterations, spec.high or max_iterations) if parameter.name == "iterations" else spec.high)
+        low, high = spec.low, (max_iterations if parameter.name == "iterations" else spec.high)
         # Bounds a person reads at a glance (not a learning rate's 1e-06, nor a weight's "at least 0").
         bounds = f"{low:g} to {high:g}" if low is not None and high is not None and (low == 0 or low >= 0.01) and high <= 1e5 else ""
         fields.append(
@@ -137,8 +137,12 @@ def new_job() -> str:
     """Show the form that submits a job (the page's script sends it to POST /v1/jobs)."""
     settings = backends().settings
     presets = {name: resolve_params({"preset": name}).to_dict() for name in PRESETS}
-    ranges = {parameter.name: (parameter.spec.low, parameter.spec.high) for parameter in parameters() if parameter.spec.high is not None}
-    max_iterations = min(settings.max_iterations, int(ranges["iterations"][1] or settings.max_iterations))
+    ranges = {
+        parameter.name: (parameter.spec.low, parameter.spec.high)
+        for parameter in parameters()
+        if parameter.spec.low is not None and parameter.spec.high is not None
+    }
+    max_iterations = min(settings.max_iterations, int(ranges["iterations"][1]))
     limits = {
         "max_size": settings.max_size,
         "max_iterations": max_iterations,

@@ -6,6 +6,7 @@ Pure standard library, so the API validates a job with exactly the ranges the en
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import re
@@ -76,7 +77,8 @@ FINER_SCALE_SHARE = 2 / 15
 # block still sees a few pixels there.
 MIN_SCALE_SIDE = 32
 AUTO = "auto"
-_LAYER_NAME = re.compile(r"^(conv|relu)[1-5]_[1-4]$|^pool[1-5]$")
+# What a layer of `content_layers` and `style_layers` may be called (the API document gives the same pattern).
+LAYER_NAME = re.compile(r"^(conv|relu)[1-5]_[1-4]$|^pool[1-5]$")
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,6 @@ class Parameter:
     name: str
     kind: str
     spec: Spec
-    # The value when neither the preset nor the caller gives one; MISSING where every preset must.
-    default: Any
 
     @property
     def option(self) -> str:
@@ -143,9 +143,19 @@ def param(spec: Spec, default: Any = dataclasses.MISSING) -> Any:
 
 
 def parameters(params_class: type | None = None) -> tuple[Parameter, ...]:
-    """Return every transfer parameter with its spec, in the order the job page lists them (the preset first)."""
-    fields = dataclasses.fields(params_class or TransferParams)
-    found = tuple(Parameter(one.name, _written(one.type), one.metadata["spec"], one.default) for one in fields if "spec" in one.metadata)
+    """Return every transfer parameter with its spec, in the order the job page lists them (the preset first).
+
+    `params_class` is `TransferParams` unless given (looked up when called, so a subclass put in its place counts).
+    """
+    return _parameters_of(params_class or TransferParams)
+
+
+@functools.cache
+def _parameters_of(params_class: type) -> tuple[Parameter, ...]:
+    # Read once per class: every TransferParams checks itself by them, and one is made per request and per job.
+    found = tuple(
+        Parameter(one.name, _written(one.type), one.metadata["spec"]) for one in dataclasses.fields(params_class) if "spec" in one.metadata
+    )
     return tuple(sorted(found, key=lambda parameter: parameter.name != "preset"))
 
 
@@ -423,7 +433,7 @@ class TransferParams:
             if (
                 not isinstance(layers, tuple)
                 or not layers
-                or any(not isinstance(layer, str) or not _LAYER_NAME.match(layer) for layer in layers)
+                or any(not isinstance(layer, str) or not LAYER_NAME.match(layer) for layer in layers)
             ):
                 raise ValueError(
                     f"{name} must be a non-empty list of layer names like relu4_2, got {list(layers) if isinstance(layers, tuple) else layers!r}"

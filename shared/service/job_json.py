@@ -46,11 +46,6 @@ class JobSummary(BaseModel):
     started_at: Timestamp | None
     finished_at: Timestamp | None
 
-    @classmethod
-    def of(cls, job: JobRow) -> JobSummary:
-        """Return the summary of `job` (a row) now."""
-        return cls.model_validate(summary_fields(job))
-
 
 def summary_fields(job: JobRow) -> dict[str, Any]:
     """Return the values of `JobSummary`'s fields for `job`, for it and the models that extend it."""
