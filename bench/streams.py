@@ -186,7 +186,7 @@ def wait_running(url: str, key: str, job_id: str, timeout: float = 240.0) -> Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = requests.get(f"{url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
-        if job["status"] == "running" and (job.get("progress") or {}).get("iteration", 1):
+        if job["status"] == "running":
             return
         if job["status"] in ("failed", "canceled", "succeeded"):
             raise RuntimeError(f"the running job ended: {job}")
