@@ -16,7 +16,7 @@ from styleq.shared.adapters.db import make_engine, make_session_factory
 from styleq.shared.adapters.settings import Settings
 from styleq.shared.adapters.storage import open_storage
 
-from .engine import default_device
+from .engine import CPU_CHOICE_FILE, default_device, keep_cpu_choice_in
 from .model_cache import ModelCache
 from .runner import JobRunner
 
@@ -49,6 +49,8 @@ def job_runner(settings: Settings) -> JobRunner:
     global _runner
     with _runner_lock:
         if _runner is None:
+            # The host's model directory keeps the CPU's choice of precision, timed by its first process only.
+            keep_cpu_choice_in(settings.models_path / CPU_CHOICE_FILE)
             device = default_device()
             gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
             _runner = JobRunner(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -61,6 +62,69 @@ def test_the_cpu_timing_is_taken_once_per_process(monkeypatch):
     finally:
         # The next caller in this process times this CPU for real.
         precisions._cpu_bf16_is_faster.cache_clear()
+
+
+@pytest.fixture
+def choice_file(tmp_path, monkeypatch):
+    """A host's choice file, kept by this process from now on, with this process's own timing forgotten before and after."""
+    path = tmp_path / "models" / precisions.CPU_CHOICE_FILE
+    monkeypatch.setattr(precisions, "_choice_file", None)  # restored after the test, whatever it sets
+    precisions.keep_cpu_choice_in(path)
+    precisions._cpu_bf16_is_faster.cache_clear()
+    yield path
+    precisions._cpu_bf16_is_faster.cache_clear()
+
+
+def stand_in_timing(monkeypatch, bf16_seconds: float, fp32_seconds: float) -> list[int]:
+    """Make the timing return these seconds; return the list that counts the timings taken."""
+    taken: list[int] = []
+
+    def timed_rounds() -> list[tuple[float, float]]:
+        taken.append(1)
+        return [(bf16_seconds, fp32_seconds)] * 5
+
+    monkeypatch.setattr(precisions, "_timed_rounds", timed_rounds)
+    return taken
+
+
+def test_the_first_process_of_a_host_times_the_cpu_and_the_next_ones_take_its_choice_from_the_model_directory(choice_file, monkeypatch):
+    first = stand_in_timing(monkeypatch, 0.5, 1.0)
+    assert precisions._cpu_bf16_is_faster() is True and len(first) == 1
+    kept = json.loads(choice_file.read_text())
+    assert kept["bf16_is_faster"] is True and kept["bf16_over_fp32"] == 0.5
+    assert kept["timed_on"]["torch"] == torch.__version__ and kept["timed_on"]["threads"] == torch.get_num_threads()
+
+    precisions._cpu_bf16_is_faster.cache_clear()  # as a new process on the same host
+    later = stand_in_timing(monkeypatch, 2.0, 1.0)  # a timing now would say fp32
+
+    assert precisions._cpu_bf16_is_faster() is True and later == []
+    assert [path.name for path in choice_file.parent.iterdir()] == [choice_file.name]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [
+        {"timed_on": {"cpu": "another CPU, the model directory copied from its host"}, "bf16_is_faster": True},
+        "{not json",
+        {"bf16_is_faster": "yes"},
+    ],
+    ids=["timed on another cpu", "unreadable", "no answer"],
+)
+def test_a_choice_timed_elsewhere_or_unreadable_is_timed_again_and_replaced(choice_file, monkeypatch, kept):
+    choice_file.parent.mkdir(parents=True)
+    choice_file.write_text(kept if isinstance(kept, str) else json.dumps(kept))
+    taken = stand_in_timing(monkeypatch, 2.0, 1.0)
+
+    assert precisions._cpu_bf16_is_faster() is False and len(taken) == 1
+    assert json.loads(choice_file.read_text())["bf16_is_faster"] is False
+
+
+def test_a_model_directory_that_cannot_be_written_costs_a_timing_per_process_and_nothing_else(choice_file, monkeypatch, caplog):
+    choice_file.parent.write_text("a file where the directory should be")
+    taken = stand_in_timing(monkeypatch, 0.5, 1.0)
+
+    assert precisions._cpu_bf16_is_faster() is True and len(taken) == 1
+    assert "could not keep the CPU's choice of precision" in caplog.text
 
 
 def test_presets_keep_the_seed_exact_and_let_styleq_choose():
