@@ -84,6 +84,8 @@ def whole_runs(rainier, autumn_oak, seed_backbone):
     return whole_run
 
 
+# In one test process (one xdist group), which runs each optimizer's whole run once for all its stopping points.
+@pytest.mark.xdist_group("test_scales_whole_runs")
 @pytest.mark.parametrize("stop_at", [2, 4, 5], ids=["inside-the-coarse-scale", "at-the-scale-change", "inside-the-fine-scale"])
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
 def test_a_run_stopped_anywhere_resumes_exactly_across_scales(rainier, autumn_oak, seed_backbone, whole_runs, stop_at, optimizer):

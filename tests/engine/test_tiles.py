@@ -122,6 +122,8 @@ def tiled_run(shallow_backbone, rainier, autumn_oak):
     return run(rainier, autumn_oak, shallow_backbone, TILED_BUDGET)
 
 
+# The tests of the tiled run in one test process (one xdist group), which makes it once.
+@pytest.mark.xdist_group("test_tiles_tiled_run")
 def test_a_run_in_tiles_makes_the_picture_of_a_run_in_one_pass(shallow_backbone, rainier, autumn_oak, tiled_run):
     plan = plan_tiles((128, 192), TILED_BUDGET, shallow_backbone, resolve_params(TILED_RUN).layers)
     assert plan.margin == 48 and len(plan.tiles) == 4
@@ -135,6 +137,7 @@ def test_a_run_in_tiles_makes_the_picture_of_a_run_in_one_pass(shallow_backbone,
     assert (tiled.tensor - whole.tensor).abs().max() < 1 / 255
 
 
+@pytest.mark.xdist_group("test_tiles_tiled_run")
 @pytest.mark.parametrize("stop_at", [1, 2], ids=["at-the-change-to-the-tiled-scale", "inside-the-tiled-scale"])
 def test_a_tiled_run_stopped_anywhere_resumes_exactly(shallow_backbone, rainier, autumn_oak, tiled_run, stop_at):
     whole, whole_checkpoints = tiled_run
