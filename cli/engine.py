@@ -15,8 +15,9 @@ from styleq.shared.adapters.settings import load_settings
 from styleq.shared.domain.errors import InvalidImage
 from styleq.shared.domain.params import PRESETS, resolve_params, style_roles
 from styleq.worker.downloads import load_or_pull
-from styleq.worker.engine import CONVENTIONS, CPU_CHOICE_FILE, Progress, build_backbone, default_device, keep_cpu_choice_in, transfer
+from styleq.worker.engine import CONVENTIONS, Progress, build_backbone, default_device, keep_cpu_choice_in, transfer
 from styleq.worker.engine.weights import REGISTRY, WeightsError, is_pulled
+from styleq.worker.precision_choice import ChoiceFile
 
 from . import report
 from .client import output_format
@@ -108,7 +109,7 @@ def transfer_command(
     params = params.with_schedule(*content_image.size)
 
     settings = load_settings()
-    keep_cpu_choice_in(settings.models_path / CPU_CHOICE_FILE)
+    keep_cpu_choice_in(ChoiceFile(settings.models_path))
     if params.weights in REGISTRY and not is_pulled(params.weights, settings.models_path):
         pull_with_progress_bar(params.weights, settings.models_path, quiet=quiet)
     try:

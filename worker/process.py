@@ -16,8 +16,9 @@ from styleq.shared.adapters.db import make_engine, make_session_factory
 from styleq.shared.adapters.settings import Settings
 from styleq.shared.adapters.storage import open_storage
 
-from .engine import CPU_CHOICE_FILE, default_device, keep_cpu_choice_in
+from .engine import default_device, keep_cpu_choice_in
 from .model_cache import ModelCache
+from .precision_choice import ChoiceFile
 from .runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def job_runner(settings: Settings) -> JobRunner:
     with _runner_lock:
         if _runner is None:
             # The host's model directory keeps the CPU's choice of precision, timed by its first process only.
-            keep_cpu_choice_in(settings.models_path / CPU_CHOICE_FILE)
+            keep_cpu_choice_in(ChoiceFile(settings.models_path))
             device = default_device()
             gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
             _runner = JobRunner(

@@ -16,6 +16,7 @@ from styleq.worker.engine.graphs import portable_optimizer_state
 from styleq.worker.engine.losses import gram_matrices, style_losses
 from styleq.worker.engine.objective import Objective
 from styleq.worker.engine.precision import network_precision
+from styleq.worker.precision_choice import ChoiceFile
 
 
 def test_auto_is_bf16_exactly_where_the_device_computes_it_natively_and_faster():
@@ -67,11 +68,11 @@ def test_the_cpu_timing_is_taken_once_per_process(monkeypatch):
 @pytest.fixture
 def choice_file(tmp_path, monkeypatch):
     """A host's choice file, kept by this process from now on, with this process's own timing forgotten before and after."""
-    path = tmp_path / "models" / precisions.CPU_CHOICE_FILE
-    monkeypatch.setattr(precisions, "_choice_file", None)  # restored after the test, whatever it sets
-    precisions.keep_cpu_choice_in(path)
+    store = ChoiceFile(tmp_path / "models")
+    monkeypatch.setattr(precisions, "_choice_store", None)  # restored after the test, whatever it sets
+    precisions.keep_cpu_choice_in(store)
     precisions._cpu_bf16_is_faster.cache_clear()
-    yield path
+    yield store.path
     precisions._cpu_bf16_is_faster.cache_clear()
 
 

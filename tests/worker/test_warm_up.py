@@ -14,13 +14,14 @@ from styleq.shared.adapters.settings import Settings
 from styleq.shared.domain.params import resolve_params
 from styleq.worker import process
 from styleq.worker.engine import precision
+from styleq.worker.precision_choice import CHOICE_FILE
 
 
 @pytest.fixture
 def fresh_process(monkeypatch):
     """This test process as a pool process just forked: no runner yet, precision not yet chosen."""
     monkeypatch.setattr(process, "_runner", None)
-    monkeypatch.setattr(precision, "_choice_file", None)  # the runner names its host's; restored after
+    monkeypatch.setattr(precision, "_choice_store", None)  # the runner names its host's; restored after
     precision._cpu_bf16_is_faster.cache_clear()
     yield
     precision._cpu_bf16_is_faster.cache_clear()
@@ -30,7 +31,7 @@ def test_warming_up_loads_the_default_presets_backbone_and_chooses_its_precision
     fresh_process, tmp_path, models_dir, caffe_weights
 ):
     settings = Settings(data_dir=tmp_path, model_dir=models_dir)
-    (models_dir / precision.CPU_CHOICE_FILE).unlink(missing_ok=True)  # as on a host where no process has run yet
+    (models_dir / CHOICE_FILE).unlink(missing_ok=True)  # as on a host where no process has run yet
 
     process.warm_up(settings)
 
@@ -42,7 +43,7 @@ def test_warming_up_loads_the_default_presets_backbone_and_chooses_its_precision
     if precision.native_bf16("cpu"):
         assert precision._cpu_bf16_is_faster.cache_info().currsize == 1  # timed once, now, not at the first job
         # ...and kept beside the weights, for the host's next pool processes
-        assert (models_dir / precision.CPU_CHOICE_FILE).exists()
+        assert (models_dir / CHOICE_FILE).exists()
 
 
 def test_without_pulled_weights_the_warm_up_builds_the_runner_and_leaves_the_weights_to_the_first_job(fresh_process, tmp_path):

@@ -12,7 +12,7 @@ import torch
 
 from .backbone import ARCHITECTURES, CONVENTIONS, Backbone, InputConvention, get_convention, layer_index, layer_names
 from .objective import TargetCache
-from .precision import CPU_CHOICE_FILE, keep_cpu_choice_in, native_bf16, resolve_precision
+from .precision import ChoiceStore, keep_cpu_choice_in, native_bf16, resolve_precision
 from .transfer import Control, Progress, TransferJob, TransferResult, TransferState, batch_key, output_size, transfer, transfer_batch
 
 if TYPE_CHECKING:
@@ -34,8 +34,8 @@ def build_backbone(weights: LoadedWeights, params: TransferParams, device: torch
 __all__ = [
     "ARCHITECTURES",
     "CONVENTIONS",
-    "CPU_CHOICE_FILE",
     "Backbone",
+    "ChoiceStore",
     "Control",
     "InputConvention",
     "Progress",

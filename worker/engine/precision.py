@@ -6,16 +6,13 @@ import contextlib
 import copy
 import functools
 import hashlib
-import json
 import logging
-import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -29,22 +26,33 @@ BF16_MARGIN = 0.9
 # The convolutions the timing runs, forward and backward to the input: (channels, side) of VGG16's first,
 # third and fourth blocks at a small picture's sizes, each 3x3 as the network's.
 _PROBE_LAYERS = ((64, 128), (256, 32), (512, 16))
-# The choice file's name in a host's model directory, beside the weights (the worker's and the CLI's).
-CPU_CHOICE_FILE = "cpu-precision.json"
-# Where a CPU's timed choice is kept for the host's next processes (`keep_cpu_choice_in`); None: each process times.
-_choice_file: Path | None = None
 
 
-def keep_cpu_choice_in(path: Path | None) -> None:
-    """Keep the CPU's timed choice of precision in the JSON file `path`, so that the processes of one host time it once.
+class ChoiceStore(Protocol):
+    """Where a host keeps the CPU's timed choice for its next processes (the worker's is a file beside the weights)."""
+
+    def load(self, timed_on: dict[str, Any]) -> bool | None:
+        """Return the choice kept for a timing under `timed_on`, or None if none was kept under those conditions."""
+        ...
+
+    def save(self, timed_on: dict[str, Any], bf16_is_faster: bool, bf16_over_fp32: float) -> None:
+        """Keep a choice just timed under `timed_on`; a store that cannot keep it says so and carries on."""
+        ...
+
+
+# Where this process reads and keeps the CPU's choice (`keep_cpu_choice_in`); None: each process times.
+_choice_store: ChoiceStore | None = None
+
+
+def keep_cpu_choice_in(store: ChoiceStore | None) -> None:
+    """Read and keep the CPU's timed choice of precision in `store`, so that the processes of one host time it once.
 
     Every pool process a worker starts (and every `styleq transfer`) would otherwise spend about a second of CPU on
-    the same timing. The file names what the choice was timed on (the CPU's model and flags, torch's version and
-    CPU capability, the threads, the probe); a process that finds it made elsewhere, or under other conditions, times
-    again and writes its own.
+    the same timing. The store is given what the choice was timed on (`timing_conditions`); a choice kept under other
+    conditions (another CPU, torch or thread count) is timed again.
     """
-    global _choice_file
-    _choice_file = path
+    global _choice_store
+    _choice_store = store
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -89,21 +97,23 @@ def bf16_pays(device: torch.device | str) -> bool:
 def _cpu_bf16_is_faster() -> bool:
     """Tell whether bf16 beat fp32 by `BF16_MARGIN` in the medians of `_timed_rounds`: once per process (about a
     second), or once per host where a choice file is kept (`keep_cpu_choice_in`)."""
-    timed_on = _timing_conditions()
-    kept = _kept_choice(timed_on)
+    timed_on = timing_conditions()
+    kept = _choice_store.load(timed_on) if _choice_store is not None else None
     if kept is not None:
+        log.info("auto precision is %s on this CPU (timed by an earlier process on this host)", "bf16" if kept else "fp32")
         return kept
     bf16_seconds, fp32_seconds = (statistics.median(times) for times in zip(*_timed_rounds()))
     faster = bf16_seconds < BF16_MARGIN * fp32_seconds
     log.info(
         "bf16 convolutions took %.2fx fp32's on this CPU: auto precision is %s", bf16_seconds / fp32_seconds, "bf16" if faster else "fp32"
     )
-    _keep_choice(timed_on, faster, bf16_seconds / fp32_seconds)
+    if _choice_store is not None:
+        _choice_store.save(timed_on, faster, bf16_seconds / fp32_seconds)
     return faster
 
 
-def _timing_conditions() -> dict[str, Any]:
-    """Return what a timing's answer depends on, as JSON values: the CPU, torch, the threads and the probe itself."""
+def timing_conditions() -> dict[str, Any]:
+    """Return what the timing's answer depends on, as JSON values: the CPU, torch, the threads and the probe itself."""
     return {
         "cpu": _cpu_identity(),
         "torch": torch.__version__,
@@ -126,42 +136,6 @@ def _cpu_identity() -> str:
         fields.setdefault(name.strip(), value.strip())
     flags = hashlib.sha256(fields.get("flags", "").encode()).hexdigest()[:16]
     return f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}, flags {flags})"
-
-
-def _kept_choice(timed_on: dict[str, Any]) -> bool | None:
-    """Return the kept choice if the choice file holds one timed under `timed_on`; None if there is none, or another."""
-    if _choice_file is None:
-        return None
-    try:
-        kept = json.loads(_choice_file.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(kept, dict) or kept.get("timed_on") != timed_on or not isinstance(kept.get("bf16_is_faster"), bool):
-        return None
-    log.info(
-        "auto precision is %s on this CPU (timed by an earlier process, kept in %s)",
-        "bf16" if kept["bf16_is_faster"] else "fp32",
-        _choice_file,
-    )
-    return kept["bf16_is_faster"]
-
-
-def _keep_choice(timed_on: dict[str, Any], faster: bool, ratio: float) -> None:
-    """Write the choice to the choice file, whole or not at all (processes of one host may start together)."""
-    if _choice_file is None:
-        return
-    record = {"timed_on": timed_on, "bf16_is_faster": faster, "bf16_over_fp32": round(ratio, 3), "timed_at": time.time()}
-    written: str | None = None
-    try:
-        _choice_file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=_choice_file.parent, prefix=".precision-", delete=False) as file:
-            written = file.name
-            json.dump(record, file, indent=1)
-        os.replace(written, _choice_file)
-    except OSError as error:  # a read-only model directory, a full disk: the next process times again
-        log.warning("could not keep the CPU's choice of precision in %s: %s", _choice_file, error)
-        if written is not None:
-            Path(written).unlink(missing_ok=True)
 
 
 def _timed_rounds(rounds: int = 5) -> list[tuple[float, float]]:
