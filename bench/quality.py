@@ -8,8 +8,9 @@ Pairs: every content photo x every style picture of ../shared/images (their role
 given by --contents and --styles). Each pair is made at every --sizes long side, and the first --large-pairs
 pairs (taken so that each photo comes up in turn) also at --large-size. Methods:
 - `default`: the `styleq` preset as a job gets it (only the size given): its automatic schedule at every size
-  (above 512 px: a first scale 512 px long that settles the look, then scales twice as large that sharpen it,
-  the photo's own detail added at each and its content weighed more there);
+  (above 512 px: a first scale 450 px long that settles the look, then scales up to 2.3x as large that sharpen
+  it, each starting from the photo's own detail added, at twice the learning rate again, its content distance
+  held at the first scale's);
 - `one-pass`: one scale at full size, stopped when the default has run as long on the same pair and size (only
   where the default itself is more than one pass);
 - `previous`: the automatic schedule before issue 23 (a first scale about 320 px long, iterations in inverse
@@ -140,6 +141,8 @@ def previous_schedule(params: TransferParams, content: Image.Image) -> dict[str,
         "scale_iterations": list(split_iterations(params.iterations, scales)),
         "photo_detail": False,
         "fine_content_factor": 1.0,
+        "fine_content_hold": 0.0,
+        "fine_lr_factor": 0.0,
     }
 
 
@@ -209,7 +212,7 @@ class Bench:
             made = Picture(content_name, style_name, size, method, seconds, iterations, content_distance, style_distance, path.name)
             self.pictures.append(made)
             print(
-                f"{made.pair:<28} {size:>5} {method:<13} {seconds:8.1f} s {iterations:6d} its  content {content_distance:.3f}  style {style_distance:.3f}",
+                f"{made.pair:<28} {size:>5} {method:<13} {seconds:8.1f} s {iterations:6d} its  content {content_distance:.3f}  style {style_distance:.4f}",
                 flush=True,
             )
             (self.output / "pictures.json").write_text(json.dumps([asdict(p) for p in self.pictures], indent=1))
@@ -356,7 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(parser, args.device)
     contents, styles = image_roles(args.images)
     contents, styles = args.contents or contents, args.styles or styles
-    pairs = [(c, s) for c in contents for s in styles][: args.pairs]
+    # Style by style, each with every photo, so that the first pairs (--pairs, or a run cut short) show every photo.
+    pairs = [(c, s) for s in styles for c in contents][: args.pairs]
     if not pairs:
         parser.error("no pairs: give --contents and --styles")
     # Each photo in turn, with a different style each time.
@@ -374,8 +378,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"methods: {', '.join(args.methods)}; pictures in {args.output}")
     bench = Bench(args, weights, device)
-    for size in args.sizes:
-        for content, style in pairs:
+    # Pair by pair, so that a run cut short has every size of the pairs it made (pictures.json keeps them as it goes).
+    for content, style in pairs:
+        for size in args.sizes:
             bench.make(content, style, size)
     for content, style in large:
         bench.make(content, style, args.large_size)
@@ -387,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     for p in sorted(bench.pictures, key=lambda p: (p.size, p.method, p.content, p.style)):
         print(
-            f"{p.pair:<28} {p.size:>5} {p.method:<13} {p.seconds:8.1f} {p.iterations:>10} {p.content_distance:8.3f} {p.style_distance:7.3f}"
+            f"{p.pair:<28} {p.size:>5} {p.method:<13} {p.seconds:8.1f} {p.iterations:>10} {p.content_distance:8.3f} {p.style_distance:7.4f}"
         )
     print()
     for line in report(bench.pictures, small):

@@ -30,6 +30,8 @@ SAVED_STATE_DEFAULTS: dict[str, Any] = {
     "quality": 92,
     "photo_detail": False,
     "fine_content_factor": 1.0,
+    "fine_content_hold": 0.0,
+    "fine_lr_factor": 0.0,
 }
 # The weights registry's names and files (worker/engine/weights.py REGISTRY), so the API can refuse anything
 # else (a client must never name a file path), and weights an operator has not pulled, without importing the engine.
@@ -58,20 +60,21 @@ MIN_SCALE = 0.05
 # settles there, cheaply); but none fewer than MIN_SCALE_SHARE of them, so the full size still gets its details.
 MIN_SCALE_SHARE = 0.05
 # The automatic schedule (scales="auto"): one pass for an output up to ONE_PASS_LONG_SIDE pixels on its long side;
-# above, a first scale about COARSE_LONG_SIDE pixels long, then scales growing by at most MAX_SCALE_STEP each.
-# The first scale is a whole one-pass picture: it settles the look, as a 450 px job does. Started at 320 px, the
-# schedule lost what was a few pixels there (a lodge, arcades) and painted the style's objects at the size of
-# buildings (issue 23; docs/QUALITY.md); the finer scales only sharpen (see `photo_detail`).
+# above, a first scale COARSE_LONG_SIDE pixels long, then scales growing by at most MAX_SCALE_STEP each.
+# The first scale is the service's own one-pass picture (450 px, the default size): it settles the look, and the
+# larger picture is compared with it. Started at 320 px, the schedule lost what was a few pixels there (a lodge,
+# arcades) and painted the style's objects at the size of buildings (issue 23; docs/QUALITY.md); the finer scales
+# only sharpen (see `photo_detail`). MAX_SCALE_STEP lets a 1024 px picture come from 450 px in one step.
 ONE_PASS_LONG_SIDE = 512
-COARSE_LONG_SIDE = 512
-MAX_SCALE_STEP = 2.0
+COARSE_LONG_SIDE = 450
+MAX_SCALE_STEP = 2.3
 # With scales "auto", a job's `iterations` are a one-pass job's budget: the first scale gets FIRST_SCALE_SHARE of
-# them and each finer scale FINER_SCALE_SHARE (300: 180 at 512 px, then 40 at 1024 and 40 at 2048), and the job's
-# iterations are their sum. An iteration at twice the size costs four, so the finer scales get few: a 1024 px job
-# costs about 85 full-size iterations (253 s on 2 AVX-512 BF16 cores, where the schedule before took 241 s). With
-# 120 at the first scale The Scream's palette was not settled (style 1.5x the 450 px picture's; docs/QUALITY.md); with 180,
-# 1.17x.
-FIRST_SCALE_SHARE = 0.6
+# them and each finer scale FINER_SCALE_SHARE (300: 240 at 450 px, then 40 at 1024, or 40 at 960 and 40 at 2048),
+# and the job's iterations are their sum. An iteration at 1024 px costs five at 450 px, so the finer scales get
+# few: a 1024 px job costs about 86 full-size iterations (241 s on 2 AVX-512 BF16 cores). The first scale's
+# share is what settles a slow palette: with 180 iterations at 512 px The Scream's style was 1.15x its 450 px
+# picture's, with 240 at 450 px, in the same time, 0.93x (docs/QUALITY.md).
+FIRST_SCALE_SHARE = 0.8
 FINER_SCALE_SHARE = 2 / 15
 # The fewest pixels the short side of a coarse scale may have (the engine enlarges smaller ones to it): VGG's fifth
 # block still sees a few pixels there.
@@ -316,7 +319,7 @@ class TransferParams:
         Spec(
             "Scales",
             "Coarse to fine: fractions of the output size rising to 1 (e.g. 0.5,1), painted at each in turn; or auto (one pass up to "
-            "512 px, then from about 512 px up).",
+            "512 px, then from 450 px up).",
             form="more",
             hint="auto (by the size), or fractions of the size rising to 1, e.g. 0.5, 1: painted at each in turn, coarse to fine",
         ),
@@ -414,6 +417,35 @@ class TransferParams:
             high=100.0,
         ),
         1.0,
+    )
+    # Coarse-to-fine: the finer scales' content weight (starting at `fine_content_factor` times content_weight)
+    # follows the picture, so that its content distance stays at this multiple of the one the first scale ended
+    # with; 0 keeps the weight fixed. No one fixed weight serves every pair: the one that keeps Tübingen's houses
+    # under Starry Night held The Scream's palette back (docs/QUALITY.md), so the balance is set per picture.
+    fine_content_hold: float = param(
+        Spec(
+            "Content held at finer scales",
+            "Coarse to fine: the finer scales' content weight is adjusted as they run to keep the content distance at this multiple "
+            "of the first scale's; 0: a fixed weight (fine_content_factor).",
+            low=0.0,
+            high=10.0,
+        ),
+        0.0,
+    )
+    # Coarse-to-fine: each finer scale starts again at this multiple of `learning_rate` (the step decay goes on from
+    # there) instead of at the rate the schedule had reached; 0 goes on at that rate. A finer scale gets few
+    # iterations (40 of 280 at 1024 px), and at the decayed rate they moved the enlarged picture too little to paint
+    # the new size's texture: Starry Night's style on Tübingen was 1.19x its 450 px picture's, restarted at 1x 0.83x;
+    # the autumn oak's leaves on Rainier 0.0227, restarted at 2x 0.0173 (docs/QUALITY.md).
+    fine_lr_factor: float = param(
+        Spec(
+            "Learning rate at finer scales",
+            "Coarse to fine: each finer scale starts again at this multiple of learning_rate, its decay going on from there; "
+            "0: the rate goes on as it was.",
+            low=0.0,
+            high=10.0,
+        ),
+        0.0,
     )
     preset: str = field(
         default="custom",
@@ -679,6 +711,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         scales=AUTO,
         photo_detail=True,
         fine_content_factor=3.0,
+        fine_content_hold=1.0,
+        fine_lr_factor=2.0,
     ),
 }
 DEFAULT_PRESET = "styleq"

@@ -96,9 +96,9 @@ def test_the_automatic_schedule_is_written_into_the_job_at_submit(client, keys):
     explicit = submit(client, keys.headers("alice"), content=CONTENT, params=json.dumps({"size": 640, "scales": [0.5, 1]})).get_json()
 
     assert small["params"]["scales"] == [1.0] and small["params"]["scale_iterations"] is None
-    # 640 px: a first scale 512 px long that settles the look with most of the budget, then the full size; the job's
+    # 640 px: a first scale 450 px long that settles the look with most of the budget, then the full size; the job's
     # iterations are what its scales get (shared.domain.params.auto_scale_iterations).
-    assert large["params"]["scales"] == [0.8, 1.0]
+    assert large["params"]["scales"] == [0.7031, 1.0]
     first, last = large["params"]["scale_iterations"]
     assert first > last and large["params"]["iterations"] == first + last
     assert explicit["params"]["scales"] == [0.5, 1.0] and explicit["params"]["scale_iterations"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -18,11 +19,23 @@ from styleq.shared.domain.params import (
     resolve_params,
 )
 from styleq.worker.engine import Backbone, Control, TransferJob, get_convention, transfer, transfer_batch
+from styleq.worker.engine.objective import HOLD_FACTOR_RANGE, HOLD_GAIN, Objective
 from styleq.worker.engine.transfer import _style_size, image_to_tensor, scale_sizes
 
 # Four iterations at half the size, two at the full size, a checkpoint after each: every test of exact runs (one
 # scale, resumes, batches) sees checkpoints on both scales and the change between them.
-C2F = {"preset": "seed", "size": [64, 96], "iterations": 6, "checkpoint_every": 1, "scales": [0.5, 1], "scale_iterations": [4, 2]}
+# The fine scale holds the coarse one's content distance and restarts the learning rate, so the exact runs carry
+# the goal, the weight and the restarted rate across stops too.
+C2F = {
+    "preset": "seed",
+    "size": [64, 96],
+    "iterations": 6,
+    "checkpoint_every": 1,
+    "scales": [0.5, 1],
+    "scale_iterations": [4, 2],
+    "fine_content_hold": 1.0,
+    "fine_lr_factor": 2.0,
+}
 # The fine scale's loss first rises for about six steps (Adam's running moments, enlarged, meet the finer scale's
 # losses), so a run that shows it falling needs ten steps there; and twenty at the coarse scale move the picture far
 # enough from the photo (0.11 on average, measured) that a fine scale started from the photo would fail its check.
@@ -160,7 +173,7 @@ def test_the_automatic_schedule_is_one_pass_up_to_512_pixels(long_side):
 
 
 @pytest.mark.parametrize("long_side", [513, 600, 768, 1024, 1536, 2048, 3000, 4096])
-def test_above_it_the_schedule_starts_at_a_one_pass_pictures_size_and_grows_at_most_twofold_a_step(long_side):
+def test_above_it_the_schedule_starts_at_the_one_pass_pictures_size_and_grows_by_at_most_its_step(long_side):
     scales = auto_scales(long_side * 3 // 4, long_side, 16)
     sides = [round(long_side * scale) for scale in scales]
 
@@ -173,7 +186,7 @@ def test_above_it_the_schedule_starts_at_a_one_pass_pictures_size_and_grows_at_m
 
 
 def test_a_narrow_content_starts_where_its_short_side_keeps_what_the_network_needs():
-    scales = auto_scales(100, 4096, 16)  # 4096 x 100: at 320 px long, the short side would be 8 pixels
+    scales = auto_scales(100, 4096, 16)  # 4096 x 100: at 450 px long, the short side would be 11 pixels
 
     assert round(100 * scales[0]) >= 32 and scales[-1] == 1
 
@@ -184,15 +197,15 @@ def test_the_styleq_preset_chooses_its_schedule_from_the_output_size_and_the_see
     assert styleq.scales == "auto" and seed.scales == (1.0,)
     written = styleq.with_schedule(1024, 768)  # a 4:3 content
     assert written.scales == auto_scales(768, 1024, 16) and len(written.scale_iterations) == len(written.scales)
-    # The first scale, a one-pass picture that settles the look, gets 60 % of the budget; each finer one 2/15 of it,
+    # The first scale, the one-pass picture that settles the look, gets 80 % of the budget; each finer one 2/15 of it,
     # to sharpen it. The job's iterations are what it runs.
-    assert written.scale_iterations == (180, 40) and written.iterations == 220
+    assert written.scale_iterations == (240, 40) and written.iterations == 280
     assert resolve_params(written.to_dict()) == written  # stored and read back, as a job's parameters are
     assert seed.with_schedule(1024, 768) == seed and resolve_params({"size": 400}).with_schedule(400, 300).scales == (1.0,)
     assert resolve_params({"size": 1024, "scales": [0.5, 1]}).with_schedule(1024, 768).scale_iterations is None
 
 
-@pytest.mark.parametrize(("iterations", "scales", "counts"), [(300, 3, (180, 40, 40)), (100, 2, (60, 13)), (3, 2, (2, 1)), (1, 2, (1, 1))])
+@pytest.mark.parametrize(("iterations", "scales", "counts"), [(300, 3, (240, 40, 40)), (100, 2, (80, 13)), (3, 2, (2, 1)), (1, 2, (1, 1))])
 def test_each_automatic_scale_gets_its_share_of_the_budget_and_at_least_one_iteration(iterations, scales, counts):
     assert auto_scale_iterations(iterations, scales) == counts
 
@@ -200,13 +213,14 @@ def test_each_automatic_scale_gets_its_share_of_the_budget_and_at_least_one_iter
 def test_with_fewer_iterations_than_scales_the_coarsest_scales_go():
     params = resolve_params({"size": 2048, "iterations": 2}).with_schedule(2048, 1536)
 
-    assert params.scales == auto_scales(1536, 2048, 16)[-2:] and params.scale_iterations == (1, 1)
+    assert params.scales == auto_scales(1536, 2048, 16)[-2:] and params.scale_iterations == (2, 1)
 
 
 def test_an_automatic_run_is_the_run_of_its_written_schedule(rainier, autumn_oak, vgg16_random):
     # The schedule is the point, not the network: the first layer alone, for content and style, makes each step many
-    # times cheaper, and the schedule (512 px first at 520 px, the iterations shared) is decided by the output's size
-    # either way (the smallest side relu1_1 needs is the 16 pixels every output needs). Two iterations: one a scale.
+    # times cheaper, and the schedule (450 px first at 520 px, the iterations shared) is decided by the output's size
+    # either way (the smallest side relu1_1 needs is the 16 pixels every output needs). Two iterations' budget: two at
+    # the first scale and one at the full size.
     values = {
         "size": 520,
         "iterations": 2,
@@ -220,8 +234,8 @@ def test_an_automatic_run_is_the_run_of_its_written_schedule(rainier, autumn_oak
     automatic, automatic_checkpoints = run(rainier, autumn_oak, backbone, values)
     explicit, explicit_checkpoints = run(rainier, autumn_oak, backbone, written.to_dict())
 
-    assert written.scales == (round(512 / 520, 4), 1.0) and written.scale_iterations == (1, 1)
-    assert [c.scale for c in automatic_checkpoints] == [c.scale for c in explicit_checkpoints] == [written.scales[0], 1.0]
+    assert written.scales == (round(COARSE_LONG_SIDE / 520, 4), 1.0) and written.scale_iterations == (2, 1)
+    assert [c.scale for c in automatic_checkpoints] == [c.scale for c in explicit_checkpoints] == [written.scales[0]] * 2 + [1.0]
     assert [c.total for c in automatic_checkpoints] == [c.total for c in explicit_checkpoints]
     torch.testing.assert_close(automatic.tensor, explicit.tensor, rtol=0, atol=0)
     assert automatic.state.params == written.to_dict()  # the saved state names the schedule it ran
@@ -284,8 +298,8 @@ def test_with_photo_detail_a_finer_scale_starts_from_the_enlarged_picture_plus_w
 def test_the_styleq_preset_adds_the_photos_detail_and_weighs_it_at_finer_scales_and_the_seed_does_neither():
     styleq, seed = resolve_params({}), resolve_params({"preset": "seed"})
 
-    assert styleq.photo_detail and styleq.fine_content_factor == 3
-    assert not seed.photo_detail and seed.fine_content_factor == 1
+    assert styleq.photo_detail and styleq.fine_content_factor == 3 and styleq.fine_content_hold == 1 and styleq.fine_lr_factor == 2
+    assert not seed.photo_detail and seed.fine_content_factor == 1 and seed.fine_content_hold == 0 and seed.fine_lr_factor == 0
 
 
 def test_the_fine_content_factor_weighs_the_content_at_every_scale_after_the_first(rainier, autumn_oak, shallow_backbone):
@@ -297,3 +311,55 @@ def test_the_fine_content_factor_weighs_the_content_at_every_scale_after_the_fir
     assert weighted[0].content == pytest.approx(plain[0].content, rel=1e-5)
     assert weighted[1].content == pytest.approx(3 * plain[1].content, rel=1e-3)
     assert weighted[1].style == pytest.approx(plain[1].style, rel=1e-3)
+
+
+def test_the_finer_scales_hold_the_content_distance_the_first_scale_ended_with(rainier, autumn_oak, seed_backbone):
+    # Without the photo's detail the fine scale starts from the blurred coarse picture, further from the photo at
+    # its size than the coarse picture was at its own: the held weight rises to pull it back.
+    values = {**TEN_FINE_STEPS, "checkpoint_every": 1, "photo_detail": False}
+    held, held_checkpoints = run(rainier, autumn_oak, seed_backbone, {**values, "fine_content_hold": 1.0})
+    fixed, fixed_checkpoints = run(rainier, autumn_oak, seed_backbone, {**values, "fine_content_hold": 0.0})
+    coarse_end = held_checkpoints[19]
+    fine = held_checkpoints[20:]
+
+    # The goal is the content term of the first scale's last iteration (the seed preset's content weight is 1).
+    assert float(held.state.content_goal) == pytest.approx(coarse_end.content, rel=1e-6)
+    assert fine[0].content > coarse_end.content  # the blurred start is further from the photo
+    assert float(held.state.content_factor) > 1
+    # Weighed more, the fine scale ends nearer the goal than with the fixed weight.
+    assert abs(fine[-1].content / float(held.state.content_factor) - coarse_end.content) < abs(
+        fixed_checkpoints[-1].content - coarse_end.content
+    )
+    assert [c.content for c in held_checkpoints[:20]] == [c.content for c in fixed_checkpoints[:20]]  # the first scale is untouched
+    assert fixed.state.content_factor is not None and float(fixed.state.content_factor) == 1
+
+
+def test_a_held_weight_moves_by_the_gain_towards_its_goal_and_stays_within_its_range(seed_backbone):
+    objective = Objective(resolve_params({**C2F, "content_weight": 2.0}), seed_backbone, "fp32", torch.device("cpu"))
+    over, under, far = torch.ones(1), torch.ones(1), torch.ones(1)
+    goal = torch.tensor([0.5])
+    objective.hold([over, under, far], [goal, goal, goal])
+
+    # Content terms are the weight (2) x the factor (1) x the distance: 1.0, 0.25 and 1000 x the goal.
+    objective.follow(torch.tensor([2 * 1.0, 2 * 0.25, 2 * 500.0]))
+
+    assert float(over) == pytest.approx(math.exp(HOLD_GAIN * (2 - 1)))
+    assert float(under) == pytest.approx(math.exp(HOLD_GAIN * (0.5 - 1)))
+    assert float(far) == HOLD_FACTOR_RANGE[1]
+
+
+@pytest.mark.parametrize("hold", [-0.5, 11])
+def test_a_content_hold_out_of_its_range_is_refused(hold):
+    with pytest.raises(ValueError, match=r"fine_content_hold must be a number from 0 to 10"):
+        resolve_params({"fine_content_hold": hold})
+
+
+@pytest.mark.parametrize(("factor", "final_rate"), [(2.0, 0.3 * 2 * 0.5), (1.0, 0.3 * 0.5), (0.0, 0.3 * 0.5**3)])
+def test_a_finer_scale_starts_again_at_fine_lr_factor_times_the_learning_rate_and_decays_from_there(
+    rainier, autumn_oak, seed_backbone, factor, final_rate
+):
+    # Halved every two steps: the coarse scale's four steps take 0.3 to 0.075; the fine scale's two halve once more.
+    values = {**C2F, "learning_rate": 0.3, "lr_decay_step": 2, "lr_decay_gamma": 0.5, "fine_lr_factor": factor}
+    result, _ = run(rainier, autumn_oak, seed_backbone, values)
+
+    assert result.state.optimizer["param_groups"][0]["lr"] == pytest.approx(final_rate)

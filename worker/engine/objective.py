@@ -24,6 +24,12 @@ from .precision import network_precision
 # content picture, where a run starts, the style term's gradient is then 0.7 to 1.4 times the Gram loss's on
 # real VGG16 (bench/style_loss.py); docs/GALLERY.md shows the two pictures side by side.
 MOMENT_SCALE = 2.0
+# Holding the content distance (`fine_content_hold`): after each iteration a held picture's content weight is
+# multiplied by exp(HOLD_GAIN x (distance / goal - 1)), so 10% over the goal raises it by about 5% an iteration;
+# fast enough to settle within the 40 iterations a finer scale gets, slow enough not to swing with Adam's momentum.
+# The factor stays within HOLD_FACTOR_RANGE of the scale's starting weight.
+HOLD_GAIN = 0.5
+HOLD_FACTOR_RANGE = (0.1, 10.0)
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,10 @@ class Objective:
         self.style_means: list[torch.Tensor] = []
         self.style_covariances: list[torch.Tensor] = []
         self.style_roots: list[torch.Tensor] = []
+        # `fine_content_hold` only: per job, its content weight's factor and the content distance it holds, each
+        # a (1,) device tensor its run owns and this objective updates in place (`follow`). Empty: fixed weights.
+        self.content_factors: list[torch.Tensor] = []
+        self.content_goals: list[torch.Tensor] = []
 
     def network_input(self, image: torch.Tensor, *, from_pixels: bool = False) -> torch.Tensor:
         """Return what the network reads for `image` (the backbone lays it out for its precision)."""
@@ -251,8 +261,33 @@ class Objective:
             self.style_covariances = [torch.stack([g.covariance for g in layer]) for layer in gaussians]
             self.style_roots = [torch.stack([g.root for g in layer]) for layer in gaussians]
 
+    def hold(self, factors: Sequence[torch.Tensor], goals: Sequence[torch.Tensor]) -> None:
+        """Weigh each job's content by its `factors` entry, adjusted by `follow` towards the content distance `goals` gives."""
+        self.content_factors, self.content_goals = list(factors), list(goals)
+
+    def follow(self, content: torch.Tensor) -> None:
+        """Move each held job's content factor towards its goal, given the (N,) content terms of the iteration just run.
+
+        In place and on the device, without reading anything back: a captured CUDA graph replays it.
+        """
+        if not self.content_factors:
+            return
+        low, high = HOLD_FACTOR_RANGE
+        for row, (factor, goal) in enumerate(zip(self.content_factors, self.content_goals)):
+            distance = content[row : row + 1].detach() / (factor * self.params.content_weight)
+            factor.mul_(torch.exp(HOLD_GAIN * (distance / goal - 1))).clamp_(low, high)
+
+    def _content_factors(self, rows: slice) -> torch.Tensor | float:
+        """Return the held factors of the jobs at `rows`, (n,), or 1 where the weights are fixed."""
+        if not self.content_factors:
+            return 1.0
+        held = self.content_factors[rows]
+        return held[0] if len(held) == 1 else torch.cat(held)
+
     def keep(self, indices: Sequence[int]) -> None:
         """Drop every picture's targets but those at `indices` (jobs that left the batch)."""
+        if self.content_factors:
+            self.hold([self.content_factors[i] for i in indices], [self.content_goals[i] for i in indices])
         index = torch.tensor(list(indices), dtype=torch.long, device=self.device)
         for targets in (
             self.content_targets,
@@ -294,7 +329,7 @@ class Objective:
         if p.normalize_losses:
             contents = [loss * scale[rows] for loss, scale in zip(contents, self.content_scales)]
             styles = [loss * scale[rows] for loss, scale in zip(styles, self.style_scales)]
-        content = sum_tensors(loss * p.content_weight for loss in contents)
+        content = sum_tensors(loss * p.content_weight for loss in contents) * self._content_factors(rows)
         style = sum_tensors(loss * p.style_weight for loss in styles)
         tv = tv_losses(image) * p.tv_weight
         return content, style, tv, p.style_repeats * style + content + tv

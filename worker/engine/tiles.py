@@ -303,7 +303,7 @@ class TiledObjective(Objective):
             if p.normalize_losses:
                 loss = loss * self.content_scales[i][row]
             content = content + loss * p.content_weight
-        return content, surrogate
+        return content * self._content_factors(slice(row, row + 1)), surrogate
 
 
 def _scaled(features: torch.Tensor, pixels: int) -> torch.Tensor:

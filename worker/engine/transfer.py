@@ -83,6 +83,10 @@ class TransferState:
     scheduler: dict[str, Any]
     rng: torch.Tensor
     params: dict[str, Any]
+    # Coarse-to-fine: the content distance the first scale ended with, (1,), once it has ended (None before, and
+    # in states saved before it was kept); and the finer scales' content weight factor as it stood (`fine_content_hold`).
+    content_goal: torch.Tensor | None = None
+    content_factor: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a plain dict that `torch.save` can write and `from_dict` reads back."""
@@ -295,6 +299,14 @@ class _Run:
             self.scheduler.load_state_dict(job.state.scheduler)
             if self.lr is not None:
                 graphs.make_capturable(self.optimizer, self.lr)
+        state = job.state
+        self.content_goal = None if state is None or state.content_goal is None else state.content_goal.to(device)
+        # A copy: the objective moves the factor in place, and the saved state must stay as it was saved.
+        self.content_factor = (
+            torch.ones(1, device=device) if state is None or state.content_factor is None else state.content_factor.to(device, copy=True)
+        )
+        # Whether the scale now running is the first of several, whose last content distance the finer ones hold.
+        self.keeps_goal = False
         self.iteration = job.state.iteration if job.state is not None else 0
         self.elapsed_before = job.state.elapsed_s if job.state is not None else 0.0
         self.started = time.perf_counter()
@@ -319,11 +331,23 @@ class _Run:
     def scale_done(self) -> bool:
         return self.canceled or self.iteration >= self.scale_end
 
+    def keep_goal(self, terms: torch.Tensor) -> None:
+        """At the end of the first of several scales, keep the content distance of its last iteration's `terms` (4,)."""
+        if self.keeps_goal and not self.canceled and self.iteration == self.scale_end:
+            self.content_goal = terms[0:1].clone() / self.params.content_weight
+
+    def held_goal(self) -> torch.Tensor | None:
+        """Return the content distance a finer scale holds (`fine_content_hold` times the first scale's), or None: a fixed weight."""
+        if self.params.fine_content_hold == 0 or self.content_goal is None:
+            return None
+        return self.content_goal * self.params.fine_content_hold
+
     def enter_scale(self, scale: float, size: tuple[int, int], end: int) -> None:
         """Go on at `scale` (`size` pixels) until iteration `end`, enlarging the picture if it is smaller.
 
         Adam's running moments are enlarged with it, so its steps go on at the size they had; L-BFGS's
-        history belongs to the old size and starts again. The schedule and step count go on.
+        history belongs to the old size and starts again. The schedule and step count go on (with
+        `fine_lr_factor`, from that multiple of `learning_rate`).
         """
         self.scale, self.scale_end = scale, end
         previous = (int(self.image.shape[-2]), int(self.image.shape[-1]))
@@ -346,6 +370,10 @@ class _Run:
         self.optimizer = _make_optimizer(self.params, self.image, self.lr)
         # The saved groups bring the current learning rate; a graphed run's must stay its own device tensor.
         self.optimizer.load_state_dict(state)
+        if self.params.fine_lr_factor:
+            # The scheduler, restored below, decays from whatever rate the groups hold at its next step boundary.
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.params.learning_rate * self.params.fine_lr_factor
         if self.lr is not None:
             graphs.make_capturable(self.optimizer, self.lr)
         scheduler_state = self.scheduler.state_dict()
@@ -364,6 +392,8 @@ class _Run:
             scheduler=graphs.portable_scheduler_state(self.scheduler.state_dict()),
             rng=self.generator.get_state(),
             params=self.params.to_dict(),
+            content_goal=None if self.content_goal is None else self.content_goal.cpu().clone(),
+            content_factor=self.content_factor.cpu().clone(),
         )
 
     def picture(self) -> torch.Tensor:
@@ -458,12 +488,14 @@ def _optimise(
         per_job = torch.stack(terms, dim=1).detach()  # (N, 4): content, style, tv, total
         for position, index in enumerate(active):
             runs[index].step(per_job[position, -1])
+        objective.follow(per_job[:, 0])
         return per_job
 
     while active:
         if search:
             # A line search evaluates each job at points of its own choosing, so each job steps alone.
             per_job = torch.stack([runs[index].search_step(objective, position) for position, index in enumerate(active)])
+            objective.follow(per_job[:, 0])
         else:
             left = min(runs[index].scale_end - runs[index].iteration for index in active)
             if graphed and captured is None and eager_since_change >= graphs.WARMUP_ITERATIONS and left >= graphs.MIN_REPLAYS:
@@ -477,6 +509,8 @@ def _optimise(
                 runs[index].advance()
         for position, index in enumerate(active):
             run = runs[index]
+            # Before the checkpoint, so a state saved at the first scale's end carries its goal.
+            run.keep_goal(per_job[position])
             if on_checkpoint is not None and run.at_checkpoint():
                 run.canceled = on_checkpoint(index, run.checkpoint(per_job[position])) is Control.STOP
         still = [position for position, index in enumerate(active) if not runs[index].scale_done]
@@ -552,10 +586,14 @@ def transfer_batch(
         for index in active:
             job = jobs[index]
             runs[index].enter_scale(scale, scale_size, end)
+            runs[index].keeps_goal = position == 0 and len(sizes) > 1
             content = image_to_tensor(job.content, scale_size).to(device)
             contents.append(content)
             styles.append(_style_targets(job, objective, scale_size, content, target_cache))
         objective.set_targets(contents, styles)
+        goals = [runs[index].held_goal() for index in active]
+        if position > 0 and all(goal is not None for goal in goals):
+            objective.hold([runs[index].content_factor for index in active], cast("list[torch.Tensor]", goals))
         # CUDA graphs are captured and replayed on a stream of their own, never the default one.
         stream = torch.cuda.Stream(device) if graphed and not tiled else None
         if stream is not None:
