@@ -305,7 +305,7 @@ def report(pictures: list[Picture], small: int) -> list[str]:
             better = statistics.mean(default_styles) < statistics.mean(one_pass_styles)
             failures += not better and method == "default"
             lines.append(
-                f"  mean style: {method} {statistics.mean(default_styles):.3f}, one pass in the same time {statistics.mean(one_pass_styles):.3f}: "
+                f"  mean style: {method} {statistics.mean(default_styles):.4f}, one pass in the same time {statistics.mean(one_pass_styles):.4f}: "
                 f"{'ok' if better else 'NO'}"
             )
         peers = [
@@ -351,11 +351,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--iterations", type=int, help="each job's iterations (default the preset's: 300); small for a smoke run")
     parser.add_argument("--output", type=Path, help="where the pictures and sheets go (default bench/results/quality-DATE)")
+    parser.add_argument(
+        "--report-from",
+        type=Path,
+        help="make nothing: print the table and checks of a run's pictures.json (one cut short, say) and write its sheets beside it",
+    )
     add_device_argument(parser)
     args = parser.parse_args(argv)
     unknown = set(args.methods) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    if args.report_from is not None:
+        pictures = [Picture(**values) for values in json.loads(args.report_from.read_text())]
+        print_results(pictures, min(args.sizes), args.report_from.parent, args.images)
+        return
     device = pick_device(parser, args.device)
     contents, styles = image_roles(args.images)
     contents, styles = args.contents or contents, args.styles or styles
@@ -385,19 +394,23 @@ def main(argv: list[str] | None = None) -> None:
     for content, style in large:
         bench.make(content, style, args.large_size)
 
-    small = min(args.sizes)
+    print_results(bench.pictures, min(args.sizes), args.output, args.images)
+
+
+def print_results(pictures: list[Picture], small: int, output: Path, images: Path) -> None:
+    """Print every picture's measures, then the issue's checks against the `small` px pictures; write the contact sheets."""
     print()
     header = f"{'pair':<28} {'size':>5} {'method':<13} {'seconds':>8} {'iterations':>10} {'content':>8} {'style':>7}"
     print(header)
     print("-" * len(header))
-    for p in sorted(bench.pictures, key=lambda p: (p.size, p.method, p.content, p.style)):
+    for p in sorted(pictures, key=lambda p: (p.size, p.method, p.content, p.style)):
         print(
             f"{p.pair:<28} {p.size:>5} {p.method:<13} {p.seconds:8.1f} {p.iterations:>10} {p.content_distance:8.3f} {p.style_distance:7.4f}"
         )
     print()
-    for line in report(bench.pictures, small):
+    for line in report(pictures, small):
         print(line)
-    for sheet in contact_sheets(bench.pictures, args.output, args.images):
+    for sheet in contact_sheets(pictures, output, images):
         print(f"contact sheet: {sheet}")
 
 

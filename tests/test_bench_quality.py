@@ -102,3 +102,22 @@ def test_the_report_fails_a_default_that_loses_the_photo_at_size():
 
     assert report(kept, 450)[-1] == "0 check(s) of the default failed"
     assert report(lost, 450)[-1] == "4 check(s) of the default failed"
+
+
+def test_a_run_cut_short_is_reported_from_its_pictures_json(tmp_path, images_dir, capsys):
+    from bench.quality import Picture, main
+
+    def made(size: int, method: str, content: float, style: float) -> dict:
+        path = f"rainier-autumn-oak-{size}-{method}.png"
+        Image.new("RGB", (size, size * 2 // 3), "gray").save(tmp_path / path)
+        return Picture("rainier.jpg", "autumn-oak.jpg", size, method, 1.0, 10, content, style, path).__dict__
+
+    pictures = [made(64, "default", 1.0, 0.2), made(96, "default", 1.02, 0.21), made(96, "one-pass", 1.0, 0.3)]
+    (tmp_path / "pictures.json").write_text(json.dumps(pictures))
+
+    main(["--report-from", str(tmp_path / "pictures.json"), "--sizes", "64,96", "--images", str(images_dir)])
+
+    printed = capsys.readouterr().out
+    assert "rainier x autumn-oak" in printed and "default at 96 px (1 pairs):" in printed
+    assert printed.count("\n") > 5 and "0 check(s) of the default failed" in printed
+    assert (tmp_path / "sheet-default.jpg").is_file() and (tmp_path / "sheet-one-pass.jpg").is_file()
