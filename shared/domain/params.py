@@ -436,7 +436,8 @@ class TransferParams:
     # there) instead of at the rate the schedule had reached; 0 goes on at that rate. A finer scale gets few
     # iterations (40 of 280 at 1024 px), and at the decayed rate they moved the enlarged picture too little to paint
     # the new size's texture: Starry Night's style on Tübingen was 1.19x its 450 px picture's, restarted at 1x 0.83x;
-    # the autumn oak's leaves on Rainier 0.0227, restarted at 2x 0.0173 (docs/QUALITY.md).
+    # the autumn oak's leaves on Rainier 0.0227, restarted at 2x 0.0173, but 2x washed Tübingen x The Scream out
+    # (style 0.0224, 1.64x its 450 px picture's, where 1x gives 0.0130): the preset restarts at 1x (docs/QUALITY.md).
     fine_lr_factor: float = param(
         Spec(
             "Learning rate at finer scales",
@@ -712,7 +713,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         photo_detail=True,
         fine_content_factor=3.0,
         fine_content_hold=1.0,
-        fine_lr_factor=2.0,
+        fine_lr_factor=1.0,
     ),
 }
 DEFAULT_PRESET = "styleq"

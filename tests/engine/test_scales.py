@@ -298,7 +298,7 @@ def test_with_photo_detail_a_finer_scale_starts_from_the_enlarged_picture_plus_w
 def test_the_styleq_preset_adds_the_photos_detail_and_weighs_it_at_finer_scales_and_the_seed_does_neither():
     styleq, seed = resolve_params({}), resolve_params({"preset": "seed"})
 
-    assert styleq.photo_detail and styleq.fine_content_factor == 3 and styleq.fine_content_hold == 1 and styleq.fine_lr_factor == 2
+    assert styleq.photo_detail and styleq.fine_content_factor == 3 and styleq.fine_content_hold == 1 and styleq.fine_lr_factor == 1
     assert not seed.photo_detail and seed.fine_content_factor == 1 and seed.fine_content_hold == 0 and seed.fine_lr_factor == 0
 
 
