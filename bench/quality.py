@@ -143,6 +143,7 @@ def previous_schedule(params: TransferParams, content: Image.Image) -> dict[str,
         "fine_content_factor": 1.0,
         "fine_content_hold": 0.0,
         "fine_lr_factor": 0.0,
+        "rescale_moments": False,
     }
 
 

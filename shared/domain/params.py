@@ -32,6 +32,7 @@ SAVED_STATE_DEFAULTS: dict[str, Any] = {
     "fine_content_factor": 1.0,
     "fine_content_hold": 0.0,
     "fine_lr_factor": 0.0,
+    "rescale_moments": False,
 }
 # The weights registry's names and files (worker/engine/weights.py REGISTRY), so the API can refuse anything
 # else (a client must never name a file path), and weights an operator has not pulled, without importing the engine.
@@ -437,7 +438,10 @@ class TransferParams:
     # iterations (40 of 280 at 1024 px), and at the decayed rate they moved the enlarged picture too little to paint
     # the new size's texture: Starry Night's style on Tübingen was 1.19x its 450 px picture's, restarted at 1x 0.83x;
     # the autumn oak's leaves on Rainier 0.0227, restarted at 2x 0.0173, but 2x washed Tübingen x The Scream out
-    # (style 0.0224, 1.64x its 450 px picture's, where 1x gives 0.0130): the preset restarts at 1x (docs/QUALITY.md).
+    # (style 0.0224, 1.64x its 450 px picture's, where 1x gives 0.0130). Those rates were worth about a fifth of
+    # what they said (see `rescale_moments`); with the moments rescaled the preset restarts at 0.5x: Rainier x the
+    # autumn oak's style 0.0166 against 0.0183 at 1x and 0.0414 at 2x, Tübingen x The Scream's 0.0097 against 0.0152
+    # at 1x (docs/QUALITY.md).
     fine_lr_factor: float = param(
         Spec(
             "Learning rate at finer scales",
@@ -447,6 +451,20 @@ class TransferParams:
             high=10.0,
         ),
         0.0,
+    )
+    # Coarse-to-fine with Adam: its running moments are enlarged with the picture, and then multiplied by the ratio
+    # of the two scales' pixel counts (the squared moments by its square). Every loss is a mean over pixels, so a
+    # pixel's gradient shrinks as the picture grows (by 5.2x from 450 to 1024 px), and the enlarged moments, which
+    # remember the coarse scale's gradients, made the finer scale's steps about that much smaller than the rate
+    # says: Adam's squared moments forget over about a thousand steps, a finer scale gets 40. Rescaled, its steps
+    # keep their size: Rainier x the autumn oak at 1024 px measured 0.920 / 0.0183 against 0.937 / 0.0227
+    # (content / style, docs/QUALITY.md). Off: the moments enlarged as they were.
+    rescale_moments: bool = param(
+        Spec(
+            "Adam moments rescaled on enlarging",
+            "Coarse to fine with Adam: scale its running moments by the ratio of the scales' pixel counts, so that its steps keep their size at a finer scale.",
+        ),
+        False,
     )
     preset: str = field(
         default="custom",
@@ -713,7 +731,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         photo_detail=True,
         fine_content_factor=3.0,
         fine_content_hold=1.0,
-        fine_lr_factor=1.0,
+        fine_lr_factor=0.5,
+        rescale_moments=True,
     ),
 }
 DEFAULT_PRESET = "styleq"

@@ -20,7 +20,7 @@ from styleq.shared.domain.params import (
 )
 from styleq.worker.engine import Backbone, Control, TransferJob, get_convention, transfer, transfer_batch
 from styleq.worker.engine.objective import HOLD_FACTOR_RANGE, HOLD_GAIN, Objective
-from styleq.worker.engine.transfer import _style_size, image_to_tensor, scale_sizes
+from styleq.worker.engine.transfer import _Run, _style_size, image_to_tensor, scale_sizes
 
 # Four iterations at half the size, two at the full size, a checkpoint after each: every test of exact runs (one
 # scale, resumes, batches) sees checkpoints on both scales and the change between them.
@@ -35,11 +35,13 @@ C2F = {
     "scale_iterations": [4, 2],
     "fine_content_hold": 1.0,
     "fine_lr_factor": 2.0,
+    "rescale_moments": True,
 }
-# The fine scale's loss first rises for about six steps (Adam's running moments, enlarged, meet the finer scale's
-# losses), so a run that shows it falling needs ten steps there; and twenty at the coarse scale move the picture far
+# The fine scale's loss first rises for a few steps (its first steps, of the full rate now that the moments are
+# rescaled, move the enlarged picture), so a run that shows it falling needs ten steps there, at the preset's half
+# rate (at the whole 0.3 the seed preset's steps overshoot and its loss ends higher than it began); and twenty at the coarse scale move the picture far
 # enough from the photo (0.11 on average, measured) that a fine scale started from the photo would fail its check.
-TEN_FINE_STEPS = {**C2F, "iterations": 30, "checkpoint_every": 5, "scale_iterations": [20, 10]}
+TEN_FINE_STEPS = {**C2F, "iterations": 30, "checkpoint_every": 5, "scale_iterations": [20, 10], "fine_lr_factor": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -298,8 +300,9 @@ def test_with_photo_detail_a_finer_scale_starts_from_the_enlarged_picture_plus_w
 def test_the_styleq_preset_adds_the_photos_detail_and_weighs_it_at_finer_scales_and_the_seed_does_neither():
     styleq, seed = resolve_params({}), resolve_params({"preset": "seed"})
 
-    assert styleq.photo_detail and styleq.fine_content_factor == 3 and styleq.fine_content_hold == 1 and styleq.fine_lr_factor == 1
+    assert styleq.photo_detail and styleq.fine_content_factor == 3 and styleq.fine_content_hold == 1 and styleq.fine_lr_factor == 0.5
     assert not seed.photo_detail and seed.fine_content_factor == 1 and seed.fine_content_hold == 0 and seed.fine_lr_factor == 0
+    assert styleq.rescale_moments and not seed.rescale_moments
 
 
 def test_the_fine_content_factor_weighs_the_content_at_every_scale_after_the_first(rainier, autumn_oak, shallow_backbone):
@@ -352,6 +355,34 @@ def test_a_held_weight_moves_by_the_gain_towards_its_goal_and_stays_within_its_r
 def test_a_content_hold_out_of_its_range_is_refused(hold):
     with pytest.raises(ValueError, match=r"fine_content_hold must be a number from 0 to 10"):
         resolve_params({"fine_content_hold": hold})
+
+
+@pytest.mark.parametrize(("rescale", "factor"), [(True, 0.25), (False, 1.0)])
+def test_adams_moments_enlarged_with_the_picture_are_scaled_to_the_finer_scales_gradients(
+    rainier, autumn_oak, seed_backbone, rescale, factor
+):
+    # Every loss is a mean over pixels, so at twice the side a pixel's gradient is a quarter: the moments follow.
+    params = resolve_params({**C2F, "rescale_moments": rescale})
+    stopped = transfer(
+        rainier, autumn_oak, params, backbone=seed_backbone, on_checkpoint=lambda c: Control.STOP if c.iteration == 4 else None
+    )
+    coarse = stopped.state.optimizer["state"][0]
+    fine = _Run(
+        TransferJob(rainier, autumn_oak, params, stopped.state),
+        seed_backbone,
+        image_to_tensor(rainier, (32, 48)),
+        None,
+        torch.device("cpu"),
+    )
+
+    fine.enter_scale(1.0, (64, 96), 6)
+
+    moments = fine.optimizer.state_dict()["state"][0]
+    assert tuple(coarse["exp_avg"].shape[-2:]) == (32, 48) and tuple(moments["exp_avg"].shape[-2:]) == (64, 96)
+    enlarge = lambda value: torch.nn.functional.interpolate(value, size=(64, 96), mode="bilinear", align_corners=False)  # noqa: E731
+    torch.testing.assert_close(moments["exp_avg"], enlarge(coarse["exp_avg"]) * factor)
+    torch.testing.assert_close(moments["exp_avg_sq"], enlarge(coarse["exp_avg_sq"]) * factor**2)
+    assert float(moments["step"]) == float(coarse["step"])  # the bias correction goes on: the moments are not new
 
 
 @pytest.mark.parametrize(("factor", "final_rate"), [(2.0, 0.3 * 2 * 0.5), (1.0, 0.3 * 0.5), (0.0, 0.3 * 0.5**3)])

@@ -195,7 +195,14 @@ def test_jobs_differing_only_in_their_file_format_share_a_batch():
 def test_a_saved_states_parameters_gain_the_values_it_ran_with_for_parameters_added_since():
     # The preset as it ran before the parameters added since existed: one scale, no photo detail, one content weight.
     current = resolve_params(
-        {"scales": [1.0], "photo_detail": False, "fine_content_factor": 1.0, "fine_content_hold": 0.0, "fine_lr_factor": 0.0}
+        {
+            "scales": [1.0],
+            "photo_detail": False,
+            "fine_content_factor": 1.0,
+            "fine_content_hold": 0.0,
+            "fine_lr_factor": 0.0,
+            "rescale_moments": False,
+        }
     ).to_dict()
     saved_before = {name: value for name, value in current.items() if name not in SAVED_STATE_DEFAULTS}
 

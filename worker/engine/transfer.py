@@ -345,7 +345,8 @@ class _Run:
     def enter_scale(self, scale: float, size: tuple[int, int], end: int) -> None:
         """Go on at `scale` (`size` pixels) until iteration `end`, enlarging the picture if it is smaller.
 
-        Adam's running moments are enlarged with it, so its steps go on at the size they had; L-BFGS's
+        Adam's running moments are enlarged with it (and with `rescale_moments` brought to the finer scale's gradients),
+        so its steps go on at the size they had; L-BFGS's
         history belongs to the old size and starts again. The schedule and step count go on (with
         `fine_lr_factor`, from that multiple of `learning_rate`).
         """
@@ -361,8 +362,12 @@ class _Run:
         self.image = image.requires_grad_(True)
         state = self.optimizer.state_dict()
         if self.params.optimizer == "adam":
+            # With `rescale_moments`, the moments are also brought to the finer scale's gradients, which every
+            # loss being a mean over pixels makes smaller by the ratio of the pixel counts.
+            ratio = previous[0] * previous[1] / (size[0] * size[1]) if self.params.rescale_moments else 1.0
+            powers = {"exp_avg": ratio, "exp_avg_sq": ratio * ratio}
             state["state"] = {
-                key: {name: _resize(value, size) if name.startswith("exp_avg") else value for name, value in moments.items()}
+                key: {name: _resize(value, size) * powers[name] if name in powers else value for name, value in moments.items()}
                 for key, moments in state["state"].items()
             }
         else:
