@@ -9,8 +9,8 @@ given by --contents and --styles). Each pair is made at every --sizes long side,
 pairs (taken so that each photo comes up in turn) also at --large-size. Methods:
 - `default`: the `styleq` preset as a job gets it (only the size given): its automatic schedule at every size
   (above 512 px: a first scale 450 px long that settles the look, then scales up to 2.3x as large that sharpen
-  it, each starting from the photo's own detail added, at the learning rate restarted, its content distance
-  held at the first scale's);
+  it, each starting from the photo's own detail added, at half the learning rate again with Adam's moments
+  rescaled to the finer scale's gradients, its content distance held at the first scale's);
 - `one-pass`: one scale at full size, stopped when the default has run as long on the same pair and size (only
   where the default itself is more than one pass);
 - `previous`: the automatic schedule before issue 23 (a first scale about 320 px long, iterations in inverse

@@ -39,8 +39,9 @@ C2F = {
 }
 # The fine scale's loss first rises for a few steps (its first steps, of the full rate now that the moments are
 # rescaled, move the enlarged picture), so a run that shows it falling needs ten steps there, at the preset's half
-# rate (at the whole 0.3 the seed preset's steps overshoot and its loss ends higher than it began); and twenty at the coarse scale move the picture far
-# enough from the photo (0.11 on average, measured) that a fine scale started from the photo would fail its check.
+# rate (at the seed's whole 0.3 the steps overshoot and the loss ends higher than it began); and twenty at the
+# coarse scale move the picture far enough from the photo (0.11 on average, measured) that a fine scale started
+# from the photo would fail its check.
 TEN_FINE_STEPS = {**C2F, "iterations": 30, "checkpoint_every": 5, "scale_iterations": [20, 10], "fine_lr_factor": 0.5}
 
 

@@ -345,10 +345,9 @@ class _Run:
     def enter_scale(self, scale: float, size: tuple[int, int], end: int) -> None:
         """Go on at `scale` (`size` pixels) until iteration `end`, enlarging the picture if it is smaller.
 
-        Adam's running moments are enlarged with it (and with `rescale_moments` brought to the finer scale's gradients),
-        so its steps go on at the size they had; L-BFGS's
-        history belongs to the old size and starts again. The schedule and step count go on (with
-        `fine_lr_factor`, from that multiple of `learning_rate`).
+        Adam's running moments are enlarged with it (and with `rescale_moments` brought to the finer scale's
+        gradients), so its steps go on at the size they had; L-BFGS's history belongs to the old size and starts
+        again. The schedule and step count go on (with `fine_lr_factor`, from that multiple of `learning_rate`).
         """
         self.scale, self.scale_end = scale, end
         previous = (int(self.image.shape[-2]), int(self.image.shape[-1]))
