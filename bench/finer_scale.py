@@ -1,7 +1,7 @@
 """Ways of running a coarse-to-fine job's finer scales, compared on one pair from the same first scale.
 
     python -m bench.finer_scale --content rainier.jpg --style autumn-oak.jpg --size 1024 \
-        --variant 'preset={}' --variant 'start at 1x={"fine_content_factor": 1}' [--finer-iterations 50]
+        --variant 'preset={}' --variant 'start at 1x={"fine_content_factor": 1}' --variant 'longer={"finer_iterations": 50}'
 
 The pair's first scale runs once, as the `styleq` preset's automatic schedule has it at `--size`, and its
 state is saved (in `--output`, reused by a later run with the same pair, size and first-scale settings). Each
@@ -26,14 +26,15 @@ from typing import Any
 import torch
 from PIL import Image
 
+from bench.common import IMAGES
 from bench.quality import STYLE_LAYERS, Judge
 from styleq.shared.adapters.settings import load_settings
 from styleq.shared.domain.params import TransferParams, resolve_params
 from styleq.worker.downloads import load_or_pull
 from styleq.worker.engine import Control, build_backbone, transfer
 from styleq.worker.engine.transfer import TransferState
+from styleq.worker.engine.weights import LoadedWeights
 
-HANDOUT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 # What changes only what happens after the first scale; anything else would make the saved first scale another job's.
 FINER_SCALE_PARAMETERS = frozenset({"fine_content_factor", "fine_content_hold", "fine_lr_factor", "rescale_moments", "photo_detail"})
 
@@ -70,7 +71,7 @@ def variant_params(base: TransferParams, overrides: dict[str, Any]) -> TransferP
 
 
 def first_scale(
-    base: TransferParams, content: Image.Image, style: Image.Image, cache: Path, weights: Any, device: torch.device
+    base: TransferParams, content: Image.Image, style: Image.Image, cache: Path, weights: LoadedWeights, device: torch.device
 ) -> tuple[TransferState, float]:
     """Return the state at the end of `base`'s first scale and the seconds it took, from `cache` when it holds them."""
     if cache.is_file():
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=1024, help="the output's long side (default 1024): it must go coarse to fine")
     parser.add_argument("--iterations", type=int, default=None, help="the job's budget (default the preset's)")
     parser.add_argument("--variant", type=parse_variant, action="append", required=True, help="NAME=JSON overrides; repeat")
-    parser.add_argument("--images", type=Path, default=HANDOUT_IMAGES)
+    parser.add_argument("--images", type=Path, default=IMAGES, help="the pictures' folder (default ../shared/images)")
     parser.add_argument("--output", type=Path, default=Path("bench-finer-scale"))
     args = parser.parse_args(argv)
 
@@ -139,8 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         seconds = time.perf_counter() - started
         result.image.save(args.output / f"{pair}-{name.replace(' ', '_').replace('/', '_')}.png")
-        content_distance, style_distance = judge.measure(result.image, content, style)
-        shares = judge.style_shares(result.image, content, style)
+        content_distance, style_distance, shares = judge.measure_by_layer(result.image, content, style)
         print(
             f"{name:<28} {content_distance:7.3f} {style_distance:7.4f}  "
             + " ".join(f"{shares[layer]:7.4f}" for layer in STYLE_LAYERS)

@@ -102,29 +102,23 @@ class Judge:
     def _style_sum(self, found: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> float:
         return sum(float((gram(found[name]) - target).square().sum() / target.square().sum()) for name, target in targets.items())
 
-    def _pair_features(
-        self, picture: Image.Image, content: Image.Image, style: Image.Image
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Return the picture's and the photo's features at the picture's size, and the style's Gram targets at its area."""
+    def measure(self, picture: Image.Image, content: Image.Image, style: Image.Image) -> tuple[float, float]:
+        """Return (content distance, style distance) of `picture` for its pair, at the picture's size."""
+        content_distance, style_distance, _ = self.measure_by_layer(picture, content, style)
+        return content_distance, style_distance
+
+    def measure_by_layer(self, picture: Image.Image, content: Image.Image, style: Image.Image) -> tuple[float, float, dict[str, float]]:
+        """Return `measure`'s two distances and each style layer's share of the style distance (the shares add up to it)."""
         size = (picture.height, picture.width)
         scale = (picture.width * picture.height / (style.width * style.height)) ** 0.5
         style_size = (max(32, round(style.height * scale)), max(32, round(style.width * scale)))
+        ours, photo = self.features(picture, size), self.features(content, size)
         targets = {name: gram(value) for name, value in self.features(style, style_size).items() if name in STYLE_LAYERS}
-        return self.features(picture, size), self.features(content, size), targets
-
-    def measure(self, picture: Image.Image, content: Image.Image, style: Image.Image) -> tuple[float, float]:
-        """Return (content distance, style distance) of `picture` for its pair, at the picture's size."""
-        ours, photo, targets = self._pair_features(picture, content, style)
         found, expected = ours[CONTENT_LAYER], photo[CONTENT_LAYER]
         content_distance = float((found - expected).square().sum() / expected.square().sum())
-        style_distance = self._style_sum(ours, targets) / self._style_sum(photo, targets)
-        return content_distance, style_distance
-
-    def style_shares(self, picture: Image.Image, content: Image.Image, style: Image.Image) -> dict[str, float]:
-        """Return each style layer's share of `picture`'s style distance (the shares add up to it)."""
-        ours, photo, targets = self._pair_features(picture, content, style)
         unstyled = self._style_sum(photo, targets)
-        return {name: self._style_sum(ours, {name: target}) / unstyled for name, target in targets.items()}
+        shares = {name: self._style_sum(ours, {name: target}) / unstyled for name, target in targets.items()}
+        return content_distance, self._style_sum(ours, targets) / unstyled, shares
 
 
 def image_roles(folder: Path) -> tuple[list[str], list[str]]:
