@@ -30,7 +30,7 @@ def test_finer_iterations_set_every_finer_scale_s_count_and_keep_the_first_scale
 
     params = variant_params(base, {"finer_iterations": 50, "fine_lr_factor": 1.0})
 
-    assert base.iterations_per_scale() == (240, 40, 40)
+    assert base.iterations_per_scale() == (240, 60, 60)
     assert params.iterations_per_scale() == (240, 50, 50) and params.iterations == 340 and params.fine_lr_factor == 1.0
 
 

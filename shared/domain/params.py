@@ -70,13 +70,16 @@ ONE_PASS_LONG_SIDE = 512
 COARSE_LONG_SIDE = 450
 MAX_SCALE_STEP = 2.3
 # With scales "auto", a job's `iterations` are a one-pass job's budget: the first scale gets FIRST_SCALE_SHARE of
-# them and each finer scale FINER_SCALE_SHARE (300: 240 at 450 px, then 40 at 1024, or 40 at 960 and 40 at 2048),
-# and the job's iterations are their sum. An iteration at 1024 px costs five at 450 px, so the finer scales get
-# few: a 1024 px job costs about 86 full-size iterations (241 s on 2 AVX-512 BF16 cores). The first scale's
-# share is what settles a slow palette: with 180 iterations at 512 px The Scream's style was 1.15x its 450 px
-# picture's, with 240 at 450 px, in the same time, 0.93x (docs/QUALITY.md).
+# them and each finer scale FINER_SCALE_SHARE (300: 240 at 450 px, then 60 at 1024, or 60 at 960 and 60 at 2048),
+# and the job's iterations are their sum. The first scale's share is what settles a slow palette: with 180
+# iterations at 512 px The Scream's style was 1.15x its 450 px picture's, with 240 at 450 px, in the same time,
+# 0.93x (docs/QUALITY.md). A finer scale paints the new size's fine texture, and its style distance falls with
+# every iteration it gets: 40 at 1024 px left the autumn oak's leaves on Rainier at 1.43x its 450 px picture's
+# (0.0175), 60 at 0.92x (0.0112), and Tübingen x The Scream 0.0098 -> 0.0047, each with more of the photo kept.
+# An iteration at 1024 px costs about six at 450 px, so a 1024 px job costs about 100 full-size iterations
+# (165-185 s on 2 AMX cores; docs/QUALITY.md).
 FIRST_SCALE_SHARE = 0.8
-FINER_SCALE_SHARE = 2 / 15
+FINER_SCALE_SHARE = 0.2
 # The fewest pixels the short side of a coarse scale may have (the engine enlarges smaller ones to it): VGG's fifth
 # block still sees a few pixels there.
 MIN_SCALE_SIDE = 32
@@ -435,7 +438,7 @@ class TransferParams:
     )
     # Coarse-to-fine: each finer scale starts again at this multiple of `learning_rate` (the step decay goes on from
     # there) instead of at the rate the schedule had reached; 0 goes on at that rate. A finer scale gets few
-    # iterations (40 of 280 at 1024 px), and at the decayed rate they moved the enlarged picture too little to paint
+    # iterations (40 of 280 at 1024 px when this was measured), and at the decayed rate they moved the enlarged picture too little to paint
     # the new size's texture: Starry Night's style on Tübingen was 1.19x its 450 px picture's, restarted at 1x 0.83x;
     # the autumn oak's leaves on Rainier 0.0227, restarted at 2x 0.0173, but 2x washed Tübingen x The Scream out
     # (style 0.0224, 1.64x its 450 px picture's, where 1x gives 0.0130). Those rates were worth about a fifth of

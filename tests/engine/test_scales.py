@@ -200,15 +200,15 @@ def test_the_styleq_preset_chooses_its_schedule_from_the_output_size_and_the_see
     assert styleq.scales == "auto" and seed.scales == (1.0,)
     written = styleq.with_schedule(1024, 768)  # a 4:3 content
     assert written.scales == auto_scales(768, 1024, 16) and len(written.scale_iterations) == len(written.scales)
-    # The first scale, the one-pass picture that settles the look, gets 80 % of the budget; each finer one 2/15 of it,
+    # The first scale, the one-pass picture that settles the look, gets 80 % of the budget; each finer one a fifth of it,
     # to sharpen it. The job's iterations are what it runs.
-    assert written.scale_iterations == (240, 40) and written.iterations == 280
+    assert written.scale_iterations == (240, 60) and written.iterations == 300
     assert resolve_params(written.to_dict()) == written  # stored and read back, as a job's parameters are
     assert seed.with_schedule(1024, 768) == seed and resolve_params({"size": 400}).with_schedule(400, 300).scales == (1.0,)
     assert resolve_params({"size": 1024, "scales": [0.5, 1]}).with_schedule(1024, 768).scale_iterations is None
 
 
-@pytest.mark.parametrize(("iterations", "scales", "counts"), [(300, 3, (240, 40, 40)), (100, 2, (80, 13)), (3, 2, (2, 1)), (1, 2, (1, 1))])
+@pytest.mark.parametrize(("iterations", "scales", "counts"), [(300, 3, (240, 60, 60)), (100, 2, (80, 20)), (3, 2, (2, 1)), (1, 2, (1, 1))])
 def test_each_automatic_scale_gets_its_share_of_the_budget_and_at_least_one_iteration(iterations, scales, counts):
     assert auto_scale_iterations(iterations, scales) == counts
 

@@ -26,7 +26,7 @@ from .precision import network_precision
 MOMENT_SCALE = 2.0
 # Holding the content distance (`fine_content_hold`): after each iteration a held picture's content weight is
 # multiplied by exp(HOLD_GAIN x (distance / goal - 1)), so 10% over the goal raises it by about 5% an iteration;
-# fast enough to settle within the 40 iterations a finer scale gets, slow enough not to swing with Adam's momentum.
+# fast enough to settle within the 60 iterations a finer scale gets, slow enough not to swing with Adam's momentum.
 # The factor stays within HOLD_FACTOR_RANGE of the scale's starting weight.
 HOLD_GAIN = 0.5
 HOLD_FACTOR_RANGE = (0.1, 10.0)
