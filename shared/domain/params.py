@@ -77,7 +77,7 @@ MAX_SCALE_STEP = 2.3
 # every iteration it gets: 40 at 1024 px left the autumn oak's leaves on Rainier at 1.43x its 450 px picture's
 # (0.0175), 60 at 0.92x (0.0112), and Tübingen x The Scream 0.0098 -> 0.0047, each with more of the photo kept.
 # An iteration at 1024 px costs about six at 450 px, so a 1024 px job costs about 100 full-size iterations
-# (165-185 s on 2 AMX cores; docs/QUALITY.md).
+# (141-170 s on 2 AMX cores, all eight pairs of the quality bench; docs/QUALITY.md).
 FIRST_SCALE_SHARE = 0.8
 FINER_SCALE_SHARE = 0.2
 # The fewest pixels the short side of a coarse scale may have (the engine enlarges smaller ones to it): VGG's fifth
@@ -438,9 +438,10 @@ class TransferParams:
     )
     # Coarse-to-fine: each finer scale starts again at this multiple of `learning_rate` (the step decay goes on from
     # there) instead of at the rate the schedule had reached; 0 goes on at that rate. A finer scale gets few
-    # iterations (40 of 280 at 1024 px when this was measured), and at the decayed rate they moved the enlarged picture too little to paint
-    # the new size's texture: Starry Night's style on Tübingen was 1.19x its 450 px picture's, restarted at 1x 0.83x;
-    # the autumn oak's leaves on Rainier 0.0227, restarted at 2x 0.0173, but 2x washed Tübingen x The Scream out
+    # iterations (40 of 280 at 1024 px when this was measured), and at the decayed rate they moved the enlarged
+    # picture too little to paint the new size's texture: Starry Night's style on Tübingen was 1.19x its 450 px
+    # picture's, restarted at 1x 0.83x; the autumn oak's leaves on Rainier 0.0227, restarted at 2x 0.0173, but 2x
+    # washed Tübingen x The Scream out
     # (style 0.0224, 1.64x its 450 px picture's, where 1x gives 0.0130). Those rates were worth about a fifth of
     # what they said (see `rescale_moments`); with the moments rescaled the preset restarts at 0.5x: Rainier x the
     # autumn oak's style 0.0166 against 0.0183 at 1x and 0.0414 at 2x, Tübingen x The Scream's 0.0097 against 0.0152
