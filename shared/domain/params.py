@@ -437,15 +437,14 @@ class TransferParams:
         0.0,
     )
     # Coarse-to-fine: each finer scale starts again at this multiple of `learning_rate` (the step decay goes on from
-    # there) instead of at the rate the schedule had reached; 0 goes on at that rate. A finer scale gets few
-    # iterations (40 of 280 at 1024 px when this was measured), and at the decayed rate they moved the enlarged
-    # picture too little to paint the new size's texture: Starry Night's style on Tübingen was 1.19x its 450 px
-    # picture's, restarted at 1x 0.83x; the autumn oak's leaves on Rainier 0.0227, restarted at 2x 0.0173, but 2x
-    # washed Tübingen x The Scream out
-    # (style 0.0224, 1.64x its 450 px picture's, where 1x gives 0.0130). Those rates were worth about a fifth of
-    # what they said (see `rescale_moments`); with the moments rescaled the preset restarts at 0.5x: Rainier x the
-    # autumn oak's style 0.0166 against 0.0183 at 1x and 0.0414 at 2x, Tübingen x The Scream's 0.0097 against 0.0152
-    # at 1x (docs/QUALITY.md).
+    # there) instead of at the rate the schedule had reached; 0 goes on at that rate. A finer scale gets few iterations
+    # (40 of 280 at 1024 px when this was measured), and at the decayed rate they moved the enlarged picture too little
+    # to paint the new size's texture: Starry Night's style on Tübingen was 1.19x its 450 px picture's, restarted at 1x
+    # 0.83x; the autumn oak's leaves on Rainier 0.0227, restarted at 2x 0.0173, but 2x washed Tübingen x The Scream out
+    # (style 0.0224, 1.64x its 450 px picture's, where 1x gives 0.0130). Those rates were worth about a fifth of what
+    # they said (see `rescale_moments`); with the moments rescaled the preset restarts at 0.5x: Rainier x the autumn
+    # oak's style 0.0166 against 0.0183 at 1x and 0.0414 at 2x, Tübingen x The Scream's 0.0097 against 0.0152 at 1x
+    # (docs/QUALITY.md).
     fine_lr_factor: float = param(
         Spec(
             "Learning rate at finer scales",
