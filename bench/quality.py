@@ -1,8 +1,9 @@
 """Pictures at size judged by content and style: every pair of the handed-out images, at every size, each method.
 
     .venv/bin/python -m bench.quality [--sizes 450,1024] [--large-size 2048] [--large-pairs 2]
-        [--methods default,one-pass,previous,nst-multires] [--contents a.jpg,b.jpg] [--styles c.jpg,d.jpg]
-        [--pairs N] [--iterations N] [--peer-iterations 500,200] [--output DIR] [--device auto|cpu|cuda]
+        [--methods default,one-pass,previous,nst-multires,crowsonkb] [--contents a.jpg,b.jpg] [--styles c.jpg,d.jpg]
+        [--pairs N] [--iterations N] [--peer-iterations 500,200] [--crowsonkb-repo PATH] [--crowsonkb-iterations 1000,500]
+        [--output DIR] [--device auto|cpu|cuda]
 
 Pairs: every content photo x every style picture of ../shared/images (their roles read from its SOURCES.md, or
 given by --contents and --styles). Each pair is made at every --sizes long side, and the first --large-pairs
@@ -18,6 +19,9 @@ pairs (taken so that each photo comes up in turn) also at --large-size. Methods:
 - `nst-multires`: neural-style-pt (PyPI neural-style==0.5.7, fp32, its defaults) as its users make large
   pictures: a first run at 512 px, then its result as `-init image -init_image` at the size (--peer-iterations
   sets each run's iterations; only at sizes above 512; CPU only).
+- `crowsonkb`: crowsonkb/style-transfer-pytorch from a clone (--crowsonkb-repo), its own coarse-to-fine from 128 px
+  to the size with its defaults, on the original ImageNet VGG-19 (bench/crowsonkb.py says how it gets them);
+  --crowsonkb-iterations FIRST,EACH makes a shorter run than its users' (1000 at 128 px, 500 at each scale).
 
 Two measures of each picture at its own size, on the real vgg16-caffe weights in fp32, whatever the job's own
 loss settings (so a method cannot win by changing what it is measured with):
@@ -47,6 +51,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from bench import crowsonkb
 from bench.common import IMAGES, ROOT, add_device_argument, device_name, pick_device, synchronize
 from bench.peers import PEER_OUT, PEERS, install_peer, run_peer, write_peer_model
 from styleq.shared.adapters.settings import load_settings
@@ -59,7 +64,9 @@ from styleq.worker.engine.weights import LoadedWeights
 
 CONTENT_LAYER = "relu4_2"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-METHODS = ("default", "one-pass", "previous", "nst-multires")
+METHODS = ("default", "one-pass", "previous", "nst-multires", "crowsonkb")
+# Peers the default is held against, at sizes where both ran: on both measures, on average, and in less time.
+PEER_METHODS = ("nst-multires", "crowsonkb")
 # The schedule before issue 23: a first scale about this many pixels on the long side.
 PREVIOUS_FIRST_LONG_SIDE = 320
 # neural-style-pt's first run of its multi-resolution recipe, on the long side.
@@ -182,7 +189,8 @@ class Bench:
         threads = torch.get_num_threads()
         started = time.perf_counter()
         run_peer(content, style, PEER_FIRST_SIZE, first, first, threads, [])
-        start_picture = PEERS / "run" / f"start-{PEER_FIRST_SIZE}.png"
+        # Beside its run folder, not in it: run_peer empties that folder of pictures before each run.
+        start_picture = PEERS / f"start-{PEER_FIRST_SIZE}.png"
         shutil.copy(PEERS / PEER_OUT, start_picture)
         run_peer(content, style, size, second, second, threads, ["-init", "image", "-init_image", str(start_picture)])
         seconds = time.perf_counter() - started
@@ -211,6 +219,16 @@ class Bench:
             runs.append(("previous", lambda: self._engine(previous, content, style)))
         if "nst-multires" in self.args.methods and size > PEER_FIRST_SIZE and self.device.type == "cpu":
             runs.append(("nst-multires", lambda: self._peer((images / content_name).resolve(), (images / style_name).resolve(), size)))
+        if "crowsonkb" in self.args.methods:
+            crowsonkb_iterations = self.args.crowsonkb_iterations
+            runs.append(
+                (
+                    "crowsonkb",
+                    lambda: crowsonkb.run(
+                        (images / content_name).resolve(), (images / style_name).resolve(), size, crowsonkb_iterations, str(self.device)
+                    ),
+                )
+            )
         for method, run in runs:
             picture, seconds, iterations = run()
             path = self.output / f"{Path(content_name).stem}-{Path(style_name).stem}-{size}-{method}.png"
@@ -315,12 +333,12 @@ def report(pictures: list[Picture], small: int) -> list[str]:
                 f"  mean style: {method} {statistics.mean(default_styles):.4f}, one pass in the same time {statistics.mean(one_pass_styles):.4f}: "
                 f"{'ok' if better else 'NO'}"
             )
-        peers = [
-            (ours, by[(ours.content, ours.style, size, "nst-multires")])
-            for ours in defaults
-            if (ours.content, ours.style, size, "nst-multires") in by
-        ]
-        if peers:
+        for peer in PEER_METHODS:
+            peers = [
+                (ours, by[(ours.content, ours.style, size, peer)]) for ours in defaults if (ours.content, ours.style, size, peer) in by
+            ]
+            if not peers:
+                continue
             means = {
                 name: (statistics.mean(getattr(o, name) for o, _ in peers), statistics.mean(getattr(t, name) for _, t in peers))
                 for name in ("content_distance", "style_distance", "seconds")
@@ -328,7 +346,7 @@ def report(pictures: list[Picture], small: int) -> list[str]:
             ahead = all(ours < theirs for ours, theirs in means.values())
             failures += not ahead and method == "default"
             lines.append(
-                f"  against nst-multires ({len(peers)} pairs), {method} / peer: "
+                f"  against {peer} ({len(peers)} pairs), {method} / peer: "
                 + ", ".join(f"{name} {ours:.3f} / {theirs:.3f}" for name, (ours, theirs) in means.items())
                 + f": {'ok' if ahead else 'NO'}"
             )
@@ -355,6 +373,12 @@ def main(argv: list[str] | None = None) -> None:
         type=lambda t: tuple(int(v) for v in t.split(",")),
         default=(500, 200),
         help="nst-multires: its 512 px run, then at size",
+    )
+    parser.add_argument("--crowsonkb-repo", type=Path, help="crowsonkb: a clone of github.com/crowsonkb/style-transfer-pytorch")
+    parser.add_argument(
+        "--crowsonkb-iterations",
+        type=lambda t: tuple(int(v) for v in t.split(",")),
+        help="crowsonkb: its first scale's and each other scale's iterations (default its own, 1000,500)",
     )
     parser.add_argument("--iterations", type=int, help="each job's iterations (default the preset's: 300); small for a smoke run")
     parser.add_argument("--output", type=Path, help="where the pictures and sheets go (default bench/results/quality-DATE)")
@@ -389,6 +413,10 @@ def main(argv: list[str] | None = None) -> None:
         PEERS.mkdir(parents=True, exist_ok=True)
         install_peer()
         write_peer_model(weights)
+    if "crowsonkb" in args.methods:
+        if args.crowsonkb_repo is None:
+            parser.error("crowsonkb needs --crowsonkb-repo: a clone of https://github.com/crowsonkb/style-transfer-pytorch")
+        crowsonkb.prepare(args.crowsonkb_repo)
     print(
         f"{device_name(device)}, torch threads {torch.get_num_threads()}; {len(pairs)} pairs at {args.sizes}, {len(large)} at {args.large_size}"
     )

@@ -104,6 +104,23 @@ def test_the_report_fails_a_default_that_loses_the_photo_at_size():
     assert report(lost, 450)[-1] == "4 check(s) of the default failed"
 
 
+def test_each_peer_is_held_against_the_default_on_both_measures_and_time():
+    from bench.quality import Picture
+
+    def made(method: str, content: float, style: float, seconds: float) -> Picture:
+        return Picture("a.jpg", "b.jpg", 1024, method, seconds, 10, content, style, "x.png")
+
+    ours = [made("default", 0.9, 0.01, 100.0), made("one-pass", 0.9, 0.02, 100.0)]
+    slower_and_worse = made("nst-multires", 1.0, 0.02, 300.0)
+    better_but_slower = made("crowsonkb", 0.8, 0.005, 3000.0)
+
+    lines = report([*ours, slower_and_worse, better_but_slower], 450)
+
+    assert any(line.startswith("  against nst-multires (1 pairs)") and line.endswith(": ok") for line in lines)
+    assert any(line.startswith("  against crowsonkb (1 pairs)") and line.endswith(": NO") for line in lines)
+    assert lines[-1] == "1 check(s) of the default failed"
+
+
 def test_a_run_cut_short_is_reported_from_its_pictures_json(tmp_path, images_dir, capsys):
     from bench.quality import Picture, main
 
