@@ -2,11 +2,11 @@
 
     .venv/bin/python -m bench.quality [--sizes 450,1024] [--large-size 2048] [--large-pairs 2]
         [--methods default,one-pass,previous,nst-multires,crowsonkb] [--contents a.jpg,b.jpg] [--styles c.jpg,d.jpg]
-        [--pairs N] [--iterations N] [--peer-iterations 500,200] [--crowsonkb-repo PATH] [--crowsonkb-iterations 1000,500]
+        [--pairs N] [--pair photo.jpg:painting.jpg ...] [--iterations N] [--peer-iterations 500,200] [--crowsonkb-repo PATH] [--crowsonkb-iterations 1000,500]
         [--output DIR] [--device auto|cpu|cuda]
 
 Pairs: every content photo x every style picture of ../shared/images (their roles read from its SOURCES.md, or
-given by --contents and --styles). Each pair is made at every --sizes long side, and the first --large-pairs
+given by --contents and --styles; or only the --pair ones). Each pair is made at every --sizes long side, and the first --large-pairs
 pairs (taken so that each photo comes up in turn) also at --large-size. Methods:
 - `default`: the `styleq` preset as a job gets it (only the size given): its automatic schedule at every size
   (above 512 px: a first scale 450 px long that settles the look, then scales up to 2.3x as large that sharpen
@@ -354,6 +354,13 @@ def report(pictures: list[Picture], small: int) -> list[str]:
     return lines
 
 
+def parse_pair(text: str) -> tuple[str, str]:
+    content, separator, style = text.partition(":")
+    if not (separator and content and style):
+        raise argparse.ArgumentTypeError(f"{text!r} is not photo.jpg:painting.jpg")
+    return content, style
+
+
 def parse_names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -364,6 +371,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contents", type=parse_names, help="content photos (default: SOURCES.md's content role)")
     parser.add_argument("--styles", type=parse_names, help="style pictures (default: SOURCES.md's style role)")
     parser.add_argument("--pairs", type=int, help="only the first N pairs")
+    parser.add_argument(
+        "--pair",
+        type=parse_pair,
+        action="append",
+        help="photo.jpg:painting.jpg, repeated: these pairs only (the gallery's before and after: every size of the same pairs)",
+    )
     parser.add_argument("--sizes", type=lambda t: [int(v) for v in t.split(",")], default=[450, 1024], help="long sides for every pair")
     parser.add_argument("--large-size", type=int, default=2048, help="the long side for --large-pairs pairs (0: none)")
     parser.add_argument("--large-pairs", type=int, default=2)
@@ -400,9 +413,12 @@ def main(argv: list[str] | None = None) -> None:
     contents, styles = image_roles(args.images)
     contents, styles = args.contents or contents, args.styles or styles
     # Style by style, each with every photo, so that the first pairs (--pairs, or a run cut short) show every photo.
-    pairs = [(c, s) for s in styles for c in contents][: args.pairs]
+    pairs = args.pair or [(c, s) for s in styles for c in contents][: args.pairs]
     if not pairs:
         parser.error("no pairs: give --contents and --styles")
+    missing = sorted({name for pair in pairs for name in pair if not (args.images / name).is_file()})
+    if missing:
+        parser.error(f"not in {args.images}: {', '.join(missing)}")
     # Each photo in turn, with a different style each time.
     large = [(contents[i % len(contents)], styles[i % len(styles)]) for i in range(args.large_pairs)] if args.large_size else []
     args.output = args.output or ROOT / "bench" / "results" / f"quality-{time.strftime('%Y-%m-%d-%H%M')}"

@@ -121,6 +121,17 @@ def test_each_peer_is_held_against_the_default_on_both_measures_and_time():
     assert lines[-1] == "1 check(s) of the default failed"
 
 
+def test_named_pairs_must_be_photo_colon_painting_and_in_the_images_folder(images_dir, capsys):
+    from bench.quality import main
+
+    with pytest.raises(SystemExit):
+        main(["--pair", "rainier.jpg", "--images", str(images_dir)])
+    assert "is not photo.jpg:painting.jpg" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--pair", "rainier.jpg:mona_lisa.jpg", "--images", str(images_dir), "--output", "/nonexistent/never-made"])
+    assert "mona_lisa.jpg" in capsys.readouterr().err
+
+
 def test_a_run_cut_short_is_reported_from_its_pictures_json(tmp_path, images_dir, capsys):
     from bench.quality import Picture, main
 
