@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.quality [--sizes 450,1024] [--large-size 2048] [--large-pairs 2]
         [--methods default,one-pass,previous,nst-multires,crowsonkb] [--contents a.jpg,b.jpg] [--styles c.jpg,d.jpg]
-        [--pairs N] [--pair photo.jpg:painting.jpg ...] [--iterations N] [--peer-iterations 500,200] [--crowsonkb-repo PATH] [--crowsonkb-iterations 1000,500]
+        [--pairs N] [--pair photo.jpg:painting.jpg ...] [--iterations N] [--peer-iterations 1000,500,200] [--crowsonkb-repo PATH] [--crowsonkb-iterations 1000,500]
         [--output DIR] [--device auto|cpu|cuda]
 
 Pairs: every content photo x every style picture of ../shared/images (their roles read from its SOURCES.md, or
@@ -16,9 +16,10 @@ pairs (taken so that each photo comes up in turn) also at --large-size. Methods:
   where the default itself is more than one pass);
 - `previous`: the automatic schedule before issue 23 (a first scale about 320 px long, iterations in inverse
   proportion to each scale's pixels, no photo detail, one content weight), given as explicit parameters;
-- `nst-multires`: neural-style-pt (PyPI neural-style==0.5.7, fp32, its defaults) as its users make large
-  pictures: a first run at 512 px, then its result as `-init image -init_image` at the size (--peer-iterations
-  sets each run's iterations; only at sizes above 512; CPU only).
+- `nst-multires`: neural-style-pt (PyPI neural-style==0.5.7, fp32) as its users make large pictures, by its own
+  example script's multi-resolution recipe: 1000 iterations at 256 px, each next run from the last one's picture
+  (`-init image -init_image`): 500 at 512 px, 200 at 1024 px, 200 at the size; style weight 5e2 (2500 from 2048
+  px), no total variation (--peer-iterations sets each run's iterations; only at sizes above 512; CPU only).
 - `crowsonkb`: crowsonkb/style-transfer-pytorch from a clone (--crowsonkb-repo), its own coarse-to-fine from 128 px
   to the size with its defaults, on the original ImageNet VGG-19 (bench/crowsonkb.py says how it gets them);
   --crowsonkb-iterations FIRST,EACH makes a shorter run than its users' (1000 at 128 px, 500 at each scale).
@@ -69,8 +70,13 @@ METHODS = ("default", "one-pass", "previous", "nst-multires", "crowsonkb")
 PEER_METHODS = ("nst-multires", "crowsonkb")
 # The schedule before issue 23: a first scale about this many pixels on the long side.
 PREVIOUS_FIRST_LONG_SIDE = 320
-# neural-style-pt's first run of its multi-resolution recipe, on the long side.
-PEER_FIRST_SIZE = 512
+# neural-style-pt's multi-resolution recipe as its own example script gives it (examples/scripts/
+# starry_stanford_bigger.sh, after jcjohnson's multires.sh): (long side, iterations) runs, each from the last one's
+# picture (-init image), then the size itself with 200 iterations; style weight 5e2 (2500 from 2048 px on),
+# no total variation, the style at scale 1.
+PEER_STEPS = ((256, 1000), (512, 500), (1024, 200))
+PEER_LAST_ITERATIONS = 200
+PEER_STYLE_WEIGHT, PEER_LARGE_STYLE_WEIGHT, PEER_LARGE_FROM = 5e2, 2500.0, 2048
 THUMBNAIL_HEIGHT = 320
 
 
@@ -185,16 +191,23 @@ class Bench:
         return result.image, time.perf_counter() - started, result.iteration
 
     def _peer(self, content: Path, style: Path, size: int) -> tuple[Image.Image, float, int]:
-        first, second = self.args.peer_iterations
+        steps = [*((side, its) for side, its in PEER_STEPS if side < size), (size, PEER_LAST_ITERATIONS)]
+        if self.args.peer_iterations:
+            steps = [(side, its) for (side, _), its in zip(steps, self.args.peer_iterations, strict=False)]
         threads = torch.get_num_threads()
         started = time.perf_counter()
-        run_peer(content, style, PEER_FIRST_SIZE, first, first, threads, [])
-        # Beside its run folder, not in it: run_peer empties that folder of pictures before each run.
-        start_picture = PEERS / f"start-{PEER_FIRST_SIZE}.png"
-        shutil.copy(PEERS / PEER_OUT, start_picture)
-        run_peer(content, style, size, second, second, threads, ["-init", "image", "-init_image", str(start_picture)])
+        start_picture: Path | None = None
+        for side, iterations in steps:
+            weight = PEER_LARGE_STYLE_WEIGHT if side >= PEER_LARGE_FROM else PEER_STYLE_WEIGHT
+            extra = ["-style_weight", f"{weight:g}", "-tv_weight", "0", "-style_scale", "1.0"]
+            if start_picture is not None:
+                extra += ["-init", "image", "-init_image", str(start_picture)]
+            run_peer(content, style, side, iterations, iterations, threads, extra)
+            # Beside its run folder, not in it: run_peer empties that folder of pictures before each run.
+            start_picture = PEERS / f"start-{side}.png"
+            shutil.copy(PEERS / PEER_OUT, start_picture)
         seconds = time.perf_counter() - started
-        return Image.open(PEERS / PEER_OUT).convert("RGB"), seconds, first + second
+        return Image.open(PEERS / PEER_OUT).convert("RGB"), seconds, sum(its for _, its in steps)
 
     def make(self, content_name: str, style_name: str, size: int) -> None:
         images: Path = self.args.images
@@ -217,7 +230,7 @@ class Bench:
         if "previous" in self.args.methods and not one_pass_default:
             previous = {**default_values, **previous_schedule(resolve_params(default_values), content)}
             runs.append(("previous", lambda: self._engine(previous, content, style)))
-        if "nst-multires" in self.args.methods and size > PEER_FIRST_SIZE and self.device.type == "cpu":
+        if "nst-multires" in self.args.methods and size > PEER_STEPS[1][0] and self.device.type == "cpu":
             runs.append(("nst-multires", lambda: self._peer((images / content_name).resolve(), (images / style_name).resolve(), size)))
         if "crowsonkb" in self.args.methods:
             crowsonkb_iterations = self.args.crowsonkb_iterations
@@ -384,8 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--peer-iterations",
         type=lambda t: tuple(int(v) for v in t.split(",")),
-        default=(500, 200),
-        help="nst-multires: its 512 px run, then at size",
+        help="nst-multires: each step's iterations (default the script's: 1000 at 256 px, 500 at 512, 200 at 1024 and at the size)",
     )
     parser.add_argument("--crowsonkb-repo", type=Path, help="crowsonkb: a clone of github.com/crowsonkb/style-transfer-pytorch")
     parser.add_argument(
