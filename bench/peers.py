@@ -44,7 +44,7 @@ PEER_REQUIREMENT = "neural-style==0.5.7"
 # ("vgg" and "16", but "19", "sod", "pruning" or "fcn32s" anywhere in it win), so the path holds nothing else.
 PEER_MODEL = "vgg16-caffe.pth"
 PEER_OUT = "run/out.png"
-# torchvision's VGG16 classifier shapes, which the peer's strict load_state_dict insists on.
+# torchvision's VGG16 and VGG19 classifier shapes, which the peers' strict load_state_dict insists on.
 CLASSIFIER_SHAPES = {"classifier.0": (4096, 25088), "classifier.3": (4096, 4096), "classifier.6": (1000, 4096)}
 
 
@@ -125,12 +125,17 @@ def write_peer_model(weights: LoadedWeights) -> None:
     path = PEERS / PEER_MODEL
     if path.is_file():
         return
-    state = {key: value.contiguous() for key, value in weights.state_dict.items()}
+    torch.save(with_zero_classifier({key: value.contiguous() for key, value in weights.state_dict.items()}), path)
+
+
+def with_zero_classifier(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Return a torchvision VGG's convolutions with its classifier added as zeros, which style transfer never uses."""
+    state = dict(features)
     for prefix, shape in CLASSIFIER_SHAPES.items():
-        # Never used by style transfer; a zero broadcast from one element keeps the file at 57 MB instead of 0.5 GB.
+        # A zero broadcast from one element keeps the file at the convolutions' size (57 MB for VGG16) instead of 0.5 GB.
         state[f"{prefix}.weight"] = torch.zeros(()).expand(shape)
         state[f"{prefix}.bias"] = torch.zeros(()).expand(shape[0])
-    torch.save(state, path)
+    return state
 
 
 def run_styleq(weights: LoadedWeights, params: TransferParams, content: Image.Image, style: Image.Image) -> Run:

@@ -193,7 +193,12 @@ class Bench:
     def _peer(self, content: Path, style: Path, size: int) -> tuple[Image.Image, float, int]:
         steps = [*((side, its) for side, its in PEER_STEPS if side < size), (size, PEER_LAST_ITERATIONS)]
         if self.args.peer_iterations:
-            steps = [(side, its) for (side, _), its in zip(steps, self.args.peer_iterations, strict=False)]
+            if len(self.args.peer_iterations) != len(steps):
+                sides = ", ".join(f"{side} px" for side, _ in steps)
+                raise SystemExit(
+                    f"--peer-iterations: {len(steps)} runs at {size} px ({sides}), {len(self.args.peer_iterations)} counts given"
+                )
+            steps = [(side, its) for (side, _), its in zip(steps, self.args.peer_iterations, strict=True)]
         threads = torch.get_num_threads()
         started = time.perf_counter()
         start_picture: Path | None = None
